@@ -1,0 +1,45 @@
+# Two commands on a fresh machine:  `make run` (quick training run, leaves a report) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROFILE ?= quick
+N_WORKERS ?= 2
+export OMP_WAIT_POLICY := PASSIVE
+export PYTHONHASHSEED := 0
+
+.PHONY: install run smoke test test-nbs test-py export clean-nbs check-sync
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# the CPU wheel of torch first (from local disk); an unpinned torch would pull a multi-GB CUDA build
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install  ## quick training run on the synthetic market; prints where the report is
+	$(BIN)/macd-nb run --profile $(PROFILE)
+
+smoke: install
+	$(BIN)/macd-nb run --profile smoke
+
+test: install test-nbs test-py  ## every notebook on its defaults, then pytest
+
+test-nbs: install
+	$(BIN)/nbdev_test --n_workers $(N_WORKERS) --timing
+
+test-py: install
+	$(BIN)/pytest -q -p no:cacheprovider
+
+export: install  ## regenerate macd_nb/ from nbs/
+	$(BIN)/nbdev_export
+
+clean-nbs: install
+	$(BIN)/nbdev_clean
+
+check-sync: install  ## the library and notebooks agree, notebooks are clean
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean && git diff --exit-code -- nbs macd_nb

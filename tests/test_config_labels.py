@@ -1,0 +1,74 @@
+"Configuration profiles and files; labels with ties, gaps and label end times."
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from macd_nb.config import RunConfig, load_config, profile_config, read_config, save_config
+from macd_nb.labels import direction_labels, label_report
+
+
+def test_profiles_resolve_and_full_is_the_reference_protocol():
+    full = profile_config("full")
+    assert (full.n_folds, full.train_bars, full.start, full.end, full.target) == (
+        357, 8760, "2021-01-01", "2025-12-31", "BTCUSDT")
+    assert profile_config("smoke").data_source == "synthetic"
+    assert profile_config("quick").n_bars > profile_config("smoke").n_bars
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"purge_bars": 3}, "purge_bars=3 must be >= the longest label horizon 24"),
+    ({"device": "tpu"}, "device='tpu'"),
+    ({"timeframes": ["2h"]}, "timeframes ['2h']"),
+    ({"label_horizon": 5}, "label_horizon=5"),
+])
+def test_invalid_settings_are_named(change, message):
+    with pytest.raises(ValueError) as error:
+        profile_config("smoke", **change)
+    assert message in str(error.value)
+
+
+def test_override_file_round_trip(tmp_path):
+    (tmp_path / "o.json").write_text(json.dumps({"profile": "quick", "seed": 5, "symbols": ["BTCUSDT", "ETHUSDT"]}))
+    config = load_config(tmp_path / "o.json", n_folds=9)
+    assert (config.profile, config.seed, config.n_folds, config.symbols) == ("quick", 5, 9, ["BTCUSDT", "ETHUSDT"])
+    save_config(config, tmp_path / "run", data_fingerprint="sha256:x")
+    assert read_config(tmp_path / "run") == config
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["data_fingerprint"] == "sha256:x" and "numpy" in saved["versions"]
+
+
+def test_unknown_key_in_override_file_is_an_error(tmp_path):
+    (tmp_path / "bad.yaml").write_text("n_fold: 3\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown setting\(s\) \['n_fold'\]"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def _bars(closes, hours):
+    index = pd.DatetimeIndex([pd.Timestamp("2024-03-01", tz="UTC") + pd.Timedelta(hours=h) for h in hours], name="open_time")
+    return pd.DataFrame({"close": np.asarray(closes, dtype=float)}, index=index)
+
+
+def test_labels_look_up_the_future_by_time_not_by_row():
+    bars = _bars([10, 11, 12, 9], [0, 1, 3, 4])          # hour 2 missing
+    labels = direction_labels(bars, [1, 2])
+    assert labels["y_1"].tolist()[:1] == [1.0]
+    assert np.isnan(labels["y_1"].iloc[1])                # 01:00 -> 02:00 is missing
+    assert labels["y_2"].iloc[1] == 1.0                   # 01:00 -> 03:00: 12 > 11
+    assert labels["y_1"].iloc[2] == 0.0                   # 03:00 -> 04:00: 9 < 12
+
+
+def test_ties_are_explicit_and_counted():
+    bars = _bars([10, 10, 10, 11], [0, 1, 2, 3])
+    dropped, down = direction_labels(bars, [1]), direction_labels(bars, [1], ties="down")
+    assert np.isnan(dropped["y_1"].iloc[0]) and down["y_1"].iloc[0] == 0.0
+    report = label_report(bars, dropped)
+    assert report.loc[1, ["defined", "tie", "tail", "gap"]].tolist() == [1, 2, 1, 0]
+
+
+def test_label_end_is_the_close_of_the_future_bar():
+    bars = _bars([1, 2, 3, 4, 5], range(5))
+    labels = direction_labels(bars, [1, 4], timeframe="1h")
+    assert labels["label_end_4"].iloc[0] == pd.Timestamp("2024-03-01 05:00", tz="UTC")
+    assert labels["label_end_1"].iloc[0] == pd.Timestamp("2024-03-01 02:00", tz="UTC")
