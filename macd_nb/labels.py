@@ -21,7 +21,7 @@ def direction_labels(
     timeframe: str = "1h",               # bar length
     ties: str = "drop",                  # "drop": equal closes give NaN; "down": they count as not up
 ) -> pd.DataFrame:
-    "Per horizon h: `y_h` (1 up, 0 down, NaN undefined), forward log return `ret_h`, and `label_end_h`."
+    "Per horizon h: `y_h` (1 up, 0 down, NaN undefined), forward log return `fwd_ret_h`, and `label_end_h`."
     if ties not in TIE_POLICIES: raise ValueError(f"ties={ties!r} must be one of {TIE_POLICIES}")
     step = TIMEFRAME_DELTA[timeframe]
     close = bars["close"].astype(float)
@@ -32,7 +32,7 @@ def direction_labels(
         up = np.where(forward_return > 0, 1.0, 0.0)
         undefined = np.isnan(forward_return) | ((forward_return == 0) & (ties == "drop"))
         columns[f"y_{h}"] = np.where(undefined, np.nan, up)
-        columns[f"ret_{h}"] = forward_return
+        columns[f"fwd_ret_{h}"] = forward_return
         columns[f"label_end_{h}"] = bars.index + (h + 1) * step
     return pd.DataFrame(columns, index=bars.index)
 
@@ -49,7 +49,7 @@ def label_report(
     rows = []
     horizons = [int(c[2:]) for c in labels.columns if c.startswith("y_")]
     for h in horizons:
-        y, ret = labels[f"y_{h}"], labels[f"ret_{h}"]
+        y, ret = labels[f"y_{h}"], labels[f"fwd_ret_{h}"]
         past_end = labels.index + h * step > last_open
         missing_future = ret.isna() & ~past_end
         tie = (ret == 0) & y.isna()
