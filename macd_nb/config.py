@@ -62,6 +62,20 @@ class RunConfig:
     seed: int = 0
     n_jobs: int = 2                            # parallel worker processes for fold-level work
     threads_per_job: int = 1                   # threads inside each worker
+    executor: str = "local"                    # "local" (joblib processes) or "dask://HOST:PORT"
+    gbm_rounds: int = 300                      # boosting rounds (upper bound; early stopping decides)
+    gbm_learning_rate: float = 0.05
+    gbm_num_leaves: int = 15
+    gbm_min_data_in_leaf: int = 100
+    early_stopping_rounds: int = 30
+    nn_refits: int = 2                         # walk-forward refits of the neural models (coarser than the GBM folds)
+    nn_epochs: int = 2                         # LSTM epochs per refit
+    tft_epochs: int = 2                        # TFT epochs per refit
+    nn_sequence_length: int = 32               # bars per input sequence
+    nn_hidden: int = 16                        # hidden width of LSTM / TFT
+    nn_batch_size: int = 256
+    nn_learning_rate: float = 1e-3
+    nn_max_features: int = 32                  # features fed to the neural models (first of the base list by default)
 
     def replace(self, **changes) -> "RunConfig":
         "A validated copy with `changes` applied."
@@ -81,7 +95,10 @@ class RunConfig:
         if not 0 < self.test_fraction < 0.5: problems.append(f"test_fraction={self.test_fraction} must be in (0, 0.5)")
         if not 0 < self.inner_valid_fraction < 0.5: problems.append(
             f"inner_valid_fraction={self.inner_valid_fraction} must be in (0, 0.5)")
-        for name in ("n_folds", "train_bars", "n_bars", "n_jobs", "threads_per_job", "bootstrap_block"):
+        if not (self.executor == "local" or self.executor.startswith("dask://")):
+            problems.append(f"executor={self.executor!r} must be 'local' or 'dask://HOST:PORT'")
+        for name in ("n_folds", "train_bars", "n_bars", "n_jobs", "threads_per_job", "bootstrap_block", "nn_refits",
+                     "nn_epochs", "tft_epochs", "nn_sequence_length", "nn_hidden", "nn_batch_size", "gbm_rounds"):
             if getattr(self, name) < 1: problems.append(f"{name}={getattr(self, name)} must be >= 1")
         if problems: raise ValueError("invalid RunConfig: " + "; ".join(problems))
         return self
@@ -89,10 +106,13 @@ class RunConfig:
 # %% ../nbs/00_config.ipynb #4eae3d50
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {},
-    "quick": dict(n_bars=24 * 365 * 2, n_folds=24, train_bars=24 * 180, bootstrap_samples=500),
+    "quick": dict(n_bars=24 * 365 * 2, n_folds=24, train_bars=24 * 180, bootstrap_samples=500,
+                  nn_refits=3, nn_epochs=4, tft_epochs=4, nn_sequence_length=48, nn_hidden=32),
     "full": dict(data_source="../shared/data/binance_spot_1h", symbols=list(SHARED_SYMBOLS),
                  start="2021-01-01", end="2025-12-31", n_folds=357, train_bars=24 * 365,
-                 timeframes=["1h", "4h"], bootstrap_samples=1000, n_jobs=os.cpu_count() or 2),
+                 timeframes=["1h", "4h"], bootstrap_samples=1000, n_jobs=os.cpu_count() or 2,
+                 nn_refits=6, nn_epochs=12, tft_epochs=16, nn_sequence_length=96, nn_hidden=64, nn_batch_size=512,
+                 nn_max_features=64),
 }
 
 

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['FitPredict', 'holdout_split', 'Fold', 'WalkForward', 'as_utc_datetime64', 'purge_by_time', 'plot_folds',
-           'inner_split', 'auc', 'block_bootstrap_counts', 'auc_ci', 'WalkForwardResult', 'walk_forward_predict',
-           'logistic_fit_predict', 'toy_signal_data', 'shuffled_label_control', 'leak_audit', 'planted_leak_control',
-           'plot_fold_auc']
+           'coarse_folds', 'inner_split', 'auc', 'block_bootstrap_counts', 'auc_ci', 'WalkForwardResult',
+           'walk_forward_predict', 'logistic_fit_predict', 'toy_signal_data', 'shuffled_label_control', 'leak_audit',
+           'planted_leak_control', 'plot_fold_auc']
 
 # %% ../nbs/04_validation.ipynb #f6bd46f6
 from collections.abc import Callable, Iterator
@@ -114,6 +114,28 @@ def plot_folds(folds: list[Fold], n_rows: int, ax=None, max_folds: int = 40):
     ax.set(xlim=(0, n_rows), xlabel="bar", ylabel="fold", title=f"{len(folds)} walk-forward folds")
     ax.invert_yaxis()
     return ax
+
+# %% ../nbs/04_validation.ipynb #eb84181c
+def coarse_folds(
+    folds: list[Fold],             # fine folds, in time order
+    n_groups: int,                 # refits wanted
+    *,
+    train_size: int | None,        # rolling training rows per refit (None = everything before)
+    gap: int,                      # purge + embargo rows between training and validation
+    label_end=None, times=None,    # optional: also purge by time
+) -> list[Fold]:
+    "Group consecutive folds into `n_groups` folds covering the same validation rows."
+    if not 1 <= n_groups <= len(folds): raise ValueError(f"n_groups={n_groups} must be in 1..{len(folds)}")
+    coarse = []
+    for number, members in enumerate(np.array_split(np.arange(len(folds)), n_groups)):
+        val_idx = np.concatenate([folds[i].val_idx for i in members])
+        train_end = val_idx[0] - gap
+        train_start = 0 if train_size is None else max(0, train_end - train_size)
+        train_idx = np.arange(train_start, train_end)
+        if label_end is not None:
+            train_idx = purge_by_time(train_idx, as_utc_datetime64(label_end), as_utc_datetime64(times)[val_idx[0]])
+        coarse.append(Fold(number, train_idx, val_idx))
+    return coarse
 
 # %% ../nbs/04_validation.ipynb #f1ad14ff
 def inner_split(
