@@ -33,7 +33,8 @@ def run_baseline(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
     splitter = WalkForward(config.n_folds, train_size=config.train_bars, purge=config.purge_bars,
                            embargo=config.embargo_bars, expanding=config.expanding)
     folds = splitter.folds(len(dev_idx), label_end=label_end[dev_idx], times=times[dev_idx])
-    result = walk_forward_predict(logistic_fit_predict, X[dev_idx], y[dev_idx], folds)
+    parallel = {"n_jobs": config.n_jobs, "threads_per_job": config.threads_per_job, "executor": config.executor}
+    result = walk_forward_predict(logistic_fit_predict, X[dev_idx], y[dev_idx], folds, **parallel)
     metrics = result.metrics(y[dev_idx], block=config.bootstrap_block, n_boot=config.bootstrap_samples, seed=config.seed)
     trained = time.perf_counter()
 
@@ -46,7 +47,7 @@ def run_baseline(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
     first_fold = folds[0].train_idx
     leak = planted_leak_control(X[dev_idx][first_fold], y[dev_idx][first_fold], names, seed=config.seed)
     controls = {"shuffled_label_auc": shuffled_label_control(logistic_fit_predict, X[dev_idx], y[dev_idx], folds,
-                                                             seed=config.seed),
+                                                             seed=config.seed, **parallel),
                 "planted_leak_flagged": leak["planted_leak_flagged"], "planted_leak_auc": leak["planted_leak_auc"],
                 "real_features_flagged": leak["real_features_flagged"]}
     finished = time.perf_counter()

@@ -225,23 +225,32 @@ class WalkForwardResult:
                 "n_folds": len(self.folds), "fold_auc": [float(a) for a in fold_auc]}
 
 
+def _fit_predict_fold(job: tuple) -> np.ndarray:
+    "Run one fold's `fit_predict` (a module-level function so worker processes can receive it)."
+    fit_predict, X_train, y_train, X_val = job
+    return fit_predict(X_train, y_train, X_val)
+
+
 def walk_forward_predict(
-    fit_predict: FitPredict,   # fit on (X_train, y_train), return P(up) for X_val
+    fit_predict: FitPredict,   # fit on (X_train, y_train), return P(up) for X_val; module-level for parallel runs
     X: np.ndarray,             # features, rows in time order
     y: np.ndarray,             # labels (1/0, NaN = undefined)
     folds: list[Fold],
+    *,
+    n_jobs: int = 1,           # worker processes (see `macd_nb.parallel.parallel_map`)
+    threads_per_job: int = 1,
+    executor: str = "local",   # "local" or "dask://HOST:PORT"
 ) -> WalkForwardResult:
-    "Out-of-fold predictions of `fit_predict` over `folds`."
+    "Out-of-fold predictions of `fit_predict` over `folds`, serially, in processes or on a Dask cluster."
+    from macd_nb.parallel import parallel_map
     X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+    scored = [(f.train_idx[np.isfinite(y[f.train_idx])], f.val_idx[np.isfinite(y[f.val_idx])]) for f in folds]
+    jobs = [(fit_predict, X[train_idx], y[train_idx], X[val_idx]) for train_idx, val_idx in scored]
+    predictions = parallel_map(_fit_predict_fold, jobs, n_jobs=n_jobs, threads_per_job=threads_per_job, executor=executor)
     oof_pred = np.full(len(y), np.nan)
-    fold_auc, fold_n = [], []
-    for fold in folds:
-        train_idx = fold.train_idx[np.isfinite(y[fold.train_idx])]
-        val_idx = fold.val_idx[np.isfinite(y[fold.val_idx])]
-        oof_pred[val_idx] = fit_predict(X[train_idx], y[train_idx], X[val_idx])
-        fold_auc.append(auc(y[val_idx], oof_pred[val_idx]))
-        fold_n.append(len(val_idx))
-    return WalkForwardResult(oof_pred, fold_auc, fold_n, folds)
+    for (_, val_idx), pred in zip(scored, predictions): oof_pred[val_idx] = pred
+    fold_auc = [auc(y[val_idx], oof_pred[val_idx]) for _, val_idx in scored]
+    return WalkForwardResult(oof_pred, fold_auc, [len(val_idx) for _, val_idx in scored], folds)
 
 
 def logistic_fit_predict(X_train, y_train, X_val, *, C: float = 0.1) -> np.ndarray:
@@ -264,14 +273,14 @@ def toy_signal_data(n_rows: int, *, strength: float = 0.15, seed: int = 0) -> tu
     return np.column_stack([signal, rng.normal(size=(n_rows, 3))]), y
 
 # %% ../nbs/04_validation.ipynb #1f61b6b8
-def shuffled_label_control(fit_predict: FitPredict, X, y, folds: list[Fold], *, seed: int = 0) -> float:
+def shuffled_label_control(fit_predict: FitPredict, X, y, folds: list[Fold], *, seed: int = 0, **parallel) -> float:
     "Pooled OOF AUC of the same protocol trained and scored on randomly permuted labels."
     y = np.asarray(y, dtype=float)
     rng = np.random.default_rng(seed)
     shuffled = y.copy()
     defined = np.flatnonzero(np.isfinite(y))
     shuffled[defined] = rng.permutation(y[defined])
-    result = walk_forward_predict(fit_predict, X, shuffled, folds)
+    result = walk_forward_predict(fit_predict, X, shuffled, folds, **parallel)
     scored = np.isfinite(result.oof_pred) & np.isfinite(shuffled)
     return auc(shuffled[scored], result.oof_pred[scored])
 

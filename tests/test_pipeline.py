@@ -1,0 +1,109 @@
+"""The pipeline runner: failure and resume, exit codes, the Dask executor, committing a report."""
+import json
+import shutil
+import subprocess
+
+import nbformat
+import pandas as pd
+import pytest
+
+from macd_nb.baseline import run_baseline
+from macd_nb.cli import Stage, commit_report, default_nbs_dir, main, run_pipeline
+from macd_nb.config import profile_config
+from macd_nb.prepare import prepare_run
+
+
+def _flaky_notebook(path, flag):
+    "A stage notebook that fails while `flag` exists."
+    notebook = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell("run_dir = None")
+    parameters.metadata["tags"] = ["parameters"]
+    body = nbformat.v4.new_code_cell(
+        "from pathlib import Path\n"
+        f"if Path({str(flag)!r}).exists(): raise RuntimeError('flaky stage failed on purpose')\n"
+        "(Path(run_dir) / 'results' / 'flaky.json').write_text('{\"ok\": true}')")
+    notebook.cells = [parameters, body]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    nbformat.write(notebook, path)
+
+
+def test_failed_stage_is_reported_and_resume_skips_completed_stages(tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    shutil.copy(default_nbs_dir() / "06_prepare.ipynb", nbs)
+    flag = tmp_path / "FAIL"
+    flag.write_text("x")
+    _flaky_notebook(nbs / "flaky.ipynb", flag)
+    stages = [Stage("prepare", "06_prepare.ipynb", "0"), Stage("flaky", "flaky.ipynb", "9")]
+    roots = {"runs_root": tmp_path / "runs", "reports_root": tmp_path / "reports", "nbs_dir": nbs, "stages": stages}
+
+    ok, report_dir = run_pipeline(profile_config("smoke"), run_id="r", **roots)
+    assert not ok
+    status = (report_dir / "EXECUTION_STATUS.md").read_text()
+    assert "Stopped at stage `flaky`" in status and "flaky stage failed on purpose" in status
+    assert "macd-nb run --run-id r --resume" in status
+    prepared = tmp_path / "runs" / "r" / "data" / "features_1h.parquet"
+    assert prepared.exists()                                  # the earlier stage's outputs are intact
+    executed_prepare = report_dir / "executed" / "06_prepare.ipynb"
+    stamp = (executed_prepare.stat().st_mtime_ns, prepared.stat().st_mtime_ns)
+
+    flag.unlink()                                             # "fix" the cause
+    ok, report_dir = run_pipeline(profile_config("smoke"), run_id="r", resume=True, **roots)
+    assert ok
+    records = {s["name"]: s for s in json.loads((report_dir / "status.json").read_text())["stages"]}
+    assert records["prepare"]["status"] == "reused" and records["flaky"]["status"] == "completed"
+    assert (executed_prepare.stat().st_mtime_ns, prepared.stat().st_mtime_ns) == stamp   # not re-run
+
+    prepared.write_bytes(b"tampered")                         # a changed output forces the stage to run again
+    ok, report_dir = run_pipeline(profile_config("smoke"), run_id="r", resume=True, **roots)
+    records = {s["name"]: s for s in json.loads((report_dir / "status.json").read_text())["stages"]}
+    assert ok and records["prepare"]["status"] == "completed" and records["flaky"]["status"] == "completed"
+
+
+def test_cli_exits_non_zero_and_names_the_failed_stage(tmp_path, capsys):
+    code = main(["run", "--profile", "smoke", "--data", str(tmp_path / "no_such_data"), "--only", "prepare",
+                 "--run-id", "bad", "--runs-root", str(tmp_path / "runs"), "--reports-root", str(tmp_path / "reports")])
+    assert code == 1
+    status = (tmp_path / "reports" / "bad" / "EXECUTION_STATUS.md").read_text()
+    assert "Stopped at stage `prepare`" in status and "no_such_data" in status
+    assert "run FAILED" in capsys.readouterr().out
+
+
+def test_dask_executor_gives_the_same_oof_as_local_processes(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    config = profile_config("smoke")
+    prepare_run(config, tmp_path)
+    local = run_baseline(config, tmp_path)
+    local_oof = pd.read_parquet(tmp_path / "oof" / "baseline_lr_1h.parquet")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        on_dask = run_baseline(config.replace(executor=f"dask://{cluster.scheduler_address.removeprefix('tcp://')}"), tmp_path)
+    dask_oof = pd.read_parquet(tmp_path / "oof" / "baseline_lr_1h.parquet")
+    pd.testing.assert_frame_equal(local_oof, dask_oof)
+    assert local["metrics"]["oof_auc"] == on_dask["metrics"]["oof_auc"]
+
+
+def _git(repo, *args):
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+def test_commit_report_commits_only_reports_and_respects_the_cap(tmp_path):
+    repo = tmp_path / "repo"
+    report = repo / "reports" / "r1"
+    (report / "executed").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "t@example.invalid")
+    _git(repo, "config", "user.name", "t")
+    (report / "TRAINING_REPORT.md").write_text("# report\n")
+    (report / "executed" / "a.ipynb").write_text("{}")
+    (report / "fig.png").write_bytes(b"\x89PNG")
+    (report / "model.txt").write_text("not a report file")
+    (repo / "other.txt").write_text("staged elsewhere")
+    _git(repo, "add", "other.txt")
+
+    committed, why = commit_report(report, "Training report r1", max_total_bytes=10)
+    assert not committed and "over the 10-byte cap" in why
+    committed, why = commit_report(report, "Training report r1")
+    assert committed, why
+    files = _git(repo, "show", "--name-only", "--format=", "HEAD").split()
+    assert sorted(files) == ["reports/r1/TRAINING_REPORT.md", "reports/r1/executed/a.ipynb", "reports/r1/fig.png"]
+    assert _git(repo, "log", "-1", "--format=%s") .strip() == "Training report r1"
