@@ -22,6 +22,7 @@ from .validation import (WalkForward, auc, auc_ci, holdout_split, logistic_fit_p
 def run_baseline(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") -> dict:
     "Walk-forward logistic regression on the base features; writes OOF predictions and the result JSON."
     started = time.perf_counter()
+    config = config.for_timeframe(timeframe)
     paths = RunPaths(Path(run_dir)).create()
     table, summary = load_table(run_dir, timeframe)
     names = summary["base_features"]

@@ -263,18 +263,19 @@ def run_pipeline(
     "Execute the stage notebooks in order; returns (every stage ran, report directory). Gate failures are not crashes."
     from tqdm.auto import tqdm
     nbs_dir = Path(nbs_dir or default_nbs_dir())
-    stages = stages or available_stages(nbs_dir, only)
     run_id = run_id or run_id_now(config.profile)
     run_dir, report_dir = Path(runs_root) / run_id, Path(reports_root) / run_id
     (report_dir / "executed").mkdir(parents=True, exist_ok=True)
     previous = {}
     if resume:
         if not (run_dir / "config.json").exists(): raise FileNotFoundError(f"--resume: no run {run_dir} to resume")
-        config = read_config(run_dir)  # a resumed run keeps its own configuration
+        config = read_config(run_dir)  # a resumed run keeps its own configuration ...
         if (report_dir / "status.json").exists():
             previous = {s["name"]: s for s in read_json(report_dir / "status.json")["stages"]}
+            only = only or list(previous)  # ... and its own stage plan
     else:
         save_config(config, run_dir)
+    stages = stages or available_stages(nbs_dir, only)
     records = [{"name": s.name, "number": s.number, "notebook": s.notebook, "status": "pending"} for s in stages]
     resume_command = f"macd-nb run --run-id {run_id} --resume --runs-root {runs_root} --reports-root {reports_root}"
     refresh = lambda: write_status(report_dir, run_id, records, resume_command)
@@ -378,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                "symbols": args.symbols.split(",") if args.symbols else None,
                "timeframes": args.timeframes.split(",") if args.timeframes else None}
     config = load_config(args.config, args.profile, **{k: v for k, v in changes.items() if v is not None})
+    if config.data_source != "synthetic":   # stages run from nbs/: make the data path absolute first
+        config = config.replace(data_source=str(Path(config.data_source).expanduser().resolve()))
     ok, report_dir = run_pipeline(config, run_id=args.run_id, runs_root=args.runs_root, reports_root=args.reports_root,
                                   resume=args.resume, only=args.only)
     print(f"{'run completed' if ok else 'run FAILED (see the status file)'}\n"

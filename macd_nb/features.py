@@ -272,11 +272,14 @@ def _add_bands_trend_range(fb: _FeatureBuilder, bars: pd.DataFrame, atr: pd.Seri
 def _add_candle_distribution(fb: _FeatureBuilder, bars: pd.DataFrame, atr: pd.Series) -> None:
     "Candle body, wicks, range and close location; rolling skew and kurtosis of returns."
     o, h, l, c = bars["open"], bars["high"], bars["low"], bars["close"]
-    fb.add("candle_body", "candle", "(close - open) / (high - low): signed share of the range", (c - o) / (h - l))
+    bar_range = (h - l).where(h > l)   # a flat bar (maintenance, no trades) has no range to share: body 0, close mid
+    fb.add("candle_body", "candle", "(close - open) / (high - low): signed share of the range; 0 on a flat bar",
+           ((c - o) / bar_range).fillna(0.0).where(c.notna()))
     fb.add("candle_upper_wick", "candle", "(high - max(open, close)) / close", (h - np.maximum(o, c)) / c)
     fb.add("candle_lower_wick", "candle", "(min(open, close) - low) / close", (np.minimum(o, c) - l) / c)
     fb.add("candle_range_atr", "candle", "(high - low) / ATR_14", (h - l) / atr)
-    fb.add("candle_close_loc", "candle", "(close - low) / (high - low)", (c - l) / (h - l))
+    fb.add("candle_close_loc", "candle", "(close - low) / (high - low); 0.5 on a flat bar",
+           ((c - l) / bar_range).fillna(0.5).where(c.notna()))
     ret = log_return(c)
     fb.add("skew_24", "distribution", "rolling skew of ret_1 over 24 bars", ret.rolling(24).skew())
     fb.add("skew_168", "distribution", "rolling skew of ret_1 over 168 bars", ret.rolling(168).skew())
@@ -288,7 +291,8 @@ def _add_volume(fb: _FeatureBuilder, bars: pd.DataFrame, max_missing_share: floa
     v = bars["volume"]
     fb.add("volume_z_24", "volume", "(volume - mean_24) / std_24", rolling_zscore(v, 24))
     fb.add("volume_z_168", "volume", "(volume - mean_168) / std_168", rolling_zscore(v, 168))
-    fb.add("log_volume_ratio_1_24", "volume", "ln(volume / mean_24(volume))", safe_log(v / v.rolling(24).mean()))
+    fb.add("log_volume_ratio_1_24", "volume", "ln(max(volume / mean_24(volume), 0.01)): zero-volume bars floored",
+           safe_log((v / v.rolling(24).mean()).clip(lower=0.01)))
     fb.add("log_volume_ratio_6_48", "volume", "ln(mean_6(volume) / mean_48(volume))",
            safe_log(v.rolling(6).mean() / v.rolling(48).mean()))
     fb.add("volume_absret_corr_24", "volume", "rolling corr(volume, |ret_1|) over 24 bars",
