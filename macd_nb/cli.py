@@ -34,7 +34,7 @@ ALL_STAGES = [
     Stage("prepare", "06_prepare.ipynb", "0"),
     Stage("baseline", "07_baseline.ipynb", "0.5"),
     Stage("lgb", "10_lgb.ipynb", "1.1"),
-    Stage("xgb", "11_xgb.ipynb", "1.1x"),
+    Stage("xgb", "11_xgb.ipynb", "1.1b"),
     Stage("lstm", "12_lstm.ipynb", "1.2"),
     Stage("tft", "13_tft.ipynb", "1.3"),
     Stage("cross_asset", "14_cross_asset.ipynb", "1.4"),

@@ -30,6 +30,7 @@ DEFAULT_GATES = {
     "lgb_val_auc_mean": 0.55,        # LightGBM direction model, mean fold validation AUC
     "tft_val_auc": 0.50,             # Temporal Fusion Transformer
     "cross_asset_val_auc": 0.50,     # cross-asset LightGBM
+    "xgb_val_auc_mean": 0.50,        # XGBoost direction model
     "stacking_oof_auc": 0.58,        # stacking meta-learner, out-of-fold AUC
     "stacking_min_oof_1h": 20_000,   # OOF samples needed to deploy the 1h stacking model
     "stacking_min_oof_4h": 8_000,    # OOF samples needed to attempt 4h stacking
@@ -70,6 +71,8 @@ class RunConfig:
     gbm_num_leaves: int = 15
     gbm_min_data_in_leaf: int = 100
     early_stopping_rounds: int = 30
+    gbm_max_bin: int = 255                     # histogram bins per feature
+    gbm_rebin_folds: int = 30                  # folds sharing one binning (edges from the first fold's training rows)
     nn_refits: int = 2                         # walk-forward refits of the neural models (coarser than the GBM folds)
     nn_epochs: int = 2                         # LSTM epochs per refit
     tft_epochs: int = 2                        # TFT epochs per refit
@@ -78,6 +81,8 @@ class RunConfig:
     nn_batch_size: int = 256
     nn_learning_rate: float = 1e-3
     nn_max_features: int = 32                  # features fed to the neural models (first of the base list by default)
+    nn_patience: int = 3                       # epochs without improvement on the inner split before stopping
+    nn_control_epochs: int | None = None       # epochs of the shuffled-label control (None: same as training)
 
     def replace(self, **changes) -> "RunConfig":
         "A validated copy with `changes` applied."
@@ -115,12 +120,15 @@ class RunConfig:
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {},
     "quick": dict(n_bars=24 * 365 * 2, n_folds=24, train_bars=24 * 180, bootstrap_samples=500,
-                  nn_refits=3, nn_epochs=4, tft_epochs=4, nn_sequence_length=48, nn_hidden=32),
+                  nn_refits=3, nn_epochs=8, tft_epochs=4, nn_sequence_length=48, nn_hidden=32),
     "full": dict(data_source="../shared/data/binance_spot_1h", symbols=list(SHARED_SYMBOLS),
                  start="2021-01-01", end="2025-12-31", n_folds=357, train_bars=24 * 365,
-                 timeframes=["1h", "4h"], bootstrap_samples=1000, n_jobs=os.cpu_count() or 2,
+                 timeframes=["1h", "4h"], bootstrap_samples=1000,
+                 # small folds: many processes with few threads each; on a 16-core host 8 x 2, on 2 cores 2 x 1
+                 n_jobs=(os.cpu_count() or 2) if (os.cpu_count() or 2) <= 4 else (os.cpu_count() or 2) // 2,
+                 threads_per_job=1 if (os.cpu_count() or 2) <= 4 else 2,
                  nn_refits=6, nn_epochs=12, tft_epochs=16, nn_sequence_length=96, nn_hidden=64, nn_batch_size=512,
-                 nn_max_features=64),
+                 nn_max_features=64, nn_control_epochs=4),
 }
 
 

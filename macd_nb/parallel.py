@@ -51,5 +51,6 @@ def parallel_map(
     if executor != "local": raise ValueError(f"executor={executor!r} must be 'local' or 'dask://HOST:PORT'")
     n_jobs, threads_per_job = worker_layout(len(items), n_jobs, threads_per_job)
     if n_jobs == 1: return [function(item) for item in items]
-    with joblib.parallel_config(backend="loky", inner_max_num_threads=threads_per_job):
+    # idle workers exit after a few seconds: long-lived ones would hold up the exit of any parent process pool
+    with joblib.parallel_config(backend="loky", inner_max_num_threads=threads_per_job, idle_worker_timeout=5):
         return joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(function)(item) for item in items)

@@ -1,0 +1,173 @@
+"""Gradient-boosting base models (stages 1.1, 1.4 and XGBoost): signal found out of fold, controls hold, the binned
+fast path leaks nothing and changes nothing, parallel equals serial, artifacts load back, and the real data runs."""
+import json
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+
+from macd_nb.config import profile_config
+from macd_nb.lgb import (bin_once, binned_rows, direction_protocol, fold_rows, lgb_fit_predict_fold, lgb_params,
+                         lgb_walk_forward, load_binned, LgbFoldTask, run_lgb)
+from macd_nb.prepare import load_table, prepare_run
+from macd_nb.xgb import run_xgb, save_features, xgb_params, xgb_walk_forward
+
+SHARED = Path(__file__).resolve().parents[2] / "shared/data/binance_spot_1h"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    "LightGBM, cross-asset LightGBM and XGBoost on the quick profile's synthetic market and folds."
+    run_dir = tmp_path_factory.mktemp("gbm")
+    config = profile_config("quick", bootstrap_samples=200, n_jobs=2, threads_per_job=1)
+    prepare_run(config, run_dir)
+    return {"config": config, "run_dir": run_dir, "lgb": run_lgb(config, run_dir),
+            "cross": run_lgb(config, run_dir, cross_asset=True), "xgb": run_xgb(config, run_dir)}
+
+
+@pytest.fixture(scope="module")
+def quick_protocol(quick_run):
+    "The quick run's protocol (base features), cut to its first 4 folds, with parameters and a binned table."
+    config, run_dir = quick_run["config"], quick_run["run_dir"]
+    table, summary = load_table(run_dir, "1h")
+    protocol = direction_protocol(table, summary["base_features"], config)
+    protocol.folds = protocol.folds[:4]
+    params = lgb_params(config)
+    path = bin_once(protocol.X, protocol.folds[0].train_idx, params, Path(run_dir) / "cache" / "test.bin",
+                    protocol.feature_names)
+    return config, protocol, params, path
+
+
+def test_lgb_and_cross_asset_find_the_signal(quick_run):
+    single, cross = quick_run["lgb"]["metrics"], quick_run["cross"]["metrics"]
+    assert single["oof_auc_ci95"][0] > 0.5, single
+    assert cross["oof_auc_ci95"][0] > 0.5, cross
+    assert cross["oof_auc"] > single["oof_auc"], (cross["oof_auc"], single["oof_auc"])
+    assert single["n_folds"] == cross["n_folds"] == quick_run["config"].n_folds and single["n_oof"] == cross["n_oof"] > 5000
+
+
+def test_xgb_finds_the_signal(quick_run):
+    metrics = quick_run["xgb"]["metrics"]
+    assert metrics["oof_auc_ci95"][0] > 0.5, metrics
+    assert metrics["n_oof"] == quick_run["lgb"]["metrics"]["n_oof"]   # same rows scored: they line up for stacking
+
+
+def test_shuffled_labels_give_no_signal_and_the_leak_is_flagged(quick_run):
+    for name in ("lgb", "cross", "xgb"):
+        controls = quick_run[name]["controls"]
+        assert abs(controls["shuffled_label_auc"] - 0.5) <= 0.02, (name, controls["shuffled_label_auc"])
+        assert controls["planted_leak_flagged"], name
+
+
+def test_result_json_has_the_shared_shape(quick_run):
+    run_dir = Path(quick_run["run_dir"])
+    for file, stage, count in [("lgb_walkforward_1h.json", "1.1", None), ("cross_asset_training_1h.json", "1.4", "+"),
+                               ("xgb_walkforward_1h.json", "1.1b", None)]:
+        record = json.loads((run_dir / "results" / file).read_text())
+        assert record["stage"] == stage
+        for key in ("val_auc_mean", "fold_auc", "oof_auc", "oof_auc_ci95", "n_oof", "n_folds", "test_auc",
+                    "test_auc_ci95", "n_test"):
+            assert key in record["metrics"], (file, key)
+        n_folds = quick_run["config"].n_folds
+        assert len(record["best_iterations"]) == n_folds and len(record["metrics"]["fold_auc"]) == n_folds
+        assert set(record["timings_s"]) >= {"binning", "folds", "refit", "controls", "total"}
+        assert record["data_fingerprint"] and record["versions"]["lightgbm"] and record["seed"] == 0
+        assert record["gates"][0]["name"] == "val_auc_mean" and "created" in record
+    cross = json.loads((run_dir / "results" / "cross_asset_training_1h.json").read_text())
+    total, parts = cross["n_features"].split(" = ")
+    base, extra = map(int, parts.split(" + "))
+    assert int(total) == base + extra == len(cross["features"]) and extra > 0
+    assert quick_run["lgb"]["gates"][0]["threshold"] == quick_run["config"].gates["lgb_val_auc_mean"]
+    assert quick_run["cross"]["gates"][0]["threshold"] == quick_run["config"].gates["cross_asset_val_auc"]
+
+
+def _first_window_model(X, bin_rows, y, params, path=None):
+    "Model string of a short fit on `bin_rows`, binned with edges from `bin_rows` (path given) or from all rows."
+    if path is not None: dataset = load_binned(bin_once(X, bin_rows, params, path, [f"f{j}" for j in range(X.shape[1])]), params)
+    else: dataset = lgb.Dataset(X, label=np.zeros(len(X)), params=params).construct()
+    window = binned_rows(dataset, bin_rows, np.nan_to_num(y[bin_rows]), params)
+    return lgb.train(params, window, 10).model_to_string(), [dataset.feature_num_bin(j) for j in range(X.shape[1])]
+
+
+def test_bin_edges_come_from_the_first_training_window_only(quick_protocol, tmp_path):
+    "Changing every row after the first training window leaves the bins (and a model fitted on that window) alone."
+    _, protocol, params, _ = quick_protocol
+    first_window = protocol.folds[0].train_idx
+    changed = protocol.X.copy()
+    later = slice(first_window[-1] + 1, None)
+    changed[later] = changed[later] * 5 + 3
+    original = _first_window_model(protocol.X, first_window, protocol.y, params, tmp_path / "a.bin")
+    assert original == _first_window_model(changed, first_window, protocol.y, params, tmp_path / "b.bin")
+    # the same check has teeth: bins fitted on all rows do move when the later rows change
+    assert (_first_window_model(protocol.X, first_window, protocol.y, params)[0]
+            != _first_window_model(changed, first_window, protocol.y, params)[0])
+
+
+def test_fast_path_equals_a_plain_fit_with_the_same_bins(quick_protocol):
+    "subset() of the saved binary table predicts what Datasets built from raw rows (same bin reference) predict."
+    config, protocol, params, path = quick_protocol
+    first_window = protocol.folds[0].train_idx
+    reference = lgb.Dataset(protocol.X[first_window], label=np.zeros(len(first_window)), params=params,
+                            free_raw_data=False)
+    for rows in fold_rows(protocol.folds, protocol.y, inner_fraction=config.inner_valid_fraction,
+                          purge=config.purge_bars)[:3]:
+        task = LgbFoldTask(str(path), rows, protocol.y[rows.fit_idx], protocol.y[rows.stop_idx],
+                           protocol.X[rows.val_idx], params, config.gbm_rounds, config.early_stopping_rounds)
+        fast_pred, fast_best = lgb_fit_predict_fold(task)
+        fit = lgb.Dataset(protocol.X[rows.fit_idx], protocol.y[rows.fit_idx], reference=reference, params=params)
+        stop = lgb.Dataset(protocol.X[rows.stop_idx], protocol.y[rows.stop_idx], reference=reference, params=params)
+        plain = lgb.train(params, fit, config.gbm_rounds, valid_sets=[stop],
+                          callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False)])
+        assert plain.best_iteration == fast_best
+        np.testing.assert_allclose(plain.predict(protocol.X[rows.val_idx], num_iteration=fast_best), fast_pred, atol=1e-6)
+
+
+def test_processes_and_serial_give_identical_predictions(quick_protocol, tmp_path):
+    config, protocol, params, path = quick_protocol
+    settings = dict(num_boost_round=config.gbm_rounds, early_stopping_rounds=config.early_stopping_rounds,
+                    inner_fraction=config.inner_valid_fraction, purge=config.purge_bars)
+    serial, serial_best = lgb_walk_forward(protocol, params, path, n_jobs=1, **settings)
+    parallel, parallel_best = lgb_walk_forward(protocol, params, path, n_jobs=2, **settings)
+    np.testing.assert_array_equal(serial.oof_pred, parallel.oof_pred)
+    assert serial_best == parallel_best and np.isfinite(serial.oof_pred).sum() > 0
+    features = save_features(protocol.X, tmp_path / "features.npy")
+    xgb_serial, _ = xgb_walk_forward(protocol, xgb_params(config), features, n_jobs=1, **settings)
+    xgb_parallel, _ = xgb_walk_forward(protocol, xgb_params(config), features, n_jobs=2, **settings)
+    np.testing.assert_array_equal(xgb_serial.oof_pred, xgb_parallel.oof_pred)
+
+
+def test_artifacts_are_native_and_load_back(quick_run):
+    run_dir = Path(quick_run["run_dir"])
+    for name, model_file in [("lgb", "lgb_direction_model_1h.txt"), ("cross", "lgb_cross_asset_1h.txt")]:
+        run = quick_run[name]
+        booster = lgb.Booster(model_file=str(run_dir / "models" / model_file))
+        np.testing.assert_array_equal(booster.predict(run["_test_features"]), run["_test_pred"])
+    run = quick_run["xgb"]
+    booster = xgb.Booster()
+    booster.load_model(str(run_dir / "models" / "xgb_direction_model_1h.json"))
+    np.testing.assert_array_equal(booster.predict(xgb.DMatrix(run["_test_features"], feature_names=run["features"])),
+                                  run["_test_pred"])
+    assert json.loads((run_dir / "models" / "xgb_direction_model_1h.json").read_text())["learner"]
+    for oof_file in ("lgb_1h.parquet", "lgb_cross_1h.parquet", "xgb_1h.parquet"):
+        oof = pd.read_parquet(run_dir / "oof" / oof_file)
+        assert list(oof.columns) == ["y", "pred"] and oof.index.name == "open_time" and str(oof.index.tz) == "UTC"
+        assert len(oof) == quick_run["lgb"]["metrics"]["n_oof"] and oof["pred"].between(0, 1).all()
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.skipif(not SHARED.exists(), reason=f"{SHARED} not present")
+def test_full_lightgbm_protocol_on_real_btc(tmp_path):
+    "The full profile's LightGBM stage on the shared BTCUSDT hourly data: 357 folds, pooled OOF AUC with a CI."
+    config = profile_config("full", timeframes=["1h"], data_source=str(SHARED), n_jobs=2, threads_per_job=1,
+                            bootstrap_samples=300)
+    prepare_run(config, tmp_path)
+    record = run_lgb(config, tmp_path)
+    metrics = record["metrics"]
+    assert metrics["n_folds"] == 357 and len(record["best_iterations"]) == 357
+    lo, hi = metrics["oof_auc_ci95"]
+    assert lo <= metrics["oof_auc"] <= hi and metrics["n_oof"] > 25_000
+    assert json.loads((tmp_path / "results" / "lgb_walkforward_1h.json").read_text())["metrics"]["n_folds"] == 357
