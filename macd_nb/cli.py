@@ -109,8 +109,9 @@ def write_status(report_dir: Path, run_id: str, records: list[dict], resume_comm
                      f"{r.get('end', '')} | {duration} | {progress} | {r.get('key_metric', '')} | {r.get('gates', '')} |")
     failed = [r for r in records if r["status"] == "failed"]
     if failed:
-        lines += ["", f"## Stopped at stage `{failed[0]['name']}`", "", "```", failed[0].get("error", ""), "```", "",
-                  f"Fix the cause, then resume with: `{resume_command}`"]
+        lines += ["", f"## Stopped at stage `{failed[0]['name']}`"]
+        for r in failed: lines += ["", f"Stage `{r['name']}` failed:", "", "```", r.get("error", ""), "```"]
+        lines += ["", f"Fix the cause, then resume with: `{resume_command}`"]
     path = report_dir / "EXECUTION_STATUS.md"
     path.write_text("\n".join(lines) + "\n")
     write_json(report_dir / "status.json", {"run_id": run_id, "stages": records})
@@ -259,6 +260,7 @@ def run_pipeline(
     only: list[str] | None = None,
     nbs_dir: Path | None = None,
     stages: list[Stage] | None = None,
+    keep_going: bool = False,
 ) -> tuple[bool, Path]:
     "Execute the stage notebooks in order; returns (every stage ran, report directory). Gate failures are not crashes."
     from tqdm.auto import tqdm
@@ -296,13 +298,13 @@ def run_pipeline(
             record["status"] = "completed"
         except Exception as error:  # papermill raises PapermillExecutionError carrying the cell's traceback
             record.update(status="failed", error="".join(traceback.format_exception_only(type(error), error))[-4000:])
-            ok = False
+            ok, rerun_from_here = False, True
         record.update(end=time.strftime("%H:%M:%S", time.gmtime()), duration_s=round(time.perf_counter() - started, 1),
                       outputs=stage_outputs(run_dir, before))
         record["key_metric"], record["gates"] = stage_headline(run_dir, record["outputs"])
         refresh()
         overall.update()
-        if not ok: break
+        if not ok and not keep_going: break
     overall.close()
     write_manifest(run_dir)
     write_report(run_dir, report_dir, run_id)
@@ -358,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", default=None)
     run.add_argument("--resume", action="store_true", help="skip stages that completed with intact outputs")
     run.add_argument("--only", nargs="+", default=None, metavar="STAGE", help="run only these stages")
+    run.add_argument("--keep-going", action="store_true",
+                     help="run the remaining stages after a failure (for independent stages); the exit code still says it failed")
     run.add_argument("--commit-report", action="store_true", help="commit the report (Markdown, notebooks, PNGs) to git")
     run.add_argument("--runs-root", default="runs")
     run.add_argument("--reports-root", default="reports")
@@ -382,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.data_source != "synthetic":   # stages run from nbs/: make the data path absolute first
         config = config.replace(data_source=str(Path(config.data_source).expanduser().resolve()))
     ok, report_dir = run_pipeline(config, run_id=args.run_id, runs_root=args.runs_root, reports_root=args.reports_root,
-                                  resume=args.resume, only=args.only)
+                                  resume=args.resume, only=args.only, keep_going=args.keep_going)
     print(f"{'run completed' if ok else 'run FAILED (see the status file)'}\n"
           f"  report: {report_dir / 'TRAINING_REPORT.md'}\n  status: {report_dir / 'EXECUTION_STATUS.md'}")
     if args.commit_report:
