@@ -7,7 +7,8 @@ OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 export OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
-python3 -m ipykernel install --prefix /tmp/kern --name python3 > /dev/null && export JUPYTER_PATH=/tmp/kern/share/jupyter
+python3 -m ipykernel install --prefix /tmp/kern --name python3 > /dev/null 2>&1
+export JUPYTER_PATH=/tmp/kern/share/jupyter:/tmp/site/share/jupyter   # the kernel, and nbconvert's templates
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; python3 -c "import torch, lightgbm; print(torch.__version__, torch.cuda.is_available(), lightgbm.__version__)"; } 2>&1 | tee "$OUT/machine.txt"
 
 # The full profile on the real data, 1h (the reference protocol). STAGES picks the stages worth GPU time

@@ -266,7 +266,8 @@ def run_pipeline(
     from tqdm.auto import tqdm
     nbs_dir = Path(nbs_dir or default_nbs_dir())
     run_id = run_id or run_id_now(config.profile)
-    run_dir, report_dir = Path(runs_root) / run_id, Path(reports_root) / run_id
+    # absolute: papermill changes the working directory while a stage runs
+    run_dir, report_dir = (Path(runs_root) / run_id).resolve(), (Path(reports_root) / run_id).resolve()
     (report_dir / "executed").mkdir(parents=True, exist_ok=True)
     previous = {}
     if resume:
