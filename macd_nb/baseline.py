@@ -53,7 +53,7 @@ def run_baseline(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
                 "real_features_flagged": leak["real_features_flagged"]}
     finished = time.perf_counter()
 
-    oof = pd.DataFrame({"y": y[dev_idx], "lr": result.oof_pred}, index=table.index[dev_idx]).dropna()
+    oof = pd.DataFrame({"y": y[dev_idx], "pred": result.oof_pred}, index=table.index[dev_idx]).dropna()
     write_parquet(paths.oof / f"baseline_lr_{timeframe}.parquet", oof)
     record = model_result(
         stage="0.5", model="logistic_regression", timeframe=timeframe, target=config.target,

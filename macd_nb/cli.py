@@ -38,6 +38,7 @@ ALL_STAGES = [
     Stage("lstm", "12_lstm.ipynb", "1.2"),
     Stage("tft", "13_tft.ipynb", "1.3"),
     Stage("cross_asset", "14_cross_asset.ipynb", "1.4"),
+    Stage("diagnostics", "15_diagnostics.ipynb", "1.5"),
 ]
 
 
@@ -158,9 +159,8 @@ def summary_table(run_dir: str | Path) -> str:
     "Markdown table of every model result JSON in the run: AUCs with CIs and n, control, gates, time."
     rows = ["| stage | model | tf | val AUC (fold mean) | OOF AUC | OOF 95% CI | n OOF | test AUC | test 95% CI | n test "
             "| shuffled-label AUC | gates | time s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for path in sorted((Path(run_dir) / "results").glob("*.json")):
-        record = read_json(path)
-        if "metrics" not in record: continue
+    records = [read_json(path) for path in sorted((Path(run_dir) / "results").glob("*.json"))]
+    for record in sorted((r for r in records if "metrics" in r), key=lambda r: (str(r["stage"]), r["timeframe"])):
         m, c = record["metrics"], record.get("controls", {})
         gates = ", ".join(f"{g['name']} {'pass' if g['passed'] else 'FAIL'}" for g in record.get("gates", []))
         rows.append(f"| {record['stage']} | {record['model']} | {record['timeframe']} | {_fmt(m.get('val_auc_mean'))} | "
