@@ -60,9 +60,9 @@ def main(argv=None) -> int:
     parser.add_argument("--n-jobs", type=int, default=None, help="worker processes of the fast path (default: cores)")
     parser.add_argument("--threads-per-job", type=int, default=1)
     parser.add_argument("--naive-threads", type=int, default=None, help="LightGBM threads of the naive loop (default: cores)")
-    parser.add_argument("--max-bin", type=int, default=None, help="override max_bin for both paths")
-    parser.add_argument("--rebin-every", type=int, default=30,
-                        help="re-bin every N folds, edges from that fold's training window (>= folds: bin once)")
+    parser.add_argument("--max-bin", type=int, default=None, help="override max_bin for both paths (default: the config's)")
+    parser.add_argument("--rebin-every", type=int, default=None,
+                        help="re-bin every N folds, edges from that fold's training window (>= folds: bin once; default: the config's)")
     parser.add_argument("--data", type=Path, default=SHARED)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "lgb_walkforward.json")
     args = parser.parse_args(argv)
@@ -71,6 +71,7 @@ def main(argv=None) -> int:
         return 0
 
     config = profile_config("full", timeframes=["1h"], data_source=str(args.data))
+    args.rebin_every = args.rebin_every or config.gbm_rebin_folds
     run_dir = Path(tempfile.mkdtemp(prefix="bench_lgb_"))
     started = time.perf_counter()
     prepare_run(config, run_dir)
