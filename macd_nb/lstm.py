@@ -34,7 +34,7 @@ def lstm_stage(config: RunConfig) -> SequenceStage:
     "The multi-horizon LSTM's settings taken from `config`."
     return SequenceStage(name="lstm", stage="1.2", model_class=MultiHorizonLSTM,
                          model_kwargs={"hidden": config.nn_hidden, "n_layers": 1, "dropout": 0.1},
-                         heads=list(config.horizons), epochs=config.nn_epochs, bf16=False,
+                         heads=list(config.horizons), epochs=config.nn_epochs, bf16=True,   # bf16 autocast on CUDA, fp32 on the CPU
                          control_epochs=config.nn_control_epochs)
 
 
