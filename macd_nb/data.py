@@ -22,10 +22,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from .config import TIMEFRAME_DELTA
+
 # %% auto #0
-__all__ = ['KLINE_COLUMNS', 'PRICE_COLUMNS', 'REQUIRED_COLUMNS', 'EXTRA_COLUMNS', 'TIMEFRAME_DELTA', 'DATA_CODE_VERSION',
-           'MAX_EXAMPLES', 'BAR_FILE_SUFFIXES', 'DataError', 'read_klines', 'unit_counts', 'to_utc_open_time',
-           'FileReport', 'validate_bars', 'DataReport', 'MarketData', 'fingerprint', 'parse_bar_file_name', 'load_bars',
+__all__ = ['KLINE_COLUMNS', 'PRICE_COLUMNS', 'REQUIRED_COLUMNS', 'EXTRA_COLUMNS', 'DATA_CODE_VERSION', 'MAX_EXAMPLES',
+           'BAR_FILE_SUFFIXES', 'DataError', 'read_klines', 'unit_counts', 'to_utc_open_time', 'FileReport',
+           'validate_bars', 'DataReport', 'MarketData', 'fingerprint', 'parse_bar_file_name', 'load_bars',
            'resample_bars']
 
 # %% ../nbs/01_data.ipynb #7c4ee7a8
@@ -34,7 +36,6 @@ KLINE_COLUMNS = ["open_time", "open", "high", "low", "close", "volume", "close_t
 PRICE_COLUMNS = ["open", "high", "low", "close"]
 REQUIRED_COLUMNS = PRICE_COLUMNS + ["volume"]  # a bar without one of these is not a bar
 EXTRA_COLUMNS = ["quote_volume", "trades", "taker_buy_base", "taker_buy_quote"]  # kept where known
-TIMEFRAME_DELTA = {"1h": pd.Timedelta("1h"), "4h": pd.Timedelta("4h"), "1d": pd.Timedelta("1D")}
 DATA_CODE_VERSION = "data-1"  # part of the cache key: bump it when validation or parsing changes
 MAX_EXAMPLES = 5  # offending rows listed per check in a report
 BAR_FILE_SUFFIXES = (".csv", ".csv.gz", ".zip", ".parquet", ".pq")

@@ -11,13 +11,15 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from .config import TIMEFRAME_DELTA
+
 # %% auto #0
-__all__ = ['TIMEFRAME_DELTA', 'RETURN_LAGS', 'VOLATILITY_WINDOWS', 'MACD_SPEEDS', 'RSI_WINDOWS', 'EMA_SPANS', 'HIGHER_TIMEFRAMES',
-           'ATR_WINDOW', 'MAX_MISSING_SHARE', 'REFERENCE_SYMBOLS', 'REQUIRED_COLUMNS', 'FeatureSpec', 'FeatureFrame',
-           'feature_table', 'ema', 'wilder', 'log_return', 'safe_log', 'true_range', 'average_true_range', 'rsi',
-           'macd', 'bars_since_cross', 'rolling_zscore', 'completed_higher_bars', 'attach_higher_timeframe',
-           'base_features', 'symbol_prefix', 'reference_symbol', 'aligned_returns', 'cross_asset_features',
-           'build_features', 'truncate_market', 'future_invariance_violations']
+__all__ = ['RETURN_LAGS', 'VOLATILITY_WINDOWS', 'MACD_SPEEDS', 'RSI_WINDOWS', 'EMA_SPANS', 'HIGHER_TIMEFRAMES', 'ATR_WINDOW',
+           'MAX_MISSING_SHARE', 'REFERENCE_SYMBOLS', 'REQUIRED_COLUMNS', 'FeatureSpec', 'FeatureFrame', 'feature_table',
+           'ema', 'wilder', 'log_return', 'safe_log', 'true_range', 'average_true_range', 'rsi', 'macd',
+           'bars_since_cross', 'rolling_zscore', 'completed_higher_bars', 'attach_higher_timeframe', 'base_features',
+           'symbol_prefix', 'reference_symbol', 'aligned_returns', 'cross_asset_features', 'build_features',
+           'truncate_market', 'future_invariance_violations']
 
 # %% ../nbs/02_features.ipynb #4a53ec85
 @dataclass(frozen=True)
@@ -44,7 +46,6 @@ def feature_table(specs: list[FeatureSpec]) -> pd.DataFrame:
     return pd.DataFrame([(s.name, s.group, s.formula) for s in specs], columns=["name", "group", "formula"])
 
 # %% ../nbs/02_features.ipynb #8908d2e6
-TIMEFRAME_DELTA = {"1h": pd.Timedelta("1h"), "4h": pd.Timedelta("4h"), "1d": pd.Timedelta("1D")}
 RETURN_LAGS = (1, 2, 3, 4, 6, 8, 12, 24, 48, 72, 168)   # bars
 VOLATILITY_WINDOWS = (6, 24, 72, 168)                    # bars, close-to-close std
 MACD_SPEEDS = ((6, 13, 5), (12, 26, 9), (24, 52, 18))    # (fast, slow, signal) EMA spans
