@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['LGB_STAGE', 'CROSS_ASSET_STAGE', 'DirectionProtocol', 'direction_protocol', 'FoldRows', 'fold_rows', 'lgb_params',
            'bin_once', 'ProcessCache', 'load_binned', 'bin_schedule', 'LgbFoldTask', 'binned_rows',
-           'lgb_fit_predict_fold', 'lgb_walk_forward', 'GbmStage', 'shuffled_labels', 'gbm_features',
-           'write_gbm_result', 'save_lgb_model', 'run_lgb', 'plot_gbm_report']
+           'lgb_fit_predict_fold', 'lgb_walk_forward', 'gather_fold_outputs', 'GbmStage', 'shuffled_labels',
+           'gbm_features', 'write_gbm_result', 'save_lgb_model', 'run_lgb', 'plot_gbm_report']
 
 # %% ../nbs/10_lgb.ipynb #c1f568f5
 import os
@@ -188,6 +188,12 @@ def lgb_walk_forward(
                          num_boost_round, early_stopping_rounds) for path, r in zip(paths, rows)]
     outputs = parallel_map(lgb_fit_predict_fold, tasks, n_jobs=n_jobs, threads_per_job=params["num_threads"],
                            executor=executor)
+    return gather_fold_outputs(protocol, rows, y, outputs)
+
+
+def gather_fold_outputs(protocol: DirectionProtocol, rows: list, y: np.ndarray,
+                        outputs: list[tuple[np.ndarray, int]]) -> tuple[WalkForwardResult, list[int]]:
+    "Out-of-fold predictions and per-fold AUCs from each fold's (predictions, best iteration); shared by the GBMs."
     oof_pred = np.full(len(protocol.dev_idx), np.nan)
     for r, (pred, _) in zip(rows, outputs): oof_pred[r.val_idx] = pred
     fold_auc = [auc(y[r.val_idx], oof_pred[r.val_idx]) for r in rows]

@@ -18,7 +18,7 @@ import xgboost as xgb
 
 from .config import RunConfig, resolve_device
 from .lgb import (DirectionProtocol, FoldRows, GbmStage, ProcessCache, direction_protocol, fold_rows,
-                         gbm_features, shuffled_labels, write_gbm_result)
+                         gather_fold_outputs, gbm_features, shuffled_labels, write_gbm_result)
 from .parallel import machine_threads, parallel_map
 from .prepare import load_table
 from .rundir import RunPaths, write_json
@@ -105,10 +105,7 @@ def xgb_walk_forward(
     if params.get("device", "cpu") != "cpu": n_jobs = 1
     outputs = parallel_map(xgb_fit_predict_fold, tasks, n_jobs=n_jobs, threads_per_job=params["nthread"],
                            executor=executor)
-    oof_pred = np.full(len(protocol.dev_idx), np.nan)
-    for r, (pred, _) in zip(rows, outputs): oof_pred[r.val_idx] = pred
-    fold_auc = [auc(y[r.val_idx], oof_pred[r.val_idx]) for r in rows]
-    return WalkForwardResult(oof_pred, fold_auc, [len(r.val_idx) for r in rows], protocol.folds), [b for _, b in outputs]
+    return gather_fold_outputs(protocol, rows, y, outputs)
 
 
 def save_xgb_model(booster: xgb.Booster, path: str | Path) -> Path:
