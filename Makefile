@@ -8,14 +8,14 @@ N_WORKERS ?= 2
 export OMP_WAIT_POLICY := PASSIVE
 export PYTHONHASHSEED := 0
 
-.PHONY: install run smoke test test-nbs test-py export clean-nbs check-sync
+.PHONY: install run smoke test test-nbs test-py export clean-nbs check-sync lab readme-tables
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# the CPU wheel of torch first (from local disk); an unpinned torch would pull a multi-GB CUDA build
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[train,pipeline,lab,dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
 
@@ -34,6 +34,12 @@ test-nbs: install
 
 test-py: install
 	$(BIN)/pytest -q -p no:cacheprovider
+
+lab: install  ## JupyterLab on nbs/ with the project's kernel (python3 of .venv)
+	$(BIN)/jupyter lab --notebook-dir nbs
+
+readme-tables: install  ## rewrite README's measured tables from benchmarks/results/*.json
+	$(BIN)/python benchmarks/readme_tables.py
 
 export: install  ## regenerate macd_nb/ from nbs/
 	$(BIN)/nbdev_export

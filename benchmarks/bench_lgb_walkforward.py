@@ -26,14 +26,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import lightgbm as lgb
 import numpy as np
 
-from macd_nb.config import library_versions, profile_config
-from macd_nb.lgb import bin_schedule, direction_protocol, fold_rows, lgb_params, lgb_walk_forward
-from macd_nb.parallel import machine_threads, worker_layout
-from macd_nb.prepare import load_table, prepare_run
-from macd_nb.validation import auc
+from macd_nb.core.config import library_versions, profile_config
+from macd_nb.models.lgb import bin_schedule, lgb_params, lgb_walk_forward
+from macd_nb.models.protocol import direction_protocol, fold_rows
+from macd_nb.core.parallel import machine_threads, worker_layout
+from macd_nb.core.prepare import load_table, prepare_run
+from macd_nb.core.validation import auc
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data" / "binance_spot_1h"
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import SHARED_DATA as SHARED   # the one place that locates the shared real data
 
 
 def naive_fold(X, y, rows, params, num_boost_round, early_stopping_rounds) -> tuple[np.ndarray, int]:
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
     fast_oof[:len(fast.oof_pred)] = fast.oof_pred
     record = {
         "benchmark": "lgb_walkforward", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "data": str(args.data), "target": config.target, "rows": len(table), "n_features": len(protocol.feature_names),
+        "data": Path(args.data).name, "target": config.target, "rows": len(table), "n_features": len(protocol.feature_names),
         "n_folds": n_folds, "train_bars": config.train_bars, "fold_val_rows": int(len(protocol.folds[0].val_idx)),
         "params": params, "rebin_every": args.rebin_every, "binnings": len(set(dataset_path)), "cores": machine_threads(), "fast_layout": f"{n_jobs} processes x {threads} threads",
         "naive_threads": naive_threads, "prepare_s": prepare_s,

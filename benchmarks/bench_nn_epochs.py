@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from macd_nb.config import library_versions, profile_config, resolve_device
-from macd_nb.lstm import lstm_stage
-from macd_nb.prepare import load_table, prepare_run
-from macd_nb.sequences import SequenceData, Standardizer, TrainSettings, sequence_features, train_model, with_full_window
-from macd_nb.tft import tft_stage
-from macd_nb.validation import inner_split
+from macd_nb.core.config import library_versions, profile_config, resolve_device
+from macd_nb.models.lstm import lstm_stage
+from macd_nb.core.prepare import load_table, prepare_run
+from macd_nb.models.sequences import SequenceData, Standardizer, TrainSettings, sequence_features, train_model, with_full_window
+from macd_nb.models.tft import tft_stage
+from macd_nb.core.validation import inner_split
 
 RESULTS = Path(__file__).resolve().parent / "results" / "nn_epochs.json"
 

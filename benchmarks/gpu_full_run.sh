@@ -15,7 +15,7 @@ export JUPYTER_PATH=/tmp/kern/share/jupyter:/tmp/site/share/jupyter   # the kern
 # (LightGBM for its timing against the reference; LSTM and TFT in bf16; cross-asset LightGBM).
 STAGE_LIMIT=${STAGE_LIMIT:-420}
 STAGES=${STAGES:-prepare lgb lstm tft cross_asset}
-timeout "$STAGE_LIMIT" python3 -c "import sys; from macd_nb.cli import main; raise SystemExit(main(['run', '--profile', 'full', '--device', 'cuda', '--data', 'device_data', '--timeframes', '1h', '--run-id', 'gpu-full', '--keep-going', '--only', *sys.argv[1:]]))" $STAGES 2>&1 | grep -v "Kernel is running over TCP" | tee "$OUT/run.log"
-python3 -c "from macd_nb.cli import write_report; write_report('runs/gpu-full', 'reports/gpu-full', 'gpu-full')" || true
+timeout "$STAGE_LIMIT" python3 -c "import sys; from macd_nb.pipeline.cli import main; raise SystemExit(main(['run', '--profile', 'full', '--device', 'cuda', '--data', 'device_data', '--timeframes', '1h', '--run-id', 'gpu-full', '--keep-going', '--only', *sys.argv[1:]]))" $STAGES 2>&1 | grep -v "Kernel is running over TCP" | tee "$OUT/run.log"
+python3 -c "from macd_nb.pipeline.cli import write_report; write_report('runs/gpu-full', 'reports/gpu-full', 'gpu-full')" || true
 tar czf "$OUT/gpu_full_report.tgz" reports/gpu-full runs/gpu-full/results runs/gpu-full/config.json runs/gpu-full/figures 2>/dev/null
 cp reports/gpu-full/EXECUTION_STATUS.md "$OUT/" 2>/dev/null; true

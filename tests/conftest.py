@@ -1,4 +1,8 @@
-"Shared test settings: quiet OpenMP, non-interactive plots, the location of the shared real data."
+"""Shared test settings: quiet OpenMP, non-interactive plots, and the one place that locates the shared real data.
+
+Tests and benchmarks that use real Binance klines read them from `SHARED_DATA`: `$MACD_NB_SHARED_DATA` when set,
+else the `shared/data/binance_spot_1h` folder next to this checkout. They skip cleanly when it is absent.
+"""
 import os
 from pathlib import Path
 
@@ -7,5 +11,18 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance_spot_1h"
-needs_shared_data = pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"{SHARED_DATA} not present")
+SHARED_DATA = Path(os.environ.get("MACD_NB_SHARED_DATA")
+                   or Path(__file__).resolve().parents[2] / "shared" / "data" / "binance_spot_1h")
+
+
+def needs_shared_data(test):
+    "Mark `test` as reading the shared real data, and skip it cleanly when the data is absent."
+    skip = pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"shared real data not present at {SHARED_DATA}")
+    return pytest.mark.shared_data(skip(test))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    "The folder of the shared real klines (the test is skipped when it is absent)."
+    if not SHARED_DATA.exists(): pytest.skip(f"shared real data not present at {SHARED_DATA}")
+    return SHARED_DATA

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from macd_nb.config import RunConfig, load_config, profile_config, read_config, save_config
-from macd_nb.labels import direction_labels, label_report
+from macd_nb.core.config import RunConfig, load_config, profile_config, read_config, save_config
+from macd_nb.core.labels import direction_labels, label_report
 
 
 def test_profiles_resolve_and_full_is_the_reference_protocol():

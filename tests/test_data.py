@@ -1,4 +1,4 @@
-"Bad input, formats, resampling, fingerprint and the real data for macd_nb.data."
+"Bad input, formats, resampling, fingerprint and the real data for macd_nb.core.data."
 import json
 import os
 import zipfile
@@ -8,11 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from macd_nb.data import (KLINE_COLUMNS, DataError, MarketData, fingerprint, load_bars, read_klines, resample_bars,
+from macd_nb.core.data import (KLINE_COLUMNS, DataError, MarketData, fingerprint, load_bars, read_klines, resample_bars,
                           validate_bars)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared/data/binance_spot_1h"
-needs_shared = pytest.mark.skipif(not SHARED.exists(), reason=f"{SHARED} not present")
+from conftest import SHARED_DATA as SHARED, needs_shared_data
 HAS_SYNTHETIC = (Path(__file__).resolve().parents[1] / "macd_nb" / "synthetic.py").exists()
 
 
@@ -293,7 +292,7 @@ def real_market(tmp_path_factory):
     return load_bars(SHARED, cache_dir=tmp_path_factory.mktemp("cache"))
 
 
-@needs_shared
+@needs_shared_data
 def test_real_btc_2021_2025_has_14_missing_hours():
     market = load_bars(SHARED, symbols=["BTCUSDT"], start="2021-01-01", end="2025-12-31", cache_dir=False)
     bars, report = market.bars["BTCUSDT"], market.report.files["BTCUSDT"]
@@ -302,7 +301,7 @@ def test_real_btc_2021_2025_has_14_missing_hours():
     assert bars.index.isin(slots).all() and bars["gap_before"].sum() == 14
 
 
-@needs_shared
+@needs_shared_data
 def test_real_all_symbols_load(real_market):
     assert len(real_market.bars) == 17 and sum(len(b) for b in real_market.bars.values()) > 1_000_000
     for symbol, frame in real_market.bars.items():
@@ -310,7 +309,7 @@ def test_real_all_symbols_load(real_market):
         assert frame.index[-1] == pd.Timestamp("2025-12-31 23:00", tz="UTC"), symbol
 
 
-@needs_shared
+@needs_shared_data
 def test_real_btc_extra_columns_2019_to_2024_only(real_market):
     btc, eth = real_market.bars["BTCUSDT"], real_market.bars["ETHUSDT"]
     extras = ["quote_volume", "trades", "taker_buy_base", "taker_buy_quote"]

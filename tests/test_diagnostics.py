@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from macd_nb.diagnostics import base_diagnostics, load_oof, run_diagnostics
+from macd_nb.models.diagnostics import base_diagnostics, load_oof, run_diagnostics
 
 
 def _write_oof(run_dir, name, index, y, pred):

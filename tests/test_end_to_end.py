@@ -5,14 +5,17 @@ signal out of sample (walk-forward, purged), shuffled labels give none, the plan
 honest model beats the oracle (an AUC above the known ceiling would mean leakage).
 """
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from macd_nb.baseline import run_baseline
-from macd_nb.cli import available_stages, run_pipeline, summary_table
-from macd_nb.config import profile_config
-from macd_nb.prepare import prepare_run
+from macd_nb.models.baseline import run_baseline
+from macd_nb.core.stages import select_stages
+from macd_nb.pipeline.report import summary_table
+from macd_nb.pipeline.runner import run_pipeline
+from macd_nb.core.config import profile_config
+from macd_nb.core.prepare import prepare_run
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def two_year_run(tmp_path_factory):
 
 def test_logistic_regression_on_base_features_finds_the_signal(two_year_run):
     config, run_dir, prepared, baseline = two_year_run
-    metrics = baseline["metrics"]
+    metrics = baseline.metrics
     assert metrics["oof_auc"] >= 0.53, metrics
     assert metrics["oof_auc_ci95"][0] > 0.5
     assert metrics["n_oof"] > 5000 and metrics["n_folds"] == 12
@@ -38,19 +41,19 @@ def test_no_model_beats_the_oracle(two_year_run):
     oracle = prepared["oracle"]
     assert abs(oracle["measured_oracle_auc"] - oracle["nominal_oracle_auc"]) < 0.015
     assert 0.56 <= oracle["nominal_oracle_auc"] <= 0.62
-    assert baseline["metrics"]["oof_auc"] < oracle["measured_oracle_auc"] + 0.01
+    assert baseline.metrics["oof_auc"] < oracle["measured_oracle_auc"] + 0.01
 
 
 def test_controls_shuffled_labels_and_planted_leak(two_year_run):
     _, _, _, baseline = two_year_run
-    assert abs(baseline["controls"]["shuffled_label_auc"] - 0.5) <= 0.02
-    assert baseline["controls"]["planted_leak_flagged"]
-    assert baseline["controls"]["real_features_flagged"] == []
+    assert abs(baseline.controls["shuffled_label_auc"] - 0.5) <= 0.02
+    assert baseline.controls["planted_leak_flagged"]
+    assert baseline.controls["real_features_flagged"] == []
 
 
 def test_result_json_has_the_shared_shape(two_year_run):
     _, run_dir, prepared, _ = two_year_run
-    record = json.loads((run_dir / "results" / "baseline_lr_1h.json").read_text())
+    record = json.loads((run_dir / "results" / "baseline_1h.json").read_text())
     for key in ("stage", "model", "timeframe", "target", "window", "metrics", "controls", "gates", "timings_s",
                 "artifacts", "data_fingerprint", "versions", "seed", "device"):
         assert key in record
@@ -62,11 +65,11 @@ def test_smoke_pipeline_leaves_notebooks_and_reports(tmp_path):
     ok, report_dir = run_pipeline(profile_config("smoke"), run_id="t", runs_root=tmp_path / "runs",
                                   reports_root=tmp_path / "reports")
     assert ok
-    expected = sorted(stage.notebook for stage in available_stages())
+    expected = sorted(Path(stage.notebook).name for stage in select_stages())
     assert len(expected) >= 2 and sorted(p.name for p in (report_dir / "executed").glob("*.ipynb")) == expected
     report = (report_dir / "TRAINING_REPORT.md").read_text()
     status = (report_dir / "EXECUTION_STATUS.md").read_text()
     assert "completed" in status and "failed" not in status
-    record = json.loads((tmp_path / "runs" / "t" / "results" / "baseline_lr_1h.json").read_text())
+    record = json.loads((tmp_path / "runs" / "t" / "results" / "baseline_1h.json").read_text())
     assert f"{record['metrics']['oof_auc']:.4f}" in report        # the summary table comes from the JSON
     assert summary_table(tmp_path / "runs" / "t") in report

@@ -1,15 +1,15 @@
-"Tests of macd_nb.features: future invariance of every feature, counts, degradation, higher-timeframe alignment."
+"Tests of macd_nb.core.features: future invariance of every feature, counts, degradation, higher-timeframe alignment."
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from macd_nb.features import (FeatureFrame, attach_higher_timeframe, base_features, build_features,
+from macd_nb.core.features import (FeatureFrame, attach_higher_timeframe, base_features, build_features,
                               completed_higher_bars, cross_asset_features, feature_table,
                               future_invariance_violations, macd, truncate_market)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared/data/binance_spot_1h"
+from conftest import SHARED_DATA as SHARED, needs_shared_data
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT")
 N_BARS = 24 * 46        # enough for the 1d MACD (35 completed days) to have ~10 days of values
 
@@ -246,8 +246,7 @@ def load_shared(symbol: str) -> pd.DataFrame:
     return bars.assign(gap_before=(np.diff(slot, prepend=-1) - 1).astype("int64"))
 
 
-@pytest.mark.shared_data
-@pytest.mark.skipif(not SHARED.exists(), reason="shared Binance data not available")
+@needs_shared_data
 def test_real_binance_bars():
     market = {s: load_shared(s) for s in ("BTCUSDT", "ETHUSDT", "BNBUSDT")}
     full = build_features(market, "BTCUSDT")
@@ -261,7 +260,7 @@ def test_real_binance_bars():
 
 
 def test_synthetic_market_features_are_future_invariant():
-    synthetic = pytest.importorskip("macd_nb.synthetic")
+    synthetic = pytest.importorskip("macd_nb.core.synthetic")
     market = synthetic.synthetic_market(n_bars=24 * 45, seed=3).bars
     features = build_features(market, "DOGEUSDT")
     assert len(features.base) >= 70 and len(features.cross) >= 20

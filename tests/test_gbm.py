@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from macd_nb.config import profile_config
-from macd_nb.lgb import (bin_once, binned_rows, direction_protocol, fold_rows, lgb_fit_predict_fold, lgb_params,
+from macd_nb.core.config import profile_config
+from macd_nb.models.protocol import direction_protocol, fold_rows
+from macd_nb.models.lgb import (bin_once, binned_rows, lgb_fit_predict_fold, lgb_params,
                          lgb_walk_forward, load_binned, LgbFoldTask, run_lgb)
-from macd_nb.prepare import load_table, prepare_run
-from macd_nb.xgb import run_xgb, save_features, xgb_params, xgb_walk_forward
+from macd_nb.core.prepare import load_table, prepare_run
+from macd_nb.models.xgb import run_xgb, save_features, xgb_params, xgb_walk_forward
 
-SHARED = Path(__file__).resolve().parents[2] / "shared/data/binance_spot_1h"
+from conftest import SHARED_DATA as SHARED, needs_shared_data
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def quick_protocol(quick_run):
 
 
 def test_lgb_and_cross_asset_find_the_signal(quick_run):
-    single, cross = quick_run["lgb"]["metrics"], quick_run["cross"]["metrics"]
+    single, cross = quick_run["lgb"].metrics, quick_run["cross"].metrics
     assert single["oof_auc_ci95"][0] > 0.5, single
     assert cross["oof_auc_ci95"][0] > 0.5, cross
     assert cross["oof_auc"] > single["oof_auc"], (cross["oof_auc"], single["oof_auc"])
@@ -50,22 +51,22 @@ def test_lgb_and_cross_asset_find_the_signal(quick_run):
 
 
 def test_xgb_finds_the_signal(quick_run):
-    metrics = quick_run["xgb"]["metrics"]
+    metrics = quick_run["xgb"].metrics
     assert metrics["oof_auc_ci95"][0] > 0.5, metrics
-    assert metrics["n_oof"] == quick_run["lgb"]["metrics"]["n_oof"]   # same rows scored: they line up for stacking
+    assert metrics["n_oof"] == quick_run["lgb"].metrics["n_oof"]   # same rows scored: they line up for stacking
 
 
 def test_shuffled_labels_give_no_signal_and_the_leak_is_flagged(quick_run):
     for name in ("lgb", "cross", "xgb"):
-        controls = quick_run[name]["controls"]
+        controls = quick_run[name].controls
         assert abs(controls["shuffled_label_auc"] - 0.5) <= 0.02, (name, controls["shuffled_label_auc"])
         assert controls["planted_leak_flagged"], name
 
 
 def test_result_json_has_the_shared_shape(quick_run):
     run_dir = Path(quick_run["run_dir"])
-    for file, stage, count in [("lgb_walkforward_1h.json", "1.1", None), ("cross_asset_training_1h.json", "1.4", "+"),
-                               ("xgb_walkforward_1h.json", "1.1b", None)]:
+    for file, stage, count in [("lgb_1h.json", "1.1", None), ("lgb_cross_1h.json", "1.4", "+"),
+                               ("xgb_1h.json", "1.5", None)]:
         record = json.loads((run_dir / "results" / file).read_text())
         assert record["stage"] == stage
         for key in ("val_auc_mean", "fold_auc", "oof_auc", "oof_auc_ci95", "n_oof", "n_folds", "test_auc",
@@ -73,15 +74,15 @@ def test_result_json_has_the_shared_shape(quick_run):
             assert key in record["metrics"], (file, key)
         n_folds = quick_run["config"].n_folds
         assert len(record["best_iterations"]) == n_folds and len(record["metrics"]["fold_auc"]) == n_folds
-        assert set(record["timings_s"]) >= {"binning", "folds", "refit", "controls", "total"}
+        assert set(record["timings_s"]) >= {"prepare", "folds", "refit", "controls", "total"}
         assert record["data_fingerprint"] and record["versions"]["lightgbm"] and record["seed"] == 0
         assert record["gates"][0]["name"] == "val_auc_mean" and "created" in record
-    cross = json.loads((run_dir / "results" / "cross_asset_training_1h.json").read_text())
-    total, parts = cross["n_features"].split(" = ")
-    base, extra = map(int, parts.split(" + "))
-    assert int(total) == base + extra == len(cross["features"]) and extra > 0
-    assert quick_run["lgb"]["gates"][0]["threshold"] == quick_run["config"].gates["lgb_val_auc_mean"]
-    assert quick_run["cross"]["gates"][0]["threshold"] == quick_run["config"].gates["cross_asset_val_auc"]
+    cross = json.loads((run_dir / "results" / "lgb_cross_1h.json").read_text())
+    single = json.loads((run_dir / "results" / "lgb_1h.json").read_text())
+    assert cross["n_features"] == len(cross["features"]) > single["n_features"] == len(single["features"])
+    assert cross["features"][:single["n_features"]] == single["features"]
+    assert quick_run["lgb"].gates[0]["threshold"] == quick_run["config"].gates["lgb_val_auc_mean"]
+    assert quick_run["cross"].gates[0]["threshold"] == quick_run["config"].gates["cross_asset_val_auc"]
 
 
 def _first_window_model(X, bin_rows, y, params, path=None):
@@ -141,33 +142,32 @@ def test_processes_and_serial_give_identical_predictions(quick_protocol, tmp_pat
 
 def test_artifacts_are_native_and_load_back(quick_run):
     run_dir = Path(quick_run["run_dir"])
-    for name, model_file in [("lgb", "lgb_direction_model_1h.txt"), ("cross", "lgb_cross_asset_1h.txt")]:
+    for name, model_file in [("lgb", "lgb_1h.txt"), ("cross", "lgb_cross_1h.txt")]:
         run = quick_run[name]
         booster = lgb.Booster(model_file=str(run_dir / "models" / model_file))
-        np.testing.assert_array_equal(booster.predict(run["_test_features"]), run["_test_pred"])
+        np.testing.assert_array_equal(booster.predict(run.extras["test_features"]), run.test_pred)
     run = quick_run["xgb"]
     booster = xgb.Booster()
-    booster.load_model(str(run_dir / "models" / "xgb_direction_model_1h.json"))
-    np.testing.assert_array_equal(booster.predict(xgb.DMatrix(run["_test_features"], feature_names=run["features"])),
-                                  run["_test_pred"])
-    assert json.loads((run_dir / "models" / "xgb_direction_model_1h.json").read_text())["learner"]
+    booster.load_model(str(run_dir / "models" / "xgb_1h.json"))
+    np.testing.assert_array_equal(booster.predict(xgb.DMatrix(run.extras["test_features"], feature_names=run.record["features"])),
+                                  run.test_pred)
+    assert json.loads((run_dir / "models" / "xgb_1h.json").read_text())["learner"]
     for oof_file in ("lgb_1h.parquet", "lgb_cross_1h.parquet", "xgb_1h.parquet"):
         oof = pd.read_parquet(run_dir / "oof" / oof_file)
         assert list(oof.columns) == ["y", "pred"] and oof.index.name == "open_time" and str(oof.index.tz) == "UTC"
-        assert len(oof) == quick_run["lgb"]["metrics"]["n_oof"] and oof["pred"].between(0, 1).all()
+        assert len(oof) == quick_run["lgb"].metrics["n_oof"] and oof["pred"].between(0, 1).all()
 
 
 @pytest.mark.slow
-@pytest.mark.shared_data
-@pytest.mark.skipif(not SHARED.exists(), reason=f"{SHARED} not present")
+@needs_shared_data
 def test_full_lightgbm_protocol_on_real_btc(tmp_path):
     "The full profile's LightGBM stage on the shared BTCUSDT hourly data: 357 folds, pooled OOF AUC with a CI."
     config = profile_config("full", timeframes=["1h"], data_source=str(SHARED), n_jobs=2, threads_per_job=1,
                             bootstrap_samples=300)
     prepare_run(config, tmp_path)
-    record = run_lgb(config, tmp_path)
+    record = run_lgb(config, tmp_path).record
     metrics = record["metrics"]
     assert metrics["n_folds"] == 357 and len(record["best_iterations"]) == 357
     lo, hi = metrics["oof_auc_ci95"]
     assert lo <= metrics["oof_auc"] <= hi and metrics["n_oof"] > 25_000
-    assert json.loads((tmp_path / "results" / "lgb_walkforward_1h.json").read_text())["metrics"]["n_folds"] == 357
+    assert json.loads((tmp_path / "results" / "lgb_1h.json").read_text())["metrics"]["n_folds"] == 357

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from macd_nb.config import profile_config
-from macd_nb.lstm import MultiHorizonLSTM, load_lstm, run_lstm
-from macd_nb.prepare import load_table, prepare_run
-from macd_nb.sequences import (SequenceData, Standardizer, TrainSettings, fit_refit, gather_windows, predict_table,
+from macd_nb.core.config import profile_config
+from macd_nb.models.lstm import MultiHorizonLSTM, load_lstm, run_lstm
+from macd_nb.core.prepare import load_table, prepare_run
+from macd_nb.models.sequences import (SequenceData, Standardizer, TrainSettings, fit_refit, gather_windows, predict_table,
                                sequence_features)
-from macd_nb.tft import TemporalFusionTransformer, load_tft, run_tft
-from macd_nb.validation import WalkForward, as_utc_datetime64, holdout_split
+from macd_nb.models.tft import TemporalFusionTransformer, load_tft, run_tft
+from macd_nb.core.validation import WalkForward, as_utc_datetime64, holdout_split
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,8 @@ def tft_result(quick_run):
 
 @pytest.mark.parametrize("which", ["lstm_result", "tft_result"])
 def test_finds_signal_and_controls_hold(which, request):
-    record = request.getfixturevalue(which)
-    metrics, controls = record["metrics"], record["controls"]
+    result = request.getfixturevalue(which)
+    record, metrics, controls = result.record, result.metrics, result.controls
     assert metrics["oof_auc_ci95"][0] > 0.5, metrics
     assert abs(controls["shuffled_label_auc"] - 0.5) <= 0.02, controls
     assert controls["planted_leak_flagged"]
@@ -71,8 +71,8 @@ def test_multi_horizon_heads_and_best_head(quick_run, lstm_result):
     config, run_dir = quick_run
     model, meta = load_lstm(run_dir)
     assert meta["horizons"] == config.horizons and meta["best_head"] in config.horizons
-    assert lstm_result["best_head"] == meta["best_head"]
-    assert set(lstm_result["metrics"]["inner_val_auc_per_head"]) == {str(h) for h in config.horizons}
+    assert lstm_result.record["best_head"] == meta["best_head"]
+    assert set(lstm_result.metrics["inner_val_auc_per_head"]) == {str(h) for h in config.horizons}
     table, _ = load_table(run_dir, "1h")
     probs = predict_table(model, meta, table, np.arange(len(table) - 300, len(table)))
     assert probs.shape == (300, len(config.horizons))
@@ -87,8 +87,8 @@ def test_artifacts_reload_weights_only_and_reproduce(quick_run, lstm_result, tft
     state = torch.load(run_dir / "models" / f"{name}_1h.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     table, _ = load_table(run_dir, "1h")
-    again = predict_table(model, meta, table, record["_test_rows"])[:, meta["main_head_index"]]
-    np.testing.assert_allclose(again, record["_test_pred"], atol=1e-5)
+    again = predict_table(model, meta, table, record.extras["test_rows"])[:, meta["main_head_index"]]
+    np.testing.assert_allclose(again, record.test_pred, atol=1e-5)
 
 
 def test_scaler_sees_training_rows_only(quick_run):

@@ -7,10 +7,13 @@ import nbformat
 import pandas as pd
 import pytest
 
-from macd_nb.baseline import run_baseline
-from macd_nb.cli import Stage, commit_report, default_nbs_dir, main, run_pipeline
-from macd_nb.config import profile_config
-from macd_nb.prepare import prepare_run
+from macd_nb.models.baseline import run_baseline
+from macd_nb.core.stages import Stage, default_nbs_dir
+from macd_nb.pipeline.cli import main
+from macd_nb.pipeline.report import commit_report
+from macd_nb.pipeline.runner import run_pipeline
+from macd_nb.core.config import profile_config
+from macd_nb.core.prepare import prepare_run
 
 
 def _flaky_notebook(path, flag):
@@ -30,11 +33,11 @@ def _flaky_notebook(path, flag):
 def test_failed_stage_is_reported_and_resume_skips_completed_stages(tmp_path):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    shutil.copy(default_nbs_dir() / "06_prepare.ipynb", nbs)
+    shutil.copy(default_nbs_dir() / "core" / "08_prepare.ipynb", nbs)
     flag = tmp_path / "FAIL"
     flag.write_text("x")
     _flaky_notebook(nbs / "flaky.ipynb", flag)
-    stages = [Stage("prepare", "06_prepare.ipynb", "0"), Stage("flaky", "flaky.ipynb", "9")]
+    stages = [Stage("prepare", "0", "Prepare data", "08_prepare.ipynb"), Stage("flaky", "9", "Flaky", "flaky.ipynb")]
     roots = {"runs_root": tmp_path / "runs", "reports_root": tmp_path / "reports", "nbs_dir": nbs, "stages": stages}
 
     ok, report_dir = run_pipeline(profile_config("smoke"), run_id="r", **roots)
@@ -44,7 +47,7 @@ def test_failed_stage_is_reported_and_resume_skips_completed_stages(tmp_path):
     assert "macd-nb run --run-id r --resume" in status
     prepared = tmp_path / "runs" / "r" / "data" / "features_1h.parquet"
     assert prepared.exists()                                  # the earlier stage's outputs are intact
-    executed_prepare = report_dir / "executed" / "06_prepare.ipynb"
+    executed_prepare = report_dir / "executed" / "08_prepare.ipynb"
     stamp = (executed_prepare.stat().st_mtime_ns, prepared.stat().st_mtime_ns)
 
     flag.unlink()                                             # "fix" the cause
@@ -74,12 +77,12 @@ def test_dask_executor_gives_the_same_oof_as_local_processes(tmp_path):
     config = profile_config("smoke")
     prepare_run(config, tmp_path)
     local = run_baseline(config, tmp_path)
-    local_oof = pd.read_parquet(tmp_path / "oof" / "baseline_lr_1h.parquet")
+    local_oof = pd.read_parquet(tmp_path / "oof" / "baseline_1h.parquet")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         on_dask = run_baseline(config.replace(executor=f"dask://{cluster.scheduler_address.removeprefix('tcp://')}"), tmp_path)
-    dask_oof = pd.read_parquet(tmp_path / "oof" / "baseline_lr_1h.parquet")
+    dask_oof = pd.read_parquet(tmp_path / "oof" / "baseline_1h.parquet")
     pd.testing.assert_frame_equal(local_oof, dask_oof)
-    assert local["metrics"]["oof_auc"] == on_dask["metrics"]["oof_auc"]
+    assert local.metrics["oof_auc"] == on_dask.metrics["oof_auc"]
 
 
 def _git(repo, *args):

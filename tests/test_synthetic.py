@@ -1,11 +1,11 @@
-"""Tests of the synthetic market (macd_nb.synthetic): contract, stylized facts, planted signal, controls."""
+"""Tests of the synthetic market (macd_nb.core.synthetic): contract, stylized facts, planted signal, controls."""
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from macd_nb.synthetic import (DEFAULT_SYMBOLS, SyntheticParams, expected_auc, macd_histogram, oracle_auc,
+from macd_nb.core.synthetic import (DEFAULT_SYMBOLS, SyntheticParams, expected_auc, macd_histogram, oracle_auc,
                                synthetic_market)
 
 TWO_YEARS = 24 * 365 * 2

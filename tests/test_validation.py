@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from sklearn.metrics import roc_auc_score
 
-from macd_nb.validation import (WalkForward, auc_ci, holdout_split, inner_split, leak_audit, logistic_fit_predict,
+from macd_nb.core.validation import (WalkForward, auc_ci, holdout_split, inner_split, leak_audit, logistic_fit_predict,
                                 planted_leak_control, shuffled_label_control, toy_signal_data, walk_forward_predict,
                                 _weighted_auc, block_bootstrap_counts)
 
