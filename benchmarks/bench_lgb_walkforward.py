@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         return 0
 
     config = profile_config("full", timeframes=["1h"], data_source=str(args.data))
-    args.rebin_every = args.rebin_every or config.gbm_rebin_folds
+    args.rebin_every = args.rebin_every or config.gbm.rebin_folds
     run_dir = Path(tempfile.mkdtemp(prefix="bench_lgb_"))
     started = time.perf_counter()
     prepare_run(config, run_dir)
@@ -86,8 +86,8 @@ def main(argv=None) -> int:
     n_jobs, threads = worker_layout(n_folds, args.n_jobs, args.threads_per_job)
     params = lgb_params(config, threads=threads)
     if args.max_bin: params["max_bin"] = args.max_bin
-    settings = dict(num_boost_round=config.gbm_rounds, early_stopping_rounds=config.early_stopping_rounds,
-                    inner_fraction=config.inner_valid_fraction, purge=config.purge_bars)
+    settings = dict(num_boost_round=config.gbm.rounds, early_stopping_rounds=config.gbm.early_stopping_rounds,
+                    inner_fraction=config.validation.inner_valid_fraction, purge=config.validation.purge_bars)
 
     started = time.perf_counter()
     dataset_path = bin_schedule(protocol.X, protocol.folds, params, run_dir / "cache", protocol.feature_names,
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     fast_s = time.perf_counter() - started
     binning_s = binned_at - started
 
-    rows = fold_rows(protocol.folds, protocol.y, inner_fraction=config.inner_valid_fraction, purge=config.purge_bars)
+    rows = fold_rows(protocol.folds, protocol.y, inner_fraction=config.validation.inner_valid_fraction, purge=config.validation.purge_bars)
     n_naive = min(args.naive_folds or n_folds, n_folds)
     naive_ids = np.unique(np.linspace(0, n_folds - 1, n_naive).round().astype(int))
     naive_threads = args.naive_threads or machine_threads()
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     naive_best = []
     started = time.perf_counter()
     for k in naive_ids:
-        pred, best = naive_fold(protocol.X, protocol.y, rows[k], naive_params, config.gbm_rounds, config.early_stopping_rounds)
+        pred, best = naive_fold(protocol.X, protocol.y, rows[k], naive_params, config.gbm.rounds, config.gbm.early_stopping_rounds)
         naive_pred[rows[k].val_idx] = pred
         naive_best.append(best)
     naive_measured_s = time.perf_counter() - started
@@ -117,8 +117,8 @@ def main(argv=None) -> int:
     fast_oof[:len(fast.oof_pred)] = fast.oof_pred
     record = {
         "benchmark": "lgb_walkforward", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "data": Path(args.data).name, "target": config.target, "rows": len(table), "n_features": len(protocol.feature_names),
-        "n_folds": n_folds, "train_bars": config.train_bars, "fold_val_rows": int(len(protocol.folds[0].val_idx)),
+        "data": Path(args.data).name, "target": config.data.target, "rows": len(table), "n_features": len(protocol.feature_names),
+        "n_folds": n_folds, "train_bars": config.validation.train_bars, "fold_val_rows": int(len(protocol.folds[0].val_idx)),
         "params": params, "rebin_every": args.rebin_every, "binnings": len(set(dataset_path)), "cores": machine_threads(), "fast_layout": f"{n_jobs} processes x {threads} threads",
         "naive_threads": naive_threads, "prepare_s": prepare_s,
         "fast": {"wall_s": fast_s, "binning_s": binning_s, "folds_s": fast_s - binning_s,
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
 
     naive_note = (f"timed on {len(naive_ids)} of {n_folds} folds, extrapolated per fold" if record["naive"]["extrapolated"]
                   else f"all {n_folds} folds")
-    print(f"LightGBM walk-forward, {config.target} 1h: {len(table)} rows, {len(protocol.feature_names)} features, "
+    print(f"LightGBM walk-forward, {config.data.target} 1h: {len(table)} rows, {len(protocol.feature_names)} features, "
           f"{n_folds} folds, {machine_threads()} cores")
     print(f"{'path':<8}{'wall s':>9}{'pooled OOF AUC':>16}  notes")
     print(f"{'fast':<8}{fast_s:>9.1f}{record['fast']['oof_auc']:>16.4f}  binning {binning_s:.2f} s, "

@@ -27,13 +27,13 @@ RESULTS = Path(__file__).resolve().parent / "results" / "nn_epochs.json"
 
 def bench(stage, data, train_rows, config, device: str, epochs: int) -> dict:
     "Train `epochs` epochs of one stage's model on `train_rows`; seconds per epoch."
-    length = config.nn_sequence_length
-    fit_rows, stop_rows = inner_split(with_full_window(train_rows, length), config.inner_valid_fraction, purge=config.purge_bars)
+    length = config.nn.sequence_length
+    fit_rows, stop_rows = inner_split(with_full_window(train_rows, length), config.validation.inner_valid_fraction, purge=config.validation.purge_bars)
     inputs = torch.from_numpy(Standardizer.fit(data.features, train_rows).transform(data.features)).to(device)
     targets = torch.from_numpy(data.targets[:, [data.heads.index(h) for h in stage.heads]].copy()).to(device)
     torch.manual_seed(config.seed)
     model = stage.model_class(n_features=data.features.shape[1], n_outputs=len(stage.heads), **stage.model_kwargs).to(device)
-    settings = TrainSettings(epochs=epochs, batch_size=config.nn_batch_size, learning_rate=config.nn_learning_rate,
+    settings = TrainSettings(epochs=epochs, batch_size=config.nn.batch_size, learning_rate=config.nn.learning_rate,
                              patience=epochs + 1, device=device, bf16=stage.bf16, seed=config.seed)
     if device == "cuda": torch.cuda.synchronize()
     history = train_model(model, inputs, targets, fit_rows, stop_rows, length, settings)["history"]
@@ -55,12 +55,12 @@ def main():
     with tempfile.TemporaryDirectory() as run_dir:
         prepare_run(config, run_dir)
         table, summary = load_table(run_dir, "1h")
-    names = sequence_features(summary, config.nn_max_features)
-    data = SequenceData.from_table(table, names, config.horizons, config.label_horizon)
-    train_rows = np.arange(config.train_bars)
+    names = sequence_features(summary, config.nn.max_features)
+    data = SequenceData.from_table(table, names, config.validation.horizons, config.validation.label_horizon)
+    train_rows = np.arange(config.validation.train_bars)
     rows = [bench(stage, data, train_rows, config, device, args.epochs) for stage in (lstm_stage(config), tft_stage(config))]
-    print(f"quick profile: {config.train_bars} training rows, sequence {config.nn_sequence_length}, hidden {config.nn_hidden}, "
-          f"{len(names)} features, batch {config.nn_batch_size}, device {device}, threads {torch.get_num_threads()}")
+    print(f"quick profile: {config.validation.train_bars} training rows, sequence {config.nn.sequence_length}, hidden {config.nn.hidden}, "
+          f"{len(names)} features, batch {config.nn.batch_size}, device {device}, threads {torch.get_num_threads()}")
     print(f"{'model':<6} {'dtype':<5} {'params':>8} {'s/epoch':>8} {'1st epoch s':>11}")
     for row in rows:
         print(f"{row['model']:<6} {row['dtype']:<5} {row['parameters']:>8} {row['seconds_per_epoch']:>8.2f} {row['first_epoch_s']:>11.2f}")

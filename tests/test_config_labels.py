@@ -11,10 +11,11 @@ from macd_nb.core.labels import direction_labels, label_report
 
 def test_profiles_resolve_and_full_is_the_reference_protocol():
     full = profile_config("full")
-    assert (full.n_folds, full.train_bars, full.start, full.end, full.target) == (
+    assert (full.validation.n_folds, full.validation.train_bars, full.data.start, full.data.end, full.data.target) == (
         357, 8760, "2021-01-01", "2025-12-31", "BTCUSDT")
-    assert profile_config("smoke").data_source == "synthetic"
-    assert profile_config("quick").n_bars > profile_config("smoke").n_bars
+    assert profile_config("smoke").data.source == "synthetic"
+    assert profile_config("quick").data.n_bars > profile_config("smoke").data.n_bars
+    assert full.data.feature_inputs == [] and profile_config("smoke").data.feature_inputs == ["taker_buy_base", "trades"]
 
 
 @pytest.mark.parametrize("change, message", [
@@ -32,17 +33,28 @@ def test_invalid_settings_are_named(change, message):
 def test_override_file_round_trip(tmp_path):
     (tmp_path / "o.json").write_text(json.dumps({"profile": "quick", "seed": 5, "symbols": ["BTCUSDT", "ETHUSDT"]}))
     config = load_config(tmp_path / "o.json", n_folds=9)
-    assert (config.profile, config.seed, config.n_folds, config.symbols) == ("quick", 5, 9, ["BTCUSDT", "ETHUSDT"])
-    save_config(config, tmp_path / "run", data_fingerprint="sha256:x")
+    assert (config.profile, config.seed, config.validation.n_folds, config.data.symbols) == ("quick", 5, 9, ["BTCUSDT", "ETHUSDT"])
+    save_config(config, tmp_path / "run")
     assert read_config(tmp_path / "run") == config
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["data_fingerprint"] == "sha256:x" and "numpy" in saved["versions"]
+    assert saved["config"]["n_folds"] == 9 and saved["config"]["data_source"] == "synthetic"   # one flat file format
+    assert "numpy" in saved["versions"]
 
 
 def test_unknown_key_in_override_file_is_an_error(tmp_path):
     (tmp_path / "bad.yaml").write_text("n_fold: 3\n")
-    with pytest.raises(ValueError, match=r"bad.yaml: unknown setting\(s\) \['n_fold'\]"):
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown setting\(s\) 'n_fold' \(did you mean 'n_folds'\?\)"):
         load_config(tmp_path / "bad.yaml")
+    (tmp_path / "worse.yaml").write_text("xyzzy: 3\n")
+    with pytest.raises(ValueError, match=r"worse.yaml: unknown setting\(s\) 'xyzzy'$"):
+        load_config(tmp_path / "worse.yaml")
+
+
+def test_config_groups_in_sections_and_keeps_the_flat_format():
+    config = profile_config("quick", gbm_rounds=50, nn_hidden=8, stacking_oof_auc=0.6)
+    assert (config.gbm.rounds, config.nn.hidden, config.stacking.min_oof_auc) == (50, 8, 0.6)
+    assert config.to_flat()["gbm_rounds"] == 50 and config.replace(n_folds=7).validation.n_folds == 7
+    assert config.for_timeframe("4h").validation.train_bars == config.validation.train_bars // 4
 
 
 def _bars(closes, hours):

@@ -12,7 +12,6 @@ from macd_nb.core.data import (KLINE_COLUMNS, DataError, MarketData, fingerprint
                           validate_bars)
 
 from conftest import SHARED_DATA as SHARED, needs_shared_data
-HAS_SYNTHETIC = (Path(__file__).resolve().parents[1] / "macd_nb" / "synthetic.py").exists()
 
 
 def kline_rows(n_rows=200, start="2024-01-01", unit_factor=1000, seed=0) -> pd.DataFrame:
@@ -277,7 +276,6 @@ def test_fingerprint_changes_with_one_value_and_is_stable_otherwise(tmp_path):
 
 # --- synthetic and real data ----------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not HAS_SYNTHETIC, reason="macd_nb/synthetic.py not written yet")
 def test_synthetic_source_loads_canonical_bars():
     market = load_bars("synthetic", n_bars=24 * 20, seed=3)
     assert market.source == "synthetic" and len(market.bars) >= 2

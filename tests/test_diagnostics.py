@@ -25,9 +25,19 @@ def test_correlation_and_spread_on_common_rows(tmp_path):
     assert record["pearson"]["a"]["b"] == pytest.approx(1.0)
     assert abs(record["pearson"]["a"]["c"]) < 0.2
     assert record["models"]["b"]["pred_std"] == pytest.approx(2 * record["models"]["a"]["pred_std"])
-    assert (tmp_path / "results" / "base_diagnostics_1h.json").exists()
+    assert (tmp_path / "results" / "diagnostics_1h.json").exists() and record["stage"] == "1.6"
 
 
 def test_no_predictions_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no out-of-fold predictions for 1h"):
+        load_oof(tmp_path, "1h")
+
+
+def test_models_whose_labels_disagree_are_refused(tmp_path):
+    "Predictions of models trained on different prepared data must not be lined up."
+    index = pd.date_range("2024-01-01", periods=50, freq="1h", tz="UTC", name="open_time")
+    y = np.tile([0.0, 1.0], 25)
+    _write_oof(tmp_path, "a", index, y, np.linspace(0, 1, 50))
+    _write_oof(tmp_path, "b", index, 1 - y, np.linspace(0, 1, 50))
+    with pytest.raises(ValueError, match=r"b_1h.parquet: labels disagree .* at 50 bars, first 2024-01-01 00:00:00\+00:00"):
         load_oof(tmp_path, "1h")

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from macd_nb.core.features import (FeatureFrame, attach_higher_timeframe, base_features, build_features,
+from macd_nb.core.features import (FeatureInputError, FeatureFrame, attach_higher_timeframe, base_features, build_features,
                               completed_higher_bars, cross_asset_features, feature_table,
                               future_invariance_violations, macd, truncate_market)
 
@@ -267,3 +267,26 @@ def test_synthetic_market_features_are_future_invariant():
     index = market["DOGEUSDT"].index
     cuts = [index[-60] + pd.Timedelta("1h") * k for k in (0, 11)]
     assert future_invariance_violations(lambda m: build_features(m, "DOGEUSDT").frame, market, cuts) == {}
+
+
+def test_feature_list_is_decided_by_the_declared_inputs_not_by_the_window(market):
+    "BTC's trade counts stop in mid-2024 in the reference dump: the declared list must not depend on the dates loaded."
+    btc = market["BTCUSDT"].copy()
+    late = btc.index >= btc.index[len(btc) // 2]
+    btc.loc[late, ["taker_buy_base", "trades"]] = np.nan
+    early = btc.loc[~late]
+    assert base_features(early).base != base_features(btc).base          # exploration: the window decides (the old way)
+    assert base_features(early, inputs=[]).base == base_features(btc, inputs=[]).base   # declared: the same list
+    with pytest.raises(FeatureInputError, match=r"feature input 'taker_buy_base': taker_buy_base missing for 50\.0% of rows"):
+        base_features(btc, inputs=["taker_buy_base", "trades"])
+
+
+def test_prepared_table_is_checked_against_its_declared_features(tmp_path):
+    from macd_nb.core.config import profile_config
+    from macd_nb.core.prepare import load_table, prepare_run
+    from macd_nb.core.rundir import RunPaths
+    prepare_run(profile_config("smoke", symbols=["BTCUSDT", "ETHUSDT"], n_bars=24 * 60, n_folds=2, train_bars=24 * 20), tmp_path)
+    table, summary = load_table(tmp_path, "1h")
+    table.drop(columns=[summary["base_features"][3]]).to_parquet(RunPaths(tmp_path).features("1h"))
+    with pytest.raises(ValueError, match=rf"features_1h.parquet: .*missing \['{summary['base_features'][3]}'\], extra \[\]"):
+        load_table(tmp_path, "1h")

@@ -47,7 +47,7 @@ def test_lgb_and_cross_asset_find_the_signal(quick_run):
     assert single["oof_auc_ci95"][0] > 0.5, single
     assert cross["oof_auc_ci95"][0] > 0.5, cross
     assert cross["oof_auc"] > single["oof_auc"], (cross["oof_auc"], single["oof_auc"])
-    assert single["n_folds"] == cross["n_folds"] == quick_run["config"].n_folds and single["n_oof"] == cross["n_oof"] > 5000
+    assert single["n_folds"] == cross["n_folds"] == quick_run["config"].validation.n_folds and single["n_oof"] == cross["n_oof"] > 5000
 
 
 def test_xgb_finds_the_signal(quick_run):
@@ -72,7 +72,7 @@ def test_result_json_has_the_shared_shape(quick_run):
         for key in ("val_auc_mean", "fold_auc", "oof_auc", "oof_auc_ci95", "n_oof", "n_folds", "test_auc",
                     "test_auc_ci95", "n_test"):
             assert key in record["metrics"], (file, key)
-        n_folds = quick_run["config"].n_folds
+        n_folds = quick_run["config"].validation.n_folds
         assert len(record["best_iterations"]) == n_folds and len(record["metrics"]["fold_auc"]) == n_folds
         assert set(record["timings_s"]) >= {"prepare", "folds", "refit", "controls", "total"}
         assert record["data_fingerprint"] and record["versions"]["lightgbm"] and record["seed"] == 0
@@ -113,23 +113,23 @@ def test_fast_path_equals_a_plain_fit_with_the_same_bins(quick_protocol):
     first_window = protocol.folds[0].train_idx
     reference = lgb.Dataset(protocol.X[first_window], label=np.zeros(len(first_window)), params=params,
                             free_raw_data=False)
-    for rows in fold_rows(protocol.folds, protocol.y, inner_fraction=config.inner_valid_fraction,
-                          purge=config.purge_bars)[:3]:
+    for rows in fold_rows(protocol.folds, protocol.y, inner_fraction=config.validation.inner_valid_fraction,
+                          purge=config.validation.purge_bars)[:3]:
         task = LgbFoldTask(str(path), rows, protocol.y[rows.fit_idx], protocol.y[rows.stop_idx],
-                           protocol.X[rows.val_idx], params, config.gbm_rounds, config.early_stopping_rounds)
+                           protocol.X[rows.val_idx], params, config.gbm.rounds, config.gbm.early_stopping_rounds)
         fast_pred, fast_best = lgb_fit_predict_fold(task)
         fit = lgb.Dataset(protocol.X[rows.fit_idx], protocol.y[rows.fit_idx], reference=reference, params=params)
         stop = lgb.Dataset(protocol.X[rows.stop_idx], protocol.y[rows.stop_idx], reference=reference, params=params)
-        plain = lgb.train(params, fit, config.gbm_rounds, valid_sets=[stop],
-                          callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False)])
+        plain = lgb.train(params, fit, config.gbm.rounds, valid_sets=[stop],
+                          callbacks=[lgb.early_stopping(config.gbm.early_stopping_rounds, verbose=False)])
         assert plain.best_iteration == fast_best
         np.testing.assert_allclose(plain.predict(protocol.X[rows.val_idx], num_iteration=fast_best), fast_pred, atol=1e-6)
 
 
 def test_processes_and_serial_give_identical_predictions(quick_protocol, tmp_path):
     config, protocol, params, path = quick_protocol
-    settings = dict(num_boost_round=config.gbm_rounds, early_stopping_rounds=config.early_stopping_rounds,
-                    inner_fraction=config.inner_valid_fraction, purge=config.purge_bars)
+    settings = dict(num_boost_round=config.gbm.rounds, early_stopping_rounds=config.gbm.early_stopping_rounds,
+                    inner_fraction=config.validation.inner_valid_fraction, purge=config.validation.purge_bars)
     serial, serial_best = lgb_walk_forward(protocol, params, path, n_jobs=1, **settings)
     parallel, parallel_best = lgb_walk_forward(protocol, params, path, n_jobs=2, **settings)
     np.testing.assert_array_equal(serial.oof_pred, parallel.oof_pred)

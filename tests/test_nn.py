@@ -56,9 +56,9 @@ def test_oof_rows_are_the_gbm_oof_rows(quick_run, lstm_result, tft_result):
     "The coarse refits score exactly the rows the fine (GBM) walk-forward scores, so stacking can line them up."
     config, run_dir = quick_run
     table, _ = load_table(run_dir, "1h")
-    dev_idx, _ = holdout_split(len(table), config.test_fraction, gap=config.purge_bars + config.embargo_bars)
-    folds = WalkForward(config.n_folds, train_size=config.train_bars, purge=config.purge_bars,
-                        embargo=config.embargo_bars).folds(len(dev_idx), label_end=table["label_end_1"].to_numpy()[dev_idx],
+    dev_idx, _ = holdout_split(len(table), config.validation.test_fraction, gap=config.validation.purge_bars + config.validation.embargo_bars)
+    folds = WalkForward(config.validation.n_folds, train_size=config.validation.train_bars, purge=config.validation.purge_bars,
+                        embargo=config.validation.embargo_bars).folds(len(dev_idx), label_end=table["label_end_1"].to_numpy()[dev_idx],
                                                            times=table.index.to_numpy()[dev_idx])
     val_rows = np.concatenate([f.val_idx for f in folds])
     expected = table.index[val_rows][np.isfinite(table["y_1"].to_numpy()[val_rows])]
@@ -70,12 +70,12 @@ def test_oof_rows_are_the_gbm_oof_rows(quick_run, lstm_result, tft_result):
 def test_multi_horizon_heads_and_best_head(quick_run, lstm_result):
     config, run_dir = quick_run
     model, meta = load_lstm(run_dir)
-    assert meta["horizons"] == config.horizons and meta["best_head"] in config.horizons
+    assert meta["horizons"] == config.validation.horizons and meta["best_head"] in config.validation.horizons
     assert lstm_result.record["best_head"] == meta["best_head"]
-    assert set(lstm_result.metrics["inner_val_auc_per_head"]) == {str(h) for h in config.horizons}
+    assert set(lstm_result.metrics["inner_val_auc_per_head"]) == {str(h) for h in config.validation.horizons}
     table, _ = load_table(run_dir, "1h")
     probs = predict_table(model, meta, table, np.arange(len(table) - 300, len(table)))
-    assert probs.shape == (300, len(config.horizons))
+    assert probs.shape == (300, len(config.validation.horizons))
     assert np.all((probs > 0) & (probs < 1)) and np.all(probs.std(axis=0) > 0)
 
 

@@ -15,11 +15,12 @@ from .config import TIMEFRAME_DELTA
 
 # %% auto #0
 __all__ = ['RETURN_LAGS', 'VOLATILITY_WINDOWS', 'MACD_SPEEDS', 'RSI_WINDOWS', 'EMA_SPANS', 'HIGHER_TIMEFRAMES', 'ATR_WINDOW',
-           'MAX_MISSING_SHARE', 'REFERENCE_SYMBOLS', 'REQUIRED_COLUMNS', 'FeatureSpec', 'FeatureFrame', 'feature_table',
-           'ema', 'wilder', 'log_return', 'safe_log', 'true_range', 'average_true_range', 'rsi', 'macd',
-           'bars_since_cross', 'rolling_zscore', 'completed_higher_bars', 'attach_higher_timeframe', 'base_features',
-           'symbol_prefix', 'reference_symbol', 'aligned_returns', 'cross_asset_features', 'build_features',
-           'truncate_market', 'future_invariance_violations']
+           'MAX_MISSING_SHARE', 'FEATURE_SET_VERSION', 'OPTIONAL_INPUTS', 'REFERENCE_SYMBOLS', 'REQUIRED_COLUMNS',
+           'FeatureSpec', 'FeatureFrame', 'feature_table', 'ema', 'wilder', 'log_return', 'safe_log', 'true_range',
+           'average_true_range', 'rsi', 'macd', 'bars_since_cross', 'rolling_zscore', 'completed_higher_bars',
+           'attach_higher_timeframe', 'FeatureInputError', 'base_features', 'symbol_prefix', 'reference_symbol',
+           'aligned_returns', 'cross_asset_features', 'build_features', 'truncate_market',
+           'future_invariance_violations']
 
 # %% ../../nbs/core/04_features.ipynb #4a53ec85
 @dataclass(frozen=True)
@@ -53,7 +54,12 @@ RSI_WINDOWS = (6, 14, 24)
 EMA_SPANS = (9, 21, 50, 100, 200)
 HIGHER_TIMEFRAMES = ("4h", "1d")
 ATR_WINDOW = 14
-MAX_MISSING_SHARE = 0.01          # an optional column NaN on more rows than this drops its features
+MAX_MISSING_SHARE = 0.01          # an optional column NaN on more rows than this drops its features (or fails, when declared)
+FEATURE_SET_VERSION = 1           # bumped whenever a feature's formula or the base list changes
+OPTIONAL_INPUTS = {               # optional kline columns and the features built on them
+    "taker_buy_base": ("taker_buy_ratio", "taker_buy_ratio_z_168", "taker_imbalance_24"),
+    "trades": ("trades_z_168", "log_trade_size_ratio_24_168"),
+}
 REFERENCE_SYMBOLS = ("BTCUSDT", "ETHUSDT")   # market leaders with their own cross-asset features
 REQUIRED_COLUMNS = ("open", "high", "low", "close", "volume")
 
@@ -179,6 +185,21 @@ def _check_bars(bars: pd.DataFrame, label: str = "bars") -> None:
         raise ValueError(f"{label}: open_time index must be strictly increasing")
 
 
+class FeatureInputError(ValueError):
+    "A feature input the configuration switched on is absent or too often missing in the data."
+
+
+def _optional_input_reason(bars: pd.DataFrame, column: str, max_missing_share: float, inputs) -> str | None:
+    "Why the features on optional input `column` are left out (None: they are built); raise when declared but unusable."
+    if inputs is not None and column not in inputs: return f"{column} switched off by the configuration (feature_inputs)"
+    reason = _missing_column_reason(bars, column, max_missing_share)
+    if reason and inputs is not None:
+        raise FeatureInputError(
+            f"feature input {column!r}: {reason}; the configured feature set needs it for {list(OPTIONAL_INPUTS[column])}. "
+            f"Switch it off with `feature_inputs: {[c for c in inputs if c != column]}` or load data that has it.")
+    return reason
+
+
 def _missing_column_reason(bars: pd.DataFrame, column: str, max_missing_share: float) -> str | None:
     "Why features built on `column` cannot be used (absent or too often NaN), or None when they can."
     if column not in bars.columns: return f"{column} column absent"
@@ -287,7 +308,7 @@ def _add_candle_distribution(fb: _FeatureBuilder, bars: pd.DataFrame, atr: pd.Se
     fb.add("kurt_168", "distribution", "rolling excess kurtosis of ret_1 over 168 bars", ret.rolling(168).kurt())
 
 
-def _add_volume(fb: _FeatureBuilder, bars: pd.DataFrame, max_missing_share: float) -> None:
+def _add_volume(fb: _FeatureBuilder, bars: pd.DataFrame, max_missing_share: float, inputs) -> None:
     "Volume z-scores and log ratios; taker-buy and trade-count features when those columns are usable."
     v = bars["volume"]
     fb.add("volume_z_24", "volume", "(volume - mean_24) / std_24", rolling_zscore(v, 24))
@@ -298,9 +319,8 @@ def _add_volume(fb: _FeatureBuilder, bars: pd.DataFrame, max_missing_share: floa
            safe_log(v.rolling(6).mean() / v.rolling(48).mean()))
     fb.add("volume_absret_corr_24", "volume", "rolling corr(volume, |ret_1|) over 24 bars",
            v.rolling(24).corr(log_return(bars["close"]).abs()))
-    taker_names = ["taker_buy_ratio", "taker_buy_ratio_z_168", "taker_imbalance_24"]
-    reason = _missing_column_reason(bars, "taker_buy_base", max_missing_share)
-    if reason: fb.drop(taker_names, reason)
+    reason = _optional_input_reason(bars, "taker_buy_base", max_missing_share, inputs)
+    if reason: fb.drop(list(OPTIONAL_INPUTS["taker_buy_base"]), reason)
     else:
         taker = bars["taker_buy_base"]
         ratio = taker / v
@@ -309,9 +329,8 @@ def _add_volume(fb: _FeatureBuilder, bars: pd.DataFrame, max_missing_share: floa
                rolling_zscore(ratio, 168, min_periods=151))
         fb.add("taker_imbalance_24", "flow", "sum_24(2 taker_buy_base - volume) / sum_24(volume)",
                (2 * taker - v).rolling(24, min_periods=22).sum() / v.rolling(24, min_periods=22).sum())
-    trade_names = ["trades_z_168", "log_trade_size_ratio_24_168"]
-    reason = _missing_column_reason(bars, "trades", max_missing_share)
-    if reason: fb.drop(trade_names, reason)
+    reason = _optional_input_reason(bars, "trades", max_missing_share, inputs)
+    if reason: fb.drop(list(OPTIONAL_INPUTS["trades"]), reason)
     else:
         trades = bars["trades"]
         fb.add("trades_z_168", "flow", "rolling z-score of trades over 168 bars (>= 151 valid)",
@@ -362,6 +381,7 @@ def _warmup_bars(frame: pd.DataFrame) -> int:
 
 def base_features(bars: pd.DataFrame, *, timeframe: str = "1h",
                   max_missing_share: float = MAX_MISSING_SHARE,  # optional column NaN share above which its features drop
+                  inputs: list[str] | None = None,  # optional inputs switched on (declared: strict); None: those usable here
                   ) -> FeatureFrame:
     "Scale-free single-symbol features of a canonical bar frame (rows = the bars that exist)."
     _check_bars(bars)
@@ -373,7 +393,7 @@ def base_features(bars: pd.DataFrame, *, timeframe: str = "1h",
     _add_momentum(fb, bars, atr)
     _add_bands_trend_range(fb, bars, atr)
     _add_candle_distribution(fb, bars, atr)
-    _add_volume(fb, bars, max_missing_share)
+    _add_volume(fb, bars, max_missing_share, inputs)
     _add_calendar(fb, timeframe)
     _add_higher_timeframes(fb, bars, timeframe)
     frame = fb.frame()
@@ -484,10 +504,11 @@ def _add_reference(fb: _FeatureBuilder, market: dict[str, pd.DataFrame], target:
 def build_features(market: dict[str, pd.DataFrame], target: str, *, timeframe: str = "1h",
                    cross_asset: bool = True,
                    max_missing_share: float = MAX_MISSING_SHARE,  # optional column NaN share above which its features drop
+                   inputs: list[str] | None = None,  # optional inputs switched on (declared: strict); None: those usable
                    ) -> FeatureFrame:
     "Base features of `target` plus (optionally) its cross-asset features, on the target's rows."
     if target not in market: raise KeyError(f"target {target!r} not in market symbols {sorted(market)}")
-    base = base_features(market[target], timeframe=timeframe, max_missing_share=max_missing_share)
+    base = base_features(market[target], timeframe=timeframe, max_missing_share=max_missing_share, inputs=inputs)
     if not cross_asset: return base
     cross = cross_asset_features(market, target, timeframe=timeframe)
     frame = pd.concat([base.frame, cross.frame], axis=1)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import joblib
+from joblib.externals.loky import get_reusable_executor
 
 # %% ../../nbs/core/06_parallel.ipynb #4438c3c7
 def machine_threads() -> int:
@@ -52,11 +53,10 @@ def parallel_map(
     if executor != "local": raise ValueError(f"executor={executor!r} must be 'local' or 'dask://HOST:PORT'")
     n_jobs, threads_per_job = worker_layout(len(items), n_jobs, threads_per_job)
     if n_jobs == 1: return [function(item) for item in items]
-    # idle workers exit after a few seconds: long-lived ones would hold up the exit of any parent process pool
-    # the context closes the pool and removes its memmapping folder (else joblib warns of leaked folders at exit)
-    with joblib.parallel_config(backend="loky", inner_max_num_threads=threads_per_job, idle_worker_timeout=5), \
-         joblib.Parallel(n_jobs=n_jobs) as parallel:
-        return parallel(joblib.delayed(function)(item) for item in items)
+    # loky's executor directly rather than joblib.Parallel: joblib's memmapping folders in /dev/shm outlive a reused
+    # pool ("leaked folder objects" at exit). Idle workers exit after 5 s, so no pool outlives its run for long.
+    threads = {name: str(threads_per_job) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    return list(get_reusable_executor(max_workers=n_jobs, timeout=5, env=threads).map(function, items))
 
 # %% ../../nbs/core/06_parallel.ipynb #f236f781
 class ProcessCache(dict):

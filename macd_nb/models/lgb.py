@@ -25,8 +25,8 @@ from .protocol import (DirectionModel, DirectionProtocol, FoldRows, ModelResult,
 # %% ../../nbs/models/02_lgb.ipynb #7e186195
 def lgb_params(config: RunConfig, *, threads: int | None = None) -> dict:
     "LightGBM parameters of a direction model: from the run configuration, deterministic, fixed thread count."
-    return {"objective": "binary", "learning_rate": config.gbm_learning_rate, "num_leaves": config.gbm_num_leaves,
-            "min_data_in_leaf": config.gbm_min_data_in_leaf, "max_bin": config.gbm_max_bin,
+    return {"objective": "binary", "learning_rate": config.gbm.learning_rate, "num_leaves": config.gbm.num_leaves,
+            "min_data_in_leaf": config.gbm.min_data_in_leaf, "max_bin": config.gbm.max_bin,
             "feature_pre_filter": False, "force_row_wise": True, "deterministic": True, "seed": config.seed,
             "num_threads": threads or config.threads_per_job, "verbose": -1}
 
@@ -150,14 +150,14 @@ class LgbModel(DirectionModel):
 
     def prepare(self, protocol: DirectionProtocol, scratch: Path) -> None:
         self.dataset_paths = bin_schedule(protocol.X, protocol.folds, self.params, scratch, protocol.feature_names,
-                                          every=self.config.gbm_rebin_folds)
+                                          every=self.config.gbm.rebin_folds)
 
     def walk_forward(self, protocol: DirectionProtocol, labels: np.ndarray) -> tuple[WalkForwardResult, dict]:
         config = self.config
         result, best_iterations = lgb_walk_forward(
-            protocol, self.params, self.dataset_paths, labels=labels, num_boost_round=config.gbm_rounds,
-            early_stopping_rounds=config.early_stopping_rounds, inner_fraction=config.inner_valid_fraction,
-            purge=config.purge_bars, n_jobs=config.n_jobs, executor=config.executor)
+            protocol, self.params, self.dataset_paths, labels=labels, num_boost_round=config.gbm.rounds,
+            early_stopping_rounds=config.gbm.early_stopping_rounds, inner_fraction=config.validation.inner_valid_fraction,
+            purge=config.validation.purge_bars, n_jobs=config.n_jobs, executor=config.executor)
         return result, {"best_iterations": best_iterations}
 
     def refit(self, protocol: DirectionProtocol, walk: dict, path: Path | None) -> Refit:

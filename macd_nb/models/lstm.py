@@ -35,9 +35,9 @@ class MultiHorizonLSTM(nn.Module):
 def lstm_stage(config: RunConfig) -> SequenceStage:
     "The multi-horizon LSTM's settings taken from `config`."
     return SequenceStage(model="lstm", model_class=MultiHorizonLSTM,
-                         model_kwargs={"hidden": config.nn_hidden, "n_layers": 1, "dropout": 0.1},
-                         heads=list(config.horizons), epochs=config.nn_epochs, bf16=True,   # bf16 autocast on CUDA, fp32 on the CPU
-                         control_epochs=config.nn_control_epochs)
+                         model_kwargs={"hidden": config.nn.hidden, "n_layers": 1, "dropout": 0.1},
+                         heads=list(config.validation.horizons), epochs=config.nn.epochs, bf16=True,   # bf16 autocast on CUDA, fp32 on the CPU
+                         control_epochs=config.nn.control_epochs)
 
 
 def run_lstm(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") -> ModelResult:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.config import RunConfig, library_versions
+from ..core.features import FEATURE_SET_VERSION
 from ..core.rundir import RunPaths, gate, model_result, read_json, write_json, write_parquet
 from ..core.stages import stage_of_model
 from ..core.validation import (Fold, WalkForward, WalkForwardResult, as_utc_datetime64, auc, auc_ci,
@@ -48,14 +49,14 @@ class DirectionProtocol:
 
 
 def direction_protocol(table: pd.DataFrame, feature_names: list[str], config: RunConfig) -> DirectionProtocol:
-    "Holdout split, purged walk-forward folds and final-fit rows of `table` for `config.label_horizon`."
-    horizon = config.label_horizon
+    "Holdout split, purged walk-forward folds and final-fit rows of `table` for `config.validation.label_horizon`."
+    horizon = config.validation.label_horizon
     X = table[feature_names].to_numpy(dtype=float)
     y = table[f"y_{horizon}"].to_numpy(dtype=float)
     label_end, times = as_utc_datetime64(table[f"label_end_{horizon}"]), as_utc_datetime64(table.index)
-    dev_idx, test_idx = holdout_split(len(table), config.test_fraction, gap=config.purge_bars + config.embargo_bars)
-    splitter = WalkForward(config.n_folds, train_size=config.train_bars, purge=config.purge_bars,
-                           embargo=config.embargo_bars, expanding=config.expanding)
+    dev_idx, test_idx = holdout_split(len(table), config.validation.test_fraction, gap=config.validation.purge_bars + config.validation.embargo_bars)
+    splitter = WalkForward(config.validation.n_folds, train_size=config.validation.train_bars, purge=config.validation.purge_bars,
+                           embargo=config.validation.embargo_bars, expanding=config.validation.expanding)
     folds = splitter.folds(len(dev_idx), label_end=label_end[dev_idx], times=times[dev_idx])
     final_train_idx = dev_idx[np.isfinite(y[dev_idx]) & (label_end[dev_idx] <= times[test_idx[0]])]
     return DirectionProtocol(X, y, times, label_end, list(feature_names), dev_idx, test_idx, folds,
@@ -171,10 +172,10 @@ def model_record(config: RunConfig, run_dir: str | Path, *, model: str, timefram
     "A result record of the shared shape: stage, window, fingerprint, versions, seed and device filled in."
     paths = RunPaths(Path(run_dir))
     outputs = [paths.relative(paths.oof_file(model, timeframe)), paths.relative(paths.result_file(model, timeframe))]
-    return model_result(stage=stage_of_model(model).number, model=model, timeframe=timeframe, target=config.target,
+    return model_result(stage=stage_of_model(model).number, model=model, timeframe=timeframe, target=config.data.target,
                         window=window, metrics=metrics, controls=controls, gates=gates, timings_s=timings,
                         artifacts=list(artifacts) + outputs, data_fingerprint=data_fingerprint(run_dir),
-                        versions=library_versions(), seed=config.seed, device=device, horizon=config.label_horizon,
+                        versions=library_versions(), seed=config.seed, device=device, horizon=config.validation.label_horizon,
                         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra)
 
 # %% ../../nbs/models/00_protocol.ipynb #e100dfe1
@@ -217,8 +218,8 @@ def reference_gains(oof: pd.DataFrame, references: dict[str, pd.Series], config:
     for name, reference in references.items():
         both = oof.join(reference.rename("reference"), how="inner").dropna()
         if len(both) == 0: continue
-        gains[name] = auc_gain_ci(both["y"], both["pred"], both["reference"], block=config.bootstrap_block,
-                                  n_boot=config.bootstrap_samples, seed=config.seed)
+        gains[name] = auc_gain_ci(both["y"], both["pred"], both["reference"], block=config.validation.bootstrap_block,
+                                  n_boot=config.validation.bootstrap_samples, seed=config.seed)
     return gains
 
 
@@ -242,10 +243,10 @@ def finish_model_stage(
     run_dir = Path(run_dir)
     paths = RunPaths(run_dir).create()
     y_dev, y_test = protocol.y[protocol.dev_idx], protocol.y[test_rows]
-    metrics = fold_result.metrics(y_dev, block=config.bootstrap_block, n_boot=config.bootstrap_samples, seed=config.seed)
+    metrics = fold_result.metrics(y_dev, block=config.validation.bootstrap_block, n_boot=config.validation.bootstrap_samples, seed=config.seed)
     metrics |= {"test_auc": auc(y_test, test_pred), "n_test": len(y_test),
-                "test_auc_ci95": list(auc_ci(y_test, test_pred, block=config.bootstrap_block,
-                                             n_boot=config.bootstrap_samples, seed=config.seed))} | (fold_metrics or {})
+                "test_auc_ci95": list(auc_ci(y_test, test_pred, block=config.validation.bootstrap_block,
+                                             n_boot=config.validation.bootstrap_samples, seed=config.seed))} | (fold_metrics or {})
     index = pd.DatetimeIndex(protocol.dev_times, tz="UTC", name="open_time")
     oof = pd.DataFrame({"y": y_dev, "pred": fold_result.oof_pred}, index=index).dropna()
     references = {"best_feature": pd.Series(reference.oof_score[protocol.dev_idx], index=index)}
@@ -259,7 +260,9 @@ def finish_model_stage(
                           controls=controls, gates=standard_gates(metrics, controls, config=config, gate_key=gate_key),
                           timings=timings, artifacts=artifacts, device=device, reference_gains=gains,
                           best_feature={"most_chosen": reference.most_chosen(), "per_fold": reference.choices},
-                          features=protocol.feature_names, n_features=len(protocol.feature_names), **record_extra)
+                          features=protocol.feature_names, n_features=len(protocol.feature_names),
+                          feature_set={"version": FEATURE_SET_VERSION, "inputs": list(config.data.feature_inputs)},
+                          **record_extra)
     write_json(paths.result_file(model, timeframe), record)
     return ModelResult(record, fold_result, protocol.dev_times, y_test, test_pred, extras or {})
 

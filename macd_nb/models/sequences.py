@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from ..core.config import RunConfig, resolve_device
-from ..core.prepare import load_table
+from ..core.features import FEATURE_SET_VERSION
+from ..core.prepare import check_columns, load_table
 from ..core.rundir import RunPaths, read_json, write_json
 from ..core.validation import Fold, WalkForwardResult, as_utc_datetime64, auc, coarse_folds, inner_split
 from .protocol import (ModelResult, best_feature_reference, controls_record, direction_protocol,
@@ -190,6 +191,7 @@ def load_sequence_model(model_class: type, weights_path: str | Path, meta_path: 
 
 def predict_table(model: nn.Module, meta: dict, table: pd.DataFrame, rows=None, *, device: str = "cpu") -> np.ndarray:
     "P(up) per head (len(rows), n_heads) for the windows ending at `rows` of a feature table, scaled as saved."
+    check_columns(list(table.columns), meta["features"], "predict_table: the model's features", allow_extra=True)
     scaler = Standardizer.from_dict(meta["scaler"])
     length = meta["sequence_length"]
     rows = with_full_window(np.arange(len(table)) if rows is None else np.asarray(rows), length)
@@ -297,8 +299,8 @@ class SequenceStage:
 
 
 def _settings(config: RunConfig, epochs: int, device: str, bf16: bool) -> TrainSettings:
-    return TrainSettings(epochs=epochs, batch_size=config.nn_batch_size, learning_rate=config.nn_learning_rate,
-                         patience=config.nn_patience, device=device, bf16=bf16, seed=config.seed)
+    return TrainSettings(epochs=epochs, batch_size=config.nn.batch_size, learning_rate=config.nn.learning_rate,
+                         patience=config.nn.patience, device=device, bf16=bf16, seed=config.seed)
 
 
 def _head_metrics(data: SequenceData, oof: np.ndarray, scored: np.ndarray, refits: list[dict], heads: list[int]) -> dict:
@@ -318,17 +320,17 @@ def run_sequence_stage(config: RunConfig, run_dir: str | Path, timeframe: str, s
     device = resolve_device(config.device)
     paths = RunPaths(Path(run_dir)).create()
     table, summary = load_table(run_dir, timeframe)
-    names = sequence_features(summary, config.nn_max_features)
-    data = SequenceData.from_table(table, names, spec.heads, config.label_horizon)
+    names = sequence_features(summary, config.nn.max_features)
+    data = SequenceData.from_table(table, names, spec.heads, config.validation.label_horizon)
     protocol = direction_protocol(table, names, config)   # the rows and folds every model shares
-    length, gap, main, dev_idx = config.nn_sequence_length, config.purge_bars + config.embargo_bars, data.main_head, protocol.dev_idx
-    refit_folds = coarse_folds(protocol.folds, min(config.nn_refits, len(protocol.folds)),
-                               train_size=None if config.expanding else config.train_bars, gap=gap,
+    length, gap, main, dev_idx = config.nn.sequence_length, config.validation.purge_bars + config.validation.embargo_bars, data.main_head, protocol.dev_idx
+    refit_folds = coarse_folds(protocol.folds, min(config.nn.refits, len(protocol.folds)),
+                               train_size=None if config.validation.expanding else config.validation.train_bars, gap=gap,
                                label_end=data.label_end[dev_idx].max(axis=1), times=data.times[dev_idx])
     architecture = {"n_features": len(names), "n_outputs": len(spec.heads), **spec.model_kwargs}
     make = lambda: spec.model_class(**architecture)
     settings = _settings(config, spec.epochs, device, spec.bf16)
-    walk_settings = dict(length=length, inner_fraction=config.inner_valid_fraction, purge=config.purge_bars)
+    walk_settings = dict(length=length, inner_fraction=config.validation.inner_valid_fraction, purge=config.validation.purge_bars)
     prepared = time.perf_counter()
 
     walk = sequence_walk_forward(make, data, refit_folds, settings=settings, **walk_settings)
@@ -359,16 +361,17 @@ def run_sequence_stage(config: RunConfig, run_dir: str | Path, timeframe: str, s
 
     meta = {"model": spec.model, "architecture": architecture, "features": names,
             "scaler": final["scaler"].to_dict(), "sequence_length": length, "horizons": spec.heads,
-            "main_horizon": config.label_horizon, "main_head_index": main, "best_head": heads["best_head"],
+            "main_horizon": config.validation.label_horizon, "main_head_index": main, "best_head": heads["best_head"],
             "inner_val_auc_per_head": heads["inner_val_auc_per_head"], "timeframe": timeframe,
             "trained_until": str(pd.Timestamp(data.times[final_rows[-1]])), "n_train": final["n_train"],
-            "best_epoch": final["best_epoch"], "torch": torch.__version__, "dtype": settings.autocast_dtype}
+            "best_epoch": final["best_epoch"], "torch": torch.__version__, "dtype": settings.autocast_dtype,
+            "feature_set": {"version": FEATURE_SET_VERSION, "inputs": list(config.data.feature_inputs)}}
     weights_path, meta_path = paths.model_file(spec.model, timeframe, "pt"), paths.model_file(spec.model, timeframe, "json")
     save_sequence_model(final["model"], meta, weights_path, meta_path)
     epoch_seconds = [h["seconds"] for r in walk["refits"] for h in r["history"]] + [h["seconds"] for h in final["history"]]
     test_pred = final["probs"][:, main]
     fold_metrics = {"test_auc_per_head": dict(zip(map(str, spec.heads), head_aucs(data.targets[test_rows], final["probs"]))),
-                    **heads, "main_head": config.label_horizon, "n_refits": len(refit_folds)}
+                    **heads, "main_head": config.validation.label_horizon, "n_refits": len(refit_folds)}
     return finish_model_stage(
         config, run_dir, timeframe, protocol, model=spec.model, fold_result=fold_result, test_rows=test_rows,
         test_pred=test_pred, controls=controls, device=device, reference=reference, gate_key=spec.gate_key,

@@ -148,10 +148,10 @@ class TemporalFusionTransformer(nn.Module):
 def tft_stage(config: RunConfig) -> SequenceStage:
     "The TFT's settings taken from `config`."
     return SequenceStage(model="tft", model_class=TemporalFusionTransformer,
-                         model_kwargs={"length": config.nn_sequence_length, "hidden": config.nn_hidden, "n_heads": 4,
-                                       "variable_hidden": max(4, config.nn_hidden // 4), "dropout": 0.1},
-                         heads=[config.label_horizon], epochs=config.tft_epochs, bf16=True,
-                         control_epochs=config.nn_control_epochs,
+                         model_kwargs={"length": config.nn.sequence_length, "hidden": config.nn.hidden, "n_heads": 4,
+                                       "variable_hidden": max(4, config.nn.hidden // 4), "dropout": 0.1},
+                         heads=[config.validation.label_horizon], epochs=config.nn.tft_epochs, bf16=True,
+                         control_epochs=config.nn.control_epochs,
                          gate_key="tft_val_auc")
 
 

@@ -25,9 +25,9 @@ from .protocol import (DirectionModel, DirectionProtocol, FoldRows, ModelResult,
 def xgb_params(config: RunConfig, *, device: str = "cpu", threads: int | None = None) -> dict:
     "XGBoost parameters of a direction model from the run configuration (`hist` trees, fixed thread count)."
     return {"objective": "binary:logistic", "eval_metric": "logloss", "tree_method": "hist", "device": device,
-            "learning_rate": config.gbm_learning_rate, "grow_policy": "lossguide", "max_depth": 0,
-            "max_leaves": config.gbm_num_leaves, "min_child_weight": config.gbm_min_data_in_leaf / 4,
-            "max_bin": config.gbm_max_bin, "seed": config.seed,
+            "learning_rate": config.gbm.learning_rate, "grow_policy": "lossguide", "max_depth": 0,
+            "max_leaves": config.gbm.num_leaves, "min_child_weight": config.gbm.min_data_in_leaf / 4,
+            "max_bin": config.gbm.max_bin, "seed": config.seed,
             "nthread": threads or config.threads_per_job, "verbosity": 0}
 
 # %% ../../nbs/models/07_xgb.ipynb #2bd6ae35
@@ -120,9 +120,9 @@ class XgbModel(DirectionModel):
     def walk_forward(self, protocol: DirectionProtocol, labels: np.ndarray) -> tuple[WalkForwardResult, dict]:
         config = self.config
         result, best_iterations = xgb_walk_forward(
-            protocol, self.params, self.features_path, labels=labels, num_boost_round=config.gbm_rounds,
-            early_stopping_rounds=config.early_stopping_rounds, inner_fraction=config.inner_valid_fraction,
-            purge=config.purge_bars, n_jobs=config.n_jobs, executor=config.executor)
+            protocol, self.params, self.features_path, labels=labels, num_boost_round=config.gbm.rounds,
+            early_stopping_rounds=config.gbm.early_stopping_rounds, inner_fraction=config.validation.inner_valid_fraction,
+            purge=config.validation.purge_bars, n_jobs=config.n_jobs, executor=config.executor)
         return result, {"best_iterations": best_iterations}
 
     def refit(self, protocol: DirectionProtocol, walk: dict, path: Path | None) -> Refit:

@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                "symbols": args.symbols.split(",") if args.symbols else None,
                "timeframes": args.timeframes.split(",") if args.timeframes else None}
     config = load_config(args.config, args.profile, **{k: v for k, v in changes.items() if v is not None})
-    if config.data_source != "synthetic":   # stages run from nbs/: make the data path absolute first
-        config = config.replace(data_source=str(Path(config.data_source).expanduser().resolve()))
+    if config.data.source != "synthetic":   # stages run from nbs/: make the data path absolute first
+        config = config.replace(data_source=str(Path(config.data.source).expanduser().resolve()))
     ok, report_dir = run_pipeline(config, run_id=args.run_id, runs_root=args.runs_root, reports_root=args.reports_root,
                                   resume=args.resume, only=args.only, keep_going=args.keep_going)
     print(f"{'run completed' if ok else 'run FAILED (see the status file)'}\n"

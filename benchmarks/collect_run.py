@@ -1,0 +1,53 @@
+"""Summarise a run's result JSONs into `benchmarks/results/<name>.json`, the file README's measured tables come from.
+
+    python benchmarks/collect_run.py runs/<run_id> quick_cpu --where "2 CPU cores"
+"""
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+MODEL_ORDER = ["baseline", "lgb", "lgb_cross", "xgb", "lstm", "tft"]
+
+
+def model_row(record: dict) -> dict:
+    "The numbers of one model result that README shows."
+    m, c, gains = record["metrics"], record["controls"], record.get("reference_gains", {})
+    return {"model": record["model"], "stage": record["stage"], "timeframe": record["timeframe"],
+            "n_features": record.get("n_features"), "oof_auc": m["oof_auc"], "oof_auc_ci95": m["oof_auc_ci95"],
+            "n_oof": m["n_oof"], "n_folds": m["n_folds"], "test_auc": m["test_auc"], "test_auc_ci95": m["test_auc_ci95"],
+            "n_test": m["n_test"], "shuffled_label_auc": c["shuffled_label_auc"],
+            "planted_leak_flagged": c["planted_leak_flagged"], "best_feature": record.get("best_feature", {}).get("most_chosen"),
+            "best_feature_oof_auc": m.get("best_feature_oof_auc"),
+            "gain_vs_best_feature": gains.get("best_feature"), "gain_vs_baseline": gains.get("baseline"),
+            "gates_failed": [g["name"] for g in record["gates"] if not g["passed"]],
+            "seconds": record["timings_s"].get("total"), "device": record["device"]}
+
+
+def collect(run_dir: Path, where: str) -> dict:
+    "A summary of every model result in `run_dir`, in stage order."
+    results = run_dir / "results"
+    prepare = json.loads((results / "prepare.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    records = [json.loads(p.read_text()) for p in sorted(results.glob("*.json")) if p.name != "prepare.json"]
+    records = sorted((r for r in records if "metrics" in r and r.get("model") in MODEL_ORDER),
+                     key=lambda r: (r["timeframe"], MODEL_ORDER.index(r["model"])))
+    source = prepare["data_source"]
+    return {"where": where, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "platform": platform.platform(),
+            "profile": config["config"]["profile"], "target": prepare["target"],
+            "data": source if source == "synthetic" else Path(source).name,   # never a machine path
+            "data_fingerprint": prepare["data_fingerprint"],
+            "windows": {tf: {k: s[k] for k in ("first_bar", "last_bar", "rows")} for tf, s in prepare["timeframes"].items()},
+            "oracle": prepare.get("oracle"), "versions": config["versions"], "models": [model_row(r) for r in records]}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("name", help="file name under benchmarks/results/ (without .json)")
+    parser.add_argument("--where", required=True, help="the machine, in words")
+    args = parser.parse_args()
+    out = Path(__file__).parent / "results" / f"{args.name}.json"
+    out.write_text(json.dumps(collect(args.run_dir, args.where), indent=2) + "\n")
+    print(out)

@@ -1,0 +1,100 @@
+"""JupyterLab is the first tool of exploration: a Jupyter server on 127.0.0.1 runs a stage notebook through its kernel API."""
+import asyncio
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("jupyter_server", reason="the `lab` extra is not installed")
+from tornado.httpclient import HTTPClient, HTTPClientError, HTTPRequest
+from tornado.websocket import websocket_connect
+
+NBS = Path(__file__).resolve().parents[1] / "nbs"
+STAGE_NOTEBOOK = "core/08_prepare.ipynb"   # a real stage, seconds on its defaults
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def jupyter(tmp_path):
+    "A Jupyter server on 127.0.0.1 serving nbs/, with a token; (base URL, token)."
+    port, token = _free_port(), secrets.token_hex(16)
+    env = os.environ | {"JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_DATA_DIR": str(tmp_path / "data")}
+    server = subprocess.Popen([sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+                               f"--IdentityProvider.token={token}", "--ServerApp.open_browser=False", "--allow-root",
+                               f"--ServerApp.root_dir={NBS}"], stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"),
+                              env=env)
+    base, client = f"http://127.0.0.1:{port}", HTTPClient()
+    try:
+        for _ in range(120):
+            try:
+                client.fetch(f"{base}/api/status?token={token}")
+                break
+            except (ConnectionError, HTTPClientError, OSError):
+                if server.poll() is not None: pytest.fail((tmp_path / "server.log").read_text())
+                time.sleep(0.5)
+        yield base, token
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        client.close()
+
+
+def _execute_request(code: str, session: str) -> dict:
+    "A Jupyter messaging protocol `execute_request` on the shell channel."
+    return {"header": {"msg_id": uuid.uuid4().hex, "username": "test", "session": session, "msg_type": "execute_request",
+                       "version": "5.3", "date": ""},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
+                        "allow_stdin": False, "stop_on_error": True}}
+
+
+async def _run_cells(base: str, token: str, kernel_id: str, cells: list[str]) -> list[dict]:
+    "Execute `cells` in order on the kernel; each cell's reply status and any error it raised."
+    socket_url = base.replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels?token={token}"
+    connection, session, replies = await websocket_connect(socket_url), uuid.uuid4().hex, []
+    for code in cells:
+        request = _execute_request(code, session)
+        connection.write_message(json.dumps(request))
+        error = None
+        while True:
+            message = json.loads(await asyncio.wait_for(connection.read_message(), timeout=300))
+            if message.get("parent_header", {}).get("msg_id") != request["header"]["msg_id"]: continue
+            if message["msg_type"] == "error": error = f"{message['content']['ename']}: {message['content']['evalue']}"
+            if message["msg_type"] == "execute_reply":
+                replies.append({"status": message["content"]["status"], "error": error, "code": code[:80]})
+                break
+    connection.close()
+    return replies
+
+
+def test_a_stage_notebook_runs_through_the_jupyter_server_kernel_api(jupyter):
+    base, token = jupyter
+    client = HTTPClient()
+    kernel = json.loads(client.fetch(HTTPRequest(f"{base}/api/kernels?token={token}", method="POST",
+                                                 body=json.dumps({"name": "python3"}))).body)
+    notebook = json.loads((NBS / STAGE_NOTEBOOK).read_text())
+    cells = ["import os; os.chdir(%r)" % str((NBS / STAGE_NOTEBOOK).parent)]
+    cells += ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
+    replies = asyncio.run(_run_cells(base, token, kernel["id"], cells))
+    failed = [r for r in replies if r["status"] != "ok"]
+    assert not failed, failed
+    assert len(replies) == len(cells)
+    # the kernel really ran the stage: the notebook's own run directory has the prepared table
+    check = asyncio.run(_run_cells(base, token, kernel["id"], ["assert (Path(run_dir) / 'results' / 'prepare.json').exists()"]))
+    assert check[0]["status"] == "ok", check
+    # and an error in a cell comes back as an error, so the check above can fail
+    broken = asyncio.run(_run_cells(base, token, kernel["id"], ["raise ValueError('on purpose')"]))
+    assert broken[0]["status"] == "error" and "on purpose" in broken[0]["error"]
+    client.fetch(HTTPRequest(f"{base}/api/kernels/{kernel['id']}?token={token}", method="DELETE"))
