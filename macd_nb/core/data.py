@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from .config import TIMEFRAME_DELTA
+from .rundir import write_atomically
 
 # %% auto #0
 __all__ = ['KLINE_COLUMNS', 'PRICE_COLUMNS', 'REQUIRED_COLUMNS', 'EXTRA_COLUMNS', 'DATA_CODE_VERSION', 'MAX_EXAMPLES',
@@ -486,12 +487,6 @@ def _cache_paths(cache_dir: Path, symbol: str, files: list[Path], settings: dict
     stem = f"{symbol}-{settings['timeframe']}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
     return cache_dir / f"{stem}.parquet", cache_dir / f"{stem}.json"
 
-def _write_atomically(write, path: Path) -> None:
-    "Write through a temporary file and rename, so readers never see half a file."
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
 def _load_symbol(symbol: str, files: list[Path], file_timeframe: str, timeframe: str, start, end,
                  cache_dir: Path | None) -> tuple[pd.DataFrame, FileReport]:
     "Validated (and resampled) bars of one symbol, through the cache when there is one."
@@ -509,8 +504,8 @@ def _load_symbol(symbol: str, files: list[Path], file_timeframe: str, timeframe:
         report.resampled_to, report.rows_out, report.columns = timeframe, len(bars), list(bars.columns)
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomically(lambda p: bars.to_parquet(p), frame_path)
-        _write_atomically(lambda p: p.write_text(json.dumps(report.to_dict())), report_path)
+        write_atomically(frame_path, bars.to_parquet)
+        write_atomically(report_path, lambda p: p.write_text(json.dumps(report.to_dict())))
     return bars, report
 
 def _default_cache_dir() -> Path:

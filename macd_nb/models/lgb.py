@@ -7,8 +7,6 @@ __all__ = ['lgb_params', 'bin_once', 'load_binned', 'bin_schedule', 'LgbFoldTask
            'lgb_walk_forward', 'save_lgb_model', 'LgbModel', 'run_lgb', 'plot_gbm_report']
 
 # %% ../../nbs/models/02_lgb.ipynb #c1f568f5
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +15,11 @@ import numpy as np
 import pandas as pd
 
 from ..core.config import RunConfig
-from ..core.parallel import ProcessCache, load_cached, machine_threads, parallel_map
+from ..core.parallel import ProcessCache, load_cached, machine_threads
+from ..core.rundir import write_atomically
 from ..core.validation import Fold, WalkForwardResult, plot_fold_auc
-from .protocol import (DirectionModel, DirectionProtocol, FoldRows, ModelResult, Refit,
-                                     fold_rows, gather_fold_outputs, run_direction_stage)
+from .protocol import (BoostedTreesModel, DirectionProtocol, FoldRows, ModelResult, Refit,
+                                     fold_rows, run_direction_stage, walk_fold_tasks)
 
 # %% ../../nbs/models/02_lgb.ipynb #7e186195
 def lgb_params(config: RunConfig, *, threads: int | None = None) -> dict:
@@ -44,10 +43,7 @@ def bin_once(
     reference = lgb.Dataset(X[bin_rows], label=np.zeros(len(bin_rows)), feature_name=feature_names, params=params,
                             free_raw_data=False).construct()
     binned = lgb.Dataset(X, label=np.zeros(len(X)), feature_name=feature_names, reference=reference, params=params)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")   # LightGBM refuses to overwrite a file
-    binned.save_binary(str(tmp))
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda tmp: binned.save_binary(str(tmp)))   # a fresh name: LightGBM will not overwrite
 
 
 _BINNED_DATASETS = ProcessCache()   # per process: binary datasets already loaded
@@ -118,32 +114,27 @@ def lgb_walk_forward(
     executor: str = "local",
 ) -> tuple[WalkForwardResult, list[int]]:
     "Out-of-fold predictions over the development rows and the best iteration of every fold."
-    y = protocol.y if labels is None else np.asarray(labels, dtype=float)
-    rows = fold_rows(protocol.folds, y, inner_fraction=inner_fraction, purge=purge)
-    paths = dataset_path if isinstance(dataset_path, list) else [dataset_path] * len(rows)
-    tasks = [LgbFoldTask(str(path), r, y[r.fit_idx], y[r.stop_idx], protocol.X[r.val_idx], params,
-                         num_boost_round, early_stopping_rounds) for path, r in zip(paths, rows)]
-    outputs = parallel_map(lgb_fit_predict_fold, tasks, n_jobs=n_jobs, threads_per_job=params["num_threads"],
-                           executor=executor)
-    return gather_fold_outputs(protocol, rows, y, [pred for pred, _ in outputs]), [best for _, best in outputs]
+    paths = dataset_path if isinstance(dataset_path, list) else [dataset_path] * len(protocol.folds)
+    def make_task(k: int, rows: FoldRows, y: np.ndarray) -> LgbFoldTask:
+        return LgbFoldTask(str(paths[k]), rows, y[rows.fit_idx], y[rows.stop_idx], protocol.X[rows.val_idx], params,
+                           num_boost_round, early_stopping_rounds)
+    return walk_fold_tasks(protocol, protocol.y if labels is None else labels, make_task, lgb_fit_predict_fold,
+                           inner_fraction=inner_fraction, purge=purge, n_jobs=n_jobs,
+                           threads_per_job=params["num_threads"], executor=executor)
 
 # %% ../../nbs/models/02_lgb.ipynb #dee305da
 def save_lgb_model(booster: lgb.Booster, path: str | Path) -> Path:
     "Save a LightGBM model as text, atomically."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    booster.save_model(str(tmp))
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda tmp: booster.save_model(str(tmp)))
 
 
-class LgbModel(DirectionModel):
+class LgbModel(BoostedTreesModel):
     "LightGBM on binned tables shared by groups of folds (stage 1.1; stage 1.4 with `cross_asset=True`)."
     model_ext = "txt"
 
     def __init__(self, config: RunConfig, *, cross_asset: bool = False):
-        self.config, self.cross_asset = config, cross_asset
+        super().__init__(config)
+        self.cross_asset = cross_asset
         self.model = "lgb_cross" if cross_asset else "lgb"
         self.gate_key = "cross_asset_val_auc" if cross_asset else "lgb_val_auc_mean"
         self.params = lgb_params(config)
@@ -153,25 +144,18 @@ class LgbModel(DirectionModel):
                                           every=self.config.gbm.rebin_folds)
 
     def walk_forward(self, protocol: DirectionProtocol, labels: np.ndarray) -> tuple[WalkForwardResult, dict]:
-        config = self.config
-        result, best_iterations = lgb_walk_forward(
-            protocol, self.params, self.dataset_paths, labels=labels, num_boost_round=config.gbm.rounds,
-            early_stopping_rounds=config.gbm.early_stopping_rounds, inner_fraction=config.validation.inner_valid_fraction,
-            purge=config.validation.purge_bars, n_jobs=config.n_jobs, executor=config.executor)
+        result, best_iterations = lgb_walk_forward(protocol, self.params, self.dataset_paths, labels=labels,
+                                                   **self.fold_settings())
         return result, {"best_iterations": best_iterations}
 
     def refit(self, protocol: DirectionProtocol, walk: dict, path: Path | None) -> Refit:
-        rounds = max(1, int(np.median(walk["best_iterations"])))
-        final = protocol.final_train_idx
+        rounds, final = self.refit_rounds(walk), protocol.final_train_idx
         final_rows = binned_rows(load_binned(self.dataset_paths[-1], self.params), final, protocol.y[final], self.params)
         booster = lgb.train(self.params | {"num_threads": machine_threads()}, final_rows, rounds)
         save_lgb_model(booster, path)
         test_features = protocol.X[protocol.scored_test_idx]
-        gain = pd.Series(booster.feature_importance("gain"), index=protocol.feature_names).sort_values(ascending=False)
-        return Refit(booster.predict(test_features),
-                     record={"refit_rounds": rounds, "params": self.params,
-                             "feature_importance_gain": {k: float(v) for k, v in gain.head(20).items()}},
-                     extras={"importance": gain, "test_features": test_features})
+        gain = pd.Series(booster.feature_importance("gain"), index=protocol.feature_names)
+        return self.refit_outcome(booster.predict(test_features), rounds, gain, test_features)
 
 
 def run_lgb(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *, cross_asset: bool = False) -> ModelResult:

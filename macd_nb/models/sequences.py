@@ -22,7 +22,7 @@ from torch import nn
 from ..core.config import RunConfig, resolve_device
 from ..core.features import FEATURE_SET_VERSION
 from ..core.prepare import check_columns, load_table
-from ..core.rundir import RunPaths, read_json, write_json
+from ..core.rundir import RunPaths, read_json, write_atomically, write_json
 from ..core.validation import Fold, WalkForwardResult, as_utc_datetime64, auc, coarse_folds, inner_split
 from .protocol import (ModelResult, best_feature_reference, controls_record, direction_protocol,
                                      finish_model_stage, pooled_auc)
@@ -173,11 +173,7 @@ def train_model(
 # %% ../../nbs/models/03_sequences.ipynb #634df0a1
 def save_sequence_model(model: nn.Module, meta: dict, weights_path: str | Path, meta_path: str | Path) -> None:
     "Write the state dict (tensors only) and the JSON description of a sequence model."
-    weights_path = Path(weights_path)
-    weights_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = weights_path.with_name(f".{weights_path.name}.tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(weights_path)
+    write_atomically(weights_path, lambda tmp: torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp))
     write_json(meta_path, meta)
 
 

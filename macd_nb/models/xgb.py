@@ -7,7 +7,6 @@ __all__ = ['xgb_params', 'save_features', 'load_features', 'XgbFoldTask', 'xgb_f
            'save_xgb_model', 'XgbModel', 'run_xgb']
 
 # %% ../../nbs/models/07_xgb.ipynb #be078add
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +15,11 @@ import pandas as pd
 import xgboost as xgb
 
 from ..core.config import RunConfig, resolve_device
-from ..core.parallel import ProcessCache, load_cached, machine_threads, parallel_map
+from ..core.parallel import ProcessCache, load_cached, machine_threads
+from ..core.rundir import write_atomically
 from ..core.validation import WalkForwardResult
-from .protocol import (DirectionModel, DirectionProtocol, FoldRows, ModelResult, Refit, fold_rows,
-                                     gather_fold_outputs, run_direction_stage)
+from .protocol import (BoostedTreesModel, DirectionProtocol, FoldRows, ModelResult, Refit, fold_rows,
+                                     run_direction_stage, walk_fold_tasks)
 
 # %% ../../nbs/models/07_xgb.ipynb #21eb0312
 def xgb_params(config: RunConfig, *, device: str = "cpu", threads: int | None = None) -> dict:
@@ -36,12 +36,7 @@ _FEATURES = ProcessCache()   # per process: feature matrices already opened
 
 def save_features(X: np.ndarray, path: str | Path) -> Path:
     "Save the feature matrix as `.npy` for the workers, atomically."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, np.ascontiguousarray(X, dtype=np.float32))
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda tmp: np.save(tmp, np.ascontiguousarray(X, dtype=np.float32)))
 
 
 def load_features(path: str | Path) -> np.ndarray:
@@ -86,59 +81,47 @@ def xgb_walk_forward(
     executor: str = "local",
 ) -> tuple[WalkForwardResult, list[int]]:
     "Out-of-fold predictions over the development rows and the best iteration of every fold."
-    y = protocol.y if labels is None else np.asarray(labels, dtype=float)
-    rows = fold_rows(protocol.folds, y, inner_fraction=inner_fraction, purge=purge)
-    tasks = [XgbFoldTask(str(features_path), r, y[r.fit_idx], y[r.stop_idx], params, num_boost_round,
-                         early_stopping_rounds) for r in rows]
-    if params.get("device", "cpu") != "cpu": n_jobs = 1
-    outputs = parallel_map(xgb_fit_predict_fold, tasks, n_jobs=n_jobs, threads_per_job=params["nthread"],
+    def make_task(k: int, rows: FoldRows, y: np.ndarray) -> XgbFoldTask:
+        return XgbFoldTask(str(features_path), rows, y[rows.fit_idx], y[rows.stop_idx], params, num_boost_round,
+                           early_stopping_rounds)
+    if params.get("device", "cpu") != "cpu": n_jobs = 1   # one GPU: the folds take turns in this process
+    return walk_fold_tasks(protocol, protocol.y if labels is None else labels, make_task, xgb_fit_predict_fold,
+                           inner_fraction=inner_fraction, purge=purge, n_jobs=n_jobs, threads_per_job=params["nthread"],
                            executor=executor)
-    return gather_fold_outputs(protocol, rows, y, [pred for pred, _ in outputs]), [best for _, best in outputs]
 
 
 def save_xgb_model(booster: xgb.Booster, path: str | Path) -> Path:
     "Save an XGBoost model as JSON, atomically."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.json")
-    booster.save_model(str(tmp))
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda tmp: booster.save_model(str(tmp)))
 
 
-class XgbModel(DirectionModel):
+class XgbModel(BoostedTreesModel):
     "XGBoost `hist` trees on the base features, folds reading one memory-mapped feature matrix."
     model, model_ext, gate_key = "xgb", "json", "xgb_val_auc_mean"
 
     def __init__(self, config: RunConfig):
-        self.config, self.device = config, resolve_device(config.device)
+        super().__init__(config)
+        self.device = resolve_device(config.device)
         self.params = xgb_params(config, device=self.device)
 
     def prepare(self, protocol: DirectionProtocol, scratch: Path) -> None:
         self.features_path = save_features(protocol.X, scratch / "features.npy")
 
     def walk_forward(self, protocol: DirectionProtocol, labels: np.ndarray) -> tuple[WalkForwardResult, dict]:
-        config = self.config
-        result, best_iterations = xgb_walk_forward(
-            protocol, self.params, self.features_path, labels=labels, num_boost_round=config.gbm.rounds,
-            early_stopping_rounds=config.gbm.early_stopping_rounds, inner_fraction=config.validation.inner_valid_fraction,
-            purge=config.validation.purge_bars, n_jobs=config.n_jobs, executor=config.executor)
+        result, best_iterations = xgb_walk_forward(protocol, self.params, self.features_path, labels=labels,
+                                                   **self.fold_settings())
         return result, {"best_iterations": best_iterations}
 
     def refit(self, protocol: DirectionProtocol, walk: dict, path: Path | None) -> Refit:
-        rounds = max(1, int(np.median(walk["best_iterations"])))
-        final, names = protocol.final_train_idx, protocol.feature_names
+        rounds, final, names = self.refit_rounds(walk), protocol.final_train_idx, protocol.feature_names
         final_rows = xgb.QuantileDMatrix(protocol.X[final].astype(np.float32), protocol.y[final], feature_names=names,
                                          max_bin=self.params["max_bin"])
         booster = xgb.train(self.params | {"nthread": machine_threads()}, final_rows, rounds)
         save_xgb_model(booster, path)
         test_features = protocol.X[protocol.scored_test_idx].astype(np.float32)
         gain = pd.Series(booster.get_score(importance_type="total_gain")).reindex(names).fillna(0.0)
-        gain = gain.sort_values(ascending=False)
-        return Refit(booster.predict(xgb.DMatrix(test_features, feature_names=names)),
-                     record={"refit_rounds": rounds, "params": self.params,
-                             "feature_importance_gain": {k: float(v) for k, v in gain.head(20).items()}},
-                     extras={"importance": gain, "test_features": test_features})
+        return self.refit_outcome(booster.predict(xgb.DMatrix(test_features, feature_names=names)), rounds, gain,
+                                  test_features)
 
 
 def run_xgb(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") -> ModelResult:
