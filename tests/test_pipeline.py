@@ -110,3 +110,20 @@ def test_commit_report_commits_only_reports_and_respects_the_cap(tmp_path):
     files = _git(repo, "show", "--name-only", "--format=", "HEAD").split()
     assert sorted(files) == ["reports/r1/TRAINING_REPORT.md", "reports/r1/executed/a.ipynb", "reports/r1/fig.png"]
     assert _git(repo, "log", "-1", "--format=%s") .strip() == "Training report r1"
+
+
+def test_a_stage_that_does_not_write_its_declared_files_fails(tmp_path):
+    "The registry's `writes` is checked after a stage runs: completing without its files is a failure, named."
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    notebook = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell("run_dir = None")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [parameters, nbformat.v4.new_code_cell("from pathlib import Path\n(Path(run_dir) / 'written.json').write_text('{}')")]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    nbformat.write(notebook, nbs / "quiet.ipynb")
+    stages = [Stage("quiet", "9", "Quiet", "quiet.ipynb", ("written.json", "results/promised_{tf}.json"))]
+    ok, report_dir = run_pipeline(profile_config("smoke"), run_id="q", runs_root=tmp_path / "runs",
+                                  reports_root=tmp_path / "reports", nbs_dir=nbs, stages=stages)
+    status = (report_dir / "EXECUTION_STATUS.md").read_text()
+    assert not ok and "ran but did not write ['results/promised_1h.json']" in status

@@ -167,6 +167,8 @@ def run_pipeline(
         before, started = _snapshot(run_dir), time.perf_counter()
         try:
             _run_stage(stage, nbs_dir, run_dir, report_dir, record, refresh)
+            missing = [path for path in stage.expected_files(config.data.timeframes) if not (run_dir / path).exists()]
+            if missing: raise RuntimeError(f"stage {stage.name} ran but did not write {missing} (see STAGES in macd_nb.core.stages)")
             record["status"] = "completed"
         except Exception as error:  # papermill raises PapermillExecutionError carrying the cell's traceback
             record.update(status="failed", error="".join(traceback.format_exception_only(type(error), error))[-4000:])
