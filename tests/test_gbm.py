@@ -154,7 +154,7 @@ def test_artifacts_are_native_and_load_back(quick_run):
     assert json.loads((run_dir / "models" / "xgb_1h.json").read_text())["learner"]
     for oof_file in ("lgb_1h.parquet", "lgb_cross_1h.parquet", "xgb_1h.parquet"):
         oof = pd.read_parquet(run_dir / "oof" / oof_file)
-        assert list(oof.columns) == ["y", "pred"] and oof.index.name == "open_time" and str(oof.index.tz) == "UTC"
+        assert list(oof.columns) == ["y", "pred", "fold", "train_label_end"] and oof.index.name == "open_time" and str(oof.index.tz) == "UTC"
         assert len(oof) == quick_run["lgb"].metrics["n_oof"] and oof["pred"].between(0, 1).all()
 
 

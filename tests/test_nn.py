@@ -64,7 +64,7 @@ def test_oof_rows_are_the_gbm_oof_rows(quick_run, lstm_result, tft_result):
     expected = table.index[val_rows][np.isfinite(table["y_1"].to_numpy()[val_rows])]
     for name in ("lstm", "tft"):
         oof = pd.read_parquet(run_dir / "oof" / f"{name}_1h.parquet")
-        assert list(oof.columns) == ["y", "pred"] and oof.index.equals(expected)
+        assert list(oof.columns) == ["y", "pred", "fold", "train_label_end"] and oof.index.equals(expected)
 
 
 def test_multi_horizon_heads_and_best_head(quick_run, lstm_result):

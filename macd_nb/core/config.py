@@ -104,9 +104,12 @@ class NnSection:
 
 @dataclass
 class StackingSection:
-    "The stacking stage's deployment gates (stage 2)."
+    "The stacking stage (stage 2): its inputs, its walk-forward and its deployment gates."
+    base_models: list[str] = flat("stacking_base_models", lambda: ["lgb", "xgb", "lstm", "tft", "lgb_cross"])
+    meta_blocks: int = flat("stacking_meta_blocks", 10)    # blocks of the OOF timeline; the first is never scored
     min_oof_auc: float = flat("stacking_oof_auc", 0.58)    # OOF AUC of the meta-learner needed to deploy
-    min_oof: dict[str, int] = flat("stacking_min_oof", lambda: {"1h": 20_000, "4h": 8_000})   # OOF rows needed, per timeframe
+    min_oof: dict[str, int] = flat("stacking_min_oof", lambda: {"1h": 20_000})          # OOF bars needed to deploy
+    min_oof_attempt: dict[str, int] = flat("stacking_min_oof_attempt", lambda: {"4h": 8_000})   # below: skipped
 
 
 SECTIONS = {"data": DataSection, "validation": ValidationSection, "gbm": GbmSection, "nn": NnSection,

@@ -55,6 +55,13 @@ class RunPaths:
         "A model's out-of-fold predictions (parquet: `y`, `pred`, indexed by bar open time)."
         return self.oof / f"{model}_{timeframe}.parquet"
 
+    @property
+    def test(self) -> Path: return self.root / "test"
+
+    def test_file(self, model: str, timeframe: str) -> Path:
+        "The deployed model's predictions of the held-out test period (parquet: `y`, `pred`, `train_label_end`)."
+        return self.test / f"{model}_{timeframe}.parquet"
+
     def result_file(self, model: str, timeframe: str) -> Path:
         "A model's result JSON (the shared record shape)."
         return self.results / f"{model}_{timeframe}.json"
@@ -65,7 +72,8 @@ class RunPaths:
 
     def create(self) -> "RunPaths":
         "Make the folders; return self."
-        for folder in (self.models, self.results, self.oof, self.data, self.figures): folder.mkdir(parents=True, exist_ok=True)
+        for folder in (self.models, self.results, self.oof, self.test, self.data, self.figures):
+            folder.mkdir(parents=True, exist_ok=True)
         return self
 
 # %% ../../nbs/core/01_rundir.ipynb #84217d8b
@@ -138,7 +146,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def write_manifest(run_dir: str | Path, folders=("models", "results", "oof", "data")) -> dict:
+def write_manifest(run_dir: str | Path, folders=("models", "results", "oof", "test", "data")) -> dict:
     "Record sha256 and size of every file under the run's artifact folders."
     root = Path(run_dir)
     files = sorted(p for folder in folders if (root / folder).exists() for p in (root / folder).rglob("*")

@@ -42,6 +42,7 @@ STAGES: tuple[Stage, ...] = (
     model_stage("cross_asset", "1.4", "Cross-asset LightGBM", "models/06_cross_asset.ipynb", "lgb_cross", "txt"),
     model_stage("xgb", "1.5", "XGBoost direction model", "models/07_xgb.ipynb", "xgb", "json"),
     Stage("diagnostics", "1.6", "Base-model diagnostics", "models/08_diagnostics.ipynb", ("results/diagnostics_{tf}.json",)),
+    Stage("stacking", "2", "Stacking ensemble", "models/09_stacking.ipynb", ("results/stacking_{tf}.json",), "stacking"),
 )
 
 # %% ../../nbs/core/09_stages.ipynb #4296c1a8

@@ -6,7 +6,7 @@
 __all__ = ['DirectionProtocol', 'direction_protocol', 'FoldRows', 'fold_rows', 'gather_fold_outputs', 'walk_fold_tasks',
            'shuffled_labels', 'pooled_auc', 'controls_record', 'feature_aucs', 'BestFeatureReference',
            'best_feature_reference', 'standard_gates', 'data_fingerprint', 'model_record', 'ModelResult',
-           'reference_gains', 'finish_model_stage', 'Refit', 'DirectionModel', 'BoostedTreesModel',
+           'fold_provenance', 'reference_gains', 'finish_model_stage', 'Refit', 'DirectionModel', 'BoostedTreesModel',
            'run_direction_stage']
 
 # %% ../../nbs/models/00_protocol.ipynb #8c57fe1f
@@ -224,6 +224,17 @@ class ModelResult:
                 **{f"gain_vs_{name}": g["gain"] for name, g in gains.items()}, "seconds": self.record["timings_s"].get("total")}
 
 # %% ../../nbs/models/00_protocol.ipynb #bc7e8e20
+def fold_provenance(fold_result: WalkForwardResult, label_end: np.ndarray, y: np.ndarray,
+                    n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    "Per development row: the fold that scored it (-1: none) and the latest label end among that fold's training rows."
+    fold_of, train_end = np.full(n_rows, -1), np.full(n_rows, np.datetime64("NaT"), dtype="datetime64[ns]")
+    for k, fold in enumerate(fold_result.folds):
+        train = fold.train_idx[np.isfinite(y[fold.train_idx])]
+        fold_of[fold.val_idx] = k
+        if len(train): train_end[fold.val_idx] = label_end[train].max()
+    return fold_of, train_end
+
+
 def _baseline_oof(run_dir: Path, timeframe: str) -> pd.Series | None:
     "The baseline's out-of-fold predictions of `timeframe`, when the baseline stage has run."
     path = RunPaths(run_dir).oof_file("baseline", timeframe)
@@ -266,7 +277,9 @@ def finish_model_stage(
                 "test_auc_ci95": list(auc_ci(y_test, test_pred, block=config.validation.bootstrap_block,
                                              n_boot=config.validation.bootstrap_samples, seed=config.seed))} | (fold_metrics or {})
     index = pd.DatetimeIndex(protocol.dev_times, tz="UTC", name="open_time")
-    oof = pd.DataFrame({"y": y_dev, "pred": fold_result.oof_pred}, index=index).dropna()
+    fold, train_label_end = fold_provenance(fold_result, protocol.label_end, protocol.y, len(protocol.dev_idx))
+    oof = pd.DataFrame({"y": y_dev, "pred": fold_result.oof_pred, "fold": fold,
+                        "train_label_end": pd.DatetimeIndex(train_label_end, tz="UTC")}, index=index).dropna()
     references = {"best_feature": pd.Series(reference.oof_score[protocol.dev_idx], index=index)}
     baseline = _baseline_oof(run_dir, timeframe) if model != "baseline" else None
     if baseline is not None: references["baseline"] = baseline
@@ -274,6 +287,10 @@ def finish_model_stage(
     reference_scored = np.isfinite(reference.oof_score[protocol.dev_idx]) & np.isfinite(fold_result.oof_pred)
     metrics["best_feature_oof_auc"] = auc(y_dev[reference_scored], reference.oof_score[protocol.dev_idx][reference_scored])
     write_parquet(paths.oof_file(model, timeframe), oof)
+    deployed_until = pd.Timestamp(protocol.label_end[protocol.final_train_idx].max(), tz="UTC")
+    write_parquet(paths.test_file(model, timeframe),
+                  pd.DataFrame({"y": y_test, "pred": test_pred, "train_label_end": deployed_until},
+                               index=pd.DatetimeIndex(protocol.times[test_rows], tz="UTC", name="open_time")))
     record = model_record(config, run_dir, model=model, timeframe=timeframe, window=protocol.window(), metrics=metrics,
                           controls=controls, gates=standard_gates(metrics, controls, config=config, gate_key=gate_key),
                           timings=timings, artifacts=artifacts, device=device, reference_gains=gains,

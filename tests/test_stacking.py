@@ -1,0 +1,98 @@
+"""Stage 2, stacking: checked out-of-fold inputs, a meta-learner scored walk-forward, controls, skip rule, gates."""
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from macd_nb.core.config import profile_config
+from macd_nb.core.prepare import prepare_run
+from macd_nb.core.rundir import RunPaths, read_json
+from macd_nb.models.lgb import run_lgb
+from macd_nb.models.lstm import run_lstm
+from macd_nb.models.stacking import InSampleError, load_base_oof, run_stacking, stacked_probability
+from macd_nb.models.xgb import run_xgb
+
+BASES = ["lgb", "xgb", "lgb_cross", "lstm"]   # the TFT is left out to keep the test minutes short
+
+
+@pytest.fixture(scope="module")
+def quick_stack(tmp_path_factory):
+    "Four base models and the stacking stage on the quick profile's synthetic market."
+    run_dir = tmp_path_factory.mktemp("stack")
+    config = profile_config("quick", bootstrap_samples=200, n_jobs=2, threads_per_job=1, stacking_base_models=BASES)
+    prepare_run(config, run_dir)
+    run_lgb(config, run_dir), run_lgb(config, run_dir, cross_asset=True), run_xgb(config, run_dir), run_lstm(config, run_dir)
+    return config, run_dir, run_stacking(config, run_dir)
+
+
+def test_stacked_model_is_at_least_as_good_as_the_best_base(quick_stack):
+    _, _, record = quick_stack
+    metrics = record["metrics"]
+    best = metrics["base_oof_auc"][metrics["best_base"]]          # on the same scored rows as the meta-learner
+    assert metrics["oof_auc"] >= best - 0.005, (metrics["oof_auc"], metrics["best_base"], best)
+    assert metrics["n_oof"] > 5000 and metrics["n_oof_scored"] < metrics["n_oof"]   # the first block is never scored
+    lo, hi = record["reference_gains"]["best_base"]["ci95"]
+    assert lo <= record["reference_gains"]["best_base"]["gain"] <= hi
+
+
+def test_meta_learner_never_trains_on_the_block_it_scores(quick_stack):
+    _, _, record = quick_stack
+    assert len(record["blocks"]) == record["metrics"]["n_blocks"] - 1
+    for block in record["blocks"]:
+        assert block["last_train_row"] < block["first_scored_row"]
+        assert pd.Timestamp(block["last_train_label_end"]) < pd.Timestamp(block["start"])
+
+
+def test_controls_hold_for_the_meta_learner(quick_stack):
+    _, _, record = quick_stack
+    assert abs(record["controls"]["shuffled_label_auc"] - 0.5) <= 0.03, record["controls"]
+    assert record["controls"]["planted_leak_flagged"]
+
+
+def test_gates_and_a_plain_verdict(quick_stack):
+    config, _, record = quick_stack
+    names = [g["name"] for g in record["gates"]]
+    assert names == ["stacking_oof_auc", "n_oof"] and record["gates"][1]["threshold"] == 20_000
+    assert record["deployable"] == all(g["passed"] for g in record["gates"])
+    if not record["deployable"]: assert record["not_deployable_because"]          # says why, in words
+    assert set(record["meta_learners"]) == {"mean_logit", "logistic", "nonnegative_logistic", "small_gbm", "small_mlp"}
+    assert set(record["redundancy"]) == set(BASES)
+
+
+def test_meta_file_reproduces_the_test_predictions(quick_stack):
+    config, run_dir, record = quick_stack
+    paths = RunPaths(run_dir)
+    meta = read_json(paths.model_file("stacking_meta", "1h", "json"))
+    assert meta["inputs"] == BASES and len(meta["coefficients"]) == len(BASES)
+    test = pd.DataFrame({m: pd.read_parquet(paths.test_file(m, "1h"))["pred"] for m in BASES}).dropna()
+    y = pd.read_parquet(paths.test_file("lgb", "1h"))["y"].reindex(test.index)
+    from macd_nb.core.validation import auc
+    assert auc(y, stacked_probability(meta, test[BASES].to_numpy())) == pytest.approx(record["metrics"]["test_auc"], abs=1e-12)
+
+
+def test_below_the_minimum_a_timeframe_is_skipped_with_its_reason(quick_stack, tmp_path):
+    config, run_dir, _ = quick_stack
+    record = run_stacking(config.replace(stacking_min_oof_attempt={"1h": 10 ** 9}), run_dir, "1h")
+    assert record["skipped"].startswith("n_oof=") and "minimum to attempt stacking at 1h" in record["skipped"]
+    assert not record["deployable"]
+    run_stacking(config, run_dir, "1h")                            # restore the module's record
+
+
+def test_an_in_sample_base_prediction_is_refused(quick_stack, tmp_path):
+    _, run_dir, _ = quick_stack
+    frame = pd.read_parquet(RunPaths(run_dir).oof_file("xgb", "1h"))
+    bar = frame.index[500]
+    frame.loc[bar, "train_label_end"] = bar + pd.Timedelta(hours=2)     # a model that had seen this bar's label
+    (tmp_path / "oof").mkdir()
+    frame.to_parquet(RunPaths(tmp_path).oof_file("xgb", "1h"))
+    with pytest.raises(InSampleError, match=rf"1 predictions of 'xgb' .* first: bar {re.escape(str(bar))}"):
+        load_base_oof(tmp_path, "1h", ["xgb"])
+
+
+def test_every_base_oof_row_is_out_of_sample_by_its_own_provenance(quick_stack):
+    _, run_dir, _ = quick_stack
+    for model in BASES:
+        frame = pd.read_parquet(RunPaths(run_dir).oof_file(model, "1h"))
+        assert list(frame.columns) == ["y", "pred", "fold", "train_label_end"]
+        assert (frame["train_label_end"] <= frame.index).all(), model
