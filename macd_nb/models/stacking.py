@@ -7,7 +7,7 @@ __all__ = ['META_LEARNERS', 'LINEAR_LEARNERS', 'InSampleError', 'load_base_oof',
            'logistic', 'nonnegative_weights', 'nonnegative_logistic', 'small_gbm', 'small_mlp', 'compare_meta_learners',
            'leave_one_out', 'final_meta', 'stacked_probability', 'run_stacking']
 
-# %% ../../nbs/models/09_stacking.ipynb #68a698f2
+# %% ../../nbs/models/09_stacking.ipynb #4e3c9e29
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +22,7 @@ from ..core.stages import stage_of_model
 from ..core.validation import as_utc_datetime64, auc, auc_ci, auc_gain_ci, planted_leak_control
 from .protocol import data_fingerprint
 
-# %% ../../nbs/models/09_stacking.ipynb #2ca6a9c3
+# %% ../../nbs/models/09_stacking.ipynb #346e662f
 class InSampleError(ValueError):
     "A base prediction whose model was trained on labels that reach past the bar it scores."
 
@@ -47,7 +47,7 @@ def load_base_oof(run_dir: str | Path, timeframe: str, models: list[str]) -> pd.
     table = pd.DataFrame(columns).dropna().sort_index()
     return table.assign(y=labels.reindex(table.index))
 
-# %% ../../nbs/models/09_stacking.ipynb #3b15bc2b
+# %% ../../nbs/models/09_stacking.ipynb #c8fc50d7
 def to_logit(p) -> np.ndarray:
     "log(p / (1 - p)), with p clipped to [1e-6, 1 - 1e-6]."
     p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
@@ -75,7 +75,7 @@ def meta_walk_forward(
                        "last_train_label_end": str(pd.Timestamp(label_end[train].max(), tz="UTC"))})
     return pred, blocks
 
-# %% ../../nbs/models/09_stacking.ipynb #68031431
+# %% ../../nbs/models/09_stacking.ipynb #da738bc2
 def _sigmoid(z): return 1 / (1 + np.exp(-z))
 
 
@@ -129,7 +129,7 @@ META_LEARNERS = {"mean_logit": mean_logit, "logistic": logistic, "nonnegative_lo
                  "small_gbm": small_gbm, "small_mlp": small_mlp}
 LINEAR_LEARNERS = ("mean_logit", "logistic", "nonnegative_logistic")   # deployable as coefficients in JSON
 
-# %% ../../nbs/models/09_stacking.ipynb #25960b0f
+# %% ../../nbs/models/09_stacking.ipynb #0278b649
 def _auc_with_ci(y, pred, config: RunConfig) -> dict:
     "AUC, block-bootstrap interval and n of the rows with a prediction."
     scored = np.isfinite(pred)
@@ -183,7 +183,7 @@ def stacked_probability(meta: dict, base_probs: np.ndarray) -> np.ndarray:
     "P(up) of the stacked model from the base models' P(up) (columns in `meta['inputs']` order)."
     return _sigmoid(to_logit(base_probs) @ np.asarray(meta["coefficients"]) + meta["intercept"])
 
-# %% ../../nbs/models/09_stacking.ipynb #fce2995c
+# %% ../../nbs/models/09_stacking.ipynb #c614142c
 def _base_artifacts(paths: RunPaths, models: list[str], timeframe: str) -> list[dict]:
     "Each base model's files with their sha256, read from its result record."
     out = []
@@ -213,7 +213,7 @@ def _skipped(config: RunConfig, run_dir: Path, timeframe: str, n_oof: int, minim
     write_json(RunPaths(run_dir).result_file("stacking", timeframe), record)
     return record
 
-# %% ../../nbs/models/09_stacking.ipynb #d436948b
+# %% ../../nbs/models/09_stacking.ipynb #0dcae60e
 def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") -> dict:
     "Stage 2 for one timeframe: checked OOF inputs, meta-learners walk-forward, gates, final meta, one test score."
     started, run_dir = time.perf_counter(), Path(run_dir)
