@@ -25,6 +25,20 @@ def model_row(record: dict) -> dict:
             "seconds": record["timings_s"].get("total"), "device": record["device"]}
 
 
+def stacking_row(record: dict) -> dict:
+    "The numbers of one stacking result that README shows."
+    m = record["metrics"]
+    if record.get("skipped"): return {"timeframe": record["timeframe"], "n_oof": m["n_oof"], "skipped": record["skipped"]}
+    return {"timeframe": record["timeframe"], "inputs": record["meta"]["inputs"], "meta_learner": record["chosen_meta_learner"],
+            "oof_auc": m["oof_auc"], "oof_auc_ci95": m["oof_auc_ci95"], "n_oof": m["n_oof"], "n_scored": m["n_oof_scored"],
+            "best_base": m["best_base"], "gain_vs_best_base": record["reference_gains"]["best_base"],
+            "test_auc": m["test_auc"], "test_auc_ci95": m["test_auc_ci95"], "n_test": m["n_test"],
+            "best_base_test_auc": m["best_base_test_auc"], "shuffled_label_auc": record["controls"]["shuffled_label_auc"],
+            "deployable": record["deployable"], "not_deployable_because": record["not_deployable_because"],
+            "redundancy": {k: v["verdict"] for k, v in record["redundancy"].items()},
+            "seconds": record["timings_s"]["total"], "meta_seconds": record["timings_s"]["meta_walk_forward"]}
+
+
 def collect(run_dir: Path, where: str) -> dict:
     "A summary of every model result in `run_dir`, in stage order."
     results = run_dir / "results"
@@ -39,7 +53,8 @@ def collect(run_dir: Path, where: str) -> dict:
             "data": source if source == "synthetic" else Path(source).name,   # never a machine path
             "data_fingerprint": prepare["data_fingerprint"],
             "windows": {tf: {k: s[k] for k in ("first_bar", "last_bar", "rows")} for tf, s in prepare["timeframes"].items()},
-            "oracle": prepare.get("oracle"), "versions": config["versions"], "models": [model_row(r) for r in records]}
+            "oracle": prepare.get("oracle"), "versions": config["versions"], "models": [model_row(r) for r in records],
+            "stacking": [stacking_row(json.loads(p.read_text())) for p in sorted(results.glob("stacking_*.json"))]}
 
 
 if __name__ == "__main__":

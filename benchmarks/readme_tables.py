@@ -34,10 +34,23 @@ def run_table(run: dict) -> str:
              "gain vs best single feature [95% CI] | gain vs baseline [95% CI] | gates failed | time s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in run["models"]:
-        lines.append(f"| {NAMES.get(m['model'], m['model'])} | {m['n_features']} | {m['oof_auc']:.4f} {_ci(m['oof_auc_ci95'])} | "
+        lines.append(f"| {NAMES.get(m['model'], m['model'])}, {m['timeframe']} | {m['n_features']} | {m['oof_auc']:.4f} {_ci(m['oof_auc_ci95'])} | "
                      f"{m['n_oof']} | {m['test_auc']:.4f} {_ci(m['test_auc_ci95'])} | {m['n_test']} | "
                      f"{m['shuffled_label_auc']:.4f} | {_gain(m['gain_vs_best_feature'])} | {_gain(m['gain_vs_baseline'])} | "
                      f"{', '.join(m['gates_failed']) or 'none'} | {m['seconds']:.0f} |")
+    stacks = run.get("stacking") or []
+    if stacks:
+        lines += ["", "| stacking | inputs, meta-learner | OOF AUC [95% CI] | n OOF (scored) | gain vs best base [95% CI] | "
+                  "test AUC [95% CI] (best base) | shuffled | verdict | time s |", "|---|---|---|---|---|---|---|---|---|"]
+    for s in stacks:
+        if s.get("skipped"):
+            lines.append(f"| {s['timeframe']} | | | {s['n_oof']} | | | | skipped: {s['skipped']} | |")
+            continue
+        verdict = "deployable" if s["deployable"] else "not deployable: " + "; ".join(s["not_deployable_because"])
+        lines.append(f"| {s['timeframe']} | {', '.join(s['inputs'])}; {s['meta_learner']} | {s['oof_auc']:.4f} "
+                     f"{_ci(s['oof_auc_ci95'])} | {s['n_oof']} ({s['n_scored']}) | {s['best_base']} {_gain(s['gain_vs_best_base'])} | "
+                     f"{s['test_auc']:.4f} {_ci(s['test_auc_ci95'])} ({s['best_base_test_auc']:.4f}) | "
+                     f"{s['shuffled_label_auc']:.4f} | {verdict} | {s['seconds']:.0f} |")
     best = sorted({m["best_feature"] for m in run["models"] if m["best_feature"]})
     window = "; ".join(f"{tf}: {w['first_bar'][:10]}..{w['last_bar'][:10]} ({w['rows']} rows)" for tf, w in run["windows"].items())
     lines += ["", f"Data `{run['data']}`, target {run['target']}, {window}; profile `{run['profile']}`; {run['where']}. "
