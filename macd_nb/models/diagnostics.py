@@ -14,6 +14,7 @@ import pandas as pd
 from ..core.rundir import RunPaths, write_json
 from ..core.stages import stage_named
 from ..core.validation import auc
+from .protocol import check_same_labels
 
 # %% ../../nbs/models/08_diagnostics.ipynb #369ceb3c
 def load_oof(run_dir: str | Path, timeframe: str) -> pd.DataFrame:
@@ -23,11 +24,7 @@ def load_oof(run_dir: str | Path, timeframe: str) -> pd.DataFrame:
         frame = pd.read_parquet(path)
         model = path.stem.removesuffix(f"_{timeframe}")
         columns[model] = frame["pred"]
-        if labels is not None:
-            both = labels.index.intersection(frame.index)
-            disagree = both[labels.loc[both].to_numpy() != frame.loc[both, "y"].to_numpy()]
-            if len(disagree): raise ValueError(f"{path}: labels disagree with the other models' at {len(disagree)} bars, "
-                                               f"first {disagree[0]}; were the models trained on different prepared data?")
+        check_same_labels(labels, frame, path, "the other models'")
         labels = frame["y"] if labels is None else labels.combine_first(frame["y"])
     if not columns: raise FileNotFoundError(f"no out-of-fold predictions for {timeframe} under {RunPaths(Path(run_dir)).oof}")
     table = pd.DataFrame(columns).dropna()

@@ -6,8 +6,8 @@
 __all__ = ['DirectionProtocol', 'direction_protocol', 'FoldRows', 'fold_rows', 'gather_fold_outputs', 'walk_fold_tasks',
            'shuffled_labels', 'pooled_auc', 'controls_record', 'feature_aucs', 'BestFeatureReference',
            'best_feature_reference', 'standard_gates', 'data_fingerprint', 'model_record', 'ModelResult',
-           'fold_provenance', 'reference_gains', 'finish_model_stage', 'Refit', 'DirectionModel', 'BoostedTreesModel',
-           'run_direction_stage']
+           'check_same_labels', 'fold_provenance', 'reference_gains', 'finish_model_stage', 'Refit', 'DirectionModel',
+           'BoostedTreesModel', 'run_direction_stage']
 
 # %% ../../nbs/models/00_protocol.ipynb #8c57fe1f
 import time
@@ -224,6 +224,15 @@ class ModelResult:
                 **{f"gain_vs_{name}": g["gain"] for name, g in gains.items()}, "seconds": self.record["timings_s"].get("total")}
 
 # %% ../../nbs/models/00_protocol.ipynb #bc7e8e20
+def check_same_labels(labels: pd.Series | None, frame: pd.DataFrame, path: Path, against: str) -> None:
+    "Fail, naming the file, the count and the first bar, when `frame['y']` disagrees with `labels` on the bars both have."
+    if labels is None: return
+    both = labels.index.intersection(frame.index)
+    disagree = both[labels.loc[both].to_numpy() != frame.loc[both, "y"].to_numpy()]
+    if len(disagree): raise ValueError(f"{path}: labels disagree with {against} at {len(disagree)} bars, first {disagree[0]}; "
+                                       "were the models trained on different prepared data?")
+
+
 def fold_provenance(fold_result: WalkForwardResult, label_end: np.ndarray, y: np.ndarray,
                     n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     "Per development row: the fold that scored it (-1: none) and the latest label end among that fold's training rows."

@@ -20,7 +20,7 @@ from ..core.prepare import load_table
 from ..core.rundir import RunPaths, gate, model_result, read_json, sha256_file, write_json, write_parquet
 from ..core.stages import stage_of_model
 from ..core.validation import as_utc_datetime64, auc, auc_ci, auc_gain_ci, planted_leak_control
-from .protocol import data_fingerprint
+from .protocol import check_same_labels, data_fingerprint
 
 # %% ../../nbs/models/09_stacking.ipynb #346e662f
 class InSampleError(ValueError):
@@ -39,10 +39,7 @@ def load_base_oof(run_dir: str | Path, timeframe: str, models: list[str]) -> pd.
         if len(late): raise InSampleError(
             f"{path}: {len(late)} predictions of {model!r} come from a model trained on labels that end after the bar "
             f"they score; first: bar {late[0]}, training labels up to {frame.loc[late[0], 'train_label_end']}")
-        if labels is not None:
-            both = labels.index.intersection(frame.index)
-            disagree = both[labels.loc[both].to_numpy() != frame.loc[both, "y"].to_numpy()]
-            if len(disagree): raise ValueError(f"{path}: labels disagree with {models[0]!r} at {len(disagree)} bars, first {disagree[0]}")
+        check_same_labels(labels, frame, path, repr(models[0]))
         columns[model], labels = frame["pred"], frame["y"] if labels is None else labels
     table = pd.DataFrame(columns).dropna().sort_index()
     return table.assign(y=labels.reindex(table.index))
