@@ -10,6 +10,7 @@ __all__ = ['DirectionProtocol', 'direction_protocol', 'FoldRows', 'fold_rows', '
            'BoostedTreesModel', 'run_direction_stage']
 
 # %% ../../nbs/models/00_protocol.ipynb #8c57fe1f
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -163,10 +164,9 @@ def best_feature_reference(X: np.ndarray, y: np.ndarray, folds: list[Fold], name
         if len(train) == 0 or len(val) == 0 or len(np.unique(y[train])) < 2: continue
         strength = feature_aucs(X[train], y[train]) - 0.5
         best = int(np.nanargmax(np.abs(strength)))
-        sign = 1.0 if strength[best] >= 0 else -1.0
-        reference_values = np.sort(np.nan_to_num(X[train, best], nan=np.nanmedian(X[train, best])))
-        percentile = np.searchsorted(reference_values, np.nan_to_num(X[val, best], nan=np.nanmedian(X[train, best])),
-                                     side="right") / len(reference_values)
+        sign, median = (1.0 if strength[best] >= 0 else -1.0), np.nanmedian(X[train, best])
+        reference_values = np.sort(np.nan_to_num(X[train, best], nan=median))
+        percentile = np.searchsorted(reference_values, np.nan_to_num(X[val, best], nan=median), side="right") / len(reference_values)
         oof_score[val] = percentile if sign > 0 else 1.0 - percentile
         choices.append(("" if sign > 0 else "-") + names[best])
     return BestFeatureReference(oof_score, choices)
@@ -390,7 +390,6 @@ def run_direction_stage(config: RunConfig, run_dir: str | Path, timeframe: str, 
         shuffled = shuffled_labels(protocol.y, protocol.dev_idx, config.seed)
         shuffled_result, _ = spec.walk_forward(protocol, shuffled)
     finally:
-        import shutil
         shutil.rmtree(scratch, ignore_errors=True)   # a cache of this stage only
     first = protocol.folds[0].train_idx
     controls = controls_record(pooled_auc(shuffled[protocol.dev_idx], shuffled_result.oof_pred), protocol.X[first],

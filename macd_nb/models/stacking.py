@@ -142,15 +142,15 @@ def _gain(y, pred, reference, config: RunConfig) -> dict:
                        n_boot=config.validation.bootstrap_samples, seed=config.seed)
 
 
-def compare_meta_learners(X, y, times, label_end, config: RunConfig) -> tuple[dict, dict, str]:
-    "Every meta-learner on the same blocks: predictions, a table row each, and the chosen one (logistic unless beaten)."
+def compare_meta_learners(X, y, times, label_end, config: RunConfig) -> tuple[dict, dict, str, list[dict]]:
+    "Every meta-learner on the same blocks: predictions, a table row each, the chosen one (logistic unless beaten), the blocks."
     walks = {name: meta_walk_forward(X, y, times, label_end, fit, n_blocks=config.stacking.meta_blocks)
              for name, fit in META_LEARNERS.items()}
     table = {name: _auc_with_ci(y, pred, config) | {"gain_vs_logistic": _gain(y, pred, walks["logistic"][0], config)}
              for name, (pred, _) in walks.items()}
     winners = [n for n, row in table.items() if n != "logistic" and row["gain_vs_logistic"]["ci95"][0] > 0]
     chosen = max(winners, key=lambda n: table[n]["auc"]) if winners else "logistic"
-    return {name: pred for name, (pred, _) in walks.items()}, table, chosen
+    return {name: pred for name, (pred, _) in walks.items()}, table, chosen, walks[chosen][1]
 
 
 def leave_one_out(X, y, times, label_end, names: list[str], full_pred, config: RunConfig) -> dict:
@@ -223,9 +223,8 @@ def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
     label_end = table[f"label_end_{config.validation.label_horizon}"].reindex(oof.index)
     X, y = to_logit(oof[models].to_numpy()), oof["y"].to_numpy()
     times, label_end = as_utc_datetime64(oof.index), as_utc_datetime64(label_end)
-    predictions, learners, chosen = compare_meta_learners(X, y, times, label_end, config)
-    meta_pred, blocks = predictions[chosen], meta_walk_forward(X, y, times, label_end, lambda a, b, c: np.zeros(len(c)),
-                                                               n_blocks=config.stacking.meta_blocks)[1]
+    predictions, learners, chosen, blocks = compare_meta_learners(X, y, times, label_end, config)
+    meta_pred = predictions[chosen]
     scored = np.isfinite(meta_pred)
     base_auc = {m: auc(y[scored], oof[m].to_numpy()[scored]) for m in models}
     best_base = max(base_auc, key=base_auc.get)
