@@ -1,4 +1,4 @@
-"Bad input, formats, resampling, fingerprint and the real data for macd_nb.core.data."
+"Bad input, formats, resampling, fingerprint and the real data for macd_nb.core.klines and macd_nb.core.data."
 import json
 import os
 import zipfile
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from macd_nb.core.data import (KLINE_COLUMNS, DataError, MarketData, fingerprint, load_bars, read_klines, resample_bars,
-                          validate_bars)
+from macd_nb.core.data import MarketData, fingerprint, load_bars, resample_bars, validate_bars
+from macd_nb.core.klines import KLINE_COLUMNS, DataError, read_klines
 
 from conftest import SHARED_DATA as SHARED, needs_shared_data
 

@@ -5,9 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from macd_nb.core.features import (FeatureInputError, FeatureFrame, attach_higher_timeframe, base_features, build_features,
-                              completed_higher_bars, cross_asset_features, feature_table,
-                              future_invariance_violations, macd, truncate_market)
+from macd_nb.core.features import (FeatureInputError, FeatureFrame, attach_higher_timeframe, base_features,
+                                   completed_higher_bars, feature_table, macd)
+from macd_nb.core.market_features import (build_features, cross_asset_features, future_invariance_violations,
+                                          truncate_market)
 
 from conftest import SHARED_DATA as SHARED, needs_shared_data
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT")

@@ -17,7 +17,7 @@ from tornado.httpclient import HTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 NBS = Path(__file__).resolve().parents[1] / "nbs"
-STAGE_NOTEBOOK = "core/08_prepare.ipynb"   # a real stage, seconds on its defaults
+STAGE_NOTEBOOK = "core/10_prepare.ipynb"   # a real stage, seconds on its defaults
 
 
 def _free_port() -> int:

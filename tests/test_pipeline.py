@@ -33,11 +33,11 @@ def _flaky_notebook(path, flag):
 def test_failed_stage_is_reported_and_resume_skips_completed_stages(tmp_path):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    shutil.copy(default_nbs_dir() / "core" / "08_prepare.ipynb", nbs)
+    shutil.copy(default_nbs_dir() / "core" / "10_prepare.ipynb", nbs)
     flag = tmp_path / "FAIL"
     flag.write_text("x")
     _flaky_notebook(nbs / "flaky.ipynb", flag)
-    stages = [Stage("prepare", "0", "Prepare data", "08_prepare.ipynb"), Stage("flaky", "9", "Flaky", "flaky.ipynb")]
+    stages = [Stage("prepare", "0", "Prepare data", "10_prepare.ipynb"), Stage("flaky", "9", "Flaky", "flaky.ipynb")]
     roots = {"runs_root": tmp_path / "runs", "reports_root": tmp_path / "reports", "nbs_dir": nbs, "stages": stages}
 
     ok, report_dir = run_pipeline(profile_config("smoke"), run_id="r", **roots)
@@ -47,7 +47,7 @@ def test_failed_stage_is_reported_and_resume_skips_completed_stages(tmp_path):
     assert "macd-nb run --run-id r --resume" in status
     prepared = tmp_path / "runs" / "r" / "data" / "features_1h.parquet"
     assert prepared.exists()                                  # the earlier stage's outputs are intact
-    executed_prepare = report_dir / "executed" / "08_prepare.ipynb"
+    executed_prepare = report_dir / "executed" / "10_prepare.ipynb"
     stamp = (executed_prepare.stat().st_mtime_ns, prepared.stat().st_mtime_ns)
 
     flag.unlink()                                             # "fix" the cause
