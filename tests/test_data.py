@@ -1,7 +1,5 @@
 "Bad input, formats, resampling, fingerprint and the real data for macd_nb.core.klines and macd_nb.core.data."
 import json
-import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -9,35 +7,17 @@ import pandas as pd
 import pytest
 
 from macd_nb.core.data import MarketData, fingerprint, load_bars, resample_bars, validate_bars
-from macd_nb.core.klines import KLINE_COLUMNS, DataError, read_klines
+from macd_nb.core.klines import DataError, example_klines, read_klines, write_kline_dump
 
 from conftest import SHARED_DATA as SHARED, needs_shared_data
 
 
-def kline_rows(n_rows=200, start="2024-01-01", unit_factor=1000, seed=0) -> pd.DataFrame:
-    "Consistent Binance-layout kline rows; open_time in seconds * unit_factor (1000 = ms, 1e6 = us)."
-    rng = np.random.default_rng(seed)
-    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n_rows)))
-    open_ = np.r_[100.0, close[:-1]]
-    open_time = pd.date_range(start, periods=n_rows, freq="1h", tz="UTC").as_unit("s").asi8 * unit_factor
-    volume = rng.uniform(1, 10, n_rows).round(6)
-    return pd.DataFrame({"open_time": open_time, "open": open_.round(2), "high": np.maximum(open_, close).round(2) + 0.5,
-                         "low": np.minimum(open_, close).round(2) - 0.5, "close": close.round(2), "volume": volume,
-                         "close_time": open_time + 3600 * unit_factor - unit_factor // 1000,
-                         "quote_volume": (volume * close).round(4), "trades": rng.integers(10, 100, n_rows),
-                         "taker_buy_base": (volume / 2).round(6), "taker_buy_quote": (volume * close / 2).round(4),
-                         "ignore": 0})[KLINE_COLUMNS]
+def kline_rows(n_rows: int = 200, *args, **kwargs) -> pd.DataFrame:
+    "Consistent Binance-layout kline rows (200 by default); open_time in seconds * unit_factor (1000 = ms, 1e6 = us)."
+    return example_klines(n_rows, *args, **kwargs)
 
 
-def write_dump(rows: pd.DataFrame, path: Path) -> Path:
-    "Headerless Binance dump: bare CSV, or zipped when the name ends in .zip."
-    text = rows.to_csv(header=False, index=False)
-    if path.suffix == ".zip":
-        with zipfile.ZipFile(path, "w") as archive:
-            archive.writestr(path.with_suffix(".csv").name, text)
-    else:
-        path.write_text(text)
-    return path
+write_dump = write_kline_dump   # headerless Binance dump: bare CSV, or zipped when the name ends in .zip
 
 
 def load_one(rows: pd.DataFrame, path: Path):
