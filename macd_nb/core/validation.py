@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['FitPredict', 'holdout_split', 'Fold', 'WalkForward', 'as_utc_datetime64', 'purge_by_time', 'plot_folds',
-           'coarse_folds', 'inner_split', 'auc', 'block_bootstrap_counts', 'auc_ci', 'auc_gain_ci', 'WalkForwardResult',
-           'walk_forward_predict', 'logistic_fit_predict', 'toy_signal_data', 'shuffled_label_control', 'leak_audit',
-           'planted_leak_control', 'plot_fold_auc']
+           'coarse_folds', 'inner_split', 'auc', 'block_bootstrap_counts', 'bootstrap_aucs', 'percentile_interval',
+           'auc_ci', 'auc_gain_ci', 'WalkForwardResult', 'walk_forward_predict', 'logistic_fit_predict',
+           'toy_signal_data', 'shuffled_label_control', 'leak_audit', 'planted_leak_control', 'plot_fold_auc']
 
 # %% ../../nbs/core/09_validation.ipynb #f6bd46f6
 from collections.abc import Callable, Iterator
@@ -162,13 +162,18 @@ def auc(y_true, score) -> float:
 
 
 def _weighted_auc(y_sorted: np.ndarray, group_starts: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    "AUC for each row of `weights` (resample counts), scores pre-sorted and grouped into ties."
+    "AUC for each row of `weights` (resample counts), scores pre-sorted and grouped into ties (a tie is half a win)."
+    n = y_sorted.shape[-1]
     positive_w, negative_w = weights * y_sorted, weights * (1 - y_sorted)
-    if len(group_starts) < y_sorted.shape[-1]:   # tied scores: one group each (no ties, the common case: nothing to sum)
-        positive_w = np.add.reduceat(positive_w, group_starts, axis=1)
-        negative_w = np.add.reduceat(negative_w, group_starts, axis=1)
-    negatives_below = np.cumsum(negative_w, axis=1) - negative_w
-    wins = (positive_w * (negatives_below + 0.5 * negative_w)).sum(axis=1)
+    negatives_up_to = np.zeros((len(weights), n + 1))   # column j: negative weight of the first j sorted rows
+    np.cumsum(negative_w, axis=1, out=negatives_up_to[:, 1:])
+    if len(group_starts) == n:   # no ties, the common case: each row is its own group
+        below, through = negatives_up_to[:, :-1], negatives_up_to[:, 1:]
+    else:                        # each row sees the negatives below its group and those up to its group's end
+        sizes = np.diff(np.r_[group_starts, n])
+        below = negatives_up_to[:, np.repeat(group_starts, sizes)]
+        through = negatives_up_to[:, np.repeat(np.r_[group_starts[1:], n], sizes)]
+    wins = 0.5 * (positive_w * (below + through)).sum(axis=1)   # negatives below, plus half of the tied ones
     return wins / (positive_w.sum(axis=1) * negative_w.sum(axis=1))
 
 
@@ -181,31 +186,6 @@ def block_bootstrap_counts(n: int, block: int, n_boot: int, rng: np.random.Gener
     return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(float)
 
 
-def auc_ci(
-    y_true, score, *,
-    block: int = 24,        # rows per bootstrap block (a day of hourly bars)
-    n_boot: int = 1000,     # resamples
-    level: float = 0.95,
-    seed: int = 0,
-    chunk: int = 100,       # resamples held in memory at once
-) -> tuple[float, float]:
-    "Circular block-bootstrap confidence interval of the AUC (rows must be in time order)."
-    y_true, score = np.asarray(y_true, dtype=float), np.asarray(score, dtype=float)
-    if len(np.unique(y_true)) < 2: return (float("nan"), float("nan"))
-    order = np.argsort(score, kind="stable")
-    y_sorted, score_sorted = y_true[order], score[order]
-    group_starts = np.flatnonzero(np.r_[True, score_sorted[1:] != score_sorted[:-1]])
-    rng = np.random.default_rng(seed)
-    aucs = []
-    for done in range(0, n_boot, chunk):
-        counts = block_bootstrap_counts(len(y_true), block, min(chunk, n_boot - done), rng)
-        aucs.append(_weighted_auc(y_sorted, group_starts, counts[:, order]))
-    aucs = np.concatenate(aucs)
-    aucs = aucs[np.isfinite(aucs)]
-    tail = (1 - level) / 2
-    return (float(np.quantile(aucs, tail)), float(np.quantile(aucs, 1 - tail)))
-
-
 def _sorted_view(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "(order, labels in score order, starts of tied-score groups): what `_weighted_auc` needs for one score."
     order = np.argsort(score, kind="stable")
@@ -213,24 +193,49 @@ def _sorted_view(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.
     return order, y_true[order], np.flatnonzero(np.r_[True, score_sorted[1:] != score_sorted[:-1]])
 
 
+def bootstrap_aucs(
+    y_true,                 # labels 1/0, rows in time order
+    scores,                 # one score column per model (n rows x k), or one score
+    *,
+    block: int = 24,        # rows per bootstrap block (a day of hourly bars)
+    n_boot: int = 1000,     # resamples
+    seed: int = 0,
+    chunk: int = 100,       # resamples held in memory at once
+) -> np.ndarray:
+    "AUC of every score column in each circular block-bootstrap resample, the same resamples for all (n_boot x k)."
+    y_true = np.asarray(y_true, dtype=float)
+    scores = np.asarray(scores, dtype=float).reshape(len(y_true), -1)
+    views = [_sorted_view(y_true, score) for score in scores.T]
+    rng, aucs = np.random.default_rng(seed), []
+    for done in range(0, n_boot, chunk):
+        counts = block_bootstrap_counts(len(y_true), block, min(chunk, n_boot - done), rng)
+        aucs.append(np.column_stack([_weighted_auc(y_sorted, starts, counts[:, order]) for order, y_sorted, starts in views]))
+    return np.concatenate(aucs)
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> list[float]:
+    "The central `level` interval of the finite `samples`."
+    samples, tail = samples[np.isfinite(samples)], (1 - level) / 2
+    return [float(np.quantile(samples, tail)), float(np.quantile(samples, 1 - tail))]
+
+
+def auc_ci(y_true, score, *, block: int = 24, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+           chunk: int = 100) -> tuple[float, float]:
+    "Circular block-bootstrap confidence interval of the AUC (rows must be in time order)."
+    if len(np.unique(y_true)) < 2: return (float("nan"), float("nan"))
+    aucs = bootstrap_aucs(y_true, score, block=block, n_boot=n_boot, seed=seed, chunk=chunk)[:, 0]
+    return tuple(percentile_interval(aucs, level))
+
+
 def auc_gain_ci(
     y_true, score, reference, *,
     block: int = 24, n_boot: int = 1000, level: float = 0.95, seed: int = 0, chunk: int = 100,
 ) -> dict:
     "AUC of `score` minus AUC of `reference` on the same rows, with a paired circular block-bootstrap interval."
-    y_true, score, reference = (np.asarray(a, dtype=float) for a in (y_true, score, reference))
     gain = auc(y_true, score) - auc(y_true, reference)
     if not np.isfinite(gain): return {"gain": float("nan"), "ci95": [float("nan"), float("nan")], "n": len(y_true)}
-    views = [_sorted_view(y_true, s) for s in (score, reference)]
-    rng, gains = np.random.default_rng(seed), []
-    for done in range(0, n_boot, chunk):
-        counts = block_bootstrap_counts(len(y_true), block, min(chunk, n_boot - done), rng)   # the same resamples for both
-        model_auc, reference_auc = (_weighted_auc(y_sorted, starts, counts[:, order]) for order, y_sorted, starts in views)
-        gains.append(model_auc - reference_auc)
-    gains = np.concatenate(gains)
-    gains, tail = gains[np.isfinite(gains)], (1 - level) / 2
-    return {"gain": float(gain), "ci95": [float(np.quantile(gains, tail)), float(np.quantile(gains, 1 - tail))],
-            "n": int(len(y_true))}
+    aucs = bootstrap_aucs(y_true, np.column_stack([score, reference]), block=block, n_boot=n_boot, seed=seed, chunk=chunk)
+    return {"gain": float(gain), "ci95": percentile_interval(aucs[:, 0] - aucs[:, 1], level), "n": int(len(y_true))}
 
 # %% ../../nbs/core/09_validation.ipynb #43b094d8
 FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
