@@ -158,6 +158,34 @@ def test_artifacts_are_native_and_load_back(quick_run):
         assert len(oof) == quick_run["lgb"].metrics["n_oof"] and oof["pred"].between(0, 1).all()
 
 
+def test_deployed_models_are_trained_the_way_they_were_validated(quick_run, tmp_path):
+    "Each saved model is one more fold: the folds' window length ending before the test period, the fold's own fit."
+    config, run_dir = quick_run["config"], Path(quick_run["run_dir"])
+    hour = pd.Timedelta(hours=1)
+    for name in ("lgb", "cross", "xgb"):
+        record = quick_run[name].record
+        window, test_start = record["deployment"], pd.Timestamp(record["window"]["test_start"])
+        first, last = pd.Timestamp(window["first_bar"]), pd.Timestamp(window["last_bar"])
+        assert (last - first) / hour < config.validation.train_bars and window["n_rows"] <= config.validation.train_bars
+        assert pd.Timestamp(window["labels_end"]) <= test_start, (name, window)
+        assert (test_start - last) / hour <= config.validation.purge_bars + config.validation.embargo_bars + 2, (name, window)
+    table, summary = load_table(run_dir, "1h")
+    protocol = direction_protocol(table, summary["base_features"], config)
+    params = lgb_params(config) | {"num_threads": 2}
+    rows = fold_rows([protocol.deployment_fold], protocol.y, inner_fraction=config.validation.inner_valid_fraction,
+                     purge=config.validation.purge_bars)[0]
+    binned = bin_once(protocol.X, protocol.deploy_idx, params, tmp_path / "deployment.bin", protocol.feature_names)
+    task = LgbFoldTask(str(binned), rows, protocol.y[rows.fit_idx], protocol.y[rows.stop_idx], protocol.X[rows.val_idx],
+                       params, config.gbm.rounds, config.gbm.early_stopping_rounds)
+    fold_pred, fold_best = lgb_fit_predict_fold(task)   # what a walk-forward fold does with the deployment window
+    saved = lgb.Booster(model_file=str(run_dir / "models" / "lgb_1h.txt"))
+    assert saved.num_trees() == fold_best == quick_run["lgb"].record["refit_rounds"]
+    np.testing.assert_allclose(saved.predict(protocol.X[protocol.scored_test_idx]), fold_pred, atol=1e-12)
+    booster = xgb.Booster()
+    booster.load_model(str(run_dir / "models" / "xgb_1h.json"))
+    assert booster.num_boosted_rounds() == quick_run["xgb"].record["refit_rounds"]
+
+
 @pytest.mark.slow
 @needs_shared_data
 def test_full_lightgbm_protocol_on_real_btc(tmp_path):

@@ -1,15 +1,19 @@
 """Stage 2, stacking: checked out-of-fold inputs, a meta-learner scored walk-forward, controls, skip rule, gates."""
 import re
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
+import xgboost as xgb
 
 from macd_nb.core.config import profile_config
-from macd_nb.core.prepare import prepare_run
-from macd_nb.core.rundir import RunPaths, read_json
+from macd_nb.core.prepare import load_table, prepare_run
+from macd_nb.core.rundir import RunPaths, read_json, sha256_file
+from macd_nb.core.validation import auc
 from macd_nb.models.lgb import run_lgb
-from macd_nb.models.lstm import run_lstm
+from macd_nb.models.lstm import MultiHorizonLSTM, run_lstm
+from macd_nb.models.sequences import load_sequence_model, predict_table
 from macd_nb.models.stacking import InSampleError, load_base_oof, run_stacking, stacked_probability
 from macd_nb.models.xgb import run_xgb
 
@@ -69,6 +73,43 @@ def test_meta_file_reproduces_the_test_predictions(quick_stack):
     y = pd.read_parquet(paths.test_file("lgb", "1h"))["y"].reindex(test.index)
     from macd_nb.core.validation import auc
     assert auc(y, stacked_probability(meta, test[BASES].to_numpy())) == pytest.approx(record["metrics"]["test_auc"], abs=1e-12)
+
+
+def _bundled_prediction(model: str, files: dict, table: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    "P(up) of `rows` of the prepared table from one base model's bundled `stacking_*` files, through its native loader."
+    if model in ("lgb", "lgb_cross"):
+        booster = lgb.Booster(model_file=str(files["txt"]))
+        return booster.predict(table[booster.feature_name()].to_numpy()[rows])
+    if model == "xgb":
+        booster = xgb.Booster()
+        booster.load_model(str(files["json"]))
+        features = table[booster.feature_names].to_numpy(dtype=np.float32)[rows]
+        return booster.predict(xgb.DMatrix(features, feature_names=booster.feature_names))
+    network, meta = load_sequence_model(MultiHorizonLSTM, files["pt"], files["json"])
+    return predict_table(network, meta, table, rows)[:, meta["main_head_index"]]
+
+
+def test_the_bundle_alone_reproduces_the_stacked_test_score(quick_stack):
+    "Only stacking_meta_1h.json and the stacking_* files it lists (checked by sha256): the test AUC of the record."
+    config, run_dir, record = quick_stack
+    paths = RunPaths(run_dir)
+    meta = read_json(paths.model_file("stacking_meta", "1h", "json"))
+    table, _ = load_table(run_dir, "1h")
+    bars = pd.DataFrame({m: pd.read_parquet(paths.test_file(m, "1h"))["pred"] for m in BASES}).dropna().index
+    rows = table.index.get_indexer(bars)
+    columns = []
+    for base in meta["base_models"]:
+        files = {}
+        for f in base["files"]:
+            path = run_dir / f["path"]
+            assert path.name.startswith("stacking_") and sha256_file(path) == f["sha256"], f
+            files[path.suffix[1:]] = path
+        assert pd.Timestamp(base["training_window"]["labels_end"]) <= bars[0]   # trained before the test period
+        columns.append(_bundled_prediction(base["model"], files, table, rows))
+    stacked = stacked_probability(meta, np.column_stack(columns))
+    assert auc(table[f"y_{config.validation.label_horizon}"].to_numpy()[rows], stacked) == pytest.approx(
+        record["metrics"]["test_auc"], abs=1e-9)
+    assert not [p for p in (run_dir / "models").iterdir() if p.suffix in {".pkl", ".pickle", ".joblib"}]   # no pickle
 
 
 def test_below_the_minimum_a_timeframe_is_skipped_with_its_reason(quick_stack, tmp_path):

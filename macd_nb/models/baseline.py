@@ -30,7 +30,7 @@ class BaselineModel(DirectionModel):
         return result, {}
 
     def refit(self, protocol: DirectionProtocol, walk: dict, path: Path | None) -> Refit:
-        final, test = protocol.final_train_idx, protocol.scored_test_idx
+        final, test = protocol.deploy_idx, protocol.scored_test_idx
         return Refit(logistic_fit_predict(protocol.X[final], protocol.y[final], protocol.X[test]),
                      record={"estimator": "StandardScaler + LogisticRegression(C=0.1)"})
 

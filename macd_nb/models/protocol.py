@@ -40,11 +40,22 @@ class DirectionProtocol:
     dev_idx: np.ndarray            # development rows: a prefix of the table
     test_idx: np.ndarray           # held-out test rows at the end
     folds: list[Fold]              # walk-forward folds over the development rows
-    final_train_idx: np.ndarray    # development rows with a label that ends before the test period starts
+    deploy_idx: np.ndarray         # the deployed model's training window (see `deployment_fold`), defined labels only
     scored_test_idx: np.ndarray    # test rows with a defined label
 
     @property
     def dev_times(self) -> np.ndarray: return self.times[self.dev_idx]
+
+    @property
+    def deployment_fold(self) -> Fold:
+        "One more fold after the last: it trains on `deploy_idx` the way every fold trains, and scores the test period."
+        return Fold(len(self.folds), self.deploy_idx, self.scored_test_idx)
+
+    def deployment_window(self) -> dict:
+        "The deployed model's training window (UTC strings): first and last bar, when its last label ends, rows."
+        stamp = lambda t: str(pd.Timestamp(t, tz="UTC"))
+        return {"first_bar": stamp(self.times[self.deploy_idx[0]]), "last_bar": stamp(self.times[self.deploy_idx[-1]]),
+                "labels_end": stamp(self.label_end[self.deploy_idx].max()), "n_rows": len(self.deploy_idx)}
 
     def window(self) -> dict:
         "First and last bar of the table and the first test bar, as strings (UTC)."
@@ -62,9 +73,11 @@ def direction_protocol(table: pd.DataFrame, feature_names: list[str], config: Ru
     splitter = WalkForward(config.validation.n_folds, train_size=config.validation.train_bars, purge=config.validation.purge_bars,
                            embargo=config.validation.embargo_bars, expanding=config.validation.expanding)
     folds = splitter.folds(len(dev_idx), label_end=label_end[dev_idx], times=times[dev_idx])
-    final_train_idx = dev_idx[np.isfinite(y[dev_idx]) & (label_end[dev_idx] <= times[test_idx[0]])]
+    known = dev_idx[np.isfinite(y[dev_idx]) & (label_end[dev_idx] <= times[test_idx[0]])]   # labels end before the test
+    rolling = not config.validation.expanding and config.validation.train_bars
+    deploy_idx = known[known > known[-1] - config.validation.train_bars] if rolling else known   # the folds' window length
     return DirectionProtocol(X, y, times, label_end, list(feature_names), dev_idx, test_idx, folds,
-                             final_train_idx, test_idx[np.isfinite(y[test_idx])])
+                             deploy_idx, test_idx[np.isfinite(y[test_idx])])
 
 # %% ../../nbs/models/00_protocol.ipynb #23baaae4
 @dataclass(frozen=True)
@@ -296,7 +309,7 @@ def finish_model_stage(
     reference_scored = np.isfinite(reference.oof_score[protocol.dev_idx]) & np.isfinite(fold_result.oof_pred)
     metrics["best_feature_oof_auc"] = auc(y_dev[reference_scored], reference.oof_score[protocol.dev_idx][reference_scored])
     write_parquet(paths.oof_file(model, timeframe), oof)
-    deployed_until = pd.Timestamp(protocol.label_end[protocol.final_train_idx].max(), tz="UTC")
+    deployed_until = pd.Timestamp(protocol.label_end[protocol.deploy_idx].max(), tz="UTC")
     write_parquet(paths.test_file(model, timeframe),
                   pd.DataFrame({"y": y_test, "pred": test_pred, "train_label_end": deployed_until},
                                index=pd.DatetimeIndex(protocol.times[test_rows], tz="UTC", name="open_time")))
@@ -306,7 +319,7 @@ def finish_model_stage(
                           best_feature={"most_chosen": reference.most_chosen(), "per_fold": reference.choices},
                           features=protocol.feature_names, n_features=len(protocol.feature_names),
                           feature_set={"version": FEATURE_SET_VERSION, "inputs": list(config.data.feature_inputs)},
-                          **record_extra)
+                          deployment=protocol.deployment_window(), **record_extra)
     write_json(paths.result_file(model, timeframe), record)
     return ModelResult(record, fold_result, protocol.dev_times, y_test, test_pred, extras or {})
 
@@ -339,12 +352,12 @@ class DirectionModel:
         raise NotImplementedError
 
     def refit(self, protocol: DirectionProtocol, walk: dict, path: Path | None) -> Refit:
-        "Fit on `protocol.final_train_idx` (using the fold facts in `walk`), save to `path`, score the test rows."
+        "Fit `protocol.deployment_fold` the way the folds were fitted, save to `path`, score the test rows."
         raise NotImplementedError
 
 
 class BoostedTreesModel(DirectionModel):
-    "What LightGBM and XGBoost share: fold settings from `config.gbm`, the refit's rounds, top features by gain."
+    "What LightGBM and XGBoost share: fold settings from `config.gbm`, the deployment fold's rows, top features by gain."
     params: dict = {}
 
     def __init__(self, config: RunConfig):
@@ -357,10 +370,11 @@ class BoostedTreesModel(DirectionModel):
                     inner_fraction=c.validation.inner_valid_fraction, purge=c.validation.purge_bars,
                     n_jobs=c.n_jobs, executor=c.executor)
 
-    @staticmethod
-    def refit_rounds(walk: dict) -> int:
-        "Rounds of the deployed model: the median best iteration of the folds."
-        return max(1, int(np.median(walk["best_iterations"])))
+    def deployment_rows(self, protocol: DirectionProtocol) -> FoldRows:
+        "The deployment fold's fitting, early-stopping and scored (test) rows, split exactly as every fold's."
+        settings = self.fold_settings()
+        return fold_rows([protocol.deployment_fold], protocol.y, inner_fraction=settings["inner_fraction"],
+                         purge=settings["purge"])[0]
 
     def refit_outcome(self, test_pred: np.ndarray, rounds: int, gain: pd.Series, test_features: np.ndarray) -> Refit:
         "The `Refit` of a booster: its parameters, rounds and top-20 features by total gain."

@@ -337,7 +337,7 @@ def run_sequence_stage(config: RunConfig, run_dir: str | Path, timeframe: str, s
     walked = time.perf_counter()
 
     test_start = data.times[protocol.test_idx[0]]
-    final_rows = dev_idx[data.label_end[dev_idx, main] <= test_start]
+    final_rows = protocol.deploy_idx   # the folds' window length, ending before the test period (see the protocol)
     test_rows = with_full_window(protocol.scored_test_idx, length)
     final = fit_refit(make, data, final_rows, test_start, test_rows, settings=settings, **walk_settings)
     finished_final = time.perf_counter()
@@ -359,7 +359,8 @@ def run_sequence_stage(config: RunConfig, run_dir: str | Path, timeframe: str, s
             "scaler": final["scaler"].to_dict(), "sequence_length": length, "horizons": spec.heads,
             "main_horizon": config.validation.label_horizon, "main_head_index": main, "best_head": heads["best_head"],
             "inner_val_auc_per_head": heads["inner_val_auc_per_head"], "timeframe": timeframe,
-            "trained_until": str(pd.Timestamp(data.times[final_rows[-1]])), "n_train": final["n_train"],
+            "trained_until": str(pd.Timestamp(data.times[final_rows[-1]])), "training_window": protocol.deployment_window(),
+            "n_train": final["n_train"],
             "best_epoch": final["best_epoch"], "torch": torch.__version__, "dtype": settings.autocast_dtype,
             "feature_set": {"version": FEATURE_SET_VERSION, "inputs": list(config.data.feature_inputs)}}
     weights_path, meta_path = paths.model_file(spec.model, timeframe, "pt"), paths.model_file(spec.model, timeframe, "json")

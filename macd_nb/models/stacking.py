@@ -4,10 +4,12 @@
 
 # %% auto #0
 __all__ = ['META_LEARNERS', 'LINEAR_LEARNERS', 'InSampleError', 'load_base_oof', 'to_logit', 'meta_walk_forward', 'mean_logit',
-           'logistic', 'nonnegative_weights', 'nonnegative_logistic', 'small_gbm', 'small_mlp', 'compare_meta_learners',
-           'leave_one_out', 'final_meta', 'stacked_probability', 'run_stacking']
+           'logistic', 'nonnegative_weights', 'nonnegative_logistic', 'small_gbm', 'small_mlp', 'SharedIntervals',
+           'meta_walks', 'compare_meta_learners', 'leave_one_out', 'final_meta', 'stacked_probability',
+           'bundle_base_models', 'run_stacking']
 
 # %% ../../nbs/models/09_stacking.ipynb #4e3c9e29
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,9 +19,11 @@ import pandas as pd
 
 from ..core.config import RunConfig, library_versions
 from ..core.prepare import load_table
-from ..core.rundir import RunPaths, gate, model_result, read_json, sha256_file, write_json, write_parquet
+from ..core.rundir import (RunPaths, gate, model_result, read_json, sha256_file, write_atomically, write_json,
+                                 write_parquet)
 from ..core.stages import stage_of_model
-from ..core.validation import as_utc_datetime64, auc, auc_ci, auc_gain_ci, planted_leak_control
+from ..core.validation import (as_utc_datetime64, auc, auc_ci, bootstrap_aucs, percentile_interval,
+                                     planted_leak_control)
 from .protocol import check_same_labels, data_fingerprint
 
 # %% ../../nbs/models/09_stacking.ipynb #346e662f
@@ -118,7 +122,8 @@ def small_mlp(X_train, y_train, X_score) -> np.ndarray:
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    model = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(8,), alpha=1e-3, max_iter=200, random_state=0))
+    model = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(8,), alpha=1e-3, solver="lbfgs", max_iter=1000,
+                                                          random_state=0))   # full-batch: quick and deterministic for 8 units
     return model.fit(X_train, y_train).predict_proba(X_score)[:, 1]
 
 
@@ -127,41 +132,49 @@ META_LEARNERS = {"mean_logit": mean_logit, "logistic": logistic, "nonnegative_lo
 LINEAR_LEARNERS = ("mean_logit", "logistic", "nonnegative_logistic")   # deployable as coefficients in JSON
 
 # %% ../../nbs/models/09_stacking.ipynb #0278b649
-def _auc_with_ci(y, pred, config: RunConfig) -> dict:
-    "AUC, block-bootstrap interval and n of the rows with a prediction."
-    scored = np.isfinite(pred)
-    lo, hi = auc_ci(y[scored], pred[scored], block=config.validation.bootstrap_block,
-                    n_boot=config.validation.bootstrap_samples, seed=config.seed)
-    return {"auc": auc(y[scored], pred[scored]), "ci95": [lo, hi], "n": int(scored.sum())}
+class SharedIntervals:
+    "AUCs and paired AUC gains of many scores on the same rows, all from one set of block-bootstrap resamples."
+    def __init__(self, y: np.ndarray, scores: dict[str, np.ndarray], config: RunConfig):
+        self.y, self.names = y, list(scores)
+        self.point = {name: auc(y, score) for name, score in scores.items()}
+        matrix = np.column_stack(list(scores.values()))
+        boot = bootstrap_aucs(y, matrix, block=config.validation.bootstrap_block,
+                              n_boot=config.validation.bootstrap_samples, seed=config.seed)
+        self.boot = dict(zip(self.names, boot.T))
+
+    def auc(self, name: str) -> dict:
+        "AUC of `name` with its interval and n."
+        return {"auc": self.point[name], "ci95": percentile_interval(self.boot[name]), "n": len(self.y)}
+
+    def gain(self, name: str, reference: str) -> dict:
+        "AUC of `name` minus AUC of `reference`, with the paired interval."
+        return {"gain": self.point[name] - self.point[reference],
+                "ci95": percentile_interval(self.boot[name] - self.boot[reference]), "n": len(self.y)}
 
 
-def _gain(y, pred, reference, config: RunConfig) -> dict:
-    "Paired block-bootstrap AUC gain of `pred` over `reference` on the rows both scored."
-    both = np.isfinite(pred) & np.isfinite(reference)
-    return auc_gain_ci(y[both], pred[both], reference[both], block=config.validation.bootstrap_block,
-                       n_boot=config.validation.bootstrap_samples, seed=config.seed)
+def meta_walks(X, y, times, label_end, config: RunConfig, base_models: list[str]) -> tuple[dict, dict]:
+    "Out-of-sample predictions of every meta-learner, and of logistic regression without each base model; their blocks."
+    walk = lambda inputs, fit: meta_walk_forward(inputs, y, times, label_end, fit, n_blocks=config.stacking.meta_blocks)
+    walks = {name: walk(X, fit) for name, fit in META_LEARNERS.items()}
+    walks |= {f"without_{model}": walk(np.delete(X, k, axis=1), logistic) for k, model in enumerate(base_models)}
+    return {name: pred for name, (pred, _) in walks.items()}, {name: blocks for name, (_, blocks) in walks.items()}
 
 
-def compare_meta_learners(X, y, times, label_end, config: RunConfig) -> tuple[dict, dict, str, list[dict]]:
-    "Every meta-learner on the same blocks: predictions, a table row each, the chosen one (logistic unless beaten), the blocks."
-    walks = {name: meta_walk_forward(X, y, times, label_end, fit, n_blocks=config.stacking.meta_blocks)
-             for name, fit in META_LEARNERS.items()}
-    table = {name: _auc_with_ci(y, pred, config) | {"gain_vs_logistic": _gain(y, pred, walks["logistic"][0], config)}
-             for name, (pred, _) in walks.items()}
+def compare_meta_learners(intervals: SharedIntervals) -> tuple[dict, str]:
+    "A table row per meta-learner (AUC, interval, gain over logistic regression) and the chosen one (logistic unless beaten)."
+    table = {name: intervals.auc(name) | {"gain_vs_logistic": intervals.gain(name, "logistic")} for name in META_LEARNERS}
     winners = [n for n, row in table.items() if n != "logistic" and row["gain_vs_logistic"]["ci95"][0] > 0]
-    chosen = max(winners, key=lambda n: table[n]["auc"]) if winners else "logistic"
-    return {name: pred for name, (pred, _) in walks.items()}, table, chosen, walks[chosen][1]
+    return table, max(winners, key=lambda n: table[n]["auc"]) if winners else "logistic"
 
 
-def leave_one_out(X, y, times, label_end, names: list[str], full_pred, config: RunConfig) -> dict:
-    "Per base model: the logistic meta AUC without it, the change with a paired interval, and a verdict."
+def leave_one_out(intervals: SharedIntervals, base_models: list[str]) -> dict:
+    "Per base model: the logistic meta AUC change when it is left out, with a paired interval, and a verdict."
     verdicts = {}
-    for k, name in enumerate(names):
-        without, _ = meta_walk_forward(np.delete(X, k, axis=1), y, times, label_end, logistic, n_blocks=config.stacking.meta_blocks)
-        change = _gain(y, full_pred, without, config)   # > 0: the full meta-learner is better with this model
+    for model in base_models:
+        change = intervals.gain("logistic", f"without_{model}")   # > 0: the meta-learner is better with this model
         lo, hi = change["ci95"]
-        verdicts[name] = {"auc_change_when_removed": -change["gain"], "gain_from_model": change,
-                          "verdict": "adds signal" if lo > 0 else ("hurts" if hi < 0 else "redundant (interval includes 0)")}
+        verdicts[model] = {"auc_change_when_removed": -change["gain"], "gain_from_model": change,
+                           "verdict": "adds signal" if lo > 0 else ("hurts" if hi < 0 else "redundant (interval includes 0)")}
     return verdicts
 
 
@@ -181,15 +194,29 @@ def stacked_probability(meta: dict, base_probs: np.ndarray) -> np.ndarray:
     return _sigmoid(to_logit(base_probs) @ np.asarray(meta["coefficients"]) + meta["intercept"])
 
 # %% ../../nbs/models/09_stacking.ipynb #c614142c
-def _base_artifacts(paths: RunPaths, models: list[str], timeframe: str) -> list[dict]:
-    "Each base model's files with their sha256, read from its result record."
-    out = []
+def _auc_with_ci(y, pred, config: RunConfig) -> dict:
+    "AUC, block-bootstrap interval and n of the rows with a prediction."
+    scored = np.isfinite(pred)
+    lo, hi = auc_ci(y[scored], pred[scored], block=config.validation.bootstrap_block,
+                    n_boot=config.validation.bootstrap_samples, seed=config.seed)
+    return {"auc": auc(y[scored], pred[scored]), "ci95": [lo, hi], "n": int(scored.sum())}
+
+
+def bundle_base_models(paths: RunPaths, models: list[str], timeframe: str) -> list[dict]:
+    "Each base model's deployed files copied to `models/stacking_*`, checked against their source; sha256, window, metrics."
+    bundle = []
     for model in models:
         record = read_json(paths.result_file(model, timeframe))
-        files = [a for a in record["artifacts"] if a.startswith("models/")]
-        out.append({"model": model, "files": [{"path": f, "sha256": sha256_file(paths.root / f)} for f in files],
-                    "metrics": {k: record["metrics"][k] for k in ("oof_auc", "n_oof", "test_auc")}})
-    return out
+        files = []
+        for source in (paths.root / a for a in record["artifacts"] if a.startswith("models/")):
+            target = source.with_name(f"stacking_{source.name}")
+            digest = sha256_file(source)
+            write_atomically(target, lambda tmp: shutil.copyfile(source, tmp))
+            if sha256_file(target) != digest: raise OSError(f"{target}: the copy of {source} differs from it")
+            files.append({"path": paths.relative(target), "sha256": digest, "copied_from": paths.relative(source)})
+        bundle.append({"model": model, "files": files, "training_window": record.get("deployment"),
+                       "metrics": {k: record["metrics"][k] for k in ("oof_auc", "n_oof", "test_auc")}})
+    return bundle
 
 
 def _test_inputs(paths: RunPaths, models: list[str], timeframe: str) -> pd.DataFrame:
@@ -223,17 +250,20 @@ def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
     label_end = table[f"label_end_{config.validation.label_horizon}"].reindex(oof.index)
     X, y = to_logit(oof[models].to_numpy()), oof["y"].to_numpy()
     times, label_end = as_utc_datetime64(oof.index), as_utc_datetime64(label_end)
-    predictions, learners, chosen, blocks = compare_meta_learners(X, y, times, label_end, config)
-    meta_pred = predictions[chosen]
-    scored = np.isfinite(meta_pred)
-    base_auc = {m: auc(y[scored], oof[m].to_numpy()[scored]) for m in models}
-    best_base = max(base_auc, key=base_auc.get)
-    metrics = _auc_with_ci(y, meta_pred, config)
-    metrics = {"oof_auc": metrics["auc"], "oof_auc_ci95": metrics["ci95"], "n_oof": len(oof), "n_oof_scored": metrics["n"],
-               "n_blocks": config.stacking.meta_blocks, "base_oof_auc": base_auc, "best_base": best_base}
-    gain_over_best = _gain(y, meta_pred, oof[best_base].to_numpy(), config)
+    predictions, blocks = meta_walks(X, y, times, label_end, config, models)
     walked = time.perf_counter()
 
+    scored = np.isfinite(predictions["logistic"])   # every walk scores the same blocks
+    base_auc = {m: auc(y[scored], oof[m].to_numpy()[scored]) for m in models}
+    best_base = max(base_auc, key=base_auc.get)
+    intervals = SharedIntervals(y[scored], {name: pred[scored] for name, pred in predictions.items()}
+                                | {best_base: oof[best_base].to_numpy()[scored]}, config)
+    learners, chosen = compare_meta_learners(intervals)
+    chosen_auc = intervals.auc(chosen)
+    metrics = {"oof_auc": chosen_auc["auc"], "oof_auc_ci95": chosen_auc["ci95"], "n_oof": len(oof),
+               "n_oof_scored": chosen_auc["n"], "n_blocks": config.stacking.meta_blocks, "base_oof_auc": base_auc,
+               "base_pred_std": {m: float(oof[m].std()) for m in models}, "best_base": best_base}
+    gain_over_best = intervals.gain(chosen, best_base)
     shuffled = np.random.default_rng(config.seed).permutation(y)
     shuffled_pred, _ = meta_walk_forward(X, shuffled, times, label_end, META_LEARNERS[chosen], n_blocks=config.stacking.meta_blocks)
     leak = planted_leak_control(X, y, models, seed=config.seed)
@@ -241,7 +271,7 @@ def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
                 "shuffled_label_protocol": "same blocks and meta-learner, OOF labels permuted",
                 "planted_leak_flagged": leak["planted_leak_flagged"], "planted_leak_auc": leak["planted_leak_auc"],
                 "real_features_flagged": leak["real_features_flagged"]}
-    redundancy = leave_one_out(X, y, times, label_end, models, predictions["logistic"], config)
+    redundancy = leave_one_out(intervals, models)
     diagnosed = time.perf_counter()
 
     meta = {"meta_learner": chosen if chosen in LINEAR_LEARNERS else "logistic", "inputs": models,
@@ -253,6 +283,7 @@ def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
     test_scores = _auc_with_ci(test_y, test_pred, config)
     metrics |= {"test_auc": test_scores["auc"], "test_auc_ci95": test_scores["ci95"], "n_test": test_scores["n"],
                 "best_base_test_auc": auc(test_y, test[best_base].to_numpy())}
+    bundle = bundle_base_models(paths, models, timeframe)
     minimum = config.stacking.min_oof.get(timeframe)
     gates = [gate("stacking_oof_auc", metrics["oof_auc"], config.stacking.min_oof_auc)]
     if minimum is not None: gates.append(gate("n_oof", len(oof), minimum))
@@ -260,23 +291,25 @@ def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
               gate("gain_over_best_base", gain_over_best["gain"], 0.0, ">")]
     shown = lambda value: f"{value:.4f}" if isinstance(value, float) else str(value)
     failed = [f"{g['name']} = {shown(g['value'])} fails {g['op']} {g['threshold']}" for g in gates if not g["passed"]]
-    meta |= {"training_window": {"first_bar": str(oof.index[0]), "last_bar": str(oof.index[-1])},
-             "base_models": _base_artifacts(paths, models, timeframe), "metrics": metrics, "gates": gates,
-             "deployable": not failed}
+    failed += [f"base model {b['model']!r} saved no model file to deploy" for b in bundle if not b["files"]]
+    meta |= {"training_window": {"first_bar": str(oof.index[0]), "last_bar": str(oof.index[-1]),
+                                 "n_rows": len(oof), "recipe": "every OOF row (the next block of the expanding meta walk-forward)"},
+             "base_models": bundle, "metrics": metrics, "gates": gates, "deployable": not failed}
     meta_path = write_json(paths.model_file("stacking_meta", timeframe, "json"), meta)
-    oof_frame = oof.assign(pred=meta_pred)[["y", "pred"]].dropna()
+    oof_frame = oof.assign(pred=predictions[chosen])[["y", "pred"]].dropna()
     write_parquet(paths.oof_file("stacking", timeframe), oof_frame)
     record = model_result(
         stage=stage_of_model("stacking").number, model="stacking", timeframe=timeframe, target=config.data.target,
         window={"start": str(oof.index[0]), "end": str(oof.index[-1]), "test_start": str(test.index[0])},
         metrics=metrics, controls=controls, gates=gates,
-        timings_s={"meta_walk_forward": walked - started, "controls_and_diagnostics": diagnosed - walked,
+        timings_s={"meta_walk_forward": walked - started, "intervals_and_diagnostics": diagnosed - walked,
                    "total": time.perf_counter() - started},
-        artifacts=[paths.relative(meta_path), paths.relative(paths.oof_file("stacking", timeframe)),
-                   paths.relative(paths.result_file("stacking", timeframe))],
+        artifacts=[paths.relative(meta_path), *[f["path"] for b in bundle for f in b["files"]],
+                   paths.relative(paths.oof_file("stacking", timeframe)), paths.relative(paths.result_file("stacking", timeframe))],
         data_fingerprint=data_fingerprint(run_dir), versions=library_versions(), seed=config.seed, device="cpu",
-        meta_learners=learners, chosen_meta_learner=chosen, reference_gains={"best_base": gain_over_best}, blocks=blocks,
-        checks=checks, redundancy=redundancy, meta={k: meta[k] for k in ("meta_learner", "inputs", "coefficients", "intercept")},
+        meta_learners=learners, chosen_meta_learner=chosen, reference_gains={"best_base": gain_over_best},
+        blocks=blocks[chosen], checks=checks, redundancy=redundancy,
+        meta={k: meta[k] for k in ("meta_learner", "inputs", "coefficients", "intercept")},
         deployable=not failed, not_deployable_because=failed,
         thresholds={"min_oof_auc": config.stacking.min_oof_auc, "min_oof": config.stacking.min_oof,
                     "min_oof_attempt": config.stacking.min_oof_attempt},
