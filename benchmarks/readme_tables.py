@@ -72,6 +72,14 @@ def speed_table() -> str:
                      f"naive loop{' (extrapolated from ' + str(lgb['naive']['folds_timed']) + ' folds)' if lgb['naive']['extrapolated'] else ''}: "
                      f"**{lgb['speedup']:.2f}x**; OOF AUC on the naive loop's folds {lgb['fast']['oof_auc_on_naive_folds']:.4f} "
                      f"vs {lgb['naive']['oof_auc']:.4f} |")
+    stack = _load("stacking")
+    if stack:
+        lines.append(f"| stage 2's meta loop, comparison and diagnostics, {stack['n_oof']:,} {stack['source']} OOF rows, "
+                     f"{len(stack['base_models'])} bases, {stack['cores']} cores (`bench_stacking.py`) | {stack['stage_s']:.1f} s "
+                     f"(target <= {stack['targets']['stage_s_max']:.0f} s): walks {stack['meta_walks_s']:.1f} s, intervals "
+                     f"{stack['shared_intervals_s']:.1f} s; its {stack['n_intervals']} intervals one bootstrap call each: "
+                     f"{stack['separate_intervals_s']:.1f} s, shared resamples **{stack['intervals_speedup']:.1f}x** faster, "
+                     f"identical |")
     nn = _load("nn_epochs")
     for device, result in (nn or {}).items():
         if not result: continue

@@ -43,6 +43,7 @@ STAGES: tuple[Stage, ...] = (
     model_stage("xgb", "1.5", "XGBoost direction model", "models/07_xgb.ipynb", "xgb", "json"),
     Stage("diagnostics", "1.6", "Base-model diagnostics", "models/08_diagnostics.ipynb", ("results/diagnostics_{tf}.json",)),
     Stage("stacking", "2", "Stacking ensemble", "models/09_stacking.ipynb", ("results/stacking_{tf}.json",), "stacking"),
+    Stage("backtest", "2.1", "Economic evaluation after costs", "models/10_backtest.ipynb", ("results/backtest_{tf}.json",)),
 )
 
 # %% ../../nbs/core/11_stages.ipynb #4296c1a8

@@ -214,8 +214,9 @@ def bootstrap_aucs(
 
 
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> list[float]:
-    "The central `level` interval of the finite `samples`."
+    "The central `level` interval of the finite `samples` ([nan, nan] when there are none)."
     samples, tail = samples[np.isfinite(samples)], (1 - level) / 2
+    if not len(samples): return [float("nan"), float("nan")]
     return [float(np.quantile(samples, tail)), float(np.quantile(samples, 1 - tail))]
 
 

@@ -281,6 +281,7 @@ def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
     test_pred = stacked_probability(meta, test[models].to_numpy())
     test_y = test["y"].to_numpy()
     test_scores = _auc_with_ci(test_y, test_pred, config)
+    write_parquet(paths.test_file("stacking", timeframe), pd.DataFrame({"y": test_y, "pred": test_pred}, index=test.index))
     metrics |= {"test_auc": test_scores["auc"], "test_auc_ci95": test_scores["ci95"], "n_test": test_scores["n"],
                 "best_base_test_auc": auc(test_y, test[best_base].to_numpy())}
     bundle = bundle_base_models(paths, models, timeframe)
@@ -305,7 +306,8 @@ def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
         timings_s={"meta_walk_forward": walked - started, "intervals_and_diagnostics": diagnosed - walked,
                    "total": time.perf_counter() - started},
         artifacts=[paths.relative(meta_path), *[f["path"] for b in bundle for f in b["files"]],
-                   paths.relative(paths.oof_file("stacking", timeframe)), paths.relative(paths.result_file("stacking", timeframe))],
+                   paths.relative(paths.oof_file("stacking", timeframe)), paths.relative(paths.test_file("stacking", timeframe)),
+                   paths.relative(paths.result_file("stacking", timeframe))],
         data_fingerprint=data_fingerprint(run_dir), versions=library_versions(), seed=config.seed, device="cpu",
         meta_learners=learners, chosen_meta_learner=chosen, reference_gains={"best_base": gain_over_best},
         blocks=blocks[chosen], checks=checks, redundancy=redundancy,
