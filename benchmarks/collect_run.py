@@ -39,6 +39,28 @@ def stacking_row(record: dict) -> dict:
             "seconds": record["timings_s"]["total"], "meta_seconds": record["timings_s"]["meta_walk_forward"]}
 
 
+def backtest_rows(record: dict) -> list[dict]:
+    "Per model of one after-costs evaluation: break-even costs, Sharpe after the default cost with its interval, returns."
+    rows = []
+    for model in record["models"]:
+        band, long_short = record["oof"][f"{model}/band"], record["oof"][f"{model}/long_short"]
+        test = record["test"].get(f"{model}/band")
+        rows.append({"timeframe": record["timeframe"], "model": model, "cost_bp": record["cost_bp"],
+                     "break_even_bp": {"band": band["break_even_bp"], "long_short": long_short["break_even_bp"],
+                                       "long_flat": record["oof"][f"{model}/long_flat"]["break_even_bp"]},
+                     "sharpe_band": band["sharpe"], "sharpe_band_ci95": band["sharpe_ci95"],
+                     "sharpe_long_short": long_short["sharpe"], "sharpe_long_short_ci95": long_short["sharpe_ci95"],
+                     "total_return_band": band["total_return"], "exposure_band": band["exposure"],
+                     "test_sharpe_band": test["sharpe"] if test else None,
+                     "test_sharpe_band_ci95": test["sharpe_ci95"] if test else None})
+    hold = record["oof"]["buy_and_hold"]
+    rows.append({"timeframe": record["timeframe"], "model": "buy_and_hold", "cost_bp": record["cost_bp"],
+                 "total_return": hold["total_return"], "sharpe": hold["sharpe"],
+                 "sharpe_ci95": record["oof"]["always_long"]["sharpe_ci95"], "n_bars": record["metrics"]["n_bars"],
+                 "seconds": record["timings_s"]["total"]})
+    return rows
+
+
 def collect(run_dir: Path, where: str) -> dict:
     "A summary of every model result in `run_dir`, in stage order."
     results = run_dir / "results"
@@ -54,7 +76,8 @@ def collect(run_dir: Path, where: str) -> dict:
             "data_fingerprint": prepare["data_fingerprint"],
             "windows": {tf: {k: s[k] for k in ("first_bar", "last_bar", "rows")} for tf, s in prepare["timeframes"].items()},
             "oracle": prepare.get("oracle"), "versions": config["versions"], "models": [model_row(r) for r in records],
-            "stacking": [stacking_row(json.loads(p.read_text())) for p in sorted(results.glob("stacking_*.json"))]}
+            "stacking": [stacking_row(json.loads(p.read_text())) for p in sorted(results.glob("stacking_*.json"))],
+            "backtest": [row for p in sorted(results.glob("backtest_*.json")) for row in backtest_rows(json.loads(p.read_text()))]}
 
 
 if __name__ == "__main__":

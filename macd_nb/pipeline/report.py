@@ -46,10 +46,11 @@ def format_after_costs(run_dir: str | Path, model: str, timeframe: str) -> str:
     record = read_json(path)
     headline = record["metrics"]["after_costs"].get(model)
     if not headline: return ""
+    number = lambda value, spec: "n/a" if value is None or value != value else format(value, spec)   # NaN/None: no trade
     low, high = headline["sharpe_ci95"]
-    interval = f" [{low:+.2f}, {high:+.2f}]" if low == low and high == high else ""
-    return (f"break-even {headline['break_even_bp']:.1f} bp; Sharpe {headline['sharpe']:+.2f}{interval} "
-            f"at {record['cost_bp']:g} bp")
+    interval = f" [{number(low, '+.2f')}, {number(high, '+.2f')}]" if None not in (low, high) else ""
+    return (f"break-even {number(headline['break_even_bp'], '.1f')} bp; Sharpe {number(headline['sharpe'], '+.2f')}"
+            f"{interval} at {record['cost_bp']:g} bp")
 
 
 def summary_table(run_dir: str | Path) -> str:
