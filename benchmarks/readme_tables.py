@@ -103,6 +103,13 @@ def speed_table() -> str:
                      f"{stack['shared_intervals_s']:.1f} s; its {stack['n_intervals']} intervals one bootstrap call each: "
                      f"{stack['separate_intervals_s']:.1f} s, shared resamples **{stack['intervals_speedup']:.1f}x** faster, "
                      f"identical |")
+    bt = _load("backtest")
+    if bt:
+        lines.append(f"| stage 2.1 after-costs evaluation, {bt['n_bars_scored']:,} {bt['source']} OOF bars, {bt['models']} models x "
+                     f"{bt['variants']} variants x {bt['cost_levels']} cost levels, {bt['cores']} cores (`bench_backtest.py`) | "
+                     f"{bt['stage_s']:.1f} s (target <= {bt['targets']['stage_s_max']:.0f} s, test period and Sharpe intervals "
+                     f"included); the cost grid vectorised vs one cost at a time through empyrical: "
+                     f"**{bt['cost_grid']['speedup']:.0f}x**, identical |")
     nn = _load("nn_epochs")
     for device, result in (nn or {}).items():
         if not result: continue
