@@ -119,6 +119,23 @@ def speed_table() -> str:
     return "\n".join(lines)
 
 
+def onnx_table() -> str:
+    "Parity and single-thread latency of every exported model (`bench_onnx.py`)."
+    bench = _load("onnx")
+    if not bench: return ""
+    lines = ["| run | model | exporter | parity rows | max abs diff | flipped | perturbed copy fails | batch 1 p50 / p99 ms, "
+             "native | ONNX | batch 256 p50 / p99 ms, native | ONNX |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in bench["runs"]:
+        where = f"{run['profile']}, {run['data']} {run['target']} {run['timeframe']}"
+        for name, m in run["models"].items():
+            p, lat = m["parity"], m["latency_ms"]
+            cell = lambda b, side: f"{lat[b][side]['p50_ms']:.3f} / {lat[b][side]['p99_ms']:.3f}"
+            lines.append(f"| {where} | {name} | {m['exporter']} | {p['n']} | {p['max_abs_diff']:.1e} | {p['flips']} | "
+                         f"{'yes' if m['perturbed_fails'] else '**no**'} | {cell('batch_1', 'native')} | {cell('batch_1', 'onnx')} | "
+                         f"{cell('batch_256', 'native')} | {cell('batch_256', 'onnx')} |")
+    return "\n".join(lines)
+
+
 def measured_block() -> str:
     "Everything between README's markers."
     parts = [START, ""]
@@ -127,6 +144,9 @@ def measured_block() -> str:
         run = _load(name)
         if run: parts += [f"**{title}** (`benchmarks/results/{name}.json`)", "", run_table(run), ""]
     parts += ["**Speed**", "", speed_table(), ""]
+    if onnx_table():
+        parts += ["**ONNX export** (`benchmarks/results/onnx.json`, `bench_onnx.py`: parity on real feature rows of the run, "
+                  "one thread, after warm-up; for the networks the parity rows count every head)", "", onnx_table(), ""]
     gpu = _load("gpu_full_h200")
     if gpu:
         parts += [f"**GPU run** (`benchmarks/results/gpu_full_h200.json`: {gpu['what']}; {gpu['note']})", "",

@@ -44,6 +44,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("diagnostics", "1.6", "Base-model diagnostics", "models/08_diagnostics.ipynb", ("results/diagnostics_{tf}.json",)),
     Stage("stacking", "2", "Stacking ensemble", "models/09_stacking.ipynb", ("results/stacking_{tf}.json",), "stacking"),
     Stage("backtest", "2.1", "Economic evaluation after costs", "models/10_backtest.ipynb", ("results/backtest_{tf}.json",)),
+    Stage("export", "3", "ONNX export", "export/01_onnx.ipynb", ("results/export_{tf}.json",)),
 )
 
 # %% ../../nbs/core/11_stages.ipynb #4296c1a8
