@@ -1,0 +1,138 @@
+"""The model registry: aliases move only by compare-and-swap, a crash at any step leaves a loadable alias, runs that
+are not deployable, do not verify or lack a file are refused by name, every move is in the audit log, and the CLI."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from macd_nb.core.config import profile_config
+from macd_nb.core.prepare import prepare_run
+from macd_nb.core.rundir import write_manifest
+from macd_nb.export.registry import (MOVE_STEPS, RegistryError, alias_target, aliases, audit_log, move_alias, promote,
+                                     read_alias, register_run, rollback)
+from macd_nb.models.lgb import run_lgb
+from macd_nb.models.stacking import run_stacking
+from macd_nb.pipeline.cli import main
+
+
+def _smoke_run(root: Path, name: str, **gates) -> Path:
+    config = profile_config("smoke", stacking_base_models=["lgb", "lgb_cross"], **gates)
+    run_dir = root / name
+    prepare_run(config, run_dir)
+    run_lgb(config, run_dir), run_lgb(config, run_dir, cross_asset=True), run_stacking(config, run_dir)
+    write_manifest(run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    "Two smoke runs made deployable by lowered gates, and one with the default gates (not deployable)."
+    root = tmp_path_factory.mktemp("runs")
+    lowered = dict(stacking_oof_auc=0.0, stacking_min_oof={})
+    return {"a": _smoke_run(root, "run_a", **lowered), "b": _smoke_run(root, "run_b", **lowered),
+            "gated": _smoke_run(root, "run_gated")}
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "copies" / run.name
+    shutil.copytree(run, target)
+    return target
+
+
+def test_promote_points_the_alias_and_audits_it(runs, tmp_path):
+    registry = tmp_path / "registry"
+    pointer = promote(registry, runs["a"], "1h", why="first")
+    assert pointer["version"] == 1 and pointer["run"] == "run_a" and pointer["exposed_as"] == "stacking_meta.json"
+    assert alias_target(registry, "1h").name == "stacking_meta_1h.json"
+    promote(registry, runs["b"], "1h", why="retrained")
+    (entry,) = [e for e in audit_log(registry) if e["to_version"] == 2]
+    assert entry["from_run"] == "run_a" and entry["to_run"] == "run_b" and entry["why"] == "retrained"
+    assert entry["who"] and entry["when"]
+
+
+def test_a_stale_compare_and_swap_is_refused(runs, tmp_path):
+    registry = tmp_path / "registry"
+    promote(registry, runs["a"], "1h", why="first")
+    register_run(registry, runs["b"])
+    with pytest.raises(RegistryError, match="stale compare-and-swap, expected version None, found 1"):
+        move_alias(registry, "1h", "run_b", expected_version=None, why="raced")
+    assert read_alias(registry, "1h")["run"] == "run_a"
+
+
+def test_a_run_that_is_not_deployable_is_refused_with_its_reasons(runs, tmp_path):
+    with pytest.raises(RegistryError, match="not deployable at 1h: stacking_oof_auc"):
+        promote(tmp_path / "registry", runs["gated"], "1h", why="try")
+    assert read_alias(tmp_path / "registry", "1h") is None
+
+
+def test_one_changed_byte_in_a_model_file_is_refused_by_name(runs, tmp_path):
+    run = _copy(runs["a"], tmp_path)
+    model = run / "models" / "stacking_lgb_1h.txt"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 1
+    model.write_bytes(bytes(data))
+    with pytest.raises(RegistryError, match="stacking_lgb_1h.txt: sha256 does not match"):
+        promote(tmp_path / "registry", run, "1h", why="tampered")
+
+
+def test_a_registered_file_changed_later_is_caught(runs, tmp_path):
+    registry = tmp_path / "registry"
+    promote(registry, runs["a"], "1h", why="first")
+    registered = registry / "runs" / "run_a" / "models" / "stacking_meta_1h.json"
+    registered.write_text(registered.read_text().replace('"deployable": true', '"deployable": true '))
+    with pytest.raises(RegistryError, match="missing or changed"):
+        alias_target(registry, "1h")
+    with pytest.raises(RegistryError, match="stacking_meta_1h.json: sha256 does not match"):
+        move_alias(registry, "1h", "run_a", expected_version=1, why="again")
+
+
+@pytest.mark.parametrize("step", MOVE_STEPS)
+def test_a_crash_at_any_step_leaves_a_loadable_alias(runs, tmp_path, step):
+    registry = tmp_path / "registry"
+    promote(registry, runs["a"], "1h", why="first")
+    register_run(registry, runs["b"])
+    before = read_alias(registry, "1h")
+    def crash(name):
+        if name == step: raise KeyboardInterrupt(step)
+    with pytest.raises(KeyboardInterrupt):
+        move_alias(registry, "1h", "run_b", expected_version=1, why="crash", hook=crash)
+    after = read_alias(registry, "1h")
+    moved = MOVE_STEPS.index(step) >= MOVE_STEPS.index("pointer_replaced")
+    assert after == before if not moved else (after["run"], after["version"]) == ("run_b", 2)
+    assert alias_target(registry, "1h").exists()
+    assert not list((registry / "aliases").glob(".*.tmp"))
+    assert [e["to_version"] for e in audit_log(registry)][-1] == (2 if MOVE_STEPS.index(step) >= MOVE_STEPS.index("audited") else 1)
+
+
+def test_rollback_returns_to_the_previous_run(runs, tmp_path):
+    registry = tmp_path / "registry"
+    promote(registry, runs["a"], "1h", why="first")
+    promote(registry, runs["b"], "1h", why="second")
+    pointer = rollback(registry, "1h", why="second misbehaves")
+    assert (pointer["run"], pointer["version"]) == ("run_a", 3)
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        rollback(registry, "4h", why="never moved")
+
+
+def test_a_different_run_under_a_registered_id_is_refused(runs, tmp_path):
+    registry = tmp_path / "registry"
+    register_run(registry, runs["a"])
+    assert register_run(registry, runs["a"]) == registry / "runs" / "run_a"   # the same run again: a no-op
+    impostor = tmp_path / "other" / "run_a"
+    shutil.copytree(runs["b"], impostor)
+    with pytest.raises(RegistryError, match="a different run is registered"):
+        register_run(registry, impostor)
+
+
+def test_the_cli_promotes_lists_rolls_back_and_refuses(runs, tmp_path, capsys):
+    registry = str(tmp_path / "registry")
+    assert main(["promote", str(runs["a"]), "--alias", "1h", "--registry", registry, "--why", "cli"]) == 0
+    assert main(["promote", str(runs["b"]), "--alias", "1h", "--registry", registry, "--expect-version", "1"]) == 0
+    assert main(["promote", str(runs["a"]), "--alias", "1h", "--registry", registry, "--expect-version", "1"]) == 2
+    assert "stale compare-and-swap" in capsys.readouterr().err
+    assert main(["rollback", "--alias", "1h", "--registry", registry]) == 0
+    capsys.readouterr()
+    assert main(["aliases", "--registry", registry]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["1h"]["run"] == "run_a" and listed["1h"]["version"] == 3 and aliases(registry) == listed
