@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("run", help="the run directory (its name is the run id)")
     rollback = commands.add_parser("rollback", help="point an alias back at the run it pointed at before")
     listing = commands.add_parser("aliases", help="print every alias of the registry as JSON")
-    for sub in (promote, rollback, listing):
+    health = commands.add_parser("health", help="health check of an alias's models as JSON; exit code 1 when unhealthy")
+    health.add_argument("--alias", default="1h")
+    for sub in (promote, rollback, listing, health):
         sub.add_argument("--registry", default=None, help="registry directory (default: $MACD_NB_REGISTRY or the data dir's models/)")
     for sub in (promote, rollback):
         sub.add_argument("--alias", required=True, help="the timeframe the alias serves, e.g. 1h")
@@ -53,12 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def registry_command(args) -> int:
-    "`promote`, `rollback` and `aliases`: print the result as JSON; a refusal is one line on stderr and exit code 2."
+    "`promote`, `rollback`, `aliases`, `health`: the result as JSON; a refusal is one line on stderr and exit code 2."
     import json
     import sys
     from ..export.registry import RegistryError, aliases, default_registry_dir, promote, rollback
     registry = Path(args.registry).expanduser() if args.registry else default_registry_dir()
     try:
+        if args.command == "health":
+            from ..serve.predictor import MLPredictor
+            result = MLPredictor(args.alias, registry).health_check()
+            print(json.dumps(result, indent=2))
+            return 0 if result["status"] == "healthy" else 1
         if args.command == "aliases": result = aliases(registry)
         elif args.command == "rollback": result = rollback(registry, args.alias, why=args.why)
         else:
@@ -74,7 +81,7 @@ def registry_command(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `macd-nb` console script; 0 only when every stage ran."
     args = build_parser().parse_args(argv)
-    if args.command in ("promote", "rollback", "aliases"): return registry_command(args)
+    if args.command in ("promote", "rollback", "aliases", "health"): return registry_command(args)
     if args.command == "report":
         path = write_report(Path(args.runs_root) / args.run_id, Path(args.reports_root) / args.run_id, args.run_id)
         print(f"report: {path}")

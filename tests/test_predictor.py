@@ -1,0 +1,104 @@
+"""Serving: the predictor reproduces the stacking stage's own test prediction with ONNX Runtime only, its health check
+passes on a fresh promotion and names the model and the check when any file changes by one byte, and the CLI."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from macd_nb.core.config import profile_config
+from macd_nb.core.prepare import load_table, prepare_run
+from macd_nb.core.rundir import write_manifest
+from macd_nb.export.onnx import run_export
+from macd_nb.export.registry import promote
+from macd_nb.models.lgb import run_lgb
+from macd_nb.models.lstm import run_lstm
+from macd_nb.models.stacking import run_stacking
+from macd_nb.models.xgb import run_xgb
+from macd_nb.pipeline.cli import main
+from macd_nb.serve.predictor import MLPredictor, standardize
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    "A deployable smoke run (gates lowered) of LightGBM, XGBoost and the LSTM, stacked, exported and promoted to 1h."
+    root = tmp_path_factory.mktemp("served")
+    run_dir, registry = root / "run_s", root / "registry"
+    config = profile_config("smoke", stacking_base_models=["lgb", "xgb", "lstm"], stacking_oof_auc=0.0, stacking_min_oof={})
+    prepare_run(config, run_dir)
+    run_lgb(config, run_dir), run_xgb(config, run_dir), run_lstm(config, run_dir)
+    run_stacking(config, run_dir), run_export(config, run_dir)
+    write_manifest(run_dir)
+    promote(registry, run_dir, "1h", why="test")
+    return run_dir, registry
+
+
+def _registry_copy(served, tmp_path):
+    run_dir, registry = served
+    copy = tmp_path / "registry"
+    shutil.copytree(registry, copy)
+    return copy
+
+
+def test_served_probabilities_are_the_stages_own(served):
+    run_dir, registry = served
+    predictor = MLPredictor("1h", registry)
+    table, _ = load_table(run_dir, "1h")
+    test = pd.read_parquet(run_dir / "test" / "stacking_1h.parquet")
+    for bar in test.index[-5:]:
+        out = predictor.predict(table.loc[:bar].iloc[-300:])
+        assert out["p_up"] == pytest.approx(test.loc[bar, "pred"], abs=1e-6), bar
+        for model in ("lgb", "xgb"):
+            base = pd.read_parquet(run_dir / "test" / f"{model}_1h.parquet")
+            assert out["models"][model] == pytest.approx(base.loc[bar, "pred"], abs=1e-6), (model, bar)
+
+
+def test_the_scaler_is_the_training_one(served):
+    from macd_nb.models.sequences import Standardizer
+    x = np.random.default_rng(0).normal(size=(50, 4)) * 100
+    x[3, 1] = np.nan
+    scaler = {"mean": [1.0, -2.0, 0.5, 3.0], "std": [2.0, 0.5, 1.0, 4.0]}
+    np.testing.assert_array_equal(standardize(x, scaler), Standardizer.from_dict(scaler).transform(x))
+
+
+def test_a_fresh_promotion_is_healthy(served):
+    report = MLPredictor("1h", served[1]).health_check()
+    assert report["status"] == "healthy", report["reasons"]
+    assert set(report["models"]) == {"lgb", "xgb", "lstm", "stacking_meta"}
+    for checks in report["models"].values():
+        assert {"present", "sha256_matches_manifest", "metadata_complete", "loads", "golden_prediction"} <= set(checks)
+
+
+@pytest.mark.parametrize("name", ["lgb_1h.onnx", "xgb_1h.onnx", "lstm_1h.onnx", "stacking_meta_1h.onnx",
+                                  "lstm_1h.golden.npz"])
+def test_one_changed_byte_makes_it_unhealthy_and_names_the_model(served, tmp_path, name):
+    registry = _registry_copy(served, tmp_path)
+    path = registry / "runs" / "run_s" / "models" / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    report = MLPredictor("1h", registry).health_check()
+    model = name.split("_1h")[0]
+    assert report["status"] == "unhealthy"
+    assert any(r.startswith(f"{model}: sha256_matches_manifest failed") and name in r for r in report["reasons"]), report["reasons"]
+
+
+def test_incomplete_metadata_is_named(served, tmp_path):
+    registry = _registry_copy(served, tmp_path)
+    meta = registry / "runs" / "run_s" / "models" / "lstm_1h.json"
+    record = json.loads(meta.read_text())
+    del record["scaler"]
+    meta.write_text(json.dumps(record))
+    reasons = MLPredictor("1h", registry).health_check()["reasons"]
+    assert any(r.startswith("lstm: metadata_complete failed (missing keys ['scaler'])") for r in reasons), reasons
+
+
+def test_the_health_command_prints_json_and_fails_when_unhealthy(served, tmp_path, capsys):
+    registry = _registry_copy(served, tmp_path)
+    assert main(["health", "--registry", str(registry), "--alias", "1h"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "healthy"
+    (registry / "runs" / "run_s" / "models" / "xgb_1h.onnx").write_bytes(b"not a model")
+    assert main(["health", "--registry", str(registry), "--alias", "1h"]) == 1
+    assert json.loads(capsys.readouterr().out)["status"] == "unhealthy"
+    assert main(["health", "--registry", str(tmp_path / "empty"), "--alias", "1h"]) == 2
