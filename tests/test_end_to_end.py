@@ -12,7 +12,9 @@ import pytest
 
 from macd_nb.models.baseline import run_baseline
 from macd_nb.core.stages import select_stages
+from macd_nb.export.package import deploy
 from macd_nb.pipeline.report import summary_table
+from macd_nb.serve.predictor import MLPredictor
 from macd_nb.pipeline.runner import run_pipeline
 from macd_nb.core.config import profile_config
 from macd_nb.core.prepare import prepare_run
@@ -73,3 +75,10 @@ def test_smoke_pipeline_leaves_notebooks_and_reports(tmp_path):
     record = json.loads((tmp_path / "runs" / "t" / "results" / "baseline_1h.json").read_text())
     assert f"{record['metrics']['oof_auc']:.4f}" in report        # the summary table comes from the JSON
     assert summary_table(tmp_path / "runs" / "t") in report
+    # the smoke run ends with a package that deploy accepts and whose alias is healthy
+    package = json.loads((tmp_path / "runs" / "t" / "results" / "package.json").read_text())
+    deployed = deploy(tmp_path / "runs" / "t" / package["file"], tmp_path / "registry")
+    assert deployed["aliases"]["1h"]["run"] == "t"
+    health = MLPredictor("1h", tmp_path / "registry").health_check()
+    assert health["status"] == "healthy", health["reasons"]
+    assert json.loads((tmp_path / "runs" / "t" / "results" / "validation.json").read_text())["passed"]

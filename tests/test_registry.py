@@ -27,11 +27,11 @@ def _smoke_run(root: Path, name: str, **gates) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    "Two smoke runs made deployable by lowered gates, and one with the default gates (not deployable)."
+    "Two smoke runs whose gates are open, and one with the reference gates (not deployable)."
     root = tmp_path_factory.mktemp("runs")
     lowered = dict(stacking_oof_auc=0.0, stacking_min_oof={})
     return {"a": _smoke_run(root, "run_a", **lowered), "b": _smoke_run(root, "run_b", **lowered),
-            "gated": _smoke_run(root, "run_gated")}
+            "gated": _smoke_run(root, "run_gated", stacking_oof_auc=0.58, stacking_min_oof={"1h": 20_000})}   # the reference gates
 
 
 def _copy(run: Path, tmp_path: Path) -> Path:

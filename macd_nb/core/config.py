@@ -231,7 +231,9 @@ def _full_profile() -> dict[str, Any]:
 
 
 PROFILES = {
-    "smoke": lambda: {},
+    # smoke: plumbing in seconds; its stacking gates are open so that the deployment path (export, package, deploy,
+    # health) runs end to end on it; every run records the gates it used
+    "smoke": lambda: dict(stacking_oof_auc=0.0, stacking_min_oof={}),
     "quick": lambda: dict(n_bars=24 * 365 * 2, n_folds=24, train_bars=24 * 180, bootstrap_samples=500,
                           nn_refits=3, nn_epochs=8, tft_epochs=4, nn_sequence_length=48, nn_hidden=32),
     "full": _full_profile,

@@ -6,7 +6,7 @@
 __all__ = ['MOVE_STEPS', 'RegistryError', 'default_registry_dir', 'registry_lock', 'verify_manifest', 'register_run',
            'read_alias', 'alias_target', 'move_alias', 'promote', 'audit_log', 'rollback', 'aliases']
 
-# %% ../../nbs/export/02_registry.ipynb #8936e4d4
+# %% ../../nbs/export/02_registry.ipynb #ec0c2b25
 import fcntl
 import getpass
 import json
@@ -22,7 +22,7 @@ from pathlib import Path
 from ..core.config import TIMEFRAMES
 from ..core.rundir import read_json, sha256_file
 
-# %% ../../nbs/export/02_registry.ipynb #c98bebca
+# %% ../../nbs/export/02_registry.ipynb #8d362c48
 class RegistryError(RuntimeError):
     "A registry operation refused: a stale version, a run that is not deployable or does not verify, a missing file."
 
@@ -64,7 +64,7 @@ def verify_manifest(root: Path, wanted: list[str] | None = None) -> dict:
             raise RegistryError(f"{path}: sha256 does not match the manifest (changed or corrupt)")
     return files
 
-# %% ../../nbs/export/02_registry.ipynb #7ec07d4d
+# %% ../../nbs/export/02_registry.ipynb #2bbd3944
 def register_run(registry: str | Path, run_dir: str | Path) -> Path:
     "The run's verified copy under `registry/runs/<run_id>/` (created once; the same manifest again is a no-op)."
     registry, run_dir = Path(registry), Path(run_dir)
@@ -90,7 +90,7 @@ def register_run(registry: str | Path, run_dir: str | Path) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
     return target
 
-# %% ../../nbs/export/02_registry.ipynb #a431f2bb
+# %% ../../nbs/export/02_registry.ipynb #9dd36b80
 MOVE_STEPS = ("pointer_written", "pointer_synced", "audited", "pointer_replaced", "directory_synced")
 
 
@@ -169,7 +169,7 @@ def move_alias(registry: str | Path, alias: str, run_id: str, *, expected_versio
             if os.path.exists(temporary): os.unlink(temporary)
         return pointer
 
-# %% ../../nbs/export/02_registry.ipynb #bc6c6c92
+# %% ../../nbs/export/02_registry.ipynb #6a7a1b9e
 def promote(registry: str | Path, run_dir: str | Path, alias: str, *, why: str, expected_version: int | None | str = "current") -> dict:
     "Register `run_dir` and point `alias` at it; `expected_version` 'current' reads it first (the move is still atomic)."
     registry = Path(registry)

@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("run", help="the run directory (its name is the run id)")
     rollback = commands.add_parser("rollback", help="point an alias back at the run it pointed at before")
     listing = commands.add_parser("aliases", help="print every alias of the registry as JSON")
+    package = commands.add_parser("package", help="build the run's deterministic macd_models_<ts>.tar.gz")
+    package.add_argument("run", help="the run directory")
+    package.add_argument("--out", default=None, help="where to write it (default: the run's package/ folder)")
+    deploy = commands.add_parser("deploy", help="check a package against its manifest and install it into a registry")
+    deploy.add_argument("tarball")
+    deploy.add_argument("--to", required=True, help="the registry directory to deploy into")
+    deploy.add_argument("--why", default="deploy", help="recorded in the audit log")
     health = commands.add_parser("health", help="health check of an alias's models as JSON; exit code 1 when unhealthy")
     health.add_argument("--alias", default="1h")
     for sub in (promote, rollback, listing, health):
@@ -58,9 +65,18 @@ def registry_command(args) -> int:
     "`promote`, `rollback`, `aliases`, `health`: the result as JSON; a refusal is one line on stderr and exit code 2."
     import json
     import sys
+    from ..core.rundir import sha256_file
+    from ..export.package import DeployError, build_package, deploy
     from ..export.registry import RegistryError, aliases, default_registry_dir, promote, rollback
-    registry = Path(args.registry).expanduser() if args.registry else default_registry_dir()
+    registry = Path(getattr(args, "registry", None) or default_registry_dir()).expanduser()
     try:
+        if args.command == "package":
+            tarball = build_package(Path(args.run), Path(args.out) if args.out else Path(args.run) / "package")
+            print(json.dumps({"file": str(tarball), "sha256": sha256_file(tarball), "bytes": tarball.stat().st_size}, indent=2))
+            return 0
+        if args.command == "deploy":
+            print(json.dumps(deploy(Path(args.tarball), Path(args.to), why=args.why), indent=2, default=str))
+            return 0
         if args.command == "health":
             from ..serve.predictor import MLPredictor
             result = MLPredictor(args.alias, registry).health_check()
@@ -71,7 +87,7 @@ def registry_command(args) -> int:
         else:
             expected = "current" if args.expect_version is None else args.expect_version
             result = promote(registry, Path(args.run), args.alias, why=args.why, expected_version=expected)
-    except RegistryError as refused:
+    except (RegistryError, DeployError) as refused:
         print(f"macd-nb {args.command}: refused: {refused}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))
@@ -81,7 +97,7 @@ def registry_command(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `macd-nb` console script; 0 only when every stage ran."
     args = build_parser().parse_args(argv)
-    if args.command in ("promote", "rollback", "aliases", "health"): return registry_command(args)
+    if args.command in ("promote", "rollback", "aliases", "health", "package", "deploy"): return registry_command(args)
     if args.command == "report":
         path = write_report(Path(args.runs_root) / args.run_id, Path(args.reports_root) / args.run_id, args.run_id)
         print(f"report: {path}")
