@@ -44,6 +44,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("diagnostics", "1.6", "Base-model diagnostics", "models/08_diagnostics.ipynb", ("results/diagnostics_{tf}.json",)),
     Stage("stacking", "2", "Stacking ensemble", "models/09_stacking.ipynb", ("results/stacking_{tf}.json",), "stacking"),
     Stage("backtest", "2.1", "Economic evaluation after costs", "models/10_backtest.ipynb", ("results/backtest_{tf}.json",)),
+    Stage("fusion", "2.2", "Multi-timeframe fusion", "models/11_fusion.ipynb", ("results/mtf_fusion_1h.json",)),
     Stage("export", "3", "ONNX export", "export/01_onnx.ipynb", ("results/export_{tf}.json",)),
     Stage("validate", "4.1", "Validation of the artifacts", "export/03_validate.ipynb", ("results/validation.json",)),
     Stage("package", "4.2", "Deterministic package", "export/04_package.ipynb", ("results/package.json",)),

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['REPORT_SUFFIXES', 'format_number', 'format_ci', 'format_gain', 'format_after_costs', 'summary_table',
-           'deployment_verdicts', 'reference_verdicts', 'notebook_markdown', 'deployment_section', 'write_report',
-           'commit_report', 'headline_message']
+           'deployment_verdicts', 'reference_verdicts', 'notebook_markdown', 'deployment_section', 'export_section',
+           'write_report', 'commit_report', 'headline_message']
 
 # %% ../../nbs/pipeline/00_report.ipynb #a4b46023
 import re
@@ -137,6 +137,39 @@ def deployment_section(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def export_section(run_dir: Path) -> str:
+    "ONNX parity and latency per model, the artifact validation, and the package: what stages 3-4 produced."
+    lines = []
+    for path in sorted((run_dir / "results").glob("export_*.json")):
+        record = read_json(path)
+        lines += [f"## ONNX export, {record['timeframe']}", "",
+                  f"Parity on {record['metrics']['n_parity_rows']} real feature rows (max |Δp| <= {record['parity_tolerance']:g}, "
+                  "no decision flipped; a perturbed copy must fail), latency on one thread after warm-up, p50 / p99 ms:", "",
+                  "| model | exporter | max abs diff | flipped | perturbed fails | batch 1 native | batch 1 ONNX | batch 256 native | batch 256 ONNX |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, e in record["exports"].items():
+            p, lat = e["parity"], e["latency_ms"]
+            cell = lambda b, side: f"{lat[b][side]['p50_ms']:.3f} / {lat[b][side]['p99_ms']:.3f}"
+            lines.append(f"| {name} | {e['exporter']} | {p['max_abs_diff']:.1e} | {p['flips']} | {'yes' if e['perturbed_fails'] else 'NO'} | "
+                         f"{cell('batch_1', 'native')} | {cell('batch_1', 'onnx')} | {cell('batch_256', 'native')} | {cell('batch_256', 'onnx')} |")
+        lines.append("")
+    validation = run_dir / "results" / "validation.json"
+    if validation.exists():
+        record = read_json(validation)
+        lines += ["## Validation of the artifacts", "", f"{record['n_checked']} artifacts checked: "
+                  + ("every one present, hashed as recorded, with complete metadata." if record["passed"] else
+                     "**failures**: " + "; ".join(record["failed"])), "",
+                  "| artifact | check | note |", "|---|---|---|"]
+        lines += [f"| `{r['artifact']}` | {'✓' if r['ok'] else '✗'} | {r['reason']} |" for r in record["rows"]] + [""]
+    package = run_dir / "results" / "package.json"
+    if package.exists():
+        record = read_json(package)
+        lines += ["## Package", "", f"`{record['file']}`: {record['bytes']:,} bytes, {record['members']} members, "
+                  f"`{record['sha256']}` (the same bytes every time this run is packaged). Install it with "
+                  f"`macd-nb deploy {record['file']} --to DIR`, then check it with `macd-nb health --registry DIR`.", ""]
+    return "\n".join(lines)
+
+
 def write_report(run_dir: str | Path, report_dir: str | Path, run_id: str) -> Path:
     "Write TRAINING_REPORT.md for a run from its result JSONs, status and executed notebooks."
     run_dir, report_dir = Path(run_dir), Path(report_dir)
@@ -149,7 +182,7 @@ def write_report(run_dir: str | Path, report_dir: str | Path, run_id: str) -> Pa
     verdicts = deployment_verdicts(run_dir)
     parts = [f"# Training report: `{run_id}`", "", *(["## Deployment", "", *verdicts, ""] if verdicts else []),
              "## Summary", "", summary_table(run_dir), "",
-             *reference_verdicts(run_dir), "",
+             *reference_verdicts(run_dir), "", export_section(run_dir),
              f"- profile `{config['profile']}`, target `{config['target']}`, timeframes {config['timeframes']}, "
              f"data `{config['data_source']}`, device `{config['device']}`",
              f"- data fingerprint `{config_record.get('data_fingerprint')}`; window {windows or 'n/a'}",
