@@ -51,6 +51,7 @@ def _listing(folder: Path) -> list:
 
 def test_packaging_twice_gives_the_same_bytes(packaged, tmp_path):
     run_dir, tarball, record = packaged
+    assert (run_dir / "results" / "package.json").exists()   # written after the first build: it must not change the second
     again = build_package(run_dir, tmp_path)
     assert again.read_bytes() == tarball.read_bytes() and sha256_file(again) == record["sha256"]
     names = [m.name for m, _ in _members(tarball)]

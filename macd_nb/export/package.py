@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['PACKAGED', 'DeployError', 'package_files', 'build_package', 'deploy', 'run_package']
 
-# %% ../../nbs/export/04_package.ipynb #b0dd140e
+# %% ../../nbs/export/04_package.ipynb #75fc1dde
 import gzip
 import hashlib
 import io
@@ -21,7 +21,7 @@ from ..core.config import TIMEFRAMES
 from ..core.rundir import read_json, sha256_file, write_atomically, write_json
 from .registry import RegistryError, _fsync_dir, move_alias, read_alias, registry_lock
 
-# %% ../../nbs/export/04_package.ipynb #1114f316
+# %% ../../nbs/export/04_package.ipynb #25c487a4
 PACKAGED = ("models", "results")
 
 
@@ -30,10 +30,9 @@ class DeployError(RuntimeError):
 
 
 def _run_time(run_dir: Path) -> str:
-    "The run's own timestamp for the package name: when its data were prepared."
-    prepare = run_dir / "results" / "prepare.json"
-    created = read_json(prepare).get("created") if prepare.exists() else None
-    return time.strftime("%Y%m%dT%H%M%SZ", time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")) if created else "undated"
+    "The run's own timestamp for the package name: when its first result record was written."
+    stamps = sorted(filter(None, (read_json(p).get("created") for p in (run_dir / "results").glob("*.json"))))
+    return time.strftime("%Y%m%dT%H%M%SZ", time.strptime(stamps[0], "%Y-%m-%dT%H:%M:%SZ")) if stamps else "undated"
 
 
 def package_files(run_dir: Path) -> dict[str, bytes]:
@@ -45,7 +44,7 @@ def package_files(run_dir: Path) -> dict[str, bytes]:
                 files[path.relative_to(run_dir).as_posix()] = path.read_bytes()
     from macd_nb.pipeline.report import write_report
     with tempfile.TemporaryDirectory() as scratch:
-        report = write_report(run_dir, Path(scratch), run_dir.name)
+        report = write_report(run_dir, Path(scratch), run_dir.name, package_section=False)   # not about itself
         files["report/TRAINING_REPORT.md"] = report.read_bytes()
     return files
 
@@ -73,7 +72,7 @@ def build_package(run_dir: str | Path, out_dir: str | Path) -> Path:
                 tar.addfile(_member(f"{run_dir.name}/{name}", len(files[name])), io.BytesIO(files[name]))
     return write_atomically(target, write)
 
-# %% ../../nbs/export/04_package.ipynb #61031d30
+# %% ../../nbs/export/04_package.ipynb #6cf48f33
 def _safe_name(member: tarfile.TarInfo, tarball: Path) -> PurePosixPath:
     "The member's relative path, or a refusal naming it."
     if not member.isreg():
@@ -152,7 +151,7 @@ def deploy(tarball: str | Path, to: str | Path, *, why: str = "deploy") -> dict:
             moved[tf] = f"alias not moved: {refused}"
     return {"registry": str(registry), "run": run_id, "aliases": moved}
 
-# %% ../../nbs/export/04_package.ipynb #ad30ef81
+# %% ../../nbs/export/04_package.ipynb #dba9719a
 def run_package(run_dir: str | Path) -> dict:
     "Stage 4.2: `package/macd_models_<ts>.tar.gz` of the run, and `results/package.json` describing it."
     from macd_nb.core.stages import stage_named

@@ -137,8 +137,8 @@ def deployment_section(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def export_section(run_dir: Path) -> str:
-    "ONNX parity and latency per model, the artifact validation, and the package: what stages 3-4 produced."
+def export_section(run_dir: Path, *, package: bool = True) -> str:
+    "ONNX parity and latency per model, the artifact validation, and (unless `package` is False) the package."
     lines = []
     for path in sorted((run_dir / "results").glob("export_*.json")):
         record = read_json(path)
@@ -161,17 +161,17 @@ def export_section(run_dir: Path) -> str:
                      "**failures**: " + "; ".join(record["failed"])), "",
                   "| artifact | check | note |", "|---|---|---|"]
         lines += [f"| `{r['artifact']}` | {'✓' if r['ok'] else '✗'} | {r['reason']} |" for r in record["rows"]] + [""]
-    package = run_dir / "results" / "package.json"
-    if package.exists():
-        record = read_json(package)
+    described = run_dir / "results" / "package.json"
+    if package and described.exists():
+        record = read_json(described)
         lines += ["## Package", "", f"`{record['file']}`: {record['bytes']:,} bytes, {record['members']} members, "
                   f"`{record['sha256']}` (the same bytes every time this run is packaged). Install it with "
                   f"`macd-nb deploy {record['file']} --to DIR`, then check it with `macd-nb health --registry DIR`.", ""]
     return "\n".join(lines)
 
 
-def write_report(run_dir: str | Path, report_dir: str | Path, run_id: str) -> Path:
-    "Write TRAINING_REPORT.md for a run from its result JSONs, status and executed notebooks."
+def write_report(run_dir: str | Path, report_dir: str | Path, run_id: str, *, package_section: bool = True) -> Path:
+    "Write TRAINING_REPORT.md for a run from its result JSONs, status and executed notebooks (the package's own copy leaves out the package section)."
     run_dir, report_dir = Path(run_dir), Path(report_dir)
     config_record = read_json(run_dir / "config.json")
     config = config_record["config"]
@@ -182,7 +182,7 @@ def write_report(run_dir: str | Path, report_dir: str | Path, run_id: str) -> Pa
     verdicts = deployment_verdicts(run_dir)
     parts = [f"# Training report: `{run_id}`", "", *(["## Deployment", "", *verdicts, ""] if verdicts else []),
              "## Summary", "", summary_table(run_dir), "",
-             *reference_verdicts(run_dir), "", export_section(run_dir),
+             *reference_verdicts(run_dir), "", export_section(run_dir, package=package_section),
              f"- profile `{config['profile']}`, target `{config['target']}`, timeframes {config['timeframes']}, "
              f"data `{config['data_source']}`, device `{config['device']}`",
              f"- data fingerprint `{config_record.get('data_fingerprint')}`; window {windows or 'n/a'}",
