@@ -10,7 +10,7 @@ import pytest
 
 from macd_nb.core.config import profile_config
 from macd_nb.core.prepare import prepare_run
-from macd_nb.core.rundir import sha256_file
+from macd_nb.core.rundir import sha256_file, write_manifest
 from macd_nb.export.onnx import run_export
 from macd_nb.export.package import DeployError, build_package, deploy, run_package
 from macd_nb.export.registry import read_alias
@@ -52,6 +52,7 @@ def _listing(folder: Path) -> list:
 def test_packaging_twice_gives_the_same_bytes(packaged, tmp_path):
     run_dir, tarball, record = packaged
     assert (run_dir / "results" / "package.json").exists()   # written after the first build: it must not change the second
+    write_manifest(run_dir)                                    # nor the run's manifest, which the runner writes at the end
     again = build_package(run_dir, tmp_path)
     assert again.read_bytes() == tarball.read_bytes() and sha256_file(again) == record["sha256"]
     names = [m.name for m, _ in _members(tarball)]

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['PACKAGED', 'DeployError', 'package_files', 'build_package', 'deploy', 'run_package']
 
-# %% ../../nbs/export/04_package.ipynb #75fc1dde
+# %% ../../nbs/export/04_package.ipynb #4bfe0c9a
 import gzip
 import hashlib
 import io
@@ -21,7 +21,7 @@ from ..core.config import TIMEFRAMES
 from ..core.rundir import read_json, sha256_file, write_atomically, write_json
 from .registry import RegistryError, _fsync_dir, move_alias, read_alias, registry_lock
 
-# %% ../../nbs/export/04_package.ipynb #25c487a4
+# %% ../../nbs/export/04_package.ipynb #58fa1f72
 PACKAGED = ("models", "results")
 
 
@@ -44,7 +44,7 @@ def package_files(run_dir: Path) -> dict[str, bytes]:
                 files[path.relative_to(run_dir).as_posix()] = path.read_bytes()
     from macd_nb.pipeline.report import write_report
     with tempfile.TemporaryDirectory() as scratch:
-        report = write_report(run_dir, Path(scratch), run_dir.name, package_section=False)   # not about itself
+        report = write_report(run_dir, Path(scratch), run_dir.name, for_package=True)   # nothing that changes after packaging
         files["report/TRAINING_REPORT.md"] = report.read_bytes()
     return files
 
@@ -72,7 +72,7 @@ def build_package(run_dir: str | Path, out_dir: str | Path) -> Path:
                 tar.addfile(_member(f"{run_dir.name}/{name}", len(files[name])), io.BytesIO(files[name]))
     return write_atomically(target, write)
 
-# %% ../../nbs/export/04_package.ipynb #6cf48f33
+# %% ../../nbs/export/04_package.ipynb #776e033e
 def _safe_name(member: tarfile.TarInfo, tarball: Path) -> PurePosixPath:
     "The member's relative path, or a refusal naming it."
     if not member.isreg():
@@ -151,7 +151,7 @@ def deploy(tarball: str | Path, to: str | Path, *, why: str = "deploy") -> dict:
             moved[tf] = f"alias not moved: {refused}"
     return {"registry": str(registry), "run": run_id, "aliases": moved}
 
-# %% ../../nbs/export/04_package.ipynb #dba9719a
+# %% ../../nbs/export/04_package.ipynb #b97e08f8
 def run_package(run_dir: str | Path) -> dict:
     "Stage 4.2: `package/macd_models_<ts>.tar.gz` of the run, and `results/package.json` describing it."
     from macd_nb.core.stages import stage_named

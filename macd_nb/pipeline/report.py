@@ -170,8 +170,8 @@ def export_section(run_dir: Path, *, package: bool = True) -> str:
     return "\n".join(lines)
 
 
-def write_report(run_dir: str | Path, report_dir: str | Path, run_id: str, *, package_section: bool = True) -> Path:
-    "Write TRAINING_REPORT.md for a run from its result JSONs, status and executed notebooks (the package's own copy leaves out the package section)."
+def write_report(run_dir: str | Path, report_dir: str | Path, run_id: str, *, for_package: bool = False) -> Path:
+    "TRAINING_REPORT.md from the result JSONs, status and executed notebooks; `for_package`: without what changes after packaging."
     run_dir, report_dir = Path(run_dir), Path(report_dir)
     config_record = read_json(run_dir / "config.json")
     config = config_record["config"]
@@ -182,7 +182,7 @@ def write_report(run_dir: str | Path, report_dir: str | Path, run_id: str, *, pa
     verdicts = deployment_verdicts(run_dir)
     parts = [f"# Training report: `{run_id}`", "", *(["## Deployment", "", *verdicts, ""] if verdicts else []),
              "## Summary", "", summary_table(run_dir), "",
-             *reference_verdicts(run_dir), "", export_section(run_dir, package=package_section),
+             *reference_verdicts(run_dir), "", export_section(run_dir, package=not for_package),
              f"- profile `{config['profile']}`, target `{config['target']}`, timeframes {config['timeframes']}, "
              f"data `{config['data_source']}`, device `{config['device']}`",
              f"- data fingerprint `{config_record.get('data_fingerprint')}`; window {windows or 'n/a'}",
@@ -199,7 +199,7 @@ def write_report(run_dir: str | Path, report_dir: str | Path, run_id: str, *, pa
         executed = report_dir / "executed" / Path(record["notebook"]).name
         if executed.exists():
             parts += [f"## Stage {record['number']}: `{record['notebook']}`", "", notebook_markdown(executed, report_dir), ""]
-    parts.append(deployment_section(run_dir))
+    if not for_package: parts.append(deployment_section(run_dir))
     path = report_dir / "TRAINING_REPORT.md"
     path.write_text("\n".join(parts))
     return path
