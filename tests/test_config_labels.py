@@ -50,6 +50,27 @@ def test_unknown_key_in_override_file_is_an_error(tmp_path):
         load_config(tmp_path / "worse.yaml")
 
 
+@pytest.mark.parametrize("text,message", [
+    ("n_folds: six\n", "n_folds='six' is not a valid int"),
+    ("expanding: \"no\"\n", "expanding='no' is not a valid bool"),
+    ("timeframes: 1h\n", "timeframes='1h' is not a valid list"),
+])
+def test_a_value_of_the_wrong_type_names_the_file_the_key_and_the_type(tmp_path, text, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"{path}: {message}"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("name,text,where", [("run.yaml", "n_folds: 3\nseed: [1, 2\n", "line 3 column 1"),
+                                             ("run.json", '{"n_folds": 3,\n "seed": }', "line 2 column 10")])
+def test_invalid_yaml_or_json_names_the_line_and_column(tmp_path, name, text, where):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"{path} {where}: invalid"):
+        load_config(path)
+
+
 def test_config_groups_in_sections_and_keeps_the_flat_format():
     config = profile_config("quick", gbm_rounds=50, nn_hidden=8, stacking_oof_auc=0.6)
     assert (config.gbm.rounds, config.nn.hidden, config.stacking.min_oof_auc) == (50, 8, 0.6)

@@ -155,6 +155,33 @@ def test_mixed_unit_monthly_dumps_concatenate(tmp_path):
         load_bars(tmp_path, cache_dir=False)
 
 
+@pytest.mark.parametrize("name", ["BTCUSDT-1h-2024-01.zip", "BTCUSDT-1h.csv.gz"])
+def test_a_truncated_archive_is_a_data_error_naming_the_file(tmp_path, name):
+    path = tmp_path / name
+    if name.endswith(".zip"): write_dump(kline_rows(), path)
+    else:
+        import gzip
+        path.write_bytes(gzip.compress(kline_rows().to_csv(index=False, header=False).encode()))
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(DataError, match=f"{name}: truncated or corrupt"):
+        read_klines(path)
+
+
+def test_a_header_only_file_is_a_data_error_naming_the_file(tmp_path):
+    path = tmp_path / "BTCUSDT-1h.csv"
+    path.write_text("open_time,open,high,low,close,volume\n")
+    with pytest.raises(DataError, match="BTCUSDT-1h.csv: no data rows"):
+        read_klines(path)
+
+
+def test_a_date_range_without_data_is_a_data_error_naming_the_files(tmp_path):
+    folder = tmp_path / "klines"
+    folder.mkdir()
+    write_dump(kline_rows(), folder / "BTCUSDT-1h-2024-01.csv")
+    with pytest.raises(DataError, match="BTCUSDT: none of its 200 rows fall between 2030-01-01 and 2030-02-01.*BTCUSDT-1h-2024-01.csv"):
+        load_bars(folder, symbols=["BTCUSDT"], start="2030-01-01", end="2030-02-01")
+
+
 def test_zip_and_csv_give_identical_bars(tmp_path):
     rows = kline_rows()
     bars_zip, _ = load_one(rows, tmp_path / "BTCUSDT-1h-2024-01.zip")

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['DEFAULT_SYMBOLS', 'SHARED_SYMBOLS', 'DEVICES', 'TIMEFRAMES', 'TIMEFRAME_HOURS', 'TIMEFRAME_DELTA', 'DEFAULT_GATES',
            'SECTIONS', 'PROFILES', 'flat', 'DataSection', 'ValidationSection', 'GbmSection', 'NnSection',
-           'StackingSection', 'BacktestSection', 'RunConfig', 'flat_names', 'default_data_dir', 'profile_config',
-           'load_config', 'resolve_device', 'library_versions', 'save_config', 'read_config']
+           'StackingSection', 'BacktestSection', 'RunConfig', 'checked_value', 'flat_names', 'default_data_dir',
+           'profile_config', 'load_config', 'resolve_device', 'library_versions', 'save_config', 'read_config']
 
 # %% ../../nbs/core/00_config.ipynb #73685c5c
 import dataclasses
@@ -14,6 +14,7 @@ import difflib
 import json
 import os
 import platform
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,7 @@ class RunConfig:
         "A validated configuration from flat names (`n_folds`, `gbm_rounds`, ...); `source` names where they came from."
         unknown = sorted(set(values) - set(flat_names()))
         if unknown: raise ValueError(f"{source}: unknown setting(s) " + "; ".join(_suggest(name) for name in unknown))
+        values = {key: checked_value(key, value, source) for key, value in values.items()}
         top = {k: v for k, v in values.items() if k in _TOP_FIELDS}
         sections = {section: kind(**{name: values[key] for key, (s, name) in _FLAT.items() if s == section and key in values})
                     for section, kind in SECTIONS.items()}
@@ -199,6 +201,22 @@ class RunConfig:
 
 _TOP_FIELDS = [f.name for f in dataclasses.fields(RunConfig) if f.name not in SECTIONS]
 _FLAT = {f.metadata["flat"]: (section, f.name) for section, kind in SECTIONS.items() for f in dataclasses.fields(kind)}
+_TYPES = {name: typing.get_type_hints(RunConfig)[name] for name in _TOP_FIELDS} | {
+    key: typing.get_type_hints(SECTIONS[section])[name] for key, (section, name) in _FLAT.items()}
+_ADAPTERS: dict = {}
+
+
+def checked_value(key: str, value: Any, source: str = "settings") -> Any:
+    "`value` validated strictly (pydantic) against the declared type of setting `key`; an error names the key, the source and the type."
+    from pydantic import TypeAdapter, ValidationError
+    if key not in _ADAPTERS: _ADAPTERS[key] = TypeAdapter(_TYPES[key])
+    if isinstance(value, tuple): value = list(value)
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)): value = value.item()   # numpy scalars
+    try:
+        return _ADAPTERS[key].validate_python(value, strict=True)
+    except ValidationError as error:
+        expected = getattr(_TYPES[key], "__name__", None) or str(_TYPES[key])
+        raise ValueError(f"{source}: {key}={value!r} is not a valid {expected} ({error.errors()[0]['msg']})") from None
 
 
 def flat_names() -> list[str]:
@@ -249,7 +267,14 @@ def profile_config(name: str = "smoke", **changes) -> RunConfig:
 def _read_mapping(path: Path) -> dict:
     "Parse a YAML or JSON file into a dict."
     text = Path(path).read_text()
-    data = json.loads(text) if Path(path).suffix == ".json" else yaml.safe_load(text)
+    try:
+        data = json.loads(text) if Path(path).suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} line {error.lineno} column {error.colno}: invalid JSON ({error.msg})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise ValueError(f"{path}{where}: invalid YAML ({getattr(error, 'problem', None) or error})") from None
     if data is None: return {}
     if not isinstance(data, dict): raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
     return data
@@ -260,6 +285,7 @@ def load_config(path: str | Path | None = None, profile: str | None = None, **ch
     overrides = _read_mapping(Path(path)) if path else {}
     unknown = sorted(set(overrides) - set(flat_names()))
     if unknown: raise ValueError(f"{path}: unknown setting(s) " + "; ".join(_suggest(name) for name in unknown))
+    for key, value in overrides.items(): checked_value(key, value, str(path))   # the file's own values, named with the file
     base = profile or overrides.pop("profile", None) or "smoke"
     overrides.pop("profile", None)
     return profile_config(base, **{**overrides, **changes})

@@ -176,6 +176,10 @@ def validate_bars(raw: pd.DataFrame, *,
         inside &= (open_time < upper) if upper_exclusive else (open_time <= upper)
     raw, open_time = raw[inside].reset_index(drop=True), open_time[inside]
     report.rows_in_range = len(raw)
+    if not len(raw):
+        where = f" between {start or 'the first row'} and {end or 'the last row'}" if start is not None or end is not None else ""
+        read = f"none of its {report.rows_read} rows fall{where}" if report.rows_read else "it has no data rows"
+        raise DataError(f"{name}: {read}, so there is nothing to load (files: {', '.join(report.files)})")
     report.time_units = unit_counts(unit_codes[inside])
     _check_grid(raw, name, open_time, timeframe)
     _check_values(raw, name, open_time)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -45,16 +46,20 @@ def canonical_column(name: str) -> str:
 
 def _csv_bytes(path: Path) -> bytes:
     "The CSV text of `path` as bytes: the single CSV inside a ZIP dump, a gunzipped .gz, or the file itself."
-    if path.suffix == ".zip":
-        with zipfile.ZipFile(path) as archive:
-            members = [m for m in archive.namelist() if m.lower().endswith(".csv")]
-            if len(members) != 1:
-                raise DataError(f"{path}: expected one CSV inside the ZIP, found {members or archive.namelist()}")
-            return archive.read(members[0])
-    if path.suffix == ".gz":
-        with gzip.open(path, "rb") as handle:
-            return handle.read()
-    return path.read_bytes()
+    try:
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                members = [m for m in archive.namelist() if m.lower().endswith(".csv")]
+                if len(members) != 1:
+                    raise DataError(f"{path}: expected one CSV inside the ZIP, found {members or archive.namelist()}")
+                return archive.read(members[0])
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as handle:
+                return handle.read()
+        return path.read_bytes()
+    except (zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile) as error:   # a truncated or damaged download
+        kind = "ZIP archive" if path.suffix == ".zip" else "gzip file"
+        raise DataError(f"{path}: truncated or corrupt {kind} ({type(error).__name__}: {error}); download it again") from None
 
 def _header_names(first_line: str) -> list[str] | None:
     "Column names from a header line, or None when the first line is already data (Binance dumps)."
@@ -97,6 +102,7 @@ def read_klines(path: str | Path) -> pd.DataFrame:
         frame = table.to_pandas()
     except pa.ArrowInvalid:
         frame = _read_csv_slow(data, path, read_options, wanted, first_line=2 if header is not None else 1)
+    if frame.empty: raise DataError(f"{path}: no data rows (a header only, or an empty file)")
     frame["source_file"] = str(path)
     frame["source_row"] = np.arange(len(frame), dtype=np.int64) + (2 if header is not None else 1)
     return frame
