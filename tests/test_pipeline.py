@@ -127,3 +127,40 @@ def test_a_stage_that_does_not_write_its_declared_files_fails(tmp_path):
                                   reports_root=tmp_path / "reports", nbs_dir=nbs, stages=stages)
     status = (report_dir / "EXECUTION_STATUS.md").read_text()
     assert not ok and "ran but did not write ['results/promised_1h.json']" in status
+
+
+def _prepare_only(tmp_path):
+    "A finished one-stage run (prepare) of the smoke profile, and the roots it lives in."
+    roots = {"runs_root": tmp_path / "runs", "reports_root": tmp_path / "reports"}
+    ok, _ = run_pipeline(profile_config("smoke"), run_id="r", only=["prepare"], **roots)
+    assert ok
+    return roots, tmp_path / "runs" / "r"
+
+
+def test_arguments_are_checked_before_anything_is_written(tmp_path):
+    roots, run_dir = _prepare_only(tmp_path)
+    saved = (run_dir / "config.json").read_bytes()
+    with pytest.raises(ValueError, match="unknown stage"):
+        run_pipeline(profile_config("smoke", seed=7), run_id="r", resume=True, only=["prepar"], **roots)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        run_pipeline(profile_config("smoke", seed=7), run_id="r", only=["prepare"], **roots)
+    assert (run_dir / "config.json").read_bytes() == saved
+
+
+def test_a_second_writer_is_refused_naming_the_first(tmp_path):
+    from macd_nb.pipeline.runner import RunInUse, run_lock
+    roots, run_dir = _prepare_only(tmp_path)
+    with run_lock(run_dir):
+        with pytest.raises(RunInUse, match=r"is being written by pid \d+ on"):
+            run_pipeline(profile_config("smoke"), run_id="r", resume=True, **roots)
+
+
+def test_resume_with_changed_inputs_is_refused_with_the_difference(tmp_path, capsys):
+    roots, run_dir = _prepare_only(tmp_path)
+    with pytest.raises(ValueError, match="seed: 0 -> 7"):
+        run_pipeline(profile_config("smoke", seed=7), run_id="r", resume=True, check_resume_config=True, **roots)
+    code = main(["run", "--run-id", "r", "--resume", "--profile", "quick", "--runs-root", str(roots["runs_root"]),
+                 "--reports-root", str(roots["reports_root"])])
+    assert code == 2 and "n_bars" in capsys.readouterr().err     # the quick profile's other settings, named
+    ok, _ = run_pipeline(profile_config("smoke", seed=7), run_id="r", resume=True, **roots)   # inputs not given again: its own
+    assert ok

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..core.config import load_config
 from .report import commit_report, headline_message, write_report
-from .runner import run_pipeline
+from .runner import RunInUse, run_pipeline
 
 # %% ../../nbs/pipeline/02_cli.ipynb #dddea76c
 def build_parser() -> argparse.ArgumentParser:
@@ -108,8 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, args.profile, **{k: v for k, v in changes.items() if v is not None})
     if config.data.source != "synthetic":   # stages run from nbs/: make the data path absolute first
         config = config.replace(data_source=str(Path(config.data.source).expanduser().resolve()))
-    ok, report_dir = run_pipeline(config, run_id=args.run_id, runs_root=args.runs_root, reports_root=args.reports_root,
-                                  resume=args.resume, only=args.only, keep_going=args.keep_going)
+    given = any(getattr(args, name) is not None for name in ("config", "profile", "data", "symbols", "timeframes", "device", "executor"))
+    try:
+        ok, report_dir = run_pipeline(config, run_id=args.run_id, runs_root=args.runs_root, reports_root=args.reports_root,
+                                      resume=args.resume, only=args.only, keep_going=args.keep_going,
+                                      check_resume_config=args.resume and given)
+    except (RunInUse, FileExistsError, FileNotFoundError, ValueError) as refused:   # refused before anything was written
+        import sys
+        print(f"macd-nb run: refused: {refused}", file=sys.stderr)
+        return 2
     print(f"{'run completed' if ok else 'run FAILED (see the status file)'}\n"
           f"  report: {report_dir / 'TRAINING_REPORT.md'}\n  status: {report_dir / 'EXECUTION_STATUS.md'}")
     if args.commit_report:
