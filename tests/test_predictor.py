@@ -17,7 +17,8 @@ from macd_nb.models.lstm import run_lstm
 from macd_nb.models.stacking import run_stacking
 from macd_nb.models.xgb import run_xgb
 from macd_nb.pipeline.cli import main
-from macd_nb.serve.predictor import MLPredictor, standardize
+from macd_nb.serve import MLPredictor
+from macd_nb.serve.predictor import standardize
 
 
 @pytest.fixture(scope="module")
