@@ -94,44 +94,41 @@ def xgboost_to_onnx(booster) -> onnx.ModelProto:
     return model
 
 # %% ../../nbs/export/01_onnx.ipynb #736b88e5
-def stacking_to_onnx(meta: dict, *, opset: int = 17) -> onnx.ModelProto:
-    "The meta-learner of a `stacking_meta_{tf}.json`: input `p_base` (n, k) double in `meta['inputs']` order, output `p_up`."
-    k = len(meta["inputs"])
-    constants = {"low": np.array(1e-6), "high": np.array(1 - 1e-6), "one": np.array(1.0),
-                 "weights": np.asarray(meta["coefficients"], dtype=np.float64).reshape(k, 1),
-                 "intercept": np.array([meta["intercept"]], dtype=np.float64)}
-    steps = [("Clip", ["p_base", "low", "high"], "p"), ("Sub", ["one", "p"], "q"), ("Div", ["p", "q"], "odds"),
-             ("Log", ["odds"], "logits"), ("MatMul", ["logits", "weights"], "weighted"),
-             ("Add", ["weighted", "intercept"], "score"), ("Sigmoid", ["score"], "p_up")]
+def _double_graph(name: str, source: str, n_inputs: int, steps: list, constants: dict, opset: int) -> onnx.ModelProto:
+    "A checked float64 model: the logits of the probabilities in `source` (clipped as `to_logit` clips them), then `steps` to `p_up`."
+    logits = [("Clip", [source, "low", "high"], "clipped"), ("Sub", ["one", "clipped"], "q"), ("Div", ["clipped", "q"], "odds"),
+              ("Log", ["odds"], "logits")]
+    constants = {"low": np.array(1e-6), "high": np.array(1 - 1e-6), "one": np.array(1.0)} | constants
     graph = helper.make_graph(
-        [helper.make_node(op, inputs, [output]) for op, inputs, output in steps], "stacking_meta",
-        [helper.make_tensor_value_info("p_base", TensorProto.DOUBLE, [None, k])],
+        [helper.make_node(op, inputs, [output]) for op, inputs, output in logits + steps], name,
+        [helper.make_tensor_value_info(source, TensorProto.DOUBLE, [None, n_inputs])],
         [helper.make_tensor_value_info("p_up", TensorProto.DOUBLE, [None, 1])],
-        initializer=[numpy_helper.from_array(np.asarray(v, dtype=np.float64), name) for name, v in constants.items()])
+        initializer=[numpy_helper.from_array(np.asarray(v, dtype=np.float64), key) for key, v in constants.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="macd_nb")
     onnx.checker.check_model(model)
     return model
 
 
+def stacking_to_onnx(meta: dict, *, opset: int = 17) -> onnx.ModelProto:
+    "The meta-learner of a `stacking_meta_{tf}.json`: input `p_base` (n, k) double in `meta['inputs']` order, output `p_up`."
+    k = len(meta["inputs"])
+    constants = {"weights": np.asarray(meta["coefficients"], dtype=np.float64).reshape(k, 1),
+                 "intercept": np.array([meta["intercept"]], dtype=np.float64)}
+    steps = [("MatMul", ["logits", "weights"], "weighted"), ("Add", ["weighted", "intercept"], "score"),
+             ("Sigmoid", ["score"], "p_up")]
+    return _double_graph("stacking_meta", "p_base", k, steps, constants, opset)
+
+
 def fusion_to_onnx(weights: dict, *, opset: int = 17) -> onnx.ModelProto:
     "The multi-timeframe fusion MLP of its JSON weights: input `p` (n, 2) double probabilities, output `p_up`, in double."
-    constants = {"low": np.array(1e-6), "high": np.array(1 - 1e-6), "one": np.array(1.0),
-                 "mean": np.asarray(weights["mean"]), "scale": np.asarray(weights["scale"])}
-    steps = [("Clip", ["p", "low", "high"], "clipped"), ("Sub", ["one", "clipped"], "q"), ("Div", ["clipped", "q"], "odds"),
-             ("Log", ["odds"], "logits"), ("Sub", ["logits", "mean"], "centred"), ("Div", ["centred", "scale"], "h0")]
+    constants = {"mean": np.asarray(weights["mean"]), "scale": np.asarray(weights["scale"])}
+    steps = [("Sub", ["logits", "mean"], "centred"), ("Div", ["centred", "scale"], "h0")]
     for k, layer in enumerate(weights["layers"]):
         constants[f"w{k}"], constants[f"b{k}"] = np.asarray(layer["weights"]), np.asarray(layer["bias"])
         steps += [("MatMul", [f"h{k}", f"w{k}"], f"z{k}"), ("Add", [f"z{k}", f"b{k}"], f"a{k}")]
         last = k == len(weights["layers"]) - 1
         steps.append(("Sigmoid" if last else "Relu", [f"a{k}"], "p_up" if last else f"h{k + 1}"))
-    graph = helper.make_graph(
-        [helper.make_node(op, inputs, [output]) for op, inputs, output in steps], "mtf_fusion_mlp",
-        [helper.make_tensor_value_info("p", TensorProto.DOUBLE, [None, len(weights["mean"])])],
-        [helper.make_tensor_value_info("p_up", TensorProto.DOUBLE, [None, 1])],
-        initializer=[numpy_helper.from_array(np.asarray(v, dtype=np.float64), name) for name, v in constants.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="macd_nb")
-    onnx.checker.check_model(model)
-    return model
+    return _double_graph("mtf_fusion_mlp", "p", len(weights["mean"]), steps, constants, opset)
 
 
 def sequence_to_onnx(network, meta: dict, *, opset: int = 18) -> onnx.ModelProto:
@@ -291,10 +288,21 @@ def _export(entry: dict) -> tuple[onnx.ModelProto, str]:
     return sequence_to_onnx(entry["network"], entry["meta"]), "torch.onnx.export (dynamo=True, torch.export)"
 
 
-def _check(name: str, model: onnx.ModelProto, native_fn, inputs: np.ndarray, input_name: str) -> dict:
+def _check_and_write(paths: RunPaths, name: str, timeframe: str, model: onnx.ModelProto, native_fn, native: np.ndarray,
+                     inputs: np.ndarray, source: Path, exporter: str) -> dict:
+    "Parity against `native` (the native outputs of `inputs`), the perturbed copy, latencies; the ONNX and golden files written."
+    input_name = model.graph.input[0].name
+    result = {"exporter": exporter, "source": paths.relative(source)} | _check(model, native_fn, native, inputs, input_name)
+    target = paths.model_file(name, timeframe, "onnx")
+    write_atomically(target, lambda tmp: tmp.write_bytes(model.SerializeToString()))
+    golden = save_golden(paths.model_file(name, timeframe, "golden.npz"), inputs[:GOLDEN_ROWS], native[:GOLDEN_ROWS])
+    return result | {"file": paths.relative(target), "sha256": sha256_file(target), "input": input_name,
+                     "source_sha256": sha256_file(source), "golden": paths.relative(golden)}
+
+
+def _check(model: onnx.ModelProto, native_fn, native: np.ndarray, inputs: np.ndarray, input_name: str) -> dict:
     "Parity, the perturbed copy's parity, and latencies of one exported model."
     session = onnx_session(model)
-    native = native_fn(inputs)
     result = {"parity": parity(native, session.run(None, {input_name: inputs})[0])}
     moved = onnx_session(perturbed(model)).run(None, {input_name: inputs})[0]
     result["perturbed_fails"] = not parity(native, moved)["passed"]
@@ -315,14 +323,8 @@ def _export_fusion(run_dir: Path, paths: RunPaths, fusion_path: Path, timeframe:
     model = fusion_to_onnx(weights)
     from macd_nb.models.stacking import to_logit
     native_fn = lambda p: mlp_forward(weights, to_logit(p)).reshape(-1, 1)
-    record = {"exporter": "macd_nb.export.onnx.fusion_to_onnx (float64)", "source": paths.relative(fusion_path)} \
-             | _check("mtf_fusion_mlp", model, native_fn, inputs, "p")
-    target = paths.model_file("mtf_fusion_mlp", timeframe, "onnx")
-    write_atomically(target, lambda tmp: tmp.write_bytes(model.SerializeToString()))
-    golden = save_golden(paths.model_file("mtf_fusion_mlp", timeframe, "golden.npz"), inputs[:GOLDEN_ROWS],
-                         native_fn(inputs[:GOLDEN_ROWS]))
-    return record | {"file": paths.relative(target), "sha256": sha256_file(target), "input": "p",
-                     "source_sha256": sha256_file(fusion_path), "golden": paths.relative(golden)}
+    return _check_and_write(paths, "mtf_fusion_mlp", timeframe, model, native_fn, native_fn(inputs), inputs, fusion_path,
+                            "macd_nb.export.onnx.fusion_to_onnx (float64)")
 
 
 def run_export(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *, min_rows: int = 1000) -> dict:
@@ -340,15 +342,9 @@ def run_export(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *,
     for name, entry in models.items():
         model, exporter = _export(entry)
         inputs, native_fn = _inputs(entry, table, rows), _native_predict(entry)
-        input_name = model.graph.input[0].name
-        records[name] = {"exporter": exporter, "source": paths.relative(entry["source"])} | _check(name, model, native_fn, inputs, input_name)
-        main = entry["meta"]["main_head_index"] if entry["kind"] == "sequence" else 0
-        native_p[name] = native_fn(inputs)[:, main]
-        target = paths.model_file(name, timeframe, "onnx")
-        write_atomically(target, lambda tmp: tmp.write_bytes(model.SerializeToString()))
-        golden = save_golden(paths.model_file(name, timeframe, "golden.npz"), inputs[:GOLDEN_ROWS], native_fn(inputs[:GOLDEN_ROWS]))
-        records[name] |= {"file": paths.relative(target), "sha256": sha256_file(target), "input": input_name,
-                          "source_sha256": sha256_file(entry["source"]), "golden": paths.relative(golden)}
+        native = native_fn(inputs)   # once: parity, the stacked model's inputs and the golden file all use it
+        records[name] = _check_and_write(paths, name, timeframe, model, native_fn, native, inputs, entry["source"], exporter)
+        native_p[name] = native[:, entry["meta"]["main_head_index"] if entry["kind"] == "sequence" else 0]
     meta_path = paths.model_file("stacking_meta", timeframe, "json")
     if meta_path.exists() and all(m in native_p for m in read_json(meta_path)["inputs"]):
         from macd_nb.models.stacking import stacked_probability
@@ -356,14 +352,8 @@ def run_export(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *,
         base = np.column_stack([native_p[m] for m in meta["inputs"]])
         model = stacking_to_onnx(meta)
         native_fn = lambda x: stacked_probability(meta, x).reshape(-1, 1)
-        records["stacking_meta"] = {"exporter": "macd_nb.export.onnx.stacking_to_onnx (float64)",
-                                    "source": paths.relative(meta_path)} | _check("stacking_meta", model, native_fn, base, "p_base")
-        target = paths.model_file("stacking_meta", timeframe, "onnx")
-        write_atomically(target, lambda tmp: tmp.write_bytes(model.SerializeToString()))
-        golden = save_golden(paths.model_file("stacking_meta", timeframe, "golden.npz"), base[:GOLDEN_ROWS],
-                             native_fn(base[:GOLDEN_ROWS]))
-        records["stacking_meta"] |= {"file": paths.relative(target), "sha256": sha256_file(target), "input": "p_base",
-                                     "source_sha256": sha256_file(meta_path), "golden": paths.relative(golden)}
+        records["stacking_meta"] = _check_and_write(paths, "stacking_meta", timeframe, model, native_fn, native_fn(base), base,
+                                                    meta_path, "macd_nb.export.onnx.stacking_to_onnx (float64)")
     fusion_path = paths.model_file("mtf_fusion_mlp", timeframe, "json")
     if fusion_path.exists():
         records["mtf_fusion_mlp"] = _export_fusion(run_dir, paths, fusion_path, timeframe)

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['REQUIRED_METADATA', 'GOLDEN_TOLERANCE', 'SEQUENCE_MODELS', 'model_kind', 'standardize', 'MLPredictor', 'health_check']
 
-# %% ../../nbs/serve/01_predictor.ipynb #fa3dfb99
+# %% ../../nbs/serve/01_predictor.ipynb #f61e883e
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ import pandas as pd
 from ..core.rundir import read_json, sha256_file
 from ..export.registry import RegistryError, default_registry_dir, read_alias
 
-# %% ../../nbs/serve/01_predictor.ipynb #a11bbfca
+# %% ../../nbs/serve/01_predictor.ipynb #b8759f14
 REQUIRED_METADATA = {
     "meta": ("meta_learner", "inputs", "coefficients", "intercept", "base_models", "training_window", "metrics", "gates",
              "deployable"),
@@ -35,7 +35,7 @@ def standardize(features: np.ndarray, scaler: dict, clip: float = 10.0) -> np.nd
     scaled = (np.asarray(features, dtype=np.float64) - np.asarray(scaler["mean"])) / np.asarray(scaler["std"])
     return np.clip(np.nan_to_num(scaled, nan=0.0), -clip, clip).astype(np.float32)
 
-# %% ../../nbs/serve/01_predictor.ipynb #1610473e
+# %% ../../nbs/serve/01_predictor.ipynb #1b4373f3
 class MLPredictor:
     "The stacked model of a registry alias, served with ONNX Runtime."
     def __init__(self, alias: str = "1h", registry: str | Path | None = None):
@@ -49,17 +49,19 @@ class MLPredictor:
         self.manifest = read_json(self.run_root / "MANIFEST.json")["files"]
         export = self.run_root / "results" / f"export_{self.timeframe}.json"
         self.exports = read_json(export)["exports"] if export.exists() else {}
-        self._sessions = {}
+        self._sessions, self._metadata = {}, {}
 
     @property
     def models(self) -> list[str]: return [*self.meta["inputs"], "stacking_meta"]
 
     def metadata(self, name: str) -> dict:
-        "The metadata of one model: the meta file, a network's JSON, or a tree's result record."
-        kind = model_kind(name)
-        if kind == "meta": return self.meta
-        if kind == "sequence": return read_json(self.run_root / "models" / f"{name}_{self.timeframe}.json")
-        return read_json(self.run_root / "results" / f"{name}_{self.timeframe}.json")
+        "The metadata of one model (read once): the meta file, a network's JSON, or a tree's result record."
+        if name not in self._metadata:
+            kind = model_kind(name)
+            if kind == "meta": self._metadata[name] = self.meta
+            elif kind == "sequence": self._metadata[name] = read_json(self.run_root / "models" / f"{name}_{self.timeframe}.json")
+            else: self._metadata[name] = read_json(self.run_root / "results" / f"{name}_{self.timeframe}.json")
+        return self._metadata[name]
 
     def session(self, name: str):
         "The ONNX Runtime session of one model (created once, one thread)."
@@ -93,7 +95,7 @@ class MLPredictor:
         return {"bar": str(table.index[-1]), "p_up": float(stacked[0, 0]), "models": base, "alias": self.alias,
                 "run": self.pointer["run"], "version": self.pointer["version"]}
 
-# %% ../../nbs/serve/01_predictor.ipynb #c2f438f6
+# %% ../../nbs/serve/01_predictor.ipynb #ff3b9394
 def _bundled_sha256(meta: dict, name: str) -> set[str]:
     "sha256 of the files the stacked model bundles for base model `name`."
     return {f["sha256"] for base in meta["base_models"] if base["model"] == name for f in base["files"]}
