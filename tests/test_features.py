@@ -285,9 +285,13 @@ def test_feature_list_is_decided_by_the_declared_inputs_not_by_the_window(market
 def test_prepared_table_is_checked_against_its_declared_features(tmp_path):
     from macd_nb.core.config import profile_config
     from macd_nb.core.prepare import load_table, prepare_run
-    from macd_nb.core.rundir import RunPaths
+    from macd_nb.core.rundir import CorruptArtifact, RunPaths, write_parquet
     prepare_run(profile_config("smoke", symbols=["BTCUSDT", "ETHUSDT"], n_bars=24 * 60, n_folds=2, train_bars=24 * 20), tmp_path)
     table, summary = load_table(tmp_path, "1h")
-    table.drop(columns=[summary["base_features"][3]]).to_parquet(RunPaths(tmp_path).features("1h"))
+    path = RunPaths(tmp_path).features("1h")
+    table.drop(columns=[summary["base_features"][3]]).to_parquet(path)      # behind the writer's back: refused as corrupt
+    with pytest.raises(CorruptArtifact, match="features_1h.parquet: corrupt"):
+        load_table(tmp_path, "1h")
+    write_parquet(path, table.drop(columns=[summary["base_features"][3]]))   # through the writer: the columns are checked
     with pytest.raises(ValueError, match=rf"features_1h.parquet: .*missing \['{summary['base_features'][3]}'\], extra \[\]"):
         load_table(tmp_path, "1h")

@@ -24,7 +24,8 @@ def _flaky_notebook(path, flag):
     body = nbformat.v4.new_code_cell(
         "from pathlib import Path\n"
         f"if Path({str(flag)!r}).exists(): raise RuntimeError('flaky stage failed on purpose')\n"
-        "(Path(run_dir) / 'results' / 'flaky.json').write_text('{\"ok\": true}')")
+        "from macd_nb.core.rundir import write_json\n"
+        "write_json(Path(run_dir) / 'results' / 'flaky.json', {'ok': True})")
     notebook.cells = [parameters, body]
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
     nbformat.write(notebook, path)
@@ -64,12 +65,33 @@ def test_failed_stage_is_reported_and_resume_skips_completed_stages(tmp_path):
 
 
 def test_cli_exits_non_zero_and_names_the_failed_stage(tmp_path, capsys):
-    code = main(["run", "--profile", "smoke", "--data", str(tmp_path / "no_such_data"), "--only", "prepare",
+    (tmp_path / "klines").mkdir()
+    (tmp_path / "klines" / "BTCUSDT-1h-2024.csv").write_text("open_time,open,high,low,close,volume\n")
+    code = main(["run", "--profile", "smoke", "--data", str(tmp_path / "klines"), "--symbols", "BTCUSDT", "--only", "prepare",
                  "--run-id", "bad", "--runs-root", str(tmp_path / "runs"), "--reports-root", str(tmp_path / "reports")])
     assert code == 1
     status = (tmp_path / "reports" / "bad" / "EXECUTION_STATUS.md").read_text()
-    assert "Stopped at stage `prepare`" in status and "no_such_data" in status
-    assert "run FAILED" in capsys.readouterr().out
+    assert "Stopped at stage `prepare`" in status and "BTCUSDT-1h-2024.csv: no data rows" in status
+    out = capsys.readouterr().out      # the cause on the terminal too, not only in the status file
+    assert "run FAILED" in out and "stage prepare failed: DataError:" in out and "BTCUSDT-1h-2024.csv: no data rows" in out
+
+
+def test_a_stage_that_writes_behind_the_writers_back_fails(tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    notebook = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell("run_dir = None")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [parameters, nbformat.v4.new_code_cell(
+        "from pathlib import Path\n(Path(run_dir) / 'results').mkdir(exist_ok=True)\n"
+        "(Path(run_dir) / 'results' / 'sneaky.json').write_text('{}')")]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    nbformat.write(notebook, nbs / "sneaky.ipynb")
+    ok, report_dir = run_pipeline(profile_config("smoke"), run_id="r", runs_root=tmp_path / "runs", reports_root=tmp_path / "reports",
+                                  nbs_dir=nbs, stages=[Stage("sneaky", "9", "Sneaky", "sneaky.ipynb")])
+    status = json.loads((report_dir / "status.json").read_text())["stages"][0]
+    assert not ok and "wrote ['results/sneaky.json'] without recording their sha256" in status["cause"]
+    assert json.loads((tmp_path / "runs" / "r" / "MANIFEST.json").read_text())["unrecorded"] == ["results/sneaky.json"]
 
 
 def test_dask_executor_gives_the_same_oof_as_local_processes(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from macd_nb.core.config import profile_config
 from macd_nb.core.prepare import load_table, prepare_run
-from macd_nb.core.rundir import write_manifest
+from macd_nb.core.rundir import sha256_file, write_manifest
 from macd_nb.export.onnx import run_export
 from macd_nb.export.registry import promote
 from macd_nb.models.lgb import run_lgb
@@ -91,6 +91,13 @@ def test_incomplete_metadata_is_named(served, tmp_path):
     record = json.loads(meta.read_text())
     del record["scaler"]
     meta.write_text(json.dumps(record))
+    reasons = MLPredictor("1h", registry).health_check()["reasons"]      # edited after packaging: refused by its hash
+    assert any(r.startswith("lstm: metadata_complete failed (unreadable metadata:") and "does not match the manifest" in r
+               for r in reasons), reasons
+    manifest_path = registry / "runs" / "run_s" / "MANIFEST.json"       # packaged that way: the missing key is named
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["models/lstm_1h.json"]["sha256"] = sha256_file(meta)
+    manifest_path.write_text(json.dumps(manifest))
     reasons = MLPredictor("1h", registry).health_check()["reasons"]
     assert any(r.startswith("lstm: metadata_complete failed (missing keys ['scaler'])") for r in reasons), reasons
 

@@ -323,5 +323,6 @@ def save_config(config: RunConfig, run_dir: str | Path) -> Path:
 
 def read_config(run_dir: str | Path) -> RunConfig:
     "The `RunConfig` saved in `run_dir/config.json`."
+    from macd_nb.core.rundir import read_json   # verified against the sha256 recorded when it was saved
     path = Path(run_dir) / "config.json"
-    return RunConfig.from_flat(json.loads(path.read_text())["config"], source=str(path))
+    return RunConfig.from_flat(read_json(path)["config"], source=str(path))

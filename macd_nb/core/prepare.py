@@ -17,7 +17,7 @@ from .data import load_bars, resample_bars
 from .features import FEATURE_SET_VERSION
 from .market_features import build_features
 from .labels import direction_labels, label_report
-from .rundir import RunPaths, read_json, write_json, write_parquet
+from .rundir import RunPaths, read_json, read_parquet, write_json, write_parquet
 
 # %% ../../nbs/core/10_prepare.ipynb #9bd53b73
 def timeframe_table(market: dict[str, pd.DataFrame], config: RunConfig, timeframe: str) -> tuple[pd.DataFrame, dict]:
@@ -80,7 +80,7 @@ def load_table(run_dir: str | Path, timeframe: str) -> tuple[pd.DataFrame, dict]
     "The prepared table of `timeframe` and its summary, as written by the prepare stage; columns checked against it."
     paths = RunPaths(Path(run_dir))
     summary = read_json(paths.results / "prepare.json")["timeframes"][timeframe]
-    table = pd.read_parquet(paths.features(timeframe))
+    table = read_parquet(paths.features(timeframe))
     features = [c for c in table.columns if not c.startswith(("y_", "fwd_ret_", "label_end_"))]
     check_columns(features, summary["base_features"] + summary["cross_features"], str(paths.features(timeframe)))
     return table, summary

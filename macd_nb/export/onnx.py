@@ -17,7 +17,7 @@ import pandas as pd
 from onnx import TensorProto, helper, numpy_helper
 
 from ..core.config import RunConfig, library_versions
-from ..core.rundir import RunPaths, model_result, read_json, sha256_file, write_atomically, write_json
+from ..core.rundir import RunPaths, model_result, read_json, sha256_file, verified, write_atomically, write_json
 from ..core.stages import stage_named
 
 # %% ../../nbs/export/01_onnx.ipynb #985fdf1b
@@ -230,12 +230,12 @@ def _native_models(paths: RunPaths, timeframe: str) -> dict:
     for model in ("lgb", "lgb_cross"):
         path = paths.model_file(model, timeframe, "txt")
         if path.exists():
-            booster = lgb.Booster(model_file=str(path))
+            booster = lgb.Booster(model_file=str(verified(path)))
             found[model] = {"kind": "lightgbm", "booster": booster, "features": booster.feature_name(), "source": path}
     path = paths.model_file("xgb", timeframe, "json")
     if path.exists():
         booster = xgb.Booster()
-        booster.load_model(str(path))
+        booster.load_model(str(verified(path)))
         booster.set_param({"nthread": 1})
         found["xgb"] = {"kind": "xgboost", "booster": booster, "features": list(booster.feature_names), "source": path}
     for model in ("lstm", "tft"):

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..core.config import TIMEFRAME_DELTA, RunConfig, library_versions
 from ..core.prepare import load_table
-from ..core.rundir import RunPaths, model_result, write_json
+from ..core.rundir import RunPaths, model_result, read_parquet, write_json
 from ..core.stages import stage_named
 from ..core.validation import as_utc_datetime64, block_bootstrap_counts, percentile_interval
 from .protocol import data_fingerprint
@@ -152,7 +152,7 @@ def _timeline(run_dir: Path, timeframe: str, kind: str) -> tuple[pd.DataFrame, l
     folder = RunPaths(run_dir).root / kind
     files = sorted(folder.glob(f"*_{timeframe}.parquet"))
     if not files: raise FileNotFoundError(f"no {kind} predictions for {timeframe} under {folder}: have the model stages run?")
-    frame = pd.DataFrame({p.stem.removesuffix(f"_{timeframe}"): pd.read_parquet(p)["pred"] for p in files}).dropna()
+    frame = pd.DataFrame({p.stem.removesuffix(f"_{timeframe}"): read_parquet(p)["pred"] for p in files}).dropna()
     if frame.empty: raise ValueError(f"{folder}: the models' {kind} predictions for {timeframe} share no bar")
     return frame.sort_index(), list(frame.columns)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.rundir import RunPaths, write_json
+from ..core.rundir import RunPaths, read_parquet, write_json
 from ..core.stages import stage_named
 from ..core.validation import auc
 from .protocol import check_same_labels
@@ -21,7 +21,7 @@ def load_oof(run_dir: str | Path, timeframe: str) -> pd.DataFrame:
     "Out-of-fold predictions of every base model of `timeframe`, one column per model, on the rows all of them scored."
     columns, labels = {}, None
     for path in sorted(RunPaths(Path(run_dir)).oof.glob(f"*_{timeframe}.parquet")):
-        frame = pd.read_parquet(path)
+        frame = read_parquet(path)
         model = path.stem.removesuffix(f"_{timeframe}")
         columns[model] = frame["pred"]
         check_same_labels(labels, frame, path, "the other models'")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.config import TIMEFRAME_DELTA, RunConfig, library_versions
-from ..core.rundir import RunPaths, gate, model_result, read_json, write_json, write_parquet
+from ..core.rundir import RunPaths, gate, model_result, read_json, read_parquet, write_json, write_parquet
 from ..core.stages import stage_named
 from ..core.validation import as_utc_datetime64, auc, auc_ci, auc_gain_ci
 from .protocol import data_fingerprint
@@ -34,7 +34,7 @@ def timeframe_input(run_dir: Path, timeframe: str, kind: str = "oof") -> tuple[s
         if not scores: raise FileNotFoundError(f"{paths.results}: no model result for {timeframe}")
         model = max(scores, key=scores.get)
     folder = paths.oof_file(model, timeframe) if kind == "oof" else paths.test_file(model, timeframe)
-    return model, pd.read_parquet(folder)["pred"]
+    return model, read_parquet(folder)["pred"]
 
 
 def align_slow(fast: pd.DataFrame, slow: pd.Series, fast_tf: str, slow_tf: str) -> pd.DataFrame:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..core.config import RunConfig
 from ..core.parallel import ProcessCache, load_cached, machine_threads
-from ..core.rundir import write_atomically
+from ..core.rundir import verified, write_atomically
 from ..core.validation import Fold, WalkForwardResult, plot_fold_auc
 from .protocol import (BoostedTreesModel, DirectionProtocol, FoldRows, ModelResult, Refit,
                                      fold_rows, run_direction_stage, walk_fold_tasks)
@@ -51,7 +51,7 @@ _BINNED_DATASETS = ProcessCache()   # per process: binary datasets already loade
 
 def load_binned(path: str | Path, params: dict) -> lgb.Dataset:
     "The binary dataset at `path`, loaded once per process (see `load_cached`)."
-    return load_cached(_BINNED_DATASETS, path, lambda p: lgb.Dataset(str(p), params=params).construct())
+    return load_cached(_BINNED_DATASETS, path, lambda p: lgb.Dataset(str(verified(p)), params=params).construct())
 
 # %% ../../nbs/models/02_lgb.ipynb #9567daba
 def bin_schedule(

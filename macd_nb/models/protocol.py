@@ -23,7 +23,7 @@ import pandas as pd
 from ..core.config import RunConfig, library_versions
 from ..core.features import FEATURE_SET_VERSION
 from ..core.parallel import parallel_map
-from ..core.rundir import RunPaths, gate, model_result, read_json, write_json, write_parquet
+from ..core.rundir import RunPaths, gate, model_result, read_json, read_parquet, write_json, write_parquet
 from ..core.stages import stage_of_model
 from ..core.validation import (Fold, WalkForward, WalkForwardResult, as_utc_datetime64, auc, auc_ci,
                                      auc_gain_ci, holdout_split, inner_split, planted_leak_control)
@@ -260,7 +260,7 @@ def fold_provenance(fold_result: WalkForwardResult, label_end: np.ndarray, y: np
 def _baseline_oof(run_dir: Path, timeframe: str) -> pd.Series | None:
     "The baseline's out-of-fold predictions of `timeframe`, when the baseline stage has run."
     path = RunPaths(run_dir).oof_file("baseline", timeframe)
-    return pd.read_parquet(path)["pred"] if path.exists() else None
+    return read_parquet(path)["pred"] if path.exists() else None
 
 
 def reference_gains(oof: pd.DataFrame, references: dict[str, pd.Series], config: RunConfig) -> dict:

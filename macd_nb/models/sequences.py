@@ -22,7 +22,7 @@ from torch import nn
 from ..core.config import RunConfig, resolve_device
 from ..core.features import FEATURE_SET_VERSION
 from ..core.prepare import check_columns, load_table
-from ..core.rundir import RunPaths, read_json, write_atomically, write_json
+from ..core.rundir import RunPaths, read_json, verified, write_atomically, write_json
 from ..core.validation import Fold, WalkForwardResult, as_utc_datetime64, auc, coarse_folds, inner_split
 from .protocol import (ModelResult, best_feature_reference, controls_record, direction_protocol,
                                      finish_model_stage, pooled_auc)
@@ -181,7 +181,7 @@ def load_sequence_model(model_class: type, weights_path: str | Path, meta_path: 
     "Rebuild a model from its JSON and its state dict (loaded with `weights_only=True`), in eval mode on the CPU."
     meta = read_json(meta_path)
     model = model_class(**meta["architecture"])
-    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    model.load_state_dict(torch.load(verified(weights_path), map_location="cpu", weights_only=True))
     return model.eval(), meta
 
 

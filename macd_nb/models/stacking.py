@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..core.config import RunConfig, library_versions
 from ..core.prepare import load_table
-from ..core.rundir import (RunPaths, gate, model_result, read_json, sha256_file, write_atomically, write_json,
+from ..core.rundir import (RunPaths, gate, model_result, read_json, read_parquet, sha256_file, write_atomically, write_json,
                                  write_parquet)
 from ..core.stages import stage_of_model
 from ..core.validation import (as_utc_datetime64, auc, auc_ci, bootstrap_aucs, percentile_interval,
@@ -37,7 +37,7 @@ def load_base_oof(run_dir: str | Path, timeframe: str, models: list[str]) -> pd.
     for model in models:
         path = paths.oof_file(model, timeframe)
         if not path.exists(): raise FileNotFoundError(f"{path} not found: has the stage of base model {model!r} run?")
-        frame = pd.read_parquet(path)
+        frame = read_parquet(path)
         if "train_label_end" not in frame: raise ValueError(f"{path}: no train_label_end column; re-run the {model!r} stage")
         late = frame.index[frame["train_label_end"] > frame.index]
         if len(late): raise InSampleError(
@@ -221,7 +221,7 @@ def bundle_base_models(paths: RunPaths, models: list[str], timeframe: str) -> li
 
 def _test_inputs(paths: RunPaths, models: list[str], timeframe: str) -> pd.DataFrame:
     "The base models' deployed predictions of the held-out test period, on the bars all of them scored, with `y`."
-    frames = {m: pd.read_parquet(paths.test_file(m, timeframe)) for m in models}
+    frames = {m: read_parquet(paths.test_file(m, timeframe)) for m in models}
     table = pd.DataFrame({m: f["pred"] for m, f in frames.items()}).dropna().sort_index()
     return table.assign(y=frames[models[0]]["y"].reindex(table.index))
 

@@ -16,7 +16,7 @@ import xgboost as xgb
 
 from ..core.config import RunConfig, resolve_device
 from ..core.parallel import ProcessCache, load_cached, machine_threads
-from ..core.rundir import write_atomically
+from ..core.rundir import verified, write_atomically
 from ..core.validation import WalkForwardResult
 from .protocol import (BoostedTreesModel, DirectionProtocol, FoldRows, ModelResult, Refit, fold_rows,
                                      run_direction_stage, walk_fold_tasks)
@@ -41,7 +41,7 @@ def save_features(X: np.ndarray, path: str | Path) -> Path:
 
 def load_features(path: str | Path) -> np.ndarray:
     "The feature matrix at `path`, memory-mapped once per process (see `load_cached`)."
-    return load_cached(_FEATURES, path, lambda p: np.load(p, mmap_mode="r"))
+    return load_cached(_FEATURES, path, lambda p: np.load(verified(p), mmap_mode="r"))
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.rundir import read_json, sha256_file
-from ..export.registry import RegistryError, default_registry_dir, read_alias
+from ..core.rundir import read_json, sha256_file, verify_artifact
+from ..export.registry import RegistryError, alias_target, default_registry_dir, read_alias
 
 # %% ../../nbs/serve/01_predictor.ipynb #b8759f14
 REQUIRED_METADATA = {
@@ -44,7 +44,7 @@ class MLPredictor:
         self.pointer = read_alias(self.registry, alias)
         if self.pointer is None: raise RegistryError(f"{self.registry}: no alias {alias!r}; promote a run first")
         self.run_root = self.registry / "runs" / self.pointer["run"]
-        self.meta_path = self.registry / self.pointer["target"]
+        self.meta_path = alias_target(self.registry, alias)   # checked against the sha256 the alias recorded
         self.meta = read_json(self.meta_path)
         self.manifest = read_json(self.run_root / "MANIFEST.json")["files"]
         export = self.run_root / "results" / f"export_{self.timeframe}.json"
@@ -59,8 +59,9 @@ class MLPredictor:
         if name not in self._metadata:
             kind = model_kind(name)
             if kind == "meta": self._metadata[name] = self.meta
-            elif kind == "sequence": self._metadata[name] = read_json(self.run_root / "models" / f"{name}_{self.timeframe}.json")
-            else: self._metadata[name] = read_json(self.run_root / "results" / f"{name}_{self.timeframe}.json")
+            else:
+                folder = "models" if kind == "sequence" else "results"
+                self._metadata[name] = read_json(verify_artifact(self.run_root, f"{folder}/{name}_{self.timeframe}.json"))
         return self._metadata[name]
 
     def session(self, name: str):
@@ -70,7 +71,7 @@ class MLPredictor:
             options = ort.SessionOptions()
             options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
             options.log_severity_level = 4   # a file that fails to load is reported by the health check, not logged
-            path = self.run_root / "models" / f"{name}_{self.timeframe}.onnx"
+            path = verify_artifact(self.run_root, f"models/{name}_{self.timeframe}.onnx")   # the bytes the manifest lists
             self._sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return self._sessions[name]
 

@@ -1,0 +1,405 @@
+"""Hardening: every bad input a named refusal or a counted repair, artifacts verified on every read, one writer per
+run directory, and no process of a killed run left behind.
+
+The bad-input table runs the real command line (`macd-nb run|report|promote|...` through `main`) next to an existing
+run and checks, for each case, the exit code, that the message names the file/key/row and the problem, and that no
+file of the existing run changed. The crash, corruption and concurrency tests run `macd-nb` as real subprocesses.
+"""
+import gzip
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from macd_nb.core.config import read_config
+from macd_nb.core.klines import example_klines, write_kline_dump
+from macd_nb.core.rundir import CorruptArtifact, RunPaths, corrupt_files, read_json
+from macd_nb.pipeline.cli import main
+
+MACD_NB = [str(Path(sys.executable).parent / "macd-nb")]   # the console script of this environment
+
+
+def flip_byte(path: Path, at: int = -10) -> None:
+    "Flip one bit of one byte, as a failing disk or a careless editor might."
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def tree_digest(*folders: Path) -> dict[str, str]:
+    "Relative path -> sha256 of every file under `folders` (the lock file aside)."
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for folder in folders if folder.exists()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def good_klines(folder: Path, n_rows: int = 2000) -> Path:
+    "Two symbols of clean Binance 1h dumps (BTCUSDT the target, ETHUSDT for the cross-asset features)."
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, symbol in enumerate(("BTCUSDT", "ETHUSDT")):
+        write_kline_dump(example_klines(n_rows, seed=seed), folder / f"{symbol}-1h-2024.csv")
+    return folder
+
+
+# --- the bad-input table ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    "An existing finished run (`base`, prepare stage on the smoke profile) and the folders the cases write into."
+    root = tmp_path_factory.mktemp("world")
+    os.environ["MACD_NB_CACHE"] = str(root / "cache")       # inherited by the stage kernels: no shared cache
+    roots = ["--runs-root", str(root / "runs"), "--reports-root", str(root / "reports")]
+    assert main(["run", "--profile", "smoke", "--run-id", "base", "--only", "prepare", *roots]) == 0
+    good_klines(root / "good")
+    return root, roots
+
+
+def _yaml(text):
+    def make(root):
+        (root / "bad.yaml").write_text(text)
+        return ["--config", str(root / "bad.yaml")]
+    return make
+
+
+def _klines(damage):
+    "A copy of the clean data set with `damage(folder)` applied; the run uses it through --data."
+    def make(root):
+        folder = root / f"data_{damage.__name__}"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(root / "good", folder)
+        damage(folder)
+        return ["--data", str(folder), "--symbols", "BTCUSDT,ETHUSDT"]
+    return make
+
+
+def truncated_gz(folder):
+    path = folder / "BTCUSDT-1h-2024.csv"
+    folder.joinpath("BTCUSDT-1h-2024.csv.gz").write_bytes(gzip.compress(path.read_bytes())[:-400])
+    path.unlink()
+
+
+def truncated_zip(folder):
+    path = folder / "ETHUSDT-1h-2024.csv"
+    write_kline_dump(example_klines(2000, seed=1), folder / "ETHUSDT-1h-2024.zip")
+    path.unlink()
+    zipped = folder / "ETHUSDT-1h-2024.zip"
+    zipped.write_bytes(zipped.read_bytes()[:-300])
+
+
+def header_only(folder):
+    (folder / "ETHUSDT-1h-2024.csv").write_text("open_time,open,high,low,close,volume\n")
+
+
+def text_in_price(folder):
+    path = folder / "BTCUSDT-1h-2024.csv"
+    lines = path.read_text().splitlines()
+    fields = lines[41].split(",")
+    fields[2] = "12.5x"
+    lines[41] = ",".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def negative_price(folder):
+    path = folder / "BTCUSDT-1h-2024.csv"
+    lines = path.read_text().splitlines()
+    fields = lines[99].split(",")
+    fields[4] = "-3.0"
+    lines[99] = ",".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def missing_target(folder):
+    (folder / "BTCUSDT-1h-2024.csv").unlink()
+
+
+def conflicting_duplicate(folder):
+    rows = example_klines(2000, seed=0)
+    clash = rows.iloc[[500]].assign(close=rows["close"].iloc[500] + 1.0)
+    write_kline_dump(clash, folder / "BTCUSDT-1h-2024-extra.csv")
+
+
+def off_grid_time(folder):
+    rows = example_klines(2000, seed=0)
+    rows.loc[700, "open_time"] += 1000 * 60 * 17
+    write_kline_dump(rows, folder / "BTCUSDT-1h-2024.csv")
+
+
+def empty_folder(folder):
+    for path in folder.iterdir(): path.unlink()
+
+
+def second_writer(root):
+    "The existing run's lock is held (a run in progress) while the case runs."
+    from macd_nb.pipeline.runner import run_lock
+    return run_lock(root / "runs" / "base")
+
+
+def corrupt_copy(relative):
+    "A copy `broken` of the existing run with one byte flipped in `relative`; the case acts on the copy."
+    def make(root):
+        shutil.rmtree(root / "runs" / "broken", ignore_errors=True)
+        shutil.copytree(root / "runs" / "base", root / "runs" / "broken", ignore=shutil.ignore_patterns(".lock"))
+        flip_byte(root / "runs" / "broken" / relative)
+        return []
+    return make
+
+
+RESUME_BASE = ["run", "--run-id", "base", "--resume"]
+NEW = ["run", "--profile", "smoke", "--only", "prepare"]
+
+# id, argv (the case's run id is appended for new runs), setup -> extra argv, exit code, fragments the output must hold
+CASES = [
+    # command-line arguments
+    ("unknown-stage", [*RESUME_BASE, "--only", "prepar"], None, 2, ["unknown stage", "prepar"]),
+    ("new-run-into-existing-id", ["run", "--profile", "smoke", "--run-id", "base"], None, 2, ["already holds a run", "base"]),
+    ("resume-missing-run", ["run", "--run-id", "nosuchrun", "--resume"], None, 2, ["no run", "nosuchrun", "to resume"]),
+    ("resume-changed-profile", [*RESUME_BASE, "--profile", "quick"], None, 2, ["other settings", "n_bars"]),
+    ("resume-changed-seed-file", RESUME_BASE, _yaml("seed: 7\n"), 2, ["other settings", "seed: 0 -> 7"]),
+    ("unknown-profile", ["run", "--profile", "huge"], None, 2, ["--profile", "invalid choice", "huge"]),
+    ("unknown-device", ["run", "--device", "tpu"], None, 2, ["--device", "invalid choice", "tpu"]),
+    ("data-path-missing", [*NEW, "--data", "/nonexistent/klines"], None, 2, ["--data", "/nonexistent/klines", "no such file"]),
+    ("bad-executor", [*NEW, "--executor", "ray://x"], None, 2, ["executor='ray://x'", "dask://HOST:PORT"]),
+    ("bad-timeframe", [*NEW, "--timeframes", "1h,2h"], None, 2, ["timeframes ['2h']"]),
+    ("runs-root-is-a-file", [*NEW, "--runs-root", "{root}/afile"], None, 2, ["afile"]),
+    ("second-writer", RESUME_BASE, second_writer, 2, ["is being written by pid", "base"]),
+    # configuration files
+    ("config-missing", NEW, lambda root: ["--config", str(root / "absent.yaml")], 2, ["absent.yaml"]),
+    ("config-type-int", NEW, _yaml("n_folds: six\n"), 2, ["bad.yaml", "n_folds='six'", "int"]),
+    ("config-type-bool", NEW, _yaml("expanding: 'no'\n"), 2, ["bad.yaml", "expanding='no'", "bool"]),
+    ("config-unknown-key", NEW, _yaml("n_fold: 3\n"), 2, ["bad.yaml", "n_fold", "n_folds"]),
+    ("config-invalid-yaml", NEW, _yaml("n_folds: 3\n  seed: [1,\n"), 2, ["bad.yaml line", "column", "invalid YAML"]),
+    ("config-invalid-json", NEW, lambda root: (root / "bad.json").write_text('{"n_folds": 3,}') and ["--config", str(root / "bad.json")],
+     2, ["bad.json line 1 column", "invalid JSON"]),
+    ("config-not-a-mapping", NEW, _yaml("- n_folds\n- 3\n"), 2, ["bad.yaml", "expected a mapping"]),
+    ("config-out-of-range", NEW, _yaml("n_folds: -2\n"), 2, ["n_folds"]),
+    # data files: refused inside the prepare stage, the cause printed on the terminal
+    ("data-truncated-gz", NEW, _klines(truncated_gz), 1, ["stage prepare failed", "BTCUSDT-1h-2024.csv.gz", "truncated or corrupt"]),
+    ("data-truncated-zip", NEW, _klines(truncated_zip), 1, ["stage prepare failed", "ETHUSDT-1h-2024.zip", "truncated or corrupt"]),
+    ("data-header-only", NEW, _klines(header_only), 1, ["ETHUSDT-1h-2024.csv", "no data rows"]),
+    ("data-text-in-price", NEW, _klines(text_in_price), 1, ["BTCUSDT-1h-2024.csv row 42", "column high", "'12.5x'"]),
+    ("data-negative-price", NEW, _klines(negative_price), 1, ["BTCUSDT-1h-2024.csv row 100", "non-positive price"]),
+    ("data-missing-target", NEW, _klines(missing_target), 1, ["no bar files for ['BTCUSDT']"]),
+    ("data-conflicting-duplicate", NEW, _klines(conflicting_duplicate), 1, ["BTCUSDT-1h-2024-extra.csv row 1", "same open_time with different values"]),
+    ("data-off-grid-time", NEW, _klines(off_grid_time), 1, ["BTCUSDT-1h-2024.csv row 701"]),
+    ("data-empty-folder", NEW, _klines(empty_folder), 1, ["no bar files"]),
+    ("data-date-range-empty", NEW, lambda root: [*_klines(lambda f: None)(root), "--config", str(_write(root / "late.yaml", "start: '2031-01-01'\nend: '2031-02-01'\n"))],
+     1, ["none of its", "2031-01-01"]),
+    # run directories and artifacts
+    ("report-missing-run", ["report", "nosuchrun"], None, 2, ["nosuchrun", "holds no run"]),
+    ("report-corrupt-result", ["report", "broken"], corrupt_copy("results/prepare.json"), 2, ["results/prepare.json: corrupt", "--resume"]),
+    ("report-corrupt-features", ["report", "broken"], corrupt_copy("data/features_1h.parquet"), 2, ["data/features_1h.parquet: corrupt"]),
+    ("resume-corrupt-config", ["run", "--run-id", "broken", "--resume"], corrupt_copy("config.json"), 2, ["config.json: corrupt"]),
+    ("promote-without-stacking", ["promote", "{root}/runs/base", "--alias", "1h", "--registry", "{root}/registry"], None, 2,
+     ["no stacked model for 1h"]),
+    ("promote-bad-alias", ["promote", "{root}/runs/base", "--alias", "7m", "--registry", "{root}/registry"], None, 2, ["alias '7m'"]),
+    ("rollback-never-moved", ["rollback", "--alias", "1h", "--registry", "{root}/registry"], None, 2, ["never moved"]),
+    ("deploy-missing-tarball", ["deploy", "{root}/absent.tar.gz", "--to", "{root}/registry"], None, 2, ["absent.tar.gz"]),
+    ("deploy-truncated-tarball", ["deploy", "{root}/cut.tar.gz", "--to", "{root}/registry"],
+     lambda root: (root / "cut.tar.gz").write_bytes(gzip.compress(b"x" * 5000)[:-50]) and [], 2, ["cut.tar.gz"]),
+]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_the_table_has_enough_cases():
+    assert len(CASES) >= 25 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case, argv, setup, code, fragments", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(world, capsys, case, argv, setup, code, fragments):
+    root, roots = world
+    (root / "afile").touch()
+    before = tree_digest(root / "runs" / "base", root / "reports" / "base")
+    argv = [a.replace("{root}", str(root)) for a in argv]
+    is_run = argv[0] == "run"
+    if is_run and "--run-id" not in argv: argv += ["--run-id", case]
+    extra = []
+    if case == "second-writer":
+        holder = setup(root)
+        holder.__enter__()
+    elif setup is not None:
+        extra = setup(root) or []
+    try:
+        with pytest.raises(SystemExit) if case in ("unknown-profile", "unknown-device") else _nothing() as caught:
+            result = main(argv + extra + (roots if argv[0] in ("run", "report") and "--runs-root" not in argv else []))
+    finally:
+        if case == "second-writer": holder.__exit__(None, None, None)
+    if caught is not None: result = caught.value.code
+    out = capsys.readouterr()
+    said = out.out + out.err
+    assert result == code, said
+    for fragment in fragments: assert fragment in said, f"{fragment!r} not in: {said}"
+    assert tree_digest(root / "runs" / "base", root / "reports" / "base") == before, "an existing run's file changed"
+
+
+class _nothing:
+    def __enter__(self): return None
+    def __exit__(self, *exc): return False
+
+
+def test_repairs_are_counted_in_the_report(world, capsys):
+    "Ordinary dirt is repaired and counted, and the count reaches the training report's data section."
+    root, roots = world
+    folder = root / "data_repairs"
+    shutil.copytree(root / "good", folder)
+    rows = example_klines(2000, seed=0)
+    write_kline_dump(rows.iloc[::-1], folder / "BTCUSDT-1h-2024.csv")                  # unsorted
+    write_kline_dump(rows.iloc[100:110], folder / "BTCUSDT-1h-2024-dup.csv")            # exact duplicates
+    assert main([*NEW, "--run-id", "repairs", "--data", str(folder), "--symbols", "BTCUSDT,ETHUSDT", *roots]) == 0
+    report = (root / "reports" / "repairs" / "TRAINING_REPORT.md").read_text()
+    counted = read_json(root / "runs" / "repairs" / "results" / "prepare.json")["data_report"]["files"]["BTCUSDT"]
+    assert counted["duplicates_dropped"] == 10 and counted["unsorted_rows"] > 0
+    row = next(line for line in report.splitlines() if line.startswith("| BTCUSDT |")).split(" | ")
+    assert row[1:3] == [str(counted["rows_read"]), "2000"] and row[5:7] == ["10", str(counted["unsorted_rows"])]
+
+
+# --- corruption: the next reader refuses the file by name ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    "A smoke run with every kind of artifact: OOF parquet, result JSON, LightGBM, XGBoost, torch, config."
+    root = tmp_path_factory.mktemp("smoke")
+    from macd_nb.core.config import profile_config
+    from macd_nb.pipeline.runner import run_pipeline
+    ok, _ = run_pipeline(profile_config("smoke"), run_id="s", only=["prepare", "lgb", "lstm", "xgb"],
+                         runs_root=root / "runs", reports_root=root / "reports")
+    assert ok
+    return root / "runs" / "s"
+
+
+def _read_lgb(run_dir):
+    from macd_nb.export.onnx import _native_models
+    return _native_models(RunPaths(run_dir), "1h")
+
+
+def _read_oof(run_dir):
+    from macd_nb.models.stacking import load_base_oof
+    return load_base_oof(run_dir, "1h", ["lgb", "xgb"])
+
+
+def _read_lstm(run_dir):
+    from macd_nb.models.lstm import load_lstm
+    return load_lstm(run_dir, "1h")
+
+
+@pytest.mark.parametrize("relative, reader", [
+    ("oof/lgb_1h.parquet", _read_oof),
+    ("results/lgb_1h.json", lambda run_dir: read_json(run_dir / "results" / "lgb_1h.json")),
+    ("models/lgb_1h.txt", _read_lgb),
+    ("models/xgb_1h.json", _read_lgb),
+    ("models/lstm_1h.pt", _read_lstm),
+    ("config.json", read_config),
+    ("data/features_1h.parquet", lambda run_dir: __import__("macd_nb.core.prepare", fromlist=["x"]).load_table(run_dir, "1h")),
+], ids=["oof-parquet", "result-json", "lightgbm", "xgboost", "torch", "config", "features"])
+def test_a_flipped_byte_is_refused_by_the_next_reader(smoke_run, tmp_path, relative, reader):
+    run_dir = tmp_path / "s"
+    shutil.copytree(smoke_run, run_dir)
+    reader(run_dir)                                    # intact: reads fine
+    flip_byte(run_dir / relative)
+    with pytest.raises(CorruptArtifact, match=f"{relative}: corrupt"):
+        reader(run_dir)
+    assert any(relative in problem for problem in corrupt_files(run_dir))
+
+
+def test_resume_names_the_corrupt_file_and_rewrites_it(tmp_path):
+    "A corrupt output is named, its stage re-run, and the rewritten file is byte-identical to the original."
+    roots = ["--runs-root", str(tmp_path / "runs"), "--reports-root", str(tmp_path / "reports")]
+    assert main(["run", "--profile", "smoke", "--run-id", "r", "--only", "prepare", *roots]) == 0
+    features = tmp_path / "runs" / "r" / "data" / "features_1h.parquet"
+    original = features.read_bytes()
+    flip_byte(features)
+    done = subprocess.run([*MACD_NB, "run", "--run-id", "r", "--resume", *roots], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "re-running stage prepare" in done.stderr and "data/features_1h.parquet changed" in done.stderr
+    assert features.read_bytes() == original and corrupt_files(tmp_path / "runs" / "r") == []
+
+
+# --- crash and concurrency --------------------------------------------------------------------------------------
+
+def _stage_running(report_dir: Path, stage: str) -> bool:
+    try: stages = read_json(report_dir / "status.json")["stages"]
+    except (OSError, ValueError): return False
+    return any(s["name"] == stage and s["status"] == "running" for s in stages)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try: return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess: return []
+
+
+def _command_line(process: psutil.Process) -> str:
+    try: return " ".join(process.cmdline())
+    except psutil.Error: return ""     # gone, or a zombie
+
+
+def _alive(processes: list[psutil.Process]) -> list[str]:
+    alive = []
+    for p in processes:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE: alive.append(f"{p.pid} {_command_line(p)[:100]}")
+        except psutil.Error: pass
+    return alive
+
+
+def _kill_when(command: list[str], report_dir: Path, stage: str, *, want_workers: bool, timeout: float = 240) -> list[psutil.Process]:
+    "Start `command`, SIGKILL it once `stage` runs (and fold workers exist, when wanted); return its processes at that moment."
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, family = time.monotonic() + timeout, []
+    while time.monotonic() < deadline and process.poll() is None:
+        family = _descendants(process.pid)
+        workers = [p for p in family if "popen_loky" in _command_line(p)]
+        if _stage_running(report_dir, stage) and (workers or not want_workers): break
+        time.sleep(0.2)
+    assert process.poll() is None, f"the run ended before stage {stage} could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return family
+
+
+def test_sigkill_at_several_points_then_resume(tmp_path):
+    roots = ["--runs-root", str(tmp_path / "runs"), "--reports-root", str(tmp_path / "reports")]
+    run_dir, report_dir = tmp_path / "runs" / "c", tmp_path / "reports" / "c"
+    command = [*MACD_NB, "run", "--profile", "smoke", "--run-id", "c", "--only", "prepare", "baseline", "lgb", "xgb", *roots]
+    resume = [*MACD_NB, "run", "--run-id", "c", "--resume", *roots]
+    kept = {}
+    for stage, want_workers in (("prepare", False), ("lgb", True), ("xgb", False)):
+        family = _kill_when(command, report_dir, stage, want_workers=want_workers)
+        if want_workers: assert any("popen_loky" in _command_line(p) for p in family)
+        time.sleep(5)
+        assert _alive(family) == [], f"processes of the run killed in {stage} outlived it"
+        # what the completed stages wrote must come through every later resume unchanged
+        stages = read_json(report_dir / "status.json")["stages"]
+        for s in stages:
+            if s["status"] in ("completed", "reused"):
+                kept.update({path: (run_dir / path).read_bytes() for path in s["outputs"] if path.startswith(("data/", "oof/", "results/", "models/"))})
+        command = resume
+    done = subprocess.run(resume, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    stages = read_json(report_dir / "status.json")["stages"]
+    assert [s["status"] for s in stages].count("failed") == 0 and len(stages) == 4
+    assert len(kept) >= 3 and {path: (run_dir / path).read_bytes() for path in kept} == kept
+    assert corrupt_files(run_dir) == []
+
+
+def test_two_runs_with_one_id_started_together(tmp_path):
+    roots = ["--runs-root", str(tmp_path / "runs"), "--reports-root", str(tmp_path / "reports")]
+    command = [*MACD_NB, "run", "--profile", "smoke", "--run-id", "same", "--only", "prepare", "baseline", *roots]
+    first, second = (subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2))
+    outcomes = sorted([(p.wait(), p.communicate()) for p in (first, second)], key=lambda o: o[0])
+    (code_a, (out_a, err_a)), (code_b, (out_b, err_b)) = outcomes
+    assert (code_a, code_b) == (0, 2), (err_a, err_b)
+    assert "is being written by pid" in err_b or "already holds a run" in err_b
+    run_dir = tmp_path / "runs" / "same"
+    stages = read_json(tmp_path / "reports" / "same" / "status.json")["stages"]
+    assert [s["status"] for s in stages] == ["completed", "completed"]
+    assert (run_dir / "results" / "baseline_1h.json").exists() and corrupt_files(run_dir) == []
