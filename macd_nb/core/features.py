@@ -16,7 +16,8 @@ from .config import TIMEFRAME_DELTA
 __all__ = ['RETURN_LAGS', 'VOLATILITY_WINDOWS', 'MACD_SPEEDS', 'RSI_WINDOWS', 'EMA_SPANS', 'HIGHER_TIMEFRAMES', 'ATR_WINDOW',
            'MAX_MISSING_SHARE', 'FEATURE_SET_VERSION', 'OPTIONAL_INPUTS', 'REFERENCE_SYMBOLS', 'REQUIRED_COLUMNS',
            'FeatureSpec', 'FeatureFrame', 'feature_table', 'ema', 'wilder', 'log_return', 'safe_log', 'true_range',
-           'average_true_range', 'rsi', 'macd', 'bars_since_cross', 'rolling_zscore', 'completed_higher_bars',
+           'average_true_range', 'rsi', 'macd', 'bars_since_cross', 'rolling_zscore', 'rolling_zscore_or_zero',
+           'neutral_where', 'ratio_or_neutral', 'rolling_corr_or_zero', 'completed_higher_bars',
            'attach_higher_timeframe', 'FeatureBuilder', 'check_bars', 'FeatureInputError', 'warmup_bars',
            'base_features']
 
@@ -38,6 +39,7 @@ class FeatureFrame:
     dropped: dict[str, str] = field(default_factory=dict)   # feature name -> reason it is absent
     specs: list[FeatureSpec] = field(default_factory=list)  # one per column of frame, same order
     warmup_bars: int = 0                             # first row position from which every feature has a value
+    neutral: dict[str, np.ndarray] = field(default_factory=dict)  # feature -> rows (bool, frame order) given its neutral value
 
 
 def feature_table(specs: list[FeatureSpec]) -> pd.DataFrame:
@@ -121,9 +123,33 @@ def bars_since_cross(line: pd.Series, signal_line: pd.Series) -> pd.Series:
 
 
 def rolling_zscore(values: pd.Series, window: int, min_periods: int | None = None) -> pd.Series:
-    "(x - rolling mean) / rolling std over the trailing window (the window includes the current row)."
+    "(x - rolling mean) / rolling std over the trailing window (the window includes the current row); 0 on a constant window."
+    return rolling_zscore_or_zero(values, window, min_periods)[0]
+
+
+def rolling_zscore_or_zero(values: pd.Series, window: int, min_periods: int | None = None) -> tuple[pd.Series, pd.Series]:
+    "`rolling_zscore` and the rows where the window was constant (std 0: the value is its mean, z = 0)."
     rolling = values.rolling(window, min_periods=min_periods or window)
-    return (values - rolling.mean()) / rolling.std()
+    std = rolling.std()
+    return neutral_where((values - rolling.mean()) / std, std == 0, 0.0)
+
+
+def neutral_where(values: pd.Series, undefined: pd.Series, neutral: float) -> tuple[pd.Series, pd.Series]:
+    "`values` with `neutral` on the rows where `undefined` (e.g. a zero denominator), and those rows as a mask."
+    undefined = undefined.fillna(False).astype(bool)
+    return values.mask(undefined, neutral), undefined
+
+
+def ratio_or_neutral(numerator: pd.Series, denominator: pd.Series, neutral: float) -> tuple[pd.Series, pd.Series]:
+    "numerator / denominator, `neutral` where the denominator is 0 (nothing traded or no range: x/0 carries no information)."
+    return neutral_where(numerator / denominator, (denominator == 0) & numerator.notna(), neutral)
+
+
+def rolling_corr_or_zero(a: pd.Series, b: pd.Series, window: int, min_periods: int | None = None) -> tuple[pd.Series, pd.Series]:
+    "Rolling correlation of a and b, 0 where either is constant over a full window (no co-movement to measure)."
+    minimum = min_periods or window
+    constant = (a.rolling(window, min_periods=minimum).std() == 0) | (b.rolling(window, min_periods=minimum).std() == 0)
+    return neutral_where(a.rolling(window, min_periods=minimum).corr(b), constant, 0.0)
 
 # %% ../../nbs/core/05_features.ipynb #9386dca8
 def completed_higher_bars(bars: pd.DataFrame, timeframe: str, higher: str) -> pd.DataFrame:
@@ -157,11 +183,15 @@ class FeatureBuilder:
     specs: list[FeatureSpec] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)
 
-    def add(self, name: str, group: str, formula: str, values: pd.Series | np.ndarray) -> None:
-        "Add one feature column (values aligned to index)."
+    neutral: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def add(self, name: str, group: str, formula: str, values: pd.Series | np.ndarray | tuple, neutral=None) -> None:
+        "Add one feature column (values aligned to index); a (values, neutral rows) pair records where its neutral value was used."
         if name in self.columns: raise ValueError(f"feature {name!r} defined twice")
+        if isinstance(values, tuple): values, neutral = values
         self.columns[name] = pd.Series(np.asarray(values, dtype="float64"), index=self.index)
         self.specs.append(FeatureSpec(name, group, formula))
+        if neutral is not None and np.asarray(neutral).any(): self.neutral[name] = np.asarray(neutral, dtype=bool)
 
     def drop(self, names: list[str], reason: str) -> None:
         "Record features that could not be computed, with the reason."
@@ -255,8 +285,9 @@ def _add_momentum(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Series) -> Non
     for w in RSI_WINDOWS:
         fb.add(f"rsi_{w}", "momentum", f"Wilder RSI over {w} bars, 0..100", rsi(c, w))
     lowest, highest = l.rolling(14).min(), h.rolling(14).max()
-    stoch_k = 100 * (c - lowest) / (highest - lowest)
-    fb.add("stoch_k_14", "momentum", "100 (close - min_14(low)) / (max_14(high) - min_14(low))", stoch_k)
+    stoch_k, flat = ratio_or_neutral(100 * (c - lowest), highest - lowest, 50.0)
+    fb.add("stoch_k_14", "momentum", "100 (close - min_14(low)) / (max_14(high) - min_14(low)); 50 on a flat window",
+           stoch_k, flat)
     fb.add("stoch_d_14", "momentum", "mean_3(stoch_k_14)", stoch_k.rolling(3).mean())
     up_move, down_move = h.diff(), -l.diff()
     plus_dm = up_move.where((up_move > down_move) & (up_move > 0), 0.0)
@@ -274,7 +305,8 @@ def _add_bands_trend_range(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Serie
     h, l, c = bars["high"], bars["low"], bars["close"]
     for w in (20, 50):
         mean, std = c.rolling(w).mean(), c.rolling(w).std()
-        fb.add(f"bb_pctb_{w}", "bands", f"(close - (SMA_{w} - 2 sd_{w})) / (4 sd_{w})", (c - mean + 2 * std) / (4 * std))
+        fb.add(f"bb_pctb_{w}", "bands", f"(close - (SMA_{w} - 2 sd_{w})) / (4 sd_{w}); 0.5 on a flat window",
+               ratio_or_neutral(c - mean + 2 * std, 4 * std, 0.5))
         fb.add(f"bb_width_{w}", "bands", f"4 sd_{w}(close) / SMA_{w}(close)", 4 * std / mean)
     emas = {span: ema(c, span) for span in EMA_SPANS}
     for span in EMA_SPANS:
@@ -285,8 +317,8 @@ def _add_bands_trend_range(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Serie
         highest, lowest = h.rolling(w).max(), l.rolling(w).min()
         fb.add(f"dist_high_{w}", "range", f"close / max_{w}(high) - 1", c / highest - 1)
         fb.add(f"dist_low_{w}", "range", f"close / min_{w}(low) - 1", c / lowest - 1)
-        fb.add(f"range_pos_{w}", "range", f"(close - min_{w}(low)) / (max_{w}(high) - min_{w}(low))",
-               (c - lowest) / (highest - lowest))
+        fb.add(f"range_pos_{w}", "range", f"(close - min_{w}(low)) / (max_{w}(high) - min_{w}(low)); 0.5 on a flat window",
+               ratio_or_neutral(c - lowest, highest - lowest, 0.5))
 
 
 def _add_candle_distribution(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Series) -> None:
@@ -301,42 +333,46 @@ def _add_candle_distribution(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Ser
     fb.add("candle_close_loc", "candle", "(close - low) / (high - low); 0.5 on a flat bar",
            ((c - l) / bar_range).fillna(0.5).where(c.notna()))
     ret = log_return(c)
-    fb.add("skew_24", "distribution", "rolling skew of ret_1 over 24 bars", ret.rolling(24).skew())
-    fb.add("skew_168", "distribution", "rolling skew of ret_1 over 168 bars", ret.rolling(168).skew())
-    fb.add("kurt_168", "distribution", "rolling excess kurtosis of ret_1 over 168 bars", ret.rolling(168).kurt())
+    for name, w, moment in (("skew_24", 24, "skew"), ("skew_168", 168, "skew"), ("kurt_168", 168, "kurt")):
+        word = "skew" if moment == "skew" else "excess kurtosis"
+        fb.add(name, "distribution", f"rolling {word} of ret_1 over {w} bars; 0 on a constant window",
+               neutral_where(getattr(ret.rolling(w), moment)(), ret.rolling(w).std() == 0, 0.0))
 
 
 def _add_volume(fb: FeatureBuilder, bars: pd.DataFrame, max_missing_share: float, inputs) -> None:
     "Volume z-scores and log ratios; taker-buy and trade-count features when those columns are usable."
     v = bars["volume"]
-    fb.add("volume_z_24", "volume", "(volume - mean_24) / std_24", rolling_zscore(v, 24))
-    fb.add("volume_z_168", "volume", "(volume - mean_168) / std_168", rolling_zscore(v, 168))
-    fb.add("log_volume_ratio_1_24", "volume", "ln(max(volume / mean_24(volume), 0.01)): zero-volume bars floored",
-           safe_log((v / v.rolling(24).mean()).clip(lower=0.01)))
-    fb.add("log_volume_ratio_6_48", "volume", "ln(mean_6(volume) / mean_48(volume))",
-           safe_log(v.rolling(6).mean() / v.rolling(48).mean()))
-    fb.add("volume_absret_corr_24", "volume", "rolling corr(volume, |ret_1|) over 24 bars",
-           v.rolling(24).corr(log_return(bars["close"]).abs()))
+    fb.add("volume_z_24", "volume", "(volume - mean_24) / std_24; 0 on a constant window", rolling_zscore_or_zero(v, 24))
+    fb.add("volume_z_168", "volume", "(volume - mean_168) / std_168; 0 on a constant window", rolling_zscore_or_zero(v, 168))
+    ratio, idle = ratio_or_neutral(v, v.rolling(24).mean(), 1.0)
+    fb.add("log_volume_ratio_1_24", "volume", "ln(max(volume / mean_24(volume), 0.01)): zero-volume bars floored; "
+           "0 when the whole window traded nothing", safe_log(ratio.clip(lower=0.01)), idle)
+    ratio, idle = ratio_or_neutral(v.rolling(6).mean(), v.rolling(48).mean(), 1.0)
+    fb.add("log_volume_ratio_6_48", "volume", "ln(max(mean_6(volume) / mean_48(volume), 0.01)); 0 when the 48 bars "
+           "traded nothing", safe_log(ratio.clip(lower=0.01)), idle)
+    fb.add("volume_absret_corr_24", "volume", "rolling corr(volume, |ret_1|) over 24 bars; 0 when either is constant",
+           rolling_corr_or_zero(v, log_return(bars["close"]).abs(), 24))
     reason = _optional_input_reason(bars, "taker_buy_base", max_missing_share, inputs)
     if reason: fb.drop(list(OPTIONAL_INPUTS["taker_buy_base"]), reason)
     else:
         taker = bars["taker_buy_base"]
-        ratio = taker / v
-        fb.add("taker_buy_ratio", "flow", "taker_buy_base / volume", ratio)
-        fb.add("taker_buy_ratio_z_168", "flow", "rolling z-score of taker_buy_ratio over 168 bars (>= 151 valid)",
-               rolling_zscore(ratio, 168, min_periods=151))
-        fb.add("taker_imbalance_24", "flow", "sum_24(2 taker_buy_base - volume) / sum_24(volume)",
-               (2 * taker - v).rolling(24, min_periods=22).sum() / v.rolling(24, min_periods=22).sum())
+        ratio, idle = ratio_or_neutral(taker, v, 0.5)
+        fb.add("taker_buy_ratio", "flow", "taker_buy_base / volume; 0.5 on a zero-volume bar", ratio, idle)
+        fb.add("taker_buy_ratio_z_168", "flow", "rolling z-score of taker_buy_ratio over 168 bars (>= 151 valid); "
+               "0 on a constant window", rolling_zscore_or_zero(ratio, 168, min_periods=151))
+        fb.add("taker_imbalance_24", "flow", "sum_24(2 taker_buy_base - volume) / sum_24(volume); 0 when nothing traded",
+               ratio_or_neutral((2 * taker - v).rolling(24, min_periods=22).sum(), v.rolling(24, min_periods=22).sum(), 0.0))
     reason = _optional_input_reason(bars, "trades", max_missing_share, inputs)
     if reason: fb.drop(list(OPTIONAL_INPUTS["trades"]), reason)
     else:
         trades = bars["trades"]
-        fb.add("trades_z_168", "flow", "rolling z-score of trades over 168 bars (>= 151 valid)",
-               rolling_zscore(trades, 168, min_periods=151))
-        size_24 = v.rolling(24, min_periods=22).sum() / trades.rolling(24, min_periods=22).sum()
+        fb.add("trades_z_168", "flow", "rolling z-score of trades over 168 bars (>= 151 valid); 0 on a constant window",
+               rolling_zscore_or_zero(trades, 168, min_periods=151))
+        trades_24 = trades.rolling(24, min_periods=22).sum()
+        size_24 = v.rolling(24, min_periods=22).sum() / trades_24
         size_168 = v.rolling(168, min_periods=151).sum() / trades.rolling(168, min_periods=151).sum()
-        fb.add("log_trade_size_ratio_24_168", "flow", "ln((sum_24 volume / sum_24 trades) / (sum_168 volume / sum_168 trades))",
-               safe_log(size_24 / size_168))
+        fb.add("log_trade_size_ratio_24_168", "flow", "ln((sum_24 volume / sum_24 trades) / (sum_168 volume / sum_168 trades)); "
+               "0 when the 24 bars had no trade", neutral_where(safe_log(size_24 / size_168), (trades_24 == 0) & size_168.notna(), 0.0))
 
 
 def _add_calendar(fb: FeatureBuilder, timeframe: str) -> None:
@@ -396,4 +432,4 @@ def base_features(bars: pd.DataFrame, *, timeframe: str = "1h",
     _add_higher_timeframes(fb, bars, timeframe)
     frame = fb.frame()
     return FeatureFrame(frame=frame, base=list(frame.columns), cross=[], dropped=fb.dropped, specs=fb.specs,
-                        warmup_bars=warmup_bars(frame))
+                        warmup_bars=warmup_bars(frame), neutral=fb.neutral)

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from .features import (MAX_MISSING_SHARE, REFERENCE_SYMBOLS, FeatureBuilder, FeatureFrame,
-                                   average_true_range, base_features, check_bars, log_return, macd, safe_log, warmup_bars)
+                                   average_true_range, base_features, check_bars, log_return, macd, ratio_or_neutral,
+                                   safe_log, warmup_bars)
 
 # %% auto #0
 __all__ = ['symbol_prefix', 'reference_symbol', 'aligned_returns', 'cross_asset_features', 'build_features', 'truncate_market',
@@ -47,7 +48,7 @@ def cross_asset_features(market: dict[str, pd.DataFrame], target: str, *, timefr
     _add_reference(fb, market, target, returns, market_ret)
     frame = fb.frame()
     return FeatureFrame(frame=frame, base=[], cross=list(frame.columns), dropped=fb.dropped, specs=fb.specs,
-                        warmup_bars=warmup_bars(frame))
+                        warmup_bars=warmup_bars(frame), neutral=fb.neutral)
 
 
 def _add_leaders(fb: FeatureBuilder, market: dict[str, pd.DataFrame], target: str, index: pd.DatetimeIndex) -> None:
@@ -114,8 +115,9 @@ def _add_reference(fb: FeatureBuilder, market: dict[str, pd.DataFrame], target: 
            ref_ret_24 - log_return(target_close, 24))
     fb.add("corr_mkt_168", "cross", "corr_168(ret_1, mkt ret_1)",
            target_ret.rolling(168, min_periods=151).corr(market_ret))
-    fb.add("rel_vol_mkt_24", "cross", "ln(std_24(ret_1) / std_24(mkt ret_1))",
-           safe_log(target_ret.rolling(24).std() / market_ret.rolling(24).std()))
+    ratio, flat = ratio_or_neutral(target_ret.rolling(24).std(), market_ret.rolling(24).std(), 1.0)
+    fb.add("rel_vol_mkt_24", "cross", "ln(max(std_24(ret_1) / std_24(mkt ret_1), 0.01)): a flat target floored; "
+           "0 when the whole market was flat", safe_log(ratio.clip(lower=0.01)), flat)
 
 
 def build_features(market: dict[str, pd.DataFrame], target: str, *, timeframe: str = "1h",
@@ -130,7 +132,7 @@ def build_features(market: dict[str, pd.DataFrame], target: str, *, timeframe: s
     cross = cross_asset_features(market, target, timeframe=timeframe)
     frame = pd.concat([base.frame, cross.frame], axis=1)
     return FeatureFrame(frame=frame, base=base.base, cross=cross.cross, dropped={**base.dropped, **cross.dropped},
-                        specs=base.specs + cross.specs, warmup_bars=warmup_bars(frame))
+                        specs=base.specs + cross.specs, warmup_bars=warmup_bars(frame), neutral={**base.neutral, **cross.neutral})
 
 # %% ../../nbs/core/06_market_features.ipynb #c0fa446e
 def truncate_market(market: dict[str, pd.DataFrame], cut: pd.Timestamp) -> dict[str, pd.DataFrame]:
