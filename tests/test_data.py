@@ -235,6 +235,20 @@ def test_cache_hit_and_invalidation(tmp_path):
     assert changed.report.cache_hits == 0 and changed.fingerprint != cold.fingerprint
 
 
+def test_a_corrupt_cache_entry_is_rebuilt_not_used(tmp_path):
+    (tmp_path / "data").mkdir()
+    write_dump(kline_rows(), tmp_path / "data" / "BTCUSDT-1h.csv")
+    cold = load_bars(tmp_path / "data", cache_dir=tmp_path / "cache")
+    cached = next((tmp_path / "cache").glob("*.parquet"))
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    cached.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=rf"rebuilding a corrupt cache entry: .*{cached.name}: corrupt"):
+        again = load_bars(tmp_path / "data", cache_dir=tmp_path / "cache")
+    assert again.report.cache_hits == 0 and again.fingerprint == cold.fingerprint
+    assert load_bars(tmp_path / "data", cache_dir=tmp_path / "cache").report.cache_hits == 1   # rewritten, verified
+
+
 def test_report_serialises(tmp_path):
     write_dump(kline_rows(), tmp_path / "BTCUSDT-1h.csv")
     market = load_bars(tmp_path, cache_dir=False)

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from .config import TIMEFRAME_DELTA
 from .klines import (BAR_FILE_SUFFIXES, EXTRA_COLUMNS, PRICE_COLUMNS, REQUIRED_COLUMNS, DataError, read_klines,
                                  canonical_column, first_bad_cell, row_where, row_where_at, to_utc_open_time,
                                  unit_counts)
-from .rundir import write_atomically
+from .rundir import CorruptArtifact, read_json, read_parquet, write_atomically
 
 # %% auto #0
 __all__ = ['DATA_CODE_VERSION', 'MAX_EXAMPLES', 'FileReport', 'validate_bars', 'DataReport', 'MarketData', 'fingerprint',
@@ -334,9 +335,12 @@ def _load_symbol(symbol: str, files: list[Path], file_timeframe: str, timeframe:
     if cache_dir is not None:
         frame_path, report_path = _cache_paths(cache_dir, symbol, files, settings)
         if frame_path.exists() and report_path.exists():
-            report = FileReport(**json.loads(report_path.read_text()))
-            report.cached = True
-            return pd.read_parquet(frame_path), report
+            try:   # verified like every artifact; a corrupt cache entry is rebuilt, never used
+                report, frame = FileReport(**read_json(report_path)), read_parquet(frame_path)
+                report.cached = True
+                return frame, report
+            except CorruptArtifact as error:
+                warnings.warn(f"rebuilding a corrupt cache entry: {error}")
     raw = pd.concat([read_klines(p) for p in files], ignore_index=True) if len(files) > 1 else read_klines(files[0])
     bars, report = validate_bars(raw, name=symbol, timeframe=file_timeframe, start=start, end=end)
     if timeframe != file_timeframe:

@@ -186,9 +186,14 @@ def data_section(prepare: dict) -> list[str]:
                      + " | ".join(str(f.get(key, 0)) for key in REPAIRS) + f" | {', '.join(f.get('dropped_columns') or []) or '-'} |")
     examples = [f"- {symbol}, {kind}: {', '.join(map(str, shown[:2]))}" for symbol, f in files.items()
                 for kind, shown in (f.get("examples") or {}).items() if shown]
-    built = [f"- {tf}: {s.get('rows')} rows after {s.get('warmup_rows')} warm-up rows; "
-             + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in (s.get("repairs") or {}).items())
-             for tf, s in prepare.get("timeframes", {}).items()]
+    built = []
+    for tf, s in prepare.get("timeframes", {}).items():
+        excluded, neutral = s.get("excluded_rows") or {}, s.get("neutral_values") or {}
+        built.append(f"- {tf}: {s.get('rows')} rows after {s.get('warmup_rows')} warm-up bars; {excluded.get('rows', 0)} rows "
+                     f"excluded because a feature was undefined there"
+                     + (f" (first {', '.join(excluded['first_rows'][:3])}; no bar of {excluded['no_bar_of']})" if excluded.get("rows") else "")
+                     + (f"; neutral values used (zero denominators): {', '.join(f'{k} {v}' for k, v in neutral.items())}" if neutral else "")
+                     + (f"; cross-asset {s['cross_asset']}" if str(s.get("cross_asset", "")).startswith("off") else ""))
     return lines + ([""] + examples if examples else []) + ["", "Feature tables:", *built, ""]
 
 
