@@ -57,7 +57,8 @@ def test_zero_volume_day_gives_neutral_values_counted(tmp_path):
     summary = prepare(tmp_path, {"BTCUSDT": btc, "ETHUSDT": eth})["timeframes"]["1h"]
     table, _ = table_of(tmp_path)
     assert summary["excluded_rows"]["rows"] == 0 and summary["rows"] == len(table) == 2065
-    assert summary["neutral_values"] == {"stoch_k_14": 11, "range_pos_24": 1, "skew_24": 1, "volume_z_24": 1,
+    # bb_pctb_20: the 6 windows of 20 flat closes have std exactly 0 (per-window std; running sums left ~1e-12 there)
+    assert summary["neutral_values"] == {"stoch_k_14": 11, "bb_pctb_20": 6, "range_pos_24": 1, "skew_24": 1, "volume_z_24": 1,
                                          "log_volume_ratio_1_24": 1, "volume_absret_corr_24": 1, "taker_buy_ratio": 24,
                                          "taker_imbalance_24": 1, "log_trade_size_ratio_24_168": 1}
     day = pd.date_range("2024-03-21", periods=24, freq="1h", tz="UTC")

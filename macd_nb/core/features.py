@@ -16,10 +16,10 @@ from .config import TIMEFRAME_DELTA
 __all__ = ['RETURN_LAGS', 'VOLATILITY_WINDOWS', 'MACD_SPEEDS', 'RSI_WINDOWS', 'EMA_SPANS', 'HIGHER_TIMEFRAMES', 'ATR_WINDOW',
            'MAX_MISSING_SHARE', 'FEATURE_SET_VERSION', 'OPTIONAL_INPUTS', 'REFERENCE_SYMBOLS', 'REQUIRED_COLUMNS',
            'FeatureSpec', 'FeatureFrame', 'feature_table', 'ema', 'wilder', 'log_return', 'safe_log', 'true_range',
-           'average_true_range', 'rsi', 'macd', 'bars_since_cross', 'rolling_zscore', 'rolling_zscore_or_zero',
-           'neutral_where', 'ratio_or_neutral', 'rolling_corr_or_zero', 'completed_higher_bars',
-           'attach_higher_timeframe', 'FeatureBuilder', 'check_bars', 'FeatureInputError', 'warmup_bars',
-           'base_features']
+           'average_true_range', 'rsi', 'macd', 'bars_since_cross', 'rolling_zscore', 'rolling_mean_std',
+           'rolling_zscore_or_zero', 'neutral_where', 'ratio_or_neutral', 'rolling_corr_or_zero',
+           'completed_higher_bars', 'attach_higher_timeframe', 'FeatureBuilder', 'check_bars', 'FeatureInputError',
+           'warmup_bars', 'base_features']
 
 # %% ../../nbs/core/05_features.ipynb #4a53ec85
 @dataclass(frozen=True)
@@ -127,11 +127,26 @@ def rolling_zscore(values: pd.Series, window: int, min_periods: int | None = Non
     return rolling_zscore_or_zero(values, window, min_periods)[0]
 
 
+def rolling_mean_std(values: pd.Series, window: int) -> tuple[pd.Series, pd.Series]:
+    "Trailing mean and sample std of full windows (NaN if one holds a NaN), each from its own window; std exactly 0 when constant."
+    # pandas' running sums carry rounding from the start of the series (1e-9 on a %b of prices near 1e5): computed per
+    # window, a value does not depend on where the series starts, so a live window reproduces the batch value
+    x = values.to_numpy(dtype="float64")
+    mean, std = np.full(len(x), np.nan), np.full(len(x), np.nan)
+    if len(x) >= window:
+        windows = np.lib.stride_tricks.sliding_window_view(x, window)
+        mean[window - 1:] = windows.mean(axis=1)
+        std[window - 1:] = np.where(np.ptp(windows, axis=1) == 0, 0.0, windows.std(axis=1, ddof=1))
+    return pd.Series(mean, index=values.index), pd.Series(std, index=values.index)
+
+
 def rolling_zscore_or_zero(values: pd.Series, window: int, min_periods: int | None = None) -> tuple[pd.Series, pd.Series]:
     "`rolling_zscore` and the rows where the window was constant (std 0: the value is its mean, z = 0)."
-    rolling = values.rolling(window, min_periods=min_periods or window)
-    std = rolling.std()
-    return neutral_where((values - rolling.mean()) / std, std == 0, 0.0)
+    if min_periods in (None, window): mean, std = rolling_mean_std(values, window)
+    else:
+        rolling = values.rolling(window, min_periods=min_periods)
+        mean, std = rolling.mean(), rolling.std()
+    return neutral_where((values - mean) / std, std == 0, 0.0)
 
 
 def neutral_where(values: pd.Series, undefined: pd.Series, neutral: float) -> tuple[pd.Series, pd.Series]:
@@ -304,7 +319,7 @@ def _add_bands_trend_range(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Serie
     "Bollinger %b and bandwidth, EMA distances in ATR, distance to rolling highs and lows."
     h, l, c = bars["high"], bars["low"], bars["close"]
     for w in (20, 50):
-        mean, std = c.rolling(w).mean(), c.rolling(w).std()
+        mean, std = rolling_mean_std(c, w)
         fb.add(f"bb_pctb_{w}", "bands", f"(close - (SMA_{w} - 2 sd_{w})) / (4 sd_{w}); 0.5 on a flat window",
                ratio_or_neutral(c - mean + 2 * std, 4 * std, 0.5))
         fb.add(f"bb_width_{w}", "bands", f"4 sd_{w}(close) / SMA_{w}(close)", 4 * std / mean)
