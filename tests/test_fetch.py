@@ -252,6 +252,16 @@ def test_dumps_in_ms_and_us_load_to_the_same_bars_as_rest(httpserver, tmp_path):
     assert (again.added, again.requests) == (0, 1)   # complete months are not downloaded again; February asked once more
 
 
+def test_a_dump_back_fills_a_month_the_api_started_late_in_order(httpserver, tmp_path):
+    serve(httpserver, DECEMBER)
+    fetch(httpserver, tmp_path, FEBRUARY_10, start="2024-12-15", end="2024-12-31", limit=1000)
+    assert_stored(tmp_path, DECEMBER[14 * 24:])
+    publish(httpserver, "2024-12", DECEMBER)
+    [summary] = fetch(httpserver, tmp_path, FEBRUARY_10, start="2024-12-01", end="2024-12-31", source="dumps")
+    assert (summary.added, summary.first, summary.last) == (14 * 24, "2024-12-01 00:00", "2024-12-14 23:00")
+    assert_stored(tmp_path, DECEMBER)   # rewritten in order; the bars both sources hold were checked equal
+
+
 def test_a_wrong_checksum_is_refused_and_nothing_kept(httpserver, tmp_path):
     archive = zipped(DECEMBER, "BTCUSDT-1h-2024-12.zip")
     publish(httpserver, "2024-12", DECEMBER, checksum="0" * 64)
