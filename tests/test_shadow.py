@@ -1,0 +1,134 @@
+"""Shadow mode: a replay through a deployed smoke run, restarts without duplicates or gaps, SIGKILL and SIGTERM, fallback."""
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from macd_nb.core.config import profile_config
+from macd_nb.core.data import load_bars
+from macd_nb.core.klines import write_kline_dump
+from macd_nb.core.prepare import load_table, prepare_run
+from macd_nb.core.rundir import read_parquet, write_manifest
+from macd_nb.export.onnx import run_export
+from macd_nb.export.registry import promote
+from macd_nb.models.lgb import run_lgb
+from macd_nb.models.lstm import run_lstm
+from macd_nb.models.stacking import run_stacking
+from macd_nb.models.xgb import run_xgb
+from macd_nb.serve.log import PredictionLog
+from macd_nb.serve.shadow import replay_source, shadow
+
+MACD_NB = str(Path(sys.executable).parent / "macd-nb")
+
+
+def as_klines(bars: pd.DataFrame) -> pd.DataFrame:
+    "Canonical bars back in Binance's kline layout (ms timestamps), as a dump would hold them."
+    open_ms = bars.index.as_unit("ms").asi8
+    return pd.DataFrame({"open_time": open_ms, "open": bars["open"], "high": bars["high"], "low": bars["low"],
+                         "close": bars["close"], "volume": bars["volume"], "close_time": open_ms + 3_599_999,
+                         "quote_volume": bars["quote_volume"], "trades": bars["trades"].astype("int64"),
+                         "taker_buy_base": bars["taker_buy_base"], "taker_buy_quote": bars["taker_buy_quote"], "ignore": 0})
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    "A deployable smoke run (LightGBM, XGBoost, LSTM, stacked) promoted to alias 1h, and its market as kline files."
+    root = tmp_path_factory.mktemp("shadow")
+    run_dir, registry, klines = root / "run_s", root / "registry", root / "klines"
+    config = profile_config("smoke", stacking_base_models=["lgb", "xgb", "lstm"], stacking_oof_auc=0.0, stacking_min_oof={},
+                            feature_inputs=[])
+    prepare_run(config, run_dir)
+    run_lgb(config, run_dir), run_xgb(config, run_dir), run_lstm(config, run_dir)
+    run_stacking(config, run_dir), run_export(config, run_dir)
+    write_manifest(run_dir)
+    promote(registry, run_dir, "1h", why="test")
+    klines.mkdir()
+    market = load_bars("synthetic", symbols=config.data.symbols, n_bars=config.data.n_bars, seed=config.seed).bars
+    for symbol, bars in market.items(): write_kline_dump(as_klines(bars), klines / f"{symbol}-1h.csv")
+    return run_dir, registry, klines
+
+
+def test_replay_predictions_are_the_stages_own(deployed, tmp_path):
+    "Replayed bar by bar through live features, the logged probabilities equal the test-period predictions of stage 2."
+    run_dir, registry, klines = deployed
+    test = read_parquet(run_dir / "test" / "stacking_1h.parquet")
+    bars = test.index[-6:]
+    symbols = ["BTCUSDT"] + [s for s in profile_config("smoke").data.symbols if s != "BTCUSDT"]
+    counts = shadow("1h", registry, lambda config: replay_source(klines, symbols, start=bars[0], end=bars[-1]),
+                    tmp_path / "log.sqlite", start=bars[0], say=lambda _: None)
+    assert counts == {"predicted": 6, "already_logged": 0, "fallback": 0, "skipped": 0}
+    frame = PredictionLog(tmp_path / "log.sqlite").frame()
+    assert list(frame["bar_time"]) == list(bars)
+    np.testing.assert_allclose(frame["p_up"], test.loc[bars, "pred"], atol=1e-6)
+    assert frame["outcome"].notna().sum() == 5                          # the last bar's horizon has not closed yet
+    # run again: nothing new, nothing twice
+    again = shadow("1h", registry, lambda config: replay_source(klines, symbols, start=bars[0], end=bars[-1]),
+                   tmp_path / "log.sqlite", start=bars[0], say=lambda _: None)
+    assert again["predicted"] == 0 and len(PredictionLog(tmp_path / "log.sqlite").frame()) == 6
+
+
+def test_an_unhealthy_model_falls_back_to_the_best_healthy_one(deployed, tmp_path):
+    run_dir, registry, klines = deployed
+    copy = tmp_path / "registry"
+    shutil.copytree(registry, copy)
+    onnx = next((copy / "runs").glob("*/models/lgb_1h.onnx"))
+    onnx.write_bytes(onnx.read_bytes()[:-20])                           # a damaged model file
+    bars = read_parquet(run_dir / "test" / "stacking_1h.parquet").index[-3:]
+    said = []
+    counts = shadow("1h", copy, lambda config: replay_source(klines, config.data.symbols, start=bars[0], end=bars[-1]),
+                    tmp_path / "log.sqlite", start=bars[0], order=["lgb", "lstm", "xgb"], say=said.append)
+    assert counts["predicted"] == 3 and counts["fallback"] == 3
+    assert any("lgb is unhealthy" in line for line in said)
+    frame = PredictionLog(tmp_path / "log.sqlite").frame()
+    assert frame["fallback"].str.startswith("lstm (lgb unhealthy").all()
+    assert (frame["p_up"] == frame["models"].map(lambda m: m["lstm"])).all()
+
+
+def _rows(db: Path) -> int:
+    try:
+        with sqlite3.connect(db, timeout=5) as connection: return connection.execute("SELECT count(*) FROM predictions").fetchone()[0]
+    except sqlite3.OperationalError: return 0
+
+
+def test_sigkill_then_restart_gives_exactly_one_prediction_per_bar(deployed, tmp_path):
+    run_dir, registry, klines = deployed
+    bars = load_table(run_dir, "1h")[0].index[-40:]
+    db = tmp_path / "log.sqlite"
+    command = [MACD_NB, "shadow", "--alias", "1h", "--registry", str(registry), "--source", f"replay:{klines}", "--db", str(db),
+               "--start", str(bars[0]), "--end", str(bars[-1])]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _rows(db) < 10 and time.monotonic() < deadline and process.poll() is None: time.sleep(0.05)
+    assert process.poll() is None, process.stderr.read()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 10 <= _rows(db) < 40
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    log = PredictionLog(db)
+    frame = log.frame()
+    assert list(frame["bar_time"]) == list(bars)                        # every bar once: no gap, no duplicate
+    assert log.integrity() == "ok"
+
+
+def test_sigterm_stops_cleanly(deployed, tmp_path):
+    run_dir, registry, klines = deployed
+    bars = load_table(run_dir, "1h")[0].index[-40:]
+    db = tmp_path / "log.sqlite"
+    process = subprocess.Popen([MACD_NB, "shadow", "--registry", str(registry), "--source", f"replay:{klines}", "--db", str(db),
+                                "--start", str(bars[0]), "--end", str(bars[-1]), "--speed", "4"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _rows(db) < 3 and time.monotonic() < deadline and process.poll() is None: time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "shadow: predicted" in out and 3 <= _rows(db) < 40
+    assert PredictionLog(db).integrity() == "ok"
