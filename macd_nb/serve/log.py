@@ -68,6 +68,11 @@ class PredictionLog:
                                (symbol, timeframe, int(model_version))).fetchall()
         return {pd.Timestamp(r[0]) for r in rows}
 
+    def last_bar(self, symbol: str, timeframe: str) -> pd.Timestamp | None:
+        "The newest bar logged for this symbol and timeframe (any model version), or None."
+        newest = self.db.execute("SELECT max(bar_time) FROM predictions WHERE symbol=? AND timeframe=?", (symbol, timeframe)).fetchone()[0]
+        return None if newest is None else pd.Timestamp(newest)
+
     def fill_outcomes(self, symbol: str, timeframe: str, closes: pd.Series) -> int:
         "Fill `outcome` and `outcome_return` of every logged bar whose horizon has closed in `closes` (open time -> close)."
         pending = self.db.execute("SELECT bar_time, horizon FROM predictions WHERE symbol=? AND timeframe=? AND outcome_return "

@@ -133,7 +133,9 @@ def shadow(alias: str, registry: str | Path,
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     counts = {"predicted": 0, "already_logged": 0, "fallback": 0, "skipped": 0}
     target = served.config.data.target
-    first = utc(start) if start is not None else None
+    # without --start: carry on after the newest bar logged (back-filling the downtime), or begin with the newest closed bar
+    newest = log.last_bar(target, alias)
+    first = utc(start) if start is not None else (newest + step if newest is not None else None)
     try:
         for market in source(served.config):
             pointer = read_alias(served.predictor.registry, alias)
