@@ -1,8 +1,11 @@
 """Stage 3, ONNX export: trees keep double-precision thresholds (a value one ulp from a threshold goes the same way as
 in LightGBM), every exporter passes parity and fails it when perturbed, networks export with a dynamic batch and are
-left in eval mode, and the stage writes hashed files and its record."""
+left in eval mode, and the stage writes hashed files, its record and the drift reference the monitor bins live data by."""
+import json
+
 import lightgbm as lgb
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import xgboost as xgb
@@ -116,3 +119,14 @@ def test_the_stage_exports_a_run_and_records_it(tmp_path):
         assert sha256_file(tmp_path / entry["file"]) == entry["sha256"] and entry["file"].endswith(f"{name}_1h.onnx")
         for batch in ("batch_1", "batch_256"):
             assert entry["latency_ms"][batch]["onnx"]["p50_ms"] > 0 and entry["latency_ms"][batch]["native"]["p50_ms"] > 0
+    drift = json.loads((tmp_path / "models" / "drift_reference_1h.json").read_text())   # the monitor's fixed bins
+    assert "models/drift_reference_1h.json" in record["artifacts"]
+    served = set(lgb.Booster(model_file=str(tmp_path / "models" / "lgb_1h.txt")).feature_name())
+    served |= set(json.loads((tmp_path / "models" / "lstm_1h.json").read_text())["features"])
+    assert set(drift["features"]) >= served
+    oof = pd.read_parquet(tmp_path / "oof" / "stacking_1h.parquet")
+    assert drift["prediction_rows"]["n_rows"] == len(oof) == drift["prediction"]["n"]
+    for bins in [drift["prediction"], *drift["features"].values()]:
+        assert sum(bins["shares"]) + bins["missing_share"] == pytest.approx(1, abs=1e-12)
+        assert len(bins["shares"]) == len(bins["edges"]) + 1 and np.all(np.diff(bins["edges"]) > 0)
+        assert min(bins["shares"]) > 0 or bins["missing_share"] == 1   # every bin of the reference holds data

@@ -10,7 +10,7 @@ import pytest
 
 from macd_nb.core.config import profile_config
 from macd_nb.core.prepare import prepare_run
-from macd_nb.core.rundir import sha256_file, write_manifest
+from macd_nb.core.rundir import sha256_file, verify_artifact, write_manifest
 from macd_nb.export.onnx import run_export
 from macd_nb.export.package import DeployError, build_package, deploy, run_package
 from macd_nb.export.registry import read_alias
@@ -67,6 +67,7 @@ def test_a_good_package_deploys_and_its_alias_is_healthy(packaged, tmp_path):
     assert read_alias(registry, "1h")["run"] == result["run"]
     report = MLPredictor("1h", registry).health_check()
     assert report["status"] == "healthy", report["reasons"]
+    verify_artifact(registry / "runs" / result["run"], "models/drift_reference_1h.json")   # the monitor reads it from here
     assert deploy(tarball, registry)["aliases"]["1h"] == "already current"   # deploying again changes nothing
 
 

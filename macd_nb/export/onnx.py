@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['PARITY_MAX_ABS_DIFF', 'GOLDEN_ROWS', 'lightgbm_to_onnx', 'xgboost_to_onnx', 'stacking_to_onnx', 'fusion_to_onnx',
-           'sequence_to_onnx', 'onnx_session', 'parity', 'perturbed', 'latency', 'save_golden', 'run_export']
+           'sequence_to_onnx', 'onnx_session', 'parity', 'perturbed', 'latency', 'save_golden', 'write_drift_reference',
+           'run_export']
 
 # %% ../../nbs/export/01_onnx.ipynb #3fc0af2e
 import time
@@ -17,7 +18,8 @@ import pandas as pd
 from onnx import TensorProto, helper, numpy_helper
 
 from ..core.config import RunConfig, library_versions
-from ..core.rundir import RunPaths, model_result, read_json, sha256_file, verified, write_atomically, write_json
+from ..core.rundir import (
+    RunPaths, model_result, read_json, read_parquet, sha256_file, verified, write_atomically, write_json)
 from ..core.stages import stage_named
 
 # %% ../../nbs/export/01_onnx.ipynb #985fdf1b
@@ -327,6 +329,35 @@ def _export_fusion(run_dir: Path, paths: RunPaths, fusion_path: Path, timeframe:
                             "macd_nb.export.onnx.fusion_to_onnx (float64)")
 
 
+def _deployment_rows(paths: RunPaths, models: dict, timeframe: str) -> dict:
+    "First and last bar of the served models' training windows together (a tree's record `deployment`, a network's `training_window`)."
+    windows = [read_json(paths.result_file(name, timeframe)).get("deployment") if e["kind"] != "sequence"
+               else e["meta"].get("training_window") for name, e in models.items()]
+    if not all(windows): raise ValueError(f"{paths.results}: a served model of {sorted(models)} records no training window")
+    return {"first_bar": min(pd.Timestamp(w["first_bar"]) for w in windows),
+            "last_bar": max(pd.Timestamp(w["last_bar"]) for w in windows)}
+
+
+def write_drift_reference(paths: RunPaths, table: pd.DataFrame, models: dict, timeframe: str) -> Path:
+    "`models/drift_reference_{tf}.json`: quantile bins of every served feature over the deployed models' training rows, and of the stacked OOF prediction."
+    from macd_nb.serve.monitor import BINNING, PSI_BINS, reference_bins
+    window = _deployment_rows(paths, models, timeframe)
+    names = [c for c in table.columns if any(c in e["features"] for e in models.values())]   # the table's column order
+    rows = table.loc[(table.index >= window["first_bar"]) & (table.index <= window["last_bar"]), names]
+    reference = {"timeframe": timeframe, "bins": PSI_BINS, "binning": BINNING,
+                 "feature_rows": {"source": "the deployed base models' training windows together (results/{model}_{tf}.json "
+                                  "`deployment`, models/{network}_{tf}.json `training_window`)", "models": sorted(models),
+                                  "first_bar": str(rows.index[0]), "last_bar": str(rows.index[-1]), "n_rows": len(rows)},
+                 "features": {name: reference_bins(rows[name].to_numpy()) for name in names}}
+    oof = paths.oof_file("stacking", timeframe)
+    if oof.exists():
+        pred = read_parquet(oof)["pred"]
+        reference |= {"prediction_rows": {"source": paths.relative(oof) + " column pred (the meta-learner's walk-forward OOF)",
+                                          "first_bar": str(pred.index[0]), "last_bar": str(pred.index[-1]), "n_rows": len(pred)},
+                      "prediction": reference_bins(pred.to_numpy())}
+    return write_json(paths.model_file("drift_reference", timeframe, "json"), reference)
+
+
 def run_export(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *, min_rows: int = 1000) -> dict:
     "Stage 3 for one timeframe: every saved serving model to ONNX, parity, a perturbed copy, latency; writes its record."
     from macd_nb.core.prepare import load_table
@@ -354,6 +385,7 @@ def run_export(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *,
         native_fn = lambda x: stacked_probability(meta, x).reshape(-1, 1)
         records["stacking_meta"] = _check_and_write(paths, "stacking_meta", timeframe, model, native_fn, native_fn(base), base,
                                                     meta_path, "macd_nb.export.onnx.stacking_to_onnx (float64)")
+    drift = [paths.relative(write_drift_reference(paths, table, models, timeframe))] if models else []
     fusion_path = paths.model_file("mtf_fusion_mlp", timeframe, "json")
     if fusion_path.exists():
         records["mtf_fusion_mlp"] = _export_fusion(run_dir, paths, fusion_path, timeframe)
@@ -366,7 +398,7 @@ def run_export(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *,
         metrics={"n_parity_rows": int(n_rows), "models": sorted(records), "all_parity_passed": not failed},
         controls={"perturbed_copies_fail": not toothless}, gates=[],
         timings_s={"total": time.perf_counter() - started},
-        artifacts=[r["file"] for r in records.values()] + [paths.relative(paths.result_file("export", timeframe))],
+        artifacts=[r["file"] for r in records.values()] + drift + [paths.relative(paths.result_file("export", timeframe))],
         data_fingerprint=data_fingerprint(run_dir), versions=library_versions(), seed=config.seed, device="cpu",
         exports=records, parity_tolerance=PARITY_MAX_ABS_DIFF, latency_threads=1)
     write_json(paths.result_file("export", timeframe), record)
