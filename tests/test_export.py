@@ -124,8 +124,8 @@ def test_the_stage_exports_a_run_and_records_it(tmp_path):
     served = set(lgb.Booster(model_file=str(tmp_path / "models" / "lgb_1h.txt")).feature_name())
     served |= set(json.loads((tmp_path / "models" / "lstm_1h.json").read_text())["features"])
     assert set(drift["features"]) >= served
-    oof = pd.read_parquet(tmp_path / "oof" / "stacking_1h.parquet")
-    assert drift["prediction_rows"]["n_rows"] == len(oof) == drift["prediction"]["n"]
+    held_out = pd.read_parquet(tmp_path / "test" / "stacking_1h.parquet")   # the deployed stacked model's own predictions
+    assert drift["prediction_rows"]["n_rows"] == len(held_out) == drift["prediction"]["n"]
     for bins in [drift["prediction"], *drift["features"].values()]:
         assert sum(bins["shares"]) + bins["missing_share"] == pytest.approx(1, abs=1e-12)
         assert len(bins["shares"]) == len(bins["edges"]) + 1 and np.all(np.diff(bins["edges"]) > 0)
