@@ -25,6 +25,8 @@ from macd_nb.models.xgb import run_xgb
 from macd_nb.serve.log import PredictionLog
 from macd_nb.serve.shadow import replay_source, shadow
 
+from conftest import needs_shared_data
+
 MACD_NB = str(Path(sys.executable).parent / "macd-nb")
 
 
@@ -72,6 +74,16 @@ def test_replay_predictions_are_the_stages_own(deployed, tmp_path):
     again = shadow("1h", registry, lambda config: replay_source(klines, symbols, start=bars[0], end=bars[-1]),
                    tmp_path / "log.sqlite", start=bars[0], say=lambda _: None)
     assert again["predicted"] == 0 and len(PredictionLog(tmp_path / "log.sqlite").frame()) == 6
+
+
+def test_a_restart_back_fills_the_bars_missed_while_down(deployed, tmp_path):
+    run_dir, registry, klines = deployed
+    bars = load_table(run_dir, "1h")[0].index[-8:]
+    source = lambda end: lambda config: replay_source(klines, config.data.symbols, end=end)
+    first = shadow("1h", registry, source(bars[2]), tmp_path / "log.sqlite", start=bars[0], say=lambda _: None)
+    later = shadow("1h", registry, source(bars[7]), tmp_path / "log.sqlite", say=lambda _: None)   # no --start: after the last
+    assert first["predicted"] == 3 and later["predicted"] == 5
+    assert list(PredictionLog(tmp_path / "log.sqlite").frame()["bar_time"]) == list(bars)
 
 
 def test_an_unhealthy_model_falls_back_to_the_best_healthy_one(deployed, tmp_path):
@@ -132,3 +144,22 @@ def test_sigterm_stops_cleanly(deployed, tmp_path):
     assert process.returncode == 0, err
     assert "shadow: predicted" in out and 3 <= _rows(db) < 40
     assert PredictionLog(db).integrity() == "ok"
+
+
+@needs_shared_data
+def test_a_week_of_real_bars_replayed_gives_a_monitor_report(deployed, shared_data, tmp_path):
+    "The last 7 days of the shared real klines through the deployed smoke run, then `macd-nb monitor` over the log."
+    from macd_nb.pipeline.cli import main
+    run_dir, registry, _ = deployed
+    end = load_bars(shared_data, symbols=["BTCUSDT"], timeframe="1h").bars["BTCUSDT"].index[-1]
+    start = end - pd.Timedelta(days=7) + pd.Timedelta(hours=1)
+    db = tmp_path / "real.sqlite"
+    assert main(["shadow", "--registry", str(registry), "--source", f"replay:{shared_data}", "--db", str(db),
+                 "--start", str(start), "--end", str(end)]) == 0
+    frame = PredictionLog(db).frame()
+    assert len(frame) == 168 and frame["bar_time"].is_unique and frame["outcome_return"].notna().sum() == 167
+    assert main(["monitor", "--db", str(db), "--registry", str(registry), "--out", str(tmp_path / "monitor")]) == 0
+    report = (tmp_path / "monitor" / "MONITOR.md").read_text()
+    for section in ("## Realised AUC", "## Calibration", "## Stacked model against each base model", "## Drift", "reliability.png"):
+        assert section in report
+    assert all((tmp_path / "monitor" / png).stat().st_size > 1000 for png in ("reliability.png", "psi.png", "latency.png"))
