@@ -97,22 +97,17 @@ def header_only(folder):
     (folder / "ETHUSDT-1h-2024.csv").write_text("open_time,open,high,low,close,volume\n")
 
 
-def text_in_price(folder):
-    path = folder / "BTCUSDT-1h-2024.csv"
+def set_cell(path: Path, line: int, column: int, value: str) -> None:
+    "Overwrite one cell of a headerless CSV (line and column from 0)."
     lines = path.read_text().splitlines()
-    fields = lines[41].split(",")
-    fields[2] = "12.5x"
-    lines[41] = ",".join(fields)
+    fields = lines[line].split(",")
+    fields[column] = value
+    lines[line] = ",".join(fields)
     path.write_text("\n".join(lines) + "\n")
 
 
-def negative_price(folder):
-    path = folder / "BTCUSDT-1h-2024.csv"
-    lines = path.read_text().splitlines()
-    fields = lines[99].split(",")
-    fields[4] = "-3.0"
-    lines[99] = ",".join(fields)
-    path.write_text("\n".join(lines) + "\n")
+def text_in_price(folder): set_cell(folder / "BTCUSDT-1h-2024.csv", 41, 2, "12.5x")
+def negative_price(folder): set_cell(folder / "BTCUSDT-1h-2024.csv", 99, 4, "-3.0")
 
 
 def missing_target(folder):

@@ -229,10 +229,10 @@ def write_manifest(run_dir: str | Path, folders=ARTIFACT_FOLDERS) -> dict:
     return manifest
 
 
-def verify_artifact(run_dir: str | Path, relative_path: str) -> Path:
-    "The artifact's path after checking its sha256 against the run's manifest (for copies that travel without ledgers)."
+def verify_artifact(run_dir: str | Path, relative_path: str, files: dict | None = None) -> Path:
+    "The artifact's path after checking its sha256 against the run's manifest (`files`: its entries, when already read)."
     root = Path(run_dir)
-    entry = read_json(root / "MANIFEST.json")["files"].get(relative_path)
+    entry = (files if files is not None else read_json(root / "MANIFEST.json")["files"]).get(relative_path)
     if entry is None: raise KeyError(f"{relative_path} is not listed in {root / 'MANIFEST.json'}")
     actual = sha256_file(root / relative_path)
     if actual != entry["sha256"]: raise CorruptArtifact(f"{root / relative_path}: sha256 {actual} does not match the manifest {entry['sha256']}")

@@ -77,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     shadow.add_argument("--data-dir", default=None, help="binance: where fetched klines are kept (default: the data dir)")
     shadow.add_argument("--base-url", default=None, help="binance: REST base URL")
     monitor = commands.add_parser("monitor", help="a Markdown monitor report (with plots) from a prediction log")
-    monitor.add_argument("--db", required=True)
-    monitor.add_argument("--alias", default="1h")
-    monitor.add_argument("--out", default=None, help="folder of MONITOR.md and its plots (default: beside the db)")
+    monitor.add_argument("--db", required=True, help="the prediction log (SQLite) the shadow loop writes")
+    monitor.add_argument("--alias", default="1h", help="the alias whose current run is monitored")
+    monitor.add_argument("--out", default=None, help="folder for MONITOR.md and its plots (default: monitor/ beside the log)")
     for sub in (shadow, monitor):
         sub.add_argument("--registry", default=None, help="registry directory (default: $MACD_NB_REGISTRY or the data dir's models/)")
     return parser

@@ -50,8 +50,10 @@ def stage_outputs(run_dir: Path, before: dict) -> dict[str, str]:
 
 def unrecorded_outputs(run_dir: Path, outputs: dict[str, str]) -> list[str]:
     "Outputs in the artifact folders that were written without `write_atomically` (no sha256 recorded): a stage's bug."
-    return [path for path in outputs if path.split("/")[0] in ARTIFACT_FOLDERS
-            and Path(path).name not in recorded_hashes((run_dir / path).parent)]
+    by_folder = {}
+    for path in outputs:
+        if path.split("/")[0] in ARTIFACT_FOLDERS: by_folder.setdefault((run_dir / path).parent, []).append(path)
+    return [path for folder, paths in by_folder.items() for path in paths if Path(path).name not in recorded_hashes(folder)]
 
 
 def output_problems(run_dir: Path, outputs: dict[str, str]) -> list[str]:
@@ -247,12 +249,13 @@ def _run_stages(config, stages, previous, run_id, run_dir, report_dir, nbs_dir, 
         rerun_from_here = True
         record.update(status="running", start=time.strftime("%H:%M:%S", time.gmtime()))
         refresh()
-        before, started = _snapshot(run_dir), time.perf_counter()
+        before, started, outputs = _snapshot(run_dir), time.perf_counter(), None
         try:
             _run_stage(stage, nbs_dir, run_dir, report_dir, record, refresh)
             missing = [path for path in stage.expected_files(config.data.timeframes) if not (run_dir / path).exists()]
             if missing: raise RuntimeError(f"stage {stage.name} ran but did not write {missing} (see STAGES in macd_nb.core.stages)")
-            unrecorded = unrecorded_outputs(run_dir, stage_outputs(run_dir, before))
+            outputs = stage_outputs(run_dir, before)
+            unrecorded = unrecorded_outputs(run_dir, outputs)
             if unrecorded: raise RuntimeError(f"stage {stage.name} wrote {unrecorded} without recording their sha256: write "
                                               "artifacts with macd_nb.core.rundir.write_json/write_parquet/write_atomically")
             record["status"] = "completed"
@@ -261,7 +264,7 @@ def _run_stages(config, stages, previous, run_id, run_dir, report_dir, nbs_dir, 
                           cause=failure_cause(error))
             ok, rerun_from_here = False, True
         record.update(end=time.strftime("%H:%M:%S", time.gmtime()), duration_s=round(time.perf_counter() - started, 1),
-                      outputs=stage_outputs(run_dir, before))
+                      outputs=outputs if outputs is not None else stage_outputs(run_dir, before))
         record["key_metric"], record["gates"] = stage_headline(run_dir, record["outputs"])
         refresh()
         overall.update()

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['PSI_BINS', 'PSI_FLOOR', 'BINNING', 'LIMITS', 'TOP_FEATURES', 'bin_shares', 'reference_bins', 'psi', 'psi_band',
-           'calibration', 'monitor_summary', 'render_monitor', 'monitor_report', 'monitor_arguments', 'monitor_command']
+           'calibration', 'monitor_summary', 'render_monitor', 'monitor_report', 'monitor_command']
 
 # %% ../../nbs/serve/06_monitor.ipynb #8e84d11a
 import json
@@ -328,14 +328,6 @@ def monitor_report(db: str | Path, registry: str | Path | None = None, alias: st
     return report
 
 # %% ../../nbs/serve/06_monitor.ipynb #03ff81ed
-def monitor_arguments(parser) -> None:
-    "Add --db, --registry, --alias and --out (what `monitor_command` reads) to an argparse (sub)parser."
-    parser.add_argument("--db", required=True, help="the prediction log (SQLite) the shadow loop writes")
-    parser.add_argument("--registry", default=None, help="registry directory (default: $MACD_NB_REGISTRY or the data dir's models/)")
-    parser.add_argument("--alias", default="1h", help="the alias whose current run is monitored")
-    parser.add_argument("--out", default=None, help="folder for MONITOR.md and its plots (default: monitor/ beside the log)")
-
-
 def monitor_command(args) -> int:
     "`macd-nb monitor`: writes the report of args.db for args.alias of args.registry into args.out, prints its path; a refusal exits 2."
     from macd_nb.core.rundir import CorruptArtifact

@@ -51,6 +51,10 @@ class MLPredictor:
         self.exports = read_json(export)["exports"] if export.exists() else {}
         self._sessions, self._metadata = {}, {}
 
+    def verified(self, relative: str) -> Path:
+        "A file of the served run after checking its bytes against the run's manifest (read once, at load)."
+        return verify_artifact(self.run_root, relative, self.manifest)
+
     @property
     def models(self) -> list[str]: return [*self.meta["inputs"], "stacking_meta"]
 
@@ -61,7 +65,7 @@ class MLPredictor:
             if kind == "meta": self._metadata[name] = self.meta
             else:
                 folder = "models" if kind == "sequence" else "results"
-                self._metadata[name] = read_json(verify_artifact(self.run_root, f"{folder}/{name}_{self.timeframe}.json"))
+                self._metadata[name] = read_json(self.verified(f"{folder}/{name}_{self.timeframe}.json"))
         return self._metadata[name]
 
     def session(self, name: str):
@@ -71,7 +75,7 @@ class MLPredictor:
             options = ort.SessionOptions()
             options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
             options.log_severity_level = 4   # a file that fails to load is reported by the health check, not logged
-            path = verify_artifact(self.run_root, f"models/{name}_{self.timeframe}.onnx")   # the bytes the manifest lists
+            path = self.verified(f"models/{name}_{self.timeframe}.onnx")
             self._sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return self._sessions[name]
 

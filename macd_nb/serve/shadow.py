@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..core.config import TIMEFRAME_DELTA, RunConfig, profile_config
 from ..core.data import load_bars, resample_bars
-from ..core.rundir import read_json, verify_artifact
+from ..core.rundir import read_json
 from ..export.registry import read_alias
 from .live import live_rows
 from .log import PredictionLog
@@ -26,7 +26,7 @@ from .predictor import MLPredictor, model_kind
 # %% ../../nbs/serve/05_shadow.ipynb #8d0cbbda
 def serving_config(predictor: MLPredictor) -> RunConfig:
     "The data settings the served run was trained with (target, symbols, optional inputs), from its prepare record."
-    prepare = read_json(verify_artifact(predictor.run_root, "results/prepare.json"))
+    prepare = read_json(predictor.verified("results/prepare.json"))
     inputs = prepare["timeframes"][predictor.timeframe]["feature_set"]["inputs"]
     return profile_config("smoke", target=prepare["target"], symbols=prepare["symbols"], feature_inputs=inputs,
                           timeframes=[predictor.timeframe])
@@ -34,7 +34,7 @@ def serving_config(predictor: MLPredictor) -> RunConfig:
 
 def model_scores(predictor: MLPredictor) -> dict[str, float]:
     "Each base model's OOF AUC from its result record: the fallback order is best first."
-    return {name: read_json(verify_artifact(predictor.run_root, f"results/{name}_{predictor.timeframe}.json"))["metrics"]["oof_auc"]
+    return {name: read_json(predictor.verified(f"results/{name}_{predictor.timeframe}.json"))["metrics"]["oof_auc"]
             for name in predictor.meta["inputs"]}
 
 # %% ../../nbs/serve/05_shadow.ipynb #357f3b2a
@@ -58,7 +58,7 @@ class Served:
         scores = model_scores(predictor)
         rows = max([predictor.metadata(m)["sequence_length"] for m in predictor.meta["inputs"] if model_kind(m) == "sequence"],
                    default=1)
-        horizon = read_json(verify_artifact(predictor.run_root, f"results/{predictor.meta['inputs'][0]}_{alias}.json")).get("horizon", 1)
+        horizon = read_json(predictor.verified(f"results/{predictor.meta['inputs'][0]}_{alias}.json")).get("horizon", 1)
         return cls(predictor, serving_config(predictor), order or sorted(scores, key=scores.get, reverse=True),
                    unhealthy, rows, horizon)
 
@@ -136,6 +136,7 @@ def shadow(alias: str, registry: str | Path,
     # without --start: carry on after the newest bar logged (back-filling the downtime), or begin with the newest closed bar
     newest = log.last_bar(target, alias)
     first = utc(start) if start is not None else (newest + step if newest is not None else None)
+    done, done_version = set(), None   # bars logged (or found unpredictable) for the version served: read once, then kept
     try:
         for market in source(served.config):
             pointer = read_alias(served.predictor.registry, alias)
@@ -147,9 +148,9 @@ def shadow(alias: str, registry: str | Path,
             closed = buckets[buckets + step - TIMEFRAME_DELTA["1h"] <= bars.index[-1]]   # its last hour has closed
             version = served.predictor.pointer["version"]
             if first is None: first = closed[-1]
-            logged = log.logged_bars(target, alias, version)
-            todo = [t for t in closed if t >= first and t not in logged]
-            for bar in todo:
+            if version != done_version: done, done_version = log.logged_bars(target, alias, version), version
+            for bar in [t for t in closed[closed >= first] if t not in done]:
+                done.add(bar)
                 began = time.perf_counter()
                 window = {s: b.loc[:bar + step - TIMEFRAME_DELTA["1h"]] for s, b in market.items()}
                 table = live_rows(window, served.config, alias, n_rows=served.rows)
