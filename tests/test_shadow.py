@@ -17,6 +17,7 @@ from macd_nb.core.klines import write_kline_dump
 from macd_nb.core.prepare import load_table, prepare_run
 from macd_nb.core.rundir import read_parquet, write_manifest
 from macd_nb.export.onnx import run_export
+from macd_nb.export.package import build_package
 from macd_nb.export.registry import promote
 from macd_nb.models.lgb import run_lgb
 from macd_nb.models.lstm import run_lstm
@@ -147,17 +148,21 @@ def test_sigterm_stops_cleanly(deployed, tmp_path):
 
 
 @needs_shared_data
-def test_a_week_of_real_bars_replayed_gives_a_monitor_report(deployed, shared_data, tmp_path):
-    "The last 7 days of the shared real klines through the deployed smoke run, then `macd-nb monitor` over the log."
+def test_thirty_days_of_real_bars_through_a_deployed_package_give_a_monitor_report(deployed, shared_data, tmp_path):
+    "The last 30 days of the shared real klines through the smoke run's package, deployed; then `macd-nb monitor`."
     from macd_nb.pipeline.cli import main
-    run_dir, registry, _ = deployed
+    run_dir, _, _ = deployed
+    tarball = build_package(run_dir, tmp_path / "package")
+    registry = tmp_path / "registry"
+    assert main(["deploy", str(tarball), "--to", str(registry)]) == 0
     end = load_bars(shared_data, symbols=["BTCUSDT"], timeframe="1h").bars["BTCUSDT"].index[-1]
-    start = end - pd.Timedelta(days=7) + pd.Timedelta(hours=1)
+    start = end - pd.Timedelta(days=30) + pd.Timedelta(hours=1)
     db = tmp_path / "real.sqlite"
     assert main(["shadow", "--registry", str(registry), "--source", f"replay:{shared_data}", "--db", str(db),
                  "--start", str(start), "--end", str(end)]) == 0
     frame = PredictionLog(db).frame()
-    assert len(frame) == 168 and frame["bar_time"].is_unique and frame["outcome_return"].notna().sum() == 167
+    assert len(frame) == 720 and frame["bar_time"].is_unique and frame["outcome_return"].notna().sum() == 719
+    assert frame["fallback"].isna().all()
     assert main(["monitor", "--db", str(db), "--registry", str(registry), "--out", str(tmp_path / "monitor")]) == 0
     report = (tmp_path / "monitor" / "MONITOR.md").read_text()
     for section in ("## Realised AUC", "## Calibration", "## Stacked model against each base model", "## Drift", "reliability.png"):

@@ -49,7 +49,7 @@ class MLPredictor:
         self.manifest = read_json(self.run_root / "MANIFEST.json")["files"]
         export = self.run_root / "results" / f"export_{self.timeframe}.json"
         self.exports = read_json(export)["exports"] if export.exists() else {}
-        self._sessions, self._metadata = {}, {}
+        self._sessions, self._metadata, self._positions = {}, {}, {}
 
     def verified(self, relative: str) -> Path:
         "A file of the served run after checking its bytes against the run's manifest (read once, at load)."
@@ -79,23 +79,35 @@ class MLPredictor:
             self._sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return self._sessions[name]
 
-    def _base_input(self, name: str, table: pd.DataFrame) -> np.ndarray:
-        "The input of one base model for the last bar of `table`."
+    def columns_of(self, name: str, columns: list[str]) -> np.ndarray:
+        "Positions of model `name`'s features among a feature table's `columns` (found once per column list)."
+        key = (name, tuple(columns))
+        if key not in self._positions:
+            where = {column: i for i, column in enumerate(columns)}
+            missing = [f for f in self.metadata(name)["features"] if f not in where]
+            if missing: raise KeyError(f"{name}: the feature table lacks {missing[:5]} ({len(missing)} in all)")
+            self._positions[key] = np.array([where[f] for f in self.metadata(name)["features"]])
+        return self._positions[key]
+
+    def _base_input(self, name: str, table: pd.DataFrame, values: np.ndarray | None = None) -> np.ndarray:
+        "The input of one base model for the last bar of `table` (`values`: the table as float64, when at hand)."
         meta = self.metadata(name)
+        values = table.to_numpy(dtype=np.float64) if values is None else values
+        features = values[:, self.columns_of(name, table.columns.tolist())]
         if model_kind(name) == "sequence":
             length = meta["sequence_length"]
             if len(table) < length: raise ValueError(f"{name} needs {length} bars of features, got {len(table)}")
-            return standardize(table[meta["features"]].to_numpy()[-length:], meta["scaler"])[None]
+            return standardize(features[-length:], meta["scaler"])[None]
         dtype = np.float64 if "double" in self.session(name).get_inputs()[0].type else np.float32
-        return table[meta["features"]].to_numpy(dtype=dtype)[-1:]
+        return features[-1:].astype(dtype)
 
     def predict(self, table: pd.DataFrame) -> dict:
         "P(up) of the stacked model and of each base model for the last bar of `table` (recent rows of the feature table)."
-        base = {}
+        base, values = {}, table.to_numpy(dtype=np.float64)
         for name in self.meta["inputs"]:
             head = self.metadata(name)["main_head_index"] if model_kind(name) == "sequence" else 0
             session = self.session(name)
-            base[name] = float(session.run(None, {session.get_inputs()[0].name: self._base_input(name, table)})[0][0, head])
+            base[name] = float(session.run(None, {session.get_inputs()[0].name: self._base_input(name, table, values)})[0][0, head])
         stacked = self.session("stacking_meta").run(None, {"p_base": np.array([[base[m] for m in self.meta["inputs"]]])})[0]
         return {"bar": str(table.index[-1]), "p_up": float(stacked[0, 0]), "models": base, "alias": self.alias,
                 "run": self.pointer["run"], "version": self.pointer["version"]}

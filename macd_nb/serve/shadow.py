@@ -19,7 +19,7 @@ from ..core.config import TIMEFRAME_DELTA, RunConfig, profile_config
 from ..core.data import load_bars, resample_bars
 from ..core.rundir import read_json
 from ..export.registry import read_alias
-from .live import live_rows
+from .stream import StreamingFeatures
 from .log import PredictionLog
 from .predictor import MLPredictor, model_kind
 
@@ -137,11 +137,13 @@ def shadow(alias: str, registry: str | Path,
     newest = log.last_bar(target, alias)
     first = utc(start) if start is not None else (newest + step if newest is not None else None)
     done, done_version = set(), None   # bars logged (or found unpredictable) for the version served: read once, then kept
+    features = StreamingFeatures(served.config, alias, keep=served.rows)   # state carried from bar to bar
     try:
         for market in source(served.config):
             pointer = read_alias(served.predictor.registry, alias)
             if pointer["version"] != served.predictor.pointer["version"]:   # the alias moved: serve the new version
                 served = Served.load(alias, Path(registry), order)
+                features = StreamingFeatures(served.config, alias, keep=served.rows)   # its data settings may differ
                 say(f"shadow: alias {alias} now at version {pointer['version']} (run {pointer['run']})")
             bars = market[target]
             buckets = bars.index.floor(step).unique()
@@ -152,12 +154,12 @@ def shadow(alias: str, registry: str | Path,
             for bar in [t for t in closed[closed >= first] if t not in done]:
                 done.add(bar)
                 began = time.perf_counter()
-                window = {s: b.loc[:bar + step - TIMEFRAME_DELTA["1h"]] for s, b in market.items()}
-                table = live_rows(window, served.config, alias, n_rows=served.rows)
-                if table.iloc[-1].isna().any():
+                row = features.catch_up(market, bar)
+                if np.isnan(row).any():
                     counts["skipped"] += 1
-                    say(f"shadow: {bar} not predicted: feature(s) {list(table.columns[table.iloc[-1].isna()])[:5]} undefined")
+                    say(f"shadow: {bar} not predicted: feature(s) {[n for n, x in zip(features.names, row) if x != x][:5]} undefined")
                     continue
+                table = features.table()
                 p_up, models, fallback = served.predict(table)
                 latency = (time.perf_counter() - began) * 1000
                 written = log.record(symbol=target, timeframe=alias, bar_time=bar, alias=alias, model_version=version,
