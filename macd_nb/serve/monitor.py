@@ -198,7 +198,9 @@ def _ci(interval) -> str:
 
 def _plots(summary: dict, frame: pd.DataFrame, out_dir: Path) -> dict[str, str]:
     "reliability.png, psi.png and latency.png beside the report, each where its section has data; none without matplotlib."
-    try: from matplotlib.figure import Figure   # no pyplot: no backend, no global state
+    try:
+        from matplotlib.figure import Figure   # no pyplot: no backend, no global state
+        from matplotlib.ticker import ScalarFormatter
     except ImportError: return {}
     made = {}
     def save(name, fig):
@@ -224,10 +226,13 @@ def _plots(summary: dict, frame: pd.DataFrame, out_dir: Path) -> dict[str, str]:
         save("psi.png", fig)
     if not frame.empty:
         fig = Figure(figsize=(6, 3.5)); ax = fig.subplots()
-        ax.hist(frame["latency_ms"], bins=40)
+        latency = frame["latency_ms"].clip(lower=1e-3)
+        ax.hist(latency, bins=np.geomspace(latency.min(), latency.max() * 1.01, 40))   # log bins: a slow first bar stays visible
         for q in ("p50", "p99"):
             ax.axvline(summary["operations"]["latency_ms"][q], color="grey", ls="--", lw=1)
-        ax.set(xlabel="latency per bar (ms)", ylabel="bars", title="latency (dashed: p50, p99)")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter()), ax.xaxis.set_minor_formatter(ScalarFormatter())
+        ax.set(xlabel="latency per bar (ms, log scale)", ylabel="bars", title="latency (dashed: p50, p99)")
         save("latency.png", fig)
     return made
 

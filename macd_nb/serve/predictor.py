@@ -79,21 +79,22 @@ class MLPredictor:
             self._sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return self._sessions[name]
 
-    def columns_of(self, name: str, columns: list[str]) -> np.ndarray:
-        "Positions of model `name`'s features among a feature table's `columns` (found once per column list)."
-        key = (name, tuple(columns))
-        if key not in self._positions:
-            where = {column: i for i, column in enumerate(columns)}
+    def columns_of(self, name: str, columns: pd.Index) -> np.ndarray:
+        "Positions of model `name`'s features among a feature table's `columns` (found once per columns object)."
+        cached = self._positions.get((name, id(columns)))
+        if cached is None or cached[0] is not columns:   # the reference kept in the cache: an id is never reused
+            where = {column: i for i, column in enumerate(columns.tolist())}
             missing = [f for f in self.metadata(name)["features"] if f not in where]
             if missing: raise KeyError(f"{name}: the feature table lacks {missing[:5]} ({len(missing)} in all)")
-            self._positions[key] = np.array([where[f] for f in self.metadata(name)["features"]])
-        return self._positions[key]
+            if len(self._positions) > 64: self._positions.clear()
+            cached = self._positions[(name, id(columns))] = (columns, np.array([where[f] for f in self.metadata(name)["features"]]))
+        return cached[1]
 
     def _base_input(self, name: str, table: pd.DataFrame, values: np.ndarray | None = None) -> np.ndarray:
         "The input of one base model for the last bar of `table` (`values`: the table as float64, when at hand)."
         meta = self.metadata(name)
         values = table.to_numpy(dtype=np.float64) if values is None else values
-        features = values[:, self.columns_of(name, table.columns.tolist())]
+        features = values[:, self.columns_of(name, table.columns)]
         if model_kind(name) == "sequence":
             length = meta["sequence_length"]
             if len(table) < length: raise ValueError(f"{name} needs {length} bars of features, got {len(table)}")

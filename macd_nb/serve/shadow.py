@@ -153,8 +153,15 @@ def shadow(alias: str, registry: str | Path,
             if version != done_version: done, done_version = log.logged_bars(target, alias, version), version
             for bar in [t for t in closed[closed >= first] if t not in done]:
                 done.add(bar)
+                if features.last_time is None and len(closed[closed < bar]):   # the one-time warm-up (about a second)
+                    try: features.catch_up(market, closed[closed < bar][-1])        # stays out of the per-bar latency
+                    except ValueError: pass                                         # (no such bar: the next call warms up)
                 began = time.perf_counter()
-                row = features.catch_up(market, bar)
+                try: row = features.catch_up(market, bar)
+                except ValueError as error:   # e.g. a coarser bar with a missing hour: there is no such bar to predict
+                    counts["skipped"] += 1
+                    say(f"shadow: {bar} not predicted: {error}")
+                    continue
                 if np.isnan(row).any():
                     counts["skipped"] += 1
                     say(f"shadow: {bar} not predicted: feature(s) {[n for n, x in zip(features.names, row) if x != x][:5]} undefined")

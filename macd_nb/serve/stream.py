@@ -8,7 +8,7 @@ __all__ = ['nan', 'inf', 'STEP_COLUMNS', 'TAIL', 'div', 'ln', 'safe_ln', 'clip_b
            'valid_zscore_or_zero', 'skew', 'kurt', 'pair_stats', 'corr', 'SymbolState', 'CoarserBars',
            'StreamingFeatures', 'market_steps', 'late_symbols', 'stream_batch_difference']
 
-# %% ../../nbs/serve/07_stream.ipynb #ec0687d6
+# %% ../../nbs/serve/07_stream.ipynb #b692b509
 import math
 from collections import deque
 
@@ -23,7 +23,7 @@ from ..core.market_features import symbol_prefix
 from ..core.prepare import features_at
 from .live import live_window
 
-# %% ../../nbs/serve/07_stream.ipynb #50d92a7c
+# %% ../../nbs/serve/07_stream.ipynb #d6c4c67e
 nan, inf = math.nan, math.inf
 STEP_COLUMNS = ("open", "high", "low", "close", "volume", "taker_buy_base", "trades")   # the values of one bar, in order
 TAIL = max(max(RETURN_LAGS), max(VOLATILITY_WINDOWS)) + 2                              # rows a rolling window reaches back
@@ -55,7 +55,7 @@ def ratio_or(numerator: float, denominator: float, neutral: float) -> float:
     "`ratio_or_neutral` of one row: `neutral` where the denominator is 0."
     return neutral if denominator == 0 and numerator == numerator else div(numerator, denominator)
 
-# %% ../../nbs/serve/07_stream.ipynb #d8050028
+# %% ../../nbs/serve/07_stream.ipynb #f84c30d7
 class Ewm:
     "pandas' `ewm(span= or alpha=1/window, adjust=False, min_periods).mean()`, one value at a time, in its arithmetic."
     __slots__ = ("alpha", "min_periods", "value", "old_weight", "observed")
@@ -78,7 +78,7 @@ class Ewm:
         elif seen: self.value = x
         return self.value if self.observed >= self.min_periods else nan
 
-# %% ../../nbs/serve/07_stream.ipynb #b4617a89
+# %% ../../nbs/serve/07_stream.ipynb #063f1c55
 class Tail:
     "The newest `size` values of a series as a numpy view (NaN before the first values)."
     __slots__ = ("buffer", "size", "end")
@@ -156,7 +156,7 @@ class TrueRange:
         self.previous = close
         return self.atr(float(np.fmax(high - low, wider)))
 
-# %% ../../nbs/serve/07_stream.ipynb #d8bbdb37
+# %% ../../nbs/serve/07_stream.ipynb #4cced45d
 def sample_std(w: np.ndarray) -> float:
     "Sample std of a full window (NaN if it holds a NaN), exactly 0 when constant, as pandas' rolling std."
     top, bottom = w.max(), w.min()
@@ -231,7 +231,7 @@ def corr(x: np.ndarray, y: np.ndarray, min_periods: int) -> float:
     cov, var_x, var_y = pair_stats(x, y, min_periods)
     return div(cov, math.sqrt(var_x * var_y)) if cov == cov else nan
 
-# %% ../../nbs/serve/07_stream.ipynb #354dbd09
+# %% ../../nbs/serve/07_stream.ipynb #3ddcb895
 class SymbolState:
     "One symbol's own rows: its closes and 1-bar log return; for a market leader also its MACD 12/26/9 histogram / ATR."
     __slots__ = ("close", "ret", "macd", "atr", "hist_atr")
@@ -272,7 +272,7 @@ class CoarserBars:
             self.previous_close = self.close
         return self.values
 
-# %% ../../nbs/serve/07_stream.ipynb #9013f60c
+# %% ../../nbs/serve/07_stream.ipynb #50f17263
 class StreamingFeatures:
     "The target's feature row at each new bar, from state carried bar to bar; the batch features' arithmetic, one row at a time."
 
@@ -304,7 +304,8 @@ class StreamingFeatures:
         self.last_time: int | None = None                      # open time (ns) of the newest step taken
         self.seen: dict[str, int] = {}                         # symbol -> open time (ns) of its newest bar taken
         self.rows, self.times = deque(maxlen=keep), deque(maxlen=keep)
-        self.names: list[str] | None = None
+        self.names: list[str] | None = None                    # the feature names, in the batch table's order
+        self.columns: pd.Index | None = None                   # the same as one Index (the predictor caches by it)
 
     def step(self, time_ns: int, bars: dict[str, np.ndarray], compute: bool = True) -> np.ndarray | None:
         "Take one timestamp's bars (symbol -> STEP_COLUMNS values); the target's feature row when it has a bar (and `compute`)."
@@ -316,13 +317,13 @@ class StreamingFeatures:
         carried = self._advance(time_ns, bars)
         if not compute: return None
         values = self._row(time_ns, bars, carried)
-        if self.names is None: self.names = list(values)
+        if self.names is None: self.names, self.columns = list(values), pd.Index(list(values))
         row = np.fromiter(values.values(), dtype=np.float64, count=len(values))
         row[np.isinf(row)] = nan   # the feature table's rule: an infinite value is undefined
         self.rows.append(row), self.times.append(time_ns)
         return row
 
-# %% ../../nbs/serve/07_stream.ipynb #a451d05e
+# %% ../../nbs/serve/07_stream.ipynb #aa36db72
 def _advance(self: StreamingFeatures, time_ns: int, bars: dict[str, np.ndarray]) -> dict:
     "Update the recursive state with the target's row and append its values to the tails; what `_row` needs of it."
     o, h, l, c, v, taker, trades = (float(x) for x in bars[self.target])
@@ -373,7 +374,7 @@ def _advance_market(self: StreamingFeatures, bars: dict[str, np.ndarray]) -> tup
 
 StreamingFeatures._advance, StreamingFeatures._advance_market = _advance, _advance_market
 
-# %% ../../nbs/serve/07_stream.ipynb #6c129bc8
+# %% ../../nbs/serve/07_stream.ipynb #50c7501b
 def _row(self: StreamingFeatures, time_ns: int, bars: dict[str, np.ndarray], carried: dict) -> dict[str, float]:
     "Every feature of the target row, named and ordered as the batch table (`base_features`, then the cross-asset ones)."
     t, f = self.tails, {}
@@ -477,7 +478,7 @@ def _cross_row(self: StreamingFeatures, f: dict, bars: dict[str, np.ndarray], ma
 
 StreamingFeatures._row, StreamingFeatures._cross_row = _row, _cross_row
 
-# %% ../../nbs/serve/07_stream.ipynb #6f9a606a
+# %% ../../nbs/serve/07_stream.ipynb #d2e985be
 def market_steps(market: dict[str, pd.DataFrame],  # bars per symbol (canonical frames)
                  after: pd.Timestamp | None = None, until: pd.Timestamp | None = None,
                  ) -> list[tuple[int, dict[str, np.ndarray]]]:
@@ -488,10 +489,14 @@ def market_steps(market: dict[str, pd.DataFrame],  # bars per symbol (canonical 
         start = 0 if after is None else int(times.searchsorted(after.value, side="right"))
         stop = len(times) if until is None else int(times.searchsorted(until.value, side="right"))
         if stop <= start: continue
-        where = {column: i for i, column in enumerate(bars.columns.tolist())}   # (pandas' get_indexer costs 250 us)
-        positions = np.array([where.get(column, -1) for column in STEP_COLUMNS])
-        values = bars.iloc[start:stop].to_numpy(dtype=np.float64)[:, positions]
-        values[:, positions < 0] = nan                                  # a column the data lacks (no taker flow, say)
+        # pandas' own ways cost more than the features: get_indexer 250 us, iloc + to_numpy 40 us, iat 2 us a value
+        columns = bars.columns
+        positions = [columns.get_loc(c) if c in columns else -1 for c in STEP_COLUMNS]   # -1: the data lacks it
+        if stop - start == 1:   # the usual step: one new hour
+            values = np.array([[bars.iat[start, j] if j >= 0 else nan for j in positions]], dtype=np.float64)
+        else:
+            values = bars.iloc[start:stop].to_numpy(dtype=np.float64)[:, positions]
+            values[:, np.array(positions) < 0] = nan
         for time_ns, row in zip(times[start:stop].tolist(), values):
             steps.setdefault(time_ns, {})[symbol] = row
     return sorted(steps.items())
@@ -535,13 +540,13 @@ def _catch_up(self: StreamingFeatures, market: dict[str, pd.DataFrame], bar) -> 
 
 def _table(self: StreamingFeatures) -> pd.DataFrame:
     "The newest `keep` feature rows as a frame (index: open time), as `live_rows` returns them."
-    return pd.DataFrame(np.array(self.rows), columns=self.names,
+    return pd.DataFrame(np.array(self.rows), columns=self.columns,
                         index=pd.DatetimeIndex(np.array(self.times, dtype="datetime64[ns]"), tz="UTC", name="open_time"))
 
 
 StreamingFeatures.catch_up, StreamingFeatures.table = _catch_up, _table
 
-# %% ../../nbs/serve/07_stream.ipynb #32e07da3
+# %% ../../nbs/serve/07_stream.ipynb #582e3802
 def stream_batch_difference(market: dict[str, pd.DataFrame], config: RunConfig, bars: pd.DatetimeIndex,
                             timeframe: str = "1h", batch: pd.DataFrame | None = None) -> pd.Series:
     "Largest |streamed - batch| per feature over consecutive target `bars` (warmed up once, then stepped); inf where NaN-ness differs."
