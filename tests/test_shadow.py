@@ -168,3 +168,41 @@ def test_thirty_days_of_real_bars_through_a_deployed_package_give_a_monitor_repo
     for section in ("## Realised AUC", "## Calibration", "## Stacked model against each base model", "## Drift", "reliability.png"):
         assert section in report
     assert all((tmp_path / "monitor" / png).stat().st_size > 1000 for png in ("reliability.png", "psi.png", "latency.png"))
+
+
+def test_the_binance_source_predicts_each_bar_as_it_closes(deployed, tmp_path, httpserver):
+    """shadow --source binance against a local exchange (pytest-httpserver) serving the deployed run's market, with a clock
+    that moves an hour per cycle: one prediction per newly closed bar, none for the open one, equal to a replay's."""
+    import itertools
+    import json
+    from werkzeug import Response
+    from macd_nb.serve.binance import KLINES_PATH
+    from macd_nb.serve.shadow import binance_source
+    run_dir, registry, klines = deployed
+    symbols = ["BTCUSDT"] + [s for s in profile_config("smoke").data.symbols if s != "BTCUSDT"]
+    market = load_bars(klines, symbols=symbols, timeframe="1h").bars
+
+    def exchange(request):   # GET /api/v3/klines over the stored market, full-precision prices
+        bars = market[request.args["symbol"]]
+        opened = bars.index.as_unit("ms").asi8
+        chosen = (opened >= int(request.args["startTime"])) & (opened <= int(request.args["endTime"]))
+        rows = [[int(t), *(repr(float(r[c])) for c in ("open", "high", "low", "close", "volume")), int(t) + 3_599_999,
+                 repr(float(r["quote_volume"])), int(r["trades"]), repr(float(r["taker_buy_base"])),
+                 repr(float(r["taker_buy_quote"])), "0"] for t, (_, r) in zip(opened[chosen], bars[chosen].iterrows())]
+        return Response(json.dumps(rows[:int(request.args["limit"])]), content_type="application/json",
+                        headers={"X-MBX-USED-WEIGHT-1M": "10"})
+
+    httpserver.expect_request(KLINES_PATH).respond_with_handler(exchange)
+    opens = market["BTCUSDT"].index
+    now = {"s": (opens[-4] + pd.Timedelta(minutes=30)).timestamp()}        # half-way through the 4th-newest bar: open
+    clock, sleep = (lambda: now["s"]), (lambda seconds: now.update(s=now["s"] + seconds))
+    source = lambda config: itertools.islice(binance_source(config.data.symbols, tmp_path / "data", base_url=httpserver.url_for("/"),
+                                                             sleep=sleep, clock=clock), 3)   # three hourly cycles
+    counts = shadow("1h", registry, source, tmp_path / "live.sqlite", say=lambda _: None)
+    frame = PredictionLog(tmp_path / "live.sqlite").frame()
+    assert counts["predicted"] == 3 and list(frame["bar_time"]) == list(opens[-5:-2])   # each newly closed bar, once
+    stored = load_bars(tmp_path / "data", symbols=symbols, timeframe="1h").bars["BTCUSDT"]
+    assert stored.index[-1] == opens[-3]                                  # the bar open at the last fetch was not stored
+    shadow("1h", registry, lambda config: replay_source(klines, symbols, start=opens[-5], end=opens[-3]),
+           tmp_path / "replay.sqlite", start=opens[-5], say=lambda _: None)
+    np.testing.assert_allclose(frame["p_up"], PredictionLog(tmp_path / "replay.sqlite").frame()["p_up"], rtol=0, atol=1e-9)

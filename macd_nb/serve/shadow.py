@@ -111,7 +111,8 @@ def binance_source(symbols: list[str], data_dir: Path, *, base_url: str | None =
     from macd_nb.serve.binance import fetch_klines
     start = (pd.Timestamp(clock(), unit="s", tz="UTC").floor("1h") - pd.Timedelta(days=500)).strftime("%Y-%m-%d")
     while True:
-        fetch_klines(symbols, "1h", start, source="rest", base_url=base_url, data_dir=data_dir, progress=False)
+        fetch_klines(symbols, "1h", start, source="rest", base_url=base_url, data_dir=data_dir, progress=False,
+                     sleep=sleep, clock=clock)   # one clock: which bar is still open is the loop's question too
         yield load_bars(data_dir, symbols=symbols, timeframe="1h").bars
         next_close = (np.floor(clock() / 3600) + 1) * 3600 + delay_s
         sleep(max(0.0, next_close - clock()))
