@@ -69,6 +69,8 @@ def validate_run(run_dir: str | Path, timeframes: list[str]) -> list[dict]:
 def run_validation(run_dir: str | Path, timeframes: list[str]) -> dict:
     "Stage 4.1: `results/validation.json` with every row; fails naming each artifact that is not right."
     rows = validate_run(run_dir, timeframes)
+    if not rows: raise AssertionError(f"{run_dir}: nothing to validate: no stage left a result record in results/ for "
+                                      f"{list(timeframes)}; run the stages before this one")
     failed = [f"{r['artifact']}: {r['reason']}" for r in rows if not r["ok"]]
     record = {"stage": stage_named("validate").number, "checked_timeframes": list(timeframes), "n_checked": len(rows),
               "passed": not failed, "failed": failed, "rows": rows}
