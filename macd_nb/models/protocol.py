@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import pandas as pd
 
 from ..core.config import RunConfig, library_versions
 from ..core.features import FEATURE_SET_VERSION
-from ..core.parallel import parallel_map
+from ..core.parallel import parallel_map, worker_layout
 from ..core.rundir import RunPaths, gate, model_result, read_json, read_parquet, write_json, write_parquet
 from ..core.stages import stage_of_model
 from ..core.validation import (Fold, WalkForward, WalkForwardResult, as_utc_datetime64, auc, auc_ci,
@@ -149,12 +150,21 @@ def controls_record(shuffled_auc: float, X: np.ndarray, y: np.ndarray, names: li
 # %% ../../nbs/models/00_protocol.ipynb #2c08a66f
 def feature_aucs(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     "AUC of every column of `X` against binary `y` (ties averaged; NaN filled with the column median)."
-    from scipy.stats import rankdata
-    X = np.where(np.isfinite(X), X, np.nanmedian(X, axis=0))
-    ranks = rankdata(np.nan_to_num(X), axis=0)
-    positives = y == 1
-    n_pos, n_neg = positives.sum(), (~positives).sum()
-    return (ranks[positives].sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    if not np.isfinite(X).all(): X = np.where(np.isfinite(X), X, np.nanmedian(X, axis=0))
+    columns = np.ascontiguousarray(X.T)                    # one feature per row: each sort runs over contiguous memory
+    order = np.argsort(columns, axis=1)
+    values, positive = np.take_along_axis(columns, order, axis=1), (y == 1)[order]
+    n = columns.shape[1]
+    # tie groups (they never span two features: every row starts one) and their average rank, (first + last) / 2 + 1
+    starts = np.ones(values.shape, dtype=bool)
+    starts[:, 1:] = values[:, 1:] != values[:, :-1]
+    first = np.flatnonzero(starts)
+    last = np.r_[first[1:], values.size] - 1
+    rank_sum = np.bincount(first // n, weights=np.add.reduceat(positive.ravel(), first) * ((first % n + last % n) / 2 + 1),
+                           minlength=len(columns))
+    n_pos = int((y == 1).sum())
+    n_neg = len(y) - n_pos
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 @dataclass
@@ -168,20 +178,36 @@ class BestFeatureReference:
         return Counter(self.choices).most_common(1)[0][0] if self.choices else ""
 
 
-def best_feature_reference(X: np.ndarray, y: np.ndarray, folds: list[Fold], names: list[str]) -> BestFeatureReference:
-    "Per fold: the feature with the AUC farthest from 0.5 on the training rows, scored as its training percentile."
-    oof_score, choices = np.full(len(y), np.nan), []
+def _reference_folds(X: np.ndarray, y: np.ndarray, names: list[str], folds: list[Fold]) -> list[tuple | None]:
+    "`best_feature_reference` of some folds: per fold (validation rows, their scores, the choice), None when unscorable."
+    answers = []
     for fold in folds:
         train = fold.train_idx[np.isfinite(y[fold.train_idx])]
         val = fold.val_idx[np.isfinite(y[fold.val_idx])]
-        if len(train) == 0 or len(val) == 0 or len(np.unique(y[train])) < 2: continue
+        if len(train) == 0 or len(val) == 0 or len(np.unique(y[train])) < 2:
+            answers.append(None)
+            continue
         strength = feature_aucs(X[train], y[train]) - 0.5
         best = int(np.nanargmax(np.abs(strength)))
         sign, median = (1.0 if strength[best] >= 0 else -1.0), np.nanmedian(X[train, best])
         reference_values = np.sort(np.nan_to_num(X[train, best], nan=median))
         percentile = np.searchsorted(reference_values, np.nan_to_num(X[val, best], nan=median), side="right") / len(reference_values)
-        oof_score[val] = percentile if sign > 0 else 1.0 - percentile
-        choices.append(("" if sign > 0 else "-") + names[best])
+        answers.append((val, percentile if sign > 0 else 1.0 - percentile, ("" if sign > 0 else "-") + names[best]))
+    return answers
+
+
+def best_feature_reference(X: np.ndarray, y: np.ndarray, folds: list[Fold], names: list[str], *,
+                           n_jobs: int | None = 1,   # worker processes: the folds are split into that many runs
+                           ) -> BestFeatureReference:
+    "Per fold: the feature with the AUC farthest from 0.5 on the training rows, scored as its training percentile."
+    workers, _ = worker_layout(len(folds), n_jobs, 1)
+    bounds = np.linspace(0, len(folds), workers + 1).astype(int)
+    chunks = [folds[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    answers = parallel_map(partial(_reference_folds, X, y, names), chunks, n_jobs=workers)
+    oof_score, choices = np.full(len(y), np.nan), []
+    for val, score, choice in (answer for part in answers for answer in part if answer is not None):
+        oof_score[val] = score
+        choices.append(choice)
     return BestFeatureReference(oof_score, choices)
 
 # %% ../../nbs/models/00_protocol.ipynb #0a79dcf4
@@ -410,7 +436,8 @@ def run_direction_stage(config: RunConfig, run_dir: str | Path, timeframe: str, 
                                protocol.y[first], protocol.feature_names, seed=config.seed,
                                shuffled_protocol="same folds, preprocessing and parameters; development labels permuted")
     base = list(summary["base_features"])
-    reference = best_feature_reference(table[base].to_numpy(dtype=float), protocol.y, protocol.folds, base)
+    reference = best_feature_reference(table[base].to_numpy(dtype=float), protocol.y, protocol.folds, base,
+                                       n_jobs=config.n_jobs)
     timings = {"prepare": prepared - started, "folds": walked - prepared, "refit": refitted - walked,
                "controls": time.perf_counter() - refitted}
     timings["total"] = time.perf_counter() - started

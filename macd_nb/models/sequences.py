@@ -352,7 +352,7 @@ def run_sequence_stage(config: RunConfig, run_dir: str | Path, timeframe: str, s
                                shuffled_protocol={"refits": len(refit_folds), "epochs": control_epochs,
                                                   "note": "same coarse walk-forward, label rows permuted (all heads jointly)"})
     base = list(summary["base_features"])
-    reference = best_feature_reference(table[base].to_numpy(dtype=float), protocol.y, refit_folds, base)
+    reference = best_feature_reference(table[base].to_numpy(dtype=float), protocol.y, refit_folds, base, n_jobs=config.n_jobs)
     finished = time.perf_counter()
 
     meta = {"model": spec.model, "architecture": architecture, "features": names,
