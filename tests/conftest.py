@@ -26,3 +26,14 @@ def shared_data() -> Path:
     "The folder of the shared real klines (the test is skipped when it is absent)."
     if not SHARED_DATA.exists(): pytest.skip(f"shared real data not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def real_market(shared_data):
+    "The full profile's config and its 17 symbols' real 1h bars, loaded once for the tests that compare live and batch features."
+    from macd_nb.core.config import profile_config
+    from macd_nb.core.data import load_bars
+    config = profile_config("full", data_source=str(shared_data))
+    market = load_bars(config.data.source, symbols=config.data.symbols, start=config.data.start, end=config.data.end,
+                       timeframe="1h", cache_dir=False).bars
+    return config, market

@@ -4,22 +4,11 @@ from functools import partial
 import numpy as np
 import pytest
 
-from macd_nb.core.config import profile_config
-from macd_nb.core.data import load_bars
 from macd_nb.core.parallel import parallel_map
 from macd_nb.core.prepare import features_at
 from macd_nb.serve.live import live_batch_difference, live_rows, live_window
 
 from conftest import needs_shared_data
-
-
-@pytest.fixture(scope="module")
-def real_market(shared_data):
-    "BTCUSDT and the 16 other symbols of the full profile, 1h bars."
-    config = profile_config("full", data_source=str(shared_data))
-    market = load_bars(config.data.source, symbols=config.data.symbols, start=config.data.start, end=config.data.end,
-                       timeframe="1h", cache_dir=False).bars
-    return config, market
 
 
 @needs_shared_data
