@@ -198,6 +198,11 @@ CASES = [
     ("deploy-missing-tarball", ["deploy", "{root}/absent.tar.gz", "--to", "{root}/registry"], None, 2, ["absent.tar.gz"]),
     ("deploy-truncated-tarball", ["deploy", "{root}/cut.tar.gz", "--to", "{root}/registry"],
      lambda root: (root / "cut.tar.gz").write_bytes(gzip.compress(b"x" * 5000)[:-50]) and [], 2, ["cut.tar.gz"]),
+    # --- second round: names confined to their folders
+    # --- second round: the chain of custody
+    # --- second round: bad ticks and gaps
+    # --- second round: settings checked for meaning
+    # --- second round: interrupts and the messages around a run
 ]
 
 
