@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from sklearn.metrics import roc_auc_score
 
-from macd_nb.core.validation import (WalkForward, auc_ci, holdout_split, inner_split, leak_audit, logistic_fit_predict,
-                                planted_leak_control, shuffled_label_control, toy_signal_data, walk_forward_predict,
-                                _weighted_auc, block_bootstrap_counts)
+from macd_nb.core.validation import (MIN_VAL_BARS, WalkForward, auc_ci, holdout_split, inner_split, leak_audit,
+                                logistic_fit_predict, planted_leak_control, shuffled_label_control, toy_signal_data,
+                                walk_forward_predict, _weighted_auc, block_bootstrap_counts)
 
 splitter_settings = st.fixed_dictionaries({
     "n_folds": st.integers(1, 40),
@@ -50,7 +50,7 @@ def test_purge_embargo_and_window_sizes_are_honoured(s):
     val_size = splitter.fold_val_size(s["n_rows"])
     for fold in folds:
         assert fold.val_idx[0] - fold.train_idx[-1] - 1 == s["purge"] + s["embargo"]
-        assert len(fold.val_idx) == val_size
+        assert len(fold.val_idx) == val_size >= MIN_VAL_BARS
         assert np.all(np.diff(fold.train_idx) == 1) and np.all(np.diff(fold.val_idx) == 1)
         if s["expanding"]: assert fold.train_idx[0] == 0
         else: assert len(fold.train_idx) == min(s["train_size"], fold.train_idx[-1] + 1)
@@ -81,8 +81,21 @@ def test_time_purge_handles_gaps(horizon, row_purge, gap_sizes):
 
 
 def test_too_many_folds_names_the_numbers():
-    with pytest.raises(ValueError, match=r"n_folds=357 needs at least 9141 bars .* got 9000"):
+    with pytest.raises(ValueError, match=r"n_folds=357 needs at least 13068 bars .* got 9000: .* hold 0 bars.*; use n_folds <= 18"):
         WalkForward(357, train_size=8760, purge=24).folds(9000)
+
+
+@pytest.mark.parametrize("n_folds, n_rows, val_size", [(122, 2568, 12), (123, 2568, None), (300, 2568, None), (6, 2568, 244)])
+def test_validation_folds_are_never_shorter_than_min_val(n_folds, n_rows, val_size):
+    "The smoke profile's 2568 development bars after a 1080-bar training window: 122 folds of 12 bars fit, 123 do not."
+    splitter = WalkForward(n_folds, train_size=1080, purge=24)
+    if val_size is not None:
+        assert splitter.fold_val_size(n_rows) == val_size and all(len(f.val_idx) == val_size for f in splitter.folds(n_rows))
+        return
+    with pytest.raises(ValueError) as error:
+        splitter.folds(n_rows)
+    assert f"n_folds={n_folds}" in str(error.value) and f"got {n_rows}" in str(error.value)
+    assert f"would hold {1464 // n_folds} bars, fewer than 12; use n_folds <= 122 or a longer range" in str(error.value)
 
 
 def test_holdout_and_inner_split_keep_their_gaps():
