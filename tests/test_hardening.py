@@ -190,7 +190,8 @@ CASES = [
     ("report-missing-run", ["report", "nosuchrun"], None, 2, ["nosuchrun", "holds no run"]),
     ("report-corrupt-result", ["report", "broken"], corrupt_copy("results/prepare.json"), 2, ["results/prepare.json: corrupt", "--resume"]),
     ("report-corrupt-features", ["report", "broken"], corrupt_copy("data/features_1h.parquet"), 2, ["data/features_1h.parquet: corrupt"]),
-    ("resume-corrupt-config", ["run", "--run-id", "broken", "--resume"], corrupt_copy("config.json"), 2, ["config.json: corrupt"]),
+    ("resume-corrupt-config", ["run", "--run-id", "broken", "--resume"], corrupt_copy("config.json"), 2,
+     ["config.json: corrupt or edited", "cannot be resumed", "another --run-id"]),
     ("promote-without-stacking", ["promote", "{root}/runs/base", "--alias", "1h", "--registry", "{root}/registry"], None, 2,
      ["no stacked model for 1h"]),
     ("promote-bad-alias", ["promote", "{root}/runs/base", "--alias", "7m", "--registry", "{root}/registry"], None, 2, ["alias '7m'"]),
@@ -199,15 +200,55 @@ CASES = [
     ("deploy-truncated-tarball", ["deploy", "{root}/cut.tar.gz", "--to", "{root}/registry"],
      lambda root: (root / "cut.tar.gz").write_bytes(gzip.compress(b"x" * 5000)[:-50]) and [], 2, ["cut.tar.gz"]),
     # --- second round: names confined to their folders
+    ("run-id-dotdot", [*NEW, "--run-id", ".."], None, 2, ["--run-id '..'", "not a plain name"]),
+    ("run-id-dot", [*NEW, "--run-id", "."], None, 2, ["--run-id '.'", "not a plain name"]),
+    ("run-id-absolute", [*NEW, "--run-id", "{root}/elsewhere"], None, 2, ["/elsewhere'", "not a plain name"]),
+    ("run-id-inside-a-run", [*NEW, "--run-id", "base/results"], None, 2, ["--run-id 'base/results'", "not a plain name"]),
+    ("reports-root-inside-a-run", [*NEW, "--runs-root", "{root}/runs", "--reports-root", "{root}/runs/base/results"], None, 2,
+     ["--reports-root", "lies inside the run", "runs/base"]),
+    ("runs-root-inside-a-run", [*NEW, "--runs-root", "{root}/runs/base", "--reports-root", "{root}/reports"], None, 2,
+     ["--runs-root", "lies inside the run"]),
+    ("runs-and-reports-one-folder", [*NEW, "--runs-root", "{root}/both", "--reports-root", "{root}/both"], None, 2,
+     ["in one folder"]),
+    ("report-run-id-dotdot", ["report", "..", "--runs-root", "{root}/runs/base", "--reports-root", "{root}/reports"], None, 2,
+     ["run id '..'", "not a plain name"]),
+    ("package-out-inside-another-run", ["package", "{root}/runs/base", "--out", "{root}/runs/other/package"],
+     lambda root: _write(_folder(root / "runs" / "other") / "config.json", "{}") and [], 2, ["--out", "lies inside the run", "runs/other"]),
+    ("deploy-into-a-run", ["deploy", "{root}/absent.tar.gz", "--to", "{root}/runs/base/models"], None, 2, ["--to", "lies inside the run"]),
+    ("registry-inside-a-run", ["aliases", "--registry", "{root}/runs/base/registry"], None, 2, ["--registry", "lies inside the run"]),
+    ("alias-a-path", ["health", "--alias", "../../etc", "--registry", "{root}/registry"], None, 2, ["--alias '../../etc'", "not a plain name"]),
+    ("fallback-a-path", ["shadow", "--source", "replay:{root}/good", "--db", "{root}/log.db", "--fallback", "lgb,../x"], None, 2,
+     ["--fallback model '../x'"]),
+    ("fetch-symbol-empty", ["fetch", "--symbols", "BTCUSDT,,ETHUSDT", "--start", "2024-01-01", "--data-dir", "{root}/fetched"], None, 2,
+     ["--symbols: symbol ''", "not a plain name"]),
     # --- second round: the chain of custody
+    ("package-flipped-result", ["package", "{root}/runs/broken"], corrupt_copy("results/prepare.json"), 2,
+     ["results/prepare.json: corrupt", "--run-id broken --resume"]),
+    # a copy with one declared file (or a folder's ledger) deleted: corrupt_copy makes the copy, the flipped byte goes with the file
+    ("package-deleted-result", ["package", "{root}/runs/broken"],
+     lambda root: (corrupt_copy("results/prepare.json")(root), (root / "runs/broken/results/prepare.json").unlink()) and [], 2,
+     ["results/prepare.json: listed in", "MANIFEST.json but missing", "--run-id broken --resume"]),
+    ("report-deleted-features", ["report", "broken"],
+     lambda root: (corrupt_copy("data/features_1h.parquet")(root), (root / "runs/broken/data/features_1h.parquet").unlink()) and [],
+     2, ["data/features_1h.parquet: listed in", "MANIFEST.json but missing", "--resume"]),
+    ("report-deleted-ledger", ["report", "broken"],
+     lambda root: (corrupt_copy("results/.sha256.jsonl")(root), (root / "runs/broken/results/.sha256.jsonl").unlink()) and [], 2,
+     ["results/.sha256.jsonl is missing", "results/prepare.json"]),
     # --- second round: bad ticks and gaps
     # --- second round: settings checked for meaning
     # --- second round: interrupts and the messages around a run
+    ("resume-without-run-id", ["run", "--resume"], None, 2, ["--resume needs --run-id", "runs under", "broken"]),
+    ("report-corrupt-config", ["report", "broken"], corrupt_copy("config.json"), 2, ["config.json: corrupt", "restore it"]),
 ]
 
 
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
+    return path
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -222,7 +263,7 @@ def test_bad_input(world, capsys, case, argv, setup, code, fragments):
     before = tree_digest(root / "runs" / "base", root / "reports" / "base")
     argv = [a.replace("{root}", str(root)) for a in argv]
     is_run = argv[0] == "run"
-    if is_run and "--run-id" not in argv: argv += ["--run-id", case]
+    if is_run and "--run-id" not in argv and "--resume" not in argv: argv += ["--run-id", case]
     extra = []
     if case == "second-writer":
         holder = setup(root)
@@ -404,3 +445,35 @@ def test_two_runs_with_one_id_started_together(tmp_path):
     stages = read_json(tmp_path / "reports" / "same" / "status.json")["stages"]
     assert [s["status"] for s in stages] == ["completed", "completed"]
     assert (run_dir / "results" / "baseline_1h.json").exists() and corrupt_files(run_dir) == []
+
+
+# --- interrupts: Ctrl-C and SIGTERM stop a run in one line, and it resumes --------------------------------------------
+
+@pytest.mark.parametrize("signum, to_group, stage", [(signal.SIGINT, True, "lgb"), (signal.SIGTERM, False, "prepare")],
+                         ids=["ctrl-c-to-the-terminal-group-in-lgb", "sigterm-to-the-runner-in-prepare"])
+def test_an_interrupt_stops_in_one_line_and_resumes(tmp_path, signum, to_group, stage):
+    "Ctrl-C reaches every process of the terminal's group (kernel and fold workers too); SIGTERM only the runner."
+    roots = ["--runs-root", str(tmp_path / "my runs"), "--reports-root", str(tmp_path / "my reports")]   # a space: quoted
+    report_dir = tmp_path / "my reports" / "i"
+    command = [*MACD_NB, "run", "--profile", "smoke", "--run-id", "i", "--only", "prepare", "lgb", *roots]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline, family = time.monotonic() + 240, []
+    while time.monotonic() < deadline and not _stage_running(report_dir, stage): time.sleep(0.2)
+    time.sleep(2)                                                   # well inside the stage
+    family = _descendants(process.pid)
+    (os.killpg if to_group else os.kill)(process.pid, signum)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 128 + signum, err
+    said = [line for line in err.splitlines() if line.startswith("macd-nb run:")]
+    assert len(said) == 1 and f"stopped by {signal.Signals(signum).name} during stage {stage}" in said[0], err
+    assert "'" + str(tmp_path / "my runs") + "'" in said[0], "the resume command quotes a root with a space"
+    assert "Traceback" not in err and "IPKernelApp" not in err and "KeyboardInterrupt" not in err, err
+    time.sleep(5)
+    assert _alive(family) == [], "processes of the interrupted run outlived it"
+    assert [s["status"] for s in read_json(report_dir / "status.json")["stages"]].count("interrupted") == 1
+    done = subprocess.run(said[0].split("Resume with: ")[1], shell=True, capture_output=True, text=True,
+                          env=os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr
+    assert f"re-running stage {stage}" in done.stderr and "it was interrupted" in done.stderr
+    assert "IPKernelApp" not in done.stderr and "KeyboardInterrupt" not in done.stderr   # a normal run is quiet too
+    assert corrupt_files(tmp_path / "my runs" / "i") == []
