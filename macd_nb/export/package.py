@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from ..core.config import TIMEFRAMES
-from ..core.rundir import read_json, sha256_file, write_atomically, write_json
+from ..core.rundir import CorruptArtifact, read_json, read_verified_bytes, sha256_file, write_atomically, write_json
 from .registry import RegistryError, _fsync_dir, move_alias, read_alias, registry_lock
 
 # %% ../../nbs/export/04_package.ipynb #58fa1f72
@@ -37,11 +37,14 @@ def _run_time(run_dir: Path) -> str:
 
 def package_files(run_dir: Path) -> dict[str, bytes]:
     "Relative path -> bytes of everything the package holds except its manifest (the report rendered from the results)."
-    files = {"config.json": (run_dir / "config.json").read_bytes()}
-    for folder in PACKAGED:
-        for path in sorted((run_dir / folder).rglob("*")):
-            if path.is_file() and not path.name.startswith(".") and path.name != "package.json":
-                files[path.relative_to(run_dir).as_posix()] = path.read_bytes()
+    manifest = run_dir / "MANIFEST.json"   # what the run left behind when it last ended: a file it lists must still be there
+    declared = {name for name in (read_json(manifest)["files"] if manifest.exists() else {}) if name.split("/")[0] in PACKAGED}
+    present = {path.relative_to(run_dir).as_posix() for folder in PACKAGED for path in (run_dir / folder).rglob("*")
+               if path.is_file() and not path.name.startswith(".")}
+    missing = sorted(name for name in declared - present if not name.endswith("/package.json"))
+    if missing: raise FileNotFoundError(f"{run_dir / missing[0]}: listed in {manifest} but missing (deleted after its stage wrote it)")
+    # the bytes packaged are the bytes checked against the sha256 their writer recorded, so the package manifest holds it too
+    files = {name: read_verified_bytes(run_dir / name) for name in ["config.json", *sorted(present)] if not name.endswith("/package.json")}
     from macd_nb.pipeline.report import write_report
     with tempfile.TemporaryDirectory() as scratch:
         report = write_report(run_dir, Path(scratch), run_dir.name, for_package=True)   # nothing that changes after packaging
@@ -59,11 +62,14 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
 def build_package(run_dir: str | Path, out_dir: str | Path) -> Path:
     "`out_dir/macd_models_<ts>.tar.gz` of the run, deterministic; its manifest lists every other member."
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    files = package_files(run_dir)
+    try: files, stamp = package_files(run_dir), _run_time(run_dir)
+    except (CorruptArtifact, FileNotFoundError) as refused:   # one line naming the file, for the command line
+        raise DeployError(f"{refused}; nothing was packaged: rewrite it with macd-nb run --run-id {run_dir.name} --resume "
+                          f"--runs-root {run_dir.parent} (and the run's --reports-root)") from None
     manifest = {"run": run_dir.name, "files": {name: {"sha256": "sha256:" + hashlib.sha256(data).hexdigest(), "bytes": len(data)}
                                                for name, data in sorted(files.items())}}
     files["MANIFEST.json"] = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    target = out_dir / f"macd_models_{_run_time(run_dir)}.tar.gz"
+    target = out_dir / f"macd_models_{stamp}.tar.gz"
     out_dir.mkdir(parents=True, exist_ok=True)
     def write(tmp):
         with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as zipped, \

@@ -178,12 +178,13 @@ def data_section(prepare: dict) -> list[str]:
     "The data each symbol gave and every repair the loader and the prepare stage counted (from `results/prepare.json`)."
     files = prepare.get("data_report", {}).get("files", {})
     if not files: return []
+    header = ["symbol", "rows read", "rows kept", "first bar", "last bar", *REPAIRS.values(), "implausible bars", "columns dropped"]
     lines = ["## Data", "", f"Source `{prepare.get('data_source')}`. Every repair below was counted, never silent; the "
-             "examples name the file and row.", "", "| symbol | rows read | rows kept | first bar | last bar | "
-             + " | ".join(REPAIRS.values()) + " | columns dropped |", "|---|" + "---|" * (6 + len(REPAIRS))]
+             "examples name the file and row.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for symbol, f in files.items():
-        lines.append(f"| {symbol} | {f.get('rows_read')} | {f.get('rows_out')} | {f.get('first_bar')} | {f.get('last_bar')} | "
-                     + " | ".join(str(f.get(key, 0)) for key in REPAIRS) + f" | {', '.join(f.get('dropped_columns') or []) or '-'} |")
+        cells = [symbol, f.get("rows_read"), f.get("rows_out"), f.get("first_bar"), f.get("last_bar"),
+                 *(f.get(key, 0) for key in REPAIRS), f.get("implausible_bars", 0), ", ".join(f.get("dropped_columns") or []) or "-"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     examples = [f"- {symbol}, {kind}: {', '.join(map(str, shown[:2]))}" for symbol, f in files.items()
                 for kind, shown in (f.get("examples") or {}).items() if shown]
     built = []
@@ -192,6 +193,8 @@ def data_section(prepare: dict) -> list[str]:
         built.append(f"- {tf}: {s.get('rows')} rows after {s.get('warmup_rows')} warm-up bars; {excluded.get('rows', 0)} rows "
                      f"excluded because a feature was undefined there"
                      + (f" (first {', '.join(excluded['first_rows'][:3])}; no bar of {excluded['no_bar_of']})" if excluded.get("rows") else "")
+                     + (f"; {s['gap_excluded_rows']} rows excluded because their lookback or label spans a gap longer than "
+                        "`max_gap_hours`" if s.get("gap_excluded_rows") else "")
                      + (f"; neutral values used (zero denominators): {', '.join(f'{k} {v}' for k, v in neutral.items())}" if neutral else "")
                      + (f"; cross-asset {s['cross_asset']}" if str(s.get("cross_asset", "")).startswith("off") else ""))
     return lines + ([""] + examples if examples else []) + ["", "Feature tables:", *built, ""]
@@ -212,7 +215,7 @@ def write_report(run_dir: str | Path, report_dir: str | Path, run_id: str, *, fo
              *reference_verdicts(run_dir), "", export_section(run_dir, package=not for_package),
              f"- profile `{config['profile']}`, target `{config['target']}`, timeframes {config['timeframes']}, "
              f"data `{config['data_source']}`, device `{config['device']}`",
-             f"- data fingerprint `{config_record.get('data_fingerprint')}`; window {windows or 'n/a'}",
+             f"- data fingerprint `{prepare.get('data_fingerprint', 'n/a')}`; window {windows or 'n/a'}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in config_record["versions"].items()), ""]
     if "oracle" in prepare:
         o = prepare["oracle"]
