@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['NAME_PATTERN', 'run_id_now', 'checked_name', 'is_run_dir', 'is_registry', 'checked_root', 'stage_outputs',
            'unrecorded_outputs', 'output_problems', 'text_bar', 'write_status', 'stage_headline', 'failure_cause',
-           'RunInUse', 'resume_command_for', 'Interrupted', 'signals_interrupt', 'run_lock', 'config_differences',
+           'RunInUse', 'run_lock', 'resume_command_for', 'Interrupted', 'signals_interrupt', 'config_differences',
            'run_pipeline']
 
 # %% ../../nbs/pipeline/01_runner.ipynb #286122e1
@@ -171,7 +171,7 @@ def stage_headline(run_dir: Path, outputs: dict[str, str]) -> tuple[str, str]:
     verdict = f"{sum(g['passed'] for g in gates)}/{len(gates)} passed" if gates else ""
     return "; ".join(metrics), verdict
 
-# %% ../../nbs/pipeline/01_runner.ipynb #211a92b1
+# %% ../../nbs/pipeline/01_runner.ipynb #b87a1546
 def _run_stage(stage: Stage, nbs_dir: Path, run_dir: Path, report_dir: Path, record: dict, refresh) -> None:
     "Execute one stage notebook with papermill, keeping `record` (and the status file) up to date."
     import papermill
@@ -189,7 +189,6 @@ def _run_stage(stage: Stage, nbs_dir: Path, run_dir: Path, report_dir: Path, rec
         record["cells_done"], record["cells_total"] = _cell_progress(output)
         shutil.rmtree(sockets, ignore_errors=True)
 
-
 def _quiet_local_kernel(sockets: Path) -> dict:
     "papermill options for a stage kernel: Unix sockets under `sockets` (this user's only, never TCP), kernel logs off."
     # below CRITICAL the kernel logs 'KeyboardInterrupt caught in kernel' at every shutdown (jupyter_client interrupts
@@ -198,43 +197,16 @@ def _quiet_local_kernel(sockets: Path) -> dict:
     return {"config": Config({"KernelManager": {"transport": "ipc", "ip": str(sockets / "kernel")}}),
             "extra_arguments": ["--IPKernelApp.log_level=CRITICAL"]}
 
-
+# %% ../../nbs/pipeline/01_runner.ipynb #ba7b8c1f
 def failure_cause(error: BaseException) -> str:
     "The first line of what went wrong inside a stage (the notebook's exception, not papermill's wrapper), e.g. `DataError: <file> row 7: ...`."
     name, value = (error.ename, error.evalue) if hasattr(error, "ename") else (type(error).__name__, str(error))
     first = next((line.strip() for line in str(value).splitlines() if line.strip()), "")
     return f"{name}: {first}"[:600]
 
-
+# %% ../../nbs/pipeline/01_runner.ipynb #e96b2696
 class RunInUse(RuntimeError):
     "A second writer of a run directory, refused."
-
-
-def resume_command_for(run_id: str, runs_root: str | Path, reports_root: str | Path) -> str:
-    "The command that resumes run `run_id`, each part quoted for a POSIX shell (a root may hold a space)."
-    return shlex.join(["macd-nb", "run", "--run-id", run_id, "--resume", "--runs-root", str(runs_root),
-                       "--reports-root", str(reports_root)])
-
-
-class Interrupted(BaseException):
-    "SIGINT (Ctrl-C) or SIGTERM while a run writes: the stage stops, the status says so, completed stages are kept."
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum, self.name, self.stage, self.resume_command = signum, signal.Signals(signum).name, None, ""
-
-
-@contextmanager
-def signals_interrupt():
-    "Within: SIGINT and SIGTERM raise `Interrupted` in the main thread, once (a second signal is ignored while stopping)."
-    if threading.current_thread() is not threading.main_thread(): yield; return   # signals reach the main thread only
-    def stop(signum, frame):
-        for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_IGN)
-        raise Interrupted(signum)
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try: yield
-    finally:
-        for s, handler in previous.items(): signal.signal(s, handler)
-
 
 @contextmanager
 def run_lock(run_dir: Path):
@@ -257,18 +229,40 @@ def run_lock(run_dir: Path):
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
 
+# %% ../../nbs/pipeline/01_runner.ipynb #92cc7606
+def resume_command_for(run_id: str, runs_root: str | Path, reports_root: str | Path) -> str:
+    "The command that resumes run `run_id`, each part quoted for a POSIX shell (a root may hold a space)."
+    return shlex.join(["macd-nb", "run", "--run-id", run_id, "--resume", "--runs-root", str(runs_root),
+                       "--reports-root", str(reports_root)])
 
+class Interrupted(BaseException):
+    "SIGINT (Ctrl-C) or SIGTERM while a run writes: the stage stops, the status says so, completed stages are kept."
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.name, self.stage, self.resume_command = signum, signal.Signals(signum).name, None, ""
+
+@contextmanager
+def signals_interrupt():
+    "Within: SIGINT and SIGTERM raise `Interrupted` in the main thread, once (a second signal is ignored while stopping)."
+    if threading.current_thread() is not threading.main_thread(): yield; return   # signals reach the main thread only
+    def stop(signum, frame):
+        for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try: yield
+    finally:
+        for s, handler in previous.items(): signal.signal(s, handler)
+
+# %% ../../nbs/pipeline/01_runner.ipynb #f42ebfa7
 def _runs_under(runs_root: str | Path) -> str:
     "'; runs under <root>: a, b, c' (the newest last), or '' when there are none."
     runs = sorted((p for p in Path(runs_root).glob("*/config.json")), key=lambda p: p.stat().st_mtime)
     return f"; runs under {runs_root}: {', '.join(p.parent.name for p in runs[-10:])}" if runs else ""
 
-
 def config_differences(saved: RunConfig, given: RunConfig) -> list[str]:
     "Each setting whose value differs, as 'name: saved -> given'."
     before, after = saved.to_flat(), given.to_flat()
     return [f"{name}: {before[name]!r} -> {after.get(name)!r}" for name in sorted(before) if before[name] != after.get(name)]
-
 
 def run_pipeline(
     config: RunConfig,
@@ -319,7 +313,7 @@ def run_pipeline(
         return _run_stages(config, stages, previous, run_id, run_dir, report_dir, nbs_dir, runs_root, reports_root,
                            keep_going)
 
-
+# %% ../../nbs/pipeline/01_runner.ipynb #e66cec9f
 def _run_stages(config, stages, previous, run_id, run_dir, report_dir, nbs_dir, runs_root, reports_root,
                 keep_going) -> tuple[bool, Path]:
     "The stage loop of `run_pipeline`, under the run directory's lock."
@@ -344,7 +338,6 @@ def _run_stages(config, stages, previous, run_id, run_dir, report_dir, nbs_dir, 
     for problem in corrupt: tqdm.write(f"no report: {problem}", file=sys.stderr)
     if not corrupt: write_report(run_dir, report_dir, run_id)   # a report is only ever made of verified files
     return ok and not corrupt, report_dir
-
 
 def _stage_loop(config, stages, records, previous, run_dir, report_dir, nbs_dir, refresh, overall, keep_going) -> bool:
     "Run (or reuse) each stage in order, keeping its record; whether every stage ran."
