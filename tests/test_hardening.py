@@ -235,6 +235,15 @@ CASES = [
      lambda root: (corrupt_copy("results/.sha256.jsonl")(root), (root / "runs/broken/results/.sha256.jsonl").unlink()) and [], 2,
      ["results/.sha256.jsonl is missing", "results/prepare.json"]),
     # --- second round: bad ticks and gaps
+    ("data-100x-print", NEW, _klines(lambda f: set_cell(f / "BTCUSDT-1h-2024.csv", 1000, 4, str(
+        100 * float((f / "BTCUSDT-1h-2024.csv").read_text().splitlines()[1000].split(",")[4])))), 0, ["run completed"]),
+    ("data-low-1e-12", NEW, _klines(lambda f: set_cell(f / "BTCUSDT-1h-2024.csv", 1200, 3, "1e-12")), 0, ["run completed"]),
+    ("data-bad-print-refused", NEW, lambda root: [*_klines(lambda f: set_cell(f / "BTCUSDT-1h-2024.csv", 1200, 3, "1e-12"))(root),
+     "--config", str(_write(root / "refuse.yaml", "bad_bars: refuse\n"))],
+     1, ["stage prepare failed", "BTCUSDT-1h-2024.csv row 1201 (open_time", "low 1e-12", "bad_bars: exclude", "fix the file"]),
+    ("data-six-month-gap", NEW, _klines(lambda f: [write_kline_dump(example_klines(2000, seed=seed).pipe(lambda r: r.assign(
+        open_time=r["open_time"] + (r.index >= 1000) * 183 * 86_400_000)), f / f"{symbol}-1h-2024.csv")
+        for seed, symbol in enumerate(("BTCUSDT", "ETHUSDT"))]), 0, ["run completed"]),
     # --- second round: settings checked for meaning
     # --- second round: interrupts and the messages around a run
     ("resume-without-run-id", ["run", "--resume"], None, 2, ["--resume needs --run-id", "runs under", "broken"]),

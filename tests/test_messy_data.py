@@ -96,9 +96,15 @@ def test_symbol_missing_three_weeks_excludes_rows_and_names_it(tmp_path):
     summary = prepare(tmp_path, {"BTCUSDT": klines(1), "ETHUSDT": eth})["timeframes"]["1h"]
     table, _ = table_of(tmp_path)
     excluded = summary["excluded_rows"]
-    assert excluded["rows"] == 654 and excluded["no_bar_of"] == {"ETHUSDT": 504} and summary["rows"] == 2065 - 654
+    assert excluded["rows"] == 654 and excluded["no_bar_of"] == {"ETHUSDT": 504}
     assert excluded["by_feature"]["eth_ret_1"] == 504 and excluded["by_feature"]["beta_btc_168"] == 637
     assert excluded["first_rows"][0] == "2024-03-01 00:00" and pd.Timestamp("2024-03-10", tz="UTC") not in table.index
+    # three weeks is longer than max_gap_hours: the rows whose 168-bar windows still span ETH's gap go too
+    after_gap = pd.Timestamp("2024-03-22 00:00", tz="UTC")
+    assert summary["gap_exclusion"]["largest"][0] == {"symbol": "ETHUSDT", "first_missing": "2024-03-01 00:00",
+                                                      "first_after": "2024-03-22 00:00", "missing_hours": 504}
+    assert not ((table.index >= after_gap) & (table.index < after_gap + 167 * pd.Timedelta("1h"))).any()
+    assert summary["gap_excluded_rows"] > 0 and summary["rows"] == 2065 - 654 - summary["gap_excluded_rows"]
 
 
 def test_too_many_excluded_rows_is_a_data_error_naming_symbol_feature_rows(tmp_path):
@@ -135,8 +141,10 @@ def test_target_outage_of_three_days(tmp_path):
     summary = record["timeframes"]["1h"]
     table, _ = table_of(tmp_path)
     assert record["data_report"]["files"]["BTCUSDT"]["largest_gaps"][0] == {"first_missing": "2024-03-11 00:00", "slots": 72}
-    assert summary["rows"] == 2065 - 72 and summary["excluded_rows"]["rows"] == 0
-    assert summary["labels"][0]["gap"] == 1 and summary["labels"][3]["gap"] == 24   # labels across the outage undefined
+    # 72 hours is longer than max_gap_hours: the 24 rows whose labels reach into it and the 167 whose windows span it go
+    assert summary["rows"] == 2065 - 72 - 24 - 167 and summary["excluded_rows"]["rows"] == 0
+    assert summary["gap_excluded_rows"] == 24 + 167 and summary["gap_exclusion"]["first_rows"][0] == "2024-03-10 00:00"
+    assert summary["labels"][0]["gap"] == summary["labels"][3]["gap"] == 0   # labels across the outage: their rows excluded
 
 
 def test_symbol_without_bars_in_the_target_range_is_a_data_error(tmp_path):

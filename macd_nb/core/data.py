@@ -18,19 +18,50 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import TIMEFRAME_DELTA
+from .config import BAD_BAR_POLICIES, TIMEFRAME_DELTA
 from .klines import (BAR_FILE_SUFFIXES, EXTRA_COLUMNS, PRICE_COLUMNS, REQUIRED_COLUMNS, DataError, read_klines,
                                  canonical_column, first_bad_cell, row_where, row_where_at, to_utc_open_time,
                                  unit_counts)
-from .rundir import CorruptArtifact, read_json, read_parquet, write_atomically
+from .rundir import LEDGER, CorruptArtifact, read_json, read_parquet, recorded_hashes, write_atomically
 
 # %% auto #0
-__all__ = ['DATA_CODE_VERSION', 'MAX_EXAMPLES', 'FileReport', 'validate_bars', 'DataReport', 'MarketData', 'fingerprint',
-           'parse_bar_file_name', 'load_bars', 'resample_bars']
+__all__ = ['DATA_CODE_VERSION', 'MAX_EXAMPLES', 'SPIKE_FACTOR', 'SPIKE_NEIGHBOURS', 'implausible_bars', 'FileReport',
+           'validate_bars', 'DataReport', 'MarketData', 'fingerprint', 'parse_bar_file_name', 'apply_bad_bar_policy',
+           'load_bars', 'resample_bars']
 
 # %% ../../nbs/core/04_data.ipynb #5a150ebe
-DATA_CODE_VERSION = "data-1"  # part of the cache key: bump it when validation or parsing changes
+DATA_CODE_VERSION = "data-2"  # part of the cache key: bump it when validation or parsing changes
 MAX_EXAMPLES = 5  # offending rows listed per check in a report
+
+# %% ../../nbs/core/04_data.ipynb #b83df5eb
+SPIKE_FACTOR = 20.0  # a high or low this many times away from the closes on both sides is a bad print
+SPIKE_NEIGHBOURS = 3  # closes on each side whose median is the reference
+
+def _neighbour_closes(close: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
+    "Median of the `neighbours` closes before each bar and of those after it (fewer at the ends; NaN where there are none)."
+    series = pd.Series(close)
+    before = series.shift(1).rolling(neighbours, min_periods=1).median().to_numpy()
+    after = series[::-1].shift(1).rolling(neighbours, min_periods=1).median().to_numpy()[::-1]
+    return before, after
+
+def implausible_bars(bars: pd.DataFrame, *,
+                     factor: float = SPIKE_FACTOR,  # how far from both neighbouring medians a high or low may be
+                     neighbours: int = SPIKE_NEIGHBOURS,  # closes on each side
+                     ) -> tuple[np.ndarray, list[str]]:
+    "Bars whose high or low is more than `factor` times away from the median closes on both sides, and why, per flagged bar."
+    high, low = bars["high"].to_numpy(dtype="float64"), bars["low"].to_numpy(dtype="float64")
+    before, after = _neighbour_closes(bars["close"].to_numpy(dtype="float64"), neighbours)
+    nearest_above, nearest_below = np.fmax(before, after), np.fmin(before, after)  # one side alone at the ends
+    with np.errstate(invalid="ignore", divide="ignore"):
+        too_high, too_low = high > factor * nearest_above, low * factor < nearest_below
+    flagged = too_high | too_low
+    reasons = []
+    for i in np.flatnonzero(flagged):
+        value, ratio = ((f"high {high[i]:g}", high[i] / nearest_above[i]) if too_high[i] else
+                        (f"low {low[i]:g}", nearest_below[i] / low[i]))
+        reasons.append(f"{value} is {ratio:.3g}x away from the closes around it (median of {neighbours} before "
+                       f"{before[i]:g}, after {after[i]:g}; open {bars['open'].iloc[i]:g}, close {bars['close'].iloc[i]:g})")
+    return flagged, reasons
 
 # %% ../../nbs/core/04_data.ipynb #7148b450
 @dataclass
@@ -50,6 +81,9 @@ class FileReport:
     duplicates_dropped: int = 0
     ohlc_repaired: int = 0
     zero_volume: int = 0
+    implausible_bars: int = 0  # bad prints: see `implausible_bars`
+    implausible_open_times: list[str] = field(default_factory=list)  # every one of them (the examples list the first few)
+    bad_bars: str = "flag"  # what the load did with them: kept (flag) or dropped (exclude); refuse stops the load
     missing_slots: int = 0
     n_gaps: int = 0
     largest_gaps: list[dict] = field(default_factory=list)  # [{"after": ..., "first_missing": ..., "slots": n}]
@@ -121,6 +155,19 @@ def _repair_ohlc(bars: pd.DataFrame, raw: pd.DataFrame, name: str, open_time: pd
                         f"them) in {int(bad.sum())} of {len(bars)} rows, more than {max_fraction:.0%}: file unusable")
     bars["high"] = np.maximum.reduce([o, h, l, c])
     bars["low"] = np.minimum.reduce([o, h, l, c])
+
+def _count_implausible(bars: pd.DataFrame, raw: pd.DataFrame, name: str, open_time: pd.DatetimeIndex,
+                       report: FileReport, max_fraction: float) -> None:
+    "Count and list the implausible bars (bad prints); DataError above max_fraction of rows (the file, not a print, is bad)."
+    flagged, reasons = implausible_bars(bars)
+    positions = np.flatnonzero(flagged)
+    report.implausible_bars = len(positions)
+    report.implausible_open_times = [f"{open_time[i]:%Y-%m-%d %H:%M}" for i in positions]
+    report.examples["implausible_bars"] = [f"{where}: {why}" for where, why in
+                                           zip(_examples(raw, positions, name, open_time), reasons)]
+    if len(positions) > max(1, max_fraction * len(bars)):
+        raise DataError(f"{report.examples['implausible_bars'][0]}: implausible bars (prices far from the bars on both "
+                        f"sides) in {len(positions)} of {len(bars)} rows, more than {max_fraction:.0%}: file unusable")
 
 def _gap_report(open_time: pd.DatetimeIndex, timeframe: str, report: FileReport) -> np.ndarray:
     "Missing slots before each bar (0 for the first); fills the gap counts of the report."
@@ -205,6 +252,7 @@ def validate_bars(raw: pd.DataFrame, *,
     zero_volume = bars["volume"].to_numpy() == 0
     report.zero_volume = int(zero_volume.sum())
     report.examples["zero_volume"] = _examples(raw, np.flatnonzero(zero_volume), name, open_time)
+    _count_implausible(bars, raw, name, open_time, report, max_ohlc_fraction)
     bars["gap_before"] = _gap_report(open_time, timeframe, report)
     report.rows_out, report.columns = len(bars), list(bars.columns)
     if len(bars):
@@ -225,7 +273,7 @@ class DataReport:
     cache_hits: int = 0
 
     _COUNTS = ["rows_read", "rows_in_range", "rows_out", "nan_rows_dropped", "unsorted_rows", "duplicates_dropped",
-               "ohlc_repaired", "zero_volume", "missing_slots", "n_gaps"]
+               "ohlc_repaired", "zero_volume", "implausible_bars", "missing_slots", "n_gaps"]
 
     def to_frame(self) -> pd.DataFrame:
         "One row per symbol: counts, first/last bar, timestamp units, largest gap."
@@ -328,21 +376,56 @@ def _cache_paths(cache_dir: Path, symbol: str, files: list[Path], settings: dict
     stem = f"{symbol}-{settings['timeframe']}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
     return cache_dir / f"{stem}.parquet", cache_dir / f"{stem}.json"
 
+def _cached(frame_path: Path, report_path: Path) -> tuple[pd.DataFrame, FileReport] | None:
+    "A cache entry's frame and report, or None (with a warning saying why) when nothing vouches for it or it cannot be read."
+    try:
+        recorded = recorded_hashes(frame_path.parent)
+        unrecorded = [p.name for p in (frame_path, report_path) if p.name not in recorded]
+        if unrecorded:   # verified() trusts a folder without a ledger (a copy a manifest vouches for); a cache has none
+            warnings.warn(f"rebuilding a cache entry without a recorded hash: {frame_path.parent / LEDGER} holds no "
+                          f"sha256 for {unrecorded}, so nothing vouches for its bytes")
+            return None
+        return read_parquet(frame_path), FileReport(**read_json(report_path))
+    except CorruptArtifact as error:
+        warnings.warn(f"rebuilding a corrupt cache entry: {error}")
+    except (OSError, ValueError, TypeError) as error:   # e.g. pyarrow's ArrowInvalid for a truncated file
+        warnings.warn(f"rebuilding an unreadable cache entry: {frame_path}: {type(error).__name__}: {error}")
+    return None
+
+def apply_bad_bar_policy(bars: pd.DataFrame,  # validated bars of one symbol, at the timeframe its report counted
+                         report: FileReport,  # its report, with the implausible bars counted
+                         policy: str,  # "flag": keep them; "exclude": drop them (missing bars); "refuse": DataError
+                         ) -> pd.DataFrame:
+    "The bars under the policy for implausible bars (bad prints); the report records what was done."
+    if policy not in BAD_BAR_POLICIES: raise ValueError(f"bad_bars={policy!r}, expected one of {BAD_BAR_POLICIES}")
+    report.bad_bars = "exclude" if policy == "exclude" and report.implausible_bars else "flag"
+    if not report.implausible_bars or policy == "flag": return bars
+    if policy == "refuse":
+        others = f" (and {report.implausible_bars - 1} more)" if report.implausible_bars > 1 else ""
+        raise DataError(f"{report.examples['implausible_bars'][0]}: implausible bar, a bad print{others}. Set "
+                        f"`bad_bars: exclude` to leave out the rows it touches (counted in the record), or fix the file")
+    times = pd.DatetimeIndex([pd.Timestamp(t, tz="UTC") for t in report.implausible_open_times]).as_unit("ns")
+    kept = bars.drop(index=times)   # never filled: the bar becomes a missing one, and gap_before says so
+    step = TIMEFRAME_DELTA[report.timeframe].value
+    report.rows_out = len(kept)
+    return kept.assign(gap_before=np.r_[0, np.diff(kept.index.asi8) // step - 1].astype("int64"))
+
 def _load_symbol(symbol: str, files: list[Path], file_timeframe: str, timeframe: str, start, end,
-                 cache_dir: Path | None) -> tuple[pd.DataFrame, FileReport]:
+                 cache_dir: Path | None, bad_bars: str) -> tuple[pd.DataFrame, FileReport]:
     "Validated (and resampled) bars of one symbol, through the cache when there is one."
-    settings = {"timeframe": timeframe, "file_timeframe": file_timeframe, "start": str(start), "end": str(end)}
+    settings = {"timeframe": timeframe, "file_timeframe": file_timeframe, "start": str(start), "end": str(end),
+                "bad_bars": bad_bars}
     if cache_dir is not None:
         frame_path, report_path = _cache_paths(cache_dir, symbol, files, settings)
-        if frame_path.exists() and report_path.exists():
-            try:   # verified like every artifact; a corrupt cache entry is rebuilt, never used
-                report, frame = FileReport(**read_json(report_path)), read_parquet(frame_path)
-                report.cached = True
-                return frame, report
-            except CorruptArtifact as error:
-                warnings.warn(f"rebuilding a corrupt cache entry: {error}")
+        # verified like every artifact; an entry that is corrupt, unreadable or without a recorded hash is rebuilt
+        entry = _cached(frame_path, report_path) if frame_path.exists() and report_path.exists() else None
+        if entry is not None:
+            frame, report = entry
+            report.cached = True
+            return frame, report
     raw = pd.concat([read_klines(p) for p in files], ignore_index=True) if len(files) > 1 else read_klines(files[0])
     bars, report = validate_bars(raw, name=symbol, timeframe=file_timeframe, start=start, end=end)
+    bars = apply_bad_bar_policy(bars, report, bad_bars)
     if timeframe != file_timeframe:
         bars = resample_bars(bars, timeframe, source_timeframe=file_timeframe)
         report.resampled_to, report.rows_out, report.columns = timeframe, len(bars), list(bars.columns)
@@ -366,10 +449,12 @@ def load_bars(source,  # "synthetic", a directory, a file, or a list of files
               seed: int = 0,  # synthetic market only
               n_bars: int | None = None,  # synthetic market only: hourly bars per symbol
               synthetic_options: dict | None = None,  # synthetic market only: more keywords, e.g. {"edge": 0.5}
+              bad_bars: str = "flag",  # implausible bars: "flag" (keep, count), "exclude" (drop, count) or "refuse"
               ) -> MarketData:
     "Load, validate and report canonical bars for each symbol of a source."
     if timeframe not in TIMEFRAME_DELTA:
         raise ValueError(f"timeframe={timeframe!r}, expected one of {list(TIMEFRAME_DELTA)}")
+    if bad_bars not in BAD_BAR_POLICIES: raise ValueError(f"bad_bars={bad_bars!r}, expected one of {BAD_BAR_POLICIES}")
     began = time.perf_counter()
     wanted = None if symbols is None else [s.upper() for s in ([symbols] if isinstance(symbols, str) else symbols)]
     bound = {"start": None if start is None else str(start), "end": None if end is None else str(end)}
@@ -382,6 +467,7 @@ def load_bars(source,  # "synthetic", a directory, a file, or a list of files
         bars = {}
         for symbol, frame in market.bars.items():
             bars[symbol], report.files[symbol] = validate_bars(frame, name=f"synthetic:{symbol}", start=start, end=end)
+            bars[symbol] = apply_bad_bar_policy(bars[symbol], report.files[symbol], bad_bars)
             if timeframe != "1h":
                 bars[symbol] = resample_bars(bars[symbol], timeframe)
                 report.files[symbol].resampled_to, report.files[symbol].rows_out = timeframe, len(bars[symbol])
@@ -403,7 +489,7 @@ def load_bars(source,  # "synthetic", a directory, a file, or a list of files
             if file_timeframe is None:
                 raise DataError(f"{source}: {symbol} has files for {sorted(by_timeframe)}, none usable for {timeframe}")
             bars[symbol], report.files[symbol] = _load_symbol(symbol, sorted(by_timeframe[file_timeframe]),
-                                                              file_timeframe, timeframe, start, end, cache)
+                                                              file_timeframe, timeframe, start, end, cache, bad_bars)
             report.cache_hits += report.files[symbol].cached
         source_name = str(source) if not isinstance(source, (list, tuple)) else ",".join(map(str, source))
     report.load_seconds = round(time.perf_counter() - began, 4)
