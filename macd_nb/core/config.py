@@ -4,17 +4,21 @@
 
 # %% auto #0
 __all__ = ['DEFAULT_SYMBOLS', 'SHARED_SYMBOLS', 'DEVICES', 'BAD_BAR_POLICIES', 'TIMEFRAMES', 'TIMEFRAME_HOURS', 'TIMEFRAME_DELTA',
-           'DEFAULT_GATES', 'SECTIONS', 'PROFILES', 'flat', 'DataSection', 'ValidationSection', 'GbmSection',
-           'NnSection', 'StackingSection', 'BacktestSection', 'RunConfig', 'checked_value', 'flat_names',
-           'default_data_dir', 'profile_config', 'load_config', 'resolve_device', 'library_versions', 'save_config',
-           'read_config']
+           'FEATURE_INPUTS', 'BASE_MODELS', 'MIN_BOOTSTRAP_SAMPLES', 'DEFAULT_GATES', 'SECTIONS', 'Problem', 'PROFILES',
+           'flat', 'DataSection', 'ValidationSection', 'GbmSection', 'NnSection', 'StackingSection', 'BacktestSection',
+           'RunConfig', 'checked_value', 'flat_names', 'date_range', 'setting_problems', 'problem_message',
+           'normalised', 'default_data_dir', 'profile_config', 'fold_problems', 'load_config', 'resolve_device',
+           'library_versions', 'save_config', 'read_config']
 
 # %% ../../nbs/core/00_config.ipynb #73685c5c
 import dataclasses
+import datetime
 import difflib
 import json
 import os
 import platform
+import re
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +36,10 @@ BAD_BAR_POLICIES = ("flag", "exclude", "refuse")
 TIMEFRAMES = ("1h", "4h", "1d")
 TIMEFRAME_HOURS = {"1h": 1, "4h": 4, "1d": 24}
 TIMEFRAME_DELTA = {tf: pd.Timedelta(hours=hours) for tf, hours in TIMEFRAME_HOURS.items()}   # the one definition
+
+FEATURE_INPUTS = ("taker_buy_base", "trades")   # optional kline columns with features of their own (features.OPTIONAL_INPUTS)
+BASE_MODELS = ("baseline", "lgb", "xgb", "lstm", "tft", "lgb_cross")   # the models whose OOF predictions stacking can take
+MIN_BOOTSTRAP_SAMPLES = 100   # a 95% interval's ends are its 2.5th and 97.5th percentiles: < 3 resamples beyond each below
 
 DEFAULT_GATES = {
     "lgb_val_auc_mean": 0.55,        # LightGBM direction model, mean fold validation AUC
@@ -56,7 +64,7 @@ class DataSection:
     timeframes: list[str] = flat("timeframes", lambda: ["1h"])
     start: str | None = flat("start", "2021-01-01")  # first bar (inclusive)
     end: str | None = flat("end", None)              # last bar (inclusive; a date means the whole day)
-    n_bars: int = flat("n_bars", 24 * 120)          # length of the synthetic market, in base-timeframe bars
+    n_bars: int = flat("n_bars", 24 * 120)          # length of the synthetic market, in 1h bars
     synthetic_edge: float = flat("synthetic_edge", 1.0)   # planted predictability of the synthetic market (0 = none)
     feature_inputs: list[str] = flat("feature_inputs", lambda: ["taker_buy_base", "trades"])   # optional kline columns
                                                     # whose features the run uses: the feature list follows from this
@@ -149,15 +157,17 @@ class RunConfig:
     backtest: BacktestSection = field(default_factory=BacktestSection)
 
     @classmethod
-    def from_flat(cls, values: dict[str, Any], *, source: str = "settings") -> "RunConfig":
-        "A validated configuration from flat names (`n_folds`, `gbm_rounds`, ...); `source` names where they came from."
-        unknown = sorted(set(values) - set(flat_names()))
+    def from_flat(cls, values: dict[str, Any], *, source: str = "settings",
+                  origins: dict[str, str] | None = None) -> "RunConfig":
+        "A validated configuration from flat names (`n_folds`, ...); `origins[key]`, else `source`, says where each came from."
+        where = lambda key: (origins or {}).get(key, source)
+        unknown = sorted(set(values) - set(flat_names()), key=str)
         if unknown: raise ValueError(f"{source}: unknown setting(s) " + "; ".join(_suggest(name) for name in unknown))
-        values = {key: checked_value(key, value, source) for key, value in values.items()}
+        values = normalised({key: checked_value(key, value, where(key)) for key, value in values.items()}, where)
         top = {k: v for k, v in values.items() if k in _TOP_FIELDS}
         sections = {section: kind(**{name: values[key] for key, (s, name) in _FLAT.items() if s == section and key in values})
                     for section, kind in SECTIONS.items()}
-        return cls(**top, **sections).validate()
+        return cls(**top, **sections).validate(source=source, origins=origins)
 
     def to_flat(self) -> dict[str, Any]:
         "The flat name -> value mapping of this configuration (what `config.json` and override files hold)."
@@ -175,34 +185,10 @@ class RunConfig:
                                          bootstrap_block=max(1, self.validation.bootstrap_block // bars_per_base))
         return dataclasses.replace(self, validation=validation)
 
-    def validate(self) -> "RunConfig":
-        "Check values that would otherwise fail deep inside a stage; return self."
-        data, v, problems = self.data, self.validation, []
-        if data.target not in data.symbols: problems.append(f"target={data.target!r} is not in symbols={data.symbols}")
-        bad_tf = [tf for tf in data.timeframes if tf not in TIMEFRAMES]
-        if bad_tf: problems.append(f"timeframes {bad_tf} not in {TIMEFRAMES}")
-        if self.device not in DEVICES: problems.append(f"device={self.device!r} not in {DEVICES}")
-        if data.bad_bars not in BAD_BAR_POLICIES: problems.append(f"bad_bars={data.bad_bars!r} not in {BAD_BAR_POLICIES}")
-        if data.max_gap_hours < 1: problems.append(f"max_gap_hours={data.max_gap_hours} must be >= 1")
-        if v.purge_bars < max(v.horizons): problems.append(
-            f"purge_bars={v.purge_bars} must be >= the longest label horizon {max(v.horizons)}")
-        if v.label_horizon not in v.horizons: problems.append(
-            f"label_horizon={v.label_horizon} is not one of horizons={v.horizons}")
-        if not 0 < v.test_fraction < 0.5: problems.append(f"test_fraction={v.test_fraction} must be in (0, 0.5)")
-        if not 0 < v.inner_valid_fraction < 0.5: problems.append(
-            f"inner_valid_fraction={v.inner_valid_fraction} must be in (0, 0.5)")
-        if not (self.executor == "local" or self.executor.startswith("dask://")):
-            problems.append(f"executor={self.executor!r} must be 'local' or 'dask://HOST:PORT'")
-        b = self.backtest
-        if not 0 <= b.cost_bp < 10_000: problems.append(f"backtest_cost_bp={b.cost_bp} must be in [0, 10000)")
-        if not b.band_fractions or not all(0 < f <= 1 for f in b.band_fractions): problems.append(
-            f"backtest_band_fractions={b.band_fractions} must be shares of bars in (0, 1]")
-        if b.blocks < 2: problems.append(f"backtest_blocks={b.blocks} must be >= 2 (the first block only trains the band)")
-        flat_values = self.to_flat()
-        for name in ("n_folds", "train_bars", "n_bars", "n_jobs", "threads_per_job", "bootstrap_block", "nn_refits",
-                     "nn_epochs", "tft_epochs", "nn_sequence_length", "nn_hidden", "nn_batch_size", "gbm_rounds"):
-            if flat_values[name] < 1: problems.append(f"{name}={flat_values[name]} must be >= 1")
-        if problems: raise ValueError("invalid RunConfig: " + "; ".join(problems))
+    def validate(self, *, source: str = "settings", origins: dict[str, str] | None = None) -> "RunConfig":
+        "Return self, or raise one ValueError naming every value that would fail inside a stage or quietly mean something else."
+        problems = setting_problems(self)
+        if problems: raise ValueError(problem_message(problems, source, origins))
         return self
 
 
@@ -223,7 +209,8 @@ def checked_value(key: str, value: Any, source: str = "settings") -> Any:
         return _ADAPTERS[key].validate_python(value, strict=True)
     except ValidationError as error:
         expected = getattr(_TYPES[key], "__name__", None) or str(_TYPES[key])
-        raise ValueError(f"{source}: {key}={value!r} is not a valid {expected} ({error.errors()[0]['msg']})") from None
+        hint = f"; write the date as text: {key}: '{value}'" if isinstance(value, datetime.date) else ""
+        raise ValueError(f"{source}: {key}={value!r} is not a valid {expected} ({error.errors()[0]['msg']}){hint}") from None
 
 
 def flat_names() -> list[str]:
@@ -231,10 +218,155 @@ def flat_names() -> list[str]:
     return _TOP_FIELDS + list(_FLAT)
 
 
-def _suggest(name: str) -> str:
-    "`name`, with the closest known setting when there is one."
-    close = difflib.get_close_matches(name, flat_names(), n=1)
+def _suggest(name, known: list[str] | tuple[str, ...] | None = None) -> str:
+    "`name`, with the closest of the `known` names (default: the settings) when there is one."
+    close = difflib.get_close_matches(str(name), known or flat_names(), n=1)
     return f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+# %% ../../nbs/core/00_config.ipynb #303cb486
+Problem = tuple[tuple[str, ...], str]   # the settings it is about (the first one given says where it is reported), the text
+
+_AT_LEAST = {   # whole-number settings and the smallest value that means something
+    "seed": 0, "n_jobs": 1, "threads_per_job": 1, "n_bars": 1, "max_gap_hours": 1, "n_folds": 1, "train_bars": 1,
+    "embargo_bars": 0, "bootstrap_block": 1, "bootstrap_samples": MIN_BOOTSTRAP_SAMPLES, "gbm_rounds": 1,
+    "gbm_num_leaves": 2, "gbm_min_data_in_leaf": 1, "early_stopping_rounds": 1, "gbm_max_bin": 2, "gbm_rebin_folds": 1,
+    "nn_refits": 1, "nn_epochs": 1, "tft_epochs": 1, "nn_sequence_length": 1, "nn_hidden": 1, "nn_batch_size": 1,
+    "nn_max_features": 1, "nn_patience": 1, "nn_control_epochs": 1, "stacking_meta_blocks": 2, "backtest_blocks": 2,
+}
+_WHY = {"bootstrap_samples": "a 95% interval reads its ends off the 2.5th and 97.5th percentiles",
+        "gbm_num_leaves": "a tree needs two leaves", "gbm_max_bin": "a split needs two bins",
+        "nn_control_epochs": "or null: as many as training", "stacking_meta_blocks": "the first block is never scored",
+        "backtest_blocks": "the first block only trains the band"}
+
+
+def _twice(values: list) -> list:
+    "The values listed more than once."
+    return list(dict.fromkeys(value for i, value in enumerate(values) if value in values[:i]))
+
+
+def _date(key: str, value: str) -> pd.Timestamp:
+    "Setting `key` as a UTC timestamp; a ValueError naming the key and the format when it is not a calendar date."
+    try:
+        if not re.match(r"\s*\d{4}", value): raise ValueError("no year first")   # pandas reads 'now' and 'today' too
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError, OverflowError) as error:
+        raise ValueError(f"{key}={value!r} is not a date ({error}): write YYYY-MM-DD or 'YYYY-MM-DD HH:MM' (UTC)") from None
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def date_range(start: str | None = None, end: str | None = None) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    "The earliest open time kept and the bound past the last one (exclusive); a date-only `end` keeps its whole day."
+    past = None
+    if end is not None:
+        whole_day = re.fullmatch(r"\d{4}-\d{2}-\d{2}", end.strip()) is not None
+        past = _date("end", end) + (pd.Timedelta("1D") if whole_day else pd.Timedelta("1ns"))
+    return (_date("start", start) if start is not None else None), past
+
+
+def setting_problems(config: "RunConfig") -> list[Problem]:
+    "Every value of `config` that would fail deep inside a stage or quietly mean something else, and what to do."
+    d, v, s, b, values, problems = config.data, config.validation, config.stacking, config.backtest, config.to_flat(), []
+
+    def need(ok: bool, keys: str, text: str):
+        if not ok: problems.append((tuple(keys.split()), text))
+
+    def names(key: str, given: list, known, hint: str = ""):
+        unknown = [name for name in given if name not in known]
+        suggested = ", ".join(_suggest(name, list(known)) for name in unknown)
+        need(not unknown, key, f"{key}: unknown {suggested}; choose from {list(known)}{hint}")
+        need(not _twice(given), key, f"{key}={given} lists {_twice(given)} twice: list each once")
+
+    need(config.device in DEVICES, "device", f"device={config.device!r} not in {DEVICES}")
+    need(config.executor == "local" or config.executor.startswith("dask://"), "executor",
+         f"executor={config.executor!r} must be 'local' or 'dask://HOST:PORT'")
+    for key, minimum in _AT_LEAST.items():   # None: only nn_control_epochs may be null
+        need(values[key] is None or values[key] >= minimum, key,
+             f"{key}={values[key]} must be >= {minimum}" + (f" ({_WHY[key]})" if key in _WHY else ""))
+    need(config.seed < 2 ** 31, "seed", f"seed={config.seed} must be < 2**31 (LightGBM and XGBoost take a 32-bit seed)")
+    names("gates", list(config.gates), DEFAULT_GATES)
+    need(all(0 <= g <= 1 for g in config.gates.values()), "gates", f"gates={config.gates}: each gate is an AUC in [0, 1]")
+
+    # which market, which bars
+    need(d.source.strip() != "", "data_source", "data_source='' names no data: use 'synthetic' or a folder of kline files")
+    need(len(d.symbols) > 0, "symbols", "symbols=[] names no market: list at least the target, e.g. ['BTCUSDT']")
+    odd = [symbol for symbol in d.symbols if not re.fullmatch(r"[A-Z0-9]+", symbol)]
+    need(not odd, "symbols", f"symbols={d.symbols}: {odd} is not a Binance symbol (letters and digits, e.g. BTCUSDT)"
+         + (f"; two commas in a row give an empty name: --symbols {','.join(filter(None, d.symbols))}" if "" in odd else ""))
+    need(not _twice(d.symbols), "symbols", f"symbols={d.symbols} lists {_twice(d.symbols)} twice: list each once")
+    need(d.target in d.symbols, "target symbols", f"target={d.target!r} is not in symbols={d.symbols}")
+    unknown = [tf for tf in d.timeframes if tf not in TIMEFRAMES]
+    need(not unknown, "timeframes", f"timeframes {unknown} not in {TIMEFRAMES}")
+    need(len(d.timeframes) > 0, "timeframes", f"timeframes=[] gives nothing to train: choose from {TIMEFRAMES}")
+    need(not _twice(d.timeframes), "timeframes", f"timeframes={d.timeframes} lists {_twice(d.timeframes)} twice")
+    names("feature_inputs", d.feature_inputs, FEATURE_INPUTS, " (or [] for none)")
+    need(0 <= d.synthetic_edge < float("inf"), "synthetic_edge", f"synthetic_edge={d.synthetic_edge} must be >= 0 (0: none)")
+    need(d.bad_bars in BAD_BAR_POLICIES, "bad_bars", f"bad_bars={d.bad_bars!r} not in {BAD_BAR_POLICIES}")
+    bounds = {}
+    for key in ("start", "end"):
+        try: bounds[key] = date_range(**{key: values[key]})
+        except ValueError as error: need(False, key, str(error))
+    if len(bounds) == 2 and d.start is not None and d.end is not None:
+        first, past = date_range(d.start, d.end)
+        need(first < past, "start end",
+             f"start={d.start!r} is after end={d.end!r}: the range holds no bars; swap them or correct the typo")
+
+    # labels, folds, intervals
+    need(len(v.horizons) > 0, "horizons", "horizons=[] must list at least one label horizon in bars, e.g. [1, 4, 12, 24]")
+    need(all(h >= 1 for h in v.horizons), "horizons", f"horizons={v.horizons}: a label horizon is a number of bars >= 1")
+    need(not _twice(v.horizons), "horizons", f"horizons={v.horizons} lists {_twice(v.horizons)} twice: list each once")
+    if v.horizons:
+        need(v.purge_bars >= max(v.horizons), "purge_bars horizons",
+             f"purge_bars={v.purge_bars} must be >= the longest label horizon {max(v.horizons)}")
+        need(v.label_horizon in v.horizons, "label_horizon horizons",
+             f"label_horizon={v.label_horizon} is not one of horizons={v.horizons}")
+    need(0 < v.test_fraction < 0.5, "test_fraction", f"test_fraction={v.test_fraction} must be in (0, 0.5)")
+    need(0 < v.inner_valid_fraction < 0.5, "inner_valid_fraction",
+         f"inner_valid_fraction={v.inner_valid_fraction} must be in (0, 0.5)")
+
+    # the models and what is made of them
+    for key in ("gbm_learning_rate", "nn_learning_rate"):
+        need(0 < values[key] <= 1, key, f"{key}={values[key]} must be in (0, 1], e.g. 0.05")
+    need(len(s.base_models) > 0, "stacking_base_models", f"stacking_base_models=[] stacks nothing; choose from {list(BASE_MODELS)}")
+    names("stacking_base_models", s.base_models, BASE_MODELS)
+    need(0 <= s.min_oof_auc <= 1, "stacking_oof_auc", f"stacking_oof_auc={s.min_oof_auc} must be an AUC in [0, 1]")
+    for key, minimums in (("stacking_min_oof", s.min_oof), ("stacking_min_oof_attempt", s.min_oof_attempt)):
+        names(key, list(minimums), TIMEFRAMES)
+        need(all(n >= 0 for n in minimums.values()), key, f"{key}={minimums}: a number of OOF bars is >= 0")
+    need(0 <= b.cost_bp < 10_000, "backtest_cost_bp", f"backtest_cost_bp={b.cost_bp} must be in [0, 10000)")
+    need(len(b.cost_grid_bp) > 0 and all(0 <= c < 10_000 for c in b.cost_grid_bp), "backtest_cost_grid_bp",
+         f"backtest_cost_grid_bp={b.cost_grid_bp} must list costs in [0, 10000) basis points")
+    need(len(b.band_fractions) > 0 and all(0 < f <= 1 for f in b.band_fractions), "backtest_band_fractions",
+         f"backtest_band_fractions={b.band_fractions} must be shares of bars in (0, 1]")
+    return problems
+
+
+def problem_message(problems: list[Problem], source: str = "settings", origins: dict[str, str] | None = None) -> str:
+    "One line: the problems grouped by where their settings came from (`bad.yaml: horizons=[] ...; n_folds=...`)."
+    grouped: dict[str, list[str]] = {}
+    for keys, text in problems:
+        where = next((origins[key] for key in keys if key in (origins or {})), source)
+        grouped.setdefault(where, []).append(text)
+    return "; ".join(f"{where}: " + "; ".join(texts) for where, texts in grouped.items())
+
+
+_NORMAL_FORM = {   # settings read in one normal form, and why
+    "symbols": (lambda symbols: [symbol.strip().upper() for symbol in symbols], "Binance writes symbols in upper case"),
+    "target": (lambda symbol: symbol.strip().upper(), "Binance writes symbols in upper case"),
+    "timeframes": (lambda tfs: sorted(tfs, key=TIMEFRAME_HOURS.get) if set(tfs) <= set(TIMEFRAMES) and not _twice(tfs) else tfs,
+                   "finest first: train_bars and bootstrap_block count bars of the first timeframe"),
+}
+
+
+def normalised(values: dict[str, Any], where=lambda key: "settings") -> dict[str, Any]:
+    "`values` with symbols in upper case and timeframes finest first; each change is said on stderr (the run records it)."
+    normal = dict(values)
+    for key, (normal_form, why) in _NORMAL_FORM.items():
+        if key not in values: continue
+        normal[key] = normal_form(values[key])
+        if normal[key] != values[key]:
+            print(f"note: {where(key)}: {key}={values[key]!r} read as {normal[key]!r} ({why})", file=sys.stderr)
+    return normal
+
 
 # %% ../../nbs/core/00_config.ipynb #4eae3d50
 def default_data_dir() -> Path:
@@ -271,13 +403,42 @@ def profile_config(name: str = "smoke", **changes) -> RunConfig:
     return RunConfig.from_flat({"profile": name, **PROFILES[name](), **changes})
 
 # %% ../../nbs/core/00_config.ipynb #a10a5193
+class _SettingsLoader(yaml.SafeLoader):
+    "PyYAML's safe loader, but a key written twice is an error (PyYAML keeps the last one) and a date stays the text written."
+
+    def construct_mapping(self, node, deep=False):
+        lines = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in lines:
+                raise yaml.constructor.ConstructorError(None, None, f"{key!r} is set twice, on lines {lines[key]} and "
+                                                        f"{key_node.start_mark.line + 1}: keep one", key_node.start_mark)
+            lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+_SettingsLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_scalar)   # start: 2024-01-01
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    "A JSON object as a dict; a ValueError when a key is written twice (json keeps the last one)."
+    twice = _twice([key for key, _ in pairs])
+    if twice: raise ValueError(f"{', '.join(map(repr, twice))} set twice in one object: keep one")
+    return dict(pairs)
+
+
 def _read_mapping(path: Path) -> dict:
-    "Parse a YAML or JSON file into a dict."
-    text = Path(path).read_text()
+    "Parse a YAML or JSON file into a dict; every error names the file (and the line and column where known)."
     try:
-        data = json.loads(text) if Path(path).suffix == ".json" else yaml.safe_load(text)
+        text = Path(path).read_text(encoding="utf-8")
+        is_json = Path(path).suffix == ".json"
+        data = json.loads(text, object_pairs_hook=_unique_keys) if is_json else yaml.load(text, _SettingsLoader)
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} line {error.lineno} column {error.colno}: invalid JSON ({error.msg})") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except ValueError as error:   # a key set twice in a JSON object
+        raise ValueError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
@@ -287,15 +448,49 @@ def _read_mapping(path: Path) -> dict:
     return data
 
 
+def _known_hours(config: RunConfig) -> tuple[int, str] | None:
+    "At most how many 1h bars the run will have, known before loading (synthetic `n_bars`, or `start`..`end`), and how."
+    if config.data.source == "synthetic": return config.data.n_bars, f"n_bars={config.data.n_bars}"
+    first, past = date_range(config.data.start, config.data.end)
+    if first is None or past is None: return None
+    hours = int((past - first) / TIMEFRAME_DELTA["1h"])
+    return hours, f"at most: start={config.data.start!r} to end={config.data.end!r}"
+
+
+def fold_problems(config: RunConfig) -> list[Problem]:
+    "The model stages' refusal of too many folds (`WalkForward.fold_val_size`), made before anything is written."
+    from macd_nb.core.validation import WalkForward, holdout_split   # imported here: validation builds on this module
+    known, problems = _known_hours(config), []
+    if known is None: return problems
+    hours, how = known
+    for timeframe in config.data.timeframes:
+        resolved = config.for_timeframe(timeframe)
+        v, n_rows = resolved.validation, hours // TIMEFRAME_HOURS[timeframe]
+        try:
+            dev_idx, _ = holdout_split(n_rows, v.test_fraction, gap=v.purge_bars + v.embargo_bars)
+            WalkForward.from_config(resolved).fold_val_size(len(dev_idx))
+        except ValueError as error:
+            problems.append((("n_folds", "train_bars", "n_bars", "start", "end", "test_fraction"),
+                             f"at {timeframe}, {n_rows} bars ({how}), {v.test_fraction:.0%} held out for the test: {error}"))
+    return problems
+
+
 def load_config(path: str | Path | None = None, profile: str | None = None, **changes) -> RunConfig:
-    "A `RunConfig` from a profile, then an override file, then keyword `changes` (later wins)."
+    "A `RunConfig` from a profile, then an override file, then keyword `changes` (later wins); refusals name the file."
     overrides = _read_mapping(Path(path)) if path else {}
-    unknown = sorted(set(overrides) - set(flat_names()))
+    unknown = sorted(set(overrides) - set(flat_names()), key=str)
     if unknown: raise ValueError(f"{path}: unknown setting(s) " + "; ".join(_suggest(name) for name in unknown))
     for key, value in overrides.items(): checked_value(key, value, str(path))   # the file's own values, named with the file
     base = profile or overrides.pop("profile", None) or "smoke"
     overrides.pop("profile", None)
-    return profile_config(base, **{**overrides, **changes})
+    if base not in PROFILES:
+        raise ValueError(f"{'arguments' if profile else path}: unknown profile {base!r}; choose one of {sorted(PROFILES)}")
+    origins = {key: str(path) for key in overrides} | {key: "arguments" for key in changes}
+    values = {"profile": base, **PROFILES[base](), **overrides, **changes}
+    config = RunConfig.from_flat(values, source=f"profile {base}", origins=origins)
+    problems = fold_problems(config)
+    if problems: raise ValueError(problem_message(problems, f"profile {base}", origins))
+    return config
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -5,6 +5,7 @@
 # %% ../../nbs/core/03_klines.ipynb #95bf51c0
 from __future__ import annotations
 
+import codecs
 import gzip
 import re
 import zipfile
@@ -61,6 +62,24 @@ def _csv_bytes(path: Path) -> bytes:
         kind = "ZIP archive" if path.suffix == ".zip" else "gzip file"
         raise DataError(f"{path}: truncated or corrupt {kind} ({type(error).__name__}: {error}); download it again") from None
 
+_NOT_CSV_TEXT = {b"\x1f\x8b": ("gzip-compressed", ".csv.gz"), b"PK\x03\x04": ("a ZIP archive", ".zip"),
+                 b"PAR1": ("parquet", ".parquet")}   # magic bytes of what a file named .csv sometimes holds
+
+def _not_utf8_text(data: bytes, path: Path) -> str | None:
+    "Why the bytes of a CSV are not UTF-8 text, and the fix (compressed or parquet bytes, UTF-16, binary); None when they are."
+    for magic, (kind, suffix) in _NOT_CSV_TEXT.items():
+        if path.suffix == ".csv" and data.startswith(magic):
+            return f"its bytes are {kind}, not CSV text; rename it {path.with_suffix(suffix).name}"
+    head = data[:4096]
+    utf16 = head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    if utf16 or b"\x00" in head:
+        kind = "UTF-16 text" if utf16 else "NUL bytes (UTF-16 text or binary data)"
+        return f"it holds {kind}, not UTF-8; save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8 {path.name} > utf8.csv)"
+    try: codecs.getincrementaldecoder("utf-8")().decode(head)   # not final: a character cut at 4096 bytes is fine
+    except UnicodeDecodeError as error:
+        return f"byte {error.start} ({head[error.start:error.start + 1]!r}) is not UTF-8; save the file as UTF-8"
+    return None
+
 def _header_names(first_line: str) -> list[str] | None:
     "Column names from a header line, or None when the first line is already data (Binance dumps)."
     first_field = first_line.split(",")[0].strip().strip('"')
@@ -87,7 +106,9 @@ def read_klines(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if path.suffix in (".parquet", ".pq"):
         return _read_parquet(path)
-    data = _csv_bytes(path)
+    data = _csv_bytes(path).removeprefix(codecs.BOM_UTF8)   # the mark Excel puts before UTF-8 text
+    problem = _not_utf8_text(data, path)
+    if problem: raise DataError(f"{path}: {problem}")
     first_line = data[:4096].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
     header = _header_names(first_line)
     names = header if header is not None else KLINE_COLUMNS[: len(first_line.split(","))]

@@ -68,7 +68,7 @@ class WalkForward:
     def get_n_splits(self, X=None, y=None, groups=None) -> int: return self.n_folds
 
     def fold_val_size(self, n_rows: int) -> int:
-        "Validation rows per fold for `n_rows` rows; a ValueError naming the largest fold count that fits when they are too few."
+        "Validation rows per fold for `n_rows` rows; when they are too few, a ValueError naming the fold count that fits."
         first_train = self.train_size or self.min_train
         room = n_rows - first_train - self.gap           # rows the validation windows can tile
         val_size = self.val_size or max(room, 0) // self.n_folds
