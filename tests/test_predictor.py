@@ -110,3 +110,33 @@ def test_the_health_command_prints_json_and_fails_when_unhealthy(served, tmp_pat
     assert main(["health", "--registry", str(registry), "--alias", "1h"]) == 1
     assert json.loads(capsys.readouterr().out)["status"] == "unhealthy"
     assert main(["health", "--registry", str(tmp_path / "empty"), "--alias", "1h"]) == 2
+
+
+def test_bars_that_lack_an_input_a_model_reads_are_refused_naming_model_and_column(served):
+    "The smoke run reads taker volumes and trade counts (its feature_inputs); bars without them cannot be served."
+    from macd_nb.serve.predictor import InputsUnavailable
+    run_dir, registry = served
+    predictor = MLPredictor("1h", registry)
+    needs = predictor.required_inputs()
+    assert needs["lgb"] == ["taker_buy_base", "trades"]
+    times = pd.date_range("2025-12-01", periods=3, freq="1h", tz="UTC")
+    bars = pd.DataFrame({"close": [1.0, 1.1, 1.2], "volume": 5.0, "taker_buy_base": [2.0, 2.0, np.nan], "trades": 40}, index=times)
+    with pytest.raises(InputsUnavailable, match=r"lgb reads taker_buy_base; .*taker_buy_base empty after 2025-12-01 01:00"):
+        predictor.check_inputs(bars)
+    predictor.check_inputs(bars.iloc[:2])                                  # defined on the newest bar: served
+    with pytest.raises(InputsUnavailable, match="trades absent"):
+        predictor.check_inputs(bars.iloc[:2].drop(columns="trades"))
+    table, _ = load_table(run_dir, "1h")
+    rows = table.iloc[-300:].copy()
+    rows.iloc[-1, rows.columns.get_loc("taker_buy_ratio")] = np.nan
+    with pytest.raises(ValueError, match=r"lgb: feature\(s\) \['taker_buy_ratio'\] undefined"):
+        predictor.predict(rows)
+
+
+def test_health_covers_every_record_serving_reads(served, tmp_path):
+    registry = _registry_copy(served, tmp_path)
+    prepare = registry / "runs" / "run_s" / "results" / "prepare.json"
+    prepare.write_text(prepare.read_text().replace('"target"', '"tarjet"'))
+    report = MLPredictor("1h", registry).health_check()
+    assert report["status"] == "unhealthy"
+    assert any(r.startswith("run: serving_config failed") and "prepare.json" in r for r in report["reasons"]), report["reasons"]

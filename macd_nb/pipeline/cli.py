@@ -113,6 +113,14 @@ def registry_command(args) -> int:
             result = promote(registry, Path(args.run), args.alias, why=args.why, expected_version=expected)
     except (RegistryError, DeployError) as refused:
         return _refuse(args.command, refused)
+    except ValueError as damaged:   # a pointer, manifest or record that is not valid JSON, or not what was recorded
+        inside = str(Path(args.to) if args.command == "deploy" else registry) in str(damaged)
+        return _refuse(args.command, f"{damaged}" + ("; the registry's copy is damaged: restore the file (audit.jsonl "
+                                     "records every alias move), or deploy the package into a fresh registry" if inside else ""))
+    except OSError as error:   # a registry (or --to) that is a file, read-only, or on a full disk
+        option, folder = ("--to", args.to) if args.command == "deploy" else ("--registry", registry)
+        return _refuse(args.command, f"{option} {folder}: cannot write {error.filename or folder} ({error.strerror or error}); "
+                                     "give a folder you can write, or fix its permissions; nothing was changed")
     print(json.dumps(result, indent=2))
     return 0
 
@@ -155,23 +163,31 @@ def fetch_command(args) -> int:
 
 
 def shadow_command(args) -> int:
-    "`macd-nb shadow`: run until the source ends or SIGTERM; a refusal (no alias, bad source) is one line and exit code 2."
+    """`macd-nb shadow`: run until the source ends, SIGTERM or SIGINT (exit 0, the bar in hand finished); a refusal (no
+    alias, bad source, bad --db, inputs the source lacks) is one line and exit code 2; a write that fails later, 1."""
+    import sys
     from ..core.config import default_data_dir
     from ..export.registry import RegistryError, default_registry_dir
+    from ..serve.binance import StopSignal
+    from ..serve.log import LogWriteFailed
     from ..serve.shadow import binance_source, replay_source, shadow
     registry = Path(args.registry or default_registry_dir()).expanduser()
+    stop = StopSignal()   # SIGTERM/SIGINT: every wait of the source ends at once
     if args.source.startswith("replay:"):
         path = Path(args.source.removeprefix("replay:")).expanduser()
         if not path.exists(): return _refuse("shadow", f"--source {args.source}: no such file or folder")
         source = lambda config: replay_source(path, [config.data.target] + [s for s in config.data.symbols if s != config.data.target],
-                                              start=args.start, end=args.end, speed=args.speed)
+                                              start=args.start, end=args.end, speed=args.speed, stop=stop)
     elif args.source == "binance":
         data_dir = Path(args.data_dir or default_data_dir()).expanduser()
-        source = lambda config: binance_source(config.data.symbols, data_dir, base_url=args.base_url)
+        source = lambda config: binance_source(config.data.symbols, data_dir, base_url=args.base_url, stop=stop)
     else: return _refuse("shadow", f"--source {args.source!r}: use 'binance' or 'replay:PATH'")
     try:
-        counts = shadow(args.alias, registry, source, args.db, start=args.start,
+        counts = shadow(args.alias, registry, source, args.db, start=args.start, stop=stop, source_name=f"--source {args.source}",
                         order=args.fallback.split(",") if args.fallback else None)
+    except LogWriteFailed as failed:   # after some bars were logged: they are kept, a restart back-fills the rest
+        print(f"macd-nb shadow: failed: {failed}", file=sys.stderr)
+        return 1
     except (RegistryError, OSError, ValueError, RuntimeError) as refused:
         return _refuse("shadow", refused)
     print("shadow: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

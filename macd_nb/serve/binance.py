@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import signal
 import sys
+import threading
 import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +31,8 @@ from ..core.rundir import write_atomically
 # %% auto #0
 __all__ = ['DEFAULT_REST_URL', 'DEFAULT_DUMPS_URL', 'KLINES_PATH', 'REQUEST_WEIGHT', 'WEIGHT_LIMIT', 'INTERVAL_MS', 'FetchError',
            'IPBanned', 'ChecksumMismatch', 'month_file', 'Row', 'parse_row', 'check_same', 'read_month', 'store_rows',
-           'stored_through', 'BinanceClient', 'FetchSummary', 'fetch_rest', 'dump_name', 'dump_path', 'dump_lines',
-           'fetch_dumps', 'fetch_klines']
+           'stored_through', 'Stopped', 'StopSignal', 'BinanceClient', 'FetchSummary', 'fetch_rest', 'dump_name',
+           'dump_path', 'dump_lines', 'fetch_dumps', 'fetch_klines']
 
 # %% ../../nbs/serve/02_binance.ipynb #b5253ef0
 DEFAULT_REST_URL = "https://api.binance.com"
@@ -154,6 +157,46 @@ def stored_through(data_dir: str | Path, symbol: str, interval: str) -> int | No
         last = newest if last is None else max(last, newest)
     return last
 
+# %% ../../nbs/serve/02_binance.ipynb #784f82d6
+class Stopped(Exception):
+    "A stop was requested (SIGTERM or SIGINT): the wait or the request in flight was abandoned."
+
+
+class StopSignal:
+    """Set by SIGTERM or SIGINT while `installed()`: a wait (`wait`) returns at once, a request in flight (inside
+    `abandonable()`) is abandoned by raising `Stopped`; anywhere else the signal only sets it, and the loop stops at
+    its next check, after the bar in hand."""
+    def __init__(self):
+        self.event, self.name, self._abandonable = threading.Event(), None, False
+
+    def __call__(self, signum, frame):
+        self.name = signal.Signals(signum).name
+        threading.Thread(target=self.event.set, daemon=True).start()   # the interrupted code may hold the event's lock
+        if self._abandonable: raise Stopped(f"stopped by {self.name}")
+
+    @property
+    def requested(self) -> bool: return self.name is not None
+
+    def wait(self, seconds: float) -> bool:
+        "Sleep `seconds`, or less when a stop comes; True when stopped."
+        return self.requested or self.event.wait(max(0.0, seconds)) or self.requested
+
+    @contextmanager
+    def abandonable(self):
+        "A section a stop abandons at once (`Stopped` raised inside it): only where nothing is half-written, a request."
+        if self.requested: raise Stopped(f"stopped by {self.name}")
+        self._abandonable = True
+        try: yield
+        finally: self._abandonable = False
+
+    @contextmanager
+    def installed(self):
+        "SIGTERM and SIGINT handled by this stop for the duration; the previous handlers restored after."
+        previous = {s: signal.signal(s, self) for s in (signal.SIGTERM, signal.SIGINT)}
+        try: yield self
+        finally:
+            for s, handler in previous.items(): signal.signal(s, handler)
+
 # %% ../../nbs/serve/02_binance.ipynb #62153b41
 class _Retry(Exception):
     "A failed attempt worth repeating; `wait` overrides the backoff (Retry-After)."
@@ -175,11 +218,14 @@ class BinanceClient:
                  attempts: int = 5,  # tries per request before it fails
                  max_backoff: float = 30.0,  # cap of the exponential backoff (s)
                  weight_budget: int = WEIGHT_LIMIT * 9 // 10,  # pause until the next minute before passing this
-                 sleep: Callable[[float], object] = time.sleep, clock: Callable[[], float] = time.time,
-                 transport: httpx.BaseTransport | None = None):
+                 sleep: Callable[[float], object] | None = None,  # default: `stop.wait`, or time.sleep without a stop
+                 clock: Callable[[], float] = time.time,
+                 transport: httpx.BaseTransport | None = None,
+                 stop: StopSignal | None = None):  # ends every wait and abandons a request in flight (`Stopped`)
         self.http = httpx.Client(base_url=base_url, timeout=httpx.Timeout(timeout), transport=transport,
                                  headers={"User-Agent": "macd-nb"})
-        self.timeout, self.attempts, self.weight_budget, self.sleep, self.clock = timeout, attempts, weight_budget, sleep, clock
+        self.timeout, self.attempts, self.weight_budget, self.clock, self.stop = timeout, attempts, weight_budget, clock, stop
+        self.sleep = sleep or (stop.wait if stop else time.sleep)
         self._backoff = wait_exponential(multiplier=0.5, max=max_backoff) + wait_random(0, 0.5)   # 1, 2, 4 .. s + jitter
         self.requests = self.retries = self.weight = 0
         self.used_weight: int | None = None   # the last X-MBX-USED-WEIGHT-1M, in the minute it was read
@@ -197,7 +243,7 @@ class BinanceClient:
         now = self.clock()
         if weight and self.used_weight is not None and int(now // 60) == self._weight_minute \
                 and self.used_weight + weight > self.weight_budget:
-            self.sleep(60 - now % 60 + 0.5)   # Binance counts weight per calendar minute
+            self._sleep(60 - now % 60 + 0.5)   # Binance counts weight per calendar minute
             self.used_weight = None
 
     def _note_weight(self, response: httpx.Response) -> None:
@@ -212,6 +258,11 @@ class BinanceClient:
 
     def _count_retry(self, state) -> None: self.retries += 1
 
+    def _sleep(self, seconds: float) -> None:
+        "Sleep; `Stopped` when a stop came meanwhile."
+        self.sleep(seconds)
+        if self.stop is not None and self.stop.requested: raise Stopped(f"stopped by {self.stop.name}")
+
     def get(self, path: str, params: dict | None = None, *, weight: int = 0, missing_ok: bool = False,
             parse: Callable[[httpx.Response], object] = lambda r: r) -> object:
         "`parse(response)` of a GET, retried as Binance asks; None for a 404 when `missing_ok`; FetchError when it fails for good."
@@ -219,7 +270,9 @@ class BinanceClient:
         def attempt():
             self._pace(weight)
             self.requests, self.weight = self.requests + 1, self.weight + weight
-            try: response = self.http.get(path, params=params)
+            try:
+                with self.stop.abandonable() if self.stop is not None else nullcontext():
+                    response = self.http.get(path, params=params)
             except httpx.TimeoutException: raise _Retry(f"no answer within {self.timeout} s") from None
             except httpx.TransportError as error: raise _Retry(f"connection failed ({type(error).__name__}: {error})") from None
             self._note_weight(response)
@@ -237,7 +290,7 @@ class BinanceClient:
                 raise FetchError(f"{request}: HTTP {status} {response.text[:200]!r}; check the symbol, interval, dates and --base-url")
             return parse(response)
         retrying = Retrying(retry=retry_if_exception_type(_Retry), stop=stop_after_attempt(self.attempts), wait=self._wait,
-                            sleep=self.sleep, before_sleep=self._count_retry, reraise=True)
+                            sleep=self._sleep, before_sleep=self._count_retry, reraise=True)
         try: return retrying(attempt)
         except _Retry as last:
             raise FetchError(f"{request}: {last} ({self.attempts} attempts); the server keeps failing: "
@@ -400,7 +453,7 @@ def fetch_klines(symbols: str | list[str],  # e.g. "BTCUSDT,ETHUSDT" or a list
                  data_dir: str | Path | None = None,  # default: default_data_dir(), the folder the `full` profile reads
                  limit: int = 1000,  # klines per REST request
                  progress: bool = True,  # tqdm bars on stderr, a summary line per symbol on stdout
-                 **client_options,  # BinanceClient's: timeout, attempts, weight_budget, sleep, clock, transport
+                 **client_options,  # BinanceClient's: timeout, attempts, weight_budget, sleep, clock, transport, stop
                  ) -> list[FetchSummary]:
     "Fetch closed klines of each symbol into the month files of the data directory; a summary per symbol."
     names = [s.strip().upper() for s in (symbols.split(",") if isinstance(symbols, str) else symbols) if s.strip()]

@@ -8,6 +8,7 @@ __all__ = ['PSI_BINS', 'PSI_FLOOR', 'BINNING', 'LIMITS', 'TOP_FEATURES', 'bin_sh
 
 # %% ../../nbs/serve/06_monitor.ipynb #8e84d11a
 import json
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -315,7 +316,7 @@ def monitor_report(db: str | Path, registry: str | Path | None = None, alias: st
     if not db.is_file(): raise FileNotFoundError(f"{db}: no prediction log there")
     predictor = MLPredictor(alias, registry)
     tf, root, run = predictor.timeframe, predictor.run_root, predictor.pointer["run"]
-    log = PredictionLog(db)
+    log = PredictionLog(db, read_only=True)   # never a write: a read-only log can be monitored
     try: logged = log.frame(timeframe=tf)
     finally: log.close()
     frame = logged[(logged["alias"] == alias) & (logged["run"] == run)]
@@ -340,6 +341,13 @@ def monitor_command(args) -> int:
     try: path = monitor_report(args.db, getattr(args, "registry", None), getattr(args, "alias", None) or "1h", out)
     except (FileNotFoundError, RegistryError, CorruptArtifact, KeyError, ValueError) as refused:
         print(f"macd-nb monitor: refused: {refused}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as error:   # damage that the quick check at open did not reach
+        print(f"macd-nb monitor: refused: {args.db}: the prediction log is damaged ({error}); move it aside", file=sys.stderr)
+        return 2
+    except OSError as error:   # --out (or a folder on its way) that cannot be written
+        print(f"macd-nb monitor: refused: --out {out}: cannot write {error.filename or out} ({error.strerror or error}); "
+              "give a folder you can write with --out", file=sys.stderr)
         return 2
     print(f"monitor: {path}")
     return 0

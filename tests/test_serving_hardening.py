@@ -1,0 +1,450 @@
+"""Serving hardening (issue 19, sections 1-3): every bad input of `shadow`, `monitor`, `health`, `aliases`, `deploy`,
+`promote` and `rollback` a one-line refusal through the real command line, and SIGTERM/SIGINT ending `shadow` at
+once in every state.
+
+The table runs `macd-nb` as a subprocess for each case and checks the exit code, that the message names the file and
+what to do, that the registry's files (and its audit log) are byte-identical afterwards, and, where a prediction log
+exists, that no row was lost or duplicated and `PRAGMA integrity_check` is ok. Read-only cases hold even when the tests
+run as root: the command then runs without CAP_DAC_OVERRIDE, so file modes bind it as they bind everyone else.
+"""
+import ctypes
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Response
+
+from macd_nb.core.config import profile_config
+from macd_nb.core.data import load_bars
+from macd_nb.core.klines import write_kline_dump
+from macd_nb.core.prepare import prepare_run
+from macd_nb.core.rundir import write_manifest
+from macd_nb.export.onnx import run_export
+from macd_nb.export.package import build_package
+from macd_nb.export.registry import audit_log, promote
+from macd_nb.models.lgb import run_lgb
+from macd_nb.models.lstm import run_lstm
+from macd_nb.models.stacking import run_stacking
+from macd_nb.models.xgb import run_xgb
+from macd_nb.serve.binance import KLINES_PATH
+
+from conftest import SHARED_DATA
+
+MACD_NB = str(Path(sys.executable).parent / "macd-nb")
+TAKER_COLUMNS = (8, 9, 10)   # trades, taker_buy_base, taker_buy_quote in a kline row
+
+
+def as_klines(bars: pd.DataFrame) -> pd.DataFrame:
+    "Canonical bars back in Binance's kline layout (ms timestamps)."
+    open_ms = bars.index.as_unit("ms").asi8
+    return pd.DataFrame({"open_time": open_ms, "open": bars["open"], "high": bars["high"], "low": bars["low"],
+                         "close": bars["close"], "volume": bars["volume"], "close_time": open_ms + 3_599_999,
+                         "quote_volume": bars["quote_volume"], "trades": bars["trades"].astype("int64"),
+                         "taker_buy_base": bars["taker_buy_base"], "taker_buy_quote": bars["taker_buy_quote"], "ignore": 0})
+
+
+def tree_digest(*folders: Path) -> dict[str, str]:
+    "Path -> sha256 of every file under `folders` (the lock file aside)."
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for folder in folders if folder.exists()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def rows_of(db: Path) -> list[tuple]:
+    "The (symbol, timeframe, bar_time, model_version) keys of a prediction log."
+    with sqlite3.connect(db) as connection:
+        return connection.execute("SELECT symbol, timeframe, bar_time, model_version FROM predictions").fetchall()
+
+
+def integrity(db: Path) -> str:
+    with sqlite3.connect(db) as connection: return connection.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def modes_bind():
+    "preexec_fn: as root, give up CAP_DAC_OVERRIDE (and read-search) so that file modes bind this process too."
+    if os.geteuid() != 0: return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):   # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0: raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def small_disk():
+    "preexec_fn: files may not grow past 60 kB (a full disk as SQLite sees it)."
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+
+def read_only(*paths: Path) -> None:
+    "Take write permission from `paths` (files, and folders with everything inside)."
+    for path in paths:
+        for p in [*(sorted(path.rglob("*"), reverse=True) if path.is_dir() else []), path]: p.chmod(p.stat().st_mode & ~0o222)
+
+
+def writable_again(folder: Path) -> None:
+    for p in [folder, *folder.rglob("*")]: p.chmod(p.stat().st_mode | 0o200)
+
+
+# --- the served run -------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A deployable smoke run trained with the taker and trade-count inputs (as `macd-nb run --profile smoke` trains),
+    promoted to 1h; its market as kline files; the same with those inputs empty over the last month (as the shared
+    real klines are after 2024-07); a package; a prediction log of six bars."""
+    root = tmp_path_factory.mktemp("serving")
+    os.environ["MACD_NB_CACHE"] = str(root / "cache")
+    run_dir, registry, klines, blank = root / "run_s", root / "registry", root / "klines", root / "klines_no_taker"
+    config = profile_config("smoke", stacking_base_models=["lgb", "xgb", "lstm"], stacking_oof_auc=0.0, stacking_min_oof={})
+    assert config.data.feature_inputs == ["taker_buy_base", "trades"]
+    prepare_run(config, run_dir)
+    run_lgb(config, run_dir), run_xgb(config, run_dir), run_lstm(config, run_dir)
+    run_stacking(config, run_dir), run_export(config, run_dir)
+    write_manifest(run_dir)
+    promote(registry, run_dir, "1h", why="test")
+    market = load_bars("synthetic", symbols=config.data.symbols, n_bars=config.data.n_bars, seed=config.seed).bars
+    klines.mkdir(), blank.mkdir()
+    for symbol, bars in market.items(): write_kline_dump(as_klines(bars), klines / f"{symbol}-1h.csv")
+    for path in klines.iterdir():   # the target's taker volumes and trade counts empty over its last 720 bars
+        lines = path.read_text().splitlines()
+        if path.name.startswith("BTCUSDT"):
+            for i in range(len(lines) - 720, len(lines)):
+                fields = lines[i].split(",")
+                for column in TAKER_COLUMNS: fields[column] = ""
+                lines[i] = ",".join(fields)
+        (blank / path.name).write_text("\n".join(lines) + "\n")
+    bars = market["BTCUSDT"].index
+    tarball = build_package(run_dir, root / "package")
+    good = root / "good.sqlite"
+    done = subprocess.run([MACD_NB, "shadow", "--registry", str(registry), "--source", f"replay:{klines}", "--db", str(good),
+                           "--start", str(bars[-6])], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert len(rows_of(good)) == 6
+    return {"root": root, "run": run_dir, "registry": registry, "klines": klines, "blank": blank, "bars": bars,
+            "tarball": tarball, "good": good}
+
+
+# --- the bad-input table --------------------------------------------------------------------------------------------
+
+def registry_copy(world, case: Path) -> Path:
+    shutil.copytree(world["registry"], case / "registry")
+    return case / "registry"
+
+
+def shadow_argv(world, registry: Path, db: Path, *extra, source: str | None = None, bars: int = 3) -> list[str]:
+    return ["shadow", "--registry", str(registry), "--source", source or f"replay:{world['klines']}", "--db", str(db),
+            "--start", str(world["bars"][-bars]), *extra]
+
+
+def log_copy(world, case: Path, name: str = "log.sqlite") -> Path:
+    shutil.copyfile(world["good"], case / name)
+    return case / name
+
+
+def damage_log(world, case):
+    "A copy of the good log with 300 bytes of its second page overwritten."
+    db = log_copy(world, case)
+    data = bytearray(db.read_bytes())
+    data[4096:4396] = b"\xa5" * 300
+    db.write_bytes(bytes(data))
+    return db
+
+
+def someone_elses(case: Path) -> Path:
+    db = case / "theirs.sqlite"
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE predictions (id INTEGER PRIMARY KEY, label TEXT, score REAL)")
+        connection.execute("INSERT INTO predictions VALUES (1, 'cat', 0.9)")
+    return db
+
+
+def flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def not_json(path: Path) -> None: path.write_text(path.read_text()[:-7])
+
+
+def case_source_lacks_inputs(world, case):
+    return shadow_argv(world, world["registry"], case / "log.sqlite", source=f"replay:{world['blank']}")
+
+
+def case_real_klines_lack_inputs(world, case):
+    return ["shadow", "--registry", str(world["registry"]), "--source", f"replay:{SHARED_DATA}", "--db", str(case / "log.sqlite"),
+            "--start", "2025-12-01"]
+
+
+def case_db_folder(world, case): return shadow_argv(world, world["registry"], case)
+
+
+def case_db_text_file(world, case):
+    (case / "notes.txt").write_text("bar,p_up\n2025-01-01,0.5\n" * 50)
+    return shadow_argv(world, world["registry"], case / "notes.txt")
+
+
+def case_db_corrupt(world, case): return shadow_argv(world, world["registry"], damage_log(world, case))
+def case_db_someone_elses(world, case): return shadow_argv(world, world["registry"], someone_elses(case))
+
+
+def case_db_read_only_file(world, case):
+    db = log_copy(world, case)
+    read_only(db)
+    return shadow_argv(world, world["registry"], db, bars=8)
+
+
+def case_db_read_only_folder(world, case):
+    (case / "logs").mkdir()
+    db = log_copy(world, case / "logs")
+    read_only(case / "logs")
+    return shadow_argv(world, world["registry"], db, bars=8)
+
+
+def case_disk_full(world, case): return shadow_argv(world, world["registry"], case / "log.sqlite", bars=40)
+
+
+def case_monitor_corrupt(world, case):
+    return ["monitor", "--db", str(damage_log(world, case)), "--registry", str(world["registry"]), "--out", str(case / "out")]
+
+
+def case_monitor_someone_elses(world, case):
+    return ["monitor", "--db", str(someone_elses(case)), "--registry", str(world["registry"]), "--out", str(case / "out")]
+
+
+def case_monitor_read_only_log(world, case):
+    (case / "logs").mkdir()
+    db = log_copy(world, case / "logs")
+    read_only(case / "logs")
+    return ["monitor", "--db", str(db), "--registry", str(world["registry"]), "--out", str(case / "out")]
+
+
+def case_monitor_out_read_only(world, case):
+    (case / "out").mkdir()
+    read_only(case / "out")
+    return ["monitor", "--db", str(log_copy(world, case)), "--registry", str(world["registry"]), "--out", str(case / "out" / "report")]
+
+
+def case_deploy_read_only(world, case):
+    (case / "models").mkdir()
+    read_only(case / "models")
+    return ["deploy", str(world["tarball"]), "--to", str(case / "models")]
+
+
+def case_deploy_to_file(world, case):
+    (case / "models").write_text("not a folder\n")
+    return ["deploy", str(world["tarball"]), "--to", str(case / "models")]
+
+
+def case_rollback_read_only(world, case):
+    registry = registry_copy(world, case)
+    promote(registry, world["run"], "1h", why="again")   # version 2: there is something to roll back to
+    read_only(registry)
+    return ["rollback", "--alias", "1h", "--why", "test", "--registry", str(registry)]
+
+
+def case_promote_registry_file(world, case):
+    (case / "registry").write_text("not a folder\n")
+    return ["promote", str(world["run"]), "--alias", "1h", "--registry", str(case / "registry")]
+
+
+def case_pointer_not_json(command):
+    def make(world, case):
+        registry = registry_copy(world, case)
+        not_json(registry / "aliases" / "1h.json")
+        return [command, "--registry", str(registry)]
+    return make
+
+
+def case_manifest_not_json(world, case):
+    registry = registry_copy(world, case)
+    not_json(registry / "runs" / "run_s" / "MANIFEST.json")
+    return ["health", "--registry", str(registry)]
+
+
+def case_damaged(relative: str, command: str):
+    "A registry copy with one byte of the served run's `relative` flipped; `command` health or shadow on it."
+    def make(world, case):
+        registry = registry_copy(world, case)
+        flip(registry / "runs" / "run_s" / relative)
+        return ["health", "--registry", str(registry)] if command == "health" else shadow_argv(world, registry, case / "log.sqlite")
+    return make
+
+
+def restart_completes(world, case, argv):
+    "After the failed write: the rows logged are intact, and the same command without the limit logs every bar once."
+    db = case / "log.sqlite"
+    assert 0 < len(rows_of(db)) < 40 and integrity(db) == "ok"
+    done = subprocess.run([MACD_NB, *argv], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    keys = rows_of(db)
+    assert len(keys) == len(set(keys)) == 40 and integrity(db) == "ok"
+
+
+def served_by_fallback(model):
+    def check(world, case, argv):
+        with sqlite3.connect(case / "log.sqlite") as connection:
+            fallbacks = [r[0] for r in connection.execute("SELECT fallback FROM predictions")]
+        assert len(fallbacks) == 3 and all(f and f"{model} unhealthy" in f for f in fallbacks), fallbacks
+    return check
+
+
+def monitor_written(world, case, argv): assert (case / "out" / "MONITOR.md").stat().st_size > 1000
+def nothing_created(world, case, argv): assert not list(case.glob("log.sqlite*"))
+
+
+shared = pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"shared real data not present at {SHARED_DATA}")
+# id, setup(world, case folder) -> argv, exit code, fragments of the output, how it runs, a further check
+CASES = [
+    # 1. a source that cannot supply what the models read
+    ("source-lacks-inputs", case_source_lacks_inputs, 2,
+     ["lgb reads taker_buy_base, trades", "xgb reads", "empty after", "feature_inputs: []"], None, nothing_created),
+    pytest.param("real-klines-lack-inputs", case_real_klines_lack_inputs, 2,
+                 ["taker_buy_base empty after 2024-07", "lgb reads"], None, nothing_created, marks=shared, id="real-klines-lack-inputs"),
+    # 3. the prediction log
+    ("db-is-a-folder", case_db_folder, 2, ["is a folder", "--db is the log's file"], None, None),
+    ("db-is-a-text-file", case_db_text_file, 2, ["notes.txt", "not an SQLite database", "left untouched"], None, None),
+    ("db-corrupt", case_db_corrupt, 2, ["log.sqlite", "damaged", "malformed", "move it aside"], None, None),
+    ("db-someone-elses-table", case_db_someone_elses, 2, ["theirs.sqlite", "not this project's prediction log", "untouched"], None, None),
+    ("db-read-only-file", case_db_read_only_file, 2, ["log.sqlite", "cannot be opened for writing", "writable"], modes_bind, None),
+    ("db-read-only-folder", case_db_read_only_folder, 2, ["log.sqlite", "cannot be opened for writing", "-wal"], modes_bind, None),
+    ("db-disk-full", case_disk_full, 1, ["log.sqlite: a write failed", "logged before it are kept", "restart"], small_disk,
+     restart_completes),
+    ("monitor-corrupt-log", case_monitor_corrupt, 2, ["log.sqlite", "damaged"], None, None),
+    ("monitor-someone-elses-db", case_monitor_someone_elses, 2, ["theirs.sqlite", "not this project's prediction log"], None, None),
+    ("monitor-read-only-log", case_monitor_read_only_log, 0, ["MONITOR.md"], modes_bind, monitor_written),
+    ("monitor-out-read-only", case_monitor_out_read_only, 2, ["--out", "cannot write", "Permission denied"], modes_bind, None),
+    # 3. the registry
+    ("deploy-to-read-only", case_deploy_read_only, 2, ["--to", "models", "Permission denied"], modes_bind, None),
+    ("deploy-to-a-file", case_deploy_to_file, 2, ["--to", "models", "cannot write"], None, None),
+    ("rollback-read-only-registry", case_rollback_read_only, 2, ["--registry", "Permission denied"], modes_bind, None),
+    ("promote-registry-is-a-file", case_promote_registry_file, 2, ["--registry", "registry", "cannot write"], None, None),
+    ("health-pointer-not-json", case_pointer_not_json("health"), 2, ["aliases/1h.json", "not valid JSON", "restore"], None, None),
+    ("aliases-pointer-not-json", case_pointer_not_json("aliases"), 2, ["aliases/1h.json", "not valid JSON", "restore"], None, None),
+    ("health-manifest-not-json", case_manifest_not_json, 2, ["MANIFEST.json", "deploy the run's package"], None, None),
+    ("health-prepare-damaged", case_damaged("results/prepare.json", "health"), 1,
+     ['"status": "unhealthy"', "run: serving_config failed", "prepare.json"], None, None),
+    ("shadow-prepare-damaged", case_damaged("results/prepare.json", "shadow"), 2,
+     ["cannot be served", "prepare.json", "rollback --alias 1h"], None, None),
+    ("shadow-lstm-metadata-damaged", case_damaged("models/lstm_1h.json", "shadow"), 0,
+     ["lstm is unhealthy", "predicted 3", "fallback 3"], None, served_by_fallback("lstm")),
+    ("shadow-xgb-result-damaged", case_damaged("results/xgb_1h.json", "shadow"), 0,
+     ["xgb is unhealthy", "results/xgb_1h.json", "predicted 3", "fallback 3"], None, served_by_fallback("xgb")),
+]
+
+
+@pytest.mark.parametrize("name, setup, code, fragments, preexec, check",
+                         [pytest.param(*c, id=c[0]) if type(c) is tuple else c for c in CASES])
+def test_bad_input_is_a_named_refusal(world, tmp_path, name, setup, code, fragments, preexec, check):
+    case = tmp_path / name
+    case.mkdir()
+    try:
+        argv = setup(world, case)
+        files = [Path(a) for a in argv if a.startswith(str(case)) and Path(a).is_file()]
+        before = tree_digest(world["registry"], *case.glob("registry*")), {str(f): f.read_bytes() for f in files}
+        logs = {db: rows_of(db) for db in files if db.suffix == ".sqlite" and db.name != "theirs.sqlite" and integrity_ok(db)}
+        audit = audit_log(world["registry"])
+        done = subprocess.run([MACD_NB, *argv], capture_output=True, text=True, preexec_fn=preexec, timeout=300)
+    finally:
+        writable_again(case)
+    output = done.stdout + done.stderr
+    assert done.returncode == code, output
+    for fragment in fragments: assert fragment in output, (fragment, output)
+    if code == 2: assert len(done.stderr.strip().splitlines()) == 1, done.stderr    # one line, no traceback
+    assert "Traceback" not in output
+    after = tree_digest(world["registry"], *case.glob("registry*"))
+    assert after == before[0] and audit_log(world["registry"]) == audit          # the registry and its audit log unchanged
+    for f, data in before[1].items():
+        if code == 2: assert Path(f).read_bytes() == data, f"{f} changed on refusal"
+    for db, keys in logs.items():                                             # no row lost or duplicated
+        assert sorted(rows_of(db)) == sorted(keys) and integrity(db) == "ok"
+    if check: check(world, case, argv)
+
+
+def integrity_ok(db: Path) -> bool:
+    try: return integrity(db) == "ok"
+    except sqlite3.DatabaseError: return False
+
+
+# --- stopping on time -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def make_httpserver():
+    "The plugin's server, threaded: a handler that holds a request must not block the others."
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    if server.is_running(): server.stop()
+
+
+class Exchange:
+    "GET /api/v3/klines over the served run's market moved so that its newest bar opens this hour; `mode` stalls it."
+    def __init__(self, world, mode: str):
+        market = load_bars(world["klines"], symbols=profile_config("smoke").data.symbols, timeframe="1h").bars
+        shift = pd.Timestamp.now(tz="UTC").floor("1h") - market["BTCUSDT"].index[-1]
+        self.market = {s: b.set_axis(b.index + shift) for s, b in market.items()}
+        self.mode, self.requests, self.held, self.release = mode, 0, threading.Event(), threading.Event()
+
+    def __call__(self, request):
+        self.requests += 1
+        if self.mode == "retry-after": return Response("", status=429, headers={"Retry-After": "300"})
+        if self.mode == "in-flight":
+            self.held.set()
+            self.release.wait(60)                          # an answer that takes longer than the client's timeout
+        bars = self.market[request.args["symbol"]]
+        opened = bars.index.as_unit("ms").asi8
+        chosen = (opened >= int(request.args["startTime"])) & (opened <= int(request.args["endTime"]))
+        rows = [[int(t), *(repr(float(r[c])) for c in ("open", "high", "low", "close", "volume")), int(t) + 3_599_999,
+                 repr(float(r["quote_volume"])), int(r["trades"]), repr(float(r["taker_buy_base"])),
+                 repr(float(r["taker_buy_quote"])), "0"] for t, (_, r) in zip(opened[chosen], bars[chosen].iterrows())]
+        return Response(json.dumps(rows[:int(request.args["limit"])]), content_type="application/json")
+
+
+def until(condition, process, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline and process.poll() is None: time.sleep(0.05)
+    assert process.poll() is None and condition(), process.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("state, signum", [("waiting-for-the-next-hour", signal.SIGTERM), ("waiting-for-the-next-hour", signal.SIGINT),
+                                           ("retry-after", signal.SIGTERM), ("in-flight", signal.SIGTERM)])
+def test_a_stop_ends_shadow_mode_at_once_in_every_state(world, tmp_path, httpserver, state, signum):
+    """`shadow --source binance` against a local exchange: SIGTERM or SIGINT while it waits for the next hour, while it
+    waits out a 429's Retry-After of 300 s, or while a request is unanswered: exit 0 within seconds (measured; the bound
+    is generous, a test is not a benchmark), the log sound."""
+    exchange = Exchange(world, "serve" if state.startswith("waiting") else state)
+    httpserver.expect_request(KLINES_PATH).respond_with_handler(exchange)
+    db = tmp_path / "live.sqlite"
+    process = subprocess.Popen([MACD_NB, "shadow", "--registry", str(world["registry"]), "--source", "binance", "--db", str(db),
+                                "--data-dir", str(tmp_path / "data"), "--base-url", httpserver.url_for("/")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if state.startswith("waiting"):   # the newest closed bar logged; then it fetches nothing new until the hour
+            until(lambda: db.exists() and integrity_ok(db) and len(rows_of(db)) == 1, process)
+            time.sleep(1.0)
+        elif state == "retry-after": until(lambda: exchange.requests >= 1, process)
+        else: until(exchange.held.is_set, process)
+        time.sleep(0.5)
+        sent = time.monotonic()
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        exchange.release.set()
+        if process.poll() is None: process.kill()
+    print(f"\n{state} {signal.Signals(signum).name}: exited {process.returncode} after {took:.2f} s")
+    assert process.returncode == 0, err
+    assert "shadow: predicted" in out and "Traceback" not in err
+    assert took < 10, f"exited {took:.1f} s after {signal.Signals(signum).name}"
+    if db.exists(): assert integrity(db) == "ok" and len(rows_of(db)) == len(set(rows_of(db)))
