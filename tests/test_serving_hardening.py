@@ -325,10 +325,10 @@ CASES = [
     ("monitor-read-only-log", case_monitor_read_only_log, 0, ["MONITOR.md"], modes_bind, monitor_written),
     ("monitor-out-read-only", case_monitor_out_read_only, 2, ["--out", "cannot write", "Permission denied"], modes_bind, None),
     # 3. the registry
-    ("deploy-to-read-only", case_deploy_read_only, 2, ["--to", "models", "Permission denied"], modes_bind, None),
-    ("deploy-to-a-file", case_deploy_to_file, 2, ["--to", "models", "cannot write"], None, None),
+    ("deploy-to-read-only", case_deploy_read_only, 2, ["--to", "models", "Permission denied", "give a folder you can write"], modes_bind, None),
+    ("deploy-to-a-file", case_deploy_to_file, 2, ["--to", "models", "is a file, not a folder"], None, None),
     ("rollback-read-only-registry", case_rollback_read_only, 2, ["--registry", "Permission denied"], modes_bind, None),
-    ("promote-registry-is-a-file", case_promote_registry_file, 2, ["--registry", "registry", "cannot write"], None, None),
+    ("promote-registry-is-a-file", case_promote_registry_file, 2, ["--registry", "registry", "is a file, not a folder"], None, None),
     ("health-pointer-not-json", case_pointer_not_json("health"), 2, ["aliases/1h.json", "not valid JSON", "restore"], None, None),
     ("aliases-pointer-not-json", case_pointer_not_json("aliases"), 2, ["aliases/1h.json", "not valid JSON", "restore"], None, None),
     ("health-manifest-not-json", case_manifest_not_json, 2, ["MANIFEST.json", "deploy the run's package"], None, None),

@@ -96,17 +96,12 @@ def registry_command(args) -> int:
     try:
         if args.command == "package":
             tarball = build_package(Path(args.run), Path(args.out) if args.out else Path(args.run) / "package")
-            print(json.dumps({"file": str(tarball), "sha256": sha256_file(tarball), "bytes": tarball.stat().st_size}, indent=2))
-            return 0
-        if args.command == "deploy":
-            print(json.dumps(deploy(Path(args.tarball), Path(args.to), why=args.why), indent=2, default=str))
-            return 0
-        if args.command == "health":
+            result = {"file": str(tarball), "sha256": sha256_file(tarball), "bytes": tarball.stat().st_size}
+        elif args.command == "deploy": result = deploy(Path(args.tarball), Path(args.to), why=args.why)
+        elif args.command == "health":
             from ..serve.predictor import MLPredictor
             result = MLPredictor(args.alias, registry).health_check()
-            print(json.dumps(result, indent=2))
-            return 0 if result["status"] == "healthy" else 1
-        if args.command == "aliases": result = aliases(registry)
+        elif args.command == "aliases": result = aliases(registry)
         elif args.command == "rollback": result = rollback(registry, args.alias, why=args.why)
         else:
             expected = "current" if args.expect_version is None else args.expect_version
@@ -117,12 +112,14 @@ def registry_command(args) -> int:
         inside = str(Path(args.to) if args.command == "deploy" else registry) in str(damaged)
         return _refuse(args.command, f"{damaged}" + ("; the registry's copy is damaged: restore the file (audit.jsonl "
                                      "records every alias move), or deploy the package into a fresh registry" if inside else ""))
-    except OSError as error:   # a registry (or --to) that is a file, read-only, or on a full disk
-        option, folder = ("--to", args.to) if args.command == "deploy" else ("--registry", registry)
-        return _refuse(args.command, f"{option} {folder}: cannot write {error.filename or folder} ({error.strerror or error}); "
-                                     "give a folder you can write, or fix its permissions; nothing was changed")
-    print(json.dumps(result, indent=2))
-    return 0
+    except OSError as error:   # a registry (--to, --out) that is a file, read-only, or on a full disk
+        option, folder = ("--registry", registry)
+        if args.command == "deploy": option, folder = "--to", Path(args.to)
+        if args.command == "package": option, folder = "--out", Path(args.out) if args.out else Path(args.run) / "package"
+        why = "is a file, not a folder" if Path(folder).is_file() else f"{error.strerror or error} ({error.filename or folder})"
+        return _refuse(args.command, f"{option} {folder}: {why}; give a folder you can write; nothing was changed")
+    print(json.dumps(result, indent=2, default=str))   # outside the try: a closed pipe is not the registry's fault
+    return 1 if args.command == "health" and result["status"] != "healthy" else 0
 
 
 def _refuse(command: str, why) -> int:
