@@ -202,6 +202,9 @@ def _failure_lines(report_dir: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `macd-nb` console script; 0 only when every stage ran, 2 when refused before writing anything."
     args = build_parser().parse_args(argv)
+    if args.command not in ("run", "shadow", "fetch") and argv is None:   # `macd-nb health | head`: end quietly,
+        import signal                                                       # as Unix tools do
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try: checked_arguments(args)
     except ValueError as refused: return _refuse(args.command, refused)
     if args.command in ("promote", "rollback", "aliases", "health", "package", "deploy"): return registry_command(args)
