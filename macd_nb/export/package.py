@@ -36,7 +36,7 @@ def _run_time(run_dir: Path) -> str:
 
 
 def package_files(run_dir: Path) -> dict[str, bytes]:
-    "Relative path -> bytes of everything the package holds except its manifest (the report rendered from the results)."
+    "Relative path -> bytes of everything the package holds but its manifest, each checked against its writer's sha256; refuses a declared file that is gone."
     manifest = run_dir / "MANIFEST.json"   # what the run left behind when it last ended: a file it lists must still be there
     declared = {name for name in (read_json(manifest)["files"] if manifest.exists() else {}) if name.split("/")[0] in PACKAGED}
     present = {path.relative_to(run_dir).as_posix() for folder in PACKAGED for path in (run_dir / folder).rglob("*")
@@ -64,8 +64,8 @@ def build_package(run_dir: str | Path, out_dir: str | Path) -> Path:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     try: files, stamp = package_files(run_dir), _run_time(run_dir)
     except (CorruptArtifact, FileNotFoundError) as refused:   # one line naming the file, for the command line
-        raise DeployError(f"{refused}; nothing was packaged: rewrite it with macd-nb run --run-id {run_dir.name} --resume "
-                          f"--runs-root {run_dir.parent} (and the run's --reports-root)") from None
+        raise DeployError(f"{refused}; nothing was packaged (for this run: macd-nb run --run-id {run_dir.name} --resume "
+                          f"--runs-root {run_dir.parent} --reports-root <its reports folder>)") from None
     manifest = {"run": run_dir.name, "files": {name: {"sha256": "sha256:" + hashlib.sha256(data).hexdigest(), "bytes": len(data)}
                                                for name, data in sorted(files.items())}}
     files["MANIFEST.json"] = json.dumps(manifest, indent=2, sort_keys=True).encode()
