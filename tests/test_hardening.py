@@ -269,6 +269,14 @@ CASES = [
     # --- second round: interrupts and the messages around a run
     ("resume-without-run-id", ["run", "--resume"], None, 2, ["--resume needs --run-id", "runs under", "broken"]),
     ("report-corrupt-config", ["report", "broken"], corrupt_copy("config.json"), 2, ["config.json: corrupt", "restore it"]),
+    # --- issue 20: gates and stacking inputs
+    ("stacking-input-not-trained", ["run", "--profile", "smoke", "--only", "prepare", "lgb", "stacking"],
+     _yaml("stacking_base_models: [lgb, lstm]\n"), 2, ["stacking_base_models=['lgb', 'lstm'] names ['lstm']", "add their stages to --only"]),
+    ("stacking-without-base-stage", ["run", "--profile", "smoke", "--only", "prepare", "stacking"], None, 2,
+     ["stacking_base_models", "trains no base model"]),
+    ("resume-changed-setting-a-completed-stage-read", RESUME_BASE, _yaml("n_folds: 5\n"), 2,
+     ["n_folds: 6 -> 5", "stage(s) ['prepare'] that read them have completed"]),
+    ("config-gate-out-of-range", NEW, _yaml("stacking_gain_ci_above: 2.0\n"), 2, ["bad.yaml: stacking_gain_ci_above=2.0 must be in [-1, 1]"]),
 ]
 
 

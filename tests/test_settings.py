@@ -81,7 +81,9 @@ BAD = [
     ("stacking_base_models: [lgb, xgboost]", "stacking_base_models: unknown 'xgboost' (did you mean 'xgb'?)"),
     ("stacking_base_models: [lgb, lgb]", "lists ['lgb'] twice"),
     ("stacking_meta_blocks: 1", "stacking_meta_blocks=1 must be >= 2 (the first block is never scored)"),
-    ("stacking_oof_auc: 1.2", "stacking_oof_auc=1.2 must be an AUC in [0, 1]"),
+    ("stacking_oof_auc: 1.2", "stacking_oof_auc=1.2 must be in [0, 1], or null to switch the gate off"),
+    ("stacking_oof_auc_ci_above: -0.5", "stacking_oof_auc_ci_above=-0.5 must be in [0, 1], or null"),
+    ("stacking_gain_ci_above: 1.5", "stacking_gain_ci_above=1.5 must be in [-1, 1], or null"),
     ("stacking_min_oof: {2h: 5}", "stacking_min_oof: unknown '2h'"),
     ("stacking_min_oof: {1h: -1}", "a number of OOF bars is >= 0"),
     ("stacking_min_oof_attempt: {4h: -5}", "a number of OOF bars is >= 0"),
@@ -122,7 +124,8 @@ def test_the_three_profiles_pass_every_check(profile):
 
 @pytest.mark.parametrize("text", ["gbm_learning_rate: 1", f"bootstrap_samples: {MIN_BOOTSTRAP_SAMPLES}", "n_folds: 122",
                                   "start: '2024-02-01'\nend: '2024-02-01'", "nn_control_epochs: null", "feature_inputs: []",
-                                  "embargo_bars: 0", "stacking_min_oof: {}", "seed: 2147483647", "start: '2024-02-01 13:00'"])
+                                  "embargo_bars: 0", "stacking_min_oof: {}",
+                                  "stacking_base_models: null", "stacking_oof_auc: null", "stacking_gain_ci_above: -0.01", "seed: 2147483647", "start: '2024-02-01 13:00'"])
 def test_values_at_the_edge_are_accepted(tmp_path, text):
     (tmp_path / "edge.yaml").write_text(text + "\n")
     load_config(tmp_path / "edge.yaml")

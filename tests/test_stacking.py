@@ -57,9 +57,10 @@ def test_controls_hold_for_the_meta_learner(quick_stack):
 def test_gates_and_a_plain_verdict(quick_stack):
     config, _, record = quick_stack
     names = [g["name"] for g in record["gates"]]
-    assert names == ["stacking_oof_auc", "n_oof"] and record["gates"][1]["threshold"] == 20_000
+    assert names == ["oof_auc_ci95_low", "gain_over_best_feature_ci95_low", "n_oof"] and record["gates"][2]["threshold"] == 20_000
+    assert record["gates"][1]["interval"] == record["reference_gains"]["best_feature"]["ci95"]   # the paired interval
     assert record["deployable"] == all(g["passed"] for g in record["gates"])
-    if not record["deployable"]: assert record["not_deployable_because"]          # says why, in words
+    assert record["not_deployable_because"] == [g["why"] for g in record["gates"] if not g["passed"]]   # says why, in words
     assert set(record["meta_learners"]) == {"mean_logit", "logistic", "nonnegative_logistic", "small_gbm", "small_mlp"}
     assert set(record["redundancy"]) == set(BASES)
 

@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['DEFAULT_SYMBOLS', 'SHARED_SYMBOLS', 'DEVICES', 'BAD_BAR_POLICIES', 'TIMEFRAMES', 'TIMEFRAME_HOURS', 'TIMEFRAME_DELTA',
-           'FEATURE_INPUTS', 'BASE_MODELS', 'MIN_BOOTSTRAP_SAMPLES', 'DEFAULT_GATES', 'SECTIONS', 'Problem', 'PROFILES',
-           'flat', 'DataSection', 'ValidationSection', 'GbmSection', 'NnSection', 'StackingSection', 'BacktestSection',
-           'RunConfig', 'checked_value', 'flat_names', 'date_range', 'setting_problems', 'problem_message',
-           'normalised', 'default_data_dir', 'profile_config', 'fold_problems', 'load_config', 'resolve_device',
-           'library_versions', 'save_config', 'read_config']
+           'FEATURE_INPUTS', 'BASE_MODELS', 'DEFAULT_STACKING_INPUTS', 'MIN_BOOTSTRAP_SAMPLES', 'DEFAULT_GATES',
+           'SECTIONS', 'Problem', 'PROFILES', 'flat', 'DataSection', 'ValidationSection', 'GbmSection', 'NnSection',
+           'StackingSection', 'BacktestSection', 'RunConfig', 'checked_value', 'flat_names', 'setting_group',
+           'date_range', 'setting_problems', 'problem_message', 'normalised', 'default_data_dir', 'profile_config',
+           'fold_problems', 'load_config', 'resolve_device', 'library_versions', 'save_config', 'read_config']
 
 # %% ../../nbs/core/00_config.ipynb #73685c5c
 import dataclasses
@@ -39,6 +39,7 @@ TIMEFRAME_DELTA = {tf: pd.Timedelta(hours=hours) for tf, hours in TIMEFRAME_HOUR
 
 FEATURE_INPUTS = ("taker_buy_base", "trades")   # optional kline columns with features of their own (features.OPTIONAL_INPUTS)
 BASE_MODELS = ("baseline", "lgb", "xgb", "lstm", "tft", "lgb_cross")   # the models whose OOF predictions stacking can take
+DEFAULT_STACKING_INPUTS = ("lgb", "xgb", "lstm", "tft", "lgb_cross")     # stacked when the run trains them (the baseline is a reference)
 MIN_BOOTSTRAP_SAMPLES = 100   # a 95% interval's ends are its 2.5th and 97.5th percentiles: < 3 resamples beyond each below
 
 DEFAULT_GATES = {
@@ -119,9 +120,13 @@ class NnSection:
 @dataclass
 class StackingSection:
     "The stacking stage (stage 2): its inputs, its walk-forward and its deployment gates."
-    base_models: list[str] = flat("stacking_base_models", lambda: ["lgb", "xgb", "lstm", "tft", "lgb_cross"])
+    # None: every model of DEFAULT_STACKING_INPUTS whose stage the run plans (resolved when the run starts, saved with it)
+    base_models: list[str] | None = flat("stacking_base_models", None)
     meta_blocks: int = flat("stacking_meta_blocks", 10)    # blocks of the OOF timeline; the first is never scored
-    min_oof_auc: float = flat("stacking_oof_auc", 0.58)    # OOF AUC of the meta-learner needed to deploy
+    # deployment gates; None switches one off
+    oof_auc_ci_above: float | None = flat("stacking_oof_auc_ci_above", 0.5)   # the OOF AUC interval must lie above this
+    gain_ci_above: float | None = flat("stacking_gain_ci_above", 0.0)   # ... and that of the gain over the best single feature
+    min_oof_auc: float | None = flat("stacking_oof_auc", None)   # an absolute OOF AUC (the reference system's 0.58); off
     min_oof: dict[str, int] = flat("stacking_min_oof", lambda: {"1h": 20_000})          # OOF bars needed to deploy
     min_oof_attempt: dict[str, int] = flat("stacking_min_oof_attempt", lambda: {"4h": 8_000})   # below: skipped
 
@@ -216,6 +221,12 @@ def checked_value(key: str, value: Any, source: str = "settings") -> Any:
 def flat_names() -> list[str]:
     "Every name a configuration file may set."
     return _TOP_FIELDS + list(_FLAT)
+
+
+def setting_group(key: str) -> str:
+    "The part of the configuration setting `key` belongs to: its section ('stacking', ...), 'gates', or 'run' (run-wide)."
+    if key in _FLAT: return _FLAT[key][0]
+    return "gates" if key == "gates" else "run"
 
 
 def _suggest(name, known: list[str] | tuple[str, ...] | None = None) -> str:
@@ -326,9 +337,12 @@ def setting_problems(config: "RunConfig") -> list[Problem]:
     # the models and what is made of them
     for key in ("gbm_learning_rate", "nn_learning_rate"):
         need(0 < values[key] <= 1, key, f"{key}={values[key]} must be in (0, 1], e.g. 0.05")
-    need(len(s.base_models) > 0, "stacking_base_models", f"stacking_base_models=[] stacks nothing; choose from {list(BASE_MODELS)}")
-    names("stacking_base_models", s.base_models, BASE_MODELS)
-    need(0 <= s.min_oof_auc <= 1, "stacking_oof_auc", f"stacking_oof_auc={s.min_oof_auc} must be an AUC in [0, 1]")
+    need(s.base_models is None or len(s.base_models) > 0, "stacking_base_models", "stacking_base_models=[] stacks nothing; "
+         f"choose from {list(BASE_MODELS)}, or null for every base model the run trains")
+    names("stacking_base_models", s.base_models or [], BASE_MODELS)
+    for key, value, low in (("stacking_oof_auc", s.min_oof_auc, 0), ("stacking_oof_auc_ci_above", s.oof_auc_ci_above, 0),
+                            ("stacking_gain_ci_above", s.gain_ci_above, -1)):
+        need(value is None or low <= value <= 1, key, f"{key}={value} must be in [{low}, 1], or null to switch the gate off")
     for key, minimums in (("stacking_min_oof", s.min_oof), ("stacking_min_oof_attempt", s.min_oof_attempt)):
         names(key, list(minimums), TIMEFRAMES)
         need(all(n >= 0 for n in minimums.values()), key, f"{key}={minimums}: a number of OOF bars is >= 0")
@@ -388,9 +402,9 @@ def _full_profile() -> dict[str, Any]:
 
 
 PROFILES = {
-    # smoke: plumbing in seconds; its stacking gates are open so that the deployment path (export, package, deploy,
+    # smoke: plumbing in seconds; its stacking gates are off so that the deployment path (export, package, deploy,
     # health) runs end to end on it; every run records the gates it used
-    "smoke": lambda: dict(stacking_oof_auc=0.0, stacking_min_oof={}),
+    "smoke": lambda: dict(stacking_oof_auc_ci_above=None, stacking_gain_ci_above=None, stacking_min_oof={}),
     "quick": lambda: dict(n_bars=24 * 365 * 2, n_folds=24, train_bars=24 * 180, bootstrap_samples=500,
                           nn_refits=3, nn_epochs=8, tft_epochs=4, nn_sequence_length=48, nn_hidden=32),
     "full": _full_profile,
@@ -516,10 +530,11 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def save_config(config: RunConfig, run_dir: str | Path) -> Path:
-    "Write the resolved configuration (flat names), library versions and platform to `run_dir/config.json`, once, atomically."
+def save_config(config: RunConfig, run_dir: str | Path, *, changed_on_resume: list[dict] | None = None) -> Path:
+    "Write the resolved configuration (flat names), library versions and platform to `run_dir/config.json`, atomically."
     from macd_nb.core.rundir import write_json
     record = {"config": config.to_flat(), "versions": library_versions(), "platform": platform.platform()}
+    if changed_on_resume: record["changed_on_resume"] = changed_on_resume   # settings a --resume changed, and when
     return write_json(Path(run_dir) / "config.json", record)
 
 

@@ -6,7 +6,7 @@
 __all__ = ['META_LEARNERS', 'LINEAR_LEARNERS', 'InSampleError', 'load_base_oof', 'to_logit', 'meta_walk_forward', 'mean_logit',
            'logistic', 'nonnegative_weights', 'nonnegative_logistic', 'small_gbm', 'small_mlp', 'SharedIntervals',
            'meta_walks', 'compare_meta_learners', 'leave_one_out', 'final_meta', 'stacked_probability',
-           'bundle_base_models', 'run_stacking']
+           'bundle_base_models', 'trained_inputs', 'best_feature_oof', 'deployment_gates', 'run_stacking']
 
 # %% ../../nbs/models/09_stacking.ipynb #4e3c9e29
 import shutil
@@ -17,14 +17,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.config import RunConfig, library_versions
+from ..core.config import DEFAULT_STACKING_INPUTS, RunConfig, library_versions
 from ..core.prepare import load_table
 from ..core.rundir import (RunPaths, gate, model_result, read_json, read_parquet, sha256_file, write_atomically, write_json,
                                  write_parquet)
 from ..core.stages import stage_of_model
 from ..core.validation import (as_utc_datetime64, auc, auc_ci, bootstrap_aucs, percentile_interval,
                                      planted_leak_control)
-from .protocol import check_same_labels, data_fingerprint
+from .protocol import (BestFeatureReference, best_feature_reference, check_same_labels, data_fingerprint,
+                                     direction_protocol, reference_gains)
 
 # %% ../../nbs/models/09_stacking.ipynb #346e662f
 class InSampleError(ValueError):
@@ -237,12 +238,66 @@ def _skipped(config: RunConfig, run_dir: Path, timeframe: str, n_oof: int, minim
     write_json(RunPaths(run_dir).result_file("stacking", timeframe), record)
     return record
 
+# %% ../../nbs/models/09_stacking.ipynb #8195ccfe
+def trained_inputs(run_dir: str | Path, timeframe: str) -> list[str]:
+    "The default stacking inputs whose out-of-fold predictions the run holds (`stacking_base_models: null` outside the runner)."
+    paths = RunPaths(Path(run_dir))
+    found = [model for model in DEFAULT_STACKING_INPUTS if paths.oof_file(model, timeframe).exists()]
+    if not found: raise FileNotFoundError(f"{paths.root}: no out-of-fold predictions of {list(DEFAULT_STACKING_INPUTS)} "
+                                          f"at {timeframe}: run a base model stage first")
+    return found
+
+
+def best_feature_oof(run_dir: str | Path, timeframe: str, config: RunConfig,
+                     bars: pd.DatetimeIndex) -> tuple[pd.Series, BestFeatureReference]:
+    "The best single feature's out-of-fold scores on `bars`, chosen on the base folds' training rows as every base stage's."
+    table, summary = load_table(run_dir, timeframe)
+    names = list(summary["base_features"])
+    protocol = direction_protocol(table, names, config)
+    reference = best_feature_reference(protocol.X, protocol.y, protocol.folds, names, n_jobs=config.n_jobs)
+    return pd.Series(reference.oof_score, index=table.index).reindex(bars), reference
+
+
+def _interval(ci, sign: str = "") -> str:
+    return f"[{ci[0]:{sign}.4f}, {ci[1]:{sign}.4f}]" if ci and None not in ci else "[no interval]"
+
+
+def deployment_gates(metrics: dict, feature_gain: dict | None, feature: str, config: RunConfig, timeframe: str) -> list[dict]:
+    "The deployment gates that are on, each with value, threshold, estimate, interval and `why` it passes or fails."
+    s, gates = config.stacking, []
+    def add(verdict: dict, estimate, interval, text: str):
+        said = "passes" if verdict["passed"] else "fails"
+        gates.append(verdict | {"estimate": estimate, "interval": interval, "why": f"{verdict['name']} {said}: {text}"})
+    auc_text = f"OOF AUC {metrics['oof_auc']:.4f} {_interval(metrics['oof_auc_ci95'])} (n={metrics['n_oof_scored']})"
+    if s.min_oof_auc is not None:
+        verdict = gate("stacking_oof_auc", metrics["oof_auc"], s.min_oof_auc)
+        add(verdict, metrics["oof_auc"], metrics["oof_auc_ci95"],
+            f"{auc_text} {'>=' if verdict['passed'] else '<'} {s.min_oof_auc} (the absolute bar)")
+    if s.oof_auc_ci_above is not None:
+        verdict = gate("oof_auc_ci95_low", metrics["oof_auc_ci95"][0], s.oof_auc_ci_above, ">")
+        add(verdict, metrics["oof_auc"], metrics["oof_auc_ci95"],
+            f"{auc_text}, interval {'above' if verdict['passed'] else 'not above'} {s.oof_auc_ci_above}")
+    if s.gain_ci_above is not None:
+        ci = (feature_gain or {}).get("ci95")
+        verdict = gate("gain_over_best_feature_ci95_low", ci[0] if ci else None, s.gain_ci_above, ">")
+        text = (f"AUC gain over the best single feature ({feature} most often) {feature_gain['gain']:+.4f} "
+                f"{_interval(ci, '+')} on the same {feature_gain['n']} OOF bars, interval "
+                f"{'above' if verdict['passed'] else 'not above'} {s.gain_ci_above:+g}") if feature_gain else \
+               "no OOF bars scored by both the stacked model and the best single feature"
+        add(verdict, feature_gain and feature_gain["gain"], ci, text)
+    if s.min_oof.get(timeframe) is not None:
+        verdict = gate("n_oof", metrics["n_oof"], s.min_oof[timeframe])
+        add(verdict, metrics["n_oof"], None, f"{metrics['n_oof']} OOF bars, {'at least' if verdict['passed'] else 'fewer than'} "
+            f"{s.min_oof[timeframe]} at {timeframe}")
+    return gates
+
+
 # %% ../../nbs/models/09_stacking.ipynb #0dcae60e
 def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") -> dict:
     "Stage 2 for one timeframe: checked OOF inputs, meta-learners walk-forward, gates, final meta, one test score."
     started, run_dir = time.perf_counter(), Path(run_dir)
     config, paths = config.for_timeframe(timeframe), RunPaths(run_dir).create()
-    models = list(config.stacking.base_models)
+    models = list(config.stacking.base_models or trained_inputs(run_dir, timeframe))
     oof = load_base_oof(run_dir, timeframe, models)
     attempt = config.stacking.min_oof_attempt.get(timeframe, 0)
     if len(oof) < attempt: return _skipped(config, run_dir, timeframe, len(oof), attempt, started)
@@ -264,6 +319,11 @@ def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
                "n_oof_scored": chosen_auc["n"], "n_blocks": config.stacking.meta_blocks, "base_oof_auc": base_auc,
                "base_pred_std": {m: float(oof[m].std()) for m in models}, "best_base": best_base}
     gain_over_best = intervals.gain(chosen, best_base)
+    feature_scores, reference = best_feature_oof(run_dir, timeframe, config, oof.index)
+    stacked_oof = oof[["y"]].assign(pred=predictions[chosen]).dropna()
+    gain_over_feature = reference_gains(stacked_oof, {"best_feature": feature_scores}, config).get("best_feature")
+    compared = stacked_oof.join(feature_scores.rename("feature")).dropna()
+    metrics["best_feature_oof_auc"] = auc(compared["y"], compared["feature"]) if len(compared) else None
     shuffled = np.random.default_rng(config.seed).permutation(y)
     shuffled_pred, _ = meta_walk_forward(X, shuffled, times, label_end, META_LEARNERS[chosen], n_blocks=config.stacking.meta_blocks)
     leak = planted_leak_control(X, y, models, seed=config.seed)
@@ -285,13 +345,9 @@ def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
     metrics |= {"test_auc": test_scores["auc"], "test_auc_ci95": test_scores["ci95"], "n_test": test_scores["n"],
                 "best_base_test_auc": auc(test_y, test[best_base].to_numpy())}
     bundle = bundle_base_models(paths, models, timeframe)
-    minimum = config.stacking.min_oof.get(timeframe)
-    gates = [gate("stacking_oof_auc", metrics["oof_auc"], config.stacking.min_oof_auc)]
-    if minimum is not None: gates.append(gate("n_oof", len(oof), minimum))
-    checks = [gate("oof_auc_ci95_low", metrics["oof_auc_ci95"][0], 0.5, ">"),
-              gate("gain_over_best_base", gain_over_best["gain"], 0.0, ">")]
-    shown = lambda value: f"{value:.4f}" if isinstance(value, float) else str(value)
-    failed = [f"{g['name']} = {shown(g['value'])} fails {g['op']} {g['threshold']}" for g in gates if not g["passed"]]
+    gates = deployment_gates(metrics, gain_over_feature, reference.most_chosen(), config, timeframe)
+    checks = [gate("gain_over_best_base", gain_over_best["gain"], 0.0, ">")]
+    failed = [g["why"] for g in gates if not g["passed"]]
     failed += [f"base model {b['model']!r} saved no model file to deploy" for b in bundle if not b["files"]]
     meta |= {"training_window": {"first_bar": str(oof.index[0]), "last_bar": str(oof.index[-1]),
                                  "n_rows": len(oof), "recipe": "every OOF row (the next block of the expanding meta walk-forward)"},
@@ -309,11 +365,14 @@ def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
                    paths.relative(paths.oof_file("stacking", timeframe)), paths.relative(paths.test_file("stacking", timeframe)),
                    paths.relative(paths.result_file("stacking", timeframe))],
         data_fingerprint=data_fingerprint(run_dir), versions=library_versions(), seed=config.seed, device="cpu",
-        meta_learners=learners, chosen_meta_learner=chosen, reference_gains={"best_base": gain_over_best},
+        meta_learners=learners, chosen_meta_learner=chosen,
+        reference_gains={"best_base": gain_over_best} | ({"best_feature": gain_over_feature} if gain_over_feature else {}),
+        best_feature={"most_chosen": reference.most_chosen(), "per_fold": reference.choices},
         blocks=blocks[chosen], checks=checks, redundancy=redundancy,
         meta={k: meta[k] for k in ("meta_learner", "inputs", "coefficients", "intercept")},
         deployable=not failed, not_deployable_because=failed,
-        thresholds={"min_oof_auc": config.stacking.min_oof_auc, "min_oof": config.stacking.min_oof,
+        thresholds={"oof_auc_ci_above": config.stacking.oof_auc_ci_above, "gain_ci_above": config.stacking.gain_ci_above,
+                    "min_oof_auc": config.stacking.min_oof_auc, "min_oof": config.stacking.min_oof,
                     "min_oof_attempt": config.stacking.min_oof_attempt},
         correlation=oof[models].corr().round(4).to_dict())
     write_json(paths.result_file("stacking", timeframe), record)

@@ -6,7 +6,7 @@
 __all__ = ['NAME_PATTERN', 'run_id_now', 'checked_name', 'is_run_dir', 'is_registry', 'checked_root', 'stage_outputs',
            'unrecorded_outputs', 'output_problems', 'text_bar', 'write_status', 'stage_headline', 'failure_cause',
            'RunInUse', 'run_lock', 'resume_command_for', 'Interrupted', 'signals_interrupt', 'config_differences',
-           'run_pipeline']
+           'with_stacking_inputs', 'resumed_config', 'run_pipeline']
 
 # %% ../../nbs/pipeline/01_runner.ipynb #286122e1
 import fcntl
@@ -28,7 +28,7 @@ from ..core.config import RunConfig, read_config, save_config
 from ..core.rundir import (ARTIFACT_FOLDERS, CorruptArtifact, corrupt_files, read_json, recorded_hashes, sha256_file, write_json,
                                  write_manifest)
 from .report import format_number, write_report
-from ..core.stages import Stage, default_nbs_dir, select_stages
+from ..core.stages import Stage, default_nbs_dir, select_stages, stacking_inputs, stage_named, stage_names, stages_reading
 
 # %% ../../nbs/pipeline/01_runner.ipynb #3cc052e0
 def run_id_now(profile: str) -> str:
@@ -264,6 +264,36 @@ def config_differences(saved: RunConfig, given: RunConfig) -> list[str]:
     before, after = saved.to_flat(), given.to_flat()
     return [f"{name}: {before[name]!r} -> {after.get(name)!r}" for name in sorted(before) if before[name] != after.get(name)]
 
+
+def with_stacking_inputs(config: RunConfig, planned: list[Stage], trained: list[Stage] | None = None) -> RunConfig:
+    "`config` with `stacking_base_models` resolved from the stages the run trains (`trained`, default `planned`), when it stacks."
+    if not any(stage.name == "stacking" for stage in planned): return config
+    return config.replace(stacking_base_models=stacking_inputs(config.stacking.base_models, trained or planned))
+
+
+def resumed_config(saved: RunConfig, given: RunConfig | None, previous: dict, planned: list[Stage], run_dir: Path) -> tuple[RunConfig, list[str]]:
+    "The configuration a resumed run goes on with, and the settings `given` changes (accepted only while no stage that reads them completed)."
+    completed = [stage_named(name) for name, record in previous.items()
+                 if name in stage_names() and record.get("status") in ("completed", "reused")]
+    trained = planned + [stage for stage in completed if stage not in planned]
+    if given is None:
+        try: return with_stacking_inputs(saved, planned, trained), []
+        except ValueError as problem:
+            raise ValueError(f"--resume: {run_dir}: {problem}; resume with --config FILE that sets it (and the run's "
+                             f"--profile {saved.profile})") from None
+    given = with_stacking_inputs(given, planned, trained)
+    changed = config_differences(saved, given)
+    if not changed: return saved, []
+    keys = [line.split(":")[0] for line in changed]
+    readers = [stage.name for stage in stages_reading(keys, trained) if stage in completed]
+    if readers:
+        hint = f"; the run was made with --profile {saved.profile}: give it again" if "profile" in keys else ""
+        raise ValueError(f"--resume: {run_dir} was made with other settings ({'; '.join(changed)}), and stage(s) {readers} "
+                         f"that read them have completed{hint}: a setting may change on --resume only while no stage that "
+                         "reads it has completed; resume without changing it, or start a new run with another --run-id")
+    return given, changed
+
+
 def run_pipeline(
     config: RunConfig,
     *,
@@ -275,7 +305,7 @@ def run_pipeline(
     nbs_dir: Path | None = None,
     stages: list[Stage] | None = None,
     keep_going: bool = False,
-    check_resume_config: bool = False,   # --resume with inputs given again: refuse if they differ from the run's own
+    check_resume_config: bool = False,   # --resume with settings given again: accept changes only no completed stage read
 ) -> tuple[bool, Path]:
     "Execute the stage notebooks in order; returns (every stage ran, report directory). Gate failures are not crashes."
     nbs_dir = Path(nbs_dir or default_nbs_dir())
@@ -287,7 +317,7 @@ def run_pipeline(
     if run_dir == report_dir or run_dir in report_dir.parents or report_dir in run_dir.parents:
         raise ValueError(f"--runs-root {runs_root} and --reports-root {reports_root} put the run and its report in one "
                          "folder: give them separate folders")
-    previous = {}
+    previous, changed = {}, []
     if resume:
         if not (run_dir / "config.json").exists(): raise FileNotFoundError(f"--resume: no run {run_dir} to resume")
         try: saved = read_config(run_dir)  # a resumed run keeps its own configuration ...
@@ -295,21 +325,28 @@ def run_pipeline(
             raise CorruptArtifact(f"{run_dir / 'config.json'}: corrupt or edited after the run wrote it, so the run cannot be "
                                   "resumed (its stages were made with the settings it held): restore the file, or start a "
                                   "new run with another --run-id") from None
-        changed = config_differences(saved, config) if check_resume_config else []
-        if changed: raise ValueError(f"--resume: {run_dir} was made with other settings ({'; '.join(changed)}); "
-                                     "resume it without changing them, or start a new run with another --run-id")
-        config = saved
         if (report_dir / "status.json").exists():
             previous = {s["name"]: s for s in read_json(report_dir / "status.json")["stages"]}
             only = only or list(previous)  # ... and its own stage plan
+        stages = stages or select_stages(only, nbs_dir)
+        # ... unless settings given again change what no completed stage has read (e.g. corrected stacking inputs)
+        config, changed = resumed_config(saved, config if check_resume_config else None, previous, stages, run_dir)
     elif (run_dir / "config.json").exists():
         raise FileExistsError(f"{run_dir} already holds a run: --resume it, or choose another --run-id")
-    stages = stages or select_stages(only, nbs_dir)
+    else:
+        stages = stages or select_stages(only, nbs_dir)
+        config = with_stacking_inputs(config, stages)   # inputs that will never exist are refused before any stage runs
     with run_lock(run_dir), signals_interrupt():
         if not resume:
             # checked again under the lock: two runs started together with one id both passed the check above
             if (run_dir / "config.json").exists(): raise FileExistsError(f"{run_dir} already holds a run: --resume it, or choose another --run-id")
             save_config(config, run_dir)
+        elif changed:
+            history = read_json(run_dir / "config.json").get("changed_on_resume", [])
+            save_config(config, run_dir, changed_on_resume=history + [
+                {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "changes": changed}])
+            print(f"resume: settings changed ({'; '.join(changed)}); no completed stage reads them, so the stages that do "
+                  "run with the new values", file=sys.stderr)
         return _run_stages(config, stages, previous, run_id, run_dir, report_dir, nbs_dir, runs_root, reports_root,
                            keep_going)
 
