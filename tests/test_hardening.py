@@ -515,3 +515,22 @@ def test_an_interrupt_stops_in_one_line_and_resumes(tmp_path, signum, to_group, 
     assert f"re-running stage {stage}" in done.stderr and "it was interrupted" in done.stderr
     assert "IPKernelApp" not in done.stderr and "KeyboardInterrupt" not in done.stderr   # a normal run is quiet too
     assert corrupt_files(tmp_path / "my runs" / "i") == []
+
+
+def test_resume_repairs_a_deleted_ledger_and_never_forgets_a_deleted_file(tmp_path):
+    "A folder's ledger deleted: --resume re-runs its writer. A declared file deleted, then a run of other stages: still named."
+    roots = ["--runs-root", str(tmp_path / "runs"), "--reports-root", str(tmp_path / "reports")]
+    run_dir = tmp_path / "runs" / "l"
+    assert main(["run", "--profile", "smoke", "--run-id", "l", "--only", "prepare", "baseline", *roots]) == 0
+    (run_dir / "oof" / ".sha256.jsonl").unlink()
+    done = subprocess.run([*MACD_NB, "run", "--run-id", "l", "--resume", *roots], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "re-running stage baseline" in done.stderr and "cannot be verified" in done.stderr
+    assert corrupt_files(run_dir) == []
+    (run_dir / "oof" / "baseline_1h.parquet").unlink()
+    only_prepare = subprocess.run([*MACD_NB, "run", "--run-id", "l", "--resume", "--only", "prepare", *roots],
+                                  capture_output=True, text=True)
+    assert only_prepare.returncode == 1 and "oof/baseline_1h.parquet: listed in" in only_prepare.stderr, only_prepare.stderr
+    assert "oof/baseline_1h.parquet" in read_json(run_dir / "MANIFEST.json")["files"]   # still declared
+    done = subprocess.run([*MACD_NB, "run", "--run-id", "l", "--resume", *roots], capture_output=True, text=True)
+    assert done.returncode == 0 and corrupt_files(run_dir) == [], done.stderr

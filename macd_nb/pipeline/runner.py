@@ -25,8 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..core.config import RunConfig, read_config, save_config
-from ..core.rundir import (ARTIFACT_FOLDERS, CorruptArtifact, corrupt_files, read_json, recorded_hashes, sha256_file, write_json,
-                                 write_manifest)
+from ..core.rundir import (ARTIFACT_FOLDERS, CorruptArtifact, corrupt_files, read_json, recorded_hashes, sha256_file, verified,
+                                 write_json, write_manifest)
 from .report import format_number, write_report
 from ..core.stages import Stage, default_nbs_dir, select_stages, stacking_inputs, stage_named, stage_names, stages_reading
 
@@ -102,8 +102,15 @@ def unrecorded_outputs(run_dir: Path, outputs: dict[str, str]) -> list[str]:
 
 def output_problems(run_dir: Path, outputs: dict[str, str]) -> list[str]:
     "Why a completed stage's outputs cannot be reused, one line per missing or changed file; empty when all are intact."
-    return [f"{path} is missing" if not (run_dir / path).exists() else f"{path} changed after the stage wrote it (corrupt or edited)"
-            for path, digest in outputs.items() if not (run_dir / path).exists() or sha256_file(run_dir / path) != digest]
+    problems = []
+    for path, digest in outputs.items():
+        if not (run_dir / path).exists(): problems.append(f"{path} is missing"); continue
+        if sha256_file(run_dir / path) != digest:
+            problems.append(f"{path} changed after the stage wrote it (corrupt or edited)"); continue
+        if path.split("/")[0] in ARTIFACT_FOLDERS:   # intact bytes, but would a reader accept them? (a deleted ledger)
+            try: verified(run_dir / path)
+            except CorruptArtifact as refused: problems.append(f"{path} cannot be verified ({str(refused).split(': ', 1)[-1][:160]})")
+    return problems
 
 # %% ../../nbs/pipeline/01_runner.ipynb #4952a03d
 def text_bar(done: float, total: float, width: int = 20) -> str:
@@ -370,8 +377,12 @@ def _run_stages(config, stages, previous, run_id, run_dir, report_dir, nbs_dir, 
         stop.stage, stop.resume_command = running and running["name"], resume_command
         raise
     overall.close()
-    write_manifest(run_dir)
+    # a file the previous manifest declared, deleted outside this run's stages (--only), stays declared: the manifest
+    # is rewritten only from a run directory that verifies, so it can never forget a missing file
     corrupt = corrupt_files(run_dir)
+    if not corrupt:
+        write_manifest(run_dir)
+        corrupt = corrupt_files(run_dir)
     for problem in corrupt: tqdm.write(f"no report: {problem}", file=sys.stderr)
     if not corrupt: write_report(run_dir, report_dir, run_id)   # a report is only ever made of verified files
     return ok and not corrupt, report_dir
