@@ -236,14 +236,18 @@ CASES = [
      ["results/.sha256.jsonl is missing", "results/prepare.json"]),
     # --- second round: bad ticks and gaps
     ("data-100x-print", NEW, _klines(lambda f: set_cell(f / "BTCUSDT-1h-2024.csv", 1000, 4, str(
-        100 * float((f / "BTCUSDT-1h-2024.csv").read_text().splitlines()[1000].split(",")[4])))), 0, ["run completed"]),
-    ("data-low-1e-12", NEW, _klines(lambda f: set_cell(f / "BTCUSDT-1h-2024.csv", 1200, 3, "1e-12")), 0, ["run completed"]),
+        100 * float((f / "BTCUSDT-1h-2024.csv").read_text().splitlines()[1000].split(",")[4])))), 0,
+     ["run completed", "data: BTCUSDT: 1 implausible bar(s), bad_bars: exclude", "BTCUSDT-1h-2024.csv row 1001", "high 6260 is 99.5x away",
+      "rows excluded around implausible bars"]),
+    ("data-low-1e-12", NEW, _klines(lambda f: set_cell(f / "BTCUSDT-1h-2024.csv", 1200, 3, "1e-12")), 0,
+     ["run completed", "data: BTCUSDT: 1 implausible bar(s)", "BTCUSDT-1h-2024.csv row 1201", "low 1e-12"]),
     ("data-bad-print-refused", NEW, lambda root: [*_klines(lambda f: set_cell(f / "BTCUSDT-1h-2024.csv", 1200, 3, "1e-12"))(root),
      "--config", str(_write(root / "refuse.yaml", "bad_bars: refuse\n"))],
      1, ["stage prepare failed", "BTCUSDT-1h-2024.csv row 1201 (open_time", "low 1e-12", "bad_bars: exclude", "fix the file"]),
     ("data-six-month-gap", NEW, _klines(lambda f: [write_kline_dump(example_klines(2000, seed=seed).pipe(lambda r: r.assign(
         open_time=r["open_time"] + (r.index >= 1000) * 183 * 86_400_000)), f / f"{symbol}-1h-2024.csv")
-        for seed, symbol in enumerate(("BTCUSDT", "ETHUSDT"))]), 0, ["run completed"]),
+        for seed, symbol in enumerate(("BTCUSDT", "ETHUSDT"))]), 0,
+     ["run completed", "rows excluded whose lookback or label spans a gap longer than 24 h"]),
     # --- second round: settings checked for meaning
     ("config-horizons-empty", NEW, _yaml("horizons: []\n"), 2, ["bad.yaml: horizons=[] must list at least one label horizon"]),
     ("config-bootstrap-zero", NEW, _yaml("bootstrap_samples: 0\n"), 2, ["bad.yaml: bootstrap_samples=0 must be >= 100"]),

@@ -182,8 +182,8 @@ def shadow_command(args) -> int:
         if not path.exists(): return _refuse("shadow", f"--source {args.source}: no such file or folder")
         source = lambda config: replay_source(path, [config.data.target] + [s for s in config.data.symbols if s != config.data.target],
                                               start=start, end=end, speed=args.speed, stop=stop, progress=sys.stderr.isatty())
-    elif args.end is not None: return _refuse("shadow", f"--end {args.end}: only a replay ends; binance serves each bar as it closes")
-    if args.source == "binance":
+    elif args.source == "binance":
+        if args.end is not None: return _refuse("shadow", f"--end {args.end}: only a replay ends; binance serves each bar as it closes")
         data_dir = Path(args.data_dir or default_data_dir()).expanduser()
         source = lambda config: binance_source(config.data.symbols, data_dir, base_url=args.base_url, stop=stop)
     else: return _refuse("shadow", f"--source {args.source!r}: use 'binance' or 'replay:PATH'")
@@ -200,6 +200,22 @@ def shadow_command(args) -> int:
     print("shadow: " + ", ".join(f"{k} {v}" + (f" ({', '.join(f'{r} {n}' for r, n in why.items())})" if k == "skipped" and why else "")
                                  for k, v in counts.items()))
     return 0
+
+
+def _data_lines(run_dir: Path) -> list[str]:
+    "What the prepare stage found in the data that must not pass unseen: implausible bars, rows excluded around them and gaps."
+    from ..core.rundir import read_json
+    try: prepare = read_json(run_dir / "results" / "prepare.json")
+    except (OSError, ValueError): return []
+    lines = [f"  data: {symbol}: {f['implausible_bars']} implausible bar(s), bad_bars: {f.get('bad_bars')}; first: "
+             + (f.get("examples", {}).get("implausible_bars") or ["?"])[0]
+             for symbol, f in prepare.get("data_report", {}).get("files", {}).items() if f.get("implausible_bars")]
+    for tf, s in prepare.get("timeframes", {}).items():
+        limit = (s.get("gap_exclusion") or {}).get("max_gap_hours")
+        parts = [f"{s[key]} rows excluded {why}" for key, why in (("bad_bar_excluded_rows", "around implausible bars"),
+                 ("gap_excluded_rows", f"whose lookback or label spans a gap longer than {limit} h")) if s.get(key)]
+        if parts: lines.append(f"  data {tf}: " + "; ".join(parts))
+    return lines
 
 
 def _failure_lines(report_dir: Path) -> list[str]:
@@ -247,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 128 + stop.signum
     print("\n".join([f"{'run completed' if ok else 'run FAILED'}", *([] if ok else _failure_lines(report_dir)),
+                     *_data_lines(Path(args.runs_root) / report_dir.name),
                      f"  report: {report_dir / 'TRAINING_REPORT.md'}", f"  status: {report_dir / 'EXECUTION_STATUS.md'}"]))
     if args.commit_report:
         run_id = report_dir.name
