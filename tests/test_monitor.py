@@ -192,7 +192,7 @@ def test_the_cli_function_writes_the_report_and_its_plots(registry, tmp_path, ca
     for heading in ("## Retrain recommendation", "## Realised AUC", "## Calibration", "## Stacked model against each base model",
                     "## Drift (PSI against the training window)", "## Latency and fallbacks"):
         assert heading in report, heading
-    assert "300 predictions of this run (50 rows of other runs left out)" in report and "Model age" in report
+    assert "300 bars predicted by this run (50 rows of other runs left out)" in report and "Model age" in report
     for name in ("reliability.png", "psi.png", "latency.png"):
         assert f"]({name})" in report and (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     lat = json.loads((out / "monitor.json").read_text())["operations"]["latency_ms"]

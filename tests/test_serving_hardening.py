@@ -1,6 +1,7 @@
-"""Serving hardening (issue 19, sections 1-3): every bad input of `shadow`, `monitor`, `health`, `aliases`, `deploy`,
-`promote` and `rollback` a one-line refusal through the real command line, and SIGTERM/SIGINT ending `shadow` at
-once in every state.
+"""Serving hardening (issue 19, sections 1-5): every bad input of `shadow`, `monitor`, `health`, `aliases`, `deploy`,
+`promote` and `rollback` a one-line refusal through the real command line; bad prints, NaN closes and missing hours
+in the replayed market named and counted; arguments checked before anything runs; a restart counting the bars
+already logged; and SIGTERM/SIGINT ending `shadow` at once in every state.
 
 The table runs `macd-nb` as a subprocess for each case and checks the exit code, that the message names the file and
 what to do, that the registry's files (and its audit log) are byte-identical afterwards, and, where a prediction log
@@ -79,10 +80,13 @@ def modes_bind():
         if libc.prctl(24, capability, 0, 0, 0) != 0: raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
+DISK_LIMIT, DISK_BARS = 600_000, 300   # past the first batches of 64 bars, short of all 300
+
+
 def small_disk():
-    "preexec_fn: files may not grow past 60 kB (a full disk as SQLite sees it)."
+    "preexec_fn: files may not grow past DISK_LIMIT bytes (a full disk as SQLite sees it)."
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (DISK_LIMIT, DISK_LIMIT))
 
 
 def read_only(*paths: Path) -> None:
@@ -211,7 +215,7 @@ def case_db_read_only_folder(world, case):
     return shadow_argv(world, world["registry"], db, bars=8)
 
 
-def case_disk_full(world, case): return shadow_argv(world, world["registry"], case / "log.sqlite", bars=40)
+def case_disk_full(world, case): return shadow_argv(world, world["registry"], case / "log.sqlite", bars=DISK_BARS)
 
 
 def case_monitor_corrupt(world, case):
@@ -284,11 +288,11 @@ def case_damaged(relative: str, command: str):
 def restart_completes(world, case, argv):
     "After the failed write: the rows logged are intact, and the same command without the limit logs every bar once."
     db = case / "log.sqlite"
-    assert 0 < len(rows_of(db)) < 40 and integrity(db) == "ok"
+    assert 0 < len(rows_of(db)) < DISK_BARS and len(rows_of(db)) % 64 == 0 and integrity(db) == "ok"   # whole batches kept
     done = subprocess.run([MACD_NB, *argv], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     keys = rows_of(db)
-    assert len(keys) == len(set(keys)) == 40 and integrity(db) == "ok"
+    assert len(keys) == len(set(keys)) == DISK_BARS and integrity(db) == "ok"
 
 
 def served_by_fallback(model):
@@ -301,6 +305,102 @@ def served_by_fallback(model):
 
 def monitor_written(world, case, argv): assert (case / "out" / "MONITOR.md").stat().st_size > 1000
 def nothing_created(world, case, argv): assert not list(case.glob("log.sqlite*"))
+
+
+# --- 4. inputs: the replayed market, the arguments ------------------------------------------------------------------
+
+def klines_with(world, case, bar: int, edit) -> Path:
+    "A copy of the kline files whose target line for bar `bar` (from the end) is `edit(fields)` (None: the line deleted)."
+    folder = case / "klines"
+    shutil.copytree(world["klines"], folder)
+    path = folder / "BTCUSDT-1h.csv"
+    lines = path.read_text().splitlines()
+    stamp = str(world["bars"][bar].value // 1_000_000)
+    i = next(k for k, line in enumerate(lines) if line.startswith(stamp + ","))
+    fields = lines[i].split(",")
+    changed = edit(fields)
+    if changed is None: del lines[i]
+    else: lines[i] = ",".join(changed)
+    path.write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def spike(fields):   # a 100x print: the high and close of one bar
+    close = float(fields[4])
+    return [*fields[:2], repr(close * 100), fields[3], repr(close * 100), *fields[5:]]
+
+
+def case_market(bar: int, edit):
+    "shadow over the last 8 bars of a market whose target bar `bar` (from the end) is edited."
+    def make(world, case):
+        return shadow_argv(world, world["registry"], case / "log.sqlite", source=f"replay:{klines_with(world, case, bar, edit)}", bars=8)
+    return make
+
+
+def skipped_bar(bar: int):
+    "The edited bar has no row; every other bar has one; no outcome reaches the bad bar (an outcome return of +-4.6 was logged)."
+    def check(world, case, argv):
+        with sqlite3.connect(case / "log.sqlite") as connection:
+            rows = dict(connection.execute("SELECT bar_time, outcome_return FROM predictions").fetchall())
+        assert integrity(case / "log.sqlite") == "ok"
+        assert sorted(rows) == sorted(t.isoformat() for t in world["bars"][-8:] if t != world["bars"][bar]), sorted(rows)
+        before = world["bars"][bar - 1].isoformat()
+        assert rows[before] is None                                           # its outcome is unknown, and said
+        assert all(r is None or abs(r) < 0.2 for r in rows.values()), rows
+    return check
+
+
+def case_start_after_data(world, case):
+    return ["shadow", "--registry", str(world["registry"]), "--source", f"replay:{world['klines']}", "--db", str(case / "log.sqlite"),
+            "--start", str(world["bars"][-1] + pd.Timedelta(days=30))]
+
+
+def case_end_before_start(world, case):
+    return shadow_argv(world, world["registry"], case / "log.sqlite", "--end", str(world["bars"][-20]))
+
+
+def case_start_not_a_time(world, case):
+    return ["shadow", "--registry", str(world["registry"]), "--source", f"replay:{world['klines']}", "--db", str(case / "log.sqlite"),
+            "--start", "2025-13-45"]
+
+
+def case_fallback_typo(world, case): return shadow_argv(world, world["registry"], case / "log.sqlite", "--fallback", "lgb,xbg")
+def case_speed_negative(world, case): return shadow_argv(world, world["registry"], case / "log.sqlite", "--speed", "-1")
+
+
+def case_end_with_binance(world, case):
+    return ["shadow", "--registry", str(world["registry"]), "--source", "binance", "--db", str(case / "log.sqlite"),
+            "--end", str(world["bars"][-1])]
+
+
+def case_monitor_alias_moved_back(world, case):
+    "The alias moved to version 2 (the same run again): shadow logs the same 6 bars again under it; then the monitor."
+    registry = registry_copy(world, case)
+    promote(registry, world["run"], "1h", why="back again")
+    db = log_copy(world, case)
+    done = subprocess.run([MACD_NB, *shadow_argv(world, registry, db, bars=6)], capture_output=True, text=True)
+    assert done.returncode == 0 and len(rows_of(db)) == 12, done.stderr
+    return ["monitor", "--db", str(db), "--registry", str(registry), "--out", str(case / "out")]
+
+
+def distinct_bars(world, case, argv):
+    summary = json.loads((case / "out" / "monitor.json").read_text())
+    assert (summary["n_rows"], summary["n_repeated_rows"]) == (6, 6), summary
+    assert "6 rows repeating a bar" in (case / "out" / "MONITOR.md").read_text()
+
+
+# --- 5. restarts --------------------------------------------------------------------------------------------------
+
+def case_restart(world, case): return shadow_argv(world, world["registry"], log_copy(world, case), bars=8)
+
+
+def counted_and_timed(world, case, argv):
+    "Every bar once; the new rows record the loop's whole time per bar (cycle_ms) beside the decision's (latency_ms)."
+    keys = rows_of(case / "log.sqlite")
+    assert len(keys) == len(set(keys)) == 8 and integrity(case / "log.sqlite") == "ok"
+    with sqlite3.connect(case / "log.sqlite") as connection:
+        timed = connection.execute("SELECT latency_ms, cycle_ms FROM predictions ORDER BY bar_time").fetchall()
+    assert all(cycle is not None and cycle >= latency for latency, cycle in timed), timed
 
 
 shared = pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"shared real data not present at {SHARED_DATA}")
@@ -318,7 +418,7 @@ CASES = [
     ("db-someone-elses-table", case_db_someone_elses, 2, ["theirs.sqlite", "not this project's prediction log", "untouched"], None, None),
     ("db-read-only-file", case_db_read_only_file, 2, ["log.sqlite", "cannot be opened for writing", "writable"], modes_bind, None),
     ("db-read-only-folder", case_db_read_only_folder, 2, ["log.sqlite", "cannot be opened for writing", "-wal"], modes_bind, None),
-    ("db-disk-full", case_disk_full, 1, ["log.sqlite: a write failed", "logged before it are kept", "restart"], small_disk,
+    ("db-disk-full", case_disk_full, 1, ["log.sqlite: a write failed", "committed before it are kept", "restart"], small_disk,
      restart_completes),
     ("monitor-corrupt-log", case_monitor_corrupt, 2, ["log.sqlite", "damaged"], None, None),
     ("monitor-someone-elses-db", case_monitor_someone_elses, 2, ["theirs.sqlite", "not this project's prediction log"], None, None),
@@ -340,6 +440,27 @@ CASES = [
      ["lstm is unhealthy", "predicted 3", "fallback 3"], None, served_by_fallback("lstm")),
     ("shadow-xgb-result-damaged", case_damaged("results/xgb_1h.json", "shadow"), 0,
      ["xgb is unhealthy", "results/xgb_1h.json", "predicted 3", "fallback 3"], None, served_by_fallback("xgb")),
+    # 4. the replayed market: a bad print, a NaN close, a missing hour: named, counted, no outcome across them
+    ("market-100x-spike", case_market(-4, spike), 0,
+     ["not predicted: BTCUSDT", "implausible bar: high", "away from the median", "skipped 1 (implausible 1)",
+      "outcome of BTCUSDT 1h", "an implausible bar", "predicted 7", "outcomes_unknown 1"], None, skipped_bar(-4)),
+    ("market-nan-close", case_market(-4, lambda f: [*f[:4], "", *f[5:]]), 0,
+     ["not predicted: no bar of BTCUSDT", "NaN", "skipped 1 (missing 1)", "missing from the source", "predicted 7",
+      "outcomes_unknown 1"], None, skipped_bar(-4)),
+    ("market-missing-hour", case_market(-4, lambda f: None), 0,
+     ["not predicted: no bar of BTCUSDT", "skipped 1 (missing 1)", "predicted 7", "outcomes_unknown 1"], None, skipped_bar(-4)),
+    # 4. arguments checked before anything runs
+    ("start-after-the-data", case_start_after_data, 2, ["no bar of BTCUSDT from --start", "the data holds", "give a --start"],
+     None, nothing_created),
+    ("end-before-start", case_end_before_start, 2, ["--end", "is before --start", "give an --end after --start"], None, nothing_created),
+    ("start-not-a-time", case_start_not_a_time, 2, ["--start 2025-13-45", "not a time", "e.g. 2025-12-01"], None, nothing_created),
+    ("fallback-typo", case_fallback_typo, 2, ["--fallback lgb,xbg", "xbg is not a base model", "lgb,xgb,lstm"], None, nothing_created),
+    ("speed-negative", case_speed_negative, 2, ["--speed -1.0", "0 (as fast as possible) or more"], None, nothing_created),
+    ("end-with-binance", case_end_with_binance, 2, ["--end", "only a replay ends"], None, nothing_created),
+    ("monitor-alias-moved-back", case_monitor_alias_moved_back, 0, ["MONITOR.md"], None, distinct_bars),
+    # 5. a restart says and counts the bars already logged
+    ("restart-counts-logged-bars", case_restart, 0,
+     ["the log holds 6 bars of BTCUSDT 1h", "predicted 2, already_logged 6"], None, counted_and_timed),
 ]
 
 
@@ -367,8 +488,16 @@ def test_bad_input_is_a_named_refusal(world, tmp_path, name, setup, code, fragme
     for f, data in before[1].items():
         if code == 2: assert Path(f).read_bytes() == data, f"{f} changed on refusal"
     for db, keys in logs.items():                                             # no row lost or duplicated
-        assert sorted(rows_of(db)) == sorted(keys) and integrity(db) == "ok"
+        now = rows_of(db)
+        assert len(now) == len(set(now)) and set(keys) <= set(now) and integrity(db) == "ok"
+        if code != 0: assert sorted(now) == sorted(keys)                      # a refusal or failure adds nothing
     if check: check(world, case, argv)
+
+
+def logged(db: Path) -> int:
+    "Rows in a log being written (-1 while its schema is not yet committed)."
+    try: return len(rows_of(db))
+    except sqlite3.Error: return -1
 
 
 def integrity_ok(db: Path) -> bool:
@@ -431,7 +560,7 @@ def test_a_stop_ends_shadow_mode_at_once_in_every_state(world, tmp_path, httpser
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         if state.startswith("waiting"):   # the newest closed bar logged; then it fetches nothing new until the hour
-            until(lambda: db.exists() and integrity_ok(db) and len(rows_of(db)) == 1, process)
+            until(lambda: db.exists() and logged(db) == 1, process)
             time.sleep(1.0)
         elif state == "retry-after": until(lambda: exchange.requests >= 1, process)
         else: until(exchange.held.is_set, process)

@@ -66,7 +66,8 @@ def test_replay_predictions_are_the_stages_own(deployed, tmp_path):
     symbols = ["BTCUSDT"] + [s for s in profile_config("smoke").data.symbols if s != "BTCUSDT"]
     counts = shadow("1h", registry, lambda config: replay_source(klines, symbols, start=bars[0], end=bars[-1]),
                     tmp_path / "log.sqlite", start=bars[0], say=lambda _: None)
-    assert counts == {"predicted": 6, "already_logged": 0, "fallback": 0, "skipped": 0}
+    assert counts == {"predicted": 6, "already_logged": 0, "fallback": 0, "skipped": 0, "outcomes": 5, "outcomes_unknown": 0,
+                      "implausible": 0, "skipped_why": {}}
     frame = PredictionLog(tmp_path / "log.sqlite").frame()
     assert list(frame["bar_time"]) == list(bars)
     np.testing.assert_allclose(frame["p_up"], test.loc[bars, "pred"], atol=1e-6)
@@ -74,7 +75,7 @@ def test_replay_predictions_are_the_stages_own(deployed, tmp_path):
     # run again: nothing new, nothing twice
     again = shadow("1h", registry, lambda config: replay_source(klines, symbols, start=bars[0], end=bars[-1]),
                    tmp_path / "log.sqlite", start=bars[0], say=lambda _: None)
-    assert again["predicted"] == 0 and len(PredictionLog(tmp_path / "log.sqlite").frame()) == 6
+    assert again["predicted"] == 0 and again["already_logged"] == 6 and len(PredictionLog(tmp_path / "log.sqlite").frame()) == 6
 
 
 def test_a_restart_back_fills_the_bars_missed_while_down(deployed, tmp_path):
@@ -111,8 +112,9 @@ def _rows(db: Path) -> int:
 
 
 def test_sigkill_then_restart_gives_exactly_one_prediction_per_bar(deployed, tmp_path):
+    "A fast replay commits REPLAY_BATCH (64) bars at a time: killed after the first batch, mid-way through a later one."
     run_dir, registry, klines = deployed
-    bars = load_table(run_dir, "1h")[0].index[-40:]
+    bars = load_table(run_dir, "1h")[0].index[-200:]
     db = tmp_path / "log.sqlite"
     command = [MACD_NB, "shadow", "--alias", "1h", "--registry", str(registry), "--source", f"replay:{klines}", "--db", str(db),
                "--start", str(bars[0]), "--end", str(bars[-1])]
@@ -122,9 +124,11 @@ def test_sigkill_then_restart_gives_exactly_one_prediction_per_bar(deployed, tmp
     assert process.poll() is None, process.stderr.read()
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert 10 <= _rows(db) < 40
+    assert 10 <= _rows(db) < 200
+    kept = _rows(db)
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert f"the log holds {kept} bars" in done.stdout and f"already_logged {kept}" in done.stdout, done.stdout   # counted
     log = PredictionLog(db)
     frame = log.frame()
     assert list(frame["bar_time"]) == list(bars)                        # every bar once: no gap, no duplicate

@@ -129,8 +129,9 @@ def _drift_section(frame: pd.DataFrame, reference: dict | None, why_empty: str |
 def _operations_section(frame: pd.DataFrame) -> dict:
     "Latency percentiles and fallback counts by reason."
     if frame.empty: return {"empty": "the log is empty"}
-    latency = frame["latency_ms"].to_numpy()
-    return {"latency_ms": {f"p{q}": float(np.percentile(latency, q)) for q in (50, 90, 99)} | {"max": float(latency.max())},
+    spread = lambda ms: {f"p{q}": float(np.percentile(ms, q)) for q in (50, 90, 99)} | {"max": float(ms.max())}
+    cycle = frame["cycle_ms"].dropna().to_numpy() if "cycle_ms" in frame else np.array([])   # NULL in schema-1 rows
+    return {"latency_ms": spread(frame["latency_ms"].to_numpy()), "cycle_ms": spread(cycle) if len(cycle) else None,
             "fallbacks": {str(k): int(v) for k, v in frame["fallback"].value_counts().items()},
             "n_stacked": int(frame["fallback"].isna().sum()), "n_rows": len(frame)}
 
@@ -171,11 +172,14 @@ def _recommendation(summary: dict, lim: dict) -> list[str]:
 def monitor_summary(frame: pd.DataFrame, reference: dict | None, stacking: dict, meta: dict, **limits) -> dict:
     "Every number of the report from the logged rows of one run (`PredictionLog.frame()`), its drift reference, stacking record and meta."
     lim = _check_limits(limits)
-    frame = frame.sort_values("bar_time", kind="stable").reset_index(drop=True)   # the bootstrap's blocks are runs of time
+    rows = len(frame)   # a bar logged again under a later version of the alias (it moved away and back) counts once
+    frame = frame.sort_values(["bar_time", "model_version"], kind="stable").drop_duplicates(["symbol", "bar_time"])
+    frame = frame.reset_index(drop=True)   # the bootstrap's blocks are runs of time
     known = frame[frame["outcome"].notna()]
     why = "the log holds no prediction of this run" if frame.empty else \
         f"none of the {len(frame)} logged bars has an outcome yet (filled once its horizon has closed)" if known.empty else None
-    summary = {"n_rows": len(frame), "n_outcomes": len(known), "symbols": sorted(frame["symbol"].unique()),
+    summary = {"n_rows": len(frame), "n_repeated_rows": rows - len(frame), "n_outcomes": len(known),
+               "symbols": sorted(frame["symbol"].unique()),
                "first_bar": str(frame["bar_time"].min()) if len(frame) else None,
                "last_bar": str(frame["bar_time"].max()) if len(frame) else None,
                "auc": _auc_section(known, stacking, lim, why),
@@ -221,9 +225,15 @@ def _plots(summary: dict, frame: pd.DataFrame, out_dir: Path) -> dict[str, str]:
         if np.isfinite(drift["prediction"]): top.append(("(prediction)", drift["prediction"]))
         fig = Figure(figsize=(7, 0.3 * len(top) + 1.5)); ax = fig.subplots()
         colours = ["tab:red" if v > 0.25 else "tab:orange" if v >= 0.1 else "tab:green" for _, v in top]
-        ax.barh([name for name, _ in top], [v for _, v in top], color=colours)
-        for limit in (0.1, 0.25): ax.axvline(limit, color="grey", lw=1, ls="--")
-        ax.set(xlabel="PSI against the training window's bins", title=f"drift: top {min(TOP_FEATURES, len(drift['features']))} features")
+        ax.barh([name for name, _ in top], [max(v, 1e-3) for _, v in top], color=colours)   # log axis: the bands stay visible
+        ax.set_xscale("log")
+        ax.set_xlim(1e-3, max(1.0, max(v for _, v in top) * 1.5))
+        for limit, band in ((0.1, "0.1 moderate"), (0.25, "0.25 major")):
+            ax.axvline(limit, color="black", lw=1, ls="--")
+            ax.annotate(band, (limit, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10), textcoords="offset points", fontsize=8)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.set(xlabel="PSI against the training window's bins (log scale; below 0.001 drawn at 0.001)",
+               title=f"drift: top {min(TOP_FEATURES, len(drift['features']))} features")
         save("psi.png", fig)
     if not frame.empty:
         fig = Figure(figsize=(6, 3.5)); ax = fig.subplots()
@@ -242,7 +252,9 @@ def render_monitor(summary: dict, header: dict, plots: dict[str, str]) -> str:
     "MONITOR.md of a summary: recommendation first, then each section or why it is empty."
     out = [f"# Monitor: alias {header['alias']}, run {header['run']} (version {header['version']})", "",
            f"Generated {header['generated']} from `{header['db']}` and registry `{header['registry']}`: "
-           f"{summary['n_rows']} predictions of this run ({header['other_runs']} rows of other runs left out), "
+           f"{summary['n_rows']} bars predicted by this run ({header['other_runs']} rows of other runs left out"
+           + (f"; {summary['n_repeated_rows']} rows repeating a bar logged under an earlier version of the alias, counted once"
+              if summary.get("n_repeated_rows") else "") + "), "
            f"{summary['n_outcomes']} with an outcome; symbols {', '.join(summary['symbols']) or 'none'}; "
            f"bars {summary['first_bar']} to {summary['last_bar']}.", ""]
     if not plots and summary["n_rows"]: out += ["(No plots: they need matplotlib.)", ""]
@@ -300,7 +312,13 @@ def render_monitor(summary: dict, header: dict, plots: dict[str, str]) -> str:
     if "empty" in ops: out += [f"Nothing to measure: {ops['empty']}.", ""]
     else:
         lat = ops["latency_ms"]
-        out += ["| p50 | p90 | p99 | max |", "|---|---|---|---|", f"| {lat['p50']:.2f} ms | {lat['p90']:.2f} ms | {lat['p99']:.2f} ms | {lat['max']:.2f} ms |", ""]
+        out += ["| per bar | p50 | p90 | p99 | max |", "|---|---|---|---|---|",
+                f"| decision (features and models: latency_ms) | {lat['p50']:.2f} ms | {lat['p90']:.2f} ms | {lat['p99']:.2f} ms | {lat['max']:.2f} ms |"]
+        if ops.get("cycle_ms"):
+            cyc = ops["cycle_ms"]
+            out.append(f"| whole loop (reading, screening, outcomes, logging: cycle_ms) | {cyc['p50']:.2f} ms | {cyc['p90']:.2f} ms "
+                       f"| {cyc['p99']:.2f} ms | {cyc['max']:.2f} ms |")
+        out.append("")
         out += figure("latency")
         out += [f"Stacked model answered {ops['n_stacked']} of {ops['n_rows']} bars; fallbacks by reason:", ""]
         out += [f"- {reason}: {n}" for reason, n in ops["fallbacks"].items()] or ["- none"]

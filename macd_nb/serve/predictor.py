@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['REQUIRED_METADATA', 'GOLDEN_TOLERANCE', 'SEQUENCE_MODELS', 'InputsUnavailable', 'model_kind', 'standardize',
-           'MLPredictor', 'health_check']
+           'checked_table', 'numeric_values', 'MLPredictor', 'health_check']
 
 # %% ../../nbs/serve/01_predictor.ipynb #f61e883e
 from pathlib import Path
@@ -42,6 +42,32 @@ def standardize(features: np.ndarray, scaler: dict, clip: float = 10.0) -> np.nd
     return np.clip(np.nan_to_num(scaled, nan=0.0), -clip, clip).astype(np.float32)
 
 # %% ../../nbs/serve/01_predictor.ipynb #1b4373f3
+def checked_table(table) -> pd.DataFrame:
+    "`table` as feature rows oldest first (a Series: one row, named by its bar); TypeError/ValueError naming what is wrong."
+    if isinstance(table, pd.Series): table = table.to_frame().T
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"predict takes a DataFrame of feature rows (index: bar open times, newest last), got {type(table).__name__}")
+    if table.empty: raise ValueError(f"predict: the feature table has no rows ({len(table.columns)} columns); give at least the bar to predict")
+    if not table.index.is_monotonic_increasing or not table.index.is_unique:
+        position = next(i for i in range(1, len(table)) if not table.index[i] > table.index[i - 1])
+        raise ValueError(f"predict: rows must be oldest first, each bar once: row {position} ({table.index[position]}) is not after "
+                         f"row {position - 1} ({table.index[position - 1]}); sort the table (table.sort_index()); the last row is the bar predicted")
+    return table
+
+
+def numeric_values(table: pd.DataFrame) -> np.ndarray:
+    "`table` as float64; a value that is not a number is a ValueError naming its column and row."
+    try: return table.to_numpy(dtype=np.float64)
+    except (ValueError, TypeError):
+        for column in table.columns:
+            bad = pd.to_numeric(table[column], errors="coerce").isna() & table[column].notna()
+            if bad.any():
+                row = bad.idxmax()
+                raise ValueError(f"predict: column {column!r} row {row} holds {table.at[row, column]!r}, not a number; "
+                                 "the feature table holds floats only (NaN where undefined)") from None
+        raise
+
+
 class MLPredictor:
     "The stacked model of a registry alias, served with ONNX Runtime."
     def __init__(self, alias: str = "1h", registry: str | Path | None = None):
@@ -130,12 +156,14 @@ class MLPredictor:
     def _base_input(self, name: str, table: pd.DataFrame, values: np.ndarray | None = None) -> np.ndarray:
         "The input of one base model for the last bar of `table` (`values`: the table as float64, when at hand)."
         meta = self.metadata(name)
-        values = table.to_numpy(dtype=np.float64) if values is None else values
+        values = numeric_values(table) if values is None else values
         features = values[:, self.columns_of(name, table.columns)]
-        if np.isnan(features[-1]).any():   # no training row had an undefined feature: refuse rather than guess
-            undefined = [f for f, x in zip(meta["features"], features[-1]) if x != x]
-            raise ValueError(f"{name}: feature(s) {undefined[:5]} undefined on {table.index[-1]}; the model was never "
-                             "trained on such a row")
+        if not np.isfinite(features[-1]).all():   # no training row had an undefined or infinite feature: refuse, not guess
+            undefined = [f for f, x in zip(meta["features"], features[-1]) if not np.isfinite(x)]
+            kind = "undefined (NaN)" if np.isnan(features[-1]).any() else "infinite"
+            more = f" and {len(undefined) - 5} more" if len(undefined) > 5 else ""
+            raise ValueError(f"{name}: feature(s) {undefined[:5]}{more} {kind} on row {table.index[-1]}; "
+                             "the model was never trained on such a row: compute the row again from the bars")
         if model_kind(name) == "sequence":
             length = meta["sequence_length"]
             if len(table) < length: raise ValueError(f"{name} needs {length} bars of features, got {len(table)}")
@@ -143,9 +171,10 @@ class MLPredictor:
         dtype = np.float64 if "double" in self.session(name).get_inputs()[0].type else np.float32
         return features[-1:].astype(dtype)
 
-    def predict(self, table: pd.DataFrame) -> dict:
-        "P(up) of the stacked model and of each base model for the last bar of `table` (recent rows of the feature table)."
-        base, values = {}, table.to_numpy(dtype=np.float64)
+    def predict(self, table: pd.DataFrame | pd.Series) -> dict:
+        "P(up) of the stacked model and of each base model for the last bar of `table` (recent rows, oldest first; a Series: one row)."
+        table = checked_table(table)
+        base, values = {}, numeric_values(table)
         for name in self.meta["inputs"]:
             head = self.metadata(name)["main_head_index"] if model_kind(name) == "sequence" else 0
             session = self.session(name)
