@@ -136,3 +136,62 @@ def test_the_cli_promotes_lists_rolls_back_and_refuses(runs, tmp_path, capsys):
     assert main(["aliases", "--registry", registry]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed["1h"]["run"] == "run_a" and listed["1h"]["version"] == 3 and aliases(registry) == listed
+
+
+def test_a_pointer_that_disagrees_with_the_audit_log_is_refused_by_name(runs, tmp_path):
+    "An alias pointer whose version was edited (2 -> 3) was healthy and rows were logged as version 3; now every reader refuses it."
+    registry = tmp_path / "registry"
+    promote(registry, runs["a"], "1h", why="first")
+    promote(registry, runs["b"], "1h", why="second")
+    path = registry / "aliases" / "1h.json"
+    good = path.read_text()
+    audit = (registry / "audit.jsonl").read_bytes()
+    path.write_text(good.replace('"version": 2', '"version": 3'))
+    for reader in (lambda: read_alias(registry, "1h"), lambda: alias_target(registry, "1h"), lambda: aliases(registry),
+                   lambda: rollback(registry, "1h", why="x"), lambda: promote(registry, runs["a"], "1h", why="x")):
+        with pytest.raises(RegistryError, match=r"aliases/1h.json: the alias pointer is damaged or was edited: it says run run_b "
+                                                r"version 3.*newest move of 1h went to run run_b version 2"):
+            reader()
+    assert (registry / "audit.jsonl").read_bytes() == audit                  # nothing moved on refusal
+    path.write_text(good)
+    assert read_alias(registry, "1h")["version"] == 2
+
+
+def test_a_flipped_byte_in_the_pointers_sha256_is_blamed_on_the_pointer(runs, tmp_path):
+    registry = tmp_path / "registry"
+    promote(registry, runs["a"], "1h", why="first")
+    path = registry / "aliases" / "1h.json"
+    pointer = json.loads(path.read_text())
+    flipped = pointer["sha256"][:-1] + ("0" if pointer["sha256"][-1] != "0" else "1")
+    path.write_text(json.dumps(pointer | {"sha256": flipped}, indent=2))
+    with pytest.raises(RegistryError, match=r"aliases/1h.json: the alias pointer is damaged"):   # the audit line recorded the sha256
+        alias_target(registry, "1h")
+    lines = (registry / "audit.jsonl").read_text().splitlines()             # an audit line of a registry made before it did
+    (registry / "audit.jsonl").write_text("\n".join(json.dumps({k: v for k, v in json.loads(l).items() if k != "sha256"})
+                                                    for l in lines) + "\n")
+    with pytest.raises(RegistryError, match=r"aliases/1h.json: the alias pointer is damaged: its sha256 .* which matches its run's manifest"):
+        alias_target(registry, "1h")
+    meta = registry / pointer["target"]                                      # the model's file changed, the pointer sound
+    path.write_text(json.dumps(pointer, indent=2))
+    meta.write_bytes(meta.read_bytes() + b" ")
+    with pytest.raises(RegistryError, match=r"stacking_meta_1h.json: what alias '1h' points at is missing or changed since it was moved"):
+        alias_target(registry, "1h")
+
+
+def test_a_run_deployed_from_its_package_is_the_same_run_when_promoted(runs, tmp_path):
+    "deploy keeps config.json and the reports beside models/ and results/: promote of the same run folder is accepted."
+    registry = tmp_path / "registry"
+    register_run(registry, runs["a"])
+    copy = registry / "runs" / "run_a"                                       # as deploy leaves it: more files than register_run keeps
+    manifest = json.loads((copy / "MANIFEST.json").read_text())
+    full = json.loads((runs["a"] / "MANIFEST.json").read_text())["files"]
+    for extra in [f for f in full if f not in manifest["files"]][:3]:
+        (copy / extra).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(runs["a"] / extra, copy / extra)
+        manifest["files"][extra] = full[extra]
+    (copy / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
+    assert promote(registry, runs["a"], "1h", why="after deploy")["run"] == "run_a"
+    impostor = tmp_path / "other" / "run_a"                                   # a truly different run under that id: refused
+    shutil.copytree(runs["b"], impostor)
+    with pytest.raises(RegistryError, match=r"a different run is registered under the id 'run_a': \S+ differs"):
+        register_run(registry, impostor)

@@ -270,6 +270,40 @@ def case_pointer_not_json(command):
     return make
 
 
+def case_pointer_edited(command):
+    "The alias moved twice (version 2), then its pointer's version edited to 3, a version the audit log never had."
+    def make(world, case):
+        registry = registry_copy(world, case)
+        promote(registry, world["run"], "1h", why="again")
+        pointer = registry / "aliases" / "1h.json"
+        pointer.write_text(pointer.read_text().replace('"version": 2', '"version": 3'))
+        if command == "shadow": return shadow_argv(world, registry, case / "log.sqlite")
+        return [command, "--registry", str(registry)] + (["--alias", "1h", "--why", "test"] if command == "rollback" else [])
+    return make
+
+
+def case_pointer_sha_flipped(world, case):
+    registry = registry_copy(world, case)
+    pointer = registry / "aliases" / "1h.json"
+    record = json.loads(pointer.read_text())
+    record["sha256"] = record["sha256"][:-1] + ("0" if record["sha256"][-1] != "0" else "1")
+    pointer.write_text(json.dumps(record, indent=2))
+    return ["health", "--registry", str(registry)]
+
+
+def case_promote_after_deploy(world, case):
+    "deploy a run's package, then promote the run folder it came from: the same run, registered once."
+    done = subprocess.run([MACD_NB, "deploy", str(world["tarball"]), "--to", str(case / "registry")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return ["promote", str(world["run"]), "--alias", "1h", "--registry", str(case / "registry"), "--why", "same run"]
+
+
+def promoted_again(world, case, argv):
+    moves = audit_log(case / "registry")
+    assert [(m["to_run"], m["to_version"]) for m in moves][-1] == ("run_s", 2), moves
+    assert [p.name for p in (case / "registry" / "runs").iterdir() if not p.name.startswith(".")] == ["run_s"]
+
+
 def case_manifest_not_json(world, case):
     registry = registry_copy(world, case)
     not_json(registry / "runs" / "run_s" / "MANIFEST.json")
@@ -440,6 +474,16 @@ CASES = [
      ["lstm is unhealthy", "predicted 3", "fallback 3"], None, served_by_fallback("lstm")),
     ("shadow-xgb-result-damaged", case_damaged("results/xgb_1h.json", "shadow"), 0,
      ["xgb is unhealthy", "results/xgb_1h.json", "predicted 3", "fallback 3"], None, served_by_fallback("xgb")),
+    # 3. the alias pointer must agree with the audit log; a damaged pointer is named as such
+    ("health-pointer-version-edited", case_pointer_edited("health"), 2,
+     ["aliases/1h.json: the alias pointer is damaged or was edited", "says run run_s version 3", "went to run run_s version 2",
+      "restore"], None, None),
+    ("aliases-pointer-version-edited", case_pointer_edited("aliases"), 2, ["aliases/1h.json", "version 3", "version 2"], None, None),
+    ("rollback-pointer-version-edited", case_pointer_edited("rollback"), 2, ["aliases/1h.json", "damaged or was edited"], None, None),
+    ("shadow-pointer-version-edited", case_pointer_edited("shadow"), 2, ["aliases/1h.json", "damaged or was edited"], None,
+     nothing_created),
+    ("health-pointer-sha-flipped", case_pointer_sha_flipped, 2, ["aliases/1h.json: the alias pointer is damaged", "restore"], None, None),
+    ("promote-after-deploy", case_promote_after_deploy, 0, ['"version": 2'], None, promoted_again),
     # 4. the replayed market: a bad print, a NaN close, a missing hour: named, counted, no outcome across them
     ("market-100x-spike", case_market(-4, spike), 0,
      ["not predicted: BTCUSDT", "implausible bar: high", "away from the median", "skipped 1 (implausible 1)",
@@ -484,7 +528,9 @@ def test_bad_input_is_a_named_refusal(world, tmp_path, name, setup, code, fragme
     if code == 2: assert len(done.stderr.strip().splitlines()) == 1, done.stderr    # one line, no traceback
     assert "Traceback" not in output
     after = tree_digest(world["registry"], *case.glob("registry*"))
-    assert after == before[0] and audit_log(world["registry"]) == audit          # the registry and its audit log unchanged
+    if code != 0: assert after == before[0]                                   # a refusal changes no registry, no audit log
+    assert audit_log(world["registry"]) == audit and tree_digest(world["registry"]) == {k: v for k, v in before[0].items()
+                                                                                      if k.startswith(str(world["registry"]))}
     for f, data in before[1].items():
         if code == 2: assert Path(f).read_bytes() == data, f"{f} changed on refusal"
     for db, keys in logs.items():                                             # no row lost or duplicated

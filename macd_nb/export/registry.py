@@ -72,9 +72,14 @@ def register_run(registry: str | Path, run_dir: str | Path) -> Path:
     kept = sorted(f for f in files if f.split("/")[0] in ("models", "results"))
     target = registry / "runs" / run_dir.name
     with registry_lock(registry):
-        if target.exists():
-            if read_json(target / "MANIFEST.json")["files"] != {f: files[f] for f in kept}:
-                raise RegistryError(f"{target}: a different run is registered under the id {run_dir.name!r}")
+        if target.exists():   # the same run again (also when `deploy` put its whole package there): every file both list agrees
+            registered = read_json(target / "MANIFEST.json")["files"]
+            differ = [f for f in sorted(set(kept) | (set(registered) & set(files)))
+                      if registered.get(f, {}).get("sha256") != files[f]["sha256"]]
+            if differ:
+                raise RegistryError(f"{target}: a different run is registered under the id {run_dir.name!r}: {differ[0]} "
+                                    f"{'differs' if differ[0] in registered else 'is not there'} ({len(differ)} file(s) in all); "
+                                    "give this run another id (rename its folder) or promote the registered one")
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=target.parent))
@@ -94,19 +99,47 @@ def register_run(registry: str | Path, run_dir: str | Path) -> Path:
 MOVE_STEPS = ("pointer_written", "pointer_synced", "audited", "pointer_replaced", "directory_synced")
 
 
+def _restore(path: Path) -> str:
+    return (f"restore {path} from a backup, or remove it and promote the run again (`macd-nb promote runs/<run> --alias "
+            f"{path.stem}`); audit.jsonl records every move")
+
+
 def read_alias(registry: str | Path, alias: str) -> dict | None:
-    "The pointer record of `alias`, or None when it was never moved."
+    "The pointer record of `alias` (None when it was never moved), after checking it against the audit log's newest move of `alias`."
     path = Path(registry) / "aliases" / f"{alias}.json"
-    return read_json(path) if path.exists() else None
+    if not path.exists(): return None
+    pointer = read_json(path)
+    moves = [e for e in audit_log(registry) if e.get("alias") == alias]
+    if not moves: raise RegistryError(f"{path}: the audit log {Path(registry) / 'audit.jsonl'} holds no move of alias {alias!r}: "
+                                      f"the pointer was not written by a move; {_restore(path)}")
+    newest, said = moves[-1], (pointer.get("run"), pointer.get("version"))
+    moved, unmoved = (newest["to_run"], newest["to_version"]), (newest["from_run"], newest["from_version"])   # unmoved: a crash
+    if said not in (moved, unmoved) or said == moved and newest.get("sha256", pointer.get("sha256")) != pointer.get("sha256"):
+        raise RegistryError(f"{path}: the alias pointer is damaged or was edited: it says run {said[0]} version {said[1]} "
+                            f"({str(pointer.get('sha256'))[:19]}), the audit log's newest move of {alias} went to run "
+                            f"{moved[0]} version {moved[1]}" + (f" ({newest['sha256'][:19]})" if "sha256" in newest else "")
+                            + f" on {newest['when']} by {newest['who']}; {_restore(path)}")
+    return pointer
 
 
 def alias_target(registry: str | Path, alias: str) -> Path:
-    "The file `alias` points at, checked against the sha256 the pointer recorded."
+    "The file `alias` points at, checked against the sha256 the pointer recorded (a mismatch blamed on the one its run's manifest disowns)."
     pointer = read_alias(registry, alias)
     if pointer is None: raise RegistryError(f"{Path(registry)}: no alias {alias!r}")
     path = Path(registry) / pointer["target"]
-    if not path.exists() or sha256_file(path) != pointer["sha256"]:
-        raise RegistryError(f"{path}: what alias {alias!r} points at is missing or changed since it was moved")
+    if not path.exists(): raise RegistryError(f"{path}: what alias {alias!r} points at is missing or changed since it was moved (missing)")
+    actual = sha256_file(path)
+    if actual != pointer["sha256"]:
+        try:   # which changed: the pointer, or the file? The run's manifest recorded the file's bytes when it was registered
+            recorded = read_json(Path(registry) / "runs" / pointer["run"] / "MANIFEST.json")["files"].get(
+                Path(pointer["target"]).relative_to(f"runs/{pointer['run']}").as_posix(), {}).get("sha256")
+        except (OSError, ValueError, KeyError, TypeError): recorded = None
+        pointer_path = Path(registry) / "aliases" / f"{alias}.json"
+        if recorded == actual:
+            raise RegistryError(f"{pointer_path}: the alias pointer is damaged: its sha256 {pointer['sha256'][:19]} is not that "
+                                f"of {path} ({actual[:19]}), which matches its run's manifest; {_restore(pointer_path)}")
+        raise RegistryError(f"{path}: what alias {alias!r} points at is missing or changed since it was moved ({actual[:19]}; "
+                            f"the pointer recorded {pointer['sha256'][:19]}); deploy the run's package again or roll back")
     return path
 
 
@@ -147,7 +180,8 @@ def move_alias(registry: str | Path, alias: str, run_id: str, *, expected_versio
         folder = registry / "aliases"
         folder.mkdir(exist_ok=True)
         entry = {"when": pointer["moved_at"], "who": pointer["by"], "alias": alias, "from_run": current and current["run"],
-                 "from_version": version, "to_run": run_id, "to_version": pointer["version"], "why": why}
+                 "from_version": version, "to_run": run_id, "to_version": pointer["version"], "why": why,
+                 "target": target, "sha256": pointer["sha256"]}
         handle, temporary = tempfile.mkstemp(prefix=f".{alias}.", suffix=".tmp", dir=folder)
         try:
             with os.fdopen(handle, "w") as out:
@@ -197,6 +231,6 @@ def rollback(registry: str | Path, alias: str, *, why: str) -> dict:
 
 
 def aliases(registry: str | Path) -> dict[str, dict]:
-    "Every alias of the registry with its pointer record."
+    "Every alias of the registry with its pointer record (each checked against the audit log)."
     folder = Path(registry) / "aliases"
-    return {p.stem: read_json(p) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
+    return {p.stem: read_alias(registry, p.stem) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
