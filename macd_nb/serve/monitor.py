@@ -205,7 +205,7 @@ def _plots(summary: dict, frame: pd.DataFrame, out_dir: Path) -> dict[str, str]:
     "reliability.png, psi.png and latency.png beside the report, each where its section has data; none without matplotlib."
     try:
         from matplotlib.figure import Figure   # no pyplot: no backend, no global state
-        from matplotlib.ticker import ScalarFormatter
+        from matplotlib.ticker import FuncFormatter, ScalarFormatter
     except ImportError: return {}
     made = {}
     def save(name, fig):
@@ -228,10 +228,10 @@ def _plots(summary: dict, frame: pd.DataFrame, out_dir: Path) -> dict[str, str]:
         ax.barh([name for name, _ in top], [max(v, 1e-3) for _, v in top], color=colours)   # log axis: the bands stay visible
         ax.set_xscale("log")
         ax.set_xlim(1e-3, max(1.0, max(v for _, v in top) * 1.5))
-        for limit, band in ((0.1, "0.1 moderate"), (0.25, "0.25 major")):
+        for limit, band, below in ((0.1, "0.1: moderate", 10), (0.25, "0.25: major", 20)):   # labels one above the other
             ax.axvline(limit, color="black", lw=1, ls="--")
-            ax.annotate(band, (limit, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10), textcoords="offset points", fontsize=8)
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.annotate(band, (limit, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -below), textcoords="offset points", fontsize=8)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.set(xlabel="PSI against the training window's bins (log scale; below 0.001 drawn at 0.001)",
                title=f"drift: top {min(TOP_FEATURES, len(drift['features']))} features")
         save("psi.png", fig)
