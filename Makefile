@@ -8,7 +8,7 @@ N_WORKERS ?= 2
 export OMP_WAIT_POLICY := PASSIVE
 export PYTHONHASHSEED := 0
 
-.PHONY: install run smoke test test-nbs test-py export clean-nbs check-sync lab readme-tables
+.PHONY: install run smoke test test-nbs test-py export clean-nbs check-sync lab docs readme-tables
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,12 @@ test-nbs: install
 test-py: install
 	$(BIN)/pytest -q -p no:cacheprovider
 
-lab: install  ## JupyterLab on nbs/ with the project's kernel (python3 of .venv)
-	$(BIN)/jupyter lab --notebook-dir nbs
+lab: install  ## JupyterLab on nbs/ (127.0.0.1, root or not) with the project's kernel; saved notebooks stay clean
+	$(BIN)/jupyter lab --config=tools/jupyter_server_config.py
+
+docs: install  ## the notebooks, executed on their defaults, as a static site in _docs/_build/html (the `docs` extra)
+	$(BIN)/python -c "import jupyter_book, jupyter_server_mathjax" 2>/dev/null || $(BIN)/pip install --quiet -e ".[docs]"
+	$(BIN)/python docs/build.py
 
 readme-tables: install  ## rewrite README's measured tables from benchmarks/results/*.json
 	$(BIN)/python benchmarks/readme_tables.py
