@@ -98,3 +98,71 @@ def test_a_stage_notebook_runs_through_the_jupyter_server_kernel_api(jupyter):
     broken = asyncio.run(_run_cells(base, token, kernel["id"], ["raise ValueError('on purpose')"]))
     assert broken[0]["status"] == "error" and "on purpose" in broken[0]["error"]
     client.fetch(HTTPRequest(f"{base}/api/kernels/{kernel['id']}?token={token}", method="DELETE"))
+
+
+# ---------------------------------------------------------------------------------------------------- `make lab`
+LAB_CONFIG = NBS.parent / "tools" / "jupyter_server_config.py"
+SAVED_NOTEBOOK = "core/10_prepare.ipynb"
+
+
+def _start_lab(tmp_path, root: Path, with_config: bool = True):
+    "`make lab`'s command (JupyterLab with tools/jupyter_server_config.py) on a free port with a token, serving `root`."
+    port, token = _free_port(), secrets.token_hex(16)
+    env = os.environ | {"JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_DATA_DIR": str(tmp_path / "data")}
+    command = [str(Path(sys.executable).parent / "jupyter"), "lab", f"--ServerApp.port={port}",
+               f"--IdentityProvider.token={token}", "--ServerApp.open_browser=False", f"--ServerApp.root_dir={root}"]
+    command += [f"--config={LAB_CONFIG}"] if with_config else ["--ServerApp.ip=127.0.0.1", "--allow-root"]
+    log = tmp_path / f"lab_{port}.log"
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env)
+    base, client = f"http://127.0.0.1:{port}", HTTPClient()
+    for _ in range(240):
+        try:
+            client.fetch(f"{base}/api/status?token={token}")
+            return server, base, token
+        except (ConnectionError, HTTPClientError, OSError):
+            if server.poll() is not None: pytest.fail(log.read_text()[-3000:])
+            time.sleep(0.5)
+    server.terminate()
+    pytest.fail("JupyterLab did not answer in 120 s: " + log.read_text()[-3000:])
+
+
+def _save_as_lab_does(base: str, token: str, path: str) -> None:
+    "GET the notebook, change it as opening, running and saving it in Lab does, PUT it back."
+    client = HTTPClient()
+    model = json.loads(client.fetch(f"{base}/api/contents/{path}?content=1&token={token}").body)
+    notebook = model["content"]
+    notebook["metadata"]["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+    notebook["metadata"]["language_info"] = {"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
+                                             "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
+                                             "pygments_lexer": "ipython3", "version": sys.version.split()[0]}
+    for number, cell in enumerate(c for c in notebook["cells"] if c["cell_type"] == "code"):
+        cell["execution_count"] = number + 1
+        cell["metadata"]["execution"] = {"iopub.status.busy": "2026-01-01T00:00:00.000Z"}
+        cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "ran\n"}]
+    client.fetch(HTTPRequest(f"{base}/api/contents/{path}?token={token}", method="PUT",
+                             body=json.dumps({"type": "notebook", "format": "json", "content": notebook})))
+    client.close()
+
+
+@pytest.mark.parametrize("with_config", [True, False], ids=["make-lab", "without-the-save-hook"])
+def test_a_notebook_saved_from_lab_stays_clean(tmp_path, with_config):
+    "Opened, run and saved through the server as Lab does, the notebook file is byte-identical (check-sync clean)."
+    root = tmp_path / "nbs"   # a copy: the test never writes the checkout's notebooks
+    (root / SAVED_NOTEBOOK).parent.mkdir(parents=True)
+    original = (NBS / SAVED_NOTEBOOK).read_bytes()
+    (root / SAVED_NOTEBOOK).write_bytes(original)
+    server, base, token = _start_lab(tmp_path, root, with_config)
+    try: _save_as_lab_does(base, token, SAVED_NOTEBOOK)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    saved = (root / SAVED_NOTEBOOK).read_bytes()
+    if with_config: assert saved == original
+    else: assert saved != original   # the check has teeth: a plain server writes Lab's metadata and the outputs
+
+
+def test_every_notebook_names_the_projects_kernel():
+    "Lab opens a notebook straight on the project's kernel (no Select Kernel dialog) when it names one."
+    missing = [str(p.relative_to(NBS)) for p in sorted(NBS.rglob("*.ipynb")) if ".ipynb_checkpoints" not in p.parts
+               and json.loads(p.read_text())["metadata"].get("kernelspec", {}).get("name") != "python3"]
+    assert missing == []
