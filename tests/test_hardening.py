@@ -184,7 +184,7 @@ CASES = [
     ("data-conflicting-duplicate", NEW, _klines(conflicting_duplicate), 1, ["BTCUSDT-1h-2024-extra.csv row 1", "same open_time with different values"]),
     ("data-off-grid-time", NEW, _klines(off_grid_time), 1, ["BTCUSDT-1h-2024.csv row 701"]),
     ("data-empty-folder", NEW, _klines(empty_folder), 1, ["no bar files"]),
-    ("data-date-range-empty", NEW, lambda root: [*_klines(lambda f: None)(root), "--config", str(_write(root / "late.yaml", "start: '2031-01-01'\nend: '2031-02-01'\n"))],
+    ("data-date-range-empty", NEW, lambda root: [*_klines(lambda f: None)(root), "--config", str(_write(root / "late.yaml", "start: '2031-01-01'\nend: '2031-12-31'\n"))],
      1, ["none of its", "2031-01-01"]),
     # run directories and artifacts
     ("report-missing-run", ["report", "nosuchrun"], None, 2, ["nosuchrun", "holds no run"]),
@@ -271,7 +271,7 @@ CASES = [
     ("data-gzip-named-csv", NEW, _klines(lambda f: (f / "ETHUSDT-1h-2024.csv").write_bytes(gzip.compress((f / "ETHUSDT-1h-2024.csv").read_bytes()))), 1,
      ["stage prepare failed", "ETHUSDT-1h-2024.csv: its bytes are gzip-compressed, not CSV text; rename it ETHUSDT-1h-2024.csv.gz"]),
     # --- second round: interrupts and the messages around a run
-    ("resume-without-run-id", ["run", "--resume"], None, 2, ["--resume needs --run-id", "runs under", "broken"]),
+    ("resume-without-run-id", ["run", "--resume"], None, 2, ["--resume needs --run-id", "runs under", "data-"]),
     ("report-corrupt-config", ["report", "broken"], corrupt_copy("config.json"), 2, ["config.json: corrupt", "restore it"]),
     # --- issue 20: gates and stacking inputs
     ("stacking-input-not-trained", ["run", "--profile", "smoke", "--only", "prepare", "lgb", "stacking"],
