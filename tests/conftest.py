@@ -37,3 +37,33 @@ def real_market(shared_data):
     market = load_bars(config.data.source, symbols=config.data.symbols, start=config.data.start, end=config.data.end,
                        timeframe="1h", cache_dir=False).bars
     return config, market
+
+
+# --- helpers several test modules share -------------------------------------------------------------------------------
+
+def tree_digest(*folders: Path) -> dict[str, str]:
+    "Path -> sha256 of every file under `folders` (the lock file aside): what 'left unchanged' is checked against."
+    import hashlib
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for folder in folders if folder.exists()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def as_klines(bars):
+    "Canonical bars back in Binance's kline layout (ms timestamps), as a dump would hold them."
+    import pandas as pd
+    open_ms = bars.index.as_unit("ms").asi8
+    return pd.DataFrame({"open_time": open_ms, "open": bars["open"], "high": bars["high"], "low": bars["low"],
+                         "close": bars["close"], "volume": bars["volume"], "close_time": open_ms + 3_599_999,
+                         "quote_volume": bars["quote_volume"], "trades": bars["trades"].astype("int64"),
+                         "taker_buy_base": bars["taker_buy_base"], "taker_buy_quote": bars["taker_buy_quote"], "ignore": 0})
+
+
+@pytest.fixture(scope="session")
+def make_httpserver():
+    "pytest-httpserver's server on 127.0.0.1, threaded: a handler that holds a request must not block the others."
+    from pytest_httpserver import HTTPServer
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    if server.is_running(): server.stop()

@@ -10,7 +10,6 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
-from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
 from macd_nb.core.data import load_bars
@@ -19,16 +18,6 @@ from macd_nb.serve.binance import (KLINES_PATH, ChecksumMismatch, FetchError, IP
                                    month_file)
 
 HOUR = 3_600_000
-
-
-@pytest.fixture(scope="session")
-def make_httpserver():
-    "The plugin's server on 127.0.0.1, threaded: a handler that sleeps past the client's timeout must not block the retry."
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.start()
-    yield server
-    server.clear()
-    if server.is_running(): server.stop()
 
 
 def recorded(n: int, start: str, seed: int = 0) -> list[list]:

@@ -9,7 +9,6 @@ exists, that no row was lost or duplicated and `PRAGMA integrity_check` is ok. R
 run as root: the command then runs without CAP_DAC_OVERRIDE, so file modes bind it as they bind everyone else.
 """
 import ctypes
-import hashlib
 import json
 import os
 import resource
@@ -24,9 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
+from conftest import as_klines, tree_digest
 from macd_nb.core.config import profile_config
 from macd_nb.core.data import load_bars
 from macd_nb.core.klines import write_kline_dump
@@ -45,21 +44,6 @@ from conftest import SHARED_DATA
 
 MACD_NB = str(Path(sys.executable).parent / "macd-nb")
 TAKER_COLUMNS = (8, 9, 10)   # trades, taker_buy_base, taker_buy_quote in a kline row
-
-
-def as_klines(bars: pd.DataFrame) -> pd.DataFrame:
-    "Canonical bars back in Binance's kline layout (ms timestamps)."
-    open_ms = bars.index.as_unit("ms").asi8
-    return pd.DataFrame({"open_time": open_ms, "open": bars["open"], "high": bars["high"], "low": bars["low"],
-                         "close": bars["close"], "volume": bars["volume"], "close_time": open_ms + 3_599_999,
-                         "quote_volume": bars["quote_volume"], "trades": bars["trades"].astype("int64"),
-                         "taker_buy_base": bars["taker_buy_base"], "taker_buy_quote": bars["taker_buy_quote"], "ignore": 0})
-
-
-def tree_digest(*folders: Path) -> dict[str, str]:
-    "Path -> sha256 of every file under `folders` (the lock file aside)."
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for folder in folders if folder.exists()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def rows_of(db: Path) -> list[tuple]:
@@ -552,16 +536,6 @@ def integrity_ok(db: Path) -> bool:
 
 
 # --- stopping on time -----------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def make_httpserver():
-    "The plugin's server, threaded: a handler that holds a request must not block the others."
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.start()
-    yield server
-    server.clear()
-    if server.is_running(): server.stop()
-
 
 class Exchange:
     "GET /api/v3/klines over the served run's market moved so that its newest bar opens this hour; `mode` stalls it."

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import as_klines
 from macd_nb.core.config import profile_config
 from macd_nb.core.data import load_bars
 from macd_nb.core.klines import write_kline_dump
@@ -29,15 +30,6 @@ from macd_nb.serve.shadow import replay_source, shadow
 from conftest import needs_shared_data
 
 MACD_NB = str(Path(sys.executable).parent / "macd-nb")
-
-
-def as_klines(bars: pd.DataFrame) -> pd.DataFrame:
-    "Canonical bars back in Binance's kline layout (ms timestamps), as a dump would hold them."
-    open_ms = bars.index.as_unit("ms").asi8
-    return pd.DataFrame({"open_time": open_ms, "open": bars["open"], "high": bars["high"], "low": bars["low"],
-                         "close": bars["close"], "volume": bars["volume"], "close_time": open_ms + 3_599_999,
-                         "quote_volume": bars["quote_volume"], "trades": bars["trades"].astype("int64"),
-                         "taker_buy_base": bars["taker_buy_base"], "taker_buy_quote": bars["taker_buy_quote"], "ignore": 0})
 
 
 @pytest.fixture(scope="module")
