@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..core.config import RunConfig, read_config, save_config
-from ..core.rundir import (ARTIFACT_FOLDERS, CorruptArtifact, corrupt_files, read_json, recorded_hashes, sha256_file, verified,
+from ..core.rundir import (ARTIFACT_FOLDERS, CorruptArtifact, LEDGER, corrupt_files, read_json, recorded_hashes, sha256_file,
                                  write_json, write_manifest)
 from .report import format_number, write_report
 from ..core.stages import Stage, default_nbs_dir, select_stages, stacking_inputs, stage_named, stage_names, stages_reading
@@ -102,14 +102,17 @@ def unrecorded_outputs(run_dir: Path, outputs: dict[str, str]) -> list[str]:
 
 def output_problems(run_dir: Path, outputs: dict[str, str]) -> list[str]:
     "Why a completed stage's outputs cannot be reused, one line per missing or changed file; empty when all are intact."
-    problems = []
+    problems, ledgers = [], {}
     for path, digest in outputs.items():
         if not (run_dir / path).exists(): problems.append(f"{path} is missing"); continue
         if sha256_file(run_dir / path) != digest:
             problems.append(f"{path} changed after the stage wrote it (corrupt or edited)"); continue
         if path.split("/")[0] in ARTIFACT_FOLDERS:   # intact bytes, but would a reader accept them? (a deleted ledger)
-            try: verified(run_dir / path)
-            except CorruptArtifact as refused: problems.append(f"{path} cannot be verified ({str(refused).split(': ', 1)[-1][:160]})")
+            folder = (run_dir / path).parent
+            try: ledgers.setdefault(folder, recorded_hashes(folder))
+            except CorruptArtifact: ledgers[folder] = {}
+            if ledgers[folder].get(Path(path).name, {}).get("sha256") != digest:
+                problems.append(f"{path} cannot be verified: no sha256 of it in {folder.relative_to(run_dir) / LEDGER}")
     return problems
 
 # %% ../../nbs/pipeline/01_runner.ipynb #4952a03d
