@@ -485,17 +485,21 @@ def test_two_runs_with_one_id_started_together(tmp_path):
 
 # --- interrupts: Ctrl-C and SIGTERM stop a run in one line, and it resumes --------------------------------------------
 
-@pytest.mark.parametrize("signum, to_group, stage", [(signal.SIGINT, True, "lgb"), (signal.SIGTERM, False, "prepare")],
-                         ids=["ctrl-c-to-the-terminal-group-in-lgb", "sigterm-to-the-runner-in-prepare"])
-def test_an_interrupt_stops_in_one_line_and_resumes(tmp_path, signum, to_group, stage):
-    "Ctrl-C reaches every process of the terminal's group (kernel and fold workers too); SIGTERM only the runner."
+@pytest.mark.parametrize("signum, to_group, stage, when", [(signal.SIGINT, True, "lgb", "2 s in"),
+                                                           (signal.SIGTERM, False, "prepare", "kernel started")],
+                         ids=["ctrl-c-to-the-terminal-group-in-lgb", "sigterm-to-the-runner-as-the-kernel-starts"])
+def test_an_interrupt_stops_in_one_line_and_resumes(tmp_path, signum, to_group, stage, when):
+    """Ctrl-C reaches every process of the terminal's group (kernel and fold workers too), well inside a stage; SIGTERM
+    only the runner, the moment its kernel process exists (still importing, before it binds its sockets)."""
     roots = ["--runs-root", str(tmp_path / "my runs"), "--reports-root", str(tmp_path / "my reports")]   # a space: quoted
     report_dir = tmp_path / "my reports" / "i"
     command = [*MACD_NB, "run", "--profile", "smoke", "--run-id", "i", "--only", "prepare", "lgb", *roots]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline, family = time.monotonic() + 240, []
     while time.monotonic() < deadline and not _stage_running(report_dir, stage): time.sleep(0.2)
-    time.sleep(2)                                                   # well inside the stage
+    if when == "2 s in": time.sleep(2)
+    while when == "kernel started" and time.monotonic() < deadline and not any(
+            "ipykernel_launcher" in _command_line(p) for p in _descendants(process.pid)): time.sleep(0.02)
     family = _descendants(process.pid)
     (os.killpg if to_group else os.kill)(process.pid, signum)
     out, err = process.communicate(timeout=30)

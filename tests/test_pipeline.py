@@ -76,7 +76,7 @@ def test_cli_exits_non_zero_and_names_the_failed_stage(tmp_path, capsys):
     assert "run FAILED" in out and "stage prepare failed: DataError:" in out and "BTCUSDT-1h-2024.csv: no data rows" in out
 
 
-def test_a_stage_that_writes_behind_the_writers_back_fails(tmp_path):
+def test_a_stage_that_writes_behind_the_writers_back_fails(tmp_path, capsys):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     notebook = nbformat.v4.new_notebook()
@@ -91,7 +91,9 @@ def test_a_stage_that_writes_behind_the_writers_back_fails(tmp_path):
                                   nbs_dir=nbs, stages=[Stage("sneaky", "9", "Sneaky", "sneaky.ipynb")])
     status = json.loads((report_dir / "status.json").read_text())["stages"][0]
     assert not ok and "wrote ['results/sneaky.json'] without recording their sha256" in status["cause"]
-    assert json.loads((tmp_path / "runs" / "r" / "MANIFEST.json").read_text())["unrecorded"] == ["results/sneaky.json"]
+    # a manifest is only ever written from a run directory that verifies, and no report is made of unverified files
+    assert not (tmp_path / "runs" / "r" / "MANIFEST.json").exists() and not (report_dir / "TRAINING_REPORT.md").exists()
+    assert "no report: " in capsys.readouterr().err and "sneaky.json" in status["cause"]
 
 
 def test_dask_executor_gives_the_same_oof_as_local_processes(tmp_path):

@@ -168,11 +168,12 @@ class _ProgressWatcher(threading.Thread):
 
 # %% ../../nbs/pipeline/01_runner.ipynb #0c7944b9
 def stage_headline(run_dir: Path, outputs: dict[str, str]) -> tuple[str, str]:
-    "(key metric, gate verdict) from the result JSONs among a stage's outputs."
+    "(key metric, gate verdict) from the verified result JSONs among a stage's outputs (a failed stage's may not verify)."
     metrics, gates = [], []
     for path in outputs:
         if not (path.startswith("results/") and path.endswith(".json")): continue
-        record = read_json(run_dir / path)
+        try: record = read_json(run_dir / path)
+        except (CorruptArtifact, OSError, ValueError): continue   # the stage's failure already names the file
         m = record.get("metrics", {})
         if "oof_auc" in m: metrics.append(f"{record.get('model')} {record.get('timeframe')} OOF AUC {format_number(m['oof_auc'])} (n={m.get('n_oof')})")
         elif "timeframes" in record:
@@ -197,7 +198,25 @@ def _run_stage(stage: Stage, nbs_dir: Path, run_dir: Path, report_dir: Path, rec
         watcher.stopped.set()
         watcher.join()
         record["cells_done"], record["cells_total"] = _cell_progress(output)
+        _end_stage_kernel(Path(sockets))   # before its sockets go: a kernel still starting would fail loudly to bind them
         shutil.rmtree(sockets, ignore_errors=True)
+
+def _end_stage_kernel(sockets: Path) -> None:
+    "Kill what is left of the kernel that listens under `sockets`, and its fold workers (after an interrupt; normally none)."
+    import psutil
+    for child in psutil.Process().children():
+        try: family = [child, *child.children(recursive=True)] if _listens_under(child.cmdline(), sockets) else []
+        except psutil.Error: continue
+        for process in family:
+            try: process.kill()
+            except psutil.Error: pass
+        psutil.wait_procs(family, timeout=10)
+
+def _listens_under(command: list[str], sockets: Path) -> bool:
+    "Whether `command` is a kernel whose connection file (`-f FILE`, jupyter_client's own JSON) puts it under `sockets`."
+    import json
+    try: return json.loads(Path(command[command.index("-f") + 1]).read_text()).get("ip") == str(sockets / "kernel")
+    except (ValueError, IndexError, OSError): return False
 
 def _quiet_local_kernel(sockets: Path) -> dict:
     "papermill options for a stage kernel: Unix sockets under `sockets` (this user's only, never TCP), kernel logs off."
