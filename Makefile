@@ -8,14 +8,24 @@ N_WORKERS ?= 2
 export OMP_WAIT_POLICY := PASSIVE
 export PYTHONHASHSEED := 0
 
-.PHONY: install run smoke test test-nbs test-py export clean-nbs check-sync lab docs readme-tables
+.PHONY: install run smoke test test-nbs test-py export clean-nbs check-sync lab docs docs-install readme-tables
+
+# uv installs in seconds what pip takes minutes for; it reads no pip.conf, so pip's find-links (where a CPU wheel of
+# torch may lie on local disk) is handed on. INSTALLER=pip installs with pip alone.
+INSTALLER ?= uv
+FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
+ifeq ($(INSTALLER),uv)
+PIP_INSTALL = $(BIN)/uv pip install --quiet --python $(BIN)/python $(if $(FIND_LINKS),--find-links $(FIND_LINKS))
+else
+PIP_INSTALL = $(BIN)/pip install --quiet
+endif
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# the CPU wheel of torch first (from local disk); an unpinned torch would pull a multi-GB CUDA build
-	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[train,pipeline,lab,dev]"
+	$(BIN)/pip install --quiet --upgrade pip $(if $(filter uv,$(INSTALLER)),uv)
+	# the CPU wheel of torch first; an unpinned torch would pull a multi-GB CUDA build
+	$(PIP_INSTALL) "torch==2.13.0"
+	$(PIP_INSTALL) -e ".[train,pipeline,lab,dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
 
@@ -29,8 +39,8 @@ smoke: install
 
 test: install test-nbs test-py  ## every notebook on its defaults, then pytest
 
-test-nbs: install
-	$(BIN)/nbdev_test --n_workers $(N_WORKERS) --timing
+test-nbs: install  ## every notebook executed on its defaults in a kernel, as nbdev_test would; the docs site reuses them
+	$(BIN)/python docs/build.py --execute-only --workers $(N_WORKERS)
 
 test-py: install
 	$(BIN)/pytest -q -p no:cacheprovider
@@ -38,8 +48,10 @@ test-py: install
 lab: install  ## JupyterLab on nbs/ (127.0.0.1, root or not) with the project's kernel; saved notebooks stay clean
 	$(BIN)/jupyter lab --config=tools/jupyter_server_config.py
 
-docs: install  ## the notebooks, executed on their defaults, as a static site in _docs/_build/html (the `docs` extra)
-	$(BIN)/python -c "import jupyter_book, jupyter_server_mathjax" 2>/dev/null || $(BIN)/pip install --quiet -e ".[docs]"
+docs-install: install  ## the `docs` extra (Jupyter Book 1), once
+	$(BIN)/python -c "import jupyter_book, jupyter_server_mathjax" 2>/dev/null || $(PIP_INSTALL) -e ".[docs]"
+
+docs: docs-install  ## the notebooks, executed on their defaults, as a static site in _docs/_build/html
 	$(BIN)/python docs/build.py
 
 readme-tables: install  ## rewrite README's measured tables from benchmarks/results/*.json

@@ -7,6 +7,8 @@ Jupyter Book 1 (Sphinx + myst-nb) renders the pages with warnings as errors; not
 the internet (MathJax is served from the site itself).
 
     python docs/build.py                      # the site in _docs/_build/html
+    python docs/build.py --execute-only       # only execute the notebooks into the cache (`make test-nbs`: the check
+                                              # that every notebook runs on its defaults; the site then reuses them)
     python docs/build.py --raw --out /tmp/x   # the raw notebooks, unexecuted and untransformed (to test the checks)
 """
 import argparse
@@ -22,7 +24,7 @@ import subprocess
 import tempfile
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,10 +74,12 @@ def title_and_summary(nb: dict) -> tuple[str, str]:
 
 # ---------------------------------------------------------------------------------------------------- execution
 def _source_key(rel: str, nbs: Path) -> str:
-    "What an executed copy depends on: the notebook and the whole library it imports."
+    "What an executed copy depends on: the notebook, the whole library it imports, Python and every installed package."
+    from importlib.metadata import distributions
     digest = hashlib.sha256((nbs / rel).read_bytes())
     for path in sorted((ROOT / "macd_nb").rglob("*.py")): digest.update(path.read_bytes())
     digest.update(sys.version.encode())
+    digest.update(repr(sorted((d.metadata["Name"] or "", d.version) for d in distributions())).encode())
     return digest.hexdigest()
 
 
@@ -100,6 +104,25 @@ def execute(rel: str, nbs: Path, cache: Path, timeout: int = 900) -> tuple[str, 
     nbformat.write(nb, target)
     key_file.write_text(key)
     return rel, time.monotonic() - start, False
+
+
+def execute_all(order: list[str], nbs: Path, cache: Path, workers: int) -> None:
+    "Execute every notebook of `order` (`workers` at a time), a line for each as it ends; exit 1 naming each that failed."
+    failed, kernel_s, start = [], 0.0, time.monotonic()
+    with ProcessPoolExecutor(max(1, workers)) as pool:
+        futures = {pool.submit(execute, rel, nbs, cache): rel for rel in order}
+        for done, future in enumerate(as_completed(futures), 1):
+            rel = futures[future]
+            try: _, seconds, cached = future.result()
+            except Exception as error:
+                failed.append(str(error))
+                print(f"[{done}/{len(order)}] {rel}: FAILED", flush=True)
+                continue
+            kernel_s += seconds
+            print(f"[{done}/{len(order)}] {rel}: {'unchanged, from the cache' if cached else f'{seconds:.0f} s'}", flush=True)
+    print(f"{len(order) - len(failed)} of {len(order)} notebooks ran on their defaults ({kernel_s:.0f} s kernel time, "
+          f"{time.monotonic() - start:.0f} s wall, {workers} at a time)", flush=True)
+    if failed: raise SystemExit("\n\n".join(failed))
 
 
 # ---------------------------------------------------------------------------------------------------- API entries
@@ -224,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="*", help="only these notebooks (relative to nbs/), e.g. core/10_prepare.ipynb")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("N_WORKERS", 2)))
     parser.add_argument("--raw", action="store_true", help="the notebooks as stored: not executed, not transformed")
+    parser.add_argument("--execute-only", action="store_true", help="execute the notebooks into --cache, build no site")
     args = parser.parse_args(argv)
     start = time.monotonic()
     order = notebook_order(args.nbs)
@@ -234,11 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.raw:
         pages = {rel: with_kernel(json.loads((args.nbs / rel).read_text())) for rel in order}
     else:
-        with ProcessPoolExecutor(max(1, args.workers)) as pool:
-            runs = list(pool.map(execute, order, [args.nbs] * len(order), [args.cache] * len(order)))
-        ran = [(rel, seconds) for rel, seconds, cached in runs if not cached]
-        print(f"executed {len(ran)} notebook(s) ({sum(s for _, s in ran):.0f} s kernel time), "
-              f"{len(runs) - len(ran)} from the cache {args.cache}", flush=True)
+        execute_all(order, args.nbs, args.cache, args.workers)
+        if args.execute_only: return
         pages = {rel: to_page(json.loads((args.cache / rel).read_text())) for rel in order}
     book = args.out / "book"
     write_book(order, pages, book)
