@@ -42,8 +42,8 @@ test: install test-nbs test-py  ## every notebook on its defaults, then pytest
 test-nbs: install  ## every notebook executed on its defaults in a kernel, as nbdev_test would; the docs site reuses them
 	$(BIN)/python docs/build.py --execute-only --workers $(N_WORKERS)
 
-test-py: install
-	$(BIN)/pytest -q -p no:cacheprovider
+test-py: install  ## pytest, N_WORKERS processes, each test module whole in one (its module fixtures built once)
+	$(BIN)/pytest -q -p no:cacheprovider -n $(N_WORKERS) --dist loadfile
 
 lab: install  ## JupyterLab on nbs/ (127.0.0.1, root or not) with the project's kernel; saved notebooks stay clean
 	$(BIN)/jupyter lab --config=tools/jupyter_server_config.py
