@@ -74,12 +74,16 @@ def title_and_summary(nb: dict) -> tuple[str, str]:
 
 # ---------------------------------------------------------------------------------------------------- execution
 def _source_key(rel: str, nbs: Path) -> str:
-    "What an executed copy depends on: the notebook, the whole library it imports, Python and every installed package."
-    from importlib.metadata import distributions
+    "What an executed copy depends on: the notebook, the whole library it imports, Python and the libraries behind the numbers."
+    import importlib.metadata as md
+    from macd_nb.core.config import library_versions
     digest = hashlib.sha256((nbs / rel).read_bytes())
     for path in sorted((ROOT / "macd_nb").rglob("*.py")): digest.update(path.read_bytes())
-    digest.update(sys.version.encode())
-    digest.update(repr(sorted((d.metadata["Name"] or "", d.version) for d in distributions())).encode())
+    versions = {**library_versions(), "sys": sys.version}
+    for name in ("scipy", "matplotlib", "nbformat", "nbclient", "ipykernel", "onnx", "fastcore"):
+        try: versions[name] = md.version(name)
+        except md.PackageNotFoundError: pass
+    digest.update(json.dumps(versions, sort_keys=True).encode())
     return digest.hexdigest()
 
 
