@@ -146,9 +146,10 @@ class PredictionLog:
                models: dict, fallback: str | None, latency_ms: float, features: pd.Series, horizon: int,
                cycle_ms: float | None = None) -> bool:
         "Log one prediction (in the open batch, if any); False (and nothing written) when this bar and model version are logged already."
+        numbers = features.to_numpy(dtype="float64").tolist()   # lists: iterating a str Index costs more than the JSON
         values = (symbol, timeframe, pd.Timestamp(bar_time).isoformat(), alias, int(model_version), run, float(p_up),
                   json.dumps(models), fallback, float(latency_ms), feature_hash(features),
-                  json.dumps({k: (None if v != v else v) for k, v in zip(features.index, features.to_numpy(dtype="float64").tolist())}),
+                  json.dumps(dict(zip(features.index.tolist(), [None if v != v else v for v in numbers]))),
                   time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), int(horizon), None if cycle_ms is None else float(cycle_ms))
         cursor = self._write(lambda: self.db.execute(
             "INSERT OR IGNORE INTO predictions (symbol, timeframe, bar_time, alias, model_version, run, p_up, models, fallback,"

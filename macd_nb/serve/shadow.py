@@ -184,11 +184,12 @@ class Outcomes:
         if not ready: return [], []
         window = bars.iloc[bars.index.searchsorted(min(bar for bar, _ in ready)):]   # as far back as the oldest waiting bar
         closes = window["close"] if self.timeframe == "1h" else resample_bars(window, self.timeframe)["close"]
+        closes = dict(zip(closes.index, closes.to_numpy()))   # a dict: a Series' look-ups cost more than the rest
         filled, unknown = [], []
         for bar, horizon in ready:
             del self.waiting[(bar, horizon)]
             later = bar + horizon * self.step
-            lacking = [t for t in (bar, later) if t not in closes.index or bad(t)]
+            lacking = [t for t in (bar, later) if t not in closes or bad(t)]
             if lacking:
                 unknown.append((bar, f"no usable close at {lacking[0]:%Y-%m-%d %H:%M} ("
                                      f"{'an implausible bar' if bad(lacking[0]) else 'missing from the source'})"))
