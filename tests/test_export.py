@@ -18,6 +18,7 @@ from macd_nb.export.onnx import (lightgbm_to_onnx, onnx_session, parity, perturb
 from macd_nb.models.lgb import run_lgb
 from macd_nb.models.lstm import MultiHorizonLSTM, run_lstm
 from macd_nb.models.stacking import run_stacking, stacked_probability
+from macd_nb.models.tft import TemporalFusionTransformer
 from macd_nb.models.xgb import run_xgb
 
 
@@ -95,10 +96,13 @@ def test_every_exporter_fails_parity_when_perturbed(booster):
     assert not parity(native, onnx_session(perturbed(stacking_to_onnx(meta))).run(None, {"p_base": p})[0])["passed"]
 
 
-def test_networks_export_with_a_dynamic_batch_and_stay_in_eval_mode():
+@pytest.mark.parametrize("make", [lambda: MultiHorizonLSTM(8, 3, hidden=16),
+                                  lambda: TemporalFusionTransformer(8, 3, length=24, hidden=16, n_heads=2)], ids=["lstm", "tft"])
+def test_networks_export_with_a_dynamic_batch_and_stay_in_eval_mode(make):
     torch.manual_seed(0)
-    network = MultiHorizonLSTM(8, 3, hidden=16).eval()
-    model = sequence_to_onnx(network, {"sequence_length": 24, "features": [f"f{i}" for i in range(8)]})
+    network = make().eval()
+    model, exporter = sequence_to_onnx(network, {"sequence_length": 24, "features": [f"f{i}" for i in range(8)]})
+    assert exporter == "torch.onnx.export (TorchScript, dynamo=False)"
     assert not network.training   # the exporter restores the wrapper's mode; it must not switch dropout back on
     session = onnx_session(model)
     for batch in (1, 7, 300):

@@ -133,23 +133,46 @@ def fusion_to_onnx(weights: dict, *, opset: int = 17) -> onnx.ModelProto:
     return _double_graph("mtf_fusion_mlp", "p", len(weights["mean"]), steps, constants, opset)
 
 
-def sequence_to_onnx(network, meta: dict, *, opset: int = 18) -> onnx.ModelProto:
-    "A trained LSTM or TFT as ONNX: input `windows` (batch, length, n_features) standardised float, output `p_up` per head."
-    import contextlib
-    import io
+def sequence_to_onnx(network, meta: dict, *, opset: int = 18) -> tuple[onnx.ModelProto, str]:
+    "A trained LSTM or TFT as ONNX (input `windows` (batch, length, n_features) standardised float, output `p_up` per head), and the exporter used."
     import torch
     class Probabilities(torch.nn.Module):
         def __init__(self, inner): super().__init__(); self.inner = inner
         def forward(self, windows): return torch.sigmoid(self.inner(windows))
     wrapped = Probabilities(network).eval()   # an exporter may restore the wrapper's mode afterwards: it must be eval too
     example = torch.zeros((2, meta["sequence_length"], len(meta["features"])), dtype=torch.float32)
-    log = io.StringIO()
-    with torch.no_grad(), contextlib.redirect_stdout(log):   # the exporter narrates each step on stdout
+    try: model, exporter = _torchscript_export(wrapped, example, opset), "torch.onnx.export (TorchScript, dynamo=False)"
+    except (AttributeError, ImportError, TypeError, NotImplementedError):   # a torch without the TorchScript exporter
+        model, exporter = _torch_export(wrapped, example, opset), "torch.onnx.export (dynamo=True, torch.export)"
+    onnx.checker.check_model(model)
+    return model, exporter
+
+
+def _torchscript_export(wrapped, example, opset: int) -> onnx.ModelProto:
+    "The TorchScript exporter's model of `wrapped`, batch axis dynamic; its deprecation and LSTM batch warnings kept quiet."
+    import io
+    import warnings
+    import torch
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
+        # the initial states are zeros sized by the input's batch; the parity check runs a batch other than the example's
+        warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1", category=UserWarning)
+        torch.onnx.export(wrapped, (example,), buffer, input_names=["windows"], output_names=["p_up"], dynamo=False,
+                          dynamic_axes={"windows": {0: "batch"}, "p_up": {0: "batch"}}, opset_version=opset)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _torch_export(wrapped, example, opset: int) -> onnx.ModelProto:
+    "torch.export's model of `wrapped`, batch axis dynamic."
+    import contextlib
+    import io
+    import torch
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):   # the exporter narrates each step on stdout
         program = torch.onnx.export(wrapped, (example,), input_names=["windows"], output_names=["p_up"], dynamo=True,
                                     dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset, verbose=False)
-    model = program.model_proto
-    onnx.checker.check_model(model)
-    return model
+    return program.model_proto
 
 # %% ../../nbs/export/01_onnx.ipynb #4621779e
 PARITY_MAX_ABS_DIFF = 1e-5
@@ -174,7 +197,9 @@ def parity(native: np.ndarray, exported: np.ndarray, *, tolerance: float = PARIT
 
 
 def perturbed(model: onnx.ModelProto, delta: float = 1.0) -> onnx.ModelProto:
-    "A copy of `model` with its largest-magnitude weight (an initializer or a tensor/float-list attribute) moved by `delta`."
+    """A copy of `model` with the largest-magnitude value of its largest weight tensor (an initializer, else a tensor or
+    float-list attribute) moved by `delta`: the largest tensor is one the output depends on (an unused context layer
+    the TorchScript exporter keeps is not)."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     candidates = [(init, None) for init in copy.graph.initializer if init.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE)
@@ -182,7 +207,7 @@ def perturbed(model: onnx.ModelProto, delta: float = 1.0) -> onnx.ModelProto:
     candidates += [(None, a) for node in copy.graph.node for a in node.attribute
                    if "weights" in a.name and (a.type == onnx.AttributeProto.TENSOR or len(a.floats))]
     if not candidates: raise ValueError("perturbed: the model has no weight to move")
-    init, attribute = candidates[0]
+    init, attribute = max(candidates, key=lambda c: (c[0] is not None, np.prod(c[0].dims) if c[0] is not None else 0))
     if init is not None:
         values = numpy_helper.to_array(init).copy()
         values.flat[np.argmax(np.abs(values))] += delta
@@ -287,7 +312,7 @@ def _export(entry: dict) -> tuple[onnx.ModelProto, str]:
     "The ONNX model of one native model, and how it was made."
     if entry["kind"] == "lightgbm": return lightgbm_to_onnx(entry["booster"]), "macd_nb.export.onnx.lightgbm_to_onnx (float64 thresholds)"
     if entry["kind"] == "xgboost": return xgboost_to_onnx(entry["booster"]), "onnxmltools.convert_xgboost (float32, as XGBoost)"
-    return sequence_to_onnx(entry["network"], entry["meta"]), "torch.onnx.export (dynamo=True, torch.export)"
+    return sequence_to_onnx(entry["network"], entry["meta"])
 
 
 def _check_and_write(paths: RunPaths, name: str, timeframe: str, model: onnx.ModelProto, native_fn, native: np.ndarray,
