@@ -61,6 +61,7 @@ def baseline_module(folder: Path):
 def replay(loop, registry: Path, symbols: list[str], end: pd.Timestamp, bars: int, db: Path, **options) -> dict:
     "One replay of the last `bars` hours through `loop` (a shadow module); its wall time and what its log records."
     start = end - pd.Timedelta(hours=bars - 1)
+    load = os.getloadavg()[0]   # 2 cores: above ~2, this process shares its core and wall time exceeds CPU time
     began, cpu = time.perf_counter(), time.process_time()
     counts = loop.shadow("1h", registry, lambda config: loop.replay_source(SHARED, symbols, start=start, end=end), db,
                          start=start, say=lambda line: None, **options)
@@ -68,6 +69,7 @@ def replay(loop, registry: Path, symbols: list[str], end: pd.Timestamp, bars: in
     frame = PredictionLog(db, read_only=True).frame()
     assert len(frame) == bars and frame["bar_time"].is_unique, (len(frame), bars)
     out = {"bars": bars, "wall_s": round(wall, 2), "bars_per_s": round(bars / wall, 1), "cpu_s": round(cpu, 2),
+           "load_average_1m": [round(load, 2), round(os.getloadavg()[0], 2)],   # before and after
            "latency_ms_p50": round(float(frame["latency_ms"].median()), 2), "predicted": counts["predicted"]}
     if "cycle_ms" in frame and frame["cycle_ms"].notna().any():
         out |= {"cycle_ms_p50": round(float(frame["cycle_ms"].median()), 2),
