@@ -80,7 +80,9 @@ def read_only(*paths: Path) -> None:
 
 
 def writable_again(folder: Path) -> None:
-    for p in [folder, *folder.rglob("*")]: p.chmod(p.stat().st_mode | 0o200)
+    for p in [folder, *folder.rglob("*")]:
+        try: p.chmod(p.stat().st_mode | 0o200)
+        except FileNotFoundError: pass   # SQLite removes its -wal and -shm files when the last connection closes
 
 
 # --- the served run -------------------------------------------------------------------------------------------------

@@ -212,6 +212,11 @@ def _end_stage_kernel(sockets: Path) -> None:
             except psutil.Error: pass
         psutil.wait_procs(family, timeout=10)
 
+def _quiet_stopping_client() -> None:
+    "The run is stopping: nbclient's task still awaiting the (killed or interrupted) kernel would log 'Kernel died' and a traceback at exit."
+    import logging
+    for name in ("asyncio", "papermill", "nbclient", "traitlets"): logging.getLogger(name).setLevel(logging.CRITICAL)
+
 def _listens_under(command: list[str], sockets: Path) -> bool:
     "Whether `command` is a kernel whose connection file (`-f FILE`, jupyter_client's own JSON) puts it under `sockets`."
     import json
@@ -392,6 +397,7 @@ def _run_stages(config, stages, previous, run_id, run_dir, report_dir, nbs_dir, 
     try:
         ok = _stage_loop(config, stages, records, previous, run_dir, report_dir, nbs_dir, refresh, overall, keep_going)
     except Interrupted as stop:   # SIGINT or SIGTERM: say where it stopped and how to go on; completed stages are kept
+        _quiet_stopping_client()
         running = next((r for r in records if r["status"] == "running"), None)
         if running: running.update(status="interrupted", cause=f"stopped by {stop.name}", end=time.strftime("%H:%M:%S", time.gmtime()))
         refresh()
