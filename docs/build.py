@@ -13,6 +13,7 @@ the internet (MathJax is served from the site itself).
 """
 import argparse
 import ast
+import functools
 import hashlib
 import importlib
 import inspect
@@ -73,11 +74,12 @@ def title_and_summary(nb: dict) -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------------- execution
-def _source_key(rel: str, nbs: Path) -> str:
-    "What an executed copy depends on: the notebook, the whole library it imports, Python and the libraries behind the numbers."
+@functools.cache
+def _library_key() -> str:
+    "The same for every notebook: the whole library's sources, Python and the versions of the libraries behind the numbers."
     import importlib.metadata as md
     from macd_nb.core.config import library_versions
-    digest = hashlib.sha256((nbs / rel).read_bytes())
+    digest = hashlib.sha256()
     for path in sorted((ROOT / "macd_nb").rglob("*.py")): digest.update(path.read_bytes())
     versions = {**library_versions(), "sys": sys.version}
     for name in ("scipy", "matplotlib", "nbformat", "nbclient", "ipykernel", "onnx", "fastcore"):
@@ -85,6 +87,11 @@ def _source_key(rel: str, nbs: Path) -> str:
         except md.PackageNotFoundError: pass
     digest.update(json.dumps(versions, sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def _source_key(rel: str, nbs: Path) -> str:
+    "What an executed copy depends on: the notebook and `_library_key()`."
+    return hashlib.sha256((nbs / rel).read_bytes() + _library_key().encode()).hexdigest()
 
 
 def execute(rel: str, nbs: Path, cache: Path, timeout: int = 900) -> tuple[str, float, bool]:
