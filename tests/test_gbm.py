@@ -145,12 +145,12 @@ def test_artifacts_are_native_and_load_back(quick_run):
     for name, model_file in [("lgb", "lgb_1h.txt"), ("cross", "lgb_cross_1h.txt")]:
         run = quick_run[name]
         booster = lgb.Booster(model_file=str(run_dir / "models" / model_file))
-        np.testing.assert_array_equal(booster.predict(run.extras["test_features"]), run.test_pred)
+        np.testing.assert_array_equal(booster.predict(run.extras["test_features"]), run.extras["served_test_pred"])
     run = quick_run["xgb"]
     booster = xgb.Booster()
     booster.load_model(str(run_dir / "models" / "xgb_1h.json"))
     np.testing.assert_array_equal(booster.predict(xgb.DMatrix(run.extras["test_features"], feature_names=run.record["features"])),
-                                  run.test_pred)
+                                  run.extras["served_test_pred"])   # the saved file is the shipped model
     assert json.loads((run_dir / "models" / "xgb_1h.json").read_text())["learner"]
     for oof_file in ("lgb_1h.parquet", "lgb_cross_1h.parquet", "xgb_1h.parquet"):
         oof = pd.read_parquet(run_dir / "oof" / oof_file)
@@ -158,32 +158,45 @@ def test_artifacts_are_native_and_load_back(quick_run):
         assert len(oof) == quick_run["lgb"].metrics["n_oof"] and oof["pred"].between(0, 1).all()
 
 
-def test_deployed_models_are_trained_the_way_they_were_validated(quick_run, tmp_path):
-    "Each saved model is one more fold: the folds' window length ending before the test period, the fold's own fit."
+def test_shipped_models_are_trained_the_way_they_were_validated(quick_run, tmp_path):
+    """Two more folds per model, each as long as a fold's window and fitted as a fold: the validated refit ends before the
+    test period (which it scores), the shipped one at the newest labelled bar; the saved file is the shipped one."""
     config, run_dir = quick_run["config"], Path(quick_run["run_dir"])
     hour = pd.Timedelta(hours=1)
+    table, summary = load_table(run_dir, "1h")
+    newest_labelled = table.index[table[f"y_{config.validation.label_horizon}"].notna()][-1]
     for name in ("lgb", "cross", "xgb"):
         record = quick_run[name].record
-        window, test_start = record["deployment"], pd.Timestamp(record["window"]["test_start"])
-        first, last = pd.Timestamp(window["first_bar"]), pd.Timestamp(window["last_bar"])
-        assert (last - first) / hour < config.validation.train_bars and window["n_rows"] <= config.validation.train_bars
-        assert pd.Timestamp(window["labels_end"]) <= test_start, (name, window)
-        assert (test_start - last) / hour <= config.validation.purge_bars + config.validation.embargo_bars + 2, (name, window)
-    table, summary = load_table(run_dir, "1h")
+        test_start = pd.Timestamp(record["window"]["test_start"])
+        for key in ("validated_fold", "deployment"):
+            window = record[key]
+            first, last = pd.Timestamp(window["first_bar"]), pd.Timestamp(window["last_bar"])
+            assert (last - first) / hour < config.validation.train_bars and window["n_rows"] <= config.validation.train_bars
+        validated, shipped = record["validated_fold"], record["deployment"]
+        assert pd.Timestamp(validated["labels_end"]) <= test_start, (name, validated)
+        assert (test_start - pd.Timestamp(validated["last_bar"])) / hour <= config.validation.purge_bars + config.validation.embargo_bars + 2
+        assert pd.Timestamp(shipped["last_bar"]) == newest_labelled and shipped["serve_window"] == "newest", (name, shipped)
+        test_file = pd.read_parquet(run_dir / "test" / f"{record['model']}_1h.parquet")   # scored by the validated refit
+        assert (test_file["train_label_end"] == pd.Timestamp(validated["labels_end"])).all()
     protocol = direction_protocol(table, summary["base_features"], config)
     params = lgb_params(config) | {"num_threads": 2}
-    rows = fold_rows([protocol.deployment_fold], protocol.y, inner_fraction=config.validation.inner_valid_fraction,
-                     purge=config.validation.purge_bars)[0]
-    binned = bin_once(protocol.X, protocol.deploy_idx, params, tmp_path / "deployment.bin", protocol.feature_names)
-    task = LgbFoldTask(str(binned), rows, protocol.y[rows.fit_idx], protocol.y[rows.stop_idx], protocol.X[rows.val_idx],
-                       params, config.gbm.rounds, config.gbm.early_stopping_rounds)
-    fold_pred, fold_best = lgb_fit_predict_fold(task)   # what a walk-forward fold does with the deployment window
+    def fold_fit(fold, tag):   # what a walk-forward fold does with this window
+        rows = fold_rows([fold], protocol.y, inner_fraction=config.validation.inner_valid_fraction,
+                         purge=config.validation.purge_bars)[0]
+        binned = bin_once(protocol.X, fold.train_idx, params, tmp_path / f"{tag}.bin", protocol.feature_names)
+        task = LgbFoldTask(str(binned), rows, protocol.y[rows.fit_idx], protocol.y[rows.stop_idx],
+                           protocol.X[protocol.scored_test_idx], params, config.gbm.rounds, config.gbm.early_stopping_rounds)
+        return lgb_fit_predict_fold(task)
+    validated_pred, validated_best = fold_fit(protocol.validated_fold, "validated")
+    np.testing.assert_allclose(quick_run["lgb"].test_pred, validated_pred, atol=1e-12)   # the test score's model
+    assert validated_best == quick_run["lgb"].record["refit_rounds"]
+    served_pred, served_best = fold_fit(protocol.serving_fold, "served")
     saved = lgb.Booster(model_file=str(run_dir / "models" / "lgb_1h.txt"))
-    assert saved.num_trees() == fold_best == quick_run["lgb"].record["refit_rounds"]
-    np.testing.assert_allclose(saved.predict(protocol.X[protocol.scored_test_idx]), fold_pred, atol=1e-12)
+    assert saved.num_trees() == served_best == quick_run["lgb"].record["served_refit"]["refit_rounds"]
+    np.testing.assert_allclose(saved.predict(protocol.X[protocol.scored_test_idx]), served_pred, atol=1e-12)
     booster = xgb.Booster()
     booster.load_model(str(run_dir / "models" / "xgb_1h.json"))
-    assert booster.num_boosted_rounds() == quick_run["xgb"].record["refit_rounds"]
+    assert booster.num_boosted_rounds() == quick_run["xgb"].record["served_refit"]["refit_rounds"]
 
 
 @pytest.mark.slow

@@ -88,7 +88,12 @@ def test_artifacts_reload_weights_only_and_reproduce(quick_run, lstm_result, tft
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     table, _ = load_table(run_dir, "1h")
     again = predict_table(model, meta, table, record.extras["test_rows"])[:, meta["main_head_index"]]
-    np.testing.assert_allclose(again, record.test_pred, atol=1e-5)
+    np.testing.assert_allclose(again, record.extras["served_test_pred"], atol=1e-5)   # the file is the shipped model
+    # shipped: the window ending at the newest labelled bar; the test period was scored by the validated refit
+    newest_labelled = table.index[table[f"y_{config.validation.label_horizon}"].notna()][-1]
+    assert pd.Timestamp(meta["training_window"]["last_bar"]) == newest_labelled
+    assert meta["validated_fold"]["labels_end"] <= record.record["window"]["test_start"]
+    assert record.record["deployment"]["last_bar"] == meta["training_window"]["last_bar"]
 
 
 def test_scaler_sees_training_rows_only(quick_run):

@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['MAX_EXCLUDED_SHARE', 'LOOKBACK_BARS', 'excluded_rows', 'long_gaps', 'bad_bar_holes', 'rows_touching', 'features_at',
-           'timeframe_table', 'check_prepared_table', 'prepare_run', 'synthetic_oracle', 'check_columns', 'load_table']
+           'timeframe_table', 'check_prepared_table', 'prepare_run', 'synthetic_options', 'synthetic_oracle',
+           'check_columns', 'load_table']
 
 # %% ../../nbs/core/10_prepare.ipynb #e4fc29d7
 import time
@@ -190,7 +191,8 @@ def prepare_run(config: RunConfig, run_dir: str | Path) -> dict:
     if not paths.config.exists(): save_config(config, run_dir)   # the runner wrote it already when there is one
     started = time.perf_counter()
     market_data = load_bars(config.data.source, symbols=config.data.symbols, start=config.data.start, end=config.data.end,
-                            timeframe="1h", n_bars=config.data.n_bars, seed=config.seed, bad_bars=config.data.bad_bars)
+                            timeframe="1h", n_bars=config.data.n_bars, seed=config.seed, bad_bars=config.data.bad_bars,
+                            synthetic_options=synthetic_options(config))
     loaded = time.perf_counter()
     dropped = {symbol: report.implausible_open_times for symbol, report in market_data.report.files.items()
                if report.bad_bars == "exclude"}
@@ -208,11 +210,17 @@ def prepare_run(config: RunConfig, run_dir: str | Path) -> dict:
     return record
 
 
+def synthetic_options(config: RunConfig) -> dict | None:
+    "The synthetic market's own settings of `config` (its planted edge and change of regime); None for kline files."
+    if config.data.source != "synthetic": return None
+    return {"edge": config.data.synthetic_edge, "regime_change": config.data.synthetic_regime_change}
+
+
 def synthetic_oracle(config: RunConfig) -> dict:
     "Nominal and measured 1-bar oracle AUC of the synthetic target: the ceiling any model can reach."
     from macd_nb.core.synthetic import oracle_auc, synthetic_market
     market = synthetic_market(symbols=config.data.symbols, n_bars=config.data.n_bars, start=config.data.start or "2021-01-01",
-                              seed=config.seed, edge=config.data.synthetic_edge)
+                              seed=config.seed, **synthetic_options(config))
     return {"target": config.data.target, "nominal_oracle_auc": market.nominal_oracle_auc[config.data.target],
             "measured_oracle_auc": oracle_auc(market, config.data.target)}
 

@@ -157,10 +157,12 @@ def simulate_paths(shocks:np.ndarray, # unit-variance shocks, (n_bars, n_symbols
                    base_sigma:np.ndarray, # per-bar base volatility per symbol
                    season:np.ndarray, # hour-of-day volatility factor per bar
                    loadings:np.ndarray, # market loadings (to split the alt index from the leader's move)
-                   params:SyntheticParams, edge:float) -> _Paths:
+                   params:SyntheticParams,
+                   edge:float|np.ndarray, # planted strength; one per bar (a negative value reverses the signal)
+                  ) -> _Paths:
     "Run the volatility and drift recursions bar by bar, vectorised across symbols."
     n_bars, n_symbols = shocks.shape
-    p = params
+    p, edges = params, np.broadcast_to(np.asarray(edge, dtype=float), (n_bars,))
     hist_scale = random_walk_filter_std(lambda lp: macd_histogram(lp, p.macd_spans))
     trend_scale = random_walk_filter_std(lambda lp: _ema(lp, p.trend_spans[0]) - _ema(lp, p.trend_spans[1]))
     price_alphas = np.array([_ema_span_alpha(s) for s in (*p.macd_spans[:2], *p.trend_spans)])[:, None]
@@ -202,7 +204,7 @@ def simulate_paths(shocks:np.ndarray, # unit-variance shocks, (n_bars, n_symbols
         index_resid = (index_weights @ z_return - index_beta * z_return[0]) / index_resid_std
         cross = np.where(is_alt, p.lead_weight * np.tanh(z_return[0]), p.index_weight * np.tanh(index_resid))
         slow = p.trend_weight * np.tanh((price_emas[2] - price_emas[3]) / (scale_next * trend_scale))
-        drift = edge * p.drift_cap * np.tanh((own + cross + slow) / p.drift_cap)
+        drift = edges[t] * p.drift_cap * np.tanh((own + cross + slow) / p.drift_cap)
         log_returns[t], sigmas[t], drifts[t] = log_return, sigma, drift
         own_parts[t], cross_parts[t], slow_parts[t] = own, cross, slow
     return _Paths(log_returns, sigmas, drifts, {"own": own_parts, "cross": cross_parts, "slow": slow_parts})
@@ -258,6 +260,7 @@ def synthetic_market(*, symbols:tuple=DEFAULT_SYMBOLS, # first symbol is the mar
                      timeframe:str="1h", # bar length: "1h", "4h", "1d", ...
                      seed:int=0, # random seed; the market is a pure function of all arguments
                      edge:float=1.0, # scales all planted predictability; 0 gives up_prob == 0.5
+                     regime_change=None, # open time from which the planted signal reverses (a change of regime); None: never
                      params:SyntheticParams|None=None, # volatility/drift/microstructure knobs
                     ) -> SyntheticMarket:
     "Deterministic synthetic multi-asset market with known next-bar up-probabilities."
@@ -284,7 +287,10 @@ def synthetic_market(*, symbols:tuple=DEFAULT_SYMBOLS, # first symbol is the mar
     season = season / np.sqrt(1 + amplitude ** 2 / 2)  # mean square 1 over a day
 
     shocks = student_t_shocks(shock_rng, n_total, loadings, params.t_df)
-    paths = simulate_paths(shocks, base_sigma, season, loadings, params, edge)
+    reversed_from = None if regime_change is None else pd.Timestamp(regime_change)
+    if reversed_from is not None and reversed_from.tzinfo is None: reversed_from = reversed_from.tz_localize("UTC")
+    edges = edge * (np.where(full_index >= reversed_from, -1.0, 1.0) if reversed_from is not None else np.ones(n_total))
+    paths = simulate_paths(shocks, base_sigma, season, loadings, params, edges)
     keep = slice(params.burn_in, None)
     index = full_index[keep]
     bars = {symbol: returns_to_bars(paths.log_returns[keep, i], paths.sigma[keep, i], index, profile, base_sigma[i],

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.config import RunConfig
-from ..core.validation import WalkForwardResult, logistic_fit_predict, walk_forward_predict
+from ..core.validation import Fold, WalkForwardResult, logistic_fit_predict, walk_forward_predict
 from .protocol import DirectionModel, DirectionProtocol, ModelResult, Refit, run_direction_stage
 
 # %% ../../nbs/models/01_baseline.ipynb #6e53058f
@@ -29,8 +29,8 @@ class BaselineModel(DirectionModel):
                                       executor=self.config.executor)
         return result, {}
 
-    def refit(self, protocol: DirectionProtocol, walk: dict, path: Path | None) -> Refit:
-        final, test = protocol.deploy_idx, protocol.scored_test_idx
+    def refit(self, protocol: DirectionProtocol, fold: Fold, path: Path | None) -> Refit:
+        final, test = fold.train_idx, protocol.scored_test_idx   # a reference: nothing is saved or shipped
         return Refit(logistic_fit_predict(protocol.X[final], protocol.y[final], protocol.X[test]),
                      record={"estimator": "StandardScaler + LogisticRegression(C=0.1)"})
 

@@ -154,14 +154,15 @@ class LgbModel(BoostedTreesModel):
                                                    **self.fold_settings())
         return result, {"best_iterations": best_iterations}
 
-    def refit(self, protocol: DirectionProtocol, walk: dict, path: Path | None) -> Refit:
-        rows, settings = self.deployment_rows(protocol), self.fold_settings()
-        dataset = bin_once(protocol.X, protocol.deploy_idx, self.params, self.scratch / "deployment.bin", protocol.feature_names)
-        task = LgbFoldTask(str(dataset), rows, protocol.y[rows.fit_idx], protocol.y[rows.stop_idx], protocol.X[rows.val_idx],
-                           self.params | {"num_threads": machine_threads()}, settings["num_boost_round"],
-                           settings["early_stopping_rounds"])
+    def refit(self, protocol: DirectionProtocol, fold: Fold, path: Path | None) -> Refit:
+        rows, settings = self.refit_rows(protocol, fold), self.fold_settings()
+        dataset = bin_once(protocol.X, fold.train_idx, self.params, self.scratch / f"refit_{fold.number}.bin",
+                           protocol.feature_names)
+        task = LgbFoldTask(str(dataset), rows, protocol.y[rows.fit_idx], protocol.y[rows.stop_idx],
+                           protocol.X[protocol.scored_test_idx], self.params | {"num_threads": machine_threads()},
+                           settings["num_boost_round"], settings["early_stopping_rounds"])
         booster, best = lgb_fit_fold(task)
-        save_lgb_model(booster, path, num_iteration=best)
+        if path is not None: save_lgb_model(booster, path, num_iteration=best)
         gain = pd.Series(booster.feature_importance("gain", iteration=best), index=protocol.feature_names)
         return self.refit_outcome(booster.predict(task.val_features, num_iteration=best), best, gain, task.val_features)
 

@@ -41,22 +41,40 @@ class DirectionProtocol:
     dev_idx: np.ndarray            # development rows: a prefix of the table
     test_idx: np.ndarray           # held-out test rows at the end
     folds: list[Fold]              # walk-forward folds over the development rows
-    deploy_idx: np.ndarray         # the deployed model's training window (see `deployment_fold`), defined labels only
+    validated_idx: np.ndarray      # the validated refit's window (see `validated_fold`), defined labels only
     scored_test_idx: np.ndarray    # test rows with a defined label
+    serve_idx: np.ndarray          # the shipped model's window (see `serving_fold`), defined labels only
 
     @property
     def dev_times(self) -> np.ndarray: return self.times[self.dev_idx]
 
     @property
-    def deployment_fold(self) -> Fold:
-        "One more fold after the last: it trains on `deploy_idx` the way every fold trains, and scores the test period."
-        return Fold(len(self.folds), self.deploy_idx, self.scored_test_idx)
+    def validated_fold(self) -> Fold:
+        "One more fold after the last: it trains on `validated_idx` the way every fold trains, and scores the test period."
+        return Fold(len(self.folds), self.validated_idx, self.scored_test_idx)
 
-    def deployment_window(self) -> dict:
-        "The deployed model's training window (UTC strings): first and last bar, when its last label ends, rows."
+    @property
+    def serving_fold(self) -> Fold:
+        "The shipped model's fold: it trains on `serve_idx` the way every fold trains; no later bar is left to score."
+        return Fold(len(self.folds) + 1, self.serve_idx, np.array([], dtype=int))
+
+    @property
+    def serves_validated(self) -> bool:
+        "Whether the shipped model is the validated refit itself (`serve_window: validated`, or nothing newer to learn)."
+        return np.array_equal(self.serve_idx, self.validated_idx)
+
+    def _rows_window(self, rows: np.ndarray) -> dict:
         stamp = lambda t: str(pd.Timestamp(t, tz="UTC"))
-        return {"first_bar": stamp(self.times[self.deploy_idx[0]]), "last_bar": stamp(self.times[self.deploy_idx[-1]]),
-                "labels_end": stamp(self.label_end[self.deploy_idx].max()), "n_rows": len(self.deploy_idx)}
+        return {"first_bar": stamp(self.times[rows[0]]), "last_bar": stamp(self.times[rows[-1]]),
+                "labels_end": stamp(self.label_end[rows].max()), "n_rows": len(rows)}
+
+    def validated_window(self) -> dict:
+        "The validated refit's training window (UTC strings): first and last bar, when its last label ends, rows."
+        return self._rows_window(self.validated_idx)
+
+    def serving_window(self) -> dict:
+        "The shipped model's training window, as `validated_window`."
+        return self._rows_window(self.serve_idx)
 
     def window(self) -> dict:
         "First and last bar of the table and the first test bar, as strings (UTC)."
@@ -74,11 +92,13 @@ def direction_protocol(table: pd.DataFrame, feature_names: list[str], config: Ru
     splitter = WalkForward(config.validation.n_folds, train_size=config.validation.train_bars, purge=config.validation.purge_bars,
                            embargo=config.validation.embargo_bars, expanding=config.validation.expanding)
     folds = splitter.folds(len(dev_idx), label_end=label_end[dev_idx], times=times[dev_idx])
-    known = dev_idx[np.isfinite(y[dev_idx]) & (label_end[dev_idx] <= times[test_idx[0]])]   # labels end before the test
     rolling = not config.validation.expanding and config.validation.train_bars
-    deploy_idx = known[known > known[-1] - config.validation.train_bars] if rolling else known   # the folds' window length
+    ending = lambda rows: rows[rows > rows[-1] - config.validation.train_bars] if rolling else rows   # a fold's length
+    known = dev_idx[np.isfinite(y[dev_idx]) & (label_end[dev_idx] <= times[test_idx[0]])]   # labels end before the test
+    validated_idx = ending(known)
+    serve_idx = ending(np.flatnonzero(np.isfinite(y))) if config.validation.serve_window == "newest" else validated_idx
     return DirectionProtocol(X, y, times, label_end, list(feature_names), dev_idx, test_idx, folds,
-                             deploy_idx, test_idx[np.isfinite(y[test_idx])])
+                             validated_idx, test_idx[np.isfinite(y[test_idx])], serve_idx)
 
 # %% ../../nbs/models/00_protocol.ipynb #23baaae4
 @dataclass(frozen=True)
@@ -335,7 +355,7 @@ def finish_model_stage(
     reference_scored = np.isfinite(reference.oof_score[protocol.dev_idx]) & np.isfinite(fold_result.oof_pred)
     metrics["best_feature_oof_auc"] = auc(y_dev[reference_scored], reference.oof_score[protocol.dev_idx][reference_scored])
     write_parquet(paths.oof_file(model, timeframe), oof)
-    deployed_until = pd.Timestamp(protocol.label_end[protocol.deploy_idx].max(), tz="UTC")
+    deployed_until = pd.Timestamp(protocol.label_end[protocol.validated_idx].max(), tz="UTC")   # the test period's model
     write_parquet(paths.test_file(model, timeframe),
                   pd.DataFrame({"y": y_test, "pred": test_pred, "train_label_end": deployed_until},
                                index=pd.DatetimeIndex(protocol.times[test_rows], tz="UTC", name="open_time")))
@@ -345,7 +365,9 @@ def finish_model_stage(
                           best_feature={"most_chosen": reference.most_chosen(), "per_fold": reference.choices},
                           features=protocol.feature_names, n_features=len(protocol.feature_names),
                           feature_set={"version": FEATURE_SET_VERSION, "inputs": list(config.data.feature_inputs)},
-                          deployment=protocol.deployment_window(), **record_extra)
+                          deployment=protocol.serving_window() | {"serve_window": config.validation.serve_window},
+                          validated_fold=protocol.validated_window() | {"scored": "the held-out test period (test_auc)"},
+                          **record_extra)
     write_json(paths.result_file(model, timeframe), record)
     return ModelResult(record, fold_result, protocol.dev_times, y_test, test_pred, extras or {})
 
@@ -377,13 +399,13 @@ class DirectionModel:
         "Out-of-fold predictions over `protocol.folds` fitted on `labels`, and JSON-ready fold facts (e.g. iterations)."
         raise NotImplementedError
 
-    def refit(self, protocol: DirectionProtocol, walk: dict, path: Path | None) -> Refit:
-        "Fit `protocol.deployment_fold` the way the folds were fitted, save to `path`, score the test rows."
+    def refit(self, protocol: DirectionProtocol, fold: Fold, path: Path | None) -> Refit:
+        "Fit `fold` (the validated or the serving fold) the way the folds were fitted, save to `path`, predict the test rows."
         raise NotImplementedError
 
 
 class BoostedTreesModel(DirectionModel):
-    "What LightGBM and XGBoost share: fold settings from `config.gbm`, the deployment fold's rows, top features by gain."
+    "What LightGBM and XGBoost share: fold settings from `config.gbm`, a refit fold's rows, top features by gain."
     params: dict = {}
 
     def __init__(self, config: RunConfig):
@@ -396,11 +418,10 @@ class BoostedTreesModel(DirectionModel):
                     inner_fraction=c.validation.inner_valid_fraction, purge=c.validation.purge_bars,
                     n_jobs=c.n_jobs, executor=c.executor)
 
-    def deployment_rows(self, protocol: DirectionProtocol) -> FoldRows:
-        "The deployment fold's fitting, early-stopping and scored (test) rows, split exactly as every fold's."
+    def refit_rows(self, protocol: DirectionProtocol, fold: Fold) -> FoldRows:
+        "A refit fold's fitting and early-stopping rows, split exactly as every fold's."
         settings = self.fold_settings()
-        return fold_rows([protocol.deployment_fold], protocol.y, inner_fraction=settings["inner_fraction"],
-                         purge=settings["purge"])[0]
+        return fold_rows([fold], protocol.y, inner_fraction=settings["inner_fraction"], purge=settings["purge"])[0]
 
     def refit_outcome(self, test_pred: np.ndarray, rounds: int, gain: pd.Series, test_features: np.ndarray) -> Refit:
         "The `Refit` of a booster: its parameters, rounds and top-20 features by total gain."
@@ -411,7 +432,7 @@ class BoostedTreesModel(DirectionModel):
 
 
 def run_direction_stage(config: RunConfig, run_dir: str | Path, timeframe: str, spec: DirectionModel) -> ModelResult:
-    "Walk-forward, deployment refit, one test score, controls and reference for `spec`; writes its files once."
+    "Walk-forward, validated refit and its one test score, the shipped refit, controls and reference for `spec`."
     from macd_nb.core.prepare import load_table
     started = time.perf_counter()
     config = config.for_timeframe(timeframe)
@@ -425,7 +446,9 @@ def run_direction_stage(config: RunConfig, run_dir: str | Path, timeframe: str, 
         fold_result, walk = spec.walk_forward(protocol, protocol.y)
         walked = time.perf_counter()
         model_path = paths.model_file(spec.model, timeframe, spec.model_ext) if spec.model_ext else None
-        refit = spec.refit(protocol, walk, model_path)
+        ships_validated = protocol.serves_validated or model_path is None   # a reference model ships nothing
+        refit = spec.refit(protocol, protocol.validated_fold, model_path if ships_validated else None)
+        served = refit if ships_validated else spec.refit(protocol, protocol.serving_fold, model_path)
         refitted = time.perf_counter()
         shuffled = shuffled_labels(protocol.y, protocol.dev_idx, config.seed)
         shuffled_result, _ = spec.walk_forward(protocol, shuffled)
@@ -445,5 +468,7 @@ def run_direction_stage(config: RunConfig, run_dir: str | Path, timeframe: str, 
     return finish_model_stage(config, run_dir, timeframe, protocol, model=spec.model, fold_result=fold_result,
                               test_rows=protocol.scored_test_idx, test_pred=refit.test_pred, controls=controls,
                               timings=timings, artifacts=artifacts, device=spec.device, reference=reference,
-                              gate_key=spec.gate_key, extras={"model_path": model_path, **refit.extras},
-                              **walk, **refit.record)
+                              gate_key=spec.gate_key,
+                              extras={"model_path": model_path, **refit.extras,
+                                      "served_test_pred": served.test_pred},   # in sample unless validated: reload checks only
+                              **walk, **refit.record, served_refit={k: v for k, v in served.record.items() if k != "params"})

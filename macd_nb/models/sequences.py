@@ -337,9 +337,11 @@ def run_sequence_stage(config: RunConfig, run_dir: str | Path, timeframe: str, s
     walked = time.perf_counter()
 
     test_start = data.times[protocol.test_idx[0]]
-    final_rows = protocol.deploy_idx   # the folds' window length, ending before the test period (see the protocol)
     test_rows = with_full_window(protocol.scored_test_idx, length)
-    final = fit_refit(make, data, final_rows, test_start, test_rows, settings=settings, **walk_settings)
+    # the validated refit scores the test period; the shipped one ends at the newest labelled bar (see the protocol)
+    final = fit_refit(make, data, protocol.validated_idx, test_start, test_rows, settings=settings, **walk_settings)
+    served = final if protocol.serves_validated else \
+        fit_refit(make, data, protocol.serve_idx, pd.Timestamp.max, test_rows, settings=settings, **walk_settings)
     finished_final = time.perf_counter()
 
     control_epochs = spec.control_epochs or spec.epochs
@@ -356,16 +358,17 @@ def run_sequence_stage(config: RunConfig, run_dir: str | Path, timeframe: str, s
     finished = time.perf_counter()
 
     meta = {"model": spec.model, "architecture": architecture, "features": names,
-            "scaler": final["scaler"].to_dict(), "sequence_length": length, "horizons": spec.heads,
+            "scaler": served["scaler"].to_dict(), "sequence_length": length, "horizons": spec.heads,
             "main_horizon": config.validation.label_horizon, "main_head_index": main, "best_head": heads["best_head"],
             "inner_val_auc_per_head": heads["inner_val_auc_per_head"], "timeframe": timeframe,
-            "trained_until": str(pd.Timestamp(data.times[final_rows[-1]])), "training_window": protocol.deployment_window(),
-            "n_train": final["n_train"],
-            "best_epoch": final["best_epoch"], "torch": torch.__version__, "dtype": settings.autocast_dtype,
+            "trained_until": str(pd.Timestamp(data.times[protocol.serve_idx[-1]])), "training_window": protocol.serving_window(),
+            "validated_fold": protocol.validated_window(), "n_train": served["n_train"],
+            "best_epoch": served["best_epoch"], "torch": torch.__version__, "dtype": settings.autocast_dtype,
             "feature_set": {"version": FEATURE_SET_VERSION, "inputs": list(config.data.feature_inputs)}}
     weights_path, meta_path = paths.model_file(spec.model, timeframe, "pt"), paths.model_file(spec.model, timeframe, "json")
-    save_sequence_model(final["model"], meta, weights_path, meta_path)
-    epoch_seconds = [h["seconds"] for r in walk["refits"] for h in r["history"]] + [h["seconds"] for h in final["history"]]
+    save_sequence_model(served["model"], meta, weights_path, meta_path)
+    epoch_seconds = [h["seconds"] for r in walk["refits"] for h in r["history"]] + [h["seconds"] for h in final["history"]] + \
+                    ([] if served is final else [h["seconds"] for h in served["history"]])
     test_pred = final["probs"][:, main]
     fold_metrics = {"test_auc_per_head": dict(zip(map(str, spec.heads), head_aucs(data.targets[test_rows], final["probs"]))),
                     **heads, "main_head": config.validation.label_horizon, "n_refits": len(refit_folds)}
@@ -376,9 +379,10 @@ def run_sequence_stage(config: RunConfig, run_dir: str | Path, timeframe: str, s
                  "controls": finished - finished_final, "total": time.perf_counter() - started,
                  "seconds_per_epoch": float(np.mean(epoch_seconds)), "epochs_trained": len(epoch_seconds)},
         artifacts=[paths.relative(weights_path), paths.relative(meta_path)], fold_metrics=fold_metrics,
-        extras={"model": final["model"], "meta": meta, "inputs": final["scaler"].transform(data.features),
-                "test_rows": test_rows},
+        extras={"model": served["model"], "meta": meta, "inputs": served["scaler"].transform(data.features),
+                "test_rows": test_rows, "served_test_pred": served["probs"][:, main]},   # in sample unless validated
         dtype=settings.autocast_dtype, heads=spec.heads, best_head=heads["best_head"], sequence_length=length,
         epochs=spec.epochs, threads=torch.get_num_threads(), refits=walk["refits"],
         final_refit={"n_train": final["n_train"], "best_epoch": final["best_epoch"], "epochs_run": final["epochs_run"],
-                     "history": final["history"]})
+                     "history": final["history"]},
+        served_refit={"n_train": served["n_train"], "best_epoch": served["best_epoch"], "epochs_run": served["epochs_run"]})

@@ -18,7 +18,7 @@ import xgboost as xgb
 from ..core.config import RunConfig, resolve_device
 from ..core.parallel import ProcessCache, load_cached, machine_threads
 from ..core.rundir import verified, write_atomically
-from ..core.validation import WalkForwardResult
+from ..core.validation import Fold, WalkForwardResult
 from .protocol import (BoostedTreesModel, DirectionProtocol, FoldRows, ModelResult, Refit, fold_rows,
                                      run_direction_stage, walk_fold_tasks)
 
@@ -131,14 +131,14 @@ class XgbModel(BoostedTreesModel):
                                                    **self.fold_settings())
         return result, {"best_iterations": best_iterations}
 
-    def refit(self, protocol: DirectionProtocol, walk: dict, path: Path | None) -> Refit:
-        rows, settings, names = self.deployment_rows(protocol), self.fold_settings(), protocol.feature_names
+    def refit(self, protocol: DirectionProtocol, fold: Fold, path: Path | None) -> Refit:
+        rows, settings, names = self.refit_rows(protocol, fold), self.fold_settings(), protocol.feature_names
         task = XgbFoldTask(str(self.features_path), rows, protocol.y[rows.fit_idx], protocol.y[rows.stop_idx],
                            self.params | {"nthread": machine_threads()}, settings["num_boost_round"],
                            settings["early_stopping_rounds"], feature_names=names)
         booster, best = xgb_fit_fold(task)
-        save_xgb_model(booster, path)
-        test_features = load_features(self.features_path)[rows.val_idx]
+        if path is not None: save_xgb_model(booster, path)
+        test_features = load_features(self.features_path)[protocol.scored_test_idx]
         gain = pd.Series(booster.get_score(importance_type="total_gain")).reindex(names).fillna(0.0)
         return self.refit_outcome(booster.predict(xgb.DMatrix(test_features, feature_names=names)), best, gain,
                                   test_features)

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['REPAIRS', 'REPORT_SUFFIXES', 'format_number', 'format_ci', 'format_gain', 'format_after_costs', 'summary_table',
-           'deployment_verdicts', 'reference_verdicts', 'notebook_markdown', 'deployment_section', 'export_section',
-           'data_section', 'write_report', 'commit_report', 'headline_message']
+           'deployment_verdicts', 'window_table', 'reference_verdicts', 'notebook_markdown', 'deployment_section',
+           'export_section', 'data_section', 'write_report', 'commit_report', 'headline_message']
 
 # %% ../../nbs/pipeline/00_report.ipynb #a4b46023
 import re
@@ -86,6 +86,19 @@ def deployment_verdicts(run_dir: str | Path) -> list[str]:
                          f"OOF AUC {m['oof_auc']:.4f} {format_ci(m['oof_auc_ci95'])} (n={m['n_oof']}), "
                          f"test AUC {m['test_auc']:.4f}. Nothing may promote it.")
     return lines
+
+
+def window_table(run_dir: str | Path) -> list[str]:
+    "Per shipped model: the window of the validated refit (which scored the test period) and that of the model shipped."
+    rows = [r for r in _model_records(run_dir) if r.get("validated_fold") and r["model"] != "baseline"]
+    if not rows: return []
+    span = lambda w: f"{w['first_bar'][:16]} .. {w['last_bar'][:16]} ({w['n_rows']} rows)"
+    lines = ["Training windows: the validated refit is the recipe's evidence (it scored the held-out test period once); "
+             "the shipped model is the same recipe refitted (`serve_window`):", "",
+             "| model | timeframe | validated refit | test period from | shipped model | shipped window |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['timeframe']} | {span(r['validated_fold'])} | {r['window']['test_start'][:16]} | "
+              f"{span(r['deployment'])} | {r['deployment'].get('serve_window', 'validated')} |" for r in rows]
+    return lines + [""]
 
 
 def reference_verdicts(run_dir: str | Path) -> list[str]:
@@ -212,7 +225,7 @@ def write_report(run_dir: str | Path, report_dir: str | Path, run_id: str, *, fo
     verdicts = deployment_verdicts(run_dir)
     parts = [f"# Training report: `{run_id}`", "", *(["## Deployment", "", *verdicts, ""] if verdicts else []),
              "## Summary", "", summary_table(run_dir), "",
-             *reference_verdicts(run_dir), "", export_section(run_dir, package=not for_package),
+             *reference_verdicts(run_dir), "", *window_table(run_dir), "", export_section(run_dir, package=not for_package),
              f"- profile `{config['profile']}`, target `{config['target']}`, timeframes {config['timeframes']}, "
              f"data `{config['data_source']}`, device `{config['device']}`",
              f"- data fingerprint `{prepare.get('data_fingerprint', 'n/a')}`; window {windows or 'n/a'}",

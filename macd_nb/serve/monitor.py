@@ -136,12 +136,18 @@ def _operations_section(frame: pd.DataFrame) -> dict:
             "n_stacked": int(frame["fallback"].isna().sum()), "n_rows": len(frame)}
 
 
+def _utc(t) -> pd.Timestamp:
+    t = pd.Timestamp(t)
+    return t.tz_localize("UTC") if t.tzinfo is None else t
+
+
 def _age(meta: dict, frame: pd.DataFrame) -> dict:
-    "End of the stacked model's training window, and its age now and at the newest logged bar (information, not a limit)."
-    end = pd.Timestamp(meta["training_window"]["last_bar"])
-    end = end.tz_localize("UTC") if end.tzinfo is None else end
+    "The newest bar the served models learned from, and their age now and at the newest logged bar (information, not a limit)."
+    trained = [b["training_window"]["last_bar"] for b in meta.get("base_models", []) if b.get("training_window")]
+    end = _utc(min(trained, key=_utc)) if trained else _utc(meta["training_window"]["last_bar"])   # the stalest part
     days = lambda t: (t - end) / pd.Timedelta(days=1)
-    return {"training_window_end": str(end), "age_days": days(pd.Timestamp.now(tz="UTC")),
+    return {"training_window_end": str(end), "meta_learner_window_end": meta["training_window"]["last_bar"],
+            "age_days": days(pd.Timestamp.now(tz="UTC")),
             "age_days_at_newest_bar": days(frame["bar_time"].max()) if len(frame) else None,
             "base_models_trained_until": {b["model"]: (b.get("training_window") or {}).get("last_bar")
                                           for b in meta.get("base_models", [])}}
@@ -266,7 +272,7 @@ def render_monitor(summary: dict, header: dict, plots: dict[str, str]) -> str:
         out.append("No retrain recommended: no limit crossed.")
         if summary["drift"].get("n_rows", 0) < lim["min_drift_rows"]:
             out.append(f"Drift limits apply from {lim['min_drift_rows']} logged rows ({summary['drift'].get('n_rows', 0)} so far).")
-    out += ["", f"Model age (information, not a limit): the stacked model's training window ends {age['training_window_end']}, "
+    out += ["", f"Model age (information, not a limit): the served models learned from bars up to {age['training_window_end']}, "
             f"{_num(age['age_days'], '.1f')} days ago ({_num(age['age_days_at_newest_bar'], '.1f')} days old at the newest logged bar). "
             "Base models trained until: " + ", ".join(f"{m} {t}" for m, t in age["base_models_trained_until"].items()) + ".", ""]
     realised = summary["auc"]
