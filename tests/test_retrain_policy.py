@@ -9,10 +9,10 @@ import pytest
 from conftest import needs_shared_data
 from macd_nb.core.config import profile_config
 from macd_nb.core.prepare import timeframe_table
-from macd_nb.core.synthetic import SyntheticParams, synthetic_market
+from macd_nb.core.synthetic import synthetic_market
 from macd_nb.core.validation import auc
 from macd_nb.pipeline.retrain_policy import (POLICIES, Market, RecipeFit, WalkForwardEvidence, policy_table,
-                                             promotion_decision, retrain_schedule, simulate_retrain_policies, switch_regime,
+                                             promotion_decision, ranks_within, retrain_schedule, simulate_retrain_policies,
                                              training_rows)
 
 CHANGE = pd.Timestamp("2024-06-01", tz="UTC")
@@ -49,16 +49,20 @@ def test_schedule_and_training_window():
     assert rows.tolist() == [2, 3, 4]   # labels known by 06:00 end at bar 04:00; the newest 3
 
 
+def test_ranks_within_each_fit_remove_the_scale_of_each_fit_only():
+    fit, scores = np.array([0, 0, 0, 1, 1]), np.array([0.2, 0.9, 0.5, 0.51, 0.50])
+    assert ranks_within(fit, scores).tolist() == [1 / 3, 1.0, 2 / 3, 1.0, 0.5]
+    y = np.array([0, 1, 1, 1, 0])
+    assert auc(y, ranks_within(fit, scores)) != auc(y, scores)      # pooled, the two fits' levels mix
+
+
 # --- a simulation on the synthetic market with a planted change of regime ----------------------------------------------
 
 @pytest.fixture(scope="module")
 def synthetic():
     "A small simulation: 2 symbols, the signal reversed on CHANGE, weekly retrain points from 2024-04-15 to 2024-08-01."
-    symbols, n_bars = ("BTCUSDT", "ETHUSDT"), 24 * 215
-    flipped = SyntheticParams(macd_weight=-SyntheticParams.macd_weight, reversal_weight=-SyntheticParams.reversal_weight)
-    bars = switch_regime(synthetic_market(symbols=symbols, n_bars=n_bars, start="2024-01-01", seed=0, edge=2.0),
-                         synthetic_market(symbols=symbols, n_bars=n_bars, start="2024-01-01", seed=1, edge=2.0, params=flipped),
-                         CHANGE)
+    symbols = ("BTCUSDT", "ETHUSDT")
+    bars = synthetic_market(symbols=symbols, n_bars=24 * 215, start="2024-01-01", seed=0, edge=2.0, regime_change=CHANGE).bars
     config = profile_config("smoke", symbols=list(symbols), bootstrap_samples=200)
     table, summary = timeframe_table(bars, config, "1h")
     market = Market.from_table(table, summary["base_features"])
@@ -134,6 +138,12 @@ def test_reusing_the_fits_varies_only_the_rule(synthetic):
     gated = [d for d in lenient.record["decisions"]["gated"]]
     assert all(d["decision"] == "promote" for d in gated if d["gate"]["passed"] and d["comparison"]["gain_ci95"][1] >= 0)
     assert lenient.record["policies"]["never"]["auc"] == simulation.record["policies"]["never"]["auc"]
+    pooled = simulate_retrain_policies(market, config, "2024-04-15", "2024-08-01", comparison="pooled", fits=simulation.fits,
+                                       **kwargs)
+    for d in pooled.record["decisions"]["gated"]:
+        c = d["comparison"]
+        assert (c["gain"], c["gain_ci95"]) == (c["gain_pooled"], c["gain_pooled_ci95"])
+        assert d["decision"] == promotion_decision(c["gain_pooled"], tuple(c["gain_pooled_ci95"]), d["gate"]["passed"])[0]
     with pytest.raises(ValueError, match="another schedule"):
         simulate_retrain_policies(market, config, "2024-04-15", "2024-08-01", fits=simulation.fits[1:], **kwargs)
 
