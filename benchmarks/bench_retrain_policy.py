@@ -77,15 +77,17 @@ def main(argv=None) -> int:
     wall, cpu = time.perf_counter() - began, time.process_time() - cpu
     print(policy_table(simulation.record).to_string())
 
-    margins = {}
-    for margin in [float(m) for m in args.margins.split(",") if m]:
-        again = simulate_retrain_policies(market, config, args.start, args.end, margin=margin, fits=simulation.fits,
-                                          progress=False, **options)
+    def gated_again(**rule) -> dict:
+        "The gated policy decided again on the same fits under another rule."
+        again = simulate_retrain_policies(market, config, args.start, args.end, fits=simulation.fits, progress=False,
+                                          **options, **rule)
         gated = again.record["policies"]["gated"]
-        margins[str(margin)] = {k: gated[k] for k in ("auc", "auc_ci95", "gain_vs_never", "retrains", "promotions")} | {
+        return {k: gated[k] for k in ("auc", "auc_ci95", "gain_vs_never", "retrains", "promotions")} | {
             "sharpe": gated["after_costs"]["sharpe"], "sharpe_ci95": gated["after_costs"]["sharpe_ci95"],
             "monitor_promotions": again.record["policies"]["monitor"]["promotions"],
             "decisions": [(d["at"][:10], d["decision"]) for d in again.record["decisions"]["gated"]]}
+    margins = {str(float(m)): gated_again(margin=float(m)) for m in args.margins.split(",") if m}
+    pooled = gated_again(comparison="pooled")   # the default margin, the two sides' AUC pooled over the walk-forward fits
 
     figure = plot_policy_auc(simulation, title=f"real {args.symbol} 1h, {args.start[:4]}: served AUC per month")
     figure.savefig(args.out.with_suffix(".png"), dpi=90, bbox_inches="tight")
@@ -100,7 +102,7 @@ def main(argv=None) -> int:
         "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "prepare_s": round(prepared - began, 1),
         "target_wall_s": TARGET_S, "within_target": wall <= TARGET_S,
         "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "default_margin": PROMOTION_MARGIN, "margins": margins,
+        "default_margin": PROMOTION_MARGIN, "margins": margins, "pooled_comparison": pooled,
         "period_auc": {str(t)[:10]: row for t, row in simulation.period_auc.round(4).to_dict(orient="index").items()},
         **record, "versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

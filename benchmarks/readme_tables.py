@@ -179,6 +179,9 @@ def retrain_policy_block() -> str:
     worse = [p["name"] for p in bench["policies"].values() if p.get("gain_vs_never") and p["gain_vs_never"]["ci95"][1] < 0]
     margins = "; ".join(f"margin {m}: AUC {g['auc']:.4f}, gain {_gain(g['gain_vs_never'])}, {g['promotions']} promotions"
                         for m, g in bench["margins"].items())
+    pooled = bench.get("pooled_comparison")
+    if pooled: margins += (f"; margin {bench['default_margin']} comparing pooled AUCs instead of ranks within each fit: "
+                           f"{pooled['promotions']} promotions")
     hold = bench["buy_and_hold"]
     lines += ["", f"{bench['window']['n_bars']:,} served bars ({bench['window']['first_served_bar'][:10]} to "
               f"{bench['window']['last_served_bar'][:10]}), {len(bench['schedule']['points'])} retrain points "

@@ -336,7 +336,7 @@ def score_policies(market: Market, schedule: RetrainSchedule, at_point: list[Rec
     period_auc.index = schedule.points[period_auc.index]
     return served, period_auc, scores
 
-# %% ../../nbs/pipeline/04_retrain_policy.ipynb #a72fcd2d
+# %% ../../nbs/pipeline/04_retrain_policy.ipynb #da6485ab
 def fit_schedule(market: Market, schedule: RetrainSchedule, config: RunConfig, *, threads: int = 1,
                  progress: bool = True) -> list[RecipeFit]:
     "Every fit of `schedule`, in time order; the progress bar steps once per history or retrain point."
@@ -425,7 +425,8 @@ def simulate_retrain_policies(
                          "params": lgb_params(config, threads=threads), "rounds": config.gbm.rounds,
                          "early_stopping_rounds": config.gbm.early_stopping_rounds, "train_bars": v.train_bars,
                          "expanding": v.expanding, "n_features": len(market.feature_names),
-                         "best_iterations": [f.best_iteration for f in at_point]},
+                         "best_iterations": [f.best_iteration for f in at_point],
+                         "n_train_rows": [len(f.train_rows) for f in at_point]},
               "rule": {"margin": margin, "comparison": comparison,
                        "gate": "none" if gate_ci_above is None else f"challenger OOF AUC 95% CI lower bound > {gate_ci_above}",
                        "monitor_limits": LIMITS | (monitor_limits or {}),
