@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['MOVE_STEPS', 'RegistryError', 'default_registry_dir', 'registry_lock', 'verify_manifest', 'register_run',
-           'read_alias', 'alias_target', 'move_alias', 'promote', 'audit_log', 'rollback', 'aliases']
+           'read_alias', 'alias_target', 'move_alias', 'complete_move', 'promote', 'audit_log', 'alias_moves',
+           'record_event', 'rollback', 'aliases']
 
 # %% ../../nbs/export/02_registry.ipynb #ec0c2b25
 import fcntl
@@ -109,7 +110,7 @@ def read_alias(registry: str | Path, alias: str) -> dict | None:
     path = Path(registry) / "aliases" / f"{alias}.json"
     if not path.exists(): return None
     pointer = read_json(path)
-    moves = [e for e in audit_log(registry) if e.get("alias") == alias]
+    moves = alias_moves(registry, alias)
     if not moves: raise RegistryError(f"{path}: the audit log {Path(registry) / 'audit.jsonl'} holds no move of alias {alias!r}: "
                                       f"the pointer was not written by a move; {_restore(path)}")
     newest, said = moves[-1], (pointer.get("run"), pointer.get("version"))
@@ -159,11 +160,10 @@ def _check_deployable(run_root: Path, timeframe: str) -> tuple[str, dict]:
 
 
 def move_alias(registry: str | Path, alias: str, run_id: str, *, expected_version: int | None, why: str,
-               hook: Callable[[str], None] | None = None) -> dict:
-    "Point `alias` at registered run `run_id` if its current version is `expected_version` (None: no alias yet)."
+               hook: Callable[[str], None] | None = None, record: dict | None = None) -> dict:
+    "Point `alias` at registered run `run_id` if its current version is `expected_version` (None: no alias yet); `record` adds to its audit entry."
     registry = Path(registry)
     if alias not in TIMEFRAMES: raise RegistryError(f"alias {alias!r}: aliases are named after a timeframe, one of {TIMEFRAMES}")
-    hook = hook or (lambda step: None)
     with registry_lock(registry):
         current = read_alias(registry, alias)
         version = current["version"] if current else None
@@ -177,30 +177,50 @@ def move_alias(registry: str | Path, alias: str, run_id: str, *, expected_versio
                    "exposed_as": "stacking_meta.json", "sha256": sha256_file(registry / target),
                    "moved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "by": f"{getpass.getuser()}@{socket.gethostname()}", "why": why}
-        folder = registry / "aliases"
-        folder.mkdir(exist_ok=True)
         entry = {"when": pointer["moved_at"], "who": pointer["by"], "alias": alias, "from_run": current and current["run"],
                  "from_version": version, "to_run": run_id, "to_version": pointer["version"], "why": why,
-                 "target": target, "sha256": pointer["sha256"]}
-        handle, temporary = tempfile.mkstemp(prefix=f".{alias}.", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(handle, "w") as out:
-                out.write(json.dumps(pointer, indent=2))
-                hook("pointer_written")
-                out.flush()
-                os.fsync(out.fileno())
-            hook("pointer_synced")
+                 "target": target, "sha256": pointer["sha256"]} | (record or {})
+        _switch(registry, pointer, entry, hook or (lambda step: None))
+        return pointer
+
+
+def _switch(registry: Path, pointer: dict, entry: dict | None, hook: Callable[[str], None]) -> None:
+    "Write the new pointer (synced), append `entry` to the audit log (synced; None: it is there already), switch, sync."
+    folder = registry / "aliases"
+    folder.mkdir(exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{pointer['alias']}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(json.dumps(pointer, indent=2))
+            hook("pointer_written")
+            out.flush()
+            os.fsync(out.fileno())
+        hook("pointer_synced")
+        if entry is not None:
             with open(registry / "audit.jsonl", "a") as log:   # before the switch: no move is ever missing from the log
                 log.write(json.dumps(entry) + "\n")
                 log.flush()
                 os.fsync(log.fileno())
-            hook("audited")
-            os.replace(temporary, folder / f"{alias}.json")
-            hook("pointer_replaced")
-            _fsync_dir(folder)
-            hook("directory_synced")
-        finally:
-            if os.path.exists(temporary): os.unlink(temporary)
+        hook("audited")
+        os.replace(temporary, folder / f"{pointer['alias']}.json")
+        hook("pointer_replaced")
+        _fsync_dir(folder)
+        hook("directory_synced")
+    finally:
+        if os.path.exists(temporary): os.unlink(temporary)
+
+
+def complete_move(registry: str | Path, alias: str) -> dict | None:
+    "Finish a move that a crash stopped after its audit entry and before its switch (no second entry); the pointer it wrote, or None."
+    registry = Path(registry)
+    with registry_lock(registry):
+        current, moves = read_alias(registry, alias), alias_moves(registry, alias)
+        if not moves or (current or {}).get("version") == moves[-1]["to_version"]: return None   # nothing half done
+        newest = moves[-1]
+        pointer = {"alias": alias, "version": newest["to_version"], "run": newest["to_run"], "target": newest["target"],
+                   "exposed_as": "stacking_meta.json", "sha256": newest["sha256"], "moved_at": newest["when"],
+                   "by": newest["who"], "why": newest["why"]}
+        _switch(registry, pointer, None, lambda step: None)
         return pointer
 
 # %% ../../nbs/export/02_registry.ipynb #6a7a1b9e
@@ -215,16 +235,35 @@ def promote(registry: str | Path, run_dir: str | Path, alias: str, *, why: str, 
 
 
 def audit_log(registry: str | Path) -> list[dict]:
-    "Every alias move recorded in the registry, oldest first."
+    "Every entry of the registry's audit log, oldest first: alias moves and recorded decisions (`record_event`)."
     path = Path(registry) / "audit.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def alias_moves(registry: str | Path, alias: str) -> list[dict]:
+    "The moves of `alias` in the audit log, oldest first (decisions that moved nothing are not moves)."
+    return [e for e in audit_log(registry) if e.get("alias") == alias and "to_version" in e]
+
+
+def record_event(registry: str | Path, entry: dict) -> dict:
+    "Append a decision that moves no alias (e.g. a retrain that kept its champion) to the audit log, synced, under the lock."
+    registry = Path(registry)
+    entry = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "who": f"{getpass.getuser()}@{socket.gethostname()}",
+             **entry}
+    if "to_version" in entry: raise ValueError("record_event: an entry with to_version would read as a move; use move_alias")
+    with registry_lock(registry):
+        with open(registry / "audit.jsonl", "a") as log:
+            log.write(json.dumps(entry, default=str) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+    return entry
 
 
 def rollback(registry: str | Path, alias: str, *, why: str) -> dict:
     "Point `alias` back at the run it pointed at before its current version."
     current = read_alias(registry, alias)
     if current is None: raise RegistryError(f"alias {alias!r} was never moved: nothing to roll back")
-    moves = [e for e in audit_log(registry) if e["alias"] == alias and e["to_version"] == current["version"]]
+    moves = [e for e in alias_moves(registry, alias) if e["to_version"] == current["version"]]
     if not moves or not moves[-1]["from_run"]:
         raise RegistryError(f"alias {alias!r} version {current['version']} has no earlier run to roll back to")
     return move_alias(registry, alias, moves[-1]["from_run"], expected_version=current["version"], why=why)

@@ -157,7 +157,9 @@ def meta_walks(X, y, times, label_end, config: RunConfig, base_models: list[str]
     "Out-of-sample predictions of every meta-learner, and of logistic regression without each base model; their blocks."
     walk = lambda inputs, fit: meta_walk_forward(inputs, y, times, label_end, fit, n_blocks=config.stacking.meta_blocks)
     walks = {name: walk(X, fit) for name, fit in META_LEARNERS.items()}
-    walks |= {f"without_{model}": walk(np.delete(X, k, axis=1), logistic) for k, model in enumerate(base_models)}
+    base_rate = lambda X_train, y_train, X_score: np.full(len(X_score), y_train.mean())   # no input left: no ranking
+    without = lambda k: np.delete(X, k, axis=1)
+    walks |= {f"without_{model}": walk(without(k), logistic if X.shape[1] > 1 else base_rate) for k, model in enumerate(base_models)}
     return {name: pred for name, (pred, _) in walks.items()}, {name: blocks for name, (_, blocks) in walks.items()}
 
 

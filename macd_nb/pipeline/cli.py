@@ -80,7 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--db", required=True, help="the prediction log (SQLite) the shadow loop writes")
     monitor.add_argument("--alias", default="1h", help="the alias whose current run is monitored")
     monitor.add_argument("--out", default=None, help="folder for MONITOR.md and its plots (default: monitor/ beside the log)")
-    for sub in (shadow, monitor):
+    retrain = commands.add_parser("retrain", help="train a challenger, compare it with the alias's champion on the bars the "
+                                  "champion never saw, promote or keep it; one JSON line, exit 0 promoted, 10 kept, "
+                                  "11 not recommended, 1 failed, 2 refused")
+    retrain.add_argument("--alias", default="1h", help="the alias whose champion is challenged")
+    retrain.add_argument("--data", default=None, help="'synthetic' or a path to kline files (default: the champion's)")
+    retrain.add_argument("--config", default=None, help="YAML/JSON overrides of the champion's configuration")
+    retrain.add_argument("--profile", default=None, choices=["smoke", "quick", "full"],
+                         help="start from this profile instead of the champion's configuration")
+    retrain.add_argument("--fetch", action="store_true", help="extend the kline files with the newest closed bars first")
+    retrain.add_argument("--if-recommended", action="store_true",
+                         help="only when the monitor's limits are crossed for the alias (reads --db); else exit 11 at once")
+    retrain.add_argument("--db", default=None, help="the prediction log: the champion's served answers, the monitor's limits")
+    retrain.add_argument("--run-id", default=None, help="the challenger's run id (default: <UTC time>-retrain-<alias>)")
+    retrain.add_argument("--only", nargs="+", default=None, metavar="STAGE", help="train only these stages (as `run --only`; default: the champion run's stages)")
+    retrain.add_argument("--runs-root", default="runs")
+    retrain.add_argument("--reports-root", default="reports")
+    for sub in (shadow, monitor, retrain):
         sub.add_argument("--registry", default=None, help="registry directory (default: $MACD_NB_REGISTRY or the data dir's models/)")
     return parser
 
@@ -241,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "monitor":
         from ..serve.monitor import monitor_command
         return monitor_command(args)
+    if args.command == "retrain":
+        from ..pipeline.retrain import retrain_command
+        return retrain_command(args)
     changes = {"data_source": args.data, "device": args.device, "executor": args.executor,
                "symbols": args.symbols.split(",") if args.symbols else None,
                "timeframes": args.timeframes.split(",") if args.timeframes else None}
@@ -275,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
 def checked_arguments(args: argparse.Namespace) -> None:
     "Refuse (ValueError naming the option) any name that would become a path, and any root inside a run or a registry."
     command = args.command
-    if command in ("run", "report"):
-        if getattr(args, "run_id", None) is not None: checked_name("--run-id" if command == "run" else "run id", args.run_id)
+    if command in ("run", "report", "retrain"):
+        if getattr(args, "run_id", None) is not None: checked_name("--run-id" if command != "report" else "run id", args.run_id)
         checked_root("--runs-root", args.runs_root)
         checked_root("--reports-root", args.reports_root)
     if command in ("promote", "package"):   # the run folder's name becomes the run id in the package and the registry

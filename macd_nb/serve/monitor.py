@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['PSI_BINS', 'PSI_FLOOR', 'BINNING', 'LIMITS', 'TOP_FEATURES', 'bin_shares', 'reference_bins', 'psi', 'psi_band',
-           'calibration', 'monitor_summary', 'render_monitor', 'monitor_report', 'monitor_command']
+           'calibration', 'monitor_summary', 'render_monitor', 'alias_summary', 'monitor_report', 'monitor_command']
 
 # %% ../../nbs/serve/06_monitor.ipynb #8e84d11a
 import json
@@ -332,11 +332,11 @@ def render_monitor(summary: dict, header: dict, plots: dict[str, str]) -> str:
     return "\n".join(out)
 
 
-def monitor_report(db: str | Path, registry: str | Path | None = None, alias: str = "1h", out_dir: str | Path = "monitor",
-                   **limits) -> Path:
-    "`out_dir/MONITOR.md`, its PNG plots and `monitor.json` for the run behind `alias`, from prediction log `db`; see LIMITS."
+def alias_summary(db: str | Path, registry: str | Path | None = None, alias: str = "1h",
+                  **limits) -> tuple[dict, dict, pd.DataFrame]:
+    "The monitor summary of the run behind `alias` from prediction log `db` (read only), a header naming both, the logged rows."
     _check_limits(limits)
-    db, out_dir = Path(db), Path(out_dir)
+    db = Path(db)
     if not db.is_file(): raise FileNotFoundError(f"{db}: no prediction log there")
     predictor = MLPredictor(alias, registry)
     tf, root, run = predictor.timeframe, predictor.run_root, predictor.pointer["run"]
@@ -348,10 +348,18 @@ def monitor_report(db: str | Path, registry: str | Path | None = None, alias: st
     reference = read_json(verify_artifact(root, drift_file)) if (root / drift_file).exists() else None
     stacking = read_json(verify_artifact(root, f"results/stacking_{tf}.json"))
     summary = monitor_summary(frame, reference, stacking, predictor.meta, **limits)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plots = _plots(summary, frame, out_dir)
     header = {"alias": alias, "run": run, "version": predictor.pointer["version"], "db": str(db), "registry": str(predictor.registry),
               "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "other_runs": len(logged) - len(frame)}
+    return summary, header, frame
+
+
+def monitor_report(db: str | Path, registry: str | Path | None = None, alias: str = "1h", out_dir: str | Path = "monitor",
+                   **limits) -> Path:
+    "`out_dir/MONITOR.md`, its PNG plots and `monitor.json` for the run behind `alias`, from prediction log `db`; see LIMITS."
+    summary, header, frame = alias_summary(db, registry, alias, **limits)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = _plots(summary, frame, out_dir)
     (out_dir / "monitor.json").write_text(json.dumps(header | summary, indent=2, default=str))
     report = out_dir / "MONITOR.md"
     report.write_text(render_monitor(summary, header, plots))
