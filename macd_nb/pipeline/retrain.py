@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..core.config import RunConfig, load_config
 from ..core.prepare import load_table
-from ..core.rundir import RunPaths, read_json, read_parquet
+from ..core.rundir import RunPaths, read_json, read_parquet, write_json
 from ..core.validation import auc, auc_gain_ci
 from ..export.registry import (MOVE_STEPS, RegistryError, alias_target, audit_log, complete_move, default_registry_dir,
                                      move_alias, read_alias, record_event, register_run)
@@ -106,19 +106,12 @@ def _state_path(registry: Path, alias: str) -> Path: return registry / "retrain"
 def read_state(registry: Path, alias: str) -> dict | None:
     "The retrain of `alias` that started and has not decided yet (its challenger's run id), if any."
     path = _state_path(registry, alias)
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(path) if path.exists() else None
 
 
 def write_state(registry: Path, alias: str, state: dict) -> None:
-    "Record the retrain in progress, atomically (a crash leaves the old record or the new one)."
-    path = _state_path(registry, alias)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    with open(temporary, "w") as out:
-        out.write(json.dumps(state, indent=2))
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
+    "Record the retrain in progress with the project's one atomic write (a crash leaves the old record or the new one)."
+    write_json(_state_path(registry, alias), state)
 
 
 def recorded_decision(registry: Path, alias: str, run_id: str) -> dict | None:

@@ -24,7 +24,7 @@ from ..core.validation import (Fold, as_utc_datetime64, auc, auc_ci, auc_gain_ci
 from ..models.backtest import bars_per_year, evaluate, held_positions, signal_positions, trade
 from ..models.lgb import LgbFoldTask, bin_once, lgb_fit_fold, lgb_params
 from ..models.protocol import fold_rows
-from ..serve.monitor import LIMITS, _recommendation, bin_shares, psi, reference_bins
+from ..serve.monitor import LIMITS, bin_shares, psi, reference_bins, retrain_recommendation
 
 # %% ../../nbs/pipeline/04_retrain_policy.ipynb #e9fffb65
 PROMOTION_MARGIN = 0.005   # AUC: a challenger whose gain's lower bound is above -this counts as not worse
@@ -258,7 +258,7 @@ def monitor_triggers(market: Market, champion: RecipeFit, champion_record: dict,
     if len(np.unique(y)) == 2:
         realised |= {"auc": auc(y, pred),
                      "auc_ci95": list(auc_ci(y, pred, block=lim["block"], n_boot=lim["n_boot"], seed=lim["seed"]))}
-    return _recommendation({"drift": drift, "auc": realised}, lim)
+    return retrain_recommendation({"drift": drift, "auc": realised}, lim)
 
 # %% ../../nbs/pipeline/04_retrain_policy.ipynb #b0d7668f
 POLICIES = {"never": "never retrain",

@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['PSI_BINS', 'PSI_FLOOR', 'BINNING', 'LIMITS', 'TOP_FEATURES', 'bin_shares', 'reference_bins', 'psi', 'psi_band',
-           'calibration', 'monitor_summary', 'render_monitor', 'alias_summary', 'monitor_report', 'monitor_command']
+           'calibration', 'retrain_recommendation', 'monitor_summary', 'render_monitor', 'alias_summary',
+           'monitor_report', 'monitor_command']
 
 # %% ../../nbs/serve/06_monitor.ipynb #8e84d11a
 import json
@@ -153,7 +154,7 @@ def _age(meta: dict, frame: pd.DataFrame) -> dict:
                                           for b in meta.get("base_models", [])}}
 
 
-def _recommendation(summary: dict, lim: dict) -> list[str]:
+def retrain_recommendation(summary: dict, lim: dict) -> list[str]:
     "One line per limit crossed, with its numbers (empty: no retrain recommended)."
     triggers, drift, realised = [], summary["drift"], summary["auc"]
     if "empty" not in drift and drift["n_rows"] >= lim["min_drift_rows"]:
@@ -193,7 +194,7 @@ def monitor_summary(frame: pd.DataFrame, reference: dict | None, stacking: dict,
                "operations": _operations_section(frame), "age": _age(meta, frame), "limits": lim}
     summary["calibration"] = calibration(known["outcome"], known["p_up"]) if not why else {"empty": why}
     summary["models"] = _models_section(known, lim, why)
-    summary["retrain"] = _recommendation(summary, lim)
+    summary["retrain"] = retrain_recommendation(summary, lim)
     return summary
 
 # %% ../../nbs/serve/06_monitor.ipynb #e07e50d7
