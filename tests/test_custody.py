@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from macd_nb.core.config import profile_config
 from macd_nb.core.rundir import CorruptArtifact, read_json
 from macd_nb.pipeline.cli import main
-from macd_nb.pipeline.runner import run_pipeline
+from macd_nb.pipeline.examples import example_run
 
 STAGES = ["prepare", "lgb", "xgb", "stacking", "export", "package"]
 
@@ -25,9 +24,8 @@ def finished(tmp_path_factory):
     "A finished, deployable smoke run (both gradient-boosting models stacked, exported and packaged) and its roots."
     root = tmp_path_factory.mktemp("custody")
     os.environ["MACD_NB_CACHE"] = str(root / "cache")   # inherited by the stage kernels: no shared cache
-    ok, _ = run_pipeline(profile_config("smoke", stacking_base_models=["lgb", "xgb"]), run_id="good", only=STAGES,
-                         runs_root=root / "runs", reports_root=root / "reports")
-    assert ok
+    example_run(root / "runs" / "good", "smoke", STAGES, runner=True, reports=root / "reports" / "good",
+                stacking_base_models=["lgb", "xgb"])
     return root
 
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from macd_nb.models.baseline import run_baseline
-from macd_nb.core.stages import select_stages
+from macd_nb.core.stages import select_stages, stage_names
 from macd_nb.export.package import deploy
 from macd_nb.pipeline.report import summary_table
 from macd_nb.serve.predictor import MLPredictor
-from macd_nb.pipeline.runner import run_pipeline
+from macd_nb.pipeline.examples import example_run
 from macd_nb.core.config import profile_config
 from macd_nb.core.prepare import prepare_run
 
@@ -64,9 +64,10 @@ def test_result_json_has_the_shared_shape(two_year_run):
 
 
 def test_smoke_pipeline_leaves_notebooks_and_reports(tmp_path):
-    ok, report_dir = run_pipeline(profile_config("smoke"), run_id="t", runs_root=tmp_path / "runs",
-                                  reports_root=tmp_path / "reports")
-    assert ok
+    report_dir = tmp_path / "reports" / "t"
+    # a copy of the cached smoke run of every stage through the runner, and its report folder (raises unless every stage completed)
+    example_run(tmp_path / "runs" / "t", "smoke", stage_names(), runner=True, reports=report_dir)
+    assert all(stage["status"] == "completed" for stage in json.loads((report_dir / "status.json").read_text())["stages"])
     expected = sorted(Path(stage.notebook).name for stage in select_stages())
     assert len(expected) >= 2 and sorted(p.name for p in (report_dir / "executed").glob("*.ipynb")) == expected
     report = (report_dir / "TRAINING_REPORT.md").read_text()

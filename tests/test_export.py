@@ -11,15 +11,13 @@ import torch
 import xgboost as xgb
 
 from macd_nb.core.config import profile_config
-from macd_nb.core.prepare import prepare_run
 from macd_nb.core.rundir import sha256_file
 from macd_nb.export.onnx import (lightgbm_to_onnx, onnx_session, parity, perturbed, run_export, sequence_to_onnx,
                                  stacking_to_onnx, xgboost_to_onnx)
-from macd_nb.models.lgb import run_lgb
-from macd_nb.models.lstm import MultiHorizonLSTM, run_lstm
-from macd_nb.models.stacking import run_stacking, stacked_probability
+from macd_nb.models.lstm import MultiHorizonLSTM
+from macd_nb.models.stacking import stacked_probability
 from macd_nb.models.tft import TemporalFusionTransformer
-from macd_nb.models.xgb import run_xgb
+from macd_nb.pipeline.examples import example_run
 
 
 @pytest.fixture(scope="module")
@@ -114,21 +112,21 @@ def test_networks_export_with_a_dynamic_batch_and_stay_in_eval_mode(make):
 
 def test_the_stage_exports_a_run_and_records_it(tmp_path):
     config = profile_config("smoke", stacking_base_models=["lgb", "xgb", "lstm"])
-    prepare_run(config, tmp_path)
-    run_lgb(config, tmp_path), run_xgb(config, tmp_path), run_lstm(config, tmp_path), run_stacking(config, tmp_path)
-    record = run_export(config, tmp_path, "1h")
+    run_dir = example_run(tmp_path / "three_bases", "smoke", ["prepare", "lgb", "xgb", "lstm", "stacking"],
+                          stacking_base_models=["lgb", "xgb", "lstm"])
+    record = run_export(config, run_dir, "1h")
     assert set(record["exports"]) == {"lgb", "xgb", "lstm", "stacking_meta"}
     assert record["metrics"]["all_parity_passed"] and record["controls"]["perturbed_copies_fail"]
     for name, entry in record["exports"].items():
-        assert sha256_file(tmp_path / entry["file"]) == entry["sha256"] and entry["file"].endswith(f"{name}_1h.onnx")
+        assert sha256_file(run_dir / entry["file"]) == entry["sha256"] and entry["file"].endswith(f"{name}_1h.onnx")
         for batch in ("batch_1", "batch_256"):
             assert entry["latency_ms"][batch]["onnx"]["p50_ms"] > 0 and entry["latency_ms"][batch]["native"]["p50_ms"] > 0
-    drift = json.loads((tmp_path / "models" / "drift_reference_1h.json").read_text())   # the monitor's fixed bins
+    drift = json.loads((run_dir / "models" / "drift_reference_1h.json").read_text())   # the monitor's fixed bins
     assert "models/drift_reference_1h.json" in record["artifacts"]
-    served = set(lgb.Booster(model_file=str(tmp_path / "models" / "lgb_1h.txt")).feature_name())
-    served |= set(json.loads((tmp_path / "models" / "lstm_1h.json").read_text())["features"])
+    served = set(lgb.Booster(model_file=str(run_dir / "models" / "lgb_1h.txt")).feature_name())
+    served |= set(json.loads((run_dir / "models" / "lstm_1h.json").read_text())["features"])
     assert set(drift["features"]) >= served
-    held_out = pd.read_parquet(tmp_path / "test" / "stacking_1h.parquet")   # the deployed stacked model's own predictions
+    held_out = pd.read_parquet(run_dir / "test" / "stacking_1h.parquet")   # the deployed stacked model's own predictions
     assert drift["prediction_rows"]["n_rows"] == len(held_out) == drift["prediction"]["n"]
     for bins in [drift["prediction"], *drift["features"].values()]:
         assert sum(bins["shares"]) + bins["missing_share"] == pytest.approx(1, abs=1e-12)

@@ -9,15 +9,14 @@ from macd_nb.core.prepare import prepare_run
 from macd_nb.core.rundir import read_json
 from macd_nb.export.onnx import run_export
 from macd_nb.models.fusion import align_slow, run_fusion
-from macd_nb.models.lgb import run_lgb
+from macd_nb.pipeline.examples import example_run
 
 
 @pytest.fixture(scope="module")
 def fused(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("fusion")
     config = profile_config("smoke", timeframes=["1h", "4h"], n_bars=24 * 365)
-    prepare_run(config, run_dir)
-    for tf in ("1h", "4h"): run_lgb(config, run_dir, tf)
+    run_dir = example_run(tmp_path_factory.mktemp("fusion") / "two_timeframes", "smoke", ["prepare", "lgb"],
+                          timeframes=["1h", "4h"], n_bars=24 * 365)
     return config, run_dir, run_fusion(config, run_dir)
 
 

@@ -346,12 +346,8 @@ def test_repairs_are_counted_in_the_report(world, capsys):
 def smoke_run(tmp_path_factory):
     "A smoke run with every kind of artifact: OOF parquet, result JSON, LightGBM, XGBoost, torch, config."
     root = tmp_path_factory.mktemp("smoke")
-    from macd_nb.core.config import profile_config
-    from macd_nb.pipeline.runner import run_pipeline
-    ok, _ = run_pipeline(profile_config("smoke"), run_id="s", only=["prepare", "lgb", "lstm", "xgb"],
-                         runs_root=root / "runs", reports_root=root / "reports")
-    assert ok
-    return root / "runs" / "s"
+    from macd_nb.pipeline.examples import example_run
+    return example_run(root / "runs" / "s", "smoke", ["prepare", "lgb", "lstm", "xgb"])
 
 
 def _read_lgb(run_dir):

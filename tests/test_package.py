@@ -8,26 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from macd_nb.core.config import profile_config
-from macd_nb.core.prepare import prepare_run
 from macd_nb.core.rundir import sha256_file, verify_artifact, write_manifest
-from macd_nb.export.onnx import run_export
 from macd_nb.export.package import DeployError, build_package, deploy, run_package
 from macd_nb.export.registry import read_alias
-from macd_nb.models.lgb import run_lgb
-from macd_nb.models.stacking import run_stacking
 from macd_nb.pipeline.cli import main
+from macd_nb.pipeline.examples import example_run
 from macd_nb.serve.predictor import MLPredictor
 
 
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory):
     "A deployable smoke run (gates lowered) of both LightGBM models, stacked, exported and packaged."
-    run_dir = tmp_path_factory.mktemp("pkg") / "run_p"
-    config = profile_config("smoke", stacking_base_models=["lgb", "lgb_cross"], stacking_oof_auc=0.0, stacking_min_oof={})
-    prepare_run(config, run_dir)
-    run_lgb(config, run_dir), run_lgb(config, run_dir, cross_asset=True), run_stacking(config, run_dir)
-    run_export(config, run_dir)
+    run_dir = example_run(tmp_path_factory.mktemp("pkg") / "run_p", "smoke", ["prepare", "lgb", "cross_asset", "stacking", "export"],
+                          run_id="lgb_pair", stacking_base_models=["lgb", "lgb_cross"], stacking_oof_auc=0.0, stacking_min_oof={})
     record = run_package(run_dir)
     return run_dir, run_dir / record["file"], record
 

@@ -7,16 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from macd_nb.core.config import profile_config
-from macd_nb.core.prepare import load_table, prepare_run
-from macd_nb.core.rundir import sha256_file, write_manifest
-from macd_nb.export.onnx import run_export
+from macd_nb.core.prepare import load_table
+from macd_nb.core.rundir import sha256_file
 from macd_nb.export.registry import promote
-from macd_nb.models.lgb import run_lgb
-from macd_nb.models.lstm import run_lstm
-from macd_nb.models.stacking import run_stacking
-from macd_nb.models.xgb import run_xgb
 from macd_nb.pipeline.cli import main
+from macd_nb.pipeline.examples import example_run
 from macd_nb.serve import MLPredictor
 from macd_nb.serve.predictor import standardize
 
@@ -25,12 +20,9 @@ from macd_nb.serve.predictor import standardize
 def served(tmp_path_factory):
     "A deployable smoke run (gates lowered) of LightGBM, XGBoost and the LSTM, stacked, exported and promoted to 1h."
     root = tmp_path_factory.mktemp("served")
-    run_dir, registry = root / "run_s", root / "registry"
-    config = profile_config("smoke", stacking_base_models=["lgb", "xgb", "lstm"], stacking_oof_auc=0.0, stacking_min_oof={})
-    prepare_run(config, run_dir)
-    run_lgb(config, run_dir), run_xgb(config, run_dir), run_lstm(config, run_dir)
-    run_stacking(config, run_dir), run_export(config, run_dir)
-    write_manifest(run_dir)
+    registry = root / "registry"
+    run_dir = example_run(root / "run_s", "smoke", ["prepare", "lgb", "xgb", "lstm", "stacking", "export"], run_id="three_bases",
+                          stacking_base_models=["lgb", "xgb", "lstm"], stacking_oof_auc=0.0, stacking_min_oof={})
     promote(registry, run_dir, "1h", why="test")
     return run_dir, registry
 

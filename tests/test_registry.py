@@ -6,23 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from macd_nb.core.config import profile_config
-from macd_nb.core.prepare import prepare_run
-from macd_nb.core.rundir import write_manifest
 from macd_nb.export.registry import (MOVE_STEPS, RegistryError, alias_target, aliases, audit_log, move_alias, promote,
                                      read_alias, register_run, rollback)
-from macd_nb.models.lgb import run_lgb
-from macd_nb.models.stacking import run_stacking
 from macd_nb.pipeline.cli import main
+from macd_nb.pipeline.examples import example_run
 
 
 def _smoke_run(root: Path, name: str, **gates) -> Path:
-    config = profile_config("smoke", stacking_base_models=["lgb", "lgb_cross"], **gates)
-    run_dir = root / name
-    prepare_run(config, run_dir)
-    run_lgb(config, run_dir), run_lgb(config, run_dir, cross_asset=True), run_stacking(config, run_dir)
-    write_manifest(run_dir)
-    return run_dir
+    "A copy of the cached smoke run `name` of both LightGBM models and their stacked model, with its manifest."
+    return example_run(root / name, "smoke", ["prepare", "lgb", "cross_asset", "stacking"],
+                       stacking_base_models=["lgb", "lgb_cross"], **gates)
 
 
 @pytest.fixture(scope="module")
