@@ -1,5 +1,7 @@
 """Issue 20, parts 4 and 5: deployment gates from intervals, and stacking inputs that follow the run's plan (through the CLI)."""
+import os
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -9,6 +11,7 @@ from macd_nb.core.rundir import RunPaths, read_json
 from macd_nb.core.validation import auc
 from macd_nb.models.stacking import best_feature_oof, run_stacking
 from macd_nb.pipeline.cli import main
+from conftest import needs_shared_data
 
 GATES_ON = "stacking_oof_auc_ci_above: 0.5\nstacking_gain_ci_above: 0.0\nstacking_min_oof: {1h: 500}\n"   # the defaults, smoke-sized
 
@@ -109,3 +112,27 @@ def test_resume_accepts_corrected_stacking_inputs_and_refuses_settings_completed
     assert saved["config"]["stacking_base_models"] == ["lgb", "xgb"] and len(saved["changed_on_resume"]) == 1
     status = {s["name"]: s["status"] for s in read_json(tmp_path / "reports" / "old" / "status.json")["stages"]}
     assert status == {"prepare": "reused", "lgb": "reused", "xgb": "reused", "stacking": "completed"}
+
+
+FULL_CPU = ["prepare", "lgb", "xgb", "cross_asset", "stacking"]
+
+
+@needs_shared_data
+@pytest.mark.slow
+@pytest.mark.skipif("MACD_NB_FULL_PROFILE" not in os.environ,
+                    reason="the full profile's CPU stages on real data take about 20 minutes on 2 cores: set "
+                           "MACD_NB_FULL_PROFILE=<folder> to run them (a run left there is resumed)")
+def test_the_full_profiles_cpu_stages_on_real_data_end_deployable_or_name_the_gate(shared_data):
+    "No configuration edits: the full profile, the shared klines, the CPU stages; the 1h stacked model deploys, or says why."
+    root = Path(os.environ["MACD_NB_FULL_PROFILE"])
+    resume = ["--resume"] if (root / "runs" / "full-cpu" / "config.json").exists() else []
+    code = _run(root, "--profile", "full", "--data", str(shared_data), "--only", *FULL_CPU, "--run-id", "full-cpu", *resume)
+    assert code == 0
+    record = read_json(RunPaths(root / "runs" / "full-cpu").result_file("stacking", "1h"))
+    report = (root / "reports" / "full-cpu" / "TRAINING_REPORT.md").read_text()
+    if record["deployable"]:
+        assert all(g["passed"] for g in record["gates"]) and "**Stacking 1h: deployable**" in report
+    else:
+        failed = [g["name"] for g in record["gates"] if not g["passed"]]
+        assert failed and all(f"{name} fails" in report for name in failed), (failed, record["not_deployable_because"])
+    assert record["metrics"]["n_oof"] >= 20_000 and record["thresholds"]["min_oof_auc"] is None   # the defaults, unedited

@@ -22,7 +22,8 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
     registry = root / "registry"
     run_dir = example_run(root / "run_s", "smoke", ["prepare", "lgb", "xgb", "lstm", "stacking", "export"], run_id="three_bases",
-                          stacking_base_models=["lgb", "xgb", "lstm"], stacking_oof_auc=0.0, stacking_min_oof={})
+                          stacking_base_models=["lgb", "xgb", "lstm"], stacking_oof_auc=0.0, stacking_min_oof={},
+                          serve_window="validated")   # ships the refits that scored the test period: their predictions are on file
     promote(registry, run_dir, "1h", why="test")
     return run_dir, registry
 

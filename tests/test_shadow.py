@@ -38,7 +38,7 @@ def deployed(tmp_path_factory):
     root = tmp_path_factory.mktemp("shadow")
     run_dir, registry, klines = root / "run_s", root / "registry", root / "klines"
     config = profile_config("smoke", stacking_base_models=["lgb", "xgb", "lstm"], stacking_oof_auc=0.0, stacking_min_oof={},
-                            feature_inputs=[])
+                            feature_inputs=[], serve_window="validated")   # ships the refits whose test predictions are on file
     prepare_run(config, run_dir)
     run_lgb(config, run_dir), run_xgb(config, run_dir), run_lstm(config, run_dir)
     run_stacking(config, run_dir), run_export(config, run_dir)
