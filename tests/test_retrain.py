@@ -198,3 +198,19 @@ def test_the_weekly_timer_runs_a_retrain_the_command_line_accepts():
     assert args.command == "retrain" and args.if_recommended and args.db and args.alias == "1h"
     assert {int(code) for code in service["SuccessExitStatus"].split()} == {RETRAIN_EXIT["kept"], RETRAIN_EXIT["not_recommended"]}
     assert timer["OnCalendar"].startswith("Mon") and timer["Persistent"] == "true"
+
+
+def test_fetch_extends_the_kline_files_from_the_oldest_symbols_newest_bar(tmp_path, monkeypatch):
+    "`--fetch`: one download from the newest bar the most behind symbol has stored (else the configured start)."
+    import macd_nb.serve.binance as binance
+    from macd_nb.core.config import profile_config
+    from macd_nb.pipeline.retrain import RetrainRefused, fetch_newer_bars
+    stored, calls = {"BTCUSDT": 1_700_000_000_000, "ETHUSDT": 1_690_000_000_000}, []
+    monkeypatch.setattr(binance, "stored_through", lambda data_dir, symbol, interval: stored.get(symbol))
+    monkeypatch.setattr(binance, "fetch_klines", lambda *args, **kwargs: calls.append((args, kwargs)))
+    config = profile_config("smoke", data_source=str(tmp_path), symbols=["BTCUSDT", "ETHUSDT"])
+    fetch_newer_bars(config)
+    assert calls == [((["BTCUSDT", "ETHUSDT"], "1h", "2023-07-22 04:26:40+00:00", None), {"data_dir": str(tmp_path)})]
+    fetch_newer_bars(config.replace(symbols=["BTCUSDT", "SOLUSDT"]))   # nothing stored for SOLUSDT: from the start
+    assert calls[-1][0][2] == config.data.start
+    with pytest.raises(RetrainRefused, match="synthetic"): fetch_newer_bars(profile_config("smoke"))
