@@ -7,7 +7,7 @@ __all__ = ['DEFAULT_SYMBOLS', 'SHARED_SYMBOLS', 'DEVICES', 'BAD_BAR_POLICIES', '
            'TIMEFRAME_HOURS', 'TIMEFRAME_DELTA', 'FEATURE_INPUTS', 'BASE_MODELS', 'DEFAULT_STACKING_INPUTS',
            'MIN_BOOTSTRAP_SAMPLES', 'DEFAULT_GATES', 'SECTIONS', 'Problem', 'PROFILES', 'flat', 'DataSection',
            'ValidationSection', 'GbmSection', 'NnSection', 'StackingSection', 'BacktestSection', 'RetrainSection',
-           'RunConfig', 'checked_value', 'flat_names', 'setting_group', 'date_range', 'setting_problems',
+           'RunConfig', 'checked_value', 'flat_names', 'setting_group', 'utc', 'date_range', 'setting_problems',
            'problem_message', 'normalised', 'default_data_dir', 'profile_config', 'fold_problems', 'load_config',
            'resolve_device', 'library_versions', 'save_config', 'read_config']
 
@@ -281,6 +281,12 @@ def _date(key: str, value: str) -> pd.Timestamp:
         stamp = pd.Timestamp(value)
     except (ValueError, TypeError, OverflowError) as error:
         raise ValueError(f"{key}={value!r} is not a date ({error}): write YYYY-MM-DD or 'YYYY-MM-DD HH:MM' (UTC)") from None
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def utc(value) -> pd.Timestamp:
+    "A timestamp in UTC (a naive one is taken as UTC): the project's one normalisation."
+    stamp = pd.Timestamp(value)
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 

@@ -184,7 +184,7 @@ def shadow_command(args) -> int:
     from ..serve.binance import StopSignal
     from ..serve.log import LogWriteFailed
     from ..serve.shadow import binance_source, replay_source, shadow
-    from ..serve.shadow import utc
+    from ..core.config import utc
     registry = Path(args.registry or default_registry_dir()).expanduser()
     stop = StopSignal()   # SIGTERM/SIGINT: every wait of the source ends at once
     try: start, end = (None if v is None else utc(v) for v in (args.start, args.end))   # checked before anything runs

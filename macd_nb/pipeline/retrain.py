@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.config import RunConfig, load_config
+from ..core.config import RunConfig, load_config, read_config
 from ..core.prepare import load_table
 from ..core.rundir import RunPaths, read_json, read_parquet, write_json
 from ..core.validation import auc, auc_gain_ci
@@ -77,7 +77,7 @@ def champion_stages(champion: Champion) -> list[str]:
 def champion_config(champion: Champion, runs_root: Path) -> RunConfig | None:
     "The champion run's configuration: from its registry copy (a deployed package carries it), else its run directory."
     for path in (champion.root / "config.json", runs_root / champion.run / "config.json"):
-        if path.is_file(): return RunConfig.from_flat(json.loads(path.read_text())["config"], source=str(path))
+        if path.is_file(): return read_config(path.parent)
     return None
 
 
@@ -134,11 +134,6 @@ def challenger_predictions(run_dir: Path, timeframe: str) -> pd.DataFrame:
     return pd.concat([oof[["y", "pred"]], test[["y", "pred"]]]).assign(fit=fits).sort_index()
 
 
-def _sequence_length(predictor) -> int:
-    "The most bars of features any of the predictor's models reads (1 for trees)."
-    return max([predictor.metadata(m).get("sequence_length", 1) for m in predictor.meta["inputs"]] + [1])
-
-
 def champion_predictions(champion: Champion, registry: Path, table: pd.DataFrame, bars: pd.DatetimeIndex,
                          db: str | Path | None = None) -> tuple[pd.Series, dict]:
     "The champion's P(up) on `bars`: as it served them (the prediction log, stacked answers only), else from its ONNX files."
@@ -153,7 +148,7 @@ def champion_predictions(champion: Champion, registry: Path, table: pd.DataFrame
         served = mine.drop_duplicates("bar_time", keep="last").set_index("bar_time")["p_up"]
     served = served.reindex(bars).dropna()
     predictor, missing, recomputed, skipped = MLPredictor(champion.alias, registry), bars.difference(served.index), {}, 0
-    length, position = _sequence_length(predictor), pd.Series(np.arange(len(table)), index=table.index)
+    length, position = predictor.feature_rows(), pd.Series(np.arange(len(table)), index=table.index)
     for bar in missing:
         at = position[bar]
         try: recomputed[bar] = predictor.predict(table.iloc[max(0, at - length + 1):at + 1])["p_up"]
@@ -350,7 +345,7 @@ def retrain(alias: str = "1h", *, registry: str | Path | None = None, data: str 
         if not ok:   # the state stays: the same command again resumes the challenger's run
             return result | {"decision": "failed", "why": f"the challenger's run failed; run the same command again to resume "
                                                           f"it (see {report_dir / 'EXECUTION_STATUS.md'})"}
-        config = RunConfig.from_flat(read_json(run_dir / "config.json")["config"])   # as the run resolved it
+        config = read_config(run_dir)   # as the run resolved it
         stacking = read_json(RunPaths(run_dir).result_file("stacking", alias))
         passes = bool(stacking.get("deployable"))
         result["challenger"] |= {"passes_gates": passes, "oof_auc": stacking["metrics"].get("oof_auc"),

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from ..core.config import RunConfig
+from ..core.config import RunConfig, utc
 from ..core.validation import (Fold, as_utc_datetime64, auc, auc_ci, auc_gain_ci, block_bootstrap_counts,
                                      percentile_interval)
 from ..models.backtest import bars_per_year, evaluate, held_positions, signal_positions, trade
@@ -65,11 +65,6 @@ class RetrainSchedule:
         return later[0] if len(later) else self.end
 
 
-def _utc(t) -> pd.Timestamp:
-    t = pd.Timestamp(t)
-    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
-
-
 def retrain_schedule(
     start, end,                   # first served bar (t_0) and the end of serving (exclusive), UTC if naive
     *,
@@ -79,7 +74,7 @@ def retrain_schedule(
     bar: str = "1h",              # bar length: fit times fall on bar opens
 ) -> RetrainSchedule:
     "Retrain points every `every` from `start` to `end`, `history_periods` points before, and the walk-forward fit times."
-    start, end, step = _utc(start), _utc(end), pd.tseries.frequencies.to_offset(every)
+    start, end, step = utc(start), utc(end), pd.tseries.frequencies.to_offset(every)
     if not start < end: raise ValueError(f"start={start} must be before end={end}")
     if history_periods < 1 or folds_per_period < 1:
         raise ValueError(f"history_periods={history_periods} and folds_per_period={folds_per_period} must be >= 1")
@@ -113,7 +108,7 @@ class Market:
 
     def rows(self, since=None, before=None, *, known_by=None, labelled: bool = True) -> np.ndarray:
         "Rows opening in [since, before), with a label known by `known_by` (when given), labelled only unless told."
-        at = lambda t: np.datetime64(_utc(t).tz_convert(None))
+        at = lambda t: np.datetime64(utc(t).tz_convert(None))
         keep = np.ones(len(self.times), dtype=bool)
         if since is not None: keep &= self.times >= at(since)
         if before is not None: keep &= self.times < at(before)
@@ -141,7 +136,7 @@ class RecipeFit:
 
 def training_rows(y: np.ndarray, label_end: np.ndarray, fit_time, *, train_bars: int | None, expanding: bool) -> np.ndarray:
     "Rows whose label is defined and known by `fit_time`; the newest `train_bars` bars of them unless `expanding`."
-    known = np.flatnonzero(np.isfinite(y) & (label_end <= np.datetime64(_utc(fit_time).tz_convert(None))))
+    known = np.flatnonzero(np.isfinite(y) & (label_end <= np.datetime64(utc(fit_time).tz_convert(None))))
     if not len(known): return known
     return known if expanding or not train_bars else known[known > known[-1] - train_bars]   # as a fold's window
 
@@ -164,14 +159,14 @@ def fit_recipe(
     local = np.arange(len(rows))
     split = fold_rows([Fold(0, local, local[:0])], y[rows], inner_fraction=v.inner_valid_fraction, purge=v.purge_bars)[0]
     params = lgb_params(config, threads=threads)
-    name = f"fit_{_utc(fit_time):%Y%m%dT%H}.bin"
+    name = f"fit_{utc(fit_time):%Y%m%dT%H}.bin"
     dataset = bin_once(X[rows], local, params, Path(scratch) / name, feature_names)   # edges from the training rows only
-    first_row = int(np.searchsorted(times, np.datetime64(_utc(fit_time).tz_convert(None))))
+    first_row = int(np.searchsorted(times, np.datetime64(utc(fit_time).tz_convert(None))))
     task = LgbFoldTask(str(dataset), split, y[rows][split.fit_idx], y[rows][split.stop_idx], X[first_row:], params,
                        config.gbm.rounds, config.gbm.early_stopping_rounds)
     booster, best = lgb_fit_fold(task)
     dataset.unlink(missing_ok=True)
-    return RecipeFit(_utc(fit_time), rows, pd.Timestamp(label_end[rows].max(), tz="UTC"), best, first_row,
+    return RecipeFit(utc(fit_time), rows, pd.Timestamp(label_end[rows].max(), tz="UTC"), best, first_row,
                      booster.predict(task.val_features, num_iteration=best))
 
 # %% ../../nbs/pipeline/04_retrain_policy.ipynb #76a57747

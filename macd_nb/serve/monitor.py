@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..core.config import utc
 from ..core.rundir import read_json, verify_artifact, write_json
 from ..core.validation import auc, auc_ci, auc_gain_ci
 from ..export.registry import RegistryError
@@ -137,15 +138,10 @@ def _operations_section(frame: pd.DataFrame) -> dict:
             "n_stacked": int(frame["fallback"].isna().sum()), "n_rows": len(frame)}
 
 
-def _utc(t) -> pd.Timestamp:
-    t = pd.Timestamp(t)
-    return t.tz_localize("UTC") if t.tzinfo is None else t
-
-
 def _age(meta: dict, frame: pd.DataFrame) -> dict:
     "The newest bar the served models learned from, and their age now and at the newest logged bar (information, not a limit)."
     trained = [b["training_window"]["last_bar"] for b in meta.get("base_models", []) if b.get("training_window")]
-    end = _utc(min(trained, key=_utc)) if trained else _utc(meta["training_window"]["last_bar"])   # the stalest part
+    end = utc(min(trained, key=utc)) if trained else utc(meta["training_window"]["last_bar"])   # the stalest part
     days = lambda t: (t - end) / pd.Timedelta(days=1)
     return {"training_window_end": str(end), "meta_learner_window_end": meta["training_window"]["last_bar"],
             "age_days": days(pd.Timestamp.now(tz="UTC")),

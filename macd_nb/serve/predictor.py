@@ -112,6 +112,11 @@ class MLPredictor:
                 self._metadata[name] = read_json(self.verified(f"{folder}/{name}_{self.timeframe}.json"))
         return self._metadata[name]
 
+    def feature_rows(self, models: list[str] | None = None) -> int:
+        "Bars of features one prediction of `models` (default: the stacked model's inputs) reads: a sequence's length, else 1."
+        names = self.meta["inputs"] if models is None else models
+        return max([self.metadata(m)["sequence_length"] for m in names if model_kind(m) == "sequence"], default=1)
+
     def required_inputs(self, models: list[str] | None = None) -> dict[str, list[str]]:
         "Base model -> the optional kline columns (the run's `feature_inputs`) its features are built on."
         return {name: [column for column, built in OPTIONAL_INPUTS.items() if set(built) & set(self.metadata(name)["features"])]
