@@ -1,10 +1,11 @@
 """Build the notebooks as a static documentation site (`make docs`).
 
 Every notebook of `nbs/` is executed on its small defaults (as `nbdev_test` runs it: from its own folder), then turned
-into a page: nbdev directives and test-only cells are dropped, each `#| export` cell becomes the API entries of the
-names it defines (signature and docstring, as nbdev's `show_doc` renders them), the `parameters` cell is hidden.
-Jupyter Book 1 (Sphinx + myst-nb) renders the pages with warnings as errors; nothing on a page is fetched from
-the internet (MathJax is served from the site itself).
+into a page by `macd_nb.pipeline.site` (nbs/pipeline/06_site.ipynb, which `macd-nb report RUN --html` shares): nbdev
+directives and test-only cells are dropped, each `#| export` cell becomes the API entries of the names it defines
+(signature and docstring, as nbdev's `show_doc` renders them), the `parameters` cell is hidden. The Markdown pages of
+docs/guide/ come first. Jupyter Book 1 (Sphinx + myst-nb) renders the pages with warnings as errors; nothing on a
+page is fetched from the internet (MathJax is served from the site itself).
 
     python docs/build.py                      # the site in _docs/_build/html
     python docs/build.py --execute-only       # only execute the notebooks into the cache (`make test-nbs`: the check
@@ -12,30 +13,28 @@ the internet (MathJax is served from the site itself).
     python docs/build.py --raw --out /tmp/x   # the raw notebooks, unexecuted and untransformed (to test the checks)
 """
 import argparse
-import ast
 import functools
 import hashlib
-import importlib
-import inspect
 import json
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+# directives, external_requests and title_and_summary: tests/test_docs.py reads them from here
+from macd_nb.pipeline.site import (SiteError, build_html, contents, directives, external_requests, markdown_cell,  # noqa: F401
+                                   title_and_summary, to_page, with_kernel, write_book)
+
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / "nbs"
 DOCS = ROOT / "docs"
+GUIDE = DOCS / "guide"   # Markdown pages: what README used to hold that belongs to no one notebook
 PARTS = ("core", "models", "export", "serve", "pipeline")   # the subpackages, each importing only those before it
 PART_CAPTIONS = {"core": "Core: data, features, labels, validation", "models": "Models: the base models, stacking, costs",
                  "export": "Export, registry and packaging", "serve": "Serving", "pipeline": "Pipeline: runner, report, CLI"}
-DIRECTIVE = re.compile(r"^\s*#\|\s*(.*?)\s*$")
-HIDDEN_TAGS = {"parameters", "injected-parameters"}   # papermill's cells: defaults for the reader of the code, not the page
 
 
 def notebook_order(nbs: Path = NBS) -> list[str]:
@@ -50,27 +49,6 @@ def notebook_order(nbs: Path = NBS) -> list[str]:
     if stage_pages != sorted(stage_pages):
         raise SystemExit("the folder order of the stage notebooks differs from macd_nb.core.stages.STAGES")
     return ordered
-
-
-def directives(source: str) -> tuple[dict[str, str], str]:
-    "The nbdev directives of a cell (`{'export': '', 'default_exp': 'core.config'}`) and its source without them."
-    found, kept = {}, []
-    for line in source.splitlines():
-        match = DIRECTIVE.match(line)
-        if match:
-            name, _, value = match.group(1).partition(" ")
-            found[name.rstrip(":")] = value.strip()
-        else: kept.append(line)
-    return found, "\n".join(kept).strip("\n")
-
-
-def title_and_summary(nb: dict) -> tuple[str, str]:
-    "The H1 and the `> summary` line of a notebook's first Markdown cell."
-    first = next(c for c in nb["cells"] if c["cell_type"] == "markdown")
-    lines = "".join(first["source"]).splitlines()
-    title = next(l[2:].strip() for l in lines if l.startswith("# "))
-    summary = next((l[1:].strip() for l in lines if l.startswith(">")), "")
-    return title, summary
 
 
 # ---------------------------------------------------------------------------------------------------- execution
@@ -136,118 +114,31 @@ def execute_all(order: list[str], nbs: Path, cache: Path, workers: int) -> None:
     if failed: raise SystemExit("\n\n".join(failed))
 
 
-# ---------------------------------------------------------------------------------------------------- API entries
-def _markdown_cell(text: str) -> dict:
-    return {"cell_type": "markdown", "id": hashlib.sha1(text.encode()).hexdigest()[:8], "metadata": {}, "source": text}
-
-
-def with_kernel(nb: dict) -> dict:
-    "`nb` with the kernel metadata myst-nb highlights its code by (the stored notebooks may lack it)."
-    return {**nb, "metadata": {**nb["metadata"], "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-                               "language_info": {"name": "python"}}}
-
-
-def api_entries(source: str, module_name: str, level: int) -> str:
-    "Markdown for the public names an exported cell defines: signatures and docstrings, constants as their source."
-    from nbdev.showdoc import MarkdownRenderer
-    module = importlib.import_module(f"macd_nb.{module_name}")
-    parts = []
-    for node in ast.parse(source).body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            if node.name.startswith("_") or not hasattr(module, node.name): continue
-            symbol = getattr(module, node.name)
-            parts.append(_entry(symbol, node.name, level))
-            if inspect.isclass(symbol):
-                for name, member in vars(symbol).items():
-                    if name.startswith("_"): continue
-                    member = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
-                    if inspect.isfunction(member): parts.append(_entry(member, f"{node.name}.{name}", level + 1))
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names = [t.id for t in targets if isinstance(t, ast.Name) and not t.id.startswith("_")]
-            if not names: continue
-            lines = source.splitlines()[node.lineno - 1:node.end_lineno]
-            if len(lines) > 12: lines = lines[:11] + ["    ...   # (shortened; the notebook's code cell has it whole)"]
-            parts.append("```python\n" + "\n".join(lines) + "\n```")
-    del MarkdownRenderer
-    return "\n\n".join(parts)
-
-
-def _entry(symbol, name: str, level: int) -> str:
-    "One API entry: a heading, the signature with its docments, the docstring."
-    from nbdev.showdoc import MarkdownRenderer
-    body = MarkdownRenderer(symbol, name=name)._repr_markdown_()
-    body = re.sub(r"```python\n\n+", "```python\n", body)
-    body = re.sub(r"\n\n+```", "\n```", body)
-    return f"{'#' * min(level, 6)} `{name}`\n\n:::{{container}} api-entry\n{body.strip()}\n:::"
-
-
-def to_page(nb: dict) -> dict:
-    "An executed notebook as a documentation page (see the module's docstring)."
-    module_name, level, cells = None, 1, []
-    for cell in nb["cells"]:
-        source = "".join(cell["source"])
-        if cell["cell_type"] == "markdown":
-            headings = [len(m.group(1)) for m in re.finditer(r"^(#{1,6}) ", source, re.M)]
-            if headings: level = headings[-1]
-            cells.append(cell)
-            continue
-        if cell["cell_type"] != "code": continue
-        if HIDDEN_TAGS & set(cell.get("metadata", {}).get("tags", [])): continue
-        found, code = directives(source)
-        if "default_exp" in found: module_name = found["default_exp"]
-        if {"default_exp", "hide", "exporti"} & found.keys() or found.get("include") == "false": continue
-        if "export" in found or "exports" in found:
-            if module_name is None: raise ValueError("an `#| export` cell before the notebook's `#| default_exp`")
-            api = api_entries(code, module_name, min(level + 1, 4))
-            if "exports" in found: cells.append({**cell, "source": code})
-            if api: cells.append(_markdown_cell(api))
-            continue
-        if not code.strip() and not cell.get("outputs"): continue
-        tags = [t for t in cell.get("metadata", {}).get("tags", []) if t not in HIDDEN_TAGS]
-        if found.get("echo") == "false": tags.append("remove-input")
-        if found.get("output") == "false": tags.append("remove-output")
-        cells.append({**cell, "source": code, "metadata": {**cell.get("metadata", {}), "tags": tags}})
-    return with_kernel({**nb, "cells": cells})
-
-
 # ---------------------------------------------------------------------------------------------------- the book
-def write_book(order: list[str], pages: dict[str, dict], book: Path) -> None:
-    "The Jupyter Book sources: one notebook per page, `_toc.yml` in registry order, `_config.yml`, MathJax."
-    import jupyter_server_mathjax
-    if book.exists(): shutil.rmtree(book)
-    (book / "_static").mkdir(parents=True)
-    shutil.copytree(Path(jupyter_server_mathjax.__file__).parent / "static", book / "_static" / "mathjax")
-    shutil.copy(DOCS / "_config.yml", book / "_config.yml")
-    contents = ["## Contents", ""]
-    toc = ["format: jb-book", "root: index", "parts:"]
-    for part in PARTS:
-        chapters = [rel for rel in order if rel.startswith(part + "/")]
-        if not chapters: continue
-        contents += [f"**{PART_CAPTIONS[part]}**", ""]
-        toc += [f"  - caption: {json.dumps(PART_CAPTIONS[part])}", "    chapters:"]
-        for rel in chapters:
-            title, summary = title_and_summary(pages[rel])
-            contents.append(f"- [{title}]({rel}): {summary}")
-            toc.append(f"      - file: {rel[:-len('.ipynb')]}")
-        contents.append("")
-    (book / "_toc.yml").write_text("\n".join(toc) + "\n")
-    for rel in order:
-        nb = pages[rel]
-        if rel == "index.ipynb": nb = {**nb, "cells": nb["cells"] + [_markdown_cell("\n".join(contents))]}
-        (book / rel).parent.mkdir(parents=True, exist_ok=True)
-        (book / rel).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+def guide_pages(guide: Path = GUIDE) -> list[str]:
+    "The Markdown guide pages (docs/guide/*.md) in file-name order, relative to docs/ (as they sit in the book)."
+    return [str(p.relative_to(guide.parent)) for p in sorted(guide.glob("*.md"))]
 
 
-EXTERNAL = re.compile(r"<(?:script|link|img|iframe|source|video|audio)\b[^>]*?\b(?:src|href)=[\"']((?:https?:)?//[^\"']+)", re.I)
+IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+\.(?:png|svg|jpg))\)")
 
 
-def external_requests(html_dir: Path) -> list[str]:
-    "Every script, stylesheet, image or frame a built page would fetch from another host."
-    found = []
-    for page in sorted(html_dir.rglob("*.html")):
-        found += [f"{page.relative_to(html_dir)}: {url}" for url in EXTERNAL.findall(page.read_text(errors="replace"))]
-    return found
+def guide_files(names: list[str]) -> dict[str, Path]:
+    "The images the guide pages show, by their path from the book (the pages link them as in the repository)."
+    files = {}
+    for name in names:
+        for link in IMAGE.findall((DOCS / name).read_text()):
+            files[str(Path(name).parent / link)] = (DOCS / name).parent / link
+    return files
+
+
+def write_site_book(order: list[str], guides: list[str], pages: dict, book: Path) -> None:
+    "The Jupyter Book sources: the guide, then one notebook per page in registry order, the contents on the front page."
+    parts = [("Guide", guides)] if guides else []
+    parts += [(PART_CAPTIONS[part], chapters) for part in PARTS if (chapters := [r for r in order if r.startswith(part + "/")])]
+    index = pages["index.ipynb"]
+    pages = {**pages, "index.ipynb": {**index, "cells": index["cells"] + [markdown_cell(contents(parts, pages))]}}
+    write_book(book, "macd_nb", "index.ipynb", parts, pages, files=guide_files(guides))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -272,16 +163,12 @@ def main(argv: list[str] | None = None) -> None:
         execute_all(order, args.nbs, args.cache, args.workers)
         if args.execute_only: return
         pages = {rel: to_page(json.loads((args.cache / rel).read_text())) for rel in order}
-    book = args.out / "book"
-    write_book(order, pages, book)
-    build = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(book), "--path-output", str(args.out),
-                            "--warningiserror", "--keep-going", "--all", "-q"], cwd=args.out)
-    if build.returncode: raise SystemExit(f"the site build failed (warnings are errors): exit {build.returncode}")
-    html = args.out / "_build" / "html"
-    external = external_requests(html)
-    if external: raise SystemExit("pages would fetch from the internet:\n" + "\n".join(external[:20]))
-    print(f"site: {html / 'index.html'} ({len(order)} pages, {time.monotonic() - start:.0f} s)")
-
+    guides = [] if args.only else guide_pages()
+    pages.update({name: (DOCS / name).read_text() for name in guides})
+    write_site_book(order, guides, pages, args.out / "book")
+    try: html = build_html(args.out / "book", args.out)
+    except SiteError as failed: raise SystemExit(str(failed)) from None
+    print(f"site: {html / 'index.html'} ({len(order) + len(guides)} pages, {time.monotonic() - start:.0f} s)")
 
 if __name__ == "__main__":
     main()

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reports-root", default="reports")
     report = commands.add_parser("report", help="re-render TRAINING_REPORT.md of a run")
     report.add_argument("run_id")
+    report.add_argument("--html", action="store_true",
+                        help="also build the report as a browsable site in reports/<run_id>/html (needs the docs extra)")
     report.add_argument("--runs-root", default="runs")
     report.add_argument("--reports-root", default="reports")
     promote = commands.add_parser("promote", help="register a run and point an alias at its stacked model")
@@ -146,10 +148,14 @@ def _refuse(command: str, why) -> int:
 
 
 def report_command(args) -> int:
-    "`macd-nb report`: re-render the report after checking every artifact against the hash its writer recorded."
+    "`macd-nb report`: re-render the report after checking every artifact against the hash its writer recorded; `--html`: the site too."
     from ..core.rundir import corrupt_files
-    run_dir = Path(args.runs_root) / args.run_id
+    from .site import SiteError, missing_docs_extra, report_site
+    run_dir, report_dir = Path(args.runs_root) / args.run_id, Path(args.reports_root) / args.run_id
     if not (run_dir / "config.json").exists(): return _refuse("report", f"{run_dir} holds no run (no config.json)")
+    if args.html and missing_docs_extra():
+        return _refuse("report", f"--html needs the `docs` extra, and {', '.join(missing_docs_extra())} is not installed: "
+                       "run `make docs-install` (or pip install -e '.[docs,dev]')")
     corrupt = corrupt_files(run_dir)
     if corrupt:
         config_broken = any(problem.startswith(str(run_dir / "config.json")) for problem in corrupt)
@@ -158,8 +164,15 @@ def report_command(args) -> int:
                f"re-run the stages that wrote them: {resume_command_for(args.run_id, args.runs_root, args.reports_root)}")
         return _refuse("report", f"{len(corrupt)} file(s) of {run_dir} failed their check, so no report was written:\n  "
                        + "\n  ".join(corrupt) + f"\n{fix}")
-    path = write_report(run_dir, Path(args.reports_root) / args.run_id, args.run_id)
+    path = write_report(run_dir, report_dir, args.run_id)
     print(f"report: {path}")
+    if args.html:
+        import sys
+        try: index = report_site(run_dir, report_dir, args.run_id)
+        except SiteError as failed:
+            print(f"macd-nb report: --html failed: {failed}", file=sys.stderr)
+            return 1
+        print(f"html: {index}")
     return 0
 
 

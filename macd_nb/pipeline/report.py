@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['REPAIRS', 'REPORT_SUFFIXES', 'format_number', 'format_ci', 'format_gain', 'format_after_costs', 'summary_table',
            'deployment_verdicts', 'window_table', 'reference_verdicts', 'notebook_markdown', 'deployment_section',
-           'export_section', 'data_section', 'write_report', 'commit_report', 'headline_message']
+           'export_section', 'data_section', 'report_markdown', 'write_report', 'commit_report', 'headline_message']
 
 # %% ../../nbs/pipeline/00_report.ipynb #a4b46023
 import re
@@ -213,8 +213,9 @@ def data_section(prepare: dict) -> list[str]:
     return lines + ([""] + examples if examples else []) + ["", "Feature tables:", *built, ""]
 
 
-def write_report(run_dir: str | Path, report_dir: str | Path, run_id: str, *, for_package: bool = False) -> Path:
-    "TRAINING_REPORT.md from the result JSONs, status and executed notebooks; `for_package`: without what changes after packaging."
+def report_markdown(run_dir: str | Path, report_dir: str | Path, run_id: str, *, for_package: bool = False,
+                    notebooks: bool = True) -> str:
+    "The report's Markdown; `for_package`: without what changes after packaging; `notebooks`: with each executed notebook."
     run_dir, report_dir = Path(run_dir), Path(report_dir)
     config_record = read_json(run_dir / "config.json")
     config = config_record["config"]
@@ -239,13 +240,18 @@ def write_report(run_dir: str | Path, report_dir: str | Path, run_id: str, *, fo
         parts += ["## Stages", "", "| stage | status | duration s | key metric | gates |", "|---|---|---|---|---|"]
         parts += [f"| {s['number']} {s['name']} | {s['status']} | {format_number(s.get('duration_s'), 1)} | {s.get('key_metric', '')} | "
                   f"{s.get('gates', '')} |" for s in status] + [""]
-    for record in status:
+    for record in status if notebooks else []:
         executed = report_dir / "executed" / Path(record["notebook"]).name
         if executed.exists():
             parts += [f"## Stage {record['number']}: `{record['notebook']}`", "", notebook_markdown(executed, report_dir), ""]
     if not for_package: parts.append(deployment_section(run_dir))
-    path = report_dir / "TRAINING_REPORT.md"
-    path.write_text("\n".join(parts))
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str | Path, report_dir: str | Path, run_id: str, *, for_package: bool = False) -> Path:
+    "TRAINING_REPORT.md from the result JSONs, status and executed notebooks; `for_package`: without what changes after packaging."
+    path = Path(report_dir) / "TRAINING_REPORT.md"
+    path.write_text(report_markdown(run_dir, report_dir, run_id, for_package=for_package))
     return path
 
 # %% ../../nbs/pipeline/00_report.ipynb #23099004
@@ -258,7 +264,8 @@ def commit_report(report_dir: str | Path, message: str, *, max_file_bytes: int =
     report_dir = Path(report_dir).resolve()
     top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=report_dir, capture_output=True, text=True)
     if top.returncode != 0: return False, f"{report_dir} is not inside a git repository: nothing committed"
-    files = sorted(p for p in report_dir.rglob("*") if p.is_file() and p.suffix in REPORT_SUFFIXES)
+    files = sorted(p for p in report_dir.rglob("*")
+                   if p.is_file() and p.suffix in REPORT_SUFFIXES and not p.is_relative_to(report_dir / "html"))
     too_big = [f"{p.name} ({p.stat().st_size} bytes)" for p in files if p.stat().st_size > max_file_bytes]
     total = sum(p.stat().st_size for p in files)
     if too_big: return False, f"files over the {max_file_bytes}-byte cap: {too_big}; nothing committed"
