@@ -108,15 +108,27 @@ def site(tmp_path_factory) -> Path:
 
 
 def test_every_notebook_is_in_the_navigation_in_registry_order(site):
+    "The guide's pages first, then every notebook in registry order; each title and summary on the front page."
     listed = nav_pages(dom(site / "index.html"))
-    expected = [rel[:-len(".ipynb")] for rel in build.notebook_order() if rel != "index.ipynb"]
-    assert listed == expected
+    guide = build.guide_pages()
+    expected = [name[:-len(".md")] for name in guide] + [rel[:-len(".ipynb")] for rel in build.notebook_order() if rel != "index.ipynb"]
+    assert len(guide) >= 4 and listed == expected
     stage_pages = [listed.index(s.notebook[:-len(".ipynb")]) for s in STAGES]
     assert stage_pages == sorted(stage_pages)
     index_text = _letters("".join(Parsed(dom(site / "index.html")).text))
-    for rel in build.notebook_order():   # each title in the sidebar, each summary on the front page
-        title, summary = build.title_and_summary(json.loads((build.NBS / rel).read_text()))
-        assert _letters(title) in index_text and _letters(summary)[:40] in index_text, rel
+    pages = {rel: json.loads((build.NBS / rel).read_text()) for rel in build.notebook_order()}
+    pages |= {name: (build.DOCS / name).read_text() for name in guide}
+    for name, page in pages.items():
+        title, summary = build.title_and_summary(page)
+        assert _letters(title) in index_text and _letters(summary)[:40] in index_text, name
+
+
+def test_the_guide_pages_show_their_tables_and_picture(site):
+    "The measured tables (generated from benchmarks/results) and the retrain-policy plot made it onto the guide's page."
+    path = site / "guide" / "04_measured.html"
+    parsed = Parsed(dom(path))
+    assert path.read_text().count("<table") >= 5 and "break-even" in "".join(parsed.text)
+    assert [src for src in parsed.imgs if src.endswith("retrain_policy.png") and (path.parent / unquote(src)).is_file()]
 
 
 def _letters(text: str) -> str:

@@ -84,8 +84,18 @@ def test_nothing_refers_outside_the_repository():
     assert offenders == []
 
 
-def test_readme_measured_tables_come_from_the_result_files():
-    "README's measured tables are what benchmarks/readme_tables.py makes of benchmarks/results/*.json."
+def test_readme_is_a_front_page():
+    "README fits on a screen or two, and every page it links to exists (the guide's pages among them)."
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150
+    links = [link for link in re.findall(r"\]\(([^)#\s]+)", readme) if "://" not in link]
+    assert [link for link in links if not (ROOT / link).exists()] == []
+    guide = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs" / "guide").glob("*.md"))
+    assert guide and set(guide) <= set(links), f"README links to {links}, not to every guide page {guide}"
+
+
+def test_measured_tables_come_from_the_result_files():
+    "The documentation's measured tables are what benchmarks/readme_tables.py makes of benchmarks/results/*.json."
     done = subprocess.run([sys.executable, "benchmarks/readme_tables.py", "--check"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
 
