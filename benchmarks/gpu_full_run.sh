@@ -16,14 +16,16 @@ OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 PY=${PY:-python3}
 PROFILE=${PROFILE:-full}
 DEVICE=${DEVICE:-cuda}
-TIMEFRAMES=${TIMEFRAMES:-1h}          # fusion (stage 2.2) needs 1h and 4h: with 1h alone it records itself as skipped
+TIMEFRAMES=${TIMEFRAMES:-1h,4h}       # fusion (stage 2.2) needs 1h and 4h: with 1h alone it records itself as skipped
 RUN_ID=${RUN_ID:-gpu-full}
 CONFIG=${CONFIG:-}                    # an override file (YAML/JSON), passed as --config
 STAGE_LIMIT=${STAGE_LIMIT:-550}       # seconds for the whole `macd-nb run`, under the host's limit, so the packing below still runs
 STAGES=${STAGES:-prepare baseline lgb lstm tft cross_asset xgb diagnostics stacking backtest fusion export validate package}
 export OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 if [ -d .whl ] && [ -z "${SKIP_WHEELS:-}" ]; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  [ -f /tmp/site/.installed ] || {   # once per host: a second call on a warm host finds them installed
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && touch /tmp/site/.installed
+  } || exit 1
   export PYTHONPATH=/tmp/site:$PWD
   export JUPYTER_PATH=/tmp/kern/share/jupyter:/tmp/site/share/jupyter   # the kernel, and nbconvert's templates
   "$PY" -m ipykernel install --prefix /tmp/kern --name python3 > /dev/null 2>&1
@@ -36,10 +38,12 @@ fi
 
 # The full profile on the real data (the reference protocol); the run's own config records its worker layout
 # (16 cores: 8 processes x 2 threads).
+# A second call on the same (still warm) host resumes the run: completed stages with intact outputs are skipped.
+RESUME=""; [ -f "runs/$RUN_ID/config.json" ] && RESUME="--resume"
 started=$(date +%s); : > "$OUT/run.log"
 # output straight into the log, not through a pipe: a kernel left running by a stop at STAGE_LIMIT (kernels start their
 # own sessions) would otherwise hold the pipe open and the packing below would never run
-timeout -k 10 "$STAGE_LIMIT" "$PY" -c "import sys; from macd_nb.pipeline.cli import main; raise SystemExit(main(['run', '--profile', '$PROFILE', '--device', '$DEVICE', '--data', 'device_data', '--timeframes', '$TIMEFRAMES', '--run-id', '$RUN_ID', *(['--config', '$CONFIG'] if '$CONFIG' else []), '--keep-going', '--only', *sys.argv[1:]]))" $STAGES \
+timeout -k 10 "$STAGE_LIMIT" "$PY" -c "import sys; from macd_nb.pipeline.cli import main; raise SystemExit(main(['run', '--profile', '$PROFILE', '--device', '$DEVICE', '--data', 'device_data', '--timeframes', '$TIMEFRAMES', '--run-id', '$RUN_ID', *(['--resume'] if '$RESUME' else []), *(['--config', '$CONFIG'] if '$CONFIG' else []), '--keep-going', '--only', *sys.argv[1:]]))" $STAGES \
   >> "$OUT/run.log" 2>&1   # appended: a kernel outliving its parent writes here too
 rc=$?
 printf "\nmacd-nb run exit code $rc after $(( $(date +%s) - started )) s (124: stopped at STAGE_LIMIT=$STAGE_LIMIT s)\n" >> "$OUT/run.log"

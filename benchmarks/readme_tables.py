@@ -156,6 +156,16 @@ def measured_block() -> str:
     if onnx_table():
         parts += ["**ONNX export** (`benchmarks/results/onnx.json`, `bench_onnx.py`: parity on real feature rows of the run, "
                   "one thread, after warm-up; for the networks the parity rows count every head)", "", onnx_table(), ""]
+    every = _load("gpu_full_h200_all")
+    if every:
+        total = sum(s["duration_s"] or 0 for s in every["stages"] if s["status"] == "completed")
+        parts += [f"**GPU run, 1h and 4h, every stage** (`benchmarks/results/gpu_full_h200_all.json`: {every['what']}; "
+                  f"{every['machine'][1]}; {every['note']}) Completed stages: {total:.0f} s against the reference "
+                  "system's 32 min on one H800.", "",
+                  "| stage | status | stage wall s | key metric | gates |", "|---|---|---|---|---|"]
+        parts += [f"| {s['name']} | {s['status']} | {s['duration_s'] if s['duration_s'] is not None else ''} | "
+                  f"{s.get('key_metric') or ''} | {s.get('gates') or ''} |" for s in every["stages"]]
+        parts.append("")
     gpu = _load("gpu_full_h200")
     if gpu:
         parts += [f"**GPU run** (`benchmarks/results/gpu_full_h200.json`: {gpu['what']}; {gpu['note']})", "",
