@@ -1,6 +1,8 @@
 """Summarise a run's result JSONs into `benchmarks/results/<name>.json`, the file README's measured tables come from.
 
-    python benchmarks/collect_run.py runs/<run_id> quick_cpu --where "2 CPU cores"
+    python benchmarks/collect_run.py runs/<run_id> quick_cpu --where "2 CPU cores" [--reports reports/<run_id>]
+
+With `--reports`, the run's stage wall times (from the runner's `status.json`) are kept too.
 """
 import argparse
 import json
@@ -61,8 +63,15 @@ def backtest_rows(record: dict) -> list[dict]:
     return rows
 
 
-def collect(run_dir: Path, where: str) -> dict:
-    "A summary of every model result in `run_dir`, in stage order."
+def stage_times(report_dir: Path) -> dict:
+    "Each stage's status and wall seconds (kernel start and the notebook's own cells included), and their sum."
+    stages = json.loads((report_dir / "status.json").read_text())["stages"]
+    return {"stages": [{"name": s["name"], "status": s["status"], "seconds": s.get("duration_s")} for s in stages],
+            "total_s": round(sum(s.get("duration_s") or 0 for s in stages), 1)}
+
+
+def collect(run_dir: Path, where: str, report_dir: Path | None = None) -> dict:
+    "A summary of every model result in `run_dir`, in stage order (and the stage times of `report_dir`, when given)."
     results = run_dir / "results"
     prepare = json.loads((results / "prepare.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
@@ -77,7 +86,8 @@ def collect(run_dir: Path, where: str) -> dict:
             "windows": {tf: {k: s[k] for k in ("first_bar", "last_bar", "rows")} for tf, s in prepare["timeframes"].items()},
             "oracle": prepare.get("oracle"), "versions": config["versions"], "models": [model_row(r) for r in records],
             "stacking": [stacking_row(json.loads(p.read_text())) for p in sorted(results.glob("stacking_*.json"))],
-            "backtest": [row for p in sorted(results.glob("backtest_*.json")) for row in backtest_rows(json.loads(p.read_text()))]}
+            "backtest": [row for p in sorted(results.glob("backtest_*.json")) for row in backtest_rows(json.loads(p.read_text()))]} \
+        | ({"stage_times": stage_times(report_dir)} if report_dir is not None else {})
 
 
 if __name__ == "__main__":
@@ -85,7 +95,8 @@ if __name__ == "__main__":
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("name", help="file name under benchmarks/results/ (without .json)")
     parser.add_argument("--where", required=True, help="the machine, in words")
+    parser.add_argument("--reports", type=Path, help="the run's report folder (reports/<run_id>): stage wall times")
     args = parser.parse_args()
     out = Path(__file__).parent / "results" / f"{args.name}.json"
-    out.write_text(json.dumps(collect(args.run_dir, args.where), indent=2) + "\n")
+    out.write_text(json.dumps(collect(args.run_dir, args.where, args.reports), indent=2) + "\n")
     print(out)

@@ -6,7 +6,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from macd_nb.core.config import read_config, save_config
+from macd_nb.core.config import profile_config, read_config, save_config
+from macd_nb.core.prepare import prepare_run
+from macd_nb.models.lgb import run_lgb
+from macd_nb.models.xgb import run_xgb
 from macd_nb.core.rundir import RunPaths, read_json
 from macd_nb.core.validation import auc
 from macd_nb.models.stacking import best_feature_oof, run_stacking
@@ -136,3 +139,16 @@ def test_the_full_profiles_cpu_stages_on_real_data_end_deployable_or_name_the_ga
         failed = [g["name"] for g in record["gates"] if not g["passed"]]
         assert failed and all(f"{name} fails" in report for name in failed), (failed, record["not_deployable_because"])
     assert record["metrics"]["n_oof"] >= 20_000 and record["thresholds"]["min_oof_auc"] is None   # the defaults, unedited
+
+
+def test_the_quick_profile_gates_fail_on_a_market_with_no_edge(tmp_path):
+    "The quick run deploys because its market has an edge to find (test_end_to_end): on one without, the same gates refuse."
+    config = profile_config("quick", synthetic_edge=0.0, stacking_base_models=["lgb", "xgb"])
+    prepare_run(config, tmp_path)
+    run_lgb(config, tmp_path), run_xgb(config, tmp_path)
+    record = run_stacking(config, tmp_path)
+    gates = {g["name"]: g for g in record["gates"]}
+    assert gates["n_oof"]["passed"] and gates["n_oof"]["threshold"] == 20_000   # enough bars: size alone decides nothing
+    assert not gates["gain_over_best_feature_ci95_low"]["passed"], gates
+    assert not record["deployable"] and record["not_deployable_because"]
+    assert abs(record["metrics"]["oof_auc"] - 0.5) < 0.02, record["metrics"]

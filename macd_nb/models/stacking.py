@@ -66,11 +66,13 @@ def meta_walk_forward(
     n_blocks: int,
 ) -> tuple[np.ndarray, list[dict]]:
     "Out-of-sample meta predictions (NaN in the first block) and, per scored block, what it was trained on."
+    from threadpoolctl import threadpool_limits
     pred, blocks = np.full(len(y), np.nan), []
     for block in np.array_split(np.arange(len(y)), n_blocks)[1:]:
         start = times[block[0]]
         train = np.flatnonzero((np.arange(len(y)) < block[0]) & (label_end < start))
-        pred[block] = fit_predict(X[train], y[train], X[block])
+        # one BLAS/OpenMP thread: these fits are small, and threads waiting on each other made them 3-4x slower on 2 cores
+        with threadpool_limits(1): pred[block] = fit_predict(X[train], y[train], X[block])
         blocks.append({"start": str(pd.Timestamp(start, tz="UTC")), "end": str(pd.Timestamp(times[block[-1]], tz="UTC")),
                        "n_scored": len(block), "n_train": len(train), "last_train_row": int(train.max()),
                        "first_scored_row": int(block[0]),
