@@ -7,11 +7,11 @@ import pytest
 from macd_nb.core.config import profile_config
 from macd_nb.core.prepare import load_table, prepare_run
 from macd_nb.core.validation import as_utc_datetime64
+from macd_nb.export.summary import summary_table
 from macd_nb.models.backtest import (band_walk_forward, break_even_cost, held_positions, run_backtest, signal_positions,
                                      trade)
 from macd_nb.models.baseline import run_baseline
 from macd_nb.models.lgb import run_lgb
-from macd_nb.pipeline.report import summary_table
 
 
 @pytest.fixture(scope="module")

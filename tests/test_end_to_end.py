@@ -13,7 +13,7 @@ import pytest
 from macd_nb.models.baseline import run_baseline
 from macd_nb.core.stages import select_stages, stage_names
 from macd_nb.export.package import deploy
-from macd_nb.pipeline.report import summary_table
+from macd_nb.export.summary import summary_table
 from macd_nb.serve.predictor import MLPredictor
 from macd_nb.pipeline.examples import example_run
 from macd_nb.core.config import profile_config

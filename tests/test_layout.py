@@ -1,4 +1,5 @@
 """The package layout holds: import boundaries, one stage registry that notebooks and README follow, no paths outside the repository."""
+import ast
 import json
 import re
 import subprocess
@@ -36,9 +37,59 @@ def test_the_boundary_test_can_fail():
     assert done.stdout.strip() == "True", done.stderr
 
 
-def test_models_never_import_pipeline():
-    for path in (ROOT / "macd_nb" / "models").glob("*.py"):
-        assert "pipeline" not in "".join(l for l in path.read_text().splitlines(True) if l.startswith(("from", "import"))), path
+LAYERS = ("core", "models", "export", "serve", "pipeline")   # each subpackage imports only itself and those before it
+
+
+def _module_name(path: Path) -> str:
+    "`macd_nb/serve/monitor.py` -> `macd_nb.serve.monitor`; a package's `__init__.py` -> the package."
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(source: str, module: str, is_package: bool = False) -> list[tuple[int, str]]:
+    "(line, absolute module name) of every import in `source`: function-level ones too, relative ones resolved."
+    package = module if is_package else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            # `from macd_nb import pipeline` and `from .. import serve` name subpackages: each imported name counts
+            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names] if base == "macd_nb" else [(node.lineno, base)]
+    return found
+
+
+def layer_violations(source: str, module: str, is_package: bool = False) -> list[str]:
+    "Every import in `source` (module `module`) of a layer above its own."
+    own = module.split(".")
+    if len(own) < 2 or own[1] not in LAYERS: return []
+    return [f"{module}:{line} imports {target}" for line, target in sorted(imported_modules(source, module, is_package))
+            if target.startswith("macd_nb.") and target.split(".")[1] in LAYERS
+            and LAYERS.index(target.split(".")[1]) > LAYERS.index(own[1])]
+
+
+def test_every_import_points_down():
+    "core <- models <- export <- serve <- pipeline, read from every import of every module (function-level and relative ones too)."
+    violations = []
+    for path in sorted((ROOT / "macd_nb").rglob("*.py")):
+        violations += layer_violations(path.read_text(), _module_name(path), path.name == "__init__.py")
+    assert violations == [], "imports against the layer order " + " < ".join(LAYERS) + ":\n" + "\n".join(violations)
+
+
+def test_the_import_check_can_fail():
+    "Upward imports hidden in a function, written relative, or naming a subpackage are all seen."
+    source = ("from ..core.rundir import read_json\n"
+              "def f():\n    from ..serve.predictor import MLPredictor\n"
+              "def g():\n    from .. import pipeline\n    import macd_nb.serve.monitor\n    from macd_nb import serve\n")
+    assert layer_violations(source, "macd_nb.export.package") == [
+        "macd_nb.export.package:3 imports macd_nb.serve.predictor", "macd_nb.export.package:5 imports macd_nb.pipeline",
+        "macd_nb.export.package:6 imports macd_nb.serve.monitor", "macd_nb.export.package:7 imports macd_nb.serve"]
+    assert layer_violations("from . import summary\nfrom .package import deploy\n", "macd_nb.export", is_package=True) == []
+    assert layer_violations("from ..core.registry import promote\n", "macd_nb.pipeline.cli") == []
 
 
 def _title(notebook: Path) -> str:

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from macd_nb.core.registry import promote
 from macd_nb.core.rundir import write_json, write_manifest
+from macd_nb.core.served_model import bin_shares, reference_bins
 from macd_nb.core.validation import auc
-from macd_nb.export.registry import promote
 from macd_nb.serve.log import PredictionLog
-from macd_nb.serve.monitor import (LIMITS, bin_shares, calibration, monitor_command, monitor_report, monitor_summary, psi,
-                                   reference_bins)
+from macd_nb.serve.monitor import LIMITS, calibration, monitor_command, monitor_report, monitor_summary, psi
 
 FEATURES = ("ret_1", "rsi_14", "vol_24", "flag")
 OOF = {"oof_auc": 0.58, "oof_auc_ci95": [0.56, 0.60], "test_auc": 0.57, "test_auc_ci95": [0.54, 0.60]}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from macd_nb.core.registry import read_alias
 from macd_nb.core.rundir import sha256_file, verify_artifact, write_manifest
 from macd_nb.export.package import DeployError, build_package, deploy, run_package
-from macd_nb.export.registry import read_alias
 from macd_nb.pipeline.cli import main
 from macd_nb.pipeline.examples import example_run
 from macd_nb.serve.predictor import MLPredictor

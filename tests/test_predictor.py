@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from macd_nb.core.prepare import load_table
+from macd_nb.core.registry import promote
 from macd_nb.core.rundir import sha256_file
-from macd_nb.export.registry import promote
 from macd_nb.pipeline.cli import main
 from macd_nb.pipeline.examples import example_run
 from macd_nb.serve import MLPredictor

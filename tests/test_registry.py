@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from macd_nb.export.registry import (MOVE_STEPS, RegistryError, alias_target, aliases, audit_log, move_alias, promote,
-                                     read_alias, register_run, rollback)
+from macd_nb.core.registry import (MOVE_STEPS, RegistryError, alias_target, aliases, audit_log, move_alias, promote,
+                                   read_alias, register_run, rollback)
 from macd_nb.pipeline.cli import main
 from macd_nb.pipeline.examples import example_run
 

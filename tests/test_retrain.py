@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from macd_nb.core.prepare import load_table
-from macd_nb.export.registry import audit_log, read_alias
+from macd_nb.core.registry import audit_log, read_alias
 from macd_nb.serve.log import PredictionLog
 from macd_nb.serve.predictor import MLPredictor
 

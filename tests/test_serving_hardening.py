@@ -30,10 +30,10 @@ from macd_nb.core.config import profile_config
 from macd_nb.core.data import load_bars
 from macd_nb.core.klines import write_kline_dump
 from macd_nb.core.prepare import prepare_run
+from macd_nb.core.registry import audit_log, promote
 from macd_nb.core.rundir import write_manifest
 from macd_nb.export.onnx import run_export
 from macd_nb.export.package import build_package
-from macd_nb.export.registry import audit_log, promote
 from macd_nb.models.lgb import run_lgb
 from macd_nb.models.lstm import run_lstm
 from macd_nb.models.stacking import run_stacking

@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..core.config import RunConfig, library_versions
 from ..core.rundir import (
     RunPaths, model_result, read_json, read_parquet, sha256_file, verified, write_atomically, write_json)
+from ..core.served_model import BINNING, PSI_BINS, reference_bins
 from ..core.stages import stage_named
 
 # %% ../../nbs/export/01_onnx.ipynb #985fdf1b
@@ -372,7 +373,6 @@ def _deployment_rows(paths: RunPaths, models: dict, timeframe: str) -> dict:
 
 def write_drift_reference(paths: RunPaths, table: pd.DataFrame, models: dict, timeframe: str) -> Path:
     "`models/drift_reference_{tf}.json`: quantile bins of every served feature over the deployed models' training rows, and of the deployed stacked model's held-out predictions."
-    from macd_nb.serve.monitor import BINNING, PSI_BINS, reference_bins
     window = _deployment_rows(paths, models, timeframe)
     names = [c for c in table.columns if any(c in e["features"] for e in models.values())]   # the table's column order
     rows = table.loc[(table.index >= window["first_bar"]) & (table.index <= window["last_bar"]), names]

@@ -18,8 +18,9 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from ..core.config import TIMEFRAMES
+from ..core.registry import RegistryError, _fsync_dir, move_alias, read_alias, registry_lock
 from ..core.rundir import CorruptArtifact, read_json, read_verified_bytes, sha256_file, write_atomically, write_json
-from .registry import RegistryError, _fsync_dir, move_alias, read_alias, registry_lock
+from .summary import summary_markdown
 
 # %% ../../nbs/export/04_package.ipynb #58fa1f72
 PACKAGED = ("models", "results")
@@ -45,10 +46,8 @@ def package_files(run_dir: Path) -> dict[str, bytes]:
     if missing: raise FileNotFoundError(f"{run_dir / missing[0]}: listed in {manifest} but missing (deleted after its stage wrote it)")
     # the bytes packaged are the bytes checked against the sha256 their writer recorded, so the package manifest holds it too
     files = {name: read_verified_bytes(run_dir / name) for name in ["config.json", *sorted(present)] if not name.endswith("/package.json")}
-    from macd_nb.pipeline.report import write_report
-    with tempfile.TemporaryDirectory() as scratch:
-        report = write_report(run_dir, Path(scratch), run_dir.name, for_package=True)   # nothing that changes after packaging
-        files["report/TRAINING_REPORT.md"] = report.read_bytes()
+    # the run's summary, without the package's own section (nothing that changes after packaging)
+    files["report/TRAINING_REPORT.md"] = summary_markdown(run_dir, run_dir.name, package=False).encode()
     return files
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..core.rundir import read_json, sha256_file, write_json
 from ..core.stages import STAGES, stage_named
-from ..serve.predictor import REQUIRED_METADATA, model_kind
+from ..core.served_model import REQUIRED_METADATA, model_kind
 
 # %% ../../nbs/export/03_validate.ipynb #fde3e883
 def _row(artifact: str, ok: bool, reason: str = "") -> dict:

@@ -109,7 +109,7 @@ def registry_command(args) -> int:
     import sys
     from ..core.rundir import sha256_file
     from ..export.package import DeployError, build_package, deploy
-    from ..export.registry import RegistryError, aliases, default_registry_dir, promote, rollback
+    from ..core.registry import RegistryError, aliases, default_registry_dir, promote, rollback
     registry = Path(getattr(args, "registry", None) or default_registry_dir()).expanduser()
     try:
         if args.command == "package":
@@ -193,7 +193,7 @@ def shadow_command(args) -> int:
     alias, bad source, bad --db, inputs the source lacks) is one line and exit code 2; a write that fails later, 1."""
     import sys
     from ..core.config import default_data_dir
-    from ..export.registry import RegistryError, default_registry_dir
+    from ..core.registry import RegistryError, default_registry_dir
     from ..serve.binance import StopSignal
     from ..serve.log import LogWriteFailed
     from ..serve.shadow import binance_source, replay_source, shadow

@@ -24,10 +24,10 @@ import pandas as pd
 
 from ..core.config import RunConfig, load_config, read_config
 from ..core.prepare import load_table
+from ..core.registry import (MOVE_STEPS, RegistryError, alias_target, audit_log, complete_move, default_registry_dir,
+                                   move_alias, read_alias, record_event, register_run)
 from ..core.rundir import RunPaths, read_json, read_parquet, write_json
 from ..core.validation import auc, auc_gain_ci
-from ..export.registry import (MOVE_STEPS, RegistryError, alias_target, audit_log, complete_move, default_registry_dir,
-                                     move_alias, read_alias, record_event, register_run)
 from ..models.backtest import held_positions, signal_positions, trade
 from .retrain_policy import promotion_decision, ranks_within
 from .runner import checked_name, run_pipeline

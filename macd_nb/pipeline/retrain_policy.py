@@ -19,12 +19,13 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from ..core.config import RunConfig, utc
+from ..core.served_model import bin_shares, reference_bins
 from ..core.validation import (Fold, as_utc_datetime64, auc, auc_ci, auc_gain_ci, block_bootstrap_counts,
                                      percentile_interval)
 from ..models.backtest import bars_per_year, evaluate, held_positions, signal_positions, trade
 from ..models.lgb import LgbFoldTask, bin_once, lgb_fit_fold, lgb_params
 from ..models.protocol import fold_rows
-from ..serve.monitor import LIMITS, bin_shares, psi, reference_bins, retrain_recommendation
+from ..serve.monitor import LIMITS, psi, retrain_recommendation
 
 # %% ../../nbs/pipeline/04_retrain_policy.ipynb #e9fffb65
 PROMOTION_MARGIN = 0.005   # AUC: a challenger whose gain's lower bound is above -this counts as not worse

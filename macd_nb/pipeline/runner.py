@@ -27,7 +27,8 @@ from pathlib import Path
 from ..core.config import RunConfig, read_config, save_config
 from ..core.rundir import (ARTIFACT_FOLDERS, CorruptArtifact, LEDGER, corrupt_files, read_json, recorded_hashes, sha256_file,
                                  write_json, write_manifest)
-from .report import format_number, write_report
+from ..export.summary import format_number
+from .report import write_report
 from ..core.stages import Stage, default_nbs_dir, select_stages, stacking_inputs, stage_named, stage_names, stages_reading
 
 # %% ../../nbs/pipeline/01_runner.ipynb #3cc052e0

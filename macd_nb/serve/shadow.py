@@ -20,12 +20,13 @@ from tqdm import tqdm
 
 from ..core.config import TIMEFRAME_DELTA, RunConfig, profile_config, utc
 from ..core.data import load_bars, resample_bars
+from ..core.registry import RegistryError, read_alias
 from ..core.rundir import read_json
-from ..export.registry import RegistryError, read_alias
+from ..core.served_model import model_kind
 from .binance import StopSignal, Stopped, fetch_klines
 from .stream import ImplausibleBar, StreamingFeatures
 from .log import LogWriteFailed, PredictionLog
-from .predictor import MLPredictor, model_kind
+from .predictor import MLPredictor
 
 # %% ../../nbs/serve/05_shadow.ipynb #8d0cbbda
 def serving_config(predictor: MLPredictor) -> RunConfig:
