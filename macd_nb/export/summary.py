@@ -21,7 +21,7 @@ def format_ci(ci) -> str:
     "A confidence interval as `[lo, hi]`; empty when missing."
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else ""
 
-# %% ../../nbs/export/02_summary.ipynb #15667774
+# %% ../../nbs/export/02_summary.ipynb #229563ea
 def format_gain(gain: dict | None) -> str:
     "An AUC gain with its paired interval, e.g. `+0.0128 [+0.0076, +0.0183]`; empty when missing."
     if not gain or gain.get("gain") is None: return ""
@@ -67,7 +67,7 @@ def summary_table(run_dir: str | Path) -> str:
                     f"{gates} | {format_number(record.get('timings_s', {}).get('total'), 1)} |")
     return "\n".join(rows)
 
-
+# %% ../../nbs/export/02_summary.ipynb #d723bc53
 def deployment_verdicts(run_dir: str | Path) -> list[str]:
     "One line per stacking result: deployable, not deployable and why, or skipped and why."
     lines = []
@@ -113,7 +113,7 @@ def reference_verdicts(run_dir: str | Path) -> list[str]:
                          f"({format_gain(gain)}): on unseen data it has learned nothing beyond that one feature.")
     return lines
 
-
+# %% ../../nbs/export/02_summary.ipynb #811915b2
 def export_section(run_dir: Path, *, package: bool = True) -> str:
     "ONNX parity and latency per model, the artifact validation, and (unless `package` is False) the package."
     lines = []
@@ -146,7 +146,7 @@ def export_section(run_dir: Path, *, package: bool = True) -> str:
                   f"`macd-nb deploy {record['file']} --to DIR`, then check it with `macd-nb health --registry DIR`.", ""]
     return "\n".join(lines)
 
-
+# %% ../../nbs/export/02_summary.ipynb #6c453416
 REPAIRS = {"duplicates_dropped": "duplicates dropped", "unsorted_rows": "unsorted rows sorted", "nan_rows_dropped": "NaN rows dropped",
            "ohlc_repaired": "OHLC repaired", "zero_volume": "zero-volume bars", "missing_slots": "missing hours"}
 
@@ -176,9 +176,9 @@ def data_section(prepare: dict) -> list[str]:
                      + (f"; cross-asset {s['cross_asset']}" if str(s.get("cross_asset", "")).startswith("off") else ""))
     return lines + ([""] + examples if examples else []) + ["", "Feature tables:", *built, ""]
 
-
+# %% ../../nbs/export/02_summary.ipynb #c5b48b9b
 def summary_markdown(run_dir: str | Path, run_id: str, *, package: bool = True) -> str:
-    "The report's summary from the result records: verdicts, the model table, export, configuration and data; `package`: with the package's section."
+    "The run's summary, from its result records alone; `package`: with the package's own section."
     run_dir = Path(run_dir)
     config_record = read_json(run_dir / "config.json")
     config = config_record["config"]
