@@ -225,12 +225,14 @@ def _listens_under(command: list[str], sockets: Path) -> bool:
     except (ValueError, IndexError, OSError): return False
 
 def _quiet_local_kernel(sockets: Path) -> dict:
-    "papermill options for a stage kernel: Unix sockets under `sockets` (this user's only, never TCP), kernel logs off."
+    "papermill options for a stage kernel: Unix sockets under `sockets` (this user's only, never TCP), kernel logs off, figures inline."
     # below CRITICAL the kernel logs 'KeyboardInterrupt caught in kernel' at every shutdown (jupyter_client interrupts
     # an idle kernel before asking it to stop), which alarms users for nothing; a cell's error reaches the notebook anyway
     from traitlets.config import Config
     return {"config": Config({"KernelManager": {"transport": "ipc", "ip": str(sockets / "kernel")}}),
-            "extra_arguments": ["--IPKernelApp.log_level=CRITICAL"]}
+            # an executed stage notebook is a page of the report: its figures go inline whatever backend the caller's
+            # environment names (CI and the tests set MPLBACKEND=Agg, under which a kernel would show no figure)
+            "extra_arguments": ["--IPKernelApp.log_level=CRITICAL", "--IPKernelApp.matplotlib=inline"]}
 
 # %% ../../nbs/pipeline/01_runner.ipynb #ba7b8c1f
 def failure_cause(error: BaseException) -> str:
