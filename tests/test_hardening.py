@@ -424,6 +424,12 @@ def _alive(processes: list[psutil.Process]) -> list[str]:
     return alive
 
 
+def _fold_workers(folder: Path) -> str:
+    "A settings file that gives the smoke profile (one process) two fold workers, so that a kill can be seen to reach them."
+    (folder / "two_fold_workers.yaml").write_text("n_jobs: 2\n")
+    return str(folder / "two_fold_workers.yaml")
+
+
 def _kill_when(command: list[str], report_dir: Path, stage: str, *, want_workers: bool, timeout: float = 240) -> list[psutil.Process]:
     "Start `command`, SIGKILL it once `stage` runs (and fold workers exist, when wanted); return its processes at that moment."
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -442,7 +448,8 @@ def _kill_when(command: list[str], report_dir: Path, stage: str, *, want_workers
 def test_sigkill_at_several_points_then_resume(tmp_path):
     roots = ["--runs-root", str(tmp_path / "runs"), "--reports-root", str(tmp_path / "reports")]
     run_dir, report_dir = tmp_path / "runs" / "c", tmp_path / "reports" / "c"
-    command = [*MACD_NB, "run", "--profile", "smoke", "--run-id", "c", "--only", "prepare", "baseline", "lgb", "xgb", *roots]
+    command = [*MACD_NB, "run", "--profile", "smoke", "--config", _fold_workers(tmp_path), "--run-id", "c", "--only", "prepare",
+               "baseline", "lgb", "xgb", *roots]
     resume = [*MACD_NB, "run", "--run-id", "c", "--resume", *roots]
     kept = {}
     for stage, want_workers in (("prepare", False), ("lgb", True), ("xgb", False)):
@@ -489,7 +496,8 @@ def test_an_interrupt_stops_in_one_line_and_resumes(tmp_path, signum, to_group, 
     only the runner, the moment its kernel process exists (still importing, before it binds its sockets)."""
     roots = ["--runs-root", str(tmp_path / "my runs"), "--reports-root", str(tmp_path / "my reports")]   # a space: quoted
     report_dir = tmp_path / "my reports" / "i"
-    command = [*MACD_NB, "run", "--profile", "smoke", "--run-id", "i", "--only", "prepare", "lgb", *roots]
+    command = [*MACD_NB, "run", "--profile", "smoke", "--config", _fold_workers(tmp_path), "--run-id", "i", "--only",
+               "prepare", "lgb", *roots]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline, family = time.monotonic() + 240, []
     while time.monotonic() < deadline and not _stage_running(report_dir, stage): time.sleep(0.2)
