@@ -31,6 +31,10 @@ from ..export.summary import format_number
 from .report import write_report
 from ..core.stages import Stage, default_nbs_dir, select_stages, stacking_inputs, stage_named, stage_names, stages_reading
 
+# nbformat (under papermill) validates with jsonschema, which imports rfc3987_syntax where the docs extra installed it;
+# that module compiles an IRI grammar at import, about 3 s of every run's start, for a format no notebook schema uses
+sys.modules.setdefault("rfc3987_syntax", None)
+
 # %% ../../nbs/pipeline/01_runner.ipynb #3cc052e0
 def run_id_now(profile: str) -> str:
     "A sortable run id: UTC time and profile."
