@@ -14,7 +14,7 @@ export PYTHONHASHSEED := 0
 # torch may lie on local disk) is handed on. INSTALLER=pip installs with pip alone.
 # Both write the bytecode at install time (uv does not by default): where PYTHONDONTWRITEBYTECODE is set, as on CI's
 # machines, nothing else would, and every stage kernel, fold worker and command would compile torch, pandas and
-# scikit-learn from source again (a fresh clone's `make run` took 532 s instead of about 250 s)
+# scikit-learn from source again (on a fresh clone `make run` took 532 s without it, 322 s with it)
 INSTALLER ?= uv
 FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 ifeq ($(INSTALLER),uv)
