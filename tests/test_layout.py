@@ -72,6 +72,37 @@ def layer_violations(source: str, module: str, is_package: bool = False) -> list
             and LAYERS.index(target.split(".")[1]) > LAYERS.index(own[1])]
 
 
+def private_imports(source: str, module: str, is_package: bool = False) -> list[str]:
+    "Every name starting with `_` that `source` (module `module`) imports from another module of the package."
+    package = module if is_package else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ImportFrom): continue
+        base = node.module or ""
+        if node.level:
+            anchor = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+            base = ".".join(anchor + ([node.module] if node.module else []))
+        if base.split(".")[0] == "macd_nb" and base != module:
+            found += [f"{module}:{node.lineno} imports {base}.{a.name}" for a in node.names
+                      if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_no_private_name_crosses_a_module():
+    "A name a module keeps to itself (`_name`) is not imported by another: what two modules share is public."
+    found = []
+    for path in sorted((ROOT / "macd_nb").rglob("*.py")):
+        if path.name == "_modidx.py": continue
+        found += private_imports(path.read_text(), _module_name(path), path.name == "__init__.py")
+    assert found == [], found
+
+
+def test_the_private_name_check_can_fail():
+    assert private_imports("from ..core.data import _date_bound, load_bars\n", "macd_nb.serve.binance") == \
+        ["macd_nb.serve.binance:1 imports macd_nb.core.data._date_bound"]
+    assert private_imports("from .data import __all__, load_bars\n", "macd_nb.core.rundir") == []
+
+
 def test_every_import_points_down():
     "core <- models <- export <- serve <- pipeline, read from every import of every module (function-level and relative ones too)."
     violations = []

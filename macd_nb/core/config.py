@@ -281,7 +281,7 @@ def _date(key: str, value: str) -> pd.Timestamp:
         stamp = pd.Timestamp(value)
     except (ValueError, TypeError, OverflowError) as error:
         raise ValueError(f"{key}={value!r} is not a date ({error}): write YYYY-MM-DD or 'YYYY-MM-DD HH:MM' (UTC)") from None
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return utc(stamp)
 
 
 def utc(value) -> pd.Timestamp:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import BAD_BAR_POLICIES, TIMEFRAME_DELTA
+from .config import BAD_BAR_POLICIES, TIMEFRAME_DELTA, utc
 from .klines import (BAR_FILE_SUFFIXES, EXTRA_COLUMNS, PRICE_COLUMNS, REQUIRED_COLUMNS, DataError, read_klines,
                                  canonical_column, first_bad_cell, row_where, row_where_at, to_utc_open_time,
                                  unit_counts)
@@ -26,8 +26,8 @@ from .rundir import LEDGER, CorruptArtifact, read_json, read_parquet, recorded_h
 
 # %% auto #0
 __all__ = ['DATA_CODE_VERSION', 'MAX_EXAMPLES', 'SPIKE_FACTOR', 'SPIKE_NEIGHBOURS', 'implausible_bars', 'FileReport',
-           'validate_bars', 'DataReport', 'MarketData', 'fingerprint', 'parse_bar_file_name', 'apply_bad_bar_policy',
-           'load_bars', 'resample_bars']
+           'date_bound', 'validate_bars', 'DataReport', 'MarketData', 'fingerprint', 'parse_bar_file_name',
+           'apply_bad_bar_policy', 'load_bars', 'resample_bars']
 
 # %% ../../nbs/core/04_data.ipynb #5a150ebe
 DATA_CODE_VERSION = "data-2"  # part of the cache key: bump it when validation or parsing changes
@@ -180,14 +180,13 @@ def _gap_report(open_time: pd.DatetimeIndex, timeframe: str, report: FileReport)
                             "slots": int(gap_before[i])} for i in largest]
     return gap_before
 
-def _date_bound(value, *, is_end: bool) -> tuple[pd.Timestamp | None, bool]:
+def date_bound(value, *, is_end: bool) -> tuple[pd.Timestamp | None, bool]:
     "A UTC bound and whether it is exclusive: a date-only end means through that day's last bar."
     if value is None:
         return None, False
     date_only = (isinstance(value, date) and not isinstance(value, datetime)) or (
         isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()) is not None)
-    stamp = pd.Timestamp(value)
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    stamp = utc(value)
     if is_end and date_only:
         return stamp + pd.Timedelta("1D"), True
     return stamp, False
@@ -215,8 +214,8 @@ def validate_bars(raw: pd.DataFrame, *,
     raw[numeric] = raw[numeric].apply(pd.to_numeric, errors="coerce").astype("float64")
 
     open_time, unit_codes = to_utc_open_time(raw, name=name)
-    lower, _ = _date_bound(start, is_end=False)
-    upper, upper_exclusive = _date_bound(end, is_end=True)
+    lower, _ = date_bound(start, is_end=False)
+    upper, upper_exclusive = date_bound(end, is_end=True)
     inside = np.ones(len(raw), dtype=bool)
     if lower is not None:
         inside &= open_time >= lower

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy import signal, stats
 
+from .config import utc
+
 # %% ../../nbs/core/02_synthetic.ipynb #7da6cc3b
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT")
 
@@ -277,8 +279,7 @@ def synthetic_market(*, symbols:tuple=DEFAULT_SYMBOLS, # first symbol is the mar
     loadings = np.array([pr.market_loading for pr in profiles])
     base_sigma = np.array([pr.hourly_vol for pr in profiles]) * np.sqrt(bar_hours)
 
-    start = pd.Timestamp(start)
-    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+    start = utc(start)
     n_total = n_bars + params.burn_in
     full_index = pd.date_range(start - params.burn_in * bar_delta, periods=n_total, freq=bar_delta, name="open_time").as_unit("ns")
     amplitude = params.intraday_vol_amplitude if bar_hours < 24 else 0.0
@@ -287,8 +288,7 @@ def synthetic_market(*, symbols:tuple=DEFAULT_SYMBOLS, # first symbol is the mar
     season = season / np.sqrt(1 + amplitude ** 2 / 2)  # mean square 1 over a day
 
     shocks = student_t_shocks(shock_rng, n_total, loadings, params.t_df)
-    reversed_from = None if regime_change is None else pd.Timestamp(regime_change)
-    if reversed_from is not None and reversed_from.tzinfo is None: reversed_from = reversed_from.tz_localize("UTC")
+    reversed_from = None if regime_change is None else utc(regime_change)
     edges = edge * (np.where(full_index >= reversed_from, -1.0, 1.0) if reversed_from is not None else np.ones(n_total))
     paths = simulate_paths(shocks, base_sigma, season, loadings, params, edges)
     keep = slice(params.burn_in, None)

@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from ..core.config import TIMEFRAMES
-from ..core.registry import RegistryError, _fsync_dir, move_alias, read_alias, registry_lock
+from ..core.registry import RegistryError, fsync_dir, move_alias, read_alias, registry_lock
 from ..core.rundir import CorruptArtifact, read_json, read_verified_bytes, sha256_file, write_atomically, write_json
 from .summary import summary_markdown
 
@@ -141,7 +141,7 @@ def deploy(tarball: str | Path, to: str | Path, *, why: str = "deploy") -> dict:
             else:
                 target.parent.mkdir(exist_ok=True)
                 (staging / run_id).replace(target)
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     moved = {}

@@ -24,7 +24,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from tqdm import tqdm
 
 from ..core.config import default_data_dir
-from ..core.data import _date_bound, parse_bar_file_name
+from ..core.data import date_bound, parse_bar_file_name
 from ..core.klines import BAR_FILE_SUFFIXES, KLINE_COLUMNS, DataError, read_klines, to_utc_open_time
 from ..core.rundir import write_atomically
 
@@ -333,8 +333,8 @@ class FetchSummary:
 def _window(start, end, now_ms: int) -> tuple[int, int]:
     "[first, stop) open times in ms: a date-only end keeps that whole day; never past now."
     try:
-        lower, _ = _date_bound(start, is_end=False)
-        upper, exclusive = _date_bound(end, is_end=True)
+        lower, _ = date_bound(start, is_end=False)
+        upper, exclusive = date_bound(end, is_end=True)
     except ValueError as error: raise ValueError(f"start {start!r} / end {end!r}: not a date or time ({error})") from None
     if lower is None: raise ValueError("a start date is required, e.g. 2024-01-01")
     stop = now_ms if upper is None else min(now_ms, upper.value // 10**6 + (0 if exclusive else 1))

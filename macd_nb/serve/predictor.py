@@ -147,7 +147,7 @@ class MLPredictor:
             cached = self._positions[(name, id(columns))] = (columns, np.array([where[f] for f in self.metadata(name)["features"]]))
         return cached[1]
 
-    def _base_input(self, name: str, table: pd.DataFrame, values: np.ndarray | None = None) -> np.ndarray:
+    def base_input(self, name: str, table: pd.DataFrame, values: np.ndarray | None = None) -> np.ndarray:
         "The input of one base model for the last bar of `table` (`values`: the table as float64, when at hand)."
         meta = self.metadata(name)
         values = numeric_values(table) if values is None else values
@@ -172,7 +172,7 @@ class MLPredictor:
         for name in self.meta["inputs"]:
             head = self.metadata(name)["main_head_index"] if model_kind(name) == "sequence" else 0
             session = self.session(name)
-            base[name] = float(session.run(None, {session.get_inputs()[0].name: self._base_input(name, table, values)})[0][0, head])
+            base[name] = float(session.run(None, {session.get_inputs()[0].name: self.base_input(name, table, values)})[0][0, head])
         stacked = self.session("stacking_meta").run(None, {"p_base": np.array([[base[m] for m in self.meta["inputs"]]])})[0]
         return {"bar": str(table.index[-1]), "p_up": float(stacked[0, 0]), "models": base, "alias": self.alias,
                 "run": self.pointer["run"], "version": self.pointer["version"]}

@@ -84,7 +84,7 @@ class Served:
         p = self.predictor
         session = p.session(name)
         head = p.metadata(name)["main_head_index"] if model_kind(name) == "sequence" else 0
-        return float(session.run(None, {session.get_inputs()[0].name: p._base_input(name, table)})[0][0, head])
+        return float(session.run(None, {session.get_inputs()[0].name: p.base_input(name, table)})[0][0, head])
 
     def predict(self, table: pd.DataFrame) -> tuple[float, dict, str | None]:
         "(final P(up), every model's P(up), the fallback used or None)."
