@@ -4,16 +4,19 @@
 
 # %% auto #0
 __all__ = ['LEDGER', 'RESULT_KEYS', 'RERUN', 'ARTIFACT_FOLDERS', 'RunPaths', 'sha256_file', 'write_atomically', 'write_json',
-           'write_parquet', 'gate', 'model_result', 'CorruptArtifact', 'recorded_hashes', 'recorded_entry', 'verified',
-           'read_verified_bytes', 'read_json', 'read_parquet', 'corrupt_files', 'write_manifest', 'verify_artifact']
+           'write_parquet', 'Locked', 'file_lock', 'fsync_dir', 'gate', 'model_result', 'CorruptArtifact',
+           'recorded_hashes', 'recorded_entry', 'verified', 'read_verified_bytes', 'read_json', 'read_parquet',
+           'corrupt_files', 'write_manifest', 'verify_artifact']
 
 # %% ../../nbs/core/01_rundir.ipynb #e595e562
+import fcntl
 import hashlib
 import json
 import os
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +135,42 @@ def write_json(path: str | Path, record: dict) -> Path:
 def write_parquet(path: str | Path, frame) -> Path:
     "Write a DataFrame to parquet atomically."
     return write_atomically(path, frame.to_parquet)
+
+# %% ../../nbs/core/01_rundir.ipynb #ad135ce5
+class Locked(RuntimeError):
+    "Another process holds the lock; `holder` is what it recorded (e.g. 'pid 12 on host since ...')."
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path} is held by {holder}")
+        self.path, self.holder = path, holder
+
+
+@contextmanager
+def file_lock(path: str | Path, *, wait: bool = True, holder: str | None = None,
+              refused: Callable[[str], Exception] | None = None):
+    """An exclusive flock on `path` (created) for the duration: the project's one lock.
+    `wait=False` raises `Locked` at once when another process holds it, or `refused(what the holder recorded)`.
+    `holder`, when given, is written into the file while held, for the refused to name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try: fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            recorded = handle.read().strip() or "another process"
+            raise (refused(recorded) if refused else Locked(path, recorded)) from None
+        if holder is not None:
+            handle.truncate(0)
+            handle.write(holder)
+            handle.flush()
+        try: yield
+        finally: fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def fsync_dir(path: str | Path) -> None:
+    "Make a rename inside folder `path` durable."
+    fd = os.open(path, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
 
 # %% ../../nbs/core/01_rundir.ipynb #4533fdf1
 RESULT_KEYS = ("stage", "model", "timeframe", "target", "window", "metrics", "controls", "gates", "timings_s",

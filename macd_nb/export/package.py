@@ -18,8 +18,8 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from ..core.config import TIMEFRAMES
-from ..core.registry import RegistryError, fsync_dir, move_alias, read_alias, registry_lock
-from ..core.rundir import CorruptArtifact, read_json, read_verified_bytes, sha256_file, write_atomically, write_json
+from ..core.registry import RegistryError, move_alias, read_alias, registry_lock
+from ..core.rundir import CorruptArtifact, fsync_dir, read_json, read_verified_bytes, sha256_file, write_atomically, write_json
 from .summary import summary_markdown
 
 # %% ../../nbs/export/04_package.ipynb #58fa1f72

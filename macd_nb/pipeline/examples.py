@@ -7,7 +7,6 @@ __all__ = ['STAGE_CALLS', 'DONE', 'KEEP_DAYS', 'examples_dir', 'library_digest',
 
 # %% ../../nbs/pipeline/05_examples.ipynb #edad7b67
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -18,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..core.config import RunConfig, library_versions, profile_config
-from ..core.rundir import corrupt_files, read_json, write_manifest
+from ..core.rundir import Locked, corrupt_files, file_lock, read_json, write_manifest
 from ..core.stages import select_stages, stage_names
 from .runner import run_pipeline
 
@@ -83,16 +82,6 @@ KEEP_DAYS = 7            # a cached run not used for this long is removed when a
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
-    "An exclusive flock on `path` for the duration."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
 def _output_to(log: Path):
     "This process's output and its children's (stage kernels, fold workers) into `log` for the duration."
     for stream in (sys.stdout, sys.stderr): stream.flush()
@@ -138,7 +127,7 @@ def example_run(dest: str | Path, profile: str = "smoke", stages: Sequence[str] 
     run_id = run_id or dest.name
     config = profile_config(profile, **overrides)
     entry = Path(cache or examples_dir()) / example_key(config, stages, run_id, runner)[:24]
-    with _locked(entry.with_suffix(".lock")):
+    with file_lock(entry.with_suffix(".lock")):
         if not (entry / DONE).exists():
             prune_examples(entry.parent)
             _build(entry, config, stages, run_id, runner)
@@ -155,11 +144,11 @@ def prune_examples(cache: str | Path | None = None, *, days: float = KEEP_DAYS) 
     removed, cache = [], Path(cache or examples_dir())
     for done in sorted(cache.glob(f"*/{DONE}")):
         if time.time() - done.stat().st_mtime < days * 86400: continue
-        with open(done.parent.with_suffix(".lock"), "a+") as handle:
-            try: fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)   # in use (being copied): kept
-            except BlockingIOError: continue
-            shutil.rmtree(done.parent, ignore_errors=True)
-            removed.append(done.parent)
+        try:
+            with file_lock(done.parent.with_suffix(".lock"), wait=False):
+                shutil.rmtree(done.parent, ignore_errors=True)
+                removed.append(done.parent)
+        except Locked: continue   # in use (being copied): kept
     return removed
 
 

@@ -10,12 +10,10 @@ __all__ = ['RETRAIN_EXIT', 'RetrainRefused', 'Champion', 'champion_of', 'champio
            'retrain_command']
 
 # %% ../../nbs/pipeline/03_retrain.ipynb #a9c55b4c
-import fcntl
 import json
 import os
 import signal
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from ..core.config import RunConfig, load_config, read_config
 from ..core.prepare import load_table
 from ..core.registry import (MOVE_STEPS, RegistryError, alias_target, audit_log, complete_move, default_registry_dir,
                                    move_alias, read_alias, record_event, register_run)
-from ..core.rundir import RunPaths, read_json, read_parquet, write_json
+from ..core.rundir import RunPaths, file_lock, read_json, read_parquet, write_json
 from ..core.validation import auc, auc_gain_ci
 from ..models.backtest import held_positions, signal_positions, trade
 from .retrain_policy import promotion_decision, ranks_within
@@ -82,22 +80,12 @@ def champion_config(champion: Champion, runs_root: Path) -> RunConfig | None:
 
 
 # %% ../../nbs/pipeline/03_retrain.ipynb #e9c82ee4
-@contextmanager
 def retrain_lock(registry: Path, alias: str):
-    "The one retrain of `alias` at a time (flock, never waiting): a second one is refused, naming the first."
-    folder = registry / "retrain"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{alias}.lock", "a+") as handle:
-        try: fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            raise RetrainRefused(f"another retrain of alias {alias} is at work ({handle.read().strip() or 'pid unknown'}): "
-                                 "it decides, this one does not") from None
-        handle.truncate(0)
-        handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
-        handle.flush()
-        try: yield
-        finally: fcntl.flock(handle, fcntl.LOCK_UN)
+    "The one retrain of `alias` at a time (`file_lock`, never waiting): a second one is refused, naming the first."
+    return file_lock(registry / "retrain" / f"{alias}.lock", wait=False,
+                     holder=f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
+                     refused=lambda holder: RetrainRefused(f"another retrain of alias {alias} is at work ({holder}): "
+                                                           "it decides, this one does not"))
 
 
 def _state_path(registry: Path, alias: str) -> Path: return registry / "retrain" / f"{alias}.json"

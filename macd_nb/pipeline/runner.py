@@ -9,7 +9,6 @@ __all__ = ['NAME_PATTERN', 'run_id_now', 'checked_name', 'is_run_dir', 'is_regis
            'with_stacking_inputs', 'resumed_config', 'run_pipeline']
 
 # %% ../../nbs/pipeline/01_runner.ipynb #286122e1
-import fcntl
 import os
 import shutil
 import tempfile
@@ -25,8 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..core.config import RunConfig, read_config, save_config
-from ..core.rundir import (ARTIFACT_FOLDERS, CorruptArtifact, LEDGER, corrupt_files, read_json, recorded_hashes, sha256_file,
-                                 write_json, write_manifest)
+from ..core.rundir import (ARTIFACT_FOLDERS, CorruptArtifact, LEDGER, corrupt_files, file_lock, read_json, recorded_hashes,
+                                 sha256_file, write_json, write_manifest)
 from ..export.summary import format_number
 from .report import write_report
 from ..core.stages import Stage, default_nbs_dir, select_stages, stacking_inputs, stage_named, stage_names, stages_reading
@@ -249,26 +248,12 @@ def failure_cause(error: BaseException) -> str:
 class RunInUse(RuntimeError):
     "A second writer of a run directory, refused."
 
-@contextmanager
 def run_lock(run_dir: Path):
-    "The single writer of a run directory: an exclusive flock on `run_dir/.lock`; a second writer is refused naming the holder."
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir / ".lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise RunInUse(f"{run_dir} is being written by {holder}: wait for that run to end, or choose another --run-id") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
-    handle.flush()
-    try: yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+    "The single writer of a run directory (`file_lock` on `run_dir/.lock`); a second writer is refused naming the holder."
+    since = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+    return file_lock(run_dir / ".lock", wait=False, holder=f"pid {os.getpid()} on {socket.gethostname()} since {since}",
+                     refused=lambda holder: RunInUse(f"{run_dir} is being written by {holder}: wait for that run to end, "
+                                                     "or choose another --run-id"))
 
 # %% ../../nbs/pipeline/01_runner.ipynb #92cc7606
 def resume_command_for(run_id: str, runs_root: str | Path, reports_root: str | Path) -> str:
