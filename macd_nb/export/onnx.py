@@ -17,7 +17,7 @@ import onnx
 import pandas as pd
 from onnx import TensorProto, helper, numpy_helper
 
-from ..core.config import RunConfig, library_versions
+from ..core.config import RunConfig
 from ..core.rundir import (
     RunPaths, model_result, read_json, read_parquet, sha256_file, verified, write_atomically, write_json)
 from ..core.served_model import BINNING, PSI_BINS, reference_bins
@@ -395,7 +395,7 @@ def write_drift_reference(paths: RunPaths, table: pd.DataFrame, models: dict, ti
 def run_export(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *, min_rows: int = 1000) -> dict:
     "Stage 3 for one timeframe: every saved serving model to ONNX, parity, a perturbed copy, latency; writes its record."
     from macd_nb.core.prepare import load_table
-    from macd_nb.models.protocol import data_fingerprint
+    from macd_nb.models.protocol import provenance
     started, run_dir = time.perf_counter(), Path(run_dir)
     paths = RunPaths(run_dir).create()
     table, _ = load_table(run_dir, timeframe)
@@ -433,7 +433,7 @@ def run_export(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *,
         controls={"perturbed_copies_fail": not toothless}, gates=[],
         timings_s={"total": time.perf_counter() - started},
         artifacts=[r["file"] for r in records.values()] + drift + [paths.relative(paths.result_file("export", timeframe))],
-        data_fingerprint=data_fingerprint(run_dir), versions=library_versions(), seed=config.seed, device="cpu",
+        **provenance(config, run_dir),
         exports=records, parity_tolerance=PARITY_MAX_ABS_DIFF, latency_threads=1)
     write_json(paths.result_file("export", timeframe), record)
     if failed or toothless:

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.config import TIMEFRAME_DELTA, RunConfig, library_versions
+from ..core.config import TIMEFRAME_DELTA, RunConfig
 from ..core.prepare import load_table
 from ..core.rundir import RunPaths, model_result, read_parquet, write_json
 from ..core.stages import stage_named
 from ..core.validation import as_utc_datetime64, block_bootstrap_counts, percentile_interval
-from .protocol import data_fingerprint
+from .protocol import provenance
 from .stacking import meta_walk_forward
 
 # %% ../../nbs/models/10_backtest.ipynb #259d8939
@@ -232,7 +232,7 @@ def run_backtest(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
         controls={"always_long_equals_buy_and_hold": True}, gates=[],
         timings_s={"oof": walked - started, "total": time.perf_counter() - started},
         artifacts=[paths.relative(paths.result_file("backtest", timeframe))],
-        data_fingerprint=data_fingerprint(run_dir), versions=library_versions(), seed=config.seed, device="cpu",
+        **provenance(config, run_dir),
         models=models, cost_bp=b.cost_bp, cost_grid_bp=list(b.cost_grid_bp), band_fractions=list(b.band_fractions),
         execution="position taken at the signal bar's close, held to the close h bars later (h = label horizon)",
         annualisation={"bars_per_year": periods}, oof=results, test=test_results, sharpe_by_band_fraction=by_fraction,

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.config import TIMEFRAME_DELTA, RunConfig, library_versions
+from ..core.config import TIMEFRAME_DELTA, RunConfig
 from ..core.rundir import RunPaths, gate, model_result, read_json, read_parquet, write_json, write_parquet
 from ..core.stages import stage_named
 from ..core.validation import as_utc_datetime64, auc, auc_ci, auc_gain_ci
-from .protocol import data_fingerprint
+from .protocol import provenance
 from .stacking import meta_walk_forward, small_mlp, to_logit
 
 # %% ../../nbs/models/11_fusion.ipynb #72813ea6
@@ -76,7 +76,7 @@ def run_fusion(config: RunConfig, run_dir: str | Path, fast: str = "1h", slow: s
     started, run_dir = time.perf_counter(), Path(run_dir)
     config, paths = config.for_timeframe(fast), RunPaths(run_dir).create()
     base = dict(stage=stage_named("fusion").number, model="mtf_fusion", timeframe=fast, target=config.data.target, controls={},
-                data_fingerprint=data_fingerprint(run_dir), versions=library_versions(), seed=config.seed, device="cpu")
+                **provenance(config, run_dir))
     if slow not in config.data.timeframes or fast not in config.data.timeframes:
         reason = f"the run has timeframes {config.data.timeframes}; fusion needs {fast} and {slow}"
         record = model_result(**base, window={}, metrics={}, gates=[], timings_s={"total": time.perf_counter() - started},

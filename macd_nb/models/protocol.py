@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['DirectionProtocol', 'direction_protocol', 'FoldRows', 'fold_rows', 'gather_fold_outputs', 'walk_fold_tasks',
            'shuffled_labels', 'pooled_auc', 'controls_record', 'feature_aucs', 'BestFeatureReference',
-           'best_feature_reference', 'standard_gates', 'data_fingerprint', 'model_record', 'ModelResult',
+           'best_feature_reference', 'standard_gates', 'data_fingerprint', 'provenance', 'model_record', 'ModelResult',
            'check_same_labels', 'fold_provenance', 'reference_gains', 'finish_model_stage', 'Refit', 'DirectionModel',
            'BoostedTreesModel', 'run_direction_stage']
 
@@ -244,6 +244,11 @@ def data_fingerprint(run_dir: str | Path) -> str | None:
     return read_json(RunPaths(Path(run_dir)).results / "prepare.json").get("data_fingerprint")
 
 
+def provenance(config: RunConfig, run_dir: str | Path, device: str = "cpu") -> dict:
+    "Where a result record's numbers come from: the data's fingerprint, the libraries' versions, the seed, the device."
+    return {"data_fingerprint": data_fingerprint(run_dir), "versions": library_versions(), "seed": config.seed, "device": device}
+
+
 def model_record(config: RunConfig, run_dir: str | Path, *, model: str, timeframe: str, window: dict, metrics: dict,
                  controls: dict, gates: list[dict], timings: dict, artifacts: list[str], device: str, **extra) -> dict:
     "A result record of the shared shape: stage, window, fingerprint, versions, seed and device filled in."
@@ -251,8 +256,7 @@ def model_record(config: RunConfig, run_dir: str | Path, *, model: str, timefram
     outputs = [paths.relative(paths.oof_file(model, timeframe)), paths.relative(paths.result_file(model, timeframe))]
     return model_result(stage=stage_of_model(model).number, model=model, timeframe=timeframe, target=config.data.target,
                         window=window, metrics=metrics, controls=controls, gates=gates, timings_s=timings,
-                        artifacts=list(artifacts) + outputs, data_fingerprint=data_fingerprint(run_dir),
-                        versions=library_versions(), seed=config.seed, device=device, horizon=config.validation.label_horizon,
+                        artifacts=list(artifacts) + outputs, **provenance(config, run_dir, device=device), horizon=config.validation.label_horizon,
                         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra)
 
 # %% ../../nbs/models/00_protocol.ipynb #e100dfe1

@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.config import DEFAULT_STACKING_INPUTS, RunConfig, library_versions
+from ..core.config import DEFAULT_STACKING_INPUTS, RunConfig
 from ..core.prepare import load_table
 from ..core.rundir import (RunPaths, gate, model_result, read_json, read_parquet, sha256_file, write_atomically, write_json,
                                  write_parquet)
 from ..core.stages import stage_of_model
 from ..core.validation import (as_utc_datetime64, auc, auc_ci, bootstrap_aucs, percentile_interval,
                                      planted_leak_control)
-from .protocol import (BestFeatureReference, best_feature_reference, check_same_labels, data_fingerprint,
-                                     direction_protocol, reference_gains)
+from .protocol import (BestFeatureReference, best_feature_reference, check_same_labels,
+                                     direction_protocol, provenance, reference_gains)
 
 # %% ../../nbs/models/09_stacking.ipynb #346e662f
 class InSampleError(ValueError):
@@ -237,8 +237,7 @@ def _skipped(config: RunConfig, run_dir: Path, timeframe: str, n_oof: int, minim
     record = model_result(stage=stage_of_model("stacking").number, model="stacking", timeframe=timeframe,
                           target=config.data.target, window={}, metrics={"n_oof": n_oof}, controls={},
                           gates=[gate("n_oof_attempt", n_oof, minimum)], timings_s={"total": time.perf_counter() - started},
-                          artifacts=[], data_fingerprint=data_fingerprint(run_dir), versions=library_versions(),
-                          seed=config.seed, device="cpu", skipped=reason, deployable=False, not_deployable_because=[reason])
+                          artifacts=[], **provenance(config, run_dir), skipped=reason, deployable=False, not_deployable_because=[reason])
     write_json(RunPaths(run_dir).result_file("stacking", timeframe), record)
     return record
 
@@ -368,7 +367,7 @@ def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
         artifacts=[paths.relative(meta_path), *[f["path"] for b in bundle for f in b["files"]],
                    paths.relative(paths.oof_file("stacking", timeframe)), paths.relative(paths.test_file("stacking", timeframe)),
                    paths.relative(paths.result_file("stacking", timeframe))],
-        data_fingerprint=data_fingerprint(run_dir), versions=library_versions(), seed=config.seed, device="cpu",
+        **provenance(config, run_dir),
         meta_learners=learners, chosen_meta_learner=chosen,
         reference_gains={"best_base": gain_over_best} | ({"best_feature": gain_over_feature} if gain_over_feature else {}),
         best_feature={"most_chosen": reference.most_chosen(), "per_fold": reference.choices},
