@@ -50,12 +50,8 @@ def tree_digest(*folders: Path) -> dict[str, str]:
 
 def as_klines(bars):
     "Canonical bars back in Binance's kline layout (ms timestamps), as a dump would hold them."
-    import pandas as pd
-    open_ms = bars.index.as_unit("ms").asi8
-    return pd.DataFrame({"open_time": open_ms, "open": bars["open"], "high": bars["high"], "low": bars["low"],
-                         "close": bars["close"], "volume": bars["volume"], "close_time": open_ms + 3_599_999,
-                         "quote_volume": bars["quote_volume"], "trades": bars["trades"].astype("int64"),
-                         "taker_buy_base": bars["taker_buy_base"], "taker_buy_quote": bars["taker_buy_quote"], "ignore": 0})
+    from macd_nb.core.klines import bars_as_klines
+    return bars_as_klines(bars)
 
 
 @pytest.fixture(scope="session")

@@ -17,10 +17,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from .config import TIMEFRAME_DELTA
+
 # %% auto #0
 __all__ = ['KLINE_COLUMNS', 'PRICE_COLUMNS', 'REQUIRED_COLUMNS', 'EXTRA_COLUMNS', 'BAR_FILE_SUFFIXES', 'DataError',
-           'canonical_column', 'first_bad_cell', 'read_klines', 'example_klines', 'write_kline_dump', 'row_where',
-           'row_where_at', 'unit_counts', 'to_utc_open_time']
+           'canonical_column', 'first_bad_cell', 'read_klines', 'example_klines', 'write_kline_dump', 'bars_as_klines',
+           'row_where', 'row_where_at', 'unit_counts', 'to_utc_open_time']
 
 # %% ../../nbs/core/03_klines.ipynb #7c4ee7a8
 KLINE_COLUMNS = ["open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume",
@@ -178,6 +180,18 @@ def write_kline_dump(rows: pd.DataFrame, path: Path) -> Path:
     else:
         path.write_text(text)
     return path
+
+# %% ../../nbs/core/03_klines.ipynb #a8abe883
+def bars_as_klines(bars: pd.DataFrame, timeframe: str = "1h") -> pd.DataFrame:
+    """Canonical bars of one symbol back in Binance's twelve-column kline layout (ms timestamps), as a dump holds them:
+    a market written with it and `write_kline_dump` is what `load_bars` and the replay source read (demos and tests)."""
+    open_ms = bars.index.as_unit("ms").asi8
+    step_ms = int(TIMEFRAME_DELTA[timeframe] // pd.Timedelta(milliseconds=1))
+    frame = pd.DataFrame({"open_time": open_ms, **{c: bars[c].to_numpy() for c in REQUIRED_COLUMNS},
+                          "close_time": open_ms + step_ms - 1, "ignore": 0})
+    for column in EXTRA_COLUMNS: frame[column] = bars[column].to_numpy() if column in bars else np.nan
+    if "trades" in bars and bars["trades"].notna().all(): frame["trades"] = bars["trades"].to_numpy().astype("int64")
+    return frame[KLINE_COLUMNS]
 
 # %% ../../nbs/core/03_klines.ipynb #903edd96
 _UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
