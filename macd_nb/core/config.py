@@ -58,7 +58,7 @@ def flat(name: str, default, **options):
     return field(default=default, metadata={"flat": name}, **options) if not callable(default) else \
         field(default_factory=default, metadata={"flat": name}, **options)
 
-
+# %% ../../nbs/core/00_config.ipynb #924b7520
 @dataclass
 class DataSection:
     "Which market, which bars."
@@ -78,7 +78,7 @@ class DataSection:
                                                     # rows they touch, or "refuse" the data
     max_gap_hours: int = flat("max_gap_hours", 24)  # rows whose lookback or label spans a longer gap are excluded, counted
 
-
+# %% ../../nbs/core/00_config.ipynb #04d2f206
 @dataclass
 class ValidationSection:
     "Labels, walk-forward folds, the held-out test period and confidence intervals."
@@ -94,6 +94,8 @@ class ValidationSection:
     bootstrap_samples: int = flat("bootstrap_samples", 300)   # block-bootstrap resamples for confidence intervals
     bootstrap_block: int = flat("bootstrap_block", 24)        # block length (bars) of the bootstrap
     serve_window: str = flat("serve_window", "newest")      # the shipped models' window, as long as a fold's: "newest"
+
+# %% ../../nbs/core/00_config.ipynb #7bb0013a
                                                            # ends at the newest labelled bar; "validated" ships the
                                                            # fold scored on the held-out test period (ends before it)
 
@@ -109,7 +111,7 @@ class GbmSection:
     max_bin: int = flat("gbm_max_bin", 63)                 # histogram bins per feature (63: 40% faster per round than 255, same AUC)
     rebin_folds: int = flat("gbm_rebin_folds", 10)         # folds sharing one binning (edges from the first fold's training rows)
 
-
+# %% ../../nbs/core/00_config.ipynb #4ef5ecbf
 @dataclass
 class NnSection:
     "The LSTM and the TFT."
@@ -124,7 +126,7 @@ class NnSection:
     patience: int = flat("nn_patience", 3)                 # epochs without improvement on the inner split before stopping
     control_epochs: int | None = flat("nn_control_epochs", None)   # epochs of the shuffled-label control (None: as training)
 
-
+# %% ../../nbs/core/00_config.ipynb #3fc20d3c
 @dataclass
 class StackingSection:
     "The stacking stage (stage 2): its inputs, its walk-forward and its deployment gates."
@@ -138,7 +140,7 @@ class StackingSection:
     min_oof: dict[str, int] = flat("stacking_min_oof", lambda: {"1h": 20_000})          # OOF bars needed to deploy
     min_oof_attempt: dict[str, int] = flat("stacking_min_oof_attempt", lambda: {"4h": 8_000})   # below: skipped
 
-
+# %% ../../nbs/core/00_config.ipynb #bfee2033
 @dataclass
 class BacktestSection:
     "The economic evaluation (stage 2.1): trading costs, the cost grid, and the confidence band's walk-forward choice."
@@ -147,7 +149,7 @@ class BacktestSection:
     band_fractions: list[float] = flat("backtest_band_fractions", lambda: [1.0, 0.5, 0.25, 0.1, 0.05])  # shares of bars traded
     blocks: int = flat("backtest_blocks", 10)              # blocks of the OOF timeline; the first only trains the band
 
-
+# %% ../../nbs/core/00_config.ipynb #953ec3d2
 @dataclass
 class RetrainSection:
     "`macd-nb retrain`: how a challenger is judged against the champion on the bars the champion never saw."
@@ -214,7 +216,7 @@ class RunConfig:
         if problems: raise ValueError(problem_message(problems, source, origins))
         return self
 
-
+# %% ../../nbs/core/00_config.ipynb #3cc15ca6
 _TOP_FIELDS = [f.name for f in dataclasses.fields(RunConfig) if f.name not in SECTIONS]
 _FLAT = {f.metadata["flat"]: (section, f.name) for section, kind in SECTIONS.items() for f in dataclasses.fields(kind)}
 _TYPES = {name: typing.get_type_hints(RunConfig)[name] for name in _TOP_FIELDS} | {
@@ -235,18 +237,18 @@ def checked_value(key: str, value: Any, source: str = "settings") -> Any:
         hint = f"; write the date as text: {key}: '{value}'" if isinstance(value, datetime.date) else ""
         raise ValueError(f"{source}: {key}={value!r} is not a valid {expected} ({error.errors()[0]['msg']}){hint}") from None
 
-
+# %% ../../nbs/core/00_config.ipynb #5a87229d
 def flat_names() -> list[str]:
     "Every name a configuration file may set."
     return _TOP_FIELDS + list(_FLAT)
 
-
+# %% ../../nbs/core/00_config.ipynb #72ea6a8c
 def setting_group(key: str) -> str:
     "The part of the configuration setting `key` belongs to: its section ('stacking', ...), 'gates', or 'run' (run-wide)."
     if key in _FLAT: return _FLAT[key][0]
     return "gates" if key == "gates" else "run"
 
-
+# %% ../../nbs/core/00_config.ipynb #4902c75d
 def _suggest(name, known: list[str] | tuple[str, ...] | None = None) -> str:
     "`name`, with the closest of the `known` names (default: the settings) when there is one."
     close = difflib.get_close_matches(str(name), known or flat_names(), n=1)
@@ -273,7 +275,7 @@ def _twice(values: list) -> list:
     "The values listed more than once."
     return list(dict.fromkeys(value for i, value in enumerate(values) if value in values[:i]))
 
-
+# %% ../../nbs/core/00_config.ipynb #773d9535
 def _date(key: str, value: str) -> pd.Timestamp:
     "Setting `key` as a UTC timestamp; a ValueError naming the key and the format when it is not a calendar date."
     try:
@@ -283,13 +285,13 @@ def _date(key: str, value: str) -> pd.Timestamp:
         raise ValueError(f"{key}={value!r} is not a date ({error}): write YYYY-MM-DD or 'YYYY-MM-DD HH:MM' (UTC)") from None
     return utc(stamp)
 
-
+# %% ../../nbs/core/00_config.ipynb #ec8dba7c
 def utc(value) -> pd.Timestamp:
     "A timestamp in UTC (a naive one is taken as UTC): the project's one normalisation."
     stamp = pd.Timestamp(value)
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
-
+# %% ../../nbs/core/00_config.ipynb #44769004
 def date_range(start: str | None = None, end: str | None = None) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
     "The earliest open time kept and the bound past the last one (exclusive); a date-only `end` keeps its whole day."
     past = None
@@ -298,7 +300,7 @@ def date_range(start: str | None = None, end: str | None = None) -> tuple[pd.Tim
         past = _date("end", end) + (pd.Timedelta("1D") if whole_day else pd.Timedelta("1ns"))
     return (_date("start", start) if start is not None else None), past
 
-
+# %% ../../nbs/core/00_config.ipynb #c13a7bda
 def setting_problems(config: "RunConfig") -> list[Problem]:
     "Every value of `config` that would fail deep inside a stage or quietly mean something else, and what to do."
     d, v, s, b, values, problems = config.data, config.validation, config.stacking, config.backtest, config.to_flat(), []
@@ -385,7 +387,7 @@ def setting_problems(config: "RunConfig") -> list[Problem]:
          f"backtest_band_fractions={b.band_fractions} must be shares of bars in (0, 1]")
     return problems
 
-
+# %% ../../nbs/core/00_config.ipynb #256fa7ae
 def problem_message(problems: list[Problem], source: str = "settings", origins: dict[str, str] | None = None) -> str:
     "One line: the problems grouped by where their settings came from (`bad.yaml: horizons=[] ...; n_folds=...`)."
     grouped: dict[str, list[str]] = {}
@@ -394,7 +396,7 @@ def problem_message(problems: list[Problem], source: str = "settings", origins: 
         grouped.setdefault(where, []).append(text)
     return "; ".join(f"{where}: " + "; ".join(texts) for where, texts in grouped.items())
 
-
+# %% ../../nbs/core/00_config.ipynb #b80c8b2a
 _NORMAL_FORM = {   # settings read in one normal form, and why
     "symbols": (lambda symbols: [symbol.strip().upper() for symbol in symbols], "Binance writes symbols in upper case"),
     "target": (lambda symbol: symbol.strip().upper(), "Binance writes symbols in upper case"),
@@ -412,7 +414,6 @@ def normalised(values: dict[str, Any], where=lambda key: "settings") -> dict[str
         if normal[key] != values[key]:
             print(f"note: {where(key)}: {key}={values[key]!r} read as {normal[key]!r} ({why})", file=sys.stderr)
     return normal
-
 
 # %% ../../nbs/core/00_config.ipynb #4eae3d50
 def default_data_dir() -> Path:
@@ -466,7 +467,7 @@ class _SettingsLoader(yaml.SafeLoader):
             lines[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
-
+# %% ../../nbs/core/00_config.ipynb #2f6bcdea
 _SettingsLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_scalar)   # start: 2024-01-01
 
 
@@ -476,7 +477,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     if twice: raise ValueError(f"{', '.join(map(repr, twice))} set twice in one object: keep one")
     return dict(pairs)
 
-
+# %% ../../nbs/core/00_config.ipynb #6e6b1db3
 def _read_mapping(path: Path) -> dict:
     "Parse a YAML or JSON file into a dict; every error names the file (and the line and column where known)."
     try:
@@ -497,7 +498,7 @@ def _read_mapping(path: Path) -> dict:
     if not isinstance(data, dict): raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
     return data
 
-
+# %% ../../nbs/core/00_config.ipynb #302d1900
 def _known_hours(config: RunConfig) -> tuple[int, str] | None:
     "At most how many 1h bars the run will have, known before loading (synthetic `n_bars`, or `start`..`end`), and how."
     if config.data.source == "synthetic": return config.data.n_bars, f"n_bars={config.data.n_bars}"
@@ -506,7 +507,7 @@ def _known_hours(config: RunConfig) -> tuple[int, str] | None:
     hours = int((past - first) / TIMEFRAME_DELTA["1h"])
     return hours, f"at most: start={config.data.start!r} to end={config.data.end!r}"
 
-
+# %% ../../nbs/core/00_config.ipynb #519b2d6f
 def fold_problems(config: RunConfig) -> list[Problem]:
     "The model stages' refusal of too many folds (`WalkForward.fold_val_size`), made before anything is written."
     from macd_nb.core.validation import WalkForward, holdout_split   # imported here: validation builds on this module
@@ -524,7 +525,7 @@ def fold_problems(config: RunConfig) -> list[Problem]:
                              f"at {timeframe}, {n_rows} bars ({how}), {v.test_fraction:.0%} held out for the test: {error}"))
     return problems
 
-
+# %% ../../nbs/core/00_config.ipynb #62cb86a5
 def load_config(path: str | Path | None = None, profile: str | None = None, *, start: RunConfig | None = None,
                 **changes) -> RunConfig:
     """A `RunConfig` from a profile, then an override file, then keyword `changes` (later wins); refusals name the file.
@@ -546,7 +547,7 @@ def load_config(path: str | Path | None = None, profile: str | None = None, *, s
     if problems: raise ValueError(problem_message(problems, source, origins))
     return config
 
-
+# %% ../../nbs/core/00_config.ipynb #cc304754
 def resolve_device(device: str = "auto") -> str:
     "'cuda' when asked for or when `auto` finds a GPU, else 'cpu'."
     if device == "cpu": return "cpu"
@@ -558,7 +559,7 @@ def resolve_device(device: str = "auto") -> str:
     if device == "cuda" and not has_cuda: raise RuntimeError("device='cuda' requested but no CUDA device is available")
     return "cuda" if has_cuda else "cpu"
 
-
+# %% ../../nbs/core/00_config.ipynb #c036430e
 def library_versions() -> dict[str, str]:
     "Versions of Python and the libraries whose behaviour shapes the numbers."
     import importlib.metadata as md
@@ -569,7 +570,7 @@ def library_versions() -> dict[str, str]:
         except md.PackageNotFoundError: pass
     return versions
 
-
+# %% ../../nbs/core/00_config.ipynb #145b0110
 def save_config(config: RunConfig, run_dir: str | Path, *, changed_on_resume: list[dict] | None = None) -> Path:
     "Write the resolved configuration (flat names), library versions and platform to `run_dir/config.json`, atomically."
     from macd_nb.core.rundir import write_json
@@ -577,7 +578,7 @@ def save_config(config: RunConfig, run_dir: str | Path, *, changed_on_resume: li
     if changed_on_resume: record["changed_on_resume"] = changed_on_resume   # settings a --resume changed, and when
     return write_json(Path(run_dir) / "config.json", record)
 
-
+# %% ../../nbs/core/00_config.ipynb #069ffcf8
 def read_config(run_dir: str | Path) -> RunConfig:
     "The `RunConfig` saved in `run_dir/config.json`."
     from macd_nb.core.rundir import read_json   # verified against the sha256 recorded when it was saved

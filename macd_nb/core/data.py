@@ -97,10 +97,12 @@ class FileReport:
         "Plain JSON-ready dict."
         return asdict(self)
 
+# %% ../../nbs/core/04_data.ipynb #0a78a34a
 def _examples(raw: pd.DataFrame, positions: np.ndarray, name: str, open_time: pd.DatetimeIndex) -> list[str]:
     "Descriptions of the first few offending rows."
     return [row_where_at(raw, int(i), name, open_time) for i in positions[:MAX_EXAMPLES]]
 
+# %% ../../nbs/core/04_data.ipynb #405577a6
 def _check_values(raw: pd.DataFrame, name: str, open_time: pd.DatetimeIndex) -> None:
     "DataError for infinite values, non-positive prices or negative volume."
     prices = raw[PRICE_COLUMNS].to_numpy(dtype="float64")
@@ -114,6 +116,7 @@ def _check_values(raw: pd.DataFrame, name: str, open_time: pd.DatetimeIndex) -> 
             values = ", ".join(f"{c} {raw[c].iloc[i]}" for c in REQUIRED_COLUMNS)
             raise DataError(f"{row_where_at(raw, i, name, open_time)}: {problem} ({values})")
 
+# %% ../../nbs/core/04_data.ipynb #1c03e6ca
 def _check_grid(raw: pd.DataFrame, name: str, open_time: pd.DatetimeIndex, timeframe: str) -> None:
     "DataError for an open_time off the timeframe grid (e.g. 10:30 for 1h bars)."
     off_grid = open_time.asi8 % TIMEFRAME_DELTA[timeframe].value != 0
@@ -122,6 +125,7 @@ def _check_grid(raw: pd.DataFrame, name: str, open_time: pd.DatetimeIndex, timef
         raise DataError(f"{row_where_at(raw, i, name, open_time)}: open_time is not on the "
                         f"{timeframe} grid")
 
+# %% ../../nbs/core/04_data.ipynb #4dcf0716
 def _drop_duplicates(raw: pd.DataFrame, name: str, open_time: pd.DatetimeIndex, report: FileReport) -> pd.DataFrame:
     "Drop exact duplicate rows (counted); DataError for one open_time with different values. Expects sorted rows."
     value_columns = [c for c in raw.columns if c not in ("source_file", "source_row")]
@@ -141,6 +145,7 @@ def _drop_duplicates(raw: pd.DataFrame, name: str, open_time: pd.DatetimeIndex, 
                         f"with different values ({', '.join(f'{c} {kept[c].iloc[first]} vs {kept[c].iloc[second]}' for c in differ)})")
     return kept.reset_index(drop=True), kept_time
 
+# %% ../../nbs/core/04_data.ipynb #90c2918a
 def _repair_ohlc(bars: pd.DataFrame, raw: pd.DataFrame, name: str, open_time: pd.DatetimeIndex,
                  report: FileReport, max_fraction: float) -> None:
     "Widen high/low to cover open and close (in place), count; DataError above max_fraction of rows."
@@ -156,6 +161,7 @@ def _repair_ohlc(bars: pd.DataFrame, raw: pd.DataFrame, name: str, open_time: pd
     bars["high"] = np.maximum.reduce([o, h, l, c])
     bars["low"] = np.minimum.reduce([o, h, l, c])
 
+# %% ../../nbs/core/04_data.ipynb #f11e929e
 def _count_implausible(bars: pd.DataFrame, raw: pd.DataFrame, name: str, open_time: pd.DatetimeIndex,
                        report: FileReport, max_fraction: float) -> None:
     "Count and list the implausible bars (bad prints); DataError above max_fraction of rows (the file, not a print, is bad)."
@@ -169,6 +175,7 @@ def _count_implausible(bars: pd.DataFrame, raw: pd.DataFrame, name: str, open_ti
         raise DataError(f"{report.examples['implausible_bars'][0]}: implausible bars (prices far from the bars on both "
                         f"sides) in {len(positions)} of {len(bars)} rows, more than {max_fraction:.0%}: file unusable")
 
+# %% ../../nbs/core/04_data.ipynb #76b4378a
 def _gap_report(open_time: pd.DatetimeIndex, timeframe: str, report: FileReport) -> np.ndarray:
     "Missing slots before each bar (0 for the first); fills the gap counts of the report."
     step = TIMEFRAME_DELTA[timeframe].value
@@ -180,6 +187,7 @@ def _gap_report(open_time: pd.DatetimeIndex, timeframe: str, report: FileReport)
                             "slots": int(gap_before[i])} for i in largest]
     return gap_before
 
+# %% ../../nbs/core/04_data.ipynb #b1babb35
 def date_bound(value, *, is_end: bool) -> tuple[pd.Timestamp | None, bool]:
     "A UTC bound and whether it is exclusive: a date-only end means through that day's last bar."
     if value is None:
@@ -191,6 +199,7 @@ def date_bound(value, *, is_end: bool) -> tuple[pd.Timestamp | None, bool]:
         return stamp + pd.Timedelta("1D"), True
     return stamp, False
 
+# %% ../../nbs/core/04_data.ipynb #57efb0cd
 def validate_bars(raw: pd.DataFrame, *,
                   name: str,  # file or symbol named in messages when raw has no source_file column
                   timeframe: str = "1h",  # the grid the bars must sit on
@@ -349,6 +358,7 @@ def parse_bar_file_name(path: str | Path) -> tuple[str, str | None]:
         return re.split(r"[-_.]", name)[0].upper(), None
     return match["symbol"].upper(), match["timeframe"]
 
+# %% ../../nbs/core/04_data.ipynb #ed6b187c
 def _bar_files(source) -> list[Path]:
     "Bar files of a directory (recursively), a file, or a list of files."
     if isinstance(source, (list, tuple)):
@@ -360,6 +370,7 @@ def _bar_files(source) -> list[Path]:
         raise DataError(f"{path}: no such file or directory")
     return [path]
 
+# %% ../../nbs/core/04_data.ipynb #6b9c5976
 def _file_key(path: Path) -> list:
     "Name, size, mtime and sha256 prefix of a file: what the cache key remembers of it."
     stat = path.stat()
@@ -369,12 +380,14 @@ def _file_key(path: Path) -> list:
             digest.update(block)
     return [path.name, stat.st_size, stat.st_mtime_ns, digest.hexdigest()[:16]]
 
+# %% ../../nbs/core/04_data.ipynb #30acbec1
 def _cache_paths(cache_dir: Path, symbol: str, files: list[Path], settings: dict) -> tuple[Path, Path]:
     "Parquet and JSON paths of one symbol's cached canonical frame."
     key = json.dumps({"code": DATA_CODE_VERSION, "files": [_file_key(p) for p in files], **settings}, sort_keys=True)
     stem = f"{symbol}-{settings['timeframe']}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
     return cache_dir / f"{stem}.parquet", cache_dir / f"{stem}.json"
 
+# %% ../../nbs/core/04_data.ipynb #b5082d22
 def _cached(frame_path: Path, report_path: Path) -> tuple[pd.DataFrame, FileReport] | None:
     "A cache entry's frame and report, or None (with a warning saying why) when nothing vouches for it or it cannot be read."
     try:
@@ -391,6 +404,7 @@ def _cached(frame_path: Path, report_path: Path) -> tuple[pd.DataFrame, FileRepo
         warnings.warn(f"rebuilding an unreadable cache entry: {frame_path}: {type(error).__name__}: {error}")
     return None
 
+# %% ../../nbs/core/04_data.ipynb #bbe8ae90
 def apply_bad_bar_policy(bars: pd.DataFrame,  # validated bars of one symbol, at the timeframe its report counted
                          report: FileReport,  # its report, with the implausible bars counted
                          policy: str,  # "flag": keep them; "exclude": drop them (missing bars); "refuse": DataError
@@ -409,6 +423,7 @@ def apply_bad_bar_policy(bars: pd.DataFrame,  # validated bars of one symbol, at
     report.rows_out = len(kept)
     return kept.assign(gap_before=np.r_[0, np.diff(kept.index.asi8) // step - 1].astype("int64"))
 
+# %% ../../nbs/core/04_data.ipynb #77471858
 def _load_symbol(symbol: str, files: list[Path], file_timeframe: str, timeframe: str, start, end,
                  cache_dir: Path | None, bad_bars: str) -> tuple[pd.DataFrame, FileReport]:
     "Validated (and resampled) bars of one symbol, through the cache when there is one."
@@ -434,10 +449,12 @@ def _load_symbol(symbol: str, files: list[Path], file_timeframe: str, timeframe:
         write_atomically(report_path, lambda p: p.write_text(json.dumps(report.to_dict())))
     return bars, report
 
+# %% ../../nbs/core/04_data.ipynb #25581a54
 def _default_cache_dir() -> Path:
     "MACD_NB_CACHE, else ~/.cache/macd_nb."
     return Path(os.environ.get("MACD_NB_CACHE", "~/.cache/macd_nb")).expanduser()
 
+# %% ../../nbs/core/04_data.ipynb #1533b31f
 def load_bars(source,  # "synthetic", a directory, a file, or a list of files
               *,
               symbols: list[str] | None = None,  # None = every symbol found

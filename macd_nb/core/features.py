@@ -68,34 +68,34 @@ def ema(values: pd.Series, span: int) -> pd.Series:
     "Exponential moving average started at the first row (adjust=False), NaN for the first span-1 values."
     return values.ewm(span=span, adjust=False, min_periods=span).mean()
 
-
+# %% ../../nbs/core/05_features.ipynb #00fd5d77
 def wilder(values: pd.Series, window: int) -> pd.Series:
     "Wilder's smoothing (EMA with alpha=1/window), NaN during the first window values."
     return values.ewm(alpha=1.0 / window, adjust=False, min_periods=window).mean()
 
-
+# %% ../../nbs/core/05_features.ipynb #5b72c176
 def log_return(close: pd.Series, lag: int = 1) -> pd.Series:
     "Log return over `lag` rows: ln(close_t / close_{t-lag})."
     return np.log(close / close.shift(lag))
 
-
+# %% ../../nbs/core/05_features.ipynb #b072a936
 def safe_log(ratio: pd.Series) -> pd.Series:
     "Natural log of a positive ratio; NaN (not -inf) where the ratio is zero, negative or undefined."
     return np.log(ratio.where(ratio > 0))
 
-
+# %% ../../nbs/core/05_features.ipynb #0755fea5
 def true_range(bars: pd.DataFrame) -> pd.Series:
     "True range: max(high-low, |high-prev close|, |low-prev close|) (high-low on the first row)."
     prev_close = bars["close"].shift(1)
     wider = np.fmax((bars["high"] - prev_close).abs(), (bars["low"] - prev_close).abs())
     return pd.Series(np.fmax(bars["high"] - bars["low"], wider), index=bars.index)
 
-
+# %% ../../nbs/core/05_features.ipynb #f75ff9fe
 def average_true_range(bars: pd.DataFrame, window: int = ATR_WINDOW) -> pd.Series:
     "Wilder-smoothed true range (price units)."
     return wilder(true_range(bars), window)
 
-
+# %% ../../nbs/core/05_features.ipynb #6a212f29
 def rsi(close: pd.Series, window: int) -> pd.Series:
     "Wilder's relative strength index in [0, 100]."
     change = close.diff()
@@ -103,14 +103,14 @@ def rsi(close: pd.Series, window: int) -> pd.Series:
     mean_loss = wilder((-change).clip(lower=0), window)
     return 100 * mean_gain / (mean_gain + mean_loss)
 
-
+# %% ../../nbs/core/05_features.ipynb #772ddae9
 def macd(close: pd.Series, fast: int, slow: int, signal: int) -> tuple[pd.Series, pd.Series, pd.Series]:
     "MACD line (EMA fast - EMA slow), signal line (EMA of the line) and histogram (line - signal), price units."
     line = ema(close, fast) - ema(close, slow)
     signal_line = ema(line, signal)
     return line, signal_line, line - signal_line
 
-
+# %% ../../nbs/core/05_features.ipynb #7621599a
 def bars_since_cross(line: pd.Series, signal_line: pd.Series) -> pd.Series:
     "Signed rows since the line last crossed its signal: +k (above) or -k (below), 1 on the crossing row, NaN before the first cross."
     defined = (line.notna() & signal_line.notna()).to_numpy()
@@ -121,12 +121,12 @@ def bars_since_cross(line: pd.Series, signal_line: pd.Series) -> pd.Series:
     last_cross = pd.Series(np.where(crossed, position, np.nan)).ffill().to_numpy()
     return pd.Series(side * (position - last_cross + 1), index=line.index)
 
-
+# %% ../../nbs/core/05_features.ipynb #db93a8b3
 def rolling_zscore(values: pd.Series, window: int, min_periods: int | None = None) -> pd.Series:
     "(x - rolling mean) / rolling std over the trailing window (the window includes the current row); 0 on a constant window."
     return rolling_zscore_or_zero(values, window, min_periods)[0]
 
-
+# %% ../../nbs/core/05_features.ipynb #e17c0fc3
 def rolling_mean_std(values: pd.Series, window: int) -> tuple[pd.Series, pd.Series]:
     "Trailing mean and sample std of full windows (NaN if one holds a NaN), each from its own window; std exactly 0 when constant."
     # pandas' running sums carry rounding from the start of the series (1e-9 on a %b of prices near 1e5): computed per
@@ -139,7 +139,7 @@ def rolling_mean_std(values: pd.Series, window: int) -> tuple[pd.Series, pd.Seri
         std[window - 1:] = np.where(np.ptp(windows, axis=1) == 0, 0.0, windows.std(axis=1, ddof=1))
     return pd.Series(mean, index=values.index), pd.Series(std, index=values.index)
 
-
+# %% ../../nbs/core/05_features.ipynb #671e7a6e
 def rolling_zscore_or_zero(values: pd.Series, window: int, min_periods: int | None = None) -> tuple[pd.Series, pd.Series]:
     "`rolling_zscore` and the rows where the window was constant (std 0: the value is its mean, z = 0)."
     if min_periods in (None, window): mean, std = rolling_mean_std(values, window)
@@ -148,18 +148,18 @@ def rolling_zscore_or_zero(values: pd.Series, window: int, min_periods: int | No
         mean, std = rolling.mean(), rolling.std()
     return neutral_where((values - mean) / std, std == 0, 0.0)
 
-
+# %% ../../nbs/core/05_features.ipynb #80969f93
 def neutral_where(values: pd.Series, undefined: pd.Series, neutral: float) -> tuple[pd.Series, pd.Series]:
     "`values` with `neutral` on the rows where `undefined` (e.g. a zero denominator), and those rows as a mask."
     undefined = undefined.fillna(False).astype(bool)
     return values.mask(undefined, neutral), undefined
 
-
+# %% ../../nbs/core/05_features.ipynb #7a60b202
 def ratio_or_neutral(numerator: pd.Series, denominator: pd.Series, neutral: float) -> tuple[pd.Series, pd.Series]:
     "numerator / denominator, `neutral` where the denominator is 0 (nothing traded or no range: x/0 carries no information)."
     return neutral_where(numerator / denominator, (denominator == 0) & numerator.notna(), neutral)
 
-
+# %% ../../nbs/core/05_features.ipynb #f6c1c134
 def rolling_corr_or_zero(a: pd.Series, b: pd.Series, window: int, min_periods: int | None = None) -> tuple[pd.Series, pd.Series]:
     "Rolling correlation of a and b, 0 where either is constant over a full window (no co-movement to measure)."
     minimum = min_periods or window
@@ -260,7 +260,7 @@ def _add_returns(fb: FeatureBuilder, bars: pd.DataFrame) -> None:
         fb.add(f"ret_{lag}", "returns", f"ln(close_t / close_(t-{lag}))", ret)
         fb.add(f"ret_{lag}_vn", "returns", f"ret_{lag} / (std_168 * sqrt({lag}))", ret / (volatility * np.sqrt(lag)))
 
-
+# %% ../../nbs/core/05_features.ipynb #ea6fcc88
 def _add_volatility(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Series) -> None:
     "Close-to-close, range-based and ATR volatility, and short/long volatility ratios."
     o, h, l, c = (np.log(bars[k]) for k in ("open", "high", "low", "close"))
@@ -280,7 +280,7 @@ def _add_volatility(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Series) -> N
     fb.add("vol_ratio_6_168", "volatility", "std_6 / std_168", std[6] / std[168])
     fb.add("vol_ratio_24_168", "volatility", "std_24 / std_168", std[24] / std[168])
 
-
+# %% ../../nbs/core/05_features.ipynb #8f59e857
 def _add_macd(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Series) -> None:
     "MACD line, signal, histogram (in ATR), histogram slope and signed bars since the last cross, per speed."
     for fast, slow, signal in MACD_SPEEDS:
@@ -293,7 +293,7 @@ def _add_macd(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Series) -> None:
         fb.add(f"{name}_cross_bars", "macd", "+k / -k: k bars since the line crossed above / below its signal "
                "(1 on the crossing bar), NaN before the first cross", bars_since_cross(line, signal_line))
 
-
+# %% ../../nbs/core/05_features.ipynb #767c1f47
 def _add_momentum(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Series) -> None:
     "RSI, stochastic %K/%D and ADX with +DI/-DI."
     h, l, c = bars["high"], bars["low"], bars["close"]
@@ -314,7 +314,7 @@ def _add_momentum(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Series) -> Non
     fb.add("minus_di_14", "momentum", "100 Wilder_14(-DM) / ATR_14", minus_di)
     fb.add("adx_14", "momentum", "Wilder_14(100 |+DI - -DI| / (+DI + -DI))", wilder(dx, ATR_WINDOW))
 
-
+# %% ../../nbs/core/05_features.ipynb #0a791023
 def _add_bands_trend_range(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Series) -> None:
     "Bollinger %b and bandwidth, EMA distances in ATR, distance to rolling highs and lows."
     h, l, c = bars["high"], bars["low"], bars["close"]
@@ -335,7 +335,7 @@ def _add_bands_trend_range(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Serie
         fb.add(f"range_pos_{w}", "range", f"(close - min_{w}(low)) / (max_{w}(high) - min_{w}(low)); 0.5 on a flat window",
                ratio_or_neutral(c - lowest, highest - lowest, 0.5))
 
-
+# %% ../../nbs/core/05_features.ipynb #a8b4583c
 def _add_candle_distribution(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Series) -> None:
     "Candle body, wicks, range and close location; rolling skew and kurtosis of returns."
     o, h, l, c = bars["open"], bars["high"], bars["low"], bars["close"]
@@ -353,7 +353,7 @@ def _add_candle_distribution(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Ser
         fb.add(name, "distribution", f"rolling {word} of ret_1 over {w} bars; 0 on a constant window",
                neutral_where(getattr(ret.rolling(w), moment)(), ret.rolling(w).std() == 0, 0.0))
 
-
+# %% ../../nbs/core/05_features.ipynb #8c089ed2
 def _add_volume(fb: FeatureBuilder, bars: pd.DataFrame, max_missing_share: float, inputs) -> None:
     "Volume z-scores and log ratios; taker-buy and trade-count features when those columns are usable."
     v = bars["volume"]
@@ -389,7 +389,7 @@ def _add_volume(fb: FeatureBuilder, bars: pd.DataFrame, max_missing_share: float
         fb.add("log_trade_size_ratio_24_168", "flow", "ln((sum_24 volume / sum_24 trades) / (sum_168 volume / sum_168 trades)); "
                "0 when the 24 bars had no trade", neutral_where(safe_log(size_24 / size_168), (trades_24 == 0) & size_168.notna(), 0.0))
 
-
+# %% ../../nbs/core/05_features.ipynb #cc5dc351
 def _add_calendar(fb: FeatureBuilder, timeframe: str) -> None:
     "Hour of day (below 1d bars) and day of week as points on the unit circle."
     if TIMEFRAME_DELTA[timeframe] < TIMEFRAME_DELTA["1d"]:
@@ -400,7 +400,7 @@ def _add_calendar(fb: FeatureBuilder, timeframe: str) -> None:
     fb.add("dow_sin", "calendar", "sin(2 pi weekday / 7) of open_time (UTC)", np.sin(2 * np.pi * weekday / 7))
     fb.add("dow_cos", "calendar", "cos(2 pi weekday / 7) of open_time (UTC)", np.cos(2 * np.pi * weekday / 7))
 
-
+# %% ../../nbs/core/05_features.ipynb #84cc0e44
 def _add_higher_timeframes(fb: FeatureBuilder, bars: pd.DataFrame, timeframe: str) -> None:
     "MACD 12/26/9 (/ close), RSI 14 and last return of completed 4h and 1d bars, attached by close time."
     for higher in HIGHER_TIMEFRAMES:

@@ -47,6 +47,7 @@ def canonical_column(name: str) -> str:
     key = str(name).strip().lower()
     return _COLUMN_ALIASES.get(key, key)
 
+# %% ../../nbs/core/03_klines.ipynb #866e83b1
 def _csv_bytes(path: Path) -> bytes:
     "The CSV text of `path` as bytes: the single CSV inside a ZIP dump, a gunzipped .gz, or the file itself."
     try:
@@ -64,6 +65,7 @@ def _csv_bytes(path: Path) -> bytes:
         kind = "ZIP archive" if path.suffix == ".zip" else "gzip file"
         raise DataError(f"{path}: truncated or corrupt {kind} ({type(error).__name__}: {error}); download it again") from None
 
+# %% ../../nbs/core/03_klines.ipynb #35a27def
 _NOT_CSV_TEXT = {b"\x1f\x8b": ("gzip-compressed", ".csv.gz"), b"PK\x03\x04": ("a ZIP archive", ".zip"),
                  b"PAR1": ("parquet", ".parquet")}   # magic bytes of what a file named .csv sometimes holds
 
@@ -82,6 +84,7 @@ def _not_utf8_text(data: bytes, path: Path) -> str | None:
         return f"byte {error.start} ({head[error.start:error.start + 1]!r}) is not UTF-8; save the file as UTF-8"
     return None
 
+# %% ../../nbs/core/03_klines.ipynb #541ccc97
 def _header_names(first_line: str) -> list[str] | None:
     "Column names from a header line, or None when the first line is already data (Binance dumps)."
     first_field = first_line.split(",")[0].strip().strip('"')
@@ -89,6 +92,7 @@ def _header_names(first_line: str) -> list[str] | None:
         return None
     return [canonical_column(name.strip().strip('"')) for name in first_line.split(",")]
 
+# %% ../../nbs/core/03_klines.ipynb #b4ef77d3
 def first_bad_cell(raw_text: pd.DataFrame, columns: list[str], path, first_line: int) -> None:
     "Raise a DataError for the first cell of the given text columns that is not a number."
     for column in columns:
@@ -103,6 +107,7 @@ def first_bad_cell(raw_text: pd.DataFrame, columns: list[str], path, first_line:
             raise DataError(f"{file} row {row} (open_time {raw_text['open_time'].iloc[i]}): "
                             f"column {column} holds {text.iloc[i]!r}, not a number")
 
+# %% ../../nbs/core/03_klines.ipynb #be865737
 def read_klines(path: str | Path) -> pd.DataFrame:
     "Raw rows of one kline file (ZIP dump, CSV, CSV.gz or parquet), before validation."
     path = Path(path)
@@ -130,6 +135,7 @@ def read_klines(path: str | Path) -> pd.DataFrame:
     frame["source_row"] = np.arange(len(frame), dtype=np.int64) + (2 if header is not None else 1)
     return frame
 
+# %% ../../nbs/core/03_klines.ipynb #62cf79c4
 def _read_csv_slow(data: bytes, path: Path, read_options, wanted: list[str], first_line: int) -> pd.DataFrame:
     "Read every column as text, name the first non-numeric cell, else return the numbers."
     try:
@@ -142,6 +148,7 @@ def _read_csv_slow(data: bytes, path: Path, read_options, wanted: list[str], fir
     first_bad_cell(raw_text, numeric, path, first_line)
     return raw_text.assign(**{c: pd.to_numeric(raw_text[c], errors="coerce").astype("float64") for c in numeric})
 
+# %% ../../nbs/core/03_klines.ipynb #1838053b
 def _read_parquet(path: Path) -> pd.DataFrame:
     "Raw rows of a parquet file with an open_time column or a DatetimeIndex."
     frame = pd.read_parquet(path)

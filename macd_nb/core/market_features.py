@@ -23,18 +23,18 @@ def symbol_prefix(symbol: str) -> str:
     "Short lower-case feature prefix of a symbol: BTCUSDT -> btc."
     return symbol.removesuffix("USDT").lower()
 
-
+# %% ../../nbs/core/06_market_features.ipynb #bd4281f2
 def reference_symbol(market: dict[str, pd.DataFrame], target: str) -> str | None:
     "The symbol 'vs BTC' features compare against: BTCUSDT, or ETHUSDT when the target is BTC; None -> the index."
     candidates = [s for s in REFERENCE_SYMBOLS if s != target and s in market]
     return candidates[0] if candidates else None
 
-
+# %% ../../nbs/core/06_market_features.ipynb #485d570e
 def aligned_returns(market: dict[str, pd.DataFrame], index: pd.DatetimeIndex) -> pd.DataFrame:
     "1-bar log return of every symbol (on its own rows), aligned to `index` by time; missing bars are NaN."
     return pd.DataFrame({s: log_return(bars["close"]).reindex(index) for s, bars in market.items()}, index=index)
 
-
+# %% ../../nbs/core/06_market_features.ipynb #2bf000a3
 def cross_asset_features(market: dict[str, pd.DataFrame], target: str, *, timeframe: str = "1h") -> FeatureFrame:
     "Market-context features of `target`: leaders' returns and MACD, index, beta/correlation, dispersion, breadth."
     if target not in market: raise KeyError(f"target {target!r} not in market symbols {sorted(market)}")
@@ -50,7 +50,7 @@ def cross_asset_features(market: dict[str, pd.DataFrame], target: str, *, timefr
     return FeatureFrame(frame=frame, base=[], cross=list(frame.columns), dropped=fb.dropped, specs=fb.specs,
                         warmup_bars=warmup_bars(frame), neutral=fb.neutral)
 
-
+# %% ../../nbs/core/06_market_features.ipynb #129e40c4
 def _add_leaders(fb: FeatureBuilder, market: dict[str, pd.DataFrame], target: str, index: pd.DatetimeIndex) -> None:
     "Returns at 1/4/24 bars and MACD 12/26/9 histogram / ATR of BTC and ETH, aligned by time."
     for symbol in REFERENCE_SYMBOLS:
@@ -70,7 +70,7 @@ def _add_leaders(fb: FeatureBuilder, market: dict[str, pd.DataFrame], target: st
         fb.add(f"{prefix}_macd_hist", "cross", f"MACD 12/26/9 histogram / ATR_14 of {symbol}, aligned by time",
                hist.reindex(index))
 
-
+# %% ../../nbs/core/06_market_features.ipynb #0679409f
 def _add_index(fb: FeatureBuilder, returns: pd.DataFrame, target_close: pd.Series) -> pd.Series:
     "Equal-weight index returns and MACD, breadth, dispersion, relative strength; returns the index 1-bar return."
     market_ret = returns.mean(axis=1)
@@ -91,7 +91,7 @@ def _add_index(fb: FeatureBuilder, returns: pd.DataFrame, target_close: pd.Serie
                log_return(target_close, lag) - market_ret.rolling(lag).sum())
     return market_ret
 
-
+# %% ../../nbs/core/06_market_features.ipynb #a1a1b510
 def _add_reference(fb: FeatureBuilder, market: dict[str, pd.DataFrame], target: str, returns: pd.DataFrame,
                    market_ret: pd.Series) -> None:
     "Beta, correlation and return spread of the target vs the reference (BTC; ETH for BTC; else the index)."
@@ -119,7 +119,7 @@ def _add_reference(fb: FeatureBuilder, market: dict[str, pd.DataFrame], target: 
     fb.add("rel_vol_mkt_24", "cross", "ln(max(std_24(ret_1) / std_24(mkt ret_1), 0.01)): a flat target floored; "
            "0 when the whole market was flat", safe_log(ratio.clip(lower=0.01)), flat)
 
-
+# %% ../../nbs/core/06_market_features.ipynb #8d847fc3
 def build_features(market: dict[str, pd.DataFrame], target: str, *, timeframe: str = "1h",
                    cross_asset: bool = True,
                    max_missing_share: float = MAX_MISSING_SHARE,  # optional column NaN share above which its features drop

@@ -31,7 +31,7 @@ def _stamps(index: pd.Index, limit: int = 5) -> list[str]:
     "The first few timestamps of an index, as text."
     return [f"{t:%Y-%m-%d %H:%M}" for t in index[:limit]]
 
-
+# %% ../../nbs/core/10_prepare.ipynb #9cb4840a
 def _no_rows_error(frame: pd.DataFrame, market: dict[str, pd.DataFrame], target: str, timeframe: str) -> DataError:
     "Why no row of `target` has every feature: the features that never get a value, or a warm-up longer than the data."
     never = [c for c in frame.columns if frame[c].isna().all()]
@@ -44,7 +44,7 @@ def _no_rows_error(frame: pd.DataFrame, market: dict[str, pd.DataFrame], target:
                      f"{others}). Load a longer range (an earlier `start`), or remove the symbols without bars in the "
                      f"target's range from `symbols`, or drop timeframe {timeframe}.")
 
-
+# %% ../../nbs/core/10_prepare.ipynb #632c08a7
 def excluded_rows(table: pd.DataFrame, features: list[str], market: dict[str, pd.DataFrame], target: str) -> tuple[np.ndarray, dict]:
     "Rows (after warm-up) with an undefined feature, and what the record says of them: count, first rows, per feature and symbol."
     undefined = table[features].isna()
@@ -58,7 +58,7 @@ def excluded_rows(table: pd.DataFrame, features: list[str], market: dict[str, pd
                   "first_rows": _stamps(index), "by_feature": {k: int(v) for k, v in by_feature[by_feature > 0].items()},
                   "no_bar_of": {s: n for s, n in no_bar.items() if n}}
 
-
+# %% ../../nbs/core/10_prepare.ipynb #ac77e415
 def long_gaps(market: dict[str, pd.DataFrame], timeframe: str, max_gap_hours: int) -> list[dict]:
     "Every gap longer than `max_gap_hours` in each symbol's bars at `timeframe`: symbol, first missing bar, first bar after, hours."
     step = TIMEFRAME_DELTA[timeframe]
@@ -71,14 +71,14 @@ def long_gaps(market: dict[str, pd.DataFrame], timeframe: str, max_gap_hours: in
                          "missing_hours": int(slots[i]) * hours_per_bar})
     return gaps
 
-
+# %% ../../nbs/core/10_prepare.ipynb #d9898aa5
 def bad_bar_holes(bad_bar_times: dict[str, list[str]], timeframe: str) -> list[dict]:
     "The implausible bars the loader dropped, as holes at `timeframe`: the bar (or coarser bar) that holds each is missing."
     step = TIMEFRAME_DELTA[timeframe]
     holes = {(symbol, pd.Timestamp(t, tz="UTC").floor(step)) for symbol, times in bad_bar_times.items() for t in times}
     return [{"symbol": symbol, "first_missing": start, "first_after": start + step} for symbol, start in sorted(holes)]
 
-
+# %% ../../nbs/core/10_prepare.ipynb #a729e804
 def rows_touching(index: pd.DatetimeIndex, holes: list[dict], target: str, *, horizon: int, step: pd.Timedelta) -> np.ndarray:
     "Rows whose last LOOKBACK_BARS bars reach back into a hole, or (the target's own holes) whose label horizon reaches it."
     times, touched = index.as_unit("ns").asi8, np.zeros(len(index), dtype=bool)
@@ -89,7 +89,7 @@ def rows_touching(index: pd.DatetimeIndex, holes: list[dict], target: str, *, ho
         touched[first:last] = True
     return touched
 
-
+# %% ../../nbs/core/10_prepare.ipynb #00acc5cb
 def _exclusion_record(table: pd.DataFrame, touched: np.ndarray, holes: list[dict], **settings) -> dict:
     "What the record says of rows excluded around holes: the settings, the largest holes and the first rows."
     listed = sorted(holes, key=lambda h: h["first_after"] - h["first_missing"], reverse=True)[:5]
@@ -97,7 +97,7 @@ def _exclusion_record(table: pd.DataFrame, touched: np.ndarray, holes: list[dict
             "largest": [{k: f"{v:%Y-%m-%d %H:%M}" if isinstance(v, pd.Timestamp) else v for k, v in h.items()} for h in listed],
             "first_rows": _stamps(table.index[touched])}
 
-
+# %% ../../nbs/core/10_prepare.ipynb #ddb3b59f
 def _too_many_excluded(record: dict, n_rows: int, target: str, timeframe: str) -> DataError:
     "The error when more than MAX_EXCLUDED_SHARE of the rows after warm-up have an undefined feature."
     feature, count = max(record["by_feature"].items(), key=lambda item: item[1])
@@ -110,7 +110,7 @@ def _too_many_excluded(record: dict, n_rows: int, target: str, timeframe: str) -
                      f"({record['share']:.1%}, limit {MAX_EXCLUDED_SHARE:.0%}); most often {feature} ({count} rows); first rows "
                      f"{record['first_rows']}{culprit}. {advice}.")
 
-
+# %% ../../nbs/core/10_prepare.ipynb #81c1a6c2
 def features_at(market: dict[str, pd.DataFrame], config: RunConfig, timeframe: str) -> tuple[dict[str, pd.DataFrame], FeatureFrame]:
     "The market at `timeframe` (1h bars resampled) and its features for `config.data.target`: the batch and the live path share it."
     if timeframe != "1h": market = {symbol: resample_bars(bars, timeframe) for symbol, bars in market.items()}
@@ -118,7 +118,7 @@ def features_at(market: dict[str, pd.DataFrame], config: RunConfig, timeframe: s
     return market, build_features(market, config.data.target, timeframe=timeframe, cross_asset=len(market) > 1,
                                   max_missing_share=MAX_MISSING_SHARE * hours_per_bar, inputs=config.data.feature_inputs)
 
-
+# %% ../../nbs/core/10_prepare.ipynb #ec599d52
 def timeframe_table(market: dict[str, pd.DataFrame], config: RunConfig, timeframe: str, *,
                     bad_bar_times: dict[str, list[str]] | None = None,  # symbol -> 1h open times of the bad bars the loader dropped
                     ) -> tuple[pd.DataFrame, dict]:
@@ -170,7 +170,7 @@ def timeframe_table(market: dict[str, pd.DataFrame], config: RunConfig, timefram
                          .reset_index().to_dict(orient="records")}
     return table, summary
 
-
+# %% ../../nbs/core/10_prepare.ipynb #2f2d6461
 def check_prepared_table(table: pd.DataFrame, summary: dict, where: str) -> None:
     "DataError naming the feature, rows and what to do when a prepared table has no rows or an undefined feature."
     if not len(table):
@@ -184,7 +184,7 @@ def check_prepared_table(table: pd.DataFrame, summary: dict, where: str) -> None
                         f"{_stamps(rows)}; {int((counts > 0).sum())} feature(s) in all), but the prepare stage excludes "
                         f"such rows: the table was changed or written by older code. Run the prepare stage again.")
 
-
+# %% ../../nbs/core/10_prepare.ipynb #15a2bfaf
 def prepare_run(config: RunConfig, run_dir: str | Path) -> dict:
     "Stage 0: load, validate, build features and labels per timeframe; write tables and `results/prepare.json`."
     paths = RunPaths(Path(run_dir)).create()
@@ -209,13 +209,13 @@ def prepare_run(config: RunConfig, run_dir: str | Path) -> dict:
     write_json(paths.results / "prepare.json", record)
     return record
 
-
+# %% ../../nbs/core/10_prepare.ipynb #2cc98495
 def synthetic_options(config: RunConfig) -> dict | None:
     "The synthetic market's own settings of `config` (its planted edge and change of regime); None for kline files."
     if config.data.source != "synthetic": return None
     return {"edge": config.data.synthetic_edge, "regime_change": config.data.synthetic_regime_change}
 
-
+# %% ../../nbs/core/10_prepare.ipynb #61cf2682
 def synthetic_oracle(config: RunConfig) -> dict:
     "Nominal and measured 1-bar oracle AUC of the synthetic target: the ceiling any model can reach."
     from macd_nb.core.synthetic import oracle_auc, synthetic_market
@@ -224,14 +224,14 @@ def synthetic_oracle(config: RunConfig) -> dict:
     return {"target": config.data.target, "nominal_oracle_auc": market.nominal_oracle_auc[config.data.target],
             "measured_oracle_auc": oracle_auc(market, config.data.target)}
 
-
+# %% ../../nbs/core/10_prepare.ipynb #71662fae
 def check_columns(columns, expected: list[str], where: str, *, allow_extra: bool = False) -> None:
     "Fail, naming what is missing and what is extra, when `columns` are not `expected` (order aside; extras allowed or not)."
     missing, extra = [c for c in expected if c not in set(columns)], [c for c in columns if c not in set(expected)]
     if missing or (extra and not allow_extra):
         raise ValueError(f"{where}: feature columns differ from the declared feature set; missing {missing}, extra {extra}")
 
-
+# %% ../../nbs/core/10_prepare.ipynb #f4fa04c2
 def load_table(run_dir: str | Path, timeframe: str) -> tuple[pd.DataFrame, dict]:
     "The prepared table of `timeframe` and its summary, as written by the prepare stage; columns checked against it."
     paths = RunPaths(Path(run_dir))

@@ -90,7 +90,7 @@ def _restore(path: Path) -> str:
     return (f"restore {path} from a backup, or remove it and promote the run again (`macd-nb promote runs/<run> --alias "
             f"{path.stem}`); audit.jsonl records every move")
 
-
+# %% ../../nbs/core/12_registry.ipynb #ea98428a
 def read_alias(registry: str | Path, alias: str) -> dict | None:
     "The pointer record of `alias` (None when it was never moved), after checking it against the audit log's newest move of `alias`."
     path = Path(registry) / "aliases" / f"{alias}.json"
@@ -108,7 +108,7 @@ def read_alias(registry: str | Path, alias: str) -> dict | None:
                             + f" on {newest['when']} by {newest['who']}; {_restore(path)}")
     return pointer
 
-
+# %% ../../nbs/core/12_registry.ipynb #0c69f618
 def alias_target(registry: str | Path, alias: str) -> Path:
     "The file `alias` points at, checked against the sha256 the pointer recorded (a mismatch blamed on the one its run's manifest disowns)."
     pointer = read_alias(registry, alias)
@@ -129,7 +129,7 @@ def alias_target(registry: str | Path, alias: str) -> Path:
                             f"the pointer recorded {pointer['sha256'][:19]}); deploy the run's package again or roll back")
     return path
 
-
+# %% ../../nbs/core/12_registry.ipynb #e540aedb
 def _check_deployable(run_root: Path, timeframe: str) -> tuple[str, dict]:
     "The stacked model's meta file of a registered run (relative to the registry) after every refusal check."
     meta_file = f"models/stacking_meta_{timeframe}.json"
@@ -144,7 +144,7 @@ def _check_deployable(run_root: Path, timeframe: str) -> tuple[str, dict]:
         raise RegistryError(f"{run_root.name} is not deployable at {timeframe}: {'; '.join(why or ['its gates failed'])}")
     return meta_file, meta
 
-
+# %% ../../nbs/core/12_registry.ipynb #c6006d3b
 def move_alias(registry: str | Path, alias: str, run_id: str, *, expected_version: int | None, why: str,
                hook: Callable[[str], None] | None = None, record: dict | None = None) -> dict:
     "Point `alias` at registered run `run_id` if its current version is `expected_version` (None: no alias yet); `record` adds to its audit entry."
@@ -169,7 +169,7 @@ def move_alias(registry: str | Path, alias: str, run_id: str, *, expected_versio
         _switch(registry, pointer, entry, hook or (lambda step: None))
         return pointer
 
-
+# %% ../../nbs/core/12_registry.ipynb #63125d8e
 def _switch(registry: Path, pointer: dict, entry: dict | None, hook: Callable[[str], None]) -> None:
     "Write the new pointer (synced), append `entry` to the audit log (synced; None: it is there already), switch, sync."
     folder = registry / "aliases"
@@ -195,7 +195,7 @@ def _switch(registry: Path, pointer: dict, entry: dict | None, hook: Callable[[s
     finally:
         if os.path.exists(temporary): os.unlink(temporary)
 
-
+# %% ../../nbs/core/12_registry.ipynb #4da33dff
 def complete_move(registry: str | Path, alias: str) -> dict | None:
     "Finish a move that a crash stopped after its audit entry and before its switch (no second entry); the pointer it wrote, or None."
     registry = Path(registry)

@@ -194,7 +194,7 @@ def model_result(**fields) -> dict:
 class CorruptArtifact(ValueError):
     "A file whose bytes are not the ones its writer recorded."
 
-
+# %% ../../nbs/core/01_rundir.ipynb #93015670
 def recorded_hashes(folder: str | Path) -> dict[str, dict]:
     "File name -> the newest {file, sha256, bytes} recorded by its writer in `folder`'s ledger."
     ledger = Path(folder) / LEDGER
@@ -207,7 +207,7 @@ def recorded_hashes(folder: str | Path) -> dict[str, dict]:
                                   "can be trusted: re-run the stages that write them (macd-nb run --resume does)") from None
     return entries
 
-
+# %% ../../nbs/core/01_rundir.ipynb #31725b72
 RERUN = "re-run the stage that writes it (macd-nb run --resume re-runs it and the stages after it)"
 
 
@@ -215,7 +215,7 @@ def _enclosing_root(folder: Path, levels: int = 2) -> Path | None:
     "The run directory or copy `folder` is part of: it or its parent (every artifact folder is one level down), when holding `config.json` or `MANIFEST.json`."
     return next((f for f in [folder, *folder.parents][:levels] if (f / "config.json").exists() or (f / "MANIFEST.json").exists()), None)
 
-
+# %% ../../nbs/core/01_rundir.ipynb #b5b81df9
 def recorded_entry(path: str | Path) -> dict | None:
     "The {sha256, bytes} that vouch for `path` and the fix when they fail; None for a file no run or copy holds."
     path = Path(path)
@@ -239,14 +239,14 @@ def recorded_entry(path: str | Path) -> dict | None:
     if entry is None: raise CorruptArtifact(f"{path}: not listed in {manifest}, so it is not part of the copy: remove it")
     return entry | {"fix": f"the copy {root} cannot be trusted: deploy its package again into an empty registry"}
 
-
+# %% ../../nbs/core/01_rundir.ipynb #75289119
 def _check(path: Path, actual: str, size: int, entry: dict | None) -> None:
     "Refuse `path` when its sha256 `actual` is not the one recorded."
     if entry is not None and actual != entry["sha256"]:
         raise CorruptArtifact(f"{path}: corrupt, its bytes changed after they were written (sha256 {actual[7:19]}..., "
                               f"recorded {entry['sha256'][7:19]}..., {size} bytes, recorded {entry['bytes']}): {entry['fix']}")
 
-
+# %% ../../nbs/core/01_rundir.ipynb #3a18fdbb
 def verified(path: str | Path) -> Path:
     "`path` after checking its bytes against the sha256 its writer recorded: the one check every reader goes through."
     path = Path(path)
@@ -255,7 +255,7 @@ def verified(path: str | Path) -> Path:
     if entry is not None: _check(path, sha256_file(path), path.stat().st_size, entry)
     return path
 
-
+# %% ../../nbs/core/01_rundir.ipynb #940e54a4
 def read_verified_bytes(path: str | Path) -> bytes:
     "The bytes of `path`, read once and checked like `verified` (the bytes checked are the bytes returned: for copies)."
     path = Path(path)
@@ -264,20 +264,20 @@ def read_verified_bytes(path: str | Path) -> bytes:
     _check(path, "sha256:" + hashlib.sha256(data).hexdigest(), len(data), entry)
     return data
 
-
+# %% ../../nbs/core/01_rundir.ipynb #035dc78f
 def read_json(path: str | Path) -> dict:
     "Read a JSON file after `verified`, naming it when it is missing or broken."
     path = verified(path)
     try: return json.loads(path.read_text())
     except json.JSONDecodeError as error: raise ValueError(f"{path}: not valid JSON ({error})") from None
 
-
+# %% ../../nbs/core/01_rundir.ipynb #902dd5e3
 def read_parquet(path: str | Path, **kwargs):
     "`pandas.read_parquet` after `verified`."
     import pandas as pd
     return pd.read_parquet(verified(path), **kwargs)
 
-
+# %% ../../nbs/core/01_rundir.ipynb #ce1f3701
 ARTIFACT_FOLDERS = ("models", "results", "oof", "test", "data")
 
 
@@ -297,7 +297,7 @@ def corrupt_files(root: str | Path, folders=ARTIFACT_FOLDERS) -> list[str]:
             except (CorruptArtifact, FileNotFoundError) as error: problems.append(str(error))
     return problems
 
-
+# %% ../../nbs/core/01_rundir.ipynb #3581cbe2
 def write_manifest(run_dir: str | Path, folders=ARTIFACT_FOLDERS) -> dict:
     "List every artifact with the sha256 and size its writer recorded (never re-hashed: that would bless a corrupt file)."
     root, files, unrecorded = Path(run_dir), {}, []
@@ -312,7 +312,7 @@ def write_manifest(run_dir: str | Path, folders=ARTIFACT_FOLDERS) -> dict:
     write_json(root / "MANIFEST.json", manifest)
     return manifest
 
-
+# %% ../../nbs/core/01_rundir.ipynb #c8636f57
 def verify_artifact(run_dir: str | Path, relative_path: str, files: dict | None = None) -> Path:
     "The artifact's path after checking its sha256 against the run's manifest (`files`: its entries, when already read)."
     root = Path(run_dir)

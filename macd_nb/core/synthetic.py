@@ -154,7 +154,7 @@ class _Paths:
     drift: np.ndarray        # d_t: drift of r_{t+1} in units of sigma_{t+1}, known at the close of t
     parts: dict[str, np.ndarray]  # "own", "cross", "slow": the three drift parts before the cap
 
-
+# %% ../../nbs/core/02_synthetic.ipynb #cd83e37d
 def simulate_paths(shocks:np.ndarray, # unit-variance shocks, (n_bars, n_symbols); column 0 is the leader
                    base_sigma:np.ndarray, # per-bar base volatility per symbol
                    season:np.ndarray, # hour-of-day volatility factor per bar
@@ -211,7 +211,7 @@ def simulate_paths(shocks:np.ndarray, # unit-variance shocks, (n_bars, n_symbols
         own_parts[t], cross_parts[t], slow_parts[t] = own, cross, slow
     return _Paths(log_returns, sigmas, drifts, {"own": own_parts, "cross": cross_parts, "slow": slow_parts})
 
-
+# %% ../../nbs/core/02_synthetic.ipynb #d1a29f15
 def up_probability(drift:np.ndarray, t_df:float) -> np.ndarray:
     "P(next return > 0) for drift in sigmas and unit-variance Student-t shocks."
     return stats.t.cdf(np.asarray(drift) * np.sqrt(t_df / (t_df - 2)), t_df)
@@ -255,7 +255,7 @@ class SyntheticMarket:
     drift_parts: dict[str, pd.DataFrame] = field(default_factory=dict)  # "own", "cross", "slow" -> frame of that drift part (sigmas, before cap)
     params: SyntheticParams = field(default_factory=SyntheticParams)  # the parameters that made it
 
-
+# %% ../../nbs/core/02_synthetic.ipynb #c4da7f11
 def synthetic_market(*, symbols:tuple=DEFAULT_SYMBOLS, # first symbol is the market leader
                      n_bars:int=24 * 365, # bars per symbol
                      start="2021-01-01", # open_time of the first bar (UTC if naive)
@@ -301,7 +301,7 @@ def synthetic_market(*, symbols:tuple=DEFAULT_SYMBOLS, # first symbol is the mar
     nominal = {symbol: expected_auc(up_prob[symbol].to_numpy()[:-1]) for symbol in symbols}
     return SyntheticMarket(bars=bars, up_prob=up_prob, nominal_oracle_auc=nominal, drift_parts=parts, params=params)
 
-
+# %% ../../nbs/core/02_synthetic.ipynb #f5e4336f
 def oracle_auc(market:SyntheticMarket, symbol:str) -> float:
     "Measured AUC of the true up-probability at t against the realised direction close[t+1] > close[t]."
     close = market.bars[symbol]["close"].to_numpy()

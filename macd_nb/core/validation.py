@@ -42,7 +42,7 @@ class Fold:
     train_idx: np.ndarray
     val_idx: np.ndarray
 
-
+# %% ../../nbs/core/09_validation.ipynb #f735f68e
 @dataclass
 class WalkForward:
     "Purged, embargoed walk-forward splits with a rolling or expanding training window."
@@ -110,12 +110,12 @@ class WalkForward:
         for fold in self.folds(len(X), label_end=label_end, times=times):
             yield fold.train_idx, fold.val_idx
 
-
+# %% ../../nbs/core/09_validation.ipynb #5de36c2b
 def as_utc_datetime64(values) -> np.ndarray:
     "Times (tz-aware or naive UTC, Series, Index or array) as a plain datetime64[ns] array, for fast comparisons."
     return pd.DatetimeIndex(pd.to_datetime(np.asarray(values), utc=True)).tz_convert(None).to_numpy(dtype="datetime64[ns]")
 
-
+# %% ../../nbs/core/09_validation.ipynb #e5c9adeb
 def purge_by_time(train_idx: np.ndarray, label_end: np.ndarray, val_start_time) -> np.ndarray:
     "Drop training rows whose label window ends after the validation window starts."
     return train_idx[label_end[train_idx] <= val_start_time]
@@ -178,7 +178,7 @@ def auc(y_true, score) -> float:
     ranks = rankdata(score)   # ties share their average rank: the Mann-Whitney form of the ROC AUC
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
-
+# %% ../../nbs/core/09_validation.ipynb #2c6f49d3
 def _weighted_auc(y_sorted: np.ndarray, group_starts: np.ndarray, weights: np.ndarray) -> np.ndarray:
     "AUC for each row of `weights` (resample counts), scores pre-sorted and grouped into ties (a tie is half a win)."
     n = y_sorted.shape[-1]
@@ -194,7 +194,7 @@ def _weighted_auc(y_sorted: np.ndarray, group_starts: np.ndarray, weights: np.nd
     wins = 0.5 * (positive_w * (below + through)).sum(axis=1)   # negatives below, plus half of the tied ones
     return wins / (positive_w.sum(axis=1) * negative_w.sum(axis=1))
 
-
+# %% ../../nbs/core/09_validation.ipynb #e15e7e58
 def block_bootstrap_counts(n: int, block: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     "Row counts of `n_boot` circular block-bootstrap resamples of `n` rows (shape n_boot x n)."
     n_blocks = -(-n // block)
@@ -203,14 +203,14 @@ def block_bootstrap_counts(n: int, block: int, n_boot: int, rng: np.random.Gener
     flat = (np.arange(n_boot)[:, None] * n + rows).ravel()   # bincount: the same counts as np.add.at, 6x faster
     return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(float)
 
-
+# %% ../../nbs/core/09_validation.ipynb #78ef2b00
 def _sorted_view(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "(order, labels in score order, starts of tied-score groups): what `_weighted_auc` needs for one score."
     order = np.argsort(score, kind="stable")
     score_sorted = score[order]
     return order, y_true[order], np.flatnonzero(np.r_[True, score_sorted[1:] != score_sorted[:-1]])
 
-
+# %% ../../nbs/core/09_validation.ipynb #1ef7fdf9
 def bootstrap_aucs(
     y_true,                 # labels 1/0, rows in time order
     scores,                 # one score column per model (n rows x k), or one score
@@ -230,14 +230,14 @@ def bootstrap_aucs(
         aucs.append(np.column_stack([_weighted_auc(y_sorted, starts, counts[:, order]) for order, y_sorted, starts in views]))
     return np.concatenate(aucs)
 
-
+# %% ../../nbs/core/09_validation.ipynb #7901c6ee
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> list[float]:
     "The central `level` interval of the finite `samples` ([nan, nan] when there are none)."
     samples, tail = samples[np.isfinite(samples)], (1 - level) / 2
     if not len(samples): return [float("nan"), float("nan")]
     return [float(np.quantile(samples, tail)), float(np.quantile(samples, 1 - tail))]
 
-
+# %% ../../nbs/core/09_validation.ipynb #0f4701ae
 def auc_ci(y_true, score, *, block: int = 24, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
            chunk: int = 100) -> tuple[float, float]:
     "Circular block-bootstrap confidence interval of the AUC (rows must be in time order)."
@@ -245,7 +245,7 @@ def auc_ci(y_true, score, *, block: int = 24, n_boot: int = 1000, level: float =
     aucs = bootstrap_aucs(y_true, score, block=block, n_boot=n_boot, seed=seed, chunk=chunk)[:, 0]
     return tuple(percentile_interval(aucs, level))
 
-
+# %% ../../nbs/core/09_validation.ipynb #593747e8
 def auc_gain_ci(
     y_true, score, reference, *,
     block: int = 24, n_boot: int = 1000, level: float = 0.95, seed: int = 0, chunk: int = 100,

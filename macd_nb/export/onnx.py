@@ -36,7 +36,7 @@ def portable(model: onnx.ModelProto) -> onnx.ModelProto:
     onnx.checker.check_model(model)
     return model
 
-
+# %% ../../nbs/export/01_onnx.ipynb #2a97adec
 def _tree_nodes(tree: dict, tree_id: int, nodes: dict, leaves: dict) -> None:
     "Append one LightGBM tree (its dump) to the node and leaf columns of a TreeEnsembleRegressor, depth first."
     def visit(node: dict) -> int:
@@ -63,7 +63,7 @@ def _tree_nodes(tree: dict, tree_id: int, nodes: dict, leaves: dict) -> None:
         return node_id
     visit(tree["tree_structure"])
 
-
+# %% ../../nbs/export/01_onnx.ipynb #c4846247
 def lightgbm_to_onnx(booster, *, opset: int = 17) -> onnx.ModelProto:
     "A binary LightGBM booster as ONNX: double input `features` (n, n_features), output `p_up` (n, 1), float64 thresholds."
     dump = booster.dump_model()
@@ -87,7 +87,7 @@ def lightgbm_to_onnx(booster, *, opset: int = 17) -> onnx.ModelProto:
     return portable(helper.make_model(graph, producer_name="macd_nb",
                                       opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("ai.onnx.ml", 3)]))
 
-
+# %% ../../nbs/export/01_onnx.ipynb #efe964b2
 def xgboost_to_onnx(booster) -> onnx.ModelProto:
     "A binary XGBoost booster as ONNX via onnxmltools: float input `features`, output `p_up` (n, 1)."
     from onnxmltools import convert_xgboost
@@ -119,7 +119,7 @@ def _double_graph(name: str, source: str, n_inputs: int, steps: list, constants:
         initializer=[numpy_helper.from_array(np.asarray(v, dtype=np.float64), key) for key, v in constants.items()])
     return portable(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="macd_nb"))
 
-
+# %% ../../nbs/export/01_onnx.ipynb #7dd2e2cb
 def stacking_to_onnx(meta: dict, *, opset: int = 17) -> onnx.ModelProto:
     "The meta-learner of a `stacking_meta_{tf}.json`: input `p_base` (n, k) double in `meta['inputs']` order, output `p_up`."
     k = len(meta["inputs"])
@@ -129,7 +129,7 @@ def stacking_to_onnx(meta: dict, *, opset: int = 17) -> onnx.ModelProto:
              ("Sigmoid", ["score"], "p_up")]
     return _double_graph("stacking_meta", "p_base", k, steps, constants, opset)
 
-
+# %% ../../nbs/export/01_onnx.ipynb #499e4b95
 def fusion_to_onnx(weights: dict, *, opset: int = 17) -> onnx.ModelProto:
     "The multi-timeframe fusion MLP of its JSON weights: input `p` (n, 2) double probabilities, output `p_up`, in double."
     constants = {"mean": np.asarray(weights["mean"]), "scale": np.asarray(weights["scale"])}
@@ -141,7 +141,7 @@ def fusion_to_onnx(weights: dict, *, opset: int = 17) -> onnx.ModelProto:
         steps.append(("Sigmoid" if last else "Relu", [f"a{k}"], "p_up" if last else f"h{k + 1}"))
     return _double_graph("mtf_fusion_mlp", "p", len(weights["mean"]), steps, constants, opset)
 
-
+# %% ../../nbs/export/01_onnx.ipynb #502d7ae0
 def sequence_to_onnx(network, meta: dict, *, opset: int = 18) -> tuple[onnx.ModelProto, str]:
     "A trained LSTM or TFT as ONNX (input `windows` (batch, length, n_features) standardised float, output `p_up` per head), and the exporter used."
     import torch
@@ -155,7 +155,7 @@ def sequence_to_onnx(network, meta: dict, *, opset: int = 18) -> tuple[onnx.Mode
         model, exporter = _torch_export(wrapped, example, opset), "torch.onnx.export (dynamo=True, torch.export)"
     return portable(model), exporter
 
-
+# %% ../../nbs/export/01_onnx.ipynb #c13d4abe
 def _torchscript_export(wrapped, example, opset: int) -> onnx.ModelProto:
     "The TorchScript exporter's model of `wrapped`, batch axis dynamic; its deprecation and LSTM batch warnings kept quiet."
     import io
@@ -171,7 +171,7 @@ def _torchscript_export(wrapped, example, opset: int) -> onnx.ModelProto:
                           dynamic_axes={"windows": {0: "batch"}, "p_up": {0: "batch"}}, opset_version=opset)
     return onnx.load_from_string(buffer.getvalue())
 
-
+# %% ../../nbs/export/01_onnx.ipynb #2d1b9462
 def _torch_export(wrapped, example, opset: int) -> onnx.ModelProto:
     "torch.export's model of `wrapped`, batch axis dynamic."
     import contextlib
@@ -193,7 +193,7 @@ def onnx_session(model: onnx.ModelProto, threads: int = 1):
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
-
+# %% ../../nbs/export/01_onnx.ipynb #a136e34f
 def parity(native: np.ndarray, exported: np.ndarray, *, tolerance: float = PARITY_MAX_ABS_DIFF) -> dict:
     "Largest |Δp| and decisions flipped at 0.5 between native and ONNX probabilities of the same rows."
     native, exported = np.asarray(native, dtype=np.float64).ravel(), np.asarray(exported, dtype=np.float64).ravel()
@@ -203,7 +203,7 @@ def parity(native: np.ndarray, exported: np.ndarray, *, tolerance: float = PARIT
     return {"n": int(len(native)), "max_abs_diff": diff, "flips": flips, "tolerance": tolerance,
             "passed": bool(diff <= tolerance and flips == 0)}
 
-
+# %% ../../nbs/export/01_onnx.ipynb #b6d28b09
 def perturbed(model: onnx.ModelProto, delta: float = 1.0) -> onnx.ModelProto:
     """A copy of `model` with the largest-magnitude value of its largest weight tensor (an initializer, else a tensor or
     float-list attribute) moved by `delta`: the largest tensor is one the output depends on (an unused context layer
@@ -229,7 +229,7 @@ def perturbed(model: onnx.ModelProto, delta: float = 1.0) -> onnx.ModelProto:
         attribute.floats[k] += delta
     return copy
 
-
+# %% ../../nbs/export/01_onnx.ipynb #0f453950
 def latency(predict: Callable[[np.ndarray], object], rows: np.ndarray, batch: int, *, repeats: int = 200,
             warmup: int = 10, budget_s: float = 0.5) -> dict:
     "p50 and p99 milliseconds of `predict` on `batch` rows (cycled through `rows`) after warm-up; at least 20 calls, then up to `repeats` within `budget_s`."
@@ -256,7 +256,7 @@ def save_golden(path: Path, inputs: np.ndarray, outputs: np.ndarray) -> Path:
         with open(tmp, "wb") as handle: np.savez(handle, inputs=inputs, outputs=np.asarray(outputs))
     return write_atomically(path, write)
 
-
+# %% ../../nbs/export/01_onnx.ipynb #db103c99
 def _native_models(paths: RunPaths, timeframe: str) -> dict:
     "Every serving model the run saved for `timeframe`: name -> (native predictor of a row table, exporter, meta)."
     import lightgbm as lgb
@@ -282,7 +282,7 @@ def _native_models(paths: RunPaths, timeframe: str) -> dict:
             found[model] = {"kind": "sequence", "network": network, "meta": meta, "features": meta["features"], "source": weights}
     return found
 
-
+# %% ../../nbs/export/01_onnx.ipynb #58b1ab6a
 def _network_class(model: str):
     "The network class of a sequence model tag."
     if model == "lstm":
@@ -291,7 +291,7 @@ def _network_class(model: str):
     from macd_nb.models.tft import TemporalFusionTransformer
     return TemporalFusionTransformer
 
-
+# %% ../../nbs/export/01_onnx.ipynb #714cebf7
 def _inputs(entry: dict, table: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
     "The model's input array for `rows` of the prepared table: feature rows, or standardised windows ending at them."
     if entry["kind"] == "lightgbm": return table[entry["features"]].to_numpy(dtype=np.float64)[rows]
@@ -302,7 +302,7 @@ def _inputs(entry: dict, table: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
     length = meta["sequence_length"]
     return np.stack([scaled[r - length + 1:r + 1] for r in rows])
 
-
+# %% ../../nbs/export/01_onnx.ipynb #8f2678d7
 def _native_predict(entry: dict) -> Callable[[np.ndarray], np.ndarray]:
     "P(up) (n, heads) from the native model, on one thread."
     if entry["kind"] == "lightgbm":
@@ -315,14 +315,14 @@ def _native_predict(entry: dict) -> Callable[[np.ndarray], np.ndarray]:
         with torch.no_grad(): return torch.sigmoid(entry["network"](torch.from_numpy(x))).numpy()
     return predict
 
-
+# %% ../../nbs/export/01_onnx.ipynb #6e462d81
 def _export(entry: dict) -> tuple[onnx.ModelProto, str]:
     "The ONNX model of one native model, and how it was made."
     if entry["kind"] == "lightgbm": return lightgbm_to_onnx(entry["booster"]), "macd_nb.export.onnx.lightgbm_to_onnx (float64 thresholds)"
     if entry["kind"] == "xgboost": return xgboost_to_onnx(entry["booster"]), "onnxmltools.convert_xgboost (float32, as XGBoost)"
     return sequence_to_onnx(entry["network"], entry["meta"])
 
-
+# %% ../../nbs/export/01_onnx.ipynb #127149c2
 def _check_and_write(paths: RunPaths, name: str, timeframe: str, model: onnx.ModelProto, native_fn, native: np.ndarray,
                      inputs: np.ndarray, source: Path, exporter: str) -> dict:
     "Parity against `native` (the native outputs of `inputs`), the perturbed copy, latencies; the ONNX and golden files written."
@@ -334,7 +334,7 @@ def _check_and_write(paths: RunPaths, name: str, timeframe: str, model: onnx.Mod
     return result | {"file": paths.relative(target), "sha256": sha256_file(target), "input": input_name,
                      "source_sha256": sha256_file(source), "golden": paths.relative(golden)}
 
-
+# %% ../../nbs/export/01_onnx.ipynb #03cdea7b
 def _check(model: onnx.ModelProto, native_fn, native: np.ndarray, inputs: np.ndarray, input_name: str) -> dict:
     "Parity, the perturbed copy's parity, and latencies of one exported model."
     session = onnx_session(model)
@@ -346,7 +346,7 @@ def _check(model: onnx.ModelProto, native_fn, native: np.ndarray, inputs: np.nda
                             for b in (1, 256)}
     return result
 
-
+# %% ../../nbs/export/01_onnx.ipynb #70b9eeb4
 def _export_fusion(run_dir: Path, paths: RunPaths, fusion_path: Path, timeframe: str) -> dict:
     "ONNX of the fusion MLP with parity on its own aligned out-of-fold inputs (every one of them)."
     from macd_nb.models.fusion import align_slow, mlp_forward, timeframe_input
@@ -361,7 +361,7 @@ def _export_fusion(run_dir: Path, paths: RunPaths, fusion_path: Path, timeframe:
     return _check_and_write(paths, "mtf_fusion_mlp", timeframe, model, native_fn, native_fn(inputs), inputs, fusion_path,
                             "macd_nb.export.onnx.fusion_to_onnx (float64)")
 
-
+# %% ../../nbs/export/01_onnx.ipynb #5f003260
 def _deployment_rows(paths: RunPaths, models: dict, timeframe: str) -> dict:
     "First and last bar of the served models' training windows together (a tree's record `deployment`, a network's `training_window`)."
     windows = [read_json(paths.result_file(name, timeframe)).get("deployment") if e["kind"] != "sequence"
@@ -370,7 +370,7 @@ def _deployment_rows(paths: RunPaths, models: dict, timeframe: str) -> dict:
     return {"first_bar": min(pd.Timestamp(w["first_bar"]) for w in windows),
             "last_bar": max(pd.Timestamp(w["last_bar"]) for w in windows)}
 
-
+# %% ../../nbs/export/01_onnx.ipynb #fece4036
 def write_drift_reference(paths: RunPaths, table: pd.DataFrame, models: dict, timeframe: str) -> Path:
     "`models/drift_reference_{tf}.json`: quantile bins of every served feature over the deployed models' training rows, and of the deployed stacked model's held-out predictions."
     window = _deployment_rows(paths, models, timeframe)
@@ -391,7 +391,7 @@ def write_drift_reference(paths: RunPaths, table: pd.DataFrame, models: dict, ti
                       "prediction": reference_bins(pred.to_numpy())}
     return write_json(paths.model_file("drift_reference", timeframe, "json"), reference)
 
-
+# %% ../../nbs/export/01_onnx.ipynb #93207850
 def run_export(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *, min_rows: int = 1000) -> dict:
     "Stage 3 for one timeframe: every saved serving model to ONNX, parity, a perturbed copy, latency; writes its record."
     from macd_nb.core.prepare import load_table

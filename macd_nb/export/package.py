@@ -88,7 +88,7 @@ def _safe_name(member: tarfile.TarInfo, tarball: Path) -> PurePosixPath:
         raise DeployError(f"{tarball}: member {member.name!r} has an unsafe path")
     return path
 
-
+# %% ../../nbs/export/04_package.ipynb #d75cb9db
 def _unpack(tarball: Path, staging: Path) -> str:
     "Every member written under `staging` after its path check; the run id (the single top folder)."
     run_id, last = None, "(none)"
@@ -109,7 +109,7 @@ def _unpack(tarball: Path, staging: Path) -> str:
     if run_id is None: raise DeployError(f"{tarball}: the package is empty")
     return run_id
 
-
+# %% ../../nbs/export/04_package.ipynb #9bdf09d7
 def _check_against_manifest(root: Path, tarball: Path) -> dict:
     "The manifest after every listed file matched and no file was left unlisted."
     if not (root / "MANIFEST.json").exists(): raise DeployError(f"{tarball}: no MANIFEST.json")
@@ -123,7 +123,7 @@ def _check_against_manifest(root: Path, tarball: Path) -> dict:
     if missing: raise DeployError(f"{tarball}: {missing[0]!r} is in the manifest but not in the package")
     return listed
 
-
+# %% ../../nbs/export/04_package.ipynb #78a1cc10
 def deploy(tarball: str | Path, to: str | Path, *, why: str = "deploy") -> dict:
     "Unpack and check `tarball` into registry `to`, then move each timeframe's alias to it where deployable."
     tarball, registry = Path(tarball), Path(to)

@@ -16,7 +16,7 @@ from ..core.served_model import REQUIRED_METADATA, model_kind
 def _row(artifact: str, ok: bool, reason: str = "") -> dict:
     return {"artifact": artifact, "ok": bool(ok), "reason": "" if ok else reason}
 
-
+# %% ../../nbs/export/03_validate.ipynb #15874fb9
 def _metadata_row(run_dir: Path, name: str, record_path: str, kind: str) -> dict:
     "Whether the metadata of one model has every required key."
     path = run_dir / record_path
@@ -24,7 +24,7 @@ def _metadata_row(run_dir: Path, name: str, record_path: str, kind: str) -> dict
     absent = [k for k in REQUIRED_METADATA[kind] if k not in read_json(path)]
     return _row(f"{record_path} (metadata of {name})", not absent, f"missing keys {absent}")
 
-
+# %% ../../nbs/export/03_validate.ipynb #c6dc3792
 def validate_run(run_dir: str | Path, timeframes: list[str]) -> list[dict]:
     "One row per expected artifact: present, hashes as recorded, metadata complete, or the reason it is not."
     run_dir, rows = Path(run_dir), []
@@ -65,7 +65,7 @@ def validate_run(run_dir: str | Path, timeframes: list[str]) -> list[dict]:
                                  f"max |dp| {e['parity']['max_abs_diff']}, {e['parity']['flips']} flipped"))
     return rows
 
-
+# %% ../../nbs/export/03_validate.ipynb #22a6549d
 def run_validation(run_dir: str | Path, timeframes: list[str]) -> dict:
     "Stage 4.1: `results/validation.json` with every row; fails naming each artifact that is not right."
     rows = validate_run(run_dir, timeframes)

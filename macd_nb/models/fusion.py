@@ -53,7 +53,7 @@ def fit_fusion(X: np.ndarray, y: np.ndarray):
     return make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(8,), alpha=1e-3, solver="lbfgs",
                                                          max_iter=1000, random_state=0)).fit(X, y)
 
-
+# %% ../../nbs/models/11_fusion.ipynb #c9577b5c
 def mlp_weights(pipeline) -> dict:
     "The JSON form of a fitted StandardScaler + MLPClassifier pipeline (ReLU hidden layers, logistic output)."
     scaler, mlp = pipeline[0], pipeline[-1]
@@ -61,7 +61,7 @@ def mlp_weights(pipeline) -> dict:
     return {"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
             "layers": [{"weights": w.tolist(), "bias": b.tolist()} for w, b in zip(mlp.coefs_, mlp.intercepts_)]}
 
-
+# %% ../../nbs/models/11_fusion.ipynb #e625845f
 def mlp_forward(weights: dict, X: np.ndarray) -> np.ndarray:
     "P(up) of the saved MLP for inputs `X` (the logits), in numpy."
     h = (np.asarray(X, dtype=np.float64) - weights["mean"]) / weights["scale"]
@@ -70,7 +70,7 @@ def mlp_forward(weights: dict, X: np.ndarray) -> np.ndarray:
         if k < len(weights["layers"]) - 1: h = np.maximum(h, 0.0)
     return 1 / (1 + np.exp(-h[:, 0]))
 
-
+# %% ../../nbs/models/11_fusion.ipynb #68b43ef1
 def run_fusion(config: RunConfig, run_dir: str | Path, fast: str = "1h", slow: str = "4h") -> dict:
     "Stage 2.2: the fusion MLP walked forward, controlled, gated, tested once; `models/mtf_fusion_mlp_{fast}.json`."
     started, run_dir = time.perf_counter(), Path(run_dir)

@@ -81,7 +81,7 @@ class DirectionProtocol:
         stamp = lambda t: str(pd.Timestamp(t, tz="UTC"))
         return {"start": stamp(self.times[0]), "end": stamp(self.times[-1]), "test_start": stamp(self.times[self.test_idx[0]])}
 
-
+# %% ../../nbs/models/00_protocol.ipynb #a5c14819
 def direction_protocol(table: pd.DataFrame, feature_names: list[str], config: RunConfig) -> DirectionProtocol:
     "Holdout split, purged walk-forward folds and final-fit rows of `table` for `config.validation.label_horizon`."
     horizon = config.validation.label_horizon
@@ -186,7 +186,7 @@ def feature_aucs(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     n_neg = len(y) - n_pos
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
-
+# %% ../../nbs/models/00_protocol.ipynb #7e920f8a
 @dataclass
 class BestFeatureReference:
     "Out-of-fold scores of the best single feature, chosen with its sign on each fold's training rows."
@@ -197,7 +197,7 @@ class BestFeatureReference:
         "The feature (with sign) chosen in most folds."
         return Counter(self.choices).most_common(1)[0][0] if self.choices else ""
 
-
+# %% ../../nbs/models/00_protocol.ipynb #6f5248a0
 def _reference_folds(X: np.ndarray, y: np.ndarray, names: list[str], folds: list[Fold]) -> list[tuple | None]:
     "`best_feature_reference` of some folds: per fold (validation rows, their scores, the choice), None when unscorable."
     answers = []
@@ -215,7 +215,7 @@ def _reference_folds(X: np.ndarray, y: np.ndarray, names: list[str], folds: list
         answers.append((val, percentile if sign > 0 else 1.0 - percentile, ("" if sign > 0 else "-") + names[best]))
     return answers
 
-
+# %% ../../nbs/models/00_protocol.ipynb #0fe58f69
 def best_feature_reference(X: np.ndarray, y: np.ndarray, folds: list[Fold], names: list[str], *,
                            n_jobs: int | None = 1,   # worker processes: the folds are split into that many runs
                            ) -> BestFeatureReference:
@@ -295,7 +295,7 @@ def check_same_labels(labels: pd.Series | None, frame: pd.DataFrame, path: Path,
     if len(disagree): raise ValueError(f"{path}: labels disagree with {against} at {len(disagree)} bars, first {disagree[0]}; "
                                        "were the models trained on different prepared data?")
 
-
+# %% ../../nbs/models/00_protocol.ipynb #0aeab5cf
 def fold_provenance(fold_result: WalkForwardResult, label_end: np.ndarray, y: np.ndarray,
                     n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     "Per development row: the fold that scored it (-1: none) and the latest label end among that fold's training rows."
@@ -306,13 +306,13 @@ def fold_provenance(fold_result: WalkForwardResult, label_end: np.ndarray, y: np
         if len(train): train_end[fold.val_idx] = label_end[train].max()
     return fold_of, train_end
 
-
+# %% ../../nbs/models/00_protocol.ipynb #234abf7b
 def _baseline_oof(run_dir: Path, timeframe: str) -> pd.Series | None:
     "The baseline's out-of-fold predictions of `timeframe`, when the baseline stage has run."
     path = RunPaths(run_dir).oof_file("baseline", timeframe)
     return read_parquet(path)["pred"] if path.exists() else None
 
-
+# %% ../../nbs/models/00_protocol.ipynb #06717e91
 def reference_gains(oof: pd.DataFrame, references: dict[str, pd.Series], config: RunConfig) -> dict:
     "Per reference: the model's OOF AUC gain over it on the rows both scored, with a paired block-bootstrap CI."
     gains = {}
@@ -323,7 +323,7 @@ def reference_gains(oof: pd.DataFrame, references: dict[str, pd.Series], config:
                                   n_boot=config.validation.bootstrap_samples, seed=config.seed)
     return gains
 
-
+# %% ../../nbs/models/00_protocol.ipynb #5599e7a7
 def finish_model_stage(
     config: RunConfig, run_dir: str | Path, timeframe: str, protocol: DirectionProtocol, *,
     model: str,                     # model tag: file names and `record["model"]`
@@ -383,7 +383,7 @@ class Refit:
     record: dict = field(default_factory=dict)   # JSON-ready: refit rounds, parameters, top features, ...
     extras: dict = field(default_factory=dict)   # arrays for the notebook: feature importance, test inputs, ...
 
-
+# %% ../../nbs/models/00_protocol.ipynb #60c52c26
 class DirectionModel:
     "A model family on one `DirectionProtocol`: how to walk its folds and how to refit the deployed model."
     model: str = ""                  # model tag: `{model}_{tf}.*` files, `record["model"]`
@@ -407,7 +407,7 @@ class DirectionModel:
         "Fit `fold` (the validated or the serving fold) the way the folds were fitted, save to `path`, predict the test rows."
         raise NotImplementedError
 
-
+# %% ../../nbs/models/00_protocol.ipynb #28c1b290
 class BoostedTreesModel(DirectionModel):
     "What LightGBM and XGBoost share: fold settings from `config.gbm`, a refit fold's rows, top features by gain."
     params: dict = {}
@@ -434,7 +434,7 @@ class BoostedTreesModel(DirectionModel):
                                         "feature_importance_gain": {k: float(v) for k, v in gain.head(20).items()}},
                      extras={"importance": gain, "test_features": test_features})
 
-
+# %% ../../nbs/models/00_protocol.ipynb #895c9e25
 def run_direction_stage(config: RunConfig, run_dir: str | Path, timeframe: str, spec: DirectionModel) -> ModelResult:
     "Walk-forward, validated refit and its one test score, the shipped refit, controls and reference for `spec`."
     from macd_nb.core.prepare import load_table

@@ -95,7 +95,7 @@ class TrainSettings:
     @property
     def autocast_dtype(self) -> str: return "bf16" if self.bf16 and self.device == "cuda" else "fp32"
 
-
+# %% ../../nbs/models/03_sequences.ipynb #6e367ae7
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     "Mean over heads of each head's BCE over its defined (non-NaN) labels; heads without labels in the batch are left out."
     defined = torch.isfinite(targets)
@@ -104,12 +104,12 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     per_head = (losses * defined).sum(0) / counts.clamp(min=1)
     return (per_head * (counts > 0)).sum() / (counts > 0).sum().clamp(min=1)
 
-
+# %% ../../nbs/models/03_sequences.ipynb #9fde8cb9
 def _autocast(settings: TrainSettings):
     "bf16 autocast on CUDA when asked, else a no-op context."
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=settings.autocast_dtype == "bf16")
 
-
+# %% ../../nbs/models/03_sequences.ipynb #bac70e1e
 def predict_logits(model: nn.Module, inputs: torch.Tensor, rows, length: int, settings: TrainSettings) -> torch.Tensor:
     "Logits (len(rows), n_heads) of the windows ending at `rows`, in float32 on the CPU."
     model.eval()
@@ -120,12 +120,12 @@ def predict_logits(model: nn.Module, inputs: torch.Tensor, rows, length: int, se
             out.append(model(gather_windows(inputs, rows[start:start + 4 * settings.batch_size], length)).float().cpu())
     return torch.cat(out) if out else torch.zeros((0, 0))
 
-
+# %% ../../nbs/models/03_sequences.ipynb #47c49f10
 def head_aucs(targets: np.ndarray, probs: np.ndarray) -> list[float]:
     "AUC of each head on its own defined labels."
     return [auc(targets[np.isfinite(targets[:, k]), k], probs[np.isfinite(targets[:, k]), k]) for k in range(targets.shape[1])]
 
-
+# %% ../../nbs/models/03_sequences.ipynb #6d7e563a
 def train_model(
     model: nn.Module,          # returns (batch, n_heads) logits for (batch, length, n_features) windows
     inputs: torch.Tensor,      # standardised features, all rows, on the device
@@ -293,12 +293,12 @@ class SequenceStage:
     control_epochs: int | None = None          # epochs of the shuffled-label control (None = same as `epochs`)
     gate_key: str | None = None                # `config.gates` key of the model's validation-AUC gate
 
-
+# %% ../../nbs/models/03_sequences.ipynb #dad477c0
 def _settings(config: RunConfig, epochs: int, device: str, bf16: bool) -> TrainSettings:
     return TrainSettings(epochs=epochs, batch_size=config.nn.batch_size, learning_rate=config.nn.learning_rate,
                          patience=config.nn.patience, device=device, bf16=bf16, seed=config.seed)
 
-
+# %% ../../nbs/models/03_sequences.ipynb #5eb8545b
 def _head_metrics(data: SequenceData, oof: np.ndarray, scored: np.ndarray, refits: list[dict], heads: list[int]) -> dict:
     "Per head: pooled OOF AUC on the main head's scored rows and the mean inner-validation AUC over refits."
     oof_auc = {str(h): auc(data.targets[scored & np.isfinite(data.targets[:, k]), k],
@@ -307,7 +307,7 @@ def _head_metrics(data: SequenceData, oof: np.ndarray, scored: np.ndarray, refit
     return {"oof_auc_per_head": oof_auc, "inner_val_auc_per_head": inner_auc,
             "best_head": int(max(heads, key=lambda h: inner_auc[str(h)]))}
 
-
+# %% ../../nbs/models/03_sequences.ipynb #780f8ba9
 def run_sequence_stage(config: RunConfig, run_dir: str | Path, timeframe: str, spec: SequenceStage) -> ModelResult:
     "Coarse walk-forward OOF, final refit, one test score, controls and reference; writes model, OOF and result JSON."
     started = time.perf_counter()

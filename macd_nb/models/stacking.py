@@ -154,7 +154,7 @@ class SharedIntervals:
         return {"gain": self.point[name] - self.point[reference],
                 "ci95": percentile_interval(self.boot[name] - self.boot[reference]), "n": len(self.y)}
 
-
+# %% ../../nbs/models/09_stacking.ipynb #eeb50645
 def meta_walks(X, y, times, label_end, config: RunConfig, base_models: list[str]) -> tuple[dict, dict]:
     "Out-of-sample predictions of every meta-learner, and of logistic regression without each base model; their blocks."
     walk = lambda inputs, fit: meta_walk_forward(inputs, y, times, label_end, fit, n_blocks=config.stacking.meta_blocks)
@@ -164,14 +164,14 @@ def meta_walks(X, y, times, label_end, config: RunConfig, base_models: list[str]
     walks |= {f"without_{model}": walk(without(k), logistic if X.shape[1] > 1 else base_rate) for k, model in enumerate(base_models)}
     return {name: pred for name, (pred, _) in walks.items()}, {name: blocks for name, (_, blocks) in walks.items()}
 
-
+# %% ../../nbs/models/09_stacking.ipynb #a95e63d0
 def compare_meta_learners(intervals: SharedIntervals) -> tuple[dict, str]:
     "A table row per meta-learner (AUC, interval, gain over logistic regression) and the chosen one (logistic unless beaten)."
     table = {name: intervals.auc(name) | {"gain_vs_logistic": intervals.gain(name, "logistic")} for name in META_LEARNERS}
     winners = [n for n, row in table.items() if n != "logistic" and row["gain_vs_logistic"]["ci95"][0] > 0]
     return table, max(winners, key=lambda n: table[n]["auc"]) if winners else "logistic"
 
-
+# %% ../../nbs/models/09_stacking.ipynb #38485193
 def leave_one_out(intervals: SharedIntervals, base_models: list[str]) -> dict:
     "Per base model: the logistic meta AUC change when it is left out, with a paired interval, and a verdict."
     verdicts = {}
@@ -182,7 +182,7 @@ def leave_one_out(intervals: SharedIntervals, base_models: list[str]) -> dict:
                            "verdict": "adds signal" if lo > 0 else ("hurts" if hi < 0 else "redundant (interval includes 0)")}
     return verdicts
 
-
+# %% ../../nbs/models/09_stacking.ipynb #381f1339
 def final_meta(name: str, X: np.ndarray, y: np.ndarray) -> dict:
     "The deployable meta-learner fitted on every OOF row: weights and intercept on the base logits."
     if name == "mean_logit": return {"coefficients": [1 / X.shape[1]] * X.shape[1], "intercept": 0.0}
@@ -193,7 +193,7 @@ def final_meta(name: str, X: np.ndarray, y: np.ndarray) -> dict:
     model = LogisticRegression(C=1.0, max_iter=1000).fit(X, y)
     return {"coefficients": model.coef_[0].tolist(), "intercept": float(model.intercept_[0])}
 
-
+# %% ../../nbs/models/09_stacking.ipynb #e690d5a1
 def stacked_probability(meta: dict, base_probs: np.ndarray) -> np.ndarray:
     "P(up) of the stacked model from the base models' P(up) (columns in `meta['inputs']` order)."
     return _sigmoid(to_logit(base_probs) @ np.asarray(meta["coefficients"]) + meta["intercept"])

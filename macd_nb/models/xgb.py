@@ -108,12 +108,12 @@ def xgb_walk_forward(
                            inner_fraction=inner_fraction, purge=purge, n_jobs=n_jobs, threads_per_job=params["nthread"],
                            executor=executor)
 
-
+# %% ../../nbs/models/07_xgb.ipynb #9ec7700f
 def save_xgb_model(booster: xgb.Booster, path: str | Path) -> Path:
     "Save an XGBoost model as JSON, atomically."
     return write_atomically(path, lambda tmp: booster.save_model(str(tmp)))
 
-
+# %% ../../nbs/models/07_xgb.ipynb #bba4d2a8
 class XgbModel(BoostedTreesModel):
     "XGBoost `hist` trees on the base features, folds reading one memory-mapped feature matrix."
     model, model_ext, gate_key = "xgb", "json", "xgb_val_auc_mean"
@@ -143,7 +143,7 @@ class XgbModel(BoostedTreesModel):
         return self.refit_outcome(booster.predict(xgb.DMatrix(test_features, feature_names=names)), best, gain,
                                   test_features)
 
-
+# %% ../../nbs/models/07_xgb.ipynb #54ccb284
 def run_xgb(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") -> ModelResult:
     "Stage 1.5: XGBoost walk-forward on the base features, refit, test score, controls; writes its files."
     return run_direction_stage(config, run_dir, timeframe, XgbModel(config))

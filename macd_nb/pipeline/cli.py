@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--registry", default=None, help="registry directory (default: $MACD_NB_REGISTRY or the data dir's models/)")
     return parser
 
-
+# %% ../../nbs/pipeline/02_cli.ipynb #79dbb677
 def registry_command(args) -> int:
     "`promote`, `rollback`, `aliases`, `health`: the result as JSON; a refusal is one line on stderr and exit code 2."
     import json
@@ -140,14 +140,14 @@ def registry_command(args) -> int:
     print(json.dumps(result, indent=2, default=str))   # outside the try: a closed pipe is not the registry's fault
     return 1 if args.command == "health" and result["status"] != "healthy" else 0
 
-
+# %% ../../nbs/pipeline/02_cli.ipynb #03282437
 def _refuse(command: str, why) -> int:
     "A refusal: one line on stderr naming what is wrong, exit code 2 (nothing was written)."
     import sys
     print(f"macd-nb {command}: refused: {why}", file=sys.stderr)
     return 2
 
-
+# %% ../../nbs/pipeline/02_cli.ipynb #c524e60b
 def report_command(args) -> int:
     "`macd-nb report`: re-render the report after checking every artifact against the hash its writer recorded; `--html`: the site too."
     from ..core.rundir import corrupt_files
@@ -176,7 +176,7 @@ def report_command(args) -> int:
         print(f"html: {index}")
     return 0
 
-
+# %% ../../nbs/pipeline/02_cli.ipynb #0a7e0d39
 def fetch_command(args) -> int:
     "`macd-nb fetch`: a summary line per symbol; a failed request or bad download is one line on stderr and exit code 2."
     from ..core.klines import DataError
@@ -188,7 +188,7 @@ def fetch_command(args) -> int:
         return _refuse("fetch", refused)
     return 0
 
-
+# %% ../../nbs/pipeline/02_cli.ipynb #907178f5
 def shadow_command(args) -> int:
     """`macd-nb shadow`: run until the source ends, SIGTERM or SIGINT (exit 0, the bar in hand finished); a refusal (no
     alias, bad source, bad --db, inputs the source lacks) is one line and exit code 2; a write that fails later, 1."""
@@ -231,7 +231,7 @@ def shadow_command(args) -> int:
                                  for k, v in counts.items()))
     return 0
 
-
+# %% ../../nbs/pipeline/02_cli.ipynb #bdbfc5a5
 def _data_lines(run_dir: Path) -> list[str]:
     "What the prepare stage found in the data that must not pass unseen: implausible bars, rows excluded around them and gaps."
     from ..core.rundir import read_json
@@ -247,7 +247,7 @@ def _data_lines(run_dir: Path) -> list[str]:
         if parts: lines.append(f"  data {tf}: " + "; ".join(parts))
     return lines
 
-
+# %% ../../nbs/pipeline/02_cli.ipynb #bd810f3a
 def _failure_lines(report_dir: Path) -> list[str]:
     "One line per failed stage: its name and the first line of its error (which names the file, key or row)."
     from ..core.rundir import read_json
@@ -255,7 +255,7 @@ def _failure_lines(report_dir: Path) -> list[str]:
     except (OSError, ValueError): return []
     return [f"  stage {s['name']} failed: {s.get('cause', '')}" for s in stages if s["status"] == "failed"]
 
-
+# %% ../../nbs/pipeline/02_cli.ipynb #2f4d46ea
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `macd-nb` console script; 0 only when every stage ran, 2 when refused before writing anything."
     args = build_parser().parse_args(argv)

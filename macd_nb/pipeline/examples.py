@@ -94,7 +94,7 @@ def _output_to(log: Path):
             out.flush()
             for fd, kept in zip((1, 2), saved): os.dup2(kept, fd), os.close(kept)
 
-
+# %% ../../nbs/pipeline/05_examples.ipynb #f2101497
 def _build(entry: Path, config: RunConfig, stages: list[str], run_id: str, runner: bool) -> None:
     "Build the run into `entry` (runs/, reports/); a failed build is removed and raised with the end of its log."
     shutil.rmtree(entry, ignore_errors=True)   # what a build that died half-way left
@@ -114,7 +114,7 @@ def _build(entry: Path, config: RunConfig, stages: list[str], run_id: str, runne
         raise RuntimeError(f"example run {run_id} ({config.profile}, stages {stages}) failed: {error}\n{said}") from error
     (entry / DONE).write_text(json.dumps({"run_id": run_id, "profile": config.profile, "stages": stages, "runner": runner}))
 
-
+# %% ../../nbs/pipeline/05_examples.ipynb #fc40e4b1
 def example_run(dest: str | Path, profile: str = "smoke", stages: Sequence[str] = ("prepare",), *, run_id: str | None = None,
                 runner: bool = False, reports: str | Path | None = None, cache: str | Path | None = None, **overrides) -> Path:
     "A verified copy at `dest` of the run of `stages` on `profile` with `overrides` (flat settings), built once and cached."
@@ -138,7 +138,7 @@ def example_run(dest: str | Path, profile: str = "smoke", stages: Sequence[str] 
     if problems: raise RuntimeError(f"the copy {dest} of example run {entry} does not verify: " + "; ".join(problems[:5]))
     return dest
 
-
+# %% ../../nbs/pipeline/05_examples.ipynb #2655de90
 def prune_examples(cache: str | Path | None = None, *, days: float = KEEP_DAYS) -> list[Path]:
     "Remove the cached runs not used for `days` (each library change makes new ones); the ones removed."
     removed, cache = [], Path(cache or examples_dir())
@@ -151,13 +151,13 @@ def prune_examples(cache: str | Path | None = None, *, days: float = KEEP_DAYS) 
         except Locked: continue   # in use (being copied): kept
     return removed
 
-
+# %% ../../nbs/pipeline/05_examples.ipynb #295c19a2
 def _absolute_paths(run_dir: Path) -> list[str]:
     "The result records of `run_dir` that hold an absolute path (a copy would point back at the folder it was built in)."
     return [str(p.relative_to(run_dir)) for p in sorted((run_dir / "results").glob("*.json"))
             if any(value.startswith("/") for value in _strings(read_json(p)))]
 
-
+# %% ../../nbs/pipeline/05_examples.ipynb #bdcc3a52
 def _strings(value):
     "Every string inside a JSON value."
     if isinstance(value, dict):

@@ -121,7 +121,7 @@ def challenger_predictions(run_dir: Path, timeframe: str) -> pd.DataFrame:
     fits = np.r_[starts.searchsorted(oof.index, side="right") - 1, np.full(len(test), len(starts))]
     return pd.concat([oof[["y", "pred"]], test[["y", "pred"]]]).assign(fit=fits).sort_index()
 
-
+# %% ../../nbs/pipeline/03_retrain.ipynb #eff2c36a
 def champion_predictions(champion: Champion, registry: Path, table: pd.DataFrame, bars: pd.DatetimeIndex,
                          db: str | Path | None = None) -> tuple[pd.Series, dict]:
     "The champion's P(up) on `bars`: as it served them (the prediction log, stacked answers only), else from its ONNX files."
@@ -144,12 +144,12 @@ def champion_predictions(champion: Champion, registry: Path, table: pd.DataFrame
     p = pd.concat([served, pd.Series(recomputed, dtype=float)]).sort_index()
     return p, {"from_log": len(served), "from_onnx": len(recomputed), "unanswered": skipped}
 
-
+# %% ../../nbs/pipeline/03_retrain.ipynb #19b5dc70
 def after_cost_log_growth(p: np.ndarray, forward_log_return: np.ndarray, *, horizon: int, cost_bp: float) -> float:
     "Total log growth of trading long/short on P(up) (one tranche per bar held `horizon` bars) after `cost_bp` per side."
     return float(trade(held_positions(signal_positions(p, "long_short"), horizon), forward_log_return).net_log(cost_bp).sum())
 
-
+# %% ../../nbs/pipeline/03_retrain.ipynb #57d13cd1
 def compare_models(compared: pd.DataFrame, config: RunConfig, horizon: int) -> dict:
     """Challenger against champion on the same bars (`y`, `challenger`, `champion`, `fwd_ret_1`, `fit`): AUCs, the paired
     gain, after costs. Both models are ranked within each of the challenger's fits: its out-of-sample predictions come
@@ -169,7 +169,7 @@ def compare_models(compared: pd.DataFrame, config: RunConfig, horizon: int) -> d
             "after_cost_log_growth": growth | {"difference": growth["challenger"] - growth["champion"],
                                                "cost_bp": config.backtest.cost_bp, "strategy": "long/short on P(up) - 0.5"}}
 
-
+# %% ../../nbs/pipeline/03_retrain.ipynb #8b082519
 def decide(comparison: dict | None, passes_gates: bool, gate_failures: list[str], config: RunConfig) -> tuple[str, str]:
     "('promote' or 'keep', why) by the configured policy; too few compared bars is no evidence: keep."
     if not passes_gates: return "keep", "the challenger fails its gates: " + "; ".join(gate_failures)
@@ -180,7 +180,6 @@ def decide(comparison: dict | None, passes_gates: bool, gate_failures: list[str]
     if config.retrain.policy == "always":
         return "promote", f"policy 'always': the challenger passes its gates (AUC gain {gain['gain']:+.4f}, not used)"
     return promotion_decision(gain["gain"], tuple(gain["ci95"]), True, margin=config.retrain.margin)
-
 
 # %% ../../nbs/pipeline/03_retrain.ipynb #505a5e1d
 def rolling_auc(compared: pd.DataFrame, blocks: int = 10) -> pd.DataFrame:
@@ -193,7 +192,7 @@ def rolling_auc(compared: pd.DataFrame, blocks: int = 10) -> pd.DataFrame:
                         for name in ("challenger", "champion")}})
     return pd.DataFrame(rows).set_index("end")
 
-
+# %% ../../nbs/pipeline/03_retrain.ipynb #c7d64bdc
 def plot_rolling_auc(table: pd.DataFrame, title: str):
     "Both models' AUC per stretch of the compared bars, with the coin's 0.5."
     import matplotlib
@@ -209,7 +208,7 @@ def plot_rolling_auc(table: pd.DataFrame, title: str):
     fig.tight_layout()
     return fig
 
-
+# %% ../../nbs/pipeline/03_retrain.ipynb #b9dcd99e
 def write_retrain_report(folder: Path, result: dict, compared: pd.DataFrame | None) -> Path:
     "`RETRAIN_REPORT.md` (and `retrain_auc.png`): the decision first, then the numbers it rests on."
     folder.mkdir(parents=True, exist_ok=True)
@@ -243,7 +242,6 @@ def write_retrain_report(folder: Path, result: dict, compared: pd.DataFrame | No
     path = folder / "RETRAIN_REPORT.md"
     path.write_text("\n".join(lines))
     return path
-
 
 # %% ../../nbs/pipeline/03_retrain.ipynb #d57a95aa
 def challenger_config(champion: Champion, runs_root: Path, config_file: str | None, profile: str | None,
@@ -360,7 +358,7 @@ def retrain(alias: str = "1h", *, registry: str | Path | None = None, data: str 
         _state_path(registry, alias).unlink(missing_ok=True)
         return result
 
-
+# %% ../../nbs/pipeline/03_retrain.ipynb #ab482d85
 def _compared(champion: Champion, registry: Path, run_dir: Path, db) -> tuple[pd.DataFrame | None, dict]:
     "Both models' P(up), the label and the next bar's log return on every bar after the champion's window; where each came from."
     table, _ = load_table(run_dir, champion.alias)
@@ -372,14 +370,14 @@ def _compared(champion: Champion, registry: Path, run_dir: Path, db) -> tuple[pd
                                                                                   fwd_ret_1=table["fwd_ret_1"].reindex(p.index))
     return frame.dropna(), sources
 
-
+# %% ../../nbs/pipeline/03_retrain.ipynb #7021481f
 def _brief(comparison: dict | None) -> dict | None:
     "The numbers of a comparison the audit log keeps."
     if comparison is None: return None
     return {"n_bars": comparison["n_bars"], "auc": comparison["auc"], "gain": comparison["gain"],
             "after_cost_log_growth_difference": comparison["after_cost_log_growth"]["difference"]}
 
-
+# %% ../../nbs/pipeline/03_retrain.ipynb #3a2fa730
 def retrain_command(args) -> int:
     "`macd-nb retrain`: one JSON line with the outcome on stdout; the exit code says which (RETRAIN_EXIT)."
     import sys
@@ -395,4 +393,3 @@ def retrain_command(args) -> int:
         return 128 + stop.signum
     print(json.dumps(result, default=str))
     return RETRAIN_EXIT[result["decision"]]
-

@@ -117,7 +117,7 @@ class Market:
         if labelled: keep &= np.isfinite(self.y)
         return np.flatnonzero(keep)
 
-
+# %% ../../nbs/pipeline/04_retrain_policy.ipynb #877e7bb9
 @dataclass(frozen=True)
 class RecipeFit:
     "One fit of the served-model recipe at `fit_time`, and its P(up) of every bar from then on."
@@ -134,14 +134,14 @@ class RecipeFit:
             raise AssertionError(f"row {rows.min()} opens before the model fitted at {self.fit_time} existed")
         return self.pred[rows - self.first_row]
 
-
+# %% ../../nbs/pipeline/04_retrain_policy.ipynb #9b8a60c5
 def training_rows(y: np.ndarray, label_end: np.ndarray, fit_time, *, train_bars: int | None, expanding: bool) -> np.ndarray:
     "Rows whose label is defined and known by `fit_time`; the newest `train_bars` bars of them unless `expanding`."
     known = np.flatnonzero(np.isfinite(y) & (label_end <= np.datetime64(utc(fit_time).tz_convert(None))))
     if not len(known): return known
     return known if expanding or not train_bars else known[known > known[-1] - train_bars]   # as a fold's window
 
-
+# %% ../../nbs/pipeline/04_retrain_policy.ipynb #60c98e1f
 def fit_recipe(
     X: np.ndarray, y: np.ndarray,   # features and labels of every table row (NaN: undefined)
     times: np.ndarray,              # bar open times, datetime64[ns] UTC
@@ -202,7 +202,7 @@ class WalkForwardEvidence:
         return {"oof_auc": auc(y, pred), "oof_auc_ci95": list(auc_ci(y, pred, block=block, n_boot=n_boot, seed=seed)),
                 "n_oof": int(len(rows)), "first_bar": str(pd.Timestamp(self.market.times[rows[0]], tz="UTC")) if len(rows) else None}
 
-
+# %% ../../nbs/pipeline/04_retrain_policy.ipynb #309b6479
 COMPARISONS = ("within_fit", "pooled")   # how `compare_on_same_bars` scores the two models' predictions
 
 
@@ -214,7 +214,7 @@ def ranks_within(groups: np.ndarray, scores: np.ndarray) -> np.ndarray:
         out[mine] = rankdata(scores[mine]) / mine.sum()
     return out
 
-
+# %% ../../nbs/pipeline/04_retrain_policy.ipynb #0fca1e1e
 def compare_on_same_bars(market: Market, champion: RecipeFit, evidence: WalkForwardEvidence, known_by, *,
                          comparison: str = "within_fit", block: int, n_boot: int, seed: int) -> dict:
     "Champion (as it served) against the challenger's out-of-fold predictions on the bars since the champion's fit."
@@ -272,7 +272,7 @@ class PolicySimulation:
     fits: list[RecipeFit]         # every fit, in time order (the walk-forward; the served models among them)
     schedule: RetrainSchedule
 
-
+# %% ../../nbs/pipeline/04_retrain_policy.ipynb #abb121ee
 def _decide(policy: str, champion: int, k: int, compare, monitor, gate: dict, margin: float) -> dict:
     "One policy's decision at retrain point k: the new champion (an index of the retrain points) and why."
     if policy == "never": return {"decision": "keep", "why": "this policy never retrains", "champion": champion}
@@ -286,7 +286,7 @@ def _decide(policy: str, champion: int, k: int, compare, monitor, gate: dict, ma
     return entry | {"decision": decision, "why": why, "comparison": comparison, "gate": gate,
                     "champion": k if decision == "promote" else champion}
 
-
+# %% ../../nbs/pipeline/04_retrain_policy.ipynb #d47bc6ba
 def paired_return_difference(net: np.ndarray, reference: np.ndarray, periods: float, *, block: int, n_boot: int,
                              seed: int) -> dict:
     "Annualised mean of (net - reference) bar returns after costs, with a circular block-bootstrap 95% interval."
@@ -295,7 +295,7 @@ def paired_return_difference(net: np.ndarray, reference: np.ndarray, periods: fl
     return {"annual_return_difference": float(difference.mean() * periods),
             "ci95": percentile_interval(weights @ difference * periods), "n_bars": int(len(difference))}
 
-
+# %% ../../nbs/pipeline/04_retrain_policy.ipynb #da2f6772
 def score_policies(market: Market, schedule: RetrainSchedule, at_point: list[RecipeFit], deployed: dict[str, list[int]],
                    config: RunConfig, *, variant: str, timeframe: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     "Every policy on the same served bars: AUC with CI, paired gain over never retraining, AUC per period, after costs."
@@ -345,7 +345,7 @@ def fit_schedule(market: Market, schedule: RetrainSchedule, config: RunConfig, *
                                 feature_names=market.feature_names, threads=threads) for t in due]
     return fits
 
-
+# %% ../../nbs/pipeline/04_retrain_policy.ipynb #5f4fd12e
 def _progress(items, show: bool, what: str):
     "`items` under a tqdm bar when `show` and tqdm is installed."
     if not show: return items
@@ -353,7 +353,7 @@ def _progress(items, show: bool, what: str):
     except ImportError: return items
     return tqdm(items, desc=what, unit="point")
 
-
+# %% ../../nbs/pipeline/04_retrain_policy.ipynb #ccc2aee7
 def simulate_retrain_policies(
     market: Market,                       # the prepared table's arrays (`Market.from_table`)
     config: RunConfig,                    # the recipe: gbm settings, training window, inner split, bootstrap, costs, seed

@@ -285,18 +285,19 @@ def _runs_under(runs_root: str | Path) -> str:
     runs = sorted((p for p in Path(runs_root).glob("*/config.json")), key=lambda p: p.stat().st_mtime)
     return f"; runs under {runs_root}: {', '.join(p.parent.name for p in runs[-10:])}" if runs else ""
 
+# %% ../../nbs/pipeline/01_runner.ipynb #859b521c
 def config_differences(saved: RunConfig, given: RunConfig) -> list[str]:
     "Each setting whose value differs, as 'name: saved -> given'."
     before, after = saved.to_flat(), given.to_flat()
     return [f"{name}: {before[name]!r} -> {after.get(name)!r}" for name in sorted(before) if before[name] != after.get(name)]
 
-
+# %% ../../nbs/pipeline/01_runner.ipynb #a6f84ef0
 def with_stacking_inputs(config: RunConfig, planned: list[Stage], trained: list[Stage] | None = None) -> RunConfig:
     "`config` with `stacking_base_models` resolved from the stages the run trains (`trained`, default `planned`), when it stacks."
     if not any(stage.name == "stacking" for stage in planned): return config
     return config.replace(stacking_base_models=stacking_inputs(config.stacking.base_models, trained or planned))
 
-
+# %% ../../nbs/pipeline/01_runner.ipynb #4dd36cc1
 def resumed_config(saved: RunConfig, given: RunConfig | None, previous: dict, planned: list[Stage], run_dir: Path) -> tuple[RunConfig, list[str]]:
     "The configuration a resumed run goes on with, and the settings `given` changes (accepted only while no stage that reads them completed)."
     completed = [stage_named(name) for name, record in previous.items()
@@ -319,7 +320,7 @@ def resumed_config(saved: RunConfig, given: RunConfig | None, previous: dict, pl
                          "reads it has completed; resume without changing it, or start a new run with another --run-id")
     return given, changed
 
-
+# %% ../../nbs/pipeline/01_runner.ipynb #bbb47764
 def run_pipeline(
     config: RunConfig,
     *,
@@ -407,6 +408,7 @@ def _run_stages(config, stages, previous, run_id, run_dir, report_dir, nbs_dir, 
     if not corrupt: write_report(run_dir, report_dir, run_id)   # a report is only ever made of verified files
     return ok and not corrupt, report_dir
 
+# %% ../../nbs/pipeline/01_runner.ipynb #1cff5a41
 def _stage_loop(config, stages, records, previous, run_dir, report_dir, nbs_dir, refresh, overall, keep_going) -> bool:
     "Run (or reuse) each stage in order, keeping its record; whether every stage ran."
     from tqdm.auto import tqdm

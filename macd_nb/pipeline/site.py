@@ -83,7 +83,7 @@ def api_entries(source: str, module_name: str, level: int) -> str:
             parts.append("```python\n" + "\n".join(lines) + "\n```")
     return "\n\n".join(parts)
 
-
+# %% ../../nbs/pipeline/06_site.ipynb #405c9096
 def _entry(symbol, name: str, level: int) -> str:
     "One API entry: a heading, the signature with its docments, the docstring."
     from nbdev.showdoc import MarkdownRenderer
@@ -92,7 +92,7 @@ def _entry(symbol, name: str, level: int) -> str:
     body = re.sub(r"\n\n+```", "\n```", body)
     return f"{'#' * min(level, 6)} `{name}`\n\n:::{{container}} api-entry\n{body.strip()}\n:::"
 
-
+# %% ../../nbs/pipeline/06_site.ipynb #06d1969a
 def to_page(nb: dict) -> dict:
     "An executed notebook as a documentation page: directives and hidden cells dropped, exported cells as API entries."
     module_name, level, cells = None, 1, []
@@ -125,7 +125,7 @@ def to_page(nb: dict) -> dict:
 class SiteError(RuntimeError):
     "The site could not be built: a Sphinx warning (they are errors here), or a page that would fetch from the internet."
 
-
+# %% ../../nbs/pipeline/06_site.ipynb #6a7b3b34
 BOOK_CONFIG = """\
 # Jupyter Book 1 configuration, written by macd_nb.pipeline.site.write_book
 title: {title}
@@ -179,7 +179,7 @@ def contents(parts: list[tuple[str, list[str]]], pages: dict[str, dict | str]) -
         lines.append("")
     return "\n".join(lines)
 
-
+# %% ../../nbs/pipeline/06_site.ipynb #e6bf9b24
 def write_book(book: Path, title: str, root: str, parts: list[tuple[str, list[str]]], pages: dict[str, dict | str],
                files: dict[str, Path] | None = None) -> None:
     "Jupyter Book sources in `book`: the pages (`root` first, then `parts` in order), `files` copied beside them, MathJax."
@@ -199,7 +199,7 @@ def write_book(book: Path, title: str, root: str, parts: list[tuple[str, list[st
         (book / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, book / name)
 
-
+# %% ../../nbs/pipeline/06_site.ipynb #0d918fbe
 EXTERNAL = re.compile(r"<(?:script|link|img|iframe|source|video|audio)\b[^>]*?\b(?:src|href)=[\"']((?:https?:)?//[^\"']+)", re.I)
 
 
@@ -210,7 +210,7 @@ def external_requests(html_dir: Path) -> list[str]:
         found += [f"{page.relative_to(html_dir)}: {url}" for url in EXTERNAL.findall(page.read_text(errors="replace"))]
     return found
 
-
+# %% ../../nbs/pipeline/06_site.ipynb #e8f3afb9
 def build_html(book: Path, out: Path) -> Path:
     "Render `book` into `out`/_build/html with Jupyter Book (warnings are errors, shown when it fails); the site's folder."
     command = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or shutil.which("jupyter-book")

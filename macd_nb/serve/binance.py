@@ -204,13 +204,13 @@ class _Retry(Exception):
         super().__init__(message)
         self.wait = wait
 
-
+# %% ../../nbs/serve/02_binance.ipynb #66f9df80
 def _retry_after(response: httpx.Response) -> float | None:
     "The Retry-After header in seconds, or None."
     value = response.headers.get("Retry-After", "").strip()
     return float(value) if value.replace(".", "", 1).isdigit() else None
 
-
+# %% ../../nbs/serve/02_binance.ipynb #030c3cb5
 class BinanceClient:
     "GETs to a Binance host with its limits kept: weight per minute, 429 Retry-After, 418 bans, retries with backoff."
     def __init__(self, base_url: str, *,
@@ -329,7 +329,7 @@ class FetchSummary:
         return (f"{self.symbol} {self.interval} ({self.source}): {bars}, {self.requests} requests, {self.retries} retries"
                 f"{weight if self.source == 'rest' else ''}{missing}")
 
-
+# %% ../../nbs/serve/02_binance.ipynb #1a006d23
 def _window(start, end, now_ms: int) -> tuple[int, int]:
     "[first, stop) open times in ms: a date-only end keeps that whole day; never past now."
     try:
@@ -341,7 +341,7 @@ def _window(start, end, now_ms: int) -> tuple[int, int]:
     if lower.value // 10**6 >= stop: raise ValueError(f"start {start} is not before end {end or 'now'}")
     return lower.value // 10**6, stop
 
-
+# %% ../../nbs/serve/02_binance.ipynb #51fede2c
 def _kline_page(response: httpx.Response) -> list:
     "The JSON list of klines of a response; malformed bodies are retried."
     try: page = response.json()
@@ -350,12 +350,12 @@ def _kline_page(response: httpx.Response) -> list:
         raise _Retry(f"not a JSON list of klines (body starts {response.text[:60]!r})")
     return page
 
-
+# %% ../../nbs/serve/02_binance.ipynb #4c302621
 def _progress(total: int, desc: str, unit: str, show: bool) -> tqdm:
     "A tqdm bar on stderr (when it is a terminal)."
     return tqdm(total=total, desc=desc, unit=unit, disable=None if show else True, file=sys.stderr, leave=True)
 
-
+# %% ../../nbs/serve/02_binance.ipynb #8c876056
 def fetch_rest(client: BinanceClient, symbol: str, interval: str, start, end=None, *, data_dir: str | Path,
                limit: int = 1000, progress: bool = True) -> FetchSummary:
     "Closed klines of one symbol from GET /api/v3/klines into the month files; resumes after the last stored bar."

@@ -57,7 +57,7 @@ def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
         db = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
     return db
 
-
+# %% ../../nbs/serve/04_log.ipynb #dc5642c9
 def _refusal(path: Path, error: sqlite3.Error) -> str:
     "What an SQLite error while opening `path` means, and what to do."
     text = str(error)
@@ -69,7 +69,7 @@ def _refusal(path: Path, error: sqlite3.Error) -> str:
     return (f"{path}: cannot be opened for writing ({text}); make the file and its folder writable (SQLite writes "
             f"{path.name}-wal and -shm beside it), or give another --db")
 
-
+# %% ../../nbs/serve/04_log.ipynb #59b0b22c
 class PredictionLog:
     "The SQLite prediction log at `path` (created on first use); `read_only` for readers such as the monitor."
     def __init__(self, path: str | Path, *, read_only: bool = False):

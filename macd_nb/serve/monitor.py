@@ -59,7 +59,7 @@ def _check_limits(limits: dict) -> dict:
     if unknown: raise TypeError(f"monitor: unknown limits {unknown}; the limits are {sorted(LIMITS)}")
     return LIMITS | limits
 
-
+# %% ../../nbs/serve/06_monitor.ipynb #73b0e9c8
 def _auc_section(known: pd.DataFrame, stacking: dict, lim: dict, why_empty: str | None) -> dict:
     "Realised AUC of the final prediction with its CI, beside the run's OOF and test AUC."
     metrics = stacking.get("metrics", {})
@@ -71,7 +71,7 @@ def _auc_section(known: pd.DataFrame, stacking: dict, lim: dict, why_empty: str 
     ci = auc_ci(y, p, block=lim["block"], n_boot=lim["n_boot"], seed=lim["seed"])
     return out | {"auc": auc(y, p), "auc_ci95": [float(c) for c in ci], "up_rate": float(y.mean())}
 
-
+# %% ../../nbs/serve/06_monitor.ipynb #3d3a2c41
 def _models_section(known: pd.DataFrame, lim: dict, why_empty: str | None) -> dict:
     "AUC with CI of the stacked model and each base model on the bars all of them scored, and stacked minus base, paired."
     if why_empty: return {"empty": why_empty}
@@ -87,7 +87,7 @@ def _models_section(known: pd.DataFrame, lim: dict, why_empty: str | None) -> di
     for m in bases: models[m]["stacking_minus_this"] = auc_gain_ci(y, score("stacking"), score(m), **boot)
     return {"n_bars": int(rows.sum()), "models": models}
 
-
+# %% ../../nbs/serve/06_monitor.ipynb #ac956267
 def _drift_section(frame: pd.DataFrame, reference: dict | None, why_empty: str | None) -> dict:
     "PSI of every reference feature and of the stacked prediction against the reference bins, with bands."
     if why_empty: return {"n_rows": 0, "empty": why_empty}
@@ -105,7 +105,7 @@ def _drift_section(frame: pd.DataFrame, reference: dict | None, why_empty: str |
             "not_logged": sorted(set(reference["features"]) - set(live)), "reference_rows": reference.get("feature_rows"),
             "reference_prediction_rows": reference.get("prediction_rows")}
 
-
+# %% ../../nbs/serve/06_monitor.ipynb #df6902c0
 def _operations_section(frame: pd.DataFrame) -> dict:
     "Latency percentiles and fallback counts by reason."
     if frame.empty: return {"empty": "the log is empty"}
@@ -115,7 +115,7 @@ def _operations_section(frame: pd.DataFrame) -> dict:
             "fallbacks": {str(k): int(v) for k, v in frame["fallback"].value_counts().items()},
             "n_stacked": int(frame["fallback"].isna().sum()), "n_rows": len(frame)}
 
-
+# %% ../../nbs/serve/06_monitor.ipynb #7fd7b8c9
 def _age(meta: dict, frame: pd.DataFrame) -> dict:
     "The newest bar the served models learned from, and their age now and at the newest logged bar (information, not a limit)."
     trained = [b["training_window"]["last_bar"] for b in meta.get("base_models", []) if b.get("training_window")]
@@ -127,7 +127,7 @@ def _age(meta: dict, frame: pd.DataFrame) -> dict:
             "base_models_trained_until": {b["model"]: (b.get("training_window") or {}).get("last_bar")
                                           for b in meta.get("base_models", [])}}
 
-
+# %% ../../nbs/serve/06_monitor.ipynb #848e6ab0
 def retrain_recommendation(summary: dict, lim: dict) -> list[str]:
     "One line per limit crossed, with its numbers (empty: no retrain recommended)."
     triggers, drift, realised = [], summary["drift"], summary["auc"]
@@ -149,7 +149,7 @@ def retrain_recommendation(summary: dict, lim: dict) -> list[str]:
                             f"(OOF AUC {realised['oof_auc']:.3f}; needs at least {lim['min_auc_bars']} bars)")
     return triggers
 
-
+# %% ../../nbs/serve/06_monitor.ipynb #5b167b5d
 def monitor_summary(frame: pd.DataFrame, reference: dict | None, stacking: dict, meta: dict, **limits) -> dict:
     "Every number of the report from the logged rows of one run (`PredictionLog.frame()`), its drift reference, stacking record and meta."
     lim = _check_limits(limits)
@@ -176,12 +176,12 @@ def _num(x, fmt: str = ".3f") -> str:
     "A number for the report; 'n/a' when missing."
     return "n/a" if x is None or not np.isfinite(x) else format(x, fmt)
 
-
+# %% ../../nbs/serve/06_monitor.ipynb #ce2106a9
 def _ci(interval) -> str:
     "A 95% interval for the report."
     return "n/a" if not interval or any(v is None for v in interval) else f"{_num(interval[0])} to {_num(interval[1])}"
 
-
+# %% ../../nbs/serve/06_monitor.ipynb #f5be4b7f
 def _plots(summary: dict, frame: pd.DataFrame, out_dir: Path) -> dict[str, str]:
     "reliability.png, psi.png and latency.png beside the report, each where its section has data; none without matplotlib."
     try:
@@ -228,7 +228,7 @@ def _plots(summary: dict, frame: pd.DataFrame, out_dir: Path) -> dict[str, str]:
         save("latency.png", fig)
     return made
 
-
+# %% ../../nbs/serve/06_monitor.ipynb #e521e853
 def render_monitor(summary: dict, header: dict, plots: dict[str, str]) -> str:
     "MONITOR.md of a summary: recommendation first, then each section or why it is empty."
     out = [f"# Monitor: alias {header['alias']}, run {header['run']} (version {header['version']})", "",
@@ -306,7 +306,7 @@ def render_monitor(summary: dict, header: dict, plots: dict[str, str]) -> str:
         out.append("")
     return "\n".join(out)
 
-
+# %% ../../nbs/serve/06_monitor.ipynb #6e979c9d
 def alias_summary(db: str | Path, registry: str | Path | None = None, alias: str = "1h",
                   **limits) -> tuple[dict, dict, pd.DataFrame]:
     "The monitor summary of the run behind `alias` from prediction log `db` (read only), a header naming both, the logged rows."
@@ -327,7 +327,7 @@ def alias_summary(db: str | Path, registry: str | Path | None = None, alias: str
               "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "other_runs": len(logged) - len(frame)}
     return summary, header, frame
 
-
+# %% ../../nbs/serve/06_monitor.ipynb #ea48ab55
 def monitor_report(db: str | Path, registry: str | Path | None = None, alias: str = "1h", out_dir: str | Path = "monitor",
                    **limits) -> Path:
     "`out_dir/MONITOR.md`, its PNG plots and `monitor.json` for the run behind `alias`, from prediction log `db`; see LIMITS."

@@ -43,7 +43,7 @@ def checked_table(table) -> pd.DataFrame:
                          f"row {position - 1} ({table.index[position - 1]}); sort the table (table.sort_index()); the last row is the bar predicted")
     return table
 
-
+# %% ../../nbs/serve/01_predictor.ipynb #9ce3bf9b
 def numeric_values(table: pd.DataFrame) -> np.ndarray:
     "`table` as float64; a value that is not a number is a ValueError naming its column and row."
     try: return table.to_numpy(dtype=np.float64)
@@ -56,7 +56,7 @@ def numeric_values(table: pd.DataFrame) -> np.ndarray:
                                  "the feature table holds floats only (NaN where undefined)") from None
         raise
 
-
+# %% ../../nbs/serve/01_predictor.ipynb #66c7c91e
 class MLPredictor:
     "The stacked model of a registry alias, served with ONNX Runtime."
     def __init__(self, alias: str = "1h", registry: str | Path | None = None):
@@ -182,7 +182,7 @@ def _bundled_sha256(meta: dict, name: str) -> set[str]:
     "sha256 of the files the stacked model bundles for base model `name`."
     return {f["sha256"] for base in meta["base_models"] if base["model"] == name for f in base["files"]}
 
-
+# %% ../../nbs/serve/01_predictor.ipynb #2ad00d70
 def _readable(read, *keys) -> tuple[bool, str]:
     "(passed, detail) of reading a record with `read()` and finding each dotted key in it."
     try:
@@ -194,14 +194,14 @@ def _readable(read, *keys) -> tuple[bool, str]:
         return False, f"missing key {error}" if isinstance(error, (KeyError, TypeError)) else str(error)[:300]
     return True, ""
 
-
+# %% ../../nbs/serve/01_predictor.ipynb #4724fcfe
 def _check_run(predictor: MLPredictor) -> dict:
     "The run's records serving reads besides the models: the prepare record (target, symbols, optional inputs)."
     tf = predictor.timeframe
     return {"serving_config": _readable(lambda: read_json(predictor.verified("results/prepare.json")), "target", "symbols",
                                         f"timeframes.{tf}.feature_set.inputs")}
 
-
+# %% ../../nbs/serve/01_predictor.ipynb #9bef2ed3
 def _check_model(predictor: MLPredictor, name: str) -> dict:
     "Every health check of one model: name -> (passed, detail)."
     checks, tf = {}, predictor.timeframe
@@ -240,7 +240,7 @@ def _check_model(predictor: MLPredictor, name: str) -> dict:
     checks["onnx_parity"] = (bool(parity.get("passed")), why or f"max |dp| {parity.get('max_abs_diff')}, {parity.get('flips')} flipped")
     return checks
 
-
+# %% ../../nbs/serve/01_predictor.ipynb #af95213a
 def health_check(predictor: MLPredictor) -> dict:
     "Per model, and for the run's records serving reads: healthy only when every check passes; the reasons name the model (or `run`) and the check."
     models, reasons = {}, []

@@ -91,7 +91,7 @@ class Tail:
         "The value k rows back (0: the newest)."
         return float(self.buffer[self.end - 1 - k])
 
-
+# %% ../../nbs/serve/07_recursions.ipynb #5ffafbf4
 class Macd:
     "MACD line (EMA fast - EMA slow), signal line and histogram of one series."
     __slots__ = ("fast", "slow", "signal")
@@ -105,7 +105,7 @@ class Macd:
         signal = self.signal(line)
         return line, signal, line - signal
 
-
+# %% ../../nbs/serve/07_recursions.ipynb #faeff65b
 class CrossCount:
     "`bars_since_cross` per row: +k / -k rows since the line crossed above / below its signal, NaN before the first cross."
     __slots__ = ("position", "previous", "last_cross")
@@ -119,7 +119,7 @@ class CrossCount:
         self.previous = side
         return side * (self.position - self.last_cross + 1)
 
-
+# %% ../../nbs/serve/07_recursions.ipynb #b64f8902
 class Rsi:
     "Wilder's relative strength index of a series."
     __slots__ = ("previous", "gain", "loss")
@@ -134,7 +134,7 @@ class Rsi:
         loss = self.loss(max(-change, 0.0) if change == change else nan)
         return div(100 * gain, gain + loss)
 
-
+# %% ../../nbs/serve/07_recursions.ipynb #5e8e3b30
 class TrueRange:
     "Wilder's average true range (it keeps the previous close the true range needs)."
     __slots__ = ("previous", "atr")
@@ -153,28 +153,28 @@ def sample_std(w: np.ndarray) -> float:
     if top != top: return nan
     return 0.0 if top == bottom else float(w.std(ddof=1))
 
-
+# %% ../../nbs/serve/07_recursions.ipynb #6eec82c5
 def window_mean_std(w: np.ndarray) -> tuple[float, float]:
     "`rolling_mean_std` of one full window."
     return float(w.mean()), sample_std(w)
 
-
+# %% ../../nbs/serve/07_recursions.ipynb #05f6c56c
 def valid(w: np.ndarray, min_periods: int) -> np.ndarray | None:
     "The window's non-NaN values, or None when fewer than `min_periods`."
     v = w[w == w]
     return v if len(v) >= min_periods else None
 
-
+# %% ../../nbs/serve/07_recursions.ipynb #11e83858
 def valid_mean(w: np.ndarray, min_periods: int) -> float:
     v = valid(w, min_periods)
     return nan if v is None else float(v.mean())
 
-
+# %% ../../nbs/serve/07_recursions.ipynb #da1f3eff
 def valid_sum(w: np.ndarray, min_periods: int) -> float:
     v = valid(w, min_periods)
     return nan if v is None else float(v.sum())
 
-
+# %% ../../nbs/serve/07_recursions.ipynb #20e563b9
 def valid_zscore_or_zero(w: np.ndarray, min_periods: int) -> float:
     "`rolling_zscore_or_zero` with `min_periods` below the window, for the newest value."
     v = valid(w, min_periods)
@@ -182,28 +182,28 @@ def valid_zscore_or_zero(w: np.ndarray, min_periods: int) -> float:
     if v.max() == v.min(): return 0.0
     return div(float(w[-1]) - float(v.mean()), float(v.std(ddof=1)))
 
-
+# %% ../../nbs/serve/07_recursions.ipynb #20764dc3
 def _moments(w: np.ndarray) -> tuple[int, float, float, float]:
     "n and the central moments m2, m3, m4 (over n) of a window."
     d = w - w.mean()
     d2 = d * d
     return len(w), float(d2.mean()), float((d2 * d).mean()), float((d2 * d2).mean())
 
-
+# %% ../../nbs/serve/07_recursions.ipynb #5f3deff1
 def skew(w: np.ndarray) -> float:
     "pandas' rolling skew of a full window (bias-corrected)."
     n, m2, m3, _ = _moments(w)
     if m2 != m2 or n < 3 or m2 <= 1e-14: return nan
     return math.sqrt(n * (n - 1.0)) * m3 / ((n - 2) * m2 ** 1.5)
 
-
+# %% ../../nbs/serve/07_recursions.ipynb #eea4e6f8
 def kurt(w: np.ndarray) -> float:
     "pandas' rolling excess kurtosis of a full window (bias-corrected)."
     n, m2, _, m4 = _moments(w)
     if m2 != m2 or n < 4 or m2 <= 1e-14: return nan
     return ((n * n - 1.0) * m4 / (m2 * m2) - 3 * (n - 1.0) ** 2) / ((n - 2.0) * (n - 3.0))
 
-
+# %% ../../nbs/serve/07_recursions.ipynb #5dd1510b
 def pair_stats(x: np.ndarray, y: np.ndarray, min_periods: int) -> tuple[float, float, float]:
     "Sample covariance and both variances over the rows where x and y are valid; NaN under `min_periods` such rows."
     both = (x == x) & (y == y)
@@ -215,7 +215,7 @@ def pair_stats(x: np.ndarray, y: np.ndarray, min_periods: int) -> tuple[float, f
     var_y = 0.0 if y.max() == y.min() else float((dy * dy).sum() / (n - 1))
     return float((dx * dy).sum() / (n - 1)), var_x, var_y
 
-
+# %% ../../nbs/serve/07_recursions.ipynb #86f56586
 def corr(x: np.ndarray, y: np.ndarray, min_periods: int) -> float:
     "pandas' rolling correlation of the newest window (pairwise complete rows)."
     cov, var_x, var_y = pair_stats(x, y, min_periods)

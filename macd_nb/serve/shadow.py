@@ -196,7 +196,7 @@ def _forget(db: Path) -> None:
     "Remove a log this call created and left empty (a refusal at start writes nothing)."
     for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")): path.unlink(missing_ok=True)
 
-
+# %% ../../nbs/serve/05_shadow.ipynb #454976b5
 def shadow(alias: str, registry: str | Path,
            source: Callable[[RunConfig], Iterator[dict]],   # given the served run's data settings, yields markets
            db: str | Path, *, start=None, order: list[str] | None = None, say: Callable[[str], None] = print,

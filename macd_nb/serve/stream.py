@@ -97,7 +97,7 @@ class StreamingFeatures:
             else: kept[symbol] = row
         return kept
 
-
+# %% ../../nbs/serve/08_stream.ipynb #8d6d1a7b
 def implausible_now(row: np.ndarray, closes, factor: float = SPIKE_FACTOR) -> str | None:
     "Why a bar (STEP_COLUMNS values) is a bad print against the median of the `closes` before it, or None (also when there are none)."
     known = sorted(c for c in closes if c == c)
@@ -237,7 +237,7 @@ def _row(self: StreamingFeatures, time_ns: int, bars: dict[str, np.ndarray], car
     if self.cross: self._cross_row(f, bars, carried["market"])
     return f
 
-
+# %% ../../nbs/serve/08_stream.ipynb #95240bb8
 def _cross_row(self: StreamingFeatures, f: dict, bars: dict[str, np.ndarray], market_macd: tuple) -> None:
     "The cross-asset features of the target row (`cross_asset_features`), added to `f`."
     t = self.tails
@@ -271,7 +271,7 @@ def open_times(bars: pd.DataFrame) -> np.ndarray:
     "A bar frame's open times as int64 nanoseconds (a view when the index is in ns already)."
     return (bars.index if bars.index.unit == "ns" else bars.index.as_unit("ns")).asi8
 
-
+# %% ../../nbs/serve/08_stream.ipynb #fe97a1f9
 def market_steps(market: dict[str, pd.DataFrame],  # bars per symbol (canonical frames)
                  after: pd.Timestamp | None = None, until: pd.Timestamp | None = None,
                  ) -> list[tuple[int, dict[str, np.ndarray]]]:
@@ -294,7 +294,7 @@ def market_steps(market: dict[str, pd.DataFrame],  # bars per symbol (canonical 
             steps.setdefault(time_ns, {})[symbol] = row
     return sorted(steps.items())
 
-
+# %% ../../nbs/serve/08_stream.ipynb #afbe0789
 def late_symbols(market: dict[str, pd.DataFrame], seen: dict[str, int], last_time: int) -> list[str]:
     "Symbols with a bar the engine has not taken at or before the newest time it took (it arrived late)."
     late = []
@@ -304,11 +304,11 @@ def late_symbols(market: dict[str, pd.DataFrame], seen: dict[str, int], last_tim
         if newer < len(times) and times[newer] <= last_time: late.append(symbol)
     return late
 
-
+# %% ../../nbs/serve/08_stream.ipynb #4f2a8719
 class ImplausibleBar(ValueError):
     "The target's bar is a bad print (see `StreamingFeatures.screened`): left out of the features, not predicted."
 
-
+# %% ../../nbs/serve/08_stream.ipynb #c03daaa6
 def _catch_up(self: StreamingFeatures, market: dict[str, pd.DataFrame], bar) -> np.ndarray:
     "Take `market`'s bars (1h, per symbol) up to target bar `bar` of `timeframe`; that bar's feature row."
     step, hour = TIMEFRAME_DELTA[self.timeframe], TIMEFRAME_DELTA["1h"]
@@ -336,7 +336,7 @@ def _catch_up(self: StreamingFeatures, market: dict[str, pd.DataFrame], bar) -> 
             ValueError(f"streaming features: no bar of {self.target} at {bar} in the market given")
     return self.rows[-1]
 
-
+# %% ../../nbs/serve/08_stream.ipynb #3d75f98f
 def _table(self: StreamingFeatures) -> pd.DataFrame:
     "The newest `keep` feature rows as a frame (index: open time), as `live_rows` returns them."
     return pd.DataFrame(np.array(self.rows), columns=self.columns,
