@@ -525,8 +525,9 @@ def test_an_interrupt_stops_in_one_line_and_resumes(tmp_path, signum, to_group, 
 
 
 def test_after_an_interrupt_the_command_ends_even_when_a_library_thread_would_hold_its_exit():
-    """A kernel client caught mid-start can leave a thread that never ends (seen once in CI: the one line written, then
-    the process alive 30 s later). The console script ends at once after an interrupt, and only then."""
+    """A kernel client caught mid-start holds the interpreter's exit for good (seen in CI: the one line written, the
+    process alive 30 s later; its `__del__` waits in zmq's context term). A thread that never ends stands in for it
+    here: the console script ends at once after an interrupt, and only then."""
     script = textwrap.dedent("""
         import sys, threading, time
         import macd_nb.pipeline.cli as cli

@@ -308,8 +308,9 @@ def main(argv: list[str] | None = None) -> int:
 def console() -> None:
     """The `macd-nb` command itself: `main`, then the process ends with its exit code.
     After Ctrl-C or SIGTERM it ends at once, once its one line is written: the status file, ledgers and lock are
-    already settled, and a kernel client caught while its kernel was still starting (jupyter_client's channels, an
-    event loop nbclient never got back) could otherwise hold the interpreter's shutdown for good."""
+    already settled. A signal that lands while a stage's kernel is still starting leaves nbclient's kernel client
+    half set up; collected at exit, its `__del__` terminates its zmq context, and `zmq_ctx_term` waits for ever on a
+    socket still open (caught with py-spy: the main thread in `Context.term`, under `KernelClient.__del__`)."""
     import os, signal, sys
     code = main()
     if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
