@@ -46,6 +46,13 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _absolute(node: ast.ImportFrom, package: str) -> str:
+    "The absolute module a `from ... import` names, a relative one resolved against `package`."
+    if not node.level: return node.module or ""
+    anchor = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+    return ".".join(anchor + ([node.module] if node.module else []))
+
+
 def imported_modules(source: str, module: str, is_package: bool = False) -> list[tuple[int, str]]:
     "(line, absolute module name) of every import in `source`: function-level ones too, relative ones resolved."
     package = module if is_package else module.rpartition(".")[0]
@@ -54,10 +61,7 @@ def imported_modules(source: str, module: str, is_package: bool = False) -> list
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[:len(package.split(".")) - (node.level - 1)]
-                base = ".".join(anchor + ([node.module] if node.module else []))
+            base = _absolute(node, package)
             # `from macd_nb import pipeline` and `from .. import serve` name subpackages: each imported name counts
             found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names] if base == "macd_nb" else [(node.lineno, base)]
     return found
@@ -78,10 +82,7 @@ def private_imports(source: str, module: str, is_package: bool = False) -> list[
     found = []
     for node in ast.walk(ast.parse(source)):
         if not isinstance(node, ast.ImportFrom): continue
-        base = node.module or ""
-        if node.level:
-            anchor = package.split(".")[:len(package.split(".")) - (node.level - 1)]
-            base = ".".join(anchor + ([node.module] if node.module else []))
+        base = _absolute(node, package)
         if base.split(".")[0] == "macd_nb" and base != module:
             found += [f"{module}:{node.lineno} imports {base}.{a.name}" for a in node.names
                       if a.name.startswith("_") and not a.name.startswith("__")]

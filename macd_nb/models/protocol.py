@@ -256,7 +256,8 @@ def model_record(config: RunConfig, run_dir: str | Path, *, model: str, timefram
     outputs = [paths.relative(paths.oof_file(model, timeframe)), paths.relative(paths.result_file(model, timeframe))]
     return model_result(stage=stage_of_model(model).number, model=model, timeframe=timeframe, target=config.data.target,
                         window=window, metrics=metrics, controls=controls, gates=gates, timings_s=timings,
-                        artifacts=list(artifacts) + outputs, **provenance(config, run_dir, device=device), horizon=config.validation.label_horizon,
+                        artifacts=list(artifacts) + outputs, **provenance(config, run_dir, device=device),
+                        horizon=config.validation.label_horizon,
                         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra)
 
 # %% ../../nbs/models/00_protocol.ipynb #e100dfe1

@@ -237,7 +237,8 @@ def _skipped(config: RunConfig, run_dir: Path, timeframe: str, n_oof: int, minim
     record = model_result(stage=stage_of_model("stacking").number, model="stacking", timeframe=timeframe,
                           target=config.data.target, window={}, metrics={"n_oof": n_oof}, controls={},
                           gates=[gate("n_oof_attempt", n_oof, minimum)], timings_s={"total": time.perf_counter() - started},
-                          artifacts=[], **provenance(config, run_dir), skipped=reason, deployable=False, not_deployable_because=[reason])
+                          artifacts=[], **provenance(config, run_dir), skipped=reason, deployable=False,
+                          not_deployable_because=[reason])
     write_json(RunPaths(run_dir).result_file("stacking", timeframe), record)
     return record
 
