@@ -167,6 +167,18 @@ def test_search_index_and_search_page_work(site):
     assert results and "core/09_validation.html" in results[0]   # the browser ran the search: Walk-forward validation found
 
 
+MATH_PAGE = "serve/06_monitor.html"   # its PSI and calibration formulas are inline TeX
+
+
+def test_math_is_typeset_by_the_sites_own_mathjax(site):
+    "TeX becomes MathJax output in the browser (fonts from the site itself), not raw \\( \\) text, and MathJax loads once."
+    page = site / MATH_PAGE
+    assert page.read_text().count("<script") < 60   # Jupyter Book once made each of MathJax's 400 files a script
+    parsed = Parsed(dom(page, wait_ms=15000))
+    assert "MathJax" in parsed.classes   # typeset: the TeX itself moved into <script type="math/tex">, never shown
+    assert "\\(" not in "".join(parsed.text)
+
+
 def test_no_page_fetches_anything_from_the_internet(site):
     assert build.external_requests(site) == []
 

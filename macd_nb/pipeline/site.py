@@ -155,10 +155,16 @@ launch_buttons:
 
 sphinx:
   config:
-    # MathJax 2 from the site itself (the jupyter-server-mathjax package), never a CDN
+    # MathJax 2 from the site itself (the jupyter-server-mathjax package), never a CDN. Its folder is _assets, not
+    # _static: Jupyter Book adds every .js under a book's _static to every page (MathJax's 400 files, each a <script>)
     mathjax_path: mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full
     mathjax3_config: null
-    html_static_path: [_static]
+    mathjax2_config:
+      # myst-nb marks each page tex2jax_ignore and its math `math` (its MathJax 3 setting, in MathJax 2's words)
+      tex2jax: {{processClass: "tex2jax_process|mathjax_process|math|output_area"}}
+      # the package ships the STIX-Web fonts only (as Jupyter's classic notebook configures it)
+      HTML-CSS: {{availableFonts: [], webFont: STIX-Web, imageFont: null, preferredFont: null}}
+    html_static_path: [_assets]
     html_show_sourcelink: false
     nb_merge_streams: true
     html_theme_options:
@@ -185,8 +191,8 @@ def write_book(book: Path, title: str, root: str, parts: list[tuple[str, list[st
     "Jupyter Book sources in `book`: the pages (`root` first, then `parts` in order), `files` copied beside them, MathJax."
     import jupyter_server_mathjax
     if book.exists(): shutil.rmtree(book)
-    (book / "_static").mkdir(parents=True)
-    shutil.copytree(Path(jupyter_server_mathjax.__file__).parent / "static", book / "_static" / "mathjax")
+    (book / "_assets").mkdir(parents=True)   # served as _static/ (html_static_path in BOOK_CONFIG)
+    shutil.copytree(Path(jupyter_server_mathjax.__file__).parent / "static", book / "_assets" / "mathjax")
     (book / "_config.yml").write_text(BOOK_CONFIG.format(title=json.dumps(title)))
     toc = ["format: jb-book", f"root: {Path(root).with_suffix('')}", "parts:"]
     for caption, names in parts:
