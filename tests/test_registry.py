@@ -94,8 +94,16 @@ def test_a_crash_at_any_step_leaves_a_loadable_alias(runs, tmp_path, step):
     moved = MOVE_STEPS.index(step) >= MOVE_STEPS.index("pointer_replaced")
     assert after == before if not moved else (after["run"], after["version"]) == ("run_b", 2)
     assert alias_target(registry, "1h").exists()
-    assert not list((registry / "aliases").glob(".*.tmp"))
+    assert sorted(p.name for p in (registry / "aliases").iterdir()) == ["1h.json"]   # no temporary file left
     assert [e["to_version"] for e in audit_log(registry)][-1] == (2 if MOVE_STEPS.index(step) >= MOVE_STEPS.index("audited") else 1)
+
+
+def test_a_killed_moves_temporary_file_is_not_an_alias(runs, tmp_path):
+    "SIGKILL inside a move leaves its temporary pointer file behind (.1h.<hex>.tmp.json); only real pointers are aliases."
+    registry = tmp_path / "registry"
+    promote(registry, runs["a"], "1h", why="first")
+    (registry / "aliases" / ".1h.0123456789ab.tmp.json").write_text('{"alias": "1h", "ver')
+    assert list(aliases(registry)) == ["1h"]
 
 
 def test_rollback_returns_to_the_previous_run(runs, tmp_path):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import TIMEFRAMES
-from .rundir import file_lock, fsync_dir, read_json, sha256_file
+from .rundir import ATOMIC_STEPS, file_lock, fsync_dir, read_json, sha256_file, write_atomically
 
 # %% ../../nbs/core/12_registry.ipynb #8d362c48
 class RegistryError(RuntimeError):
@@ -171,29 +171,18 @@ def move_alias(registry: str | Path, alias: str, run_id: str, *, expected_versio
 
 # %% ../../nbs/core/12_registry.ipynb #63125d8e
 def _switch(registry: Path, pointer: dict, entry: dict | None, hook: Callable[[str], None]) -> None:
-    "Write the new pointer (synced), append `entry` to the audit log (synced; None: it is there already), switch, sync."
-    folder = registry / "aliases"
-    folder.mkdir(exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{pointer['alias']}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(json.dumps(pointer, indent=2))
-            hook("pointer_written")
-            out.flush()
-            os.fsync(out.fileno())
-        hook("pointer_synced")
-        if entry is not None:
-            with open(registry / "audit.jsonl", "a") as log:   # before the switch: no move is ever missing from the log
-                log.write(json.dumps(entry) + "\n")
-                log.flush()
-                os.fsync(log.fileno())
-        hook("audited")
-        os.replace(temporary, folder / f"{pointer['alias']}.json")
-        hook("pointer_replaced")
-        fsync_dir(folder)
-        hook("directory_synced")
-    finally:
-        if os.path.exists(temporary): os.unlink(temporary)
+    "Write the new pointer with the project's durable write, appending `entry` to the audit log (synced) before the switch."
+    def write(temporary: Path) -> None:
+        temporary.write_text(json.dumps(pointer, indent=2))
+        hook("pointer_written")
+
+    def audit() -> None:   # before the switch: no move is ever missing from the log (None: it is there already)
+        if entry is not None: _append_audit(registry, entry)
+
+    steps = dict(zip(ATOMIC_STEPS, MOVE_STEPS[1:]))   # the write's steps, in the registry's words
+    # no ledger: a pointer is checked against the audit log, which names the move that wrote it
+    write_atomically(registry / "aliases" / f"{pointer['alias']}.json", write, ledger=False, before_replace=audit,
+                     step=lambda name: hook(steps[name]))
 
 # %% ../../nbs/core/12_registry.ipynb #4da33dff
 def complete_move(registry: str | Path, alias: str) -> dict | None:
@@ -237,12 +226,16 @@ def record_event(registry: str | Path, entry: dict) -> dict:
     entry = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "who": f"{getpass.getuser()}@{socket.gethostname()}",
              **entry}
     if "to_version" in entry: raise ValueError("record_event: an entry with to_version would read as a move; use move_alias")
-    with registry_lock(registry):
-        with open(registry / "audit.jsonl", "a") as log:
-            log.write(json.dumps(entry, default=str) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
+    with registry_lock(registry): _append_audit(registry, entry)
     return entry
+
+
+def _append_audit(registry: Path, entry: dict) -> None:
+    "One line on the audit log, synced (the caller holds the registry's lock)."
+    with open(registry / "audit.jsonl", "a") as log:
+        log.write(json.dumps(entry, default=str) + "\n")
+        log.flush()
+        os.fsync(log.fileno())
 
 
 def rollback(registry: str | Path, alias: str, *, why: str) -> dict:
@@ -258,4 +251,5 @@ def rollback(registry: str | Path, alias: str, *, why: str) -> dict:
 def aliases(registry: str | Path) -> dict[str, dict]:
     "Every alias of the registry with its pointer record (each checked against the audit log)."
     folder = Path(registry) / "aliases"
-    return {p.stem: read_alias(registry, p.stem) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
+    pointers = sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))   # not a move's temporary file
+    return {p.stem: read_alias(registry, p.stem) for p in pointers} if folder.exists() else {}
