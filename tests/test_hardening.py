@@ -352,8 +352,8 @@ def smoke_run(tmp_path_factory):
 
 
 def _read_lgb(run_dir):
-    from macd_nb.export.onnx import _native_models
-    return _native_models(RunPaths(run_dir), "1h")
+    from macd_nb.export.onnx import served_models
+    return served_models(RunPaths(run_dir), "1h")
 
 
 def _read_oof(run_dir):

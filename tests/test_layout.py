@@ -124,6 +124,32 @@ def test_the_import_check_can_fail():
     assert layer_violations("from ..core.registry import promote\n", "macd_nb.pipeline.cli") == []
 
 
+def served_tags_named(source: str) -> list[str]:
+    "Every string constant in `source` that is the tag of a served model (a stage with a family): a switch on it."
+    tags = {s.model for s in STAGES if s.family}
+    return sorted({n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and n.value in tags})
+
+
+def test_every_served_family_is_declared_by_its_model_module():
+    "A stage's family is a ServedFamily in macd_nb.models (its notebook); export and serve never name a model tag."
+    import importlib
+    from macd_nb.core.served_model import ServedFamily
+    families = {s.name: s.family for s in STAGES if s.family}
+    assert set(families) >= {"lgb", "cross_asset", "xgb", "lstm", "tft"}
+    for stage, family in families.items():
+        module, name = family.split(":")
+        assert module.startswith("macd_nb.models.") and isinstance(getattr(importlib.import_module(module), name), ServedFamily)
+    named = {f"{p.parent.name}/{p.name}": served_tags_named(p.read_text()) for layer in ("export", "serve")
+             for p in sorted((ROOT / "macd_nb" / layer).glob("*.py"))}
+    assert {module: tags for module, tags in named.items() if tags} == {}
+
+
+def test_the_model_tag_check_can_fail():
+    old_export = 'for model in ("lgb", "lgb_cross"):\n    pass\ndef f(model):\n    return model == "lstm"\n'
+    assert served_tags_named(old_export) == ["lgb", "lgb_cross", "lstm"]
+    assert served_tags_named('meta = "stacking_meta"\n') == []
+
+
 def _title(notebook: Path) -> str:
     "The first line of a notebook's first cell."
     first = json.loads(notebook.read_text())["cells"][0]["source"]

@@ -7,8 +7,11 @@ import onnx
 import pytest
 import xgboost as xgb
 
-from macd_nb.export.onnx import (ONNX_IR_VERSION, fusion_to_onnx, lightgbm_to_onnx, onnx_session, portable,
-                                 sequence_to_onnx, stacking_to_onnx, xgboost_to_onnx)
+from macd_nb.core.served_model import ONNX_IR_VERSION, portable
+from macd_nb.export.onnx import fusion_to_onnx, onnx_session, stacking_to_onnx
+from macd_nb.models.lgb import lightgbm_to_onnx
+from macd_nb.models.sequences import sequence_to_onnx
+from macd_nb.models.xgb import xgboost_to_onnx
 from macd_nb.models.lstm import MultiHorizonLSTM
 from macd_nb.models.tft import TemporalFusionTransformer
 

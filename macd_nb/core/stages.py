@@ -23,6 +23,8 @@ class Stage:
     writes: tuple[str, ...] = ()     # run-directory paths; `{tf}` stands for each timeframe
     model: str | None = None         # the model tag of a model stage: its files are `{model}_{tf}.*`
     reads: tuple[str, ...] = ()      # setting groups it reads besides EVERY_STAGE_READS (`config.setting_group`)
+    kind: str | None = None          # a model stage's kind of model: which metadata it carries (`REQUIRED_METADATA`)
+    family: str | None = None        # "module:NAME" of its `ServedFamily`, when its model is exported and served
 
     def expected_files(self, timeframes: list[str]) -> list[str]:
         "The run-directory paths this stage writes for `timeframes`."
@@ -33,23 +35,26 @@ EVERY_STAGE_READS = ("run", "data", "validation")   # run-wide settings, the mar
 
 
 def model_stage(name: str, number: str, title: str, notebook: str, model: str, *model_exts: str,
-                reads: tuple[str, ...] = ()) -> Stage:
+                reads: tuple[str, ...] = (), kind: str = "tree", family: str | None = None) -> Stage:
     "A model stage: model files, out-of-fold predictions and result JSON, all named `{model}_{tf}`."
     writes = (*(f"models/{model}_{{tf}}.{ext}" for ext in model_exts), f"oof/{model}_{{tf}}.parquet",
               f"results/{model}_{{tf}}.json")
-    return Stage(name, number, title, notebook, writes, model, reads)
+    return Stage(name, number, title, notebook, writes, model, reads, kind, family)
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", "0", "Prepare data", "core/10_prepare.ipynb", ("results/prepare.json", "data/features_{tf}.parquet")),
     model_stage("baseline", "0.5", "Logistic-regression baseline", "models/01_baseline.ipynb", "baseline"),
     model_stage("lgb", "1.1", "LightGBM direction model", "models/02_lgb.ipynb", "lgb", "txt",
-                reads=("gbm", "gates")),
-    model_stage("lstm", "1.2", "Multi-horizon LSTM", "models/04_lstm.ipynb", "lstm", "pt", "json", reads=("nn", "gates")),
-    model_stage("tft", "1.3", "Temporal Fusion Transformer", "models/05_tft.ipynb", "tft", "pt", "json", reads=("nn", "gates")),
+                reads=("gbm", "gates"), family="macd_nb.models.lgb:LIGHTGBM"),
+    model_stage("lstm", "1.2", "Multi-horizon LSTM", "models/04_lstm.ipynb", "lstm", "pt", "json", reads=("nn", "gates"),
+                kind="sequence", family="macd_nb.models.lstm:LSTM"),
+    model_stage("tft", "1.3", "Temporal Fusion Transformer", "models/05_tft.ipynb", "tft", "pt", "json", reads=("nn", "gates"),
+                kind="sequence", family="macd_nb.models.tft:TFT"),
     model_stage("cross_asset", "1.4", "Cross-asset LightGBM", "models/06_cross_asset.ipynb", "lgb_cross", "txt",
-                reads=("gbm", "gates")),
-    model_stage("xgb", "1.5", "XGBoost direction model", "models/07_xgb.ipynb", "xgb", "json", reads=("gbm", "gates")),
+                reads=("gbm", "gates"), family="macd_nb.models.lgb:LIGHTGBM"),
+    model_stage("xgb", "1.5", "XGBoost direction model", "models/07_xgb.ipynb", "xgb", "json", reads=("gbm", "gates"),
+                family="macd_nb.models.xgb:XGBOOST"),
     Stage("diagnostics", "1.6", "Base-model diagnostics", "models/08_diagnostics.ipynb", ("results/diagnostics_{tf}.json",)),
     Stage("stacking", "2", "Stacking ensemble", "models/09_stacking.ipynb", ("results/stacking_{tf}.json",), "stacking",
           ("stacking",)),

@@ -5,14 +5,16 @@
 # %% auto #0
 __all__ = ['sequence_features', 'Standardizer', 'window_view', 'gather_windows', 'with_full_window', 'TrainSettings',
            'masked_bce', 'predict_logits', 'head_aucs', 'train_model', 'save_sequence_model', 'load_sequence_model',
-           'predict_table', 'SequenceData', 'fit_refit', 'sequence_walk_forward', 'shuffled_targets', 'SequenceStage',
-           'run_sequence_stage']
+           'predict_table', 'sequence_to_onnx', 'sequence_family', 'SequenceData', 'fit_refit', 'sequence_walk_forward',
+           'shuffled_targets', 'SequenceStage', 'run_sequence_stage']
 
 # %% ../../nbs/models/03_sequences.ipynb #e1d97a57
+import io
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,9 +25,12 @@ from ..core.config import RunConfig, resolve_device
 from ..core.features import FEATURE_SET_VERSION
 from ..core.prepare import check_columns, load_table
 from ..core.rundir import RunPaths, read_json, verified, write_atomically, write_json
+from ..core.served_model import LoadedModel, ServedFamily, portable
 from ..core.validation import Fold, WalkForwardResult, as_utc_datetime64, auc, coarse_folds, inner_split
 from .protocol import (ModelResult, best_feature_reference, controls_record, direction_protocol,
                                      finish_model_stage, pooled_auc)
+
+if TYPE_CHECKING: import onnx   # imported where a model is converted: a fold worker never needs it (0.7 s)
 
 # %% ../../nbs/models/03_sequences.ipynb #482325a8
 def sequence_features(summary: dict, max_features: int) -> list[str]:
@@ -173,7 +178,9 @@ def train_model(
 # %% ../../nbs/models/03_sequences.ipynb #634df0a1
 def save_sequence_model(model: nn.Module, meta: dict, weights_path: str | Path, meta_path: str | Path) -> None:
     "Write the state dict (tensors only) and the JSON description of a sequence model."
-    write_atomically(weights_path, lambda tmp: torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp))
+    state = io.BytesIO()   # torch names the archive after a file it writes to (a temporary name): a buffer's is fixed
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, state)
+    write_atomically(weights_path, lambda tmp: tmp.write_bytes(state.getvalue()))
     write_json(meta_path, meta)
 
 
@@ -195,6 +202,73 @@ def predict_table(model: nn.Module, meta: dict, table: pd.DataFrame, rows=None, 
     model = model.to(device)
     logits = predict_logits(model, inputs, rows, length, TrainSettings(device=device))
     return torch.sigmoid(logits).numpy().astype(np.float64)
+
+# %% ../../nbs/models/03_sequences.ipynb #d3ed0f71
+def sequence_to_onnx(network, meta: dict, *, opset: int = 18) -> tuple["onnx.ModelProto", str]:
+    "A trained LSTM or TFT as ONNX (input `windows` (batch, length, n_features) standardised float, output `p_up` per head), and the exporter used."
+    class Probabilities(torch.nn.Module):
+        def __init__(self, inner): super().__init__(); self.inner = inner
+        def forward(self, windows): return torch.sigmoid(self.inner(windows))
+    wrapped = Probabilities(network).eval()   # an exporter may restore the wrapper's mode afterwards: it must be eval too
+    example = torch.zeros((2, meta["sequence_length"], len(meta["features"])), dtype=torch.float32)
+    try: model, exporter = _torchscript_export(wrapped, example, opset), "torch.onnx.export (TorchScript, dynamo=False)"
+    except (AttributeError, ImportError, TypeError, NotImplementedError):   # a torch without the TorchScript exporter
+        model, exporter = _torch_export(wrapped, example, opset), "torch.onnx.export (dynamo=True, torch.export)"
+    return portable(model), exporter
+
+# %% ../../nbs/models/03_sequences.ipynb #86ba2d74
+def _torchscript_export(wrapped, example, opset: int) -> "onnx.ModelProto":
+    "The TorchScript exporter's model of `wrapped`, batch axis dynamic; its deprecation and LSTM batch warnings kept quiet."
+    import io
+    import warnings
+    import onnx
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
+        # the initial states are zeros sized by the input's batch; the parity check runs a batch other than the example's
+        warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1", category=UserWarning)
+        torch.onnx.export(wrapped, (example,), buffer, input_names=["windows"], output_names=["p_up"], dynamo=False,
+                          dynamic_axes={"windows": {0: "batch"}, "p_up": {0: "batch"}}, opset_version=opset)
+    return onnx.load_from_string(buffer.getvalue())
+
+# %% ../../nbs/models/03_sequences.ipynb #1f15493d
+def _torch_export(wrapped, example, opset: int) -> "onnx.ModelProto":
+    "torch.export's model of `wrapped`, batch axis dynamic."
+    import contextlib
+    import io
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):   # the exporter narrates each step on stdout
+        program = torch.onnx.export(wrapped, (example,), input_names=["windows"], output_names=["p_up"], dynamo=True,
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset, verbose=False)
+    return program.model_proto
+
+# %% ../../nbs/models/03_sequences.ipynb #87f2c921
+def _windows(loaded: LoadedModel, table: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    "The standardised float32 windows (len(rows), length, n_features) ending at `rows`, as the network was fed."
+    meta = loaded.meta
+    scaled = Standardizer.from_dict(meta["scaler"]).transform(table[meta["features"]].to_numpy()).astype(np.float32)
+    length = meta["sequence_length"]
+    return np.stack([scaled[r - length + 1:r + 1] for r in rows])
+
+
+def _probabilities(loaded: LoadedModel) -> Callable[[np.ndarray], np.ndarray]:
+    "P(up) of every head from the native network, on one thread."
+    torch.set_num_threads(1)
+    def predict(windows: np.ndarray) -> np.ndarray:
+        with torch.no_grad(): return torch.sigmoid(loaded.model(torch.from_numpy(windows))).numpy()
+    return predict
+
+
+def sequence_family(network_class: type) -> ServedFamily:
+    "The served family of a network class: its weights and JSON read back, standardised windows, P(up) per head."
+    def load(paths: RunPaths, model: str, timeframe: str) -> LoadedModel | None:
+        weights, meta_path = paths.model_file(model, timeframe, "pt"), paths.model_file(model, timeframe, "json")
+        if not (weights.exists() and meta_path.exists()): return None
+        network, meta = load_sequence_model(network_class, weights, meta_path)
+        return LoadedModel(network, meta["features"], weights, meta.get("training_window"), rows=meta["sequence_length"],
+                           head=meta["main_head_index"], meta=meta)
+    return ServedFamily(load=load, inputs=_windows, predict=_probabilities,
+                        to_onnx=lambda loaded: sequence_to_onnx(loaded.model, loaded.meta))
 
 # %% ../../nbs/models/03_sequences.ipynb #f35fe9c4
 @dataclass
