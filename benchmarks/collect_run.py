@@ -10,7 +10,7 @@ import platform
 import time
 from pathlib import Path
 
-MODEL_ORDER = ["baseline", "lgb", "lgb_cross", "xgb", "lstm", "tft"]
+MODEL_ORDER = ["baseline", "lgb", "lgb_cross", "xgb", "catboost", "lstm", "tft"]
 
 
 def model_row(record: dict) -> dict:

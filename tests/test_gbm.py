@@ -1,4 +1,4 @@
-"""Gradient-boosting base models (stages 1.1, 1.4 and XGBoost): signal found out of fold, controls hold, the binned
+"""Gradient-boosting base models (stages 1.1, 1.4, XGBoost and CatBoost): signal found out of fold, controls hold, the binned
 fast path leaks nothing and changes nothing, parallel equals serial, artifacts load back, and the real data runs."""
 import json
 from pathlib import Path
@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
+from catboost import CatBoostClassifier
 
 from macd_nb.core.config import profile_config
 from macd_nb.models.protocol import direction_protocol, fold_rows
@@ -15,18 +16,20 @@ from macd_nb.models.lgb import (bin_once, binned_rows, lgb_fit_predict_fold, lgb
                          lgb_walk_forward, load_binned, LgbFoldTask, run_lgb)
 from macd_nb.core.prepare import load_table, prepare_run
 from macd_nb.models.xgb import run_xgb, save_features, xgb_params, xgb_walk_forward
+from macd_nb.models.catboost import catboost_params, catboost_walk_forward, run_catboost
 
 from conftest import SHARED_DATA as SHARED, needs_shared_data
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    "LightGBM, cross-asset LightGBM and XGBoost on the quick profile's synthetic market and folds."
+    "LightGBM, cross-asset LightGBM, XGBoost and CatBoost on the quick profile's synthetic market and folds."
     run_dir = tmp_path_factory.mktemp("gbm")
     config = profile_config("quick", bootstrap_samples=200, n_jobs=2, threads_per_job=1)
     prepare_run(config, run_dir)
     return {"config": config, "run_dir": run_dir, "lgb": run_lgb(config, run_dir),
-            "cross": run_lgb(config, run_dir, cross_asset=True), "xgb": run_xgb(config, run_dir)}
+            "cross": run_lgb(config, run_dir, cross_asset=True), "xgb": run_xgb(config, run_dir),
+            "catboost": run_catboost(config, run_dir)}
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +59,15 @@ def test_xgb_finds_the_signal(quick_run):
     assert metrics["n_oof"] == quick_run["lgb"].metrics["n_oof"]   # same rows scored: they line up for stacking
 
 
+def test_catboost_finds_the_signal_on_the_same_rows(quick_run):
+    record = quick_run["catboost"].record
+    assert record["metrics"]["oof_auc_ci95"][0] > 0.5, record["metrics"]
+    assert record["metrics"]["n_oof"] == quick_run["lgb"].metrics["n_oof"] and record["stage"] == "1.6"
+    assert len(record["best_iterations"]) == quick_run["config"].validation.n_folds
+
+
 def test_shuffled_labels_give_no_signal_and_the_leak_is_flagged(quick_run):
-    for name in ("lgb", "cross", "xgb"):
+    for name in ("lgb", "cross", "xgb", "catboost"):
         controls = quick_run[name].controls
         assert abs(controls["shuffled_label_auc"] - 0.5) <= 0.02, (name, controls["shuffled_label_auc"])
         assert controls["planted_leak_flagged"], name
@@ -138,6 +148,10 @@ def test_processes_and_serial_give_identical_predictions(quick_protocol, tmp_pat
     xgb_serial, _ = xgb_walk_forward(protocol, xgb_params(config), features, n_jobs=1, **settings)
     xgb_parallel, _ = xgb_walk_forward(protocol, xgb_params(config), features, n_jobs=2, **settings)
     np.testing.assert_array_equal(xgb_serial.oof_pred, xgb_parallel.oof_pred)
+    cb_settings = dict(inner_fraction=settings["inner_fraction"], purge=settings["purge"])
+    cb_serial, _ = catboost_walk_forward(protocol, catboost_params(config), features, n_jobs=1, **cb_settings)
+    cb_parallel, _ = catboost_walk_forward(protocol, catboost_params(config), features, n_jobs=2, **cb_settings)
+    np.testing.assert_array_equal(cb_serial.oof_pred, cb_parallel.oof_pred)
 
 
 def test_artifacts_are_native_and_load_back(quick_run):
@@ -152,7 +166,10 @@ def test_artifacts_are_native_and_load_back(quick_run):
     np.testing.assert_array_equal(booster.predict(xgb.DMatrix(run.extras["test_features"], feature_names=run.record["features"])),
                                   run.extras["served_test_pred"])   # the saved file is the shipped model
     assert json.loads((run_dir / "models" / "xgb_1h.json").read_text())["learner"]
-    for oof_file in ("lgb_1h.parquet", "lgb_cross_1h.parquet", "xgb_1h.parquet"):
+    run, model = quick_run["catboost"], CatBoostClassifier()
+    model.load_model(str(run_dir / "models" / "catboost_1h.cbm"), format="cbm")
+    np.testing.assert_array_equal(model.predict_proba(run.extras["test_features"])[:, 1], run.extras["served_test_pred"])
+    for oof_file in ("lgb_1h.parquet", "lgb_cross_1h.parquet", "xgb_1h.parquet", "catboost_1h.parquet"):
         oof = pd.read_parquet(run_dir / "oof" / oof_file)
         assert list(oof.columns) == ["y", "pred", "fold", "train_label_end"] and oof.index.name == "open_time" and str(oof.index.tz) == "UTC"
         assert len(oof) == quick_run["lgb"].metrics["n_oof"] and oof["pred"].between(0, 1).all()

@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['DEFAULT_SYMBOLS', 'SHARED_SYMBOLS', 'DEVICES', 'BAD_BAR_POLICIES', 'SERVE_WINDOWS', 'RETRAIN_POLICIES', 'TIMEFRAMES',
            'TIMEFRAME_HOURS', 'TIMEFRAME_DELTA', 'FEATURE_INPUTS', 'BASE_MODELS', 'DEFAULT_STACKING_INPUTS',
-           'MIN_BOOTSTRAP_SAMPLES', 'DEFAULT_GATES', 'SECTIONS', 'Problem', 'PROFILES', 'flat', 'DataSection',
-           'ValidationSection', 'GbmSection', 'NnSection', 'StackingSection', 'BacktestSection', 'RetrainSection',
-           'RunConfig', 'checked_value', 'flat_names', 'setting_group', 'utc', 'date_range', 'setting_problems',
-           'problem_message', 'normalised', 'default_data_dir', 'profile_config', 'fold_problems', 'load_config',
-           'resolve_device', 'library_versions', 'save_config', 'read_config']
+           'MIN_BOOTSTRAP_SAMPLES', 'DEFAULT_GATES', 'SECTIONS', 'SPELLINGS', 'Problem', 'PROFILES', 'flat',
+           'DataSection', 'ValidationSection', 'GbmSection', 'NnSection', 'StackingSection', 'BacktestSection',
+           'RetrainSection', 'RunConfig', 'checked_value', 'flat_names', 'setting_group', 'utc', 'date_range',
+           'setting_problems', 'problem_message', 'normalised', 'default_data_dir', 'profile_config', 'fold_problems',
+           'load_config', 'resolve_device', 'library_versions', 'save_config', 'read_config']
 
 # %% ../../nbs/core/00_config.ipynb #73685c5c
 import dataclasses
@@ -41,8 +41,8 @@ TIMEFRAME_HOURS = {"1h": 1, "4h": 4, "1d": 24}
 TIMEFRAME_DELTA = {tf: pd.Timedelta(hours=hours) for tf, hours in TIMEFRAME_HOURS.items()}   # the one definition
 
 FEATURE_INPUTS = ("taker_buy_base", "trades")   # optional kline columns with features of their own (features.OPTIONAL_INPUTS)
-BASE_MODELS = ("baseline", "lgb", "xgb", "lstm", "tft", "lgb_cross")   # the models whose OOF predictions stacking can take
-DEFAULT_STACKING_INPUTS = ("lgb", "xgb", "lstm", "tft", "lgb_cross")     # stacked when the run trains them (the baseline is a reference)
+BASE_MODELS = ("baseline", "lgb", "xgb", "lstm", "tft", "lgb_cross", "catboost")   # whose OOF predictions stacking can take
+DEFAULT_STACKING_INPUTS = ("lgb", "xgb", "lstm", "tft", "lgb_cross", "catboost")   # stacked when the run trains them (not the baseline)
 MIN_BOOTSTRAP_SAMPLES = 100   # a 95% interval's ends are its 2.5th and 97.5th percentiles: < 3 resamples beyond each below
 
 DEFAULT_GATES = {
@@ -249,9 +249,14 @@ def setting_group(key: str) -> str:
     return "gates" if key == "gates" else "run"
 
 # %% ../../nbs/core/00_config.ipynb #4902c75d
+SPELLINGS = {"lightgbm": "lgb", "xgboost": "xgb", "cross_asset": "lgb_cross"}   # what people write for a model's tag
+
+
 def _suggest(name, known: list[str] | tuple[str, ...] | None = None) -> str:
     "`name`, with the closest of the `known` names (default: the settings) when there is one."
-    close = difflib.get_close_matches(str(name), known or flat_names(), n=1)
+    known = known or flat_names()
+    meant = SPELLINGS.get(str(name).lower())   # 'xgboost' spells xgb, though 'catboost' is closer letter by letter
+    close = [meant] if meant in known else difflib.get_close_matches(str(name), known, n=1)
     return f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 # %% ../../nbs/core/00_config.ipynb #303cb486

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['REQUIRED_METADATA', 'ONNX_IR_VERSION', 'PSI_BINS', 'BINNING', 'model_kind', 'LoadedModel', 'ServedFamily', 'portable',
-           'bin_shares', 'reference_bins']
+           'up_class_output', 'bin_shares', 'reference_bins']
 
 # %% ../../nbs/core/13_served_model.ipynb #4cf89e1f
 from collections.abc import Callable
@@ -61,6 +61,19 @@ def portable(model):
     import onnx
     model.ir_version = min(model.ir_version, ONNX_IR_VERSION)
     onnx.checker.check_model(model)
+    return model
+
+
+def up_class_output(model, probabilities: str, opset: int = 15):
+    "A classifier's ONNX graph ending in output `p_up` (n, 1): column 1, the up class, of its `probabilities` tensor."
+    from onnx import TensorProto, helper, numpy_helper
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(v, dtype=np.int64), name)
+                                    for name, v in (("up_start", [1]), ("up_end", [2]), ("up_axis", [1]))])
+    model.graph.node.append(helper.make_node("Slice", [probabilities, "up_start", "up_end", "up_axis"], ["p_up"]))
+    if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):   # only ML operators so far: add the default domain
+        model.opset_import.append(helper.make_opsetid("", opset))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("p_up", TensorProto.FLOAT, [None, 1]))
     return model
 
 # %% ../../nbs/core/13_served_model.ipynb #77891b70

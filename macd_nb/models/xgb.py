@@ -19,7 +19,7 @@ import xgboost as xgb
 from ..core.config import RunConfig, resolve_device
 from ..core.parallel import ProcessCache, load_cached, machine_threads
 from ..core.rundir import RunPaths, read_json, verified, write_atomically
-from ..core.served_model import LoadedModel, ServedFamily, portable
+from ..core.served_model import LoadedModel, ServedFamily, portable, up_class_output
 from ..core.validation import Fold, WalkForwardResult
 from .protocol import (BoostedTreesModel, DirectionProtocol, FoldRows, ModelResult, Refit, fold_rows,
                                      run_direction_stage, walk_fold_tasks)
@@ -155,7 +155,6 @@ def run_xgb(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") -> Mo
 # %% ../../nbs/models/07_xgb.ipynb #33c6c22e
 def xgboost_to_onnx(booster) -> "onnx.ModelProto":
     "A binary XGBoost booster as ONNX via onnxmltools: float input `features`, output `p_up` (n, 1)."
-    from onnx import TensorProto, helper, numpy_helper
     from onnxmltools import convert_xgboost
     from onnxmltools.convert.common.data_types import FloatTensorType
     anonymous = booster.copy()
@@ -163,15 +162,7 @@ def xgboost_to_onnx(booster) -> "onnx.ModelProto":
     model = convert_xgboost(anonymous, initial_types=[("features", FloatTensorType([None, booster.num_features()]))],
                             target_opset=15)
     model.graph.name = "xgboost"   # the converter names the graph with a random uuid: the same booster, the same bytes
-    probabilities = next(o.name for o in model.graph.output if "prob" in o.name)
-    model.graph.initializer.extend([numpy_helper.from_array(np.array(v, dtype=np.int64), name)
-                                    for name, v in (("up_start", [1]), ("up_end", [2]), ("up_axis", [1]))])
-    model.graph.node.append(helper.make_node("Slice", [probabilities, "up_start", "up_end", "up_axis"], ["p_up"]))
-    if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):   # only ML operators so far: add the default domain
-        model.opset_import.append(helper.make_opsetid("", 15))
-    del model.graph.output[:]
-    model.graph.output.append(helper.make_tensor_value_info("p_up", TensorProto.FLOAT, [None, 1]))
-    return portable(model)
+    return portable(up_class_output(model, next(o.name for o in model.graph.output if "prob" in o.name)))
 
 # %% ../../nbs/models/07_xgb.ipynb #5811f2ce
 def _load_xgboost(paths: RunPaths, model: str, timeframe: str) -> LoadedModel | None:

@@ -59,6 +59,7 @@ def _cross_asset(config, run_dir, tf): from macd_nb.models.lgb import run_lgb; r
 def _lstm(config, run_dir, tf): from macd_nb.models.lstm import run_lstm; run_lstm(config, run_dir, tf)
 def _tft(config, run_dir, tf): from macd_nb.models.tft import run_tft; run_tft(config, run_dir, tf)
 def _xgb(config, run_dir, tf): from macd_nb.models.xgb import run_xgb; run_xgb(config, run_dir, tf)
+def _catboost(config, run_dir, tf): from macd_nb.models.catboost import run_catboost; run_catboost(config, run_dir, tf)
 def _diagnostics(config, run_dir, tf): from macd_nb.models.diagnostics import run_diagnostics; run_diagnostics(run_dir, tf)
 def _stacking(config, run_dir, tf): from macd_nb.models.stacking import run_stacking; run_stacking(config, run_dir, tf)
 def _backtest(config, run_dir, tf): from macd_nb.models.backtest import run_backtest; run_backtest(config, run_dir, tf)
@@ -71,7 +72,7 @@ def _package(config, run_dir): from macd_nb.export.package import run_package; r
 STAGE_CALLS: dict[str, Callable[[RunConfig, Path], None]] = {
     "prepare": _prepare, "baseline": _each_timeframe(_baseline), "lgb": _each_timeframe(_lgb),
     "lstm": _each_timeframe(_lstm), "tft": _each_timeframe(_tft), "cross_asset": _each_timeframe(_cross_asset),
-    "xgb": _each_timeframe(_xgb), "diagnostics": _each_timeframe(_diagnostics), "stacking": _each_timeframe(_stacking),
+    "xgb": _each_timeframe(_xgb), "catboost": _each_timeframe(_catboost), "diagnostics": _each_timeframe(_diagnostics), "stacking": _each_timeframe(_stacking),
     "backtest": _each_timeframe(_backtest), "fusion": _fusion, "export": _each_timeframe(_export),
     "validate": _validate, "package": _package,
 }
