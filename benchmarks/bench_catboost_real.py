@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from collect_run import model_row  # noqa: E402
+from collect_run import MODEL_ORDER, model_row  # noqa: E402
 from conftest import SHARED_DATA as SHARED   # noqa: E402  (the one place that locates the shared real data)
 
 RESULTS = ROOT / "benchmarks" / "results" / "full_cpu.json"
@@ -51,7 +51,8 @@ def main(argv=None) -> int:
         rows.append(model_row(record))
         print(f"catboost {timeframe}: OOF AUC {record['metrics']['oof_auc']:.4f} {record['metrics']['oof_auc_ci95']}, "
               f"test AUC {record['metrics']['test_auc']:.4f}, {record['timings_s']['total']:.0f} s")
-    measured["models"] = [m for m in measured["models"] if m["model"] != "catboost"] + rows
+    measured["models"] = sorted([m for m in measured["models"] if m["model"] != "catboost"] + rows,
+                                key=lambda m: (m["timeframe"], MODEL_ORDER.index(m["model"])))
     measured["catboost"] = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                             "where": "2 CPU cores, 2 processes x 1 thread; prepare and the CatBoost stage alone "
                                      "(benchmarks/bench_catboost_real.py), on the data the other rows were measured on",

@@ -16,7 +16,7 @@ from macd_nb.models.lgb import (bin_once, binned_rows, lgb_fit_predict_fold, lgb
                          lgb_walk_forward, load_binned, LgbFoldTask, run_lgb)
 from macd_nb.core.prepare import load_table, prepare_run
 from macd_nb.models.xgb import run_xgb, save_features, xgb_params, xgb_walk_forward
-from macd_nb.models.catboost import catboost_params, catboost_walk_forward, run_catboost
+from macd_nb.models.catboost import CatBoostModel, run_catboost
 
 from conftest import SHARED_DATA as SHARED, needs_shared_data
 
@@ -148,10 +148,12 @@ def test_processes_and_serial_give_identical_predictions(quick_protocol, tmp_pat
     xgb_serial, _ = xgb_walk_forward(protocol, xgb_params(config), features, n_jobs=1, **settings)
     xgb_parallel, _ = xgb_walk_forward(protocol, xgb_params(config), features, n_jobs=2, **settings)
     np.testing.assert_array_equal(xgb_serial.oof_pred, xgb_parallel.oof_pred)
-    cb_settings = dict(inner_fraction=settings["inner_fraction"], purge=settings["purge"])
-    cb_serial, _ = catboost_walk_forward(protocol, catboost_params(config), features, n_jobs=1, **cb_settings)
-    cb_parallel, _ = catboost_walk_forward(protocol, catboost_params(config), features, n_jobs=2, **cb_settings)
-    np.testing.assert_array_equal(cb_serial.oof_pred, cb_parallel.oof_pred)
+    walks = []
+    for n_jobs in (1, 2):
+        catboost = CatBoostModel(config.replace(n_jobs=n_jobs))
+        catboost.features_path = features
+        walks.append(catboost.walk_forward(protocol, protocol.y)[0].oof_pred)
+    np.testing.assert_array_equal(*walks)
 
 
 def test_artifacts_are_native_and_load_back(quick_run):

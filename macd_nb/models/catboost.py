@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['CATBOOST', 'catboost_params', 'CatBoostFoldTask', 'catboost_fit_fold', 'catboost_fit_predict_fold',
-           'catboost_walk_forward', 'save_catboost_model', 'CatBoostModel', 'run_catboost', 'catboost_to_onnx']
+           'save_catboost_model', 'CatBoostModel', 'run_catboost', 'catboost_to_onnx']
 
 # %% ../../nbs/models/08_catboost.ipynb #1d8fa274
 from dataclasses import dataclass
@@ -67,25 +67,6 @@ def catboost_fit_predict_fold(task: CatBoostFoldTask) -> tuple[np.ndarray, int]:
     rows = load_features(task.features_path)[task.rows.val_idx]
     return model.predict_proba(rows, thread_count=task.params["thread_count"])[:, 1], best
 
-# %% ../../nbs/models/08_catboost.ipynb #b5f2b183
-def catboost_walk_forward(
-    protocol: DirectionProtocol,
-    params: dict,                      # from `catboost_params`; `thread_count` is the threads of each worker
-    features_path: str | Path,         # the feature matrix from `save_features`
-    *,
-    inner_fraction: float,
-    purge: int,
-    labels: np.ndarray | None = None,  # labels to fit and score (default `protocol.y`; e.g. shuffled)
-    n_jobs: int = 1,
-    executor: str = "local",
-) -> tuple[WalkForwardResult, list[int]]:
-    "Out-of-fold predictions over the development rows and the best iteration of every fold."
-    def make_task(k: int, rows: FoldRows, y: np.ndarray) -> CatBoostFoldTask:
-        return CatBoostFoldTask(str(features_path), rows, y[rows.fit_idx], y[rows.stop_idx], params)
-    return walk_fold_tasks(protocol, protocol.y if labels is None else labels, make_task, catboost_fit_predict_fold,
-                           inner_fraction=inner_fraction, purge=purge, n_jobs=n_jobs,
-                           threads_per_job=params["thread_count"], executor=executor)
-
 # %% ../../nbs/models/08_catboost.ipynb #8bc6ec0a
 def save_catboost_model(model: CatBoostClassifier, path: str | Path) -> Path:
     "Save a CatBoost model in its binary format, atomically."
@@ -104,8 +85,13 @@ class CatBoostModel(BoostedTreesModel):
         self.features_path = save_features(protocol.X, scratch / "features.npy")
 
     def walk_forward(self, protocol: DirectionProtocol, labels: np.ndarray) -> tuple[WalkForwardResult, dict]:
-        settings = {k: v for k, v in self.fold_settings().items() if k not in ("num_boost_round", "early_stopping_rounds")}
-        result, best_iterations = catboost_walk_forward(protocol, self.params, self.features_path, labels=labels, **settings)
+        "Out-of-fold predictions over the development rows, and the best iteration of every fold."
+        def make_task(k: int, rows: FoldRows, y: np.ndarray) -> CatBoostFoldTask:
+            return CatBoostFoldTask(str(self.features_path), rows, y[rows.fit_idx], y[rows.stop_idx], self.params)
+        s = self.fold_settings()   # its rounds and stopping are in the parameters (iterations, od_wait)
+        result, best_iterations = walk_fold_tasks(protocol, labels, make_task, catboost_fit_predict_fold,
+                                                  inner_fraction=s["inner_fraction"], purge=s["purge"], n_jobs=s["n_jobs"],
+                                                  threads_per_job=self.params["thread_count"], executor=s["executor"])
         return result, {"best_iterations": best_iterations}
 
     def refit(self, protocol: DirectionProtocol, fold: Fold, path: Path | None) -> Refit:
