@@ -25,7 +25,7 @@ def test_correlation_and_spread_on_common_rows(tmp_path):
     assert record["pearson"]["a"]["b"] == pytest.approx(1.0)
     assert abs(record["pearson"]["a"]["c"]) < 0.2
     assert record["models"]["b"]["pred_std"] == pytest.approx(2 * record["models"]["a"]["pred_std"])
-    assert (tmp_path / "results" / "diagnostics_1h.json").exists() and record["stage"] == "1.6"
+    assert (tmp_path / "results" / "diagnostics_1h.json").exists() and record["stage"] == "1.7"
 
 
 def test_no_predictions_is_a_clear_error(tmp_path):

@@ -80,10 +80,11 @@ def parity(native: np.ndarray, exported: np.ndarray, *, tolerance: float = PARIT
 
 # %% ../../nbs/export/01_onnx.ipynb #b6d28b09
 def perturbed(model: onnx.ModelProto, delta: float = 1.0) -> onnx.ModelProto:
-    """A copy of `model` with every value of its largest weight tensor (an initializer, else a tensor or float-list
-    attribute) moved by `delta`: the largest tensor is one the output depends on (an unused context layer the
-    TorchScript exporter keeps is not), and in a tree ensemble every row reaches a leaf of every tree, so every
-    prediction moves (a single leaf, even the largest, may be one no row reaches: CatBoost's symmetric trees have many)."""
+    """A copy of `model` with its largest weight tensor moved by `delta`: the largest tensor is one the output depends on
+    (an unused context layer the TorchScript exporter keeps is not). A network's (an initializer) has its
+    largest-magnitude value moved: moving all of a layer's weights alike would shift its outputs alike, which a layer
+    norm undoes. A tree ensemble's leaf weights (an attribute) are all moved: every row reaches a leaf of every tree,
+    while a single leaf, even the largest, may be one no row reaches (CatBoost's symmetric trees have many)."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     candidates = [(init, None) for init in copy.graph.initializer if init.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE)
@@ -93,8 +94,9 @@ def perturbed(model: onnx.ModelProto, delta: float = 1.0) -> onnx.ModelProto:
     if not candidates: raise ValueError("perturbed: the model has no weight to move")
     init, attribute = max(candidates, key=lambda c: (c[0] is not None, np.prod(c[0].dims) if c[0] is not None else 0))
     if init is not None:
-        values = numpy_helper.to_array(init)
-        init.CopyFrom(numpy_helper.from_array(values + np.asarray(delta, dtype=values.dtype), init.name))
+        values = numpy_helper.to_array(init).copy()
+        values.flat[np.argmax(np.abs(values))] += delta
+        init.CopyFrom(numpy_helper.from_array(values, init.name))
     elif attribute.type == onnx.AttributeProto.TENSOR:
         values = numpy_helper.to_array(attribute.t)
         attribute.t.CopyFrom(numpy_helper.from_array(values + np.asarray(delta, dtype=values.dtype)))

@@ -9,7 +9,6 @@ __all__ = ['CATBOOST', 'catboost_params', 'CatBoostFoldTask', 'catboost_fit_fold
 # %% ../../nbs/models/08_catboost.ipynb #1d8fa274
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,8 +22,6 @@ from ..core.validation import Fold, WalkForwardResult
 from .protocol import (BoostedTreesModel, DirectionProtocol, FoldRows, ModelResult, Refit,
                                      run_direction_stage, walk_fold_tasks)
 from .xgb import load_features, save_features
-
-if TYPE_CHECKING: import onnx   # imported where a model is converted: a fold worker never needs it
 
 # %% ../../nbs/models/08_catboost.ipynb #330bb76c
 def catboost_params(config: RunConfig, *, threads: int | None = None) -> dict:
@@ -110,7 +107,7 @@ def run_catboost(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
     return run_direction_stage(config, run_dir, timeframe, CatBoostModel(config))
 
 # %% ../../nbs/models/08_catboost.ipynb #d3b77a1e
-def catboost_to_onnx(model: CatBoostClassifier) -> "onnx.ModelProto":
+def catboost_to_onnx(model: CatBoostClassifier):
     "CatBoost's own ONNX export ending in `p_up` (n, 1) instead of its ZipMap: float input `features`."
     import tempfile
     import onnx

@@ -10,7 +10,6 @@ __all__ = ['LIGHTGBM', 'lgb_params', 'bin_once', 'load_binned', 'bin_schedule', 
 # %% ../../nbs/models/02_lgb.ipynb #c1f568f5
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import lightgbm as lgb
 import numpy as np
@@ -23,8 +22,6 @@ from ..core.served_model import LoadedModel, ServedFamily, portable
 from ..core.validation import Fold, WalkForwardResult, plot_fold_auc
 from .protocol import (BoostedTreesModel, DirectionProtocol, FoldRows, ModelResult, Refit,
                                      fold_rows, run_direction_stage, walk_fold_tasks)
-
-if TYPE_CHECKING: import onnx   # imported where a model is converted: a fold worker never needs it (0.7 s)
 
 # %% ../../nbs/models/02_lgb.ipynb #7e186195
 def lgb_params(config: RunConfig, *, threads: int | None = None) -> dict:
@@ -223,7 +220,7 @@ def _tree_nodes(tree: dict, tree_id: int, nodes: dict, leaves: dict) -> None:
     visit(tree["tree_structure"])
 
 # %% ../../nbs/models/02_lgb.ipynb #5d56e478
-def lightgbm_to_onnx(booster, *, opset: int = 17) -> "onnx.ModelProto":
+def lightgbm_to_onnx(booster, *, opset: int = 17):
     "A binary LightGBM booster as ONNX: double input `features` (n, n_features), output `p_up` (n, 1), float64 thresholds."
     from onnx import TensorProto, helper, numpy_helper
     dump = booster.dump_model()

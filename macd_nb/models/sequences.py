@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -29,8 +28,6 @@ from ..core.served_model import LoadedModel, ServedFamily, portable
 from ..core.validation import Fold, WalkForwardResult, as_utc_datetime64, auc, coarse_folds, inner_split
 from .protocol import (ModelResult, best_feature_reference, controls_record, direction_protocol,
                                      finish_model_stage, pooled_auc)
-
-if TYPE_CHECKING: import onnx   # imported where a model is converted: a fold worker never needs it (0.7 s)
 
 # %% ../../nbs/models/03_sequences.ipynb #482325a8
 def sequence_features(summary: dict, max_features: int) -> list[str]:
@@ -204,7 +201,7 @@ def predict_table(model: nn.Module, meta: dict, table: pd.DataFrame, rows=None, 
     return torch.sigmoid(logits).numpy().astype(np.float64)
 
 # %% ../../nbs/models/03_sequences.ipynb #d3ed0f71
-def sequence_to_onnx(network, meta: dict, *, opset: int = 18) -> tuple["onnx.ModelProto", str]:
+def sequence_to_onnx(network, meta: dict, *, opset: int = 18) -> tuple:
     "A trained LSTM or TFT as ONNX (input `windows` (batch, length, n_features) standardised float, output `p_up` per head), and the exporter used."
     class Probabilities(torch.nn.Module):
         def __init__(self, inner): super().__init__(); self.inner = inner
@@ -217,7 +214,7 @@ def sequence_to_onnx(network, meta: dict, *, opset: int = 18) -> tuple["onnx.Mod
     return portable(model), exporter
 
 # %% ../../nbs/models/03_sequences.ipynb #86ba2d74
-def _torchscript_export(wrapped, example, opset: int) -> "onnx.ModelProto":
+def _torchscript_export(wrapped, example, opset: int):
     "The TorchScript exporter's model of `wrapped`, batch axis dynamic; its deprecation and LSTM batch warnings kept quiet."
     import io
     import warnings
@@ -233,7 +230,7 @@ def _torchscript_export(wrapped, example, opset: int) -> "onnx.ModelProto":
     return onnx.load_from_string(buffer.getvalue())
 
 # %% ../../nbs/models/03_sequences.ipynb #1f15493d
-def _torch_export(wrapped, example, opset: int) -> "onnx.ModelProto":
+def _torch_export(wrapped, example, opset: int):
     "torch.export's model of `wrapped`, batch axis dynamic."
     import contextlib
     import io

@@ -10,7 +10,6 @@ __all__ = ['XGBOOST', 'xgb_params', 'xgb_device', 'save_features', 'load_feature
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,8 +22,6 @@ from ..core.served_model import LoadedModel, ServedFamily, portable, up_class_ou
 from ..core.validation import Fold, WalkForwardResult
 from .protocol import (BoostedTreesModel, DirectionProtocol, FoldRows, ModelResult, Refit, fold_rows,
                                      run_direction_stage, walk_fold_tasks)
-
-if TYPE_CHECKING: import onnx   # imported where a model is converted: a fold worker never needs it (0.7 s)
 
 # %% ../../nbs/models/07_xgb.ipynb #21eb0312
 def xgb_params(config: RunConfig, *, device: str = "cpu", threads: int | None = None) -> dict:
@@ -153,7 +150,7 @@ def run_xgb(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") -> Mo
     return run_direction_stage(config, run_dir, timeframe, XgbModel(config))
 
 # %% ../../nbs/models/07_xgb.ipynb #33c6c22e
-def xgboost_to_onnx(booster) -> "onnx.ModelProto":
+def xgboost_to_onnx(booster):
     "A binary XGBoost booster as ONNX via onnxmltools: float input `features`, output `p_up` (n, 1)."
     from onnxmltools import convert_xgboost
     from onnxmltools.convert.common.data_types import FloatTensorType
