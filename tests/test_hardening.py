@@ -385,6 +385,19 @@ def test_a_flipped_byte_is_refused_by_the_next_reader(smoke_run, tmp_path, relat
     assert any(relative in problem for problem in corrupt_files(run_dir))
 
 
+def test_a_write_cut_short_by_a_crash_leaves_nothing_the_readers_trip_on(smoke_run, tmp_path):
+    "SIGKILL between a write and its move leaves the hidden temporary file; the summary and the report pass over it."
+    from macd_nb.export.summary import summary_markdown
+    from macd_nb.pipeline.report import headline_message
+    run_dir = tmp_path / "s"
+    shutil.copytree(smoke_run, run_dir)
+    half = run_dir / "results" / ".lgb_1h.0123456789ab.tmp.json"   # write_atomically's name for it
+    half.write_text('{"model": "lgb", "metr')
+    assert half in list((run_dir / "results").glob("*.json"))          # what the readers globbed before: it would be read
+    assert half not in RunPaths(run_dir).result_files() and RunPaths(run_dir).result_file("lgb", "1h") in RunPaths(run_dir).result_files()
+    assert "lgb" in summary_markdown(run_dir, "s") and "lgb 1h: OOF AUC" in headline_message(run_dir, "s")
+
+
 def test_resume_names_the_corrupt_file_and_rewrites_it(tmp_path):
     "A corrupt output is named, its stage re-run, and the rewritten file is byte-identical to the original."
     roots = ["--runs-root", str(tmp_path / "runs"), "--reports-root", str(tmp_path / "reports")]

@@ -70,6 +70,10 @@ class RunPaths:
         "A model's result JSON (the shared record shape)."
         return self.results / f"{model}_{timeframe}.json"
 
+    def result_files(self) -> list[Path]:
+        "Every result record, by name; never the hidden temporary file of a write that a crash cut short."
+        return sorted(p for p in self.results.glob("*.json") if not p.name.startswith("."))
+
     def relative(self, path: Path) -> str:
         "`path` relative to the run directory, as the manifest and result records name it."
         return str(Path(path).relative_to(self.root))

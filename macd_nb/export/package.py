@@ -19,7 +19,8 @@ from pathlib import Path, PurePosixPath
 
 from ..core.config import TIMEFRAMES
 from ..core.registry import RegistryError, move_alias, read_alias, registry_lock
-from ..core.rundir import CorruptArtifact, fsync_dir, read_json, read_verified_bytes, sha256_file, write_atomically, write_json
+from ..core.rundir import (CorruptArtifact, RunPaths, fsync_dir, read_json, read_verified_bytes, sha256_file,
+                                  write_atomically, write_json)
 from .summary import summary_markdown
 
 # %% ../../nbs/export/04_package.ipynb #58fa1f72
@@ -32,7 +33,7 @@ class DeployError(RuntimeError):
 
 def _run_time(run_dir: Path) -> str:
     "The run's own timestamp for the package name: when its first result record was written."
-    stamps = sorted(filter(None, (read_json(p).get("created") for p in (run_dir / "results").glob("*.json"))))
+    stamps = sorted(filter(None, (read_json(p).get("created") for p in RunPaths(run_dir).result_files())))
     return time.strftime("%Y%m%dT%H%M%SZ", time.strptime(stamps[0], "%Y-%m-%dT%H:%M:%SZ")) if stamps else "undated"
 
 

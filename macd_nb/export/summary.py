@@ -9,7 +9,7 @@ __all__ = ['REPAIRS', 'format_number', 'format_ci', 'format_gain', 'format_after
 # %% ../../nbs/export/02_summary.ipynb #2fcf86b6
 from pathlib import Path
 
-from ..core.rundir import read_json
+from ..core.rundir import RunPaths, read_json
 
 # %% ../../nbs/export/02_summary.ipynb #92e8dab7
 def format_number(value, digits: int = 4) -> str:
@@ -31,7 +31,7 @@ def format_gain(gain: dict | None) -> str:
 
 def _model_records(run_dir: str | Path) -> list[dict]:
     "Every model result of the run, in stage order (the after-costs evaluation is a column, not a model)."
-    records = [read_json(path) for path in sorted((Path(run_dir) / "results").glob("*.json"))]
+    records = [read_json(path) for path in RunPaths(Path(run_dir)).result_files()]
     return sorted((r for r in records if "metrics" in r and r.get("model") != "backtest"),
                   key=lambda r: (str(r["stage"]), r["timeframe"]))
 

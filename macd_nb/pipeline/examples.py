@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..core.config import RunConfig, library_versions, profile_config
-from ..core.rundir import Locked, corrupt_files, file_lock, read_json, write_manifest
+from ..core.rundir import Locked, RunPaths, corrupt_files, file_lock, read_json, write_manifest
 from ..core.stages import select_stages, stage_names
 from .runner import run_pipeline
 
@@ -155,7 +155,7 @@ def prune_examples(cache: str | Path | None = None, *, days: float = KEEP_DAYS) 
 # %% ../../nbs/pipeline/05_examples.ipynb #295c19a2
 def _absolute_paths(run_dir: Path) -> list[str]:
     "The result records of `run_dir` that hold an absolute path (a copy would point back at the folder it was built in)."
-    return [str(p.relative_to(run_dir)) for p in sorted((run_dir / "results").glob("*.json"))
+    return [str(p.relative_to(run_dir)) for p in RunPaths(run_dir).result_files()
             if any(value.startswith("/") for value in _strings(read_json(p)))]
 
 # %% ../../nbs/pipeline/05_examples.ipynb #bdcc3a52

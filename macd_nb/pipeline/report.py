@@ -11,7 +11,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from ..core.rundir import read_json
+from ..core.rundir import RunPaths, read_json
 from ..export.summary import format_number, summary_markdown
 
 # %% ../../nbs/pipeline/00_report.ipynb #cd7981c4
@@ -99,7 +99,7 @@ def commit_report(report_dir: str | Path, message: str, *, max_file_bytes: int =
 def headline_message(run_dir: str | Path, run_id: str) -> str:
     "A commit message naming the run and its headline metrics."
     lines = [f"Training report {run_id}", ""]
-    for path in sorted((Path(run_dir) / "results").glob("*.json")):
+    for path in RunPaths(Path(run_dir)).result_files():
         record = read_json(path)
         m = record.get("metrics", {})
         if "oof_auc" in m:
