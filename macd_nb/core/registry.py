@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import TIMEFRAMES
-from .rundir import ATOMIC_STEPS, file_lock, fsync_dir, read_json, sha256_file, write_atomically
+from .rundir import (ATOMIC_STEPS, file_lock, fsync_dir, read_json, sha256_file, write_atomically,
+                                 written_files)
 
 # %% ../../nbs/core/12_registry.ipynb #8d362c48
 class RegistryError(RuntimeError):
@@ -250,6 +251,4 @@ def rollback(registry: str | Path, alias: str, *, why: str) -> dict:
 
 def aliases(registry: str | Path) -> dict[str, dict]:
     "Every alias of the registry with its pointer record (each checked against the audit log)."
-    folder = Path(registry) / "aliases"
-    pointers = sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))   # not a move's temporary file
-    return {p.stem: read_alias(registry, p.stem) for p in pointers} if folder.exists() else {}
+    return {p.stem: read_alias(registry, p.stem) for p in written_files(Path(registry) / "aliases", "*.json")}
