@@ -64,6 +64,27 @@ def test_failed_stage_is_reported_and_resume_skips_completed_stages(tmp_path):
     assert ok and records["prepare"]["status"] == "completed" and records["flaky"]["status"] == "completed"
 
 
+def test_a_pipeline_run_leaves_out_the_demonstration_cells(tmp_path):
+    "A code cell tagged `demo` runs in the notebook checks and the docs, not in a run: here one that would fail it."
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _flaky_notebook(nbs / "flaky.ipynb", tmp_path / "never")
+    notebook = nbformat.read(nbs / "flaky.ipynb", as_version=4)
+    demo = nbformat.v4.new_code_cell("raise RuntimeError('a demonstration ran in a pipeline run')")
+    demo.metadata["tags"] = ["demo"]
+    notebook.cells.insert(1, demo)
+    nbformat.write(notebook, nbs / "flaky.ipynb")
+    stages = [Stage("flaky", "9", "Flaky", "flaky.ipynb")]
+    ok, report_dir = run_pipeline(profile_config("smoke"), run_id="r", runs_root=tmp_path / "runs",
+                                  reports_root=tmp_path / "reports", nbs_dir=nbs, stages=stages)
+    assert ok, (report_dir / "EXECUTION_STATUS.md").read_text()
+    executed = nbformat.read(report_dir / "executed" / "flaky.ipynb", as_version=4)
+    assert [c.source for c in executed.cells if "demo" in c.metadata.get("tags", [])] == []
+    assert len(executed.cells) == len(notebook.cells)   # papermill's injected parameters in the demonstration's place
+    assert executed.metadata.papermill.input_path == str(nbs / "flaky.ipynb")   # the stage's own notebook, not the copy
+    assert "a demonstration ran" not in (report_dir / "EXECUTION_STATUS.md").read_text()
+
+
 def test_cli_exits_non_zero_and_names_the_failed_stage(tmp_path, capsys):
     (tmp_path / "klines").mkdir()
     (tmp_path / "klines" / "BTCUSDT-1h-2024.csv").write_text("open_time,open,high,low,close,volume\n")
