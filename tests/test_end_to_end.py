@@ -7,7 +7,6 @@ honest model beats the oracle (an AUC above the known ceiling would mean leakage
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from macd_nb.models.baseline import run_baseline
@@ -83,23 +82,3 @@ def test_smoke_pipeline_leaves_notebooks_and_reports(tmp_path):
     health = MLPredictor("1h", tmp_path / "registry").health_check()
     assert health["status"] == "healthy", health["reasons"]
     assert json.loads((tmp_path / "runs" / "t" / "results" / "validation.json").read_text())["passed"]
-
-
-def test_quick_run_ends_in_a_package_that_deploys_and_is_healthy(tmp_path):
-    "`make run`'s profile: every stage through the runner, its stacked model meets the deployment gates as they stand, its package deploys and its alias is healthy."
-    run_dir = tmp_path / "runs" / "quick"
-    # a copy of the cached quick run (built once per library version; the notebooks that show it share it)
-    example_run(run_dir, "quick", stage_names(), runner=True, reports=tmp_path / "reports" / "quick")
-    stacking = json.loads((run_dir / "results" / "stacking_1h.json").read_text())
-    gates = {g["name"]: g for g in stacking["gates"]}
-    assert list(gates) == ["oof_auc_ci95_low", "gain_over_best_feature_ci95_low", "n_oof"]   # none switched off
-    assert (gates["oof_auc_ci95_low"]["threshold"], gates["gain_over_best_feature_ci95_low"]["threshold"],
-            gates["n_oof"]["threshold"]) == (0.5, 0.0, 20_000)                               # the full profile's values
-    assert stacking["deployable"], stacking["not_deployable_because"]
-    assert abs(stacking["controls"]["shuffled_label_auc"] - 0.5) <= 0.02 and stacking["controls"]["planted_leak_flagged"]
-    package = json.loads((run_dir / "results" / "package.json").read_text())
-    deployed = deploy(run_dir / package["file"], tmp_path / "registry")
-    assert deployed["aliases"]["1h"]["run"] == "quick", deployed
-    health = MLPredictor("1h", tmp_path / "registry").health_check()
-    assert health["status"] == "healthy", health["reasons"]
-    assert json.loads((run_dir / "results" / "validation.json").read_text())["passed"]
