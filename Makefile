@@ -47,7 +47,7 @@ test-nbs: install  ## every notebook executed on its defaults in a kernel, as nb
 	$(BIN)/python docs/build.py --execute-only --workers $(N_WORKERS)
 
 test-py: install  ## pytest, N_WORKERS processes, each test module whole in one (its module fixtures built once)
-	$(BIN)/pytest -q -p no:cacheprovider -n $(N_WORKERS) --dist loadfile --durations=20
+	$(BIN)/pytest -q -p no:cacheprovider -n $(N_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
 lab: install  ## JupyterLab on nbs/ (127.0.0.1, root or not) with the project's kernel; saved notebooks stay clean
 	$(BIN)/jupyter lab --config=tools/jupyter_server_config.py

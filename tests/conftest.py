@@ -2,7 +2,11 @@
 
 Tests and benchmarks that use real Binance klines read them from `SHARED_DATA`: `$MACD_NB_SHARED_DATA` when set,
 else the `shared/data/binance_spot_1h` folder next to this checkout. They skip cleanly when it is absent.
+
+The test files run slowest first, as last measured (`DURATIONS`; refresh it with
+`pytest -n 2 --dist loadfile --record-durations`).
 """
+import json
 import os
 from pathlib import Path
 
@@ -13,6 +17,46 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 SHARED_DATA = Path(os.environ.get("MACD_NB_SHARED_DATA")
                    or Path(__file__).resolve().parents[2] / "shared" / "data" / "binance_spot_1h")
+
+
+DURATIONS = Path(__file__).with_name("durations.json")   # seconds per test file, summed, as last measured on 2 cores
+
+
+def pytest_addoption(parser):
+    parser.addoption("--record-durations", action="store_true",
+                     help=f"write each test file's summed duration into tests/{DURATIONS.name} (the order files run in)")
+
+
+def pytest_configure(config):
+    if config.getoption("--record-durations") and not hasattr(config, "workerinput"):   # the controller, under xdist
+        config.pluginmanager.register(_DurationRecorder(), "macd_nb_durations")
+
+
+def _test_file(nodeid: str) -> str: return nodeid.split("::")[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slowest test files first, by `DURATIONS` (a file not listed there runs last), each file's tests in their order.
+
+    `make test-py` runs `--dist loadfile --no-loadscope-reorder`: pytest-xdist hands whole files to its workers in this
+    order. Its own order (most tests first) started the three longest files last, and one worker ran alone for the last
+    90 s of an 830 s run on 2 cores."""
+    seconds = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    position = {}
+    for i, item in enumerate(items): position.setdefault(_test_file(item.nodeid), i)
+    items.sort(key=lambda item: (-seconds.get(_test_file(item.nodeid), 0.0), position[_test_file(item.nodeid)]))
+
+
+class _DurationRecorder:
+    "Sums setup, call and teardown time per test file; writes `DURATIONS` at the end of the session."
+    def __init__(self): self.seconds = {}
+
+    def pytest_runtest_logreport(self, report):
+        self.seconds[_test_file(report.nodeid)] = self.seconds.get(_test_file(report.nodeid), 0.0) + report.duration
+
+    def pytest_sessionfinish(self, session):
+        ranked = sorted(self.seconds.items(), key=lambda kv: -kv[1])
+        DURATIONS.write_text(json.dumps({name: round(s, 1) for name, s in ranked}, indent=1) + "\n")
 
 
 def needs_shared_data(test):

@@ -213,3 +213,18 @@ def test_benchmark_results_record_no_machine_paths():
     for path in (ROOT / "benchmarks" / "results").glob("*.json"):
         text = path.read_text()
         assert not re.search(r'"/(work|home|tmp|root|Users)/', text), path
+
+
+def test_the_slowest_test_files_run_first():
+    "conftest orders the tests by tests/durations.json: slowest file first, a file's tests in their own order, an unlisted file last."
+    import conftest
+    from types import SimpleNamespace
+    seconds = json.loads(conftest.DURATIONS.read_text())
+    assert seconds["tests/test_gbm.py"] > seconds["tests/test_layout.py"]
+    assert all((ROOT / name).exists() for name in seconds), "durations.json names a test file that is gone"
+    names = ["tests/test_unlisted.py::a", "tests/test_layout.py::b", "tests/test_gbm.py::c", "tests/test_layout.py::d"]
+    items = [SimpleNamespace(nodeid=name) for name in names]
+    conftest.pytest_collection_modifyitems(None, items)
+    assert [item.nodeid for item in items] == [names[2], names[1], names[3], names[0]]
+    # pytest-xdist keeps that order only when told to (its own puts the files with the most tests first)
+    assert "--dist loadfile --no-loadscope-reorder" in (ROOT / "Makefile").read_text()
