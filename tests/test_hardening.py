@@ -438,6 +438,13 @@ def _alive(processes: list[psutil.Process]) -> list[str]:
     return alive
 
 
+def _alive_after(processes: list[psutil.Process], seconds: float = 5.0) -> list[str]:
+    "Those of `processes` still alive `seconds` from now ([] as soon as none is: polled, not slept)."
+    deadline = time.monotonic() + seconds
+    while (alive := _alive(processes)) and time.monotonic() < deadline: time.sleep(0.1)
+    return alive
+
+
 def _fold_workers(folder: Path) -> str:
     "A settings file that gives the smoke profile (one process) two fold workers, so that a kill can be seen to reach them."
     (folder / "two_fold_workers.yaml").write_text("n_jobs: 2\n")
@@ -469,8 +476,7 @@ def test_sigkill_at_several_points_then_resume(tmp_path):
     for stage, want_workers in (("prepare", False), ("lgb", True), ("xgb", False)):
         family = _kill_when(command, report_dir, stage, want_workers=want_workers)
         if want_workers: assert any("popen_loky" in _command_line(p) for p in family)
-        time.sleep(5)
-        assert _alive(family) == [], f"processes of the run killed in {stage} outlived it"
+        assert _alive_after(family) == [], f"processes of the run killed in {stage} outlived it by 5 s"
         # what the completed stages wrote must come through every later resume unchanged
         stages = read_json(report_dir / "status.json")["stages"]
         for s in stages:
@@ -526,8 +532,7 @@ def test_an_interrupt_stops_in_one_line_and_resumes(tmp_path, signum, to_group, 
     assert len(said) == 1 and f"stopped by {signal.Signals(signum).name} during stage {stage}" in said[0], err
     assert "'" + str(tmp_path / "my runs") + "'" in said[0], "the resume command quotes a root with a space"
     assert "Traceback" not in err and "IPKernelApp" not in err and "KeyboardInterrupt" not in err, err
-    time.sleep(5)
-    assert _alive(family) == [], "processes of the interrupted run outlived it"
+    assert _alive_after(family) == [], "processes of the interrupted run outlived it by 5 s"
     assert [s["status"] for s in read_json(report_dir / "status.json")["stages"]].count("interrupted") == 1
     done = subprocess.run(said[0].split("Resume with: ")[1], shell=True, capture_output=True, text=True,
                           env=os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
