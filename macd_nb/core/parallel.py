@@ -15,6 +15,7 @@ from pathlib import Path
 
 import joblib
 from joblib.externals.loky import get_reusable_executor
+from threadpoolctl import threadpool_limits
 
 # %% ../../nbs/core/08_parallel.ipynb #4438c3c7
 def machine_threads() -> int:
@@ -54,7 +55,9 @@ def parallel_map(
             return joblib.Parallel(n_jobs=-1)(joblib.delayed(function)(item) for item in items)
     if executor != "local": raise ValueError(f"executor={executor!r} must be 'local' or 'dask://HOST:PORT'")
     n_jobs, threads_per_job = worker_layout(len(items), n_jobs, threads_per_job)
-    if n_jobs == 1: return [function(item) for item in items]
+    if n_jobs == 1:   # this process is the one worker: its BLAS/OpenMP pools get the worker's threads too
+        # (OpenBLAS's two threads waiting on each other made a quick baseline fold 2-7x slower than one thread)
+        with threadpool_limits(threads_per_job): return [function(item) for item in items]
     # loky's executor directly rather than joblib.Parallel: joblib's memmapping folders in /dev/shm outlive a reused
     # pool ("leaked folder objects" at exit). Idle workers exit after 5 s, so no pool outlives its run for long.
     threads = {name: str(threads_per_job) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
