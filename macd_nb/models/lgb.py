@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['LIGHTGBM', 'lgb_params', 'bin_once', 'load_binned', 'bin_schedule', 'LgbFoldTask', 'binned_rows', 'lgb_fit_fold',
-           'lgb_fit_predict_fold', 'lgb_walk_forward', 'save_lgb_model', 'LgbModel', 'run_lgb', 'plot_gbm_report',
-           'lightgbm_to_onnx']
+           'lgb_fit_predict_fold', 'merge_boosters', 'lgb_walk_forward', 'rounds_from_earlier_folds', 'save_lgb_model',
+           'LgbModel', 'run_lgb', 'plot_gbm_report', 'lightgbm_to_onnx']
 
 # %% ../../nbs/models/02_lgb.ipynb #c1f568f5
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +27,11 @@ from .protocol import (BoostedTreesModel, DirectionProtocol, FoldRows, ModelResu
 # %% ../../nbs/models/02_lgb.ipynb #7e186195
 def lgb_params(config: RunConfig, *, threads: int | None = None) -> dict:
     "LightGBM parameters of a direction model: from the run configuration, deterministic, fixed thread count."
-    return {"objective": "binary", "learning_rate": config.gbm.learning_rate, "num_leaves": config.gbm.num_leaves,
-            "min_data_in_leaf": config.gbm.min_data_in_leaf, "max_bin": config.gbm.max_bin,
-            "feature_pre_filter": False, "force_row_wise": True, "deterministic": True, "seed": config.seed,
+    g = config.gbm
+    return {"objective": "binary", "learning_rate": g.learning_rate, "num_leaves": g.num_leaves,
+            "min_data_in_leaf": g.min_data_in_leaf, "max_bin": g.max_bin, "lambda_l2": g.lambda_l2,
+            "feature_fraction": g.feature_fraction, "bagging_fraction": g.bagging_fraction,
+            "bagging_freq": int(g.bagging_fraction < 1), "feature_pre_filter": False, "force_row_wise": True, "deterministic": True, "seed": config.seed,
             "num_threads": threads or config.threads_per_job, "verbose": -1}
 
 
@@ -82,6 +85,8 @@ class LgbFoldTask:
     params: dict
     num_boost_round: int
     early_stopping_rounds: int
+    rounds: int | None = None      # a fixed tree count, fitted on all the window's rows (fit and stop); None: stop early
+    seeds: int = 1                 # boosters averaged into one (`merge_boosters`), seeded params["seed"] + 0, 1, ...
 
 
 def binned_rows(binned: lgb.Dataset, rows: np.ndarray, label: np.ndarray, params: dict) -> lgb.Dataset:
@@ -92,19 +97,43 @@ def binned_rows(binned: lgb.Dataset, rows: np.ndarray, label: np.ndarray, params
 
 
 def lgb_fit_fold(task: LgbFoldTask) -> tuple[lgb.Booster, int]:
-    "Fit one fold on its binned rows with early stopping: the booster and its best iteration."
+    "Fit one fold on its binned rows: the booster (a bag merged into one) and its tree count (a bag's median)."
     binned = load_binned(task.dataset_path, task.params)
-    fit = binned_rows(binned, task.rows.fit_idx, task.fit_label, task.params)
-    stop = binned_rows(binned, task.rows.stop_idx, task.stop_label, task.params)
-    booster = lgb.train(task.params, fit, task.num_boost_round, valid_sets=[stop],
-                        callbacks=[lgb.early_stopping(task.early_stopping_rounds, verbose=False)])
-    return booster, int(booster.best_iteration or task.num_boost_round)
+    if task.rounds is None:   # stop early on the tail of the training window
+        fit = binned_rows(binned, task.rows.fit_idx, task.fit_label, task.params)
+        stop = binned_rows(binned, task.rows.stop_idx, task.stop_label, task.params)
+        train = lambda params: lgb.train(params, fit, task.num_boost_round, valid_sets=[stop],
+                                         callbacks=[lgb.early_stopping(task.early_stopping_rounds, verbose=False)])
+    else:                     # a tree count chosen elsewhere: the tail is training data too
+        window = binned_rows(binned, np.r_[task.rows.fit_idx, task.rows.stop_idx],
+                             np.r_[task.fit_label, task.stop_label], task.params)
+        train = lambda params: lgb.train(params, window, task.rounds)
+    boosters = [train(task.params | {"seed": task.params["seed"] + k}) for k in range(task.seeds)]
+    counts = [int(b.best_iteration or b.current_iteration()) for b in boosters]
+    if task.seeds == 1: return boosters[0], counts[0]   # a booster predicts and saves up to its best iteration
+    return merge_boosters(boosters), int(np.median(counts))
 
 
 def lgb_fit_predict_fold(task: LgbFoldTask) -> tuple[np.ndarray, int]:
-    "Fit one fold (`lgb_fit_fold`); P(up) of its scored rows and the best iteration."
-    booster, best = lgb_fit_fold(task)
-    return booster.predict(task.val_features, num_iteration=best), best
+    "Fit one fold (`lgb_fit_fold`); P(up) of its scored rows and its tree count."
+    booster, count = lgb_fit_fold(task)
+    return booster.predict(task.val_features), count
+
+# %% ../../nbs/models/02_lgb.ipynb #cf4d30fc
+def merge_boosters(boosters: list[lgb.Booster]) -> lgb.Booster:
+    "One booster whose raw score is the mean of `boosters`' (each up to its best iteration): all their trees, scaled."
+    texts = [booster.model_to_string() for booster in boosters]
+    start, end = "\nTree=0\n", "end of trees"
+    head = "".join(line for line in texts[0][:texts[0].index(start) + 1].splitlines(keepends=True)
+                   if not line.startswith("tree_sizes="))   # sizes of the first booster's trees: LightGBM reads on without
+    trees = [tree for text in texts for tree in re.split(r"(?m)^Tree=\d+\n", text[text.index(start) + 1:text.index(end)])
+             if tree.strip()]
+    def scaled(line: str) -> str:
+        key, _, values = line.partition("=")
+        if key not in ("leaf_value", "internal_value"): return line
+        return f"{key}=" + " ".join(repr(float(v) / len(boosters)) for v in values.split())
+    body = "".join(f"Tree={k}\n" + "\n".join(map(scaled, tree.strip("\n").split("\n"))) + "\n\n\n" for k, tree in enumerate(trees))
+    return lgb.Booster(model_str=head + body + texts[0][texts[0].index(end):])
 
 # %% ../../nbs/models/02_lgb.ipynb #996e788c
 def lgb_walk_forward(
@@ -117,17 +146,24 @@ def lgb_walk_forward(
     inner_fraction: float,
     purge: int,
     labels: np.ndarray | None = None,  # labels to fit and score (default `protocol.y`; e.g. shuffled)
+    rounds: list[int] | None = None,   # a fixed tree count per fold (fitted on the whole window); None: stop early
+    seeds: int = 1,                    # boosters averaged per fold
     n_jobs: int = 1,
     executor: str = "local",
 ) -> tuple[WalkForwardResult, list[int]]:
-    "Out-of-fold predictions over the development rows and the best iteration of every fold."
+    "Out-of-fold predictions over the development rows and every fold's tree count (best iteration, or `rounds`)."
     paths = dataset_path if isinstance(dataset_path, list) else [dataset_path] * len(protocol.folds)
     def make_task(k: int, rows: FoldRows, y: np.ndarray) -> LgbFoldTask:
         return LgbFoldTask(str(paths[k]), rows, y[rows.fit_idx], y[rows.stop_idx], protocol.X[rows.val_idx], params,
-                           num_boost_round, early_stopping_rounds)
+                           num_boost_round, early_stopping_rounds, None if rounds is None else rounds[k], seeds)
     return walk_fold_tasks(protocol, protocol.y if labels is None else labels, make_task, lgb_fit_predict_fold,
                            inner_fraction=inner_fraction, purge=purge, n_jobs=n_jobs,
                            threads_per_job=params["num_threads"], executor=executor)
+
+# %% ../../nbs/models/02_lgb.ipynb #46d2f9c7
+def rounds_from_earlier_folds(best: list[int], window: int) -> list[int]:
+    "Per fold, the median tree count of itself and the `window - 1` folds before it (each stopped on its own tail)."
+    return [int(round(np.median(best[max(0, k - window + 1):k + 1]))) for k in range(len(best))]
 
 # %% ../../nbs/models/02_lgb.ipynb #dee305da
 def save_lgb_model(booster: lgb.Booster, path: str | Path, num_iteration: int | None = None) -> Path:
@@ -152,9 +188,16 @@ class LgbModel(BoostedTreesModel):
                                           every=self.config.gbm.rebin_folds)
 
     def walk_forward(self, protocol: DirectionProtocol, labels: np.ndarray) -> tuple[WalkForwardResult, dict]:
-        result, best_iterations = lgb_walk_forward(protocol, self.params, self.dataset_paths, labels=labels,
-                                                   **self.fold_settings())
-        return result, {"best_iterations": best_iterations}
+        g, walk = self.config.gbm, lambda **how: lgb_walk_forward(protocol, self.params, self.dataset_paths,
+                                                                  labels=labels, **how, **self.fold_settings())
+        if g.rounds_rule == "tail":
+            result, best_iterations = walk(seeds=g.seeds)
+            return result, {"best_iterations": best_iterations}
+        _, best_iterations = walk()   # the tail-stopped counts, one booster each: they only choose the counts
+        rounds = rounds_from_earlier_folds(best_iterations, g.rounds_window)
+        if labels is protocol.y: self.refit_rounds = rounds[-1]   # the refits come after every fold
+        result, _ = walk(rounds=rounds, seeds=g.seeds)
+        return result, {"best_iterations": best_iterations, "fold_rounds": rounds}
 
     def refit(self, protocol: DirectionProtocol, fold: Fold, path: Path | None) -> Refit:
         rows, settings = self.refit_rows(protocol, fold), self.fold_settings()
@@ -162,11 +205,14 @@ class LgbModel(BoostedTreesModel):
                            protocol.feature_names)
         task = LgbFoldTask(str(dataset), rows, protocol.y[rows.fit_idx], protocol.y[rows.stop_idx],
                            protocol.X[protocol.scored_test_idx], self.params | {"num_threads": machine_threads()},
-                           settings["num_boost_round"], settings["early_stopping_rounds"])
-        booster, best = lgb_fit_fold(task)
-        if path is not None: save_lgb_model(booster, path, num_iteration=best)
-        gain = pd.Series(booster.feature_importance("gain", iteration=best), index=protocol.feature_names)
-        return self.refit_outcome(booster.predict(task.val_features, num_iteration=best), best, gain, task.val_features)
+                           settings["num_boost_round"], settings["early_stopping_rounds"],
+                           None if self.config.gbm.rounds_rule == "tail" else self.refit_rounds, self.config.gbm.seeds)
+        booster, count = lgb_fit_fold(task)   # saved, weighed and scored up to its best iteration (or whole)
+        if path is not None: save_lgb_model(booster, path)
+        gain = pd.Series(booster.feature_importance("gain"), index=protocol.feature_names)
+        outcome = self.refit_outcome(booster.predict(task.val_features), count, gain, task.val_features)
+        outcome.record["refit_trees"] = booster.num_trees()   # a bag's trees are its members' together
+        return outcome
 
 
 def run_lgb(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *, cross_asset: bool = False) -> ModelResult:
