@@ -1,6 +1,7 @@
 """The boosting recipe's settings (issue 24): a bag of boosters is one booster that averages its members, each fold's tree
 count comes from its own and earlier folds only, and a stage run with both ships a model that reloads, converts to
-ONNX and predicts what the stage scored; labels at longer horizons and their overlapping positions are exact."""
+ONNX and predicts what the stage scored; labels at longer horizons and their overlapping positions are exact; a signal
+too rare in one symbol's rows is found by pooling every symbol's rows in the same folds."""
 import json
 from dataclasses import replace
 
@@ -12,10 +13,12 @@ import pytest
 
 from macd_nb.core.config import profile_config
 from macd_nb.core.labels import direction_labels
+from macd_nb.core.validation import WalkForward
 from macd_nb.core.prepare import load_table, prepare_run
 from macd_nb.models.lgb import (LgbFoldTask, bin_once, binned_rows, lgb_fit_fold, lgb_params, lightgbm_to_onnx,
                                 load_binned, merge_boosters, rounds_from_earlier_folds, run_lgb)
 from macd_nb.models.backtest import held_positions, trade
+from macd_nb.models.pooled import fold_windows, pool_tables, pooled_fold_rows, pooled_walk_forward, rare_event_tables
 from macd_nb.models.protocol import direction_protocol, fold_rows
 
 RECIPE = dict(gbm_rounds_rule="earlier_folds", gbm_rounds_window=3, gbm_seeds=3, gbm_bagging_fraction=0.7,
@@ -110,3 +113,29 @@ def test_horizon_labels_and_tranches_are_exact_on_a_known_path():
     bar_returns = np.r_[close[1:] / close[:-1] - 1, 0.0]   # the last bar has no next close
     np.testing.assert_allclose(trades.gross_log, np.log1p(positions * bar_returns))
     np.testing.assert_allclose(trades.turnover, [0.25, 0, 0.25, 0.25, 0.25, 0, 0.25, 0.25])
+
+
+def test_a_signal_too_rare_for_one_symbol_is_found_by_the_pooled_model_only(tmp_path):
+    "A flag on 0.5% of bars (up after 90% of them): one symbol's window holds too few for a leaf, 17 symbols' hold enough."
+    tables = rare_event_tables(seed=3)
+    names = ["flag", *(f"noise_{j}" for j in range(4))]
+    pool, alone = pool_tables(tables, names), pool_tables({"SYM00": tables["SYM00"]}, names)
+    times = tables["SYM00"].index
+    folds = WalkForward(8, train_size=2000, purge=1).folds(len(times), label_end=tables["SYM00"]["label_end_1"], times=times)
+    windows = fold_windows(folds, times)
+    config = profile_config("smoke")
+    settings = dict(num_boost_round=config.gbm.rounds, early_stopping_rounds=config.gbm.early_stopping_rounds,
+                    inner_fraction=config.validation.inner_valid_fraction, rebin_every=4)
+    for w in windows:   # no fold learns from a label that reaches its scored bars, on any symbol
+        rows = pooled_fold_rows(pool, w, pool.y, inner_fraction=settings["inner_fraction"])
+        assert pool.label_end[np.r_[rows.fit_idx, rows.stop_idx]].max() <= w.val_start <= pool.times[rows.val_idx].min()
+    params = lgb_params(config, threads=1)
+    lift = {}
+    for name, p in (("pooled", pool), ("alone", alone)):
+        pred, _ = pooled_walk_forward(p, windows, params, tmp_path, **settings)
+        rows = p.rows_of("SYM00")
+        rows = rows[np.isfinite(pred[rows])]
+        flagged = p.X[rows, 0] == 1
+        lift[name] = pred[rows][flagged].mean() - pred[rows][~flagged].mean()
+        assert len(rows) == sum(len(f.val_idx) for f in folds)   # the symbol's own folds' bars, pooled or not
+    assert lift["pooled"] > 0.2 and abs(lift["alone"]) < 0.05, lift
