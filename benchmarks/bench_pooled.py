@@ -10,6 +10,7 @@ the break-even cost, and the pooled model's OOF AUC on every symbol.
     python benchmarks/bench_pooled.py                 # the full profile's 357 folds (about 30 minutes on 2 cores)
     python benchmarks/bench_pooled.py --folds 40      # a quicker look (writes recipe_pooled_40folds.json)
     python benchmarks/bench_pooled.py --every-symbol  # also each symbol's own walk-forward, paired on its bars
+    python benchmarks/bench_pooled.py --context       # also both with the market's context (the cross-asset features)
 
 Writes benchmarks/results/recipe_pooled.json.
 """
@@ -37,6 +38,10 @@ from macd_nb.models.pooled import FoldWindow, fold_windows, pool_tables, pooled_
 from macd_nb.models.protocol import best_feature_reference, direction_protocol, shuffled_labels
 
 REPO = Path(__file__).resolve().parents[1]
+# LightGBM as every profile had it before the full profile adopted STABLE_BOOSTING: one booster per fold, stopped
+# early on the tail of its window (the pooled walk-forward fits one booster per fold)
+ONE_BOOSTER = {"gbm_rounds_rule": "tail", "gbm_min_data_in_leaf": 100, "gbm_lambda_l2": 0.0, "gbm_seeds": 1,
+               "gbm_bagging_fraction": 1.0, "gbm_feature_fraction": 1.0}
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import SHARED_DATA   # the one place that locates the shared real data
 
@@ -54,6 +59,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folds", type=int, default=None, help="walk-forward folds (default: the full profile's 357)")
     parser.add_argument("--every-symbol", action="store_true", help="also each symbol's own walk-forward on its folds")
+    parser.add_argument("--context", action="store_true",
+                        help="also pooled and alone with each symbol's cross-asset features (market, BTC, ETH context)")
     parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -63,17 +70,18 @@ def main(argv=None) -> int:
     out = args.out or REPO / "benchmarks" / "results" / (f"recipe_pooled_{args.folds}folds.json" if args.folds
                                                           else "recipe_pooled.json")
     folds = {"n_folds": args.folds} if args.folds else {}
-    config = profile_config("full", timeframes=["1h"], data_source=str(args.data), **folds)
+    config = profile_config("full", timeframes=["1h"], data_source=str(args.data), **folds, **ONE_BOOSTER)
     target, symbols = config.data.target, config.data.symbols
     work = Path(tempfile.mkdtemp(prefix="bench_pooled_"))
     started = time.perf_counter()
-    tables, features = {}, {}
+    tables, features, cross = {}, {}, {}
     for symbol in symbols:   # each symbol prepared as its own target: its features, labels and exclusions
         prepare_run(profile_config("full", timeframes=["1h"], data_source=str(args.data), target=symbol, **folds),
                     work / symbol)
         tables[symbol], summary = load_table(work / symbol, "1h")
-        features[symbol] = summary["base_features"]
+        features[symbol], cross[symbol] = summary["base_features"], summary["cross_features"]
     names = [n for n in features[target] if all(n in f for f in features.values())]   # the features every symbol has
+    context = names + [n for n in cross[target] if all(n in c for c in cross.values())]
     prepare_s = time.perf_counter() - started
     protocol = direction_protocol(tables[target], names, config)
     windows = fold_windows(protocol.folds, protocol.times)
@@ -85,6 +93,8 @@ def main(argv=None) -> int:
                     inner_fraction=config.validation.inner_valid_fraction, rebin_every=config.gbm.rebin_folds,
                     n_jobs=machine_threads())
     pools = {"pooled": pool_tables(tables, names), "alone": pool_tables({target: tables[target]}, names)}
+    if args.context:
+        pools |= {"pooled_context": pool_tables(tables, context), "alone_context": pool_tables({target: tables[target]}, context)}
     v = config.validation
     ci = dict(block=v.bootstrap_block, n_boot=v.bootstrap_samples, seed=config.seed)
     dev_rows = np.concatenate([f.val_idx for f in protocol.folds])
@@ -123,18 +133,24 @@ def main(argv=None) -> int:
         print(f"{name:<8} OOF AUC {results[name]['oof_auc']:.4f} {np.round(results[name]['oof_auc_ci95'], 4)} "
               f"(n={results[name]['n_oof']}), test {results[name]['test_auc']:.4f}, shuffled "
               f"{results[name]['shuffled_label_auc']:.4f}, {results[name]['seconds']:.0f} s")
-    both = np.isfinite(oof["pooled"]) & np.isfinite(oof["alone"]) & np.isfinite(y_dev)
     reference = best_feature_reference(protocol.X, protocol.y, protocol.folds, names, n_jobs=machine_threads())
-    ref = reference.oof_score[dev_rows]
-    with_ref = both & np.isfinite(ref)
-    comparison = {"gain_pooled_over_alone": auc_gain_ci(y_dev[both], oof["pooled"][both], oof["alone"][both], **ci),
-                  **{f"gain_{name}_over_best_feature": auc_gain_ci(y_dev[with_ref], oof[name][with_ref], ref[with_ref], **ci)
-                     for name in pools},
+    oof["best_feature"] = reference.oof_score[dev_rows]
+
+    def gain(a: str, b: str) -> dict:
+        "Paired OOF AUC gain of `a` over `b` on the target's bars both scored."
+        both = np.isfinite(oof[a]) & np.isfinite(oof[b]) & np.isfinite(y_dev)
+        return auc_gain_ci(y_dev[both], oof[a][both], oof[b][both], **ci)
+
+    pairs = [("pooled", "alone")] + ([("alone_context", "alone"), ("pooled_context", "alone_context"),
+                                      ("pooled_context", "alone")] if args.context else [])
+    comparison = {**{f"gain_{a}_over_{b}": gain(a, b) for a, b in pairs},
+                  **{f"gain_{name}_over_best_feature": gain(name, "best_feature") for name in pools},
                   "best_feature": reference.most_chosen()}
     comparison["adopt"] = bool(comparison["gain_pooled_over_alone"]["ci95"][0] > 0
                                and results["pooled"]["test_auc"] >= results["alone"]["test_auc_ci95"][0])
-    gain = comparison["gain_pooled_over_alone"]
-    print(f"pooled - alone on {target}: {gain['gain']:+.4f} [{gain['ci95'][0]:+.4f}, {gain['ci95'][1]:+.4f}] (n={gain['n']})")
+    for a, b in pairs:
+        g = comparison[f"gain_{a}_over_{b}"]
+        print(f"{a} - {b} on {target}: {g['gain']:+.4f} [{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}] (n={g['n']})")
     if args.every_symbol:   # each symbol's own rows in the same windows, paired with the pooled model on its bars
         own, pooled_pred = {}, preds["pooled"][0]
         for symbol in symbols:
@@ -150,7 +166,7 @@ def main(argv=None) -> int:
     record = {"benchmark": "recipe_pooled", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "data": Path(args.data).name, "target": target, "symbols": symbols, "timeframe": "1h",
               "start": config.data.start, "end": config.data.end, "n_folds": len(windows), "train_bars": v.train_bars,
-              "n_features": len(names), "cores": machine_threads(), "prepare_s": prepare_s,
+              "n_features": len(names), "n_context_features": len(context) - len(names), "cores": machine_threads(), "prepare_s": prepare_s,
               "models": results, "comparison": comparison,
               "adoption_rule": "paired OOF gain of the pooled model over the target's own rows with a 95% interval "
                                "above zero, and a test AUC not below the own model's interval",

@@ -225,26 +225,29 @@ def retrain_policy_lines(bench: dict) -> list[str]:
 
 
 def recipe_lines(bench: dict) -> list[str]:
-    "The boosting recipe's variants against today's default, from `bench_recipe.py`'s result."
+    "The boosting recipe's variants against the default when measured, from `bench_recipe.py`'s result."
     lines = ["| variant | settings | OOF AUC [95% CI] | gain vs default [95% CI] | "
-             "gain vs best single feature [95% CI] | trees per fold: p25 / median / p75 (median change) | refit trees | "
-             "test AUC [95% CI] | break-even bp | shuffled labels | time s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "gain vs best single feature [95% CI] | gain vs logistic baseline [95% CI] | "
+             "trees per fold: p25 / median / p75 (median change) | refit trees | test AUC [95% CI] | break-even bp | "
+             "shuffled labels | time s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, v in bench["variants"].items():
         trees = v["tree_counts"]
-        settings = ", ".join(f"{k}={value}" for k, value in v["settings"].items()) or "today's"
+        settings = ", ".join(f"{k}={value}" for k, value in v["settings"].items()) or "one booster stopped on its tail"
         lines.append(f"| {name} | {settings} | {v['oof_auc']:.4f} {_ci(v['oof_auc_ci95'])} | "
                      f"{_gain(v.get('gain_over_default')) or '(reference)'} | {_gain(v['gain_over_best_feature'])} | "
+                     f"{_gain(v['gain_over_baseline'])} | "
                      f"{trees['p25']:.0f} / {trees['median']:.0f} / {trees['p75']:.0f} ({trees['median_abs_change']:.0f}) | "
                      f"{v['refit_rounds']}, {v['served_refit_rounds']} | {v['test_auc']:.4f} {_ci(v['test_auc_ci95'])} | "
                      f"{v['break_even_bp_long_short']:.2f} | {v['shuffled_label_auc']:.4f} | {v['seconds']:.0f} |")
-    adopted = [name for name, v in bench["variants"].items() if v.get("adopt")]
+    passed = [name for name, v in bench["variants"].items() if v.get("adopt")]
     lines += ["", f"{bench['target']} {bench['timeframe']}, {bench['start']} to {bench['end']}, {bench['n_folds']} purged "
               f"folds of {bench['train_bars']:,}-bar windows, the whole LightGBM stage per variant on {bench['cores']} cores; "
               f"the logistic-regression baseline on the same folds: OOF AUC {bench['baseline']['oof_auc']:.4f}. Tree counts "
               "are those each fold's scored model used (a bag: per member); refit trees: the validated refit's and the "
               "shipped one's. Break-even: the cost per side at which long/short on the sign of p - 0.5 over the OOF bars "
-              f"earns nothing. Adoption rule: {bench['adoption_rule']}. Adopted: "
-              + (", ".join(adopted) if adopted else "none; every variant stays a documented setting") + "."]
+              f"earns nothing. Adoption rule: {bench['adoption_rule']} (95% per comparison, not adjusted for the "
+              f"{len(bench['variants']) - 1} variants compared). Passed it: "
+              + (", ".join(passed) if passed else "none; every variant stays a documented setting") + "."]
     return lines
 
 
@@ -287,7 +290,8 @@ def pooled_lines(bench: dict) -> list[str]:
                   f"the median gain {np.median([g['gain'] for g in every.values()]):+.4f}."]
     lines += ["", f"{target} {bench['timeframe']}, {bench['start']} to {bench['end']}, {bench['n_folds']} purged folds of "
               f"{bench['train_bars']:,}-bar windows, {bench['n_features']} scale-free base features every symbol has; both "
-              "models through the same pooled walk-forward (time-based early-stopping tail), today's LightGBM settings, "
+              "models through the same pooled walk-forward (one LightGBM booster per fold stopped on a time-based tail, the recipe "
+              "before the full profile adopted its stable one), "
               f"{bench['cores']} cores. Adoption rule: {bench['adoption_rule']}. Adopted: "
               + ("yes" if c["adopt"] else "no; it stays a documented function") + "."]
     return lines

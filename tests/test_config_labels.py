@@ -16,6 +16,9 @@ def test_profiles_resolve_and_full_is_the_reference_protocol():
     assert profile_config("smoke").data.source == "synthetic"
     assert profile_config("quick").data.n_bars > profile_config("smoke").data.n_bars
     assert full.data.feature_inputs == [] and profile_config("smoke").data.feature_inputs == ["taker_buy_base", "trades"]
+    # the boosting recipe adopted on real data (benchmarks/bench_recipe.py); the synthetic profiles keep one booster
+    assert (full.gbm.rounds_rule, full.gbm.seeds, full.gbm.min_data_in_leaf) == ("earlier_folds", 5, 400)
+    assert all((profile_config(p).gbm.rounds_rule, profile_config(p).gbm.seeds) == ("tail", 1) for p in ("smoke", "quick"))
 
 
 @pytest.mark.parametrize("change, message", [

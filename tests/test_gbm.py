@@ -13,7 +13,7 @@ from catboost import CatBoostClassifier
 from macd_nb.core.config import profile_config
 from macd_nb.models.protocol import direction_protocol, fold_rows
 from macd_nb.models.lgb import (bin_once, binned_rows, lgb_fit_predict_fold, lgb_params,
-                         lgb_walk_forward, load_binned, LgbFoldTask, run_lgb)
+                         lgb_walk_forward, load_binned, LgbFoldTask, rounds_from_earlier_folds, run_lgb)
 from macd_nb.core.prepare import load_table, prepare_run
 from macd_nb.models.xgb import run_xgb, save_features, xgb_params, xgb_walk_forward
 from macd_nb.models.catboost import CatBoostModel, run_catboost
@@ -221,13 +221,16 @@ def test_shipped_models_are_trained_the_way_they_were_validated(quick_run, tmp_p
 @pytest.mark.slow
 @needs_shared_data
 def test_full_lightgbm_protocol_on_real_btc(tmp_path):
-    "The full profile's LightGBM stage on the shared BTCUSDT hourly data: 357 folds, pooled OOF AUC with a CI."
+    "The full profile's LightGBM stage on the shared BTCUSDT hourly data: 357 folds, its adopted recipe, OOF AUC with a CI."
     config = profile_config("full", timeframes=["1h"], data_source=str(SHARED), n_jobs=2, threads_per_job=1,
                             bootstrap_samples=300)
     prepare_run(config, tmp_path)
     record = run_lgb(config, tmp_path).record
     metrics = record["metrics"]
     assert metrics["n_folds"] == 357 and len(record["best_iterations"]) == 357
+    # the stable recipe: each fold's count from its own and earlier folds' tails, bags of five boosters
+    assert record["fold_rounds"] == rounds_from_earlier_folds(record["best_iterations"], config.gbm.rounds_window)
+    assert config.gbm.seeds == 5 and record["served_refit"]["refit_trees"] > record["served_refit"]["refit_rounds"]
     lo, hi = metrics["oof_auc_ci95"]
     assert lo <= metrics["oof_auc"] <= hi and metrics["n_oof"] > 25_000
     assert json.loads((tmp_path / "results" / "lgb_1h.json").read_text())["metrics"]["n_folds"] == 357
