@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 
 from conftest import needs_shared_data
-from macd_nb.core.config import profile_config
+from macd_nb.core.config import STABLE_BOOSTING, profile_config
 from macd_nb.core.prepare import timeframe_table
 from macd_nb.core.synthetic import synthetic_market
 from macd_nb.core.validation import auc
+from macd_nb.models.lgb import rounds_from_earlier_folds
 from macd_nb.pipeline.retrain_policy import (POLICIES, Market, RecipeFit, WalkForwardEvidence, policy_table,
                                              promotion_decision, ranks_within, retrain_schedule, simulate_retrain_policies,
                                              training_rows)
@@ -146,6 +147,21 @@ def test_reusing_the_fits_varies_only_the_rule(synthetic):
         assert d["decision"] == promotion_decision(c["gain_pooled"], tuple(c["gain_pooled_ci95"]), d["gate"]["passed"])[0]
     with pytest.raises(ValueError, match="another schedule"):
         simulate_retrain_policies(market, config, "2024-04-15", "2024-08-01", fits=simulation.fits[1:], **kwargs)
+
+
+def test_the_stable_recipe_takes_each_fits_trees_from_the_fits_before_it(synthetic):
+    "With the full profile's recipe, a fit's tree count is the median tail-stopped count of it and the fits before it."
+    market, config, _ = synthetic
+    stable = profile_config("smoke", symbols=config.data.symbols, bootstrap_samples=200,
+                            **(STABLE_BOOSTING | {"gbm_rounds_window": 3, "gbm_min_data_in_leaf": 100}))
+    simulation = simulate_retrain_policies(market, stable, "2024-04-15", "2024-08-01", every="28D", history_periods=1,
+                                           folds_per_period=1, threads=2, progress=False)
+    tails = [f.tail_iteration for f in simulation.fits]
+    assert all(t >= 1 for t in tails) and len(tails) >= 4
+    assert [f.best_iteration for f in simulation.fits] == rounds_from_earlier_folds(tails, 3)
+    for fit in simulation.fits:
+        assert np.isfinite(fit.pred).all() and fit.labels_end <= fit.fit_time
+    assert all(np.isfinite(simulation.record["policies"][p]["auc"]) for p in POLICIES)
 
 
 # --- real data ------------------------------------------------------------------------------------------------------------

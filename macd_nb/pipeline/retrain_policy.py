@@ -11,7 +11,7 @@ __all__ = ['PROMOTION_MARGIN', 'COMPARISONS', 'POLICIES', 'promotion_decision', 
 # %% ../../nbs/pipeline/04_retrain_policy.ipynb #58103a0a
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from ..core.served_model import bin_shares, reference_bins
 from ..core.validation import (Fold, as_utc_datetime64, auc, auc_ci, auc_gain_ci, block_bootstrap_counts,
                                      percentile_interval)
 from ..models.backtest import bars_per_year, evaluate, held_positions, signal_positions, trade
-from ..models.lgb import LgbFoldTask, bin_once, lgb_fit_fold, lgb_params
+from ..models.lgb import LgbFoldTask, bin_once, lgb_fit_fold, lgb_params, rounds_from_earlier_folds
 from ..models.protocol import fold_rows
 from ..serve.monitor import LIMITS, psi, retrain_recommendation
 
@@ -127,6 +127,7 @@ class RecipeFit:
     best_iteration: int
     first_row: int                # the first table row opening at or after fit_time: pred[i] is row first_row + i
     pred: np.ndarray              # P(up) of rows first_row, first_row + 1, ... to the end of the table
+    tail_iteration: int | None = None   # its tail-stopped count, when the recipe takes its trees from earlier fits
 
     def predict_rows(self, rows: np.ndarray) -> np.ndarray:
         "P(up) of table `rows` (each at or after `first_row`)."
@@ -152,6 +153,7 @@ def fit_recipe(
     *,
     feature_names: list[str],
     threads: int = 1,               # LightGBM threads
+    earlier: tuple | list = (),     # the tail-stopped counts of the fits before this one, oldest first
 ) -> RecipeFit:
     "Fit LightGBM at `fit_time` exactly as a fold is fitted (window, binning, inner split, early stopping); predict later bars."
     v = config.validation
@@ -165,10 +167,14 @@ def fit_recipe(
     first_row = int(np.searchsorted(times, np.datetime64(utc(fit_time).tz_convert(None))))
     task = LgbFoldTask(str(dataset), split, y[rows][split.fit_idx], y[rows][split.stop_idx], X[first_row:], params,
                        config.gbm.rounds, config.gbm.early_stopping_rounds)
-    booster, best = lgb_fit_fold(task)
+    booster, best = tail = lgb_fit_fold(task)
+    g = config.gbm
+    if g.rounds_rule == "earlier_folds" or g.seeds > 1:   # the stage's recipe: counts from earlier fits, a bag of boosters
+        rounds = None if g.rounds_rule == "tail" else rounds_from_earlier_folds([*earlier, tail[1]], g.rounds_window)[-1]
+        booster, best = lgb_fit_fold(replace(task, rounds=rounds, seeds=g.seeds))
     dataset.unlink(missing_ok=True)
     return RecipeFit(utc(fit_time), rows, pd.Timestamp(label_end[rows].max(), tz="UTC"), best, first_row,
-                     booster.predict(task.val_features, num_iteration=best))
+                     booster.predict(task.val_features), tail[1] if g.rounds_rule == "earlier_folds" else None)
 
 # %% ../../nbs/pipeline/04_retrain_policy.ipynb #76a57747
 class WalkForwardEvidence:
@@ -341,8 +347,10 @@ def fit_schedule(market: Market, schedule: RetrainSchedule, config: RunConfig, *
     with tempfile.TemporaryDirectory(prefix="retrain_policy_") as scratch:
         for point in _progress(starts, progress, "retrain points"):
             due = schedule.fit_times[(schedule.fit_times >= point) & (schedule.fit_times < schedule.period_end(point))]
-            fits += [fit_recipe(market.X, market.y, market.times, market.label_end, t, config, Path(scratch),
-                                feature_names=market.feature_names, threads=threads) for t in due]
+            for t in due:   # in time order: a fit may take its tree count from the fits before it
+                fits.append(fit_recipe(market.X, market.y, market.times, market.label_end, t, config, Path(scratch),
+                                       feature_names=market.feature_names, threads=threads,
+                                       earlier=[f.tail_iteration for f in fits]))
     return fits
 
 # %% ../../nbs/pipeline/04_retrain_policy.ipynb #5f4fd12e
