@@ -271,29 +271,32 @@ def horizons_lines(bench: dict) -> list[str]:
 
 def pooled_lines(bench: dict) -> list[str]:
     "LightGBM on every symbol's rows against the target's own, from `bench_pooled.py`."
-    c, target = bench["comparison"], bench["target"]
-    lines = [f"| trained on | rows per fold | OOF AUC on {target} [95% CI] | n OOF | gain vs {target} alone "
-             "[95% CI] | gain vs best single feature [95% CI] | test AUC [95% CI] | break-even bp, long/short | "
-             "shuffled labels | time s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    c, target, n = bench["comparison"], bench["target"], len(bench["symbols"])
+    label = {"pooled": f"all {n} symbols", "alone": f"{target} alone", "pooled_context": f"all {n} symbols, with context",
+             "alone_context": f"{target} alone, with context"}
+    paired = {"pooled": "alone", "alone_context": "alone", "pooled_context": "alone_context"}   # the one row that differs
+    lines = [f"| trained on | rows per fold | OOF AUC on {target} [95% CI] | n OOF | paired gain [95% CI] | "
+             "gain vs best single feature [95% CI] | test AUC [95% CI] | break-even bp, long/short | shuffled labels | "
+             "time s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in bench["models"].items():
-        label = f"all {len(bench['symbols'])} symbols" if name == "pooled" else f"{target} alone"
-        gain = _gain(c["gain_pooled_over_alone"]) if name == "pooled" else "(reference)"
-        lines.append(f"| {label} | {m['rows_per_fold']:,} | {m['oof_auc']:.4f} {_ci(m['oof_auc_ci95'])} | {m['n_oof']} | {gain} | "
-                     f"{_gain(c[f'gain_{name}_over_best_feature'])} | {m['test_auc']:.4f} {_ci(m['test_auc_ci95'])} | "
+        gain = f"vs {label[paired[name]]}: {_gain(c[f'gain_{name}_over_{paired[name]}'])}" if name in paired else "(reference)"
+        lines.append(f"| {label[name]} | {m['rows_per_fold']:,} | {m['oof_auc']:.4f} {_ci(m['oof_auc_ci95'])} | {m['n_oof']} | "
+                     f"{gain} | {_gain(c[f'gain_{name}_over_best_feature'])} | {m['test_auc']:.4f} {_ci(m['test_auc_ci95'])} | "
                      f"{m['break_even_bp_long_short']:.2f} | {m['shuffled_label_auc']:.4f} | {m['seconds']:.0f} |")
     every = c.get("every_symbol")
     if every:
         better = sorted(s for s, g in every.items() if g["ci95"][0] > 0)
         worse = sorted(s for s, g in every.items() if g["ci95"][1] < 0)
-        lines += ["", "On every symbol's own bars, the pooled model against that symbol's own rows in the same folds "
+        lines += ["", f"On each symbol's own bars, the pooled model against that symbol's own rows in the same folds "
                   f"(paired): better beyond the interval on {', '.join(better) or 'none'}; worse on {', '.join(worse) or 'none'}; "
-                  f"the median gain {np.median([g['gain'] for g in every.values()]):+.4f}."]
+                  f"median gain {np.median([g['gain'] for g in every.values()]):+.4f}."]
+    context = (f"; with context: also the {bench['n_context_features']} cross-asset features every symbol's table has "
+               "(the market's, BTC's and ETH's returns, breadth, dispersion, beta and correlation)") if "alone_context" in bench["models"] else ""
     lines += ["", f"{target} {bench['timeframe']}, {bench['start']} to {bench['end']}, {bench['n_folds']} purged folds of "
-              f"{bench['train_bars']:,}-bar windows, {bench['n_features']} scale-free base features every symbol has; both "
-              "models through the same pooled walk-forward (one LightGBM booster per fold stopped on a time-based tail, the recipe "
-              "before the full profile adopted its stable one), "
-              f"{bench['cores']} cores. Adoption rule: {bench['adoption_rule']}. Adopted: "
-              + ("yes" if c["adopt"] else "no; it stays a documented function") + "."]
+              f"{bench['train_bars']:,}-bar windows, {bench['n_features']} scale-free base features every symbol has{context}. "
+              "Every row through the same pooled walk-forward (one LightGBM booster per fold stopped on a time-based tail, "
+              f"the recipe before the full profile adopted its stable one), {bench['cores']} cores. Adoption rule: "
+              f"{bench['adoption_rule']}. Adopted: " + ("yes" if c["adopt"] else "no; it stays a documented function") + "."]
     return lines
 
 
@@ -301,7 +304,7 @@ BLOCKS = [   # name, result file, the command that writes it, its lines
     ("retrain-policy", "retrain_policy", "benchmarks/bench_retrain_policy.py", retrain_policy_lines),
     ("recipe", "recipe_boosting", "benchmarks/bench_recipe.py", recipe_lines),
     ("recipe-horizons", "recipe_horizons", "benchmarks/bench_recipe.py --horizons 1,4,12,24", horizons_lines),
-    ("recipe-pooled", "recipe_pooled", "benchmarks/bench_pooled.py --every-symbol", pooled_lines),
+    ("recipe-pooled", "recipe_pooled", "benchmarks/bench_pooled.py --every-symbol --context", pooled_lines),
 ]
 
 

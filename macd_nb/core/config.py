@@ -36,7 +36,9 @@ SHARED_SYMBOLS = DEFAULT_SYMBOLS + ["LTCUSDT", "AVAXUSDT", "LINKUSDT", "DOTUSDT"
 DEVICES = ("auto", "cpu", "cuda")
 BAD_BAR_POLICIES = ("flag", "exclude", "refuse")
 SERVE_WINDOWS = ("newest", "validated")   # which window the shipped models are trained on
-ROUNDS_RULES = ("tail", "earlier_folds")  # how a booster's tree count is chosen (see GbmSection)
+# how a booster's tree count is chosen: "tail" stops each fit early on the tail of its own training window;
+# "earlier_folds" fits the whole window for the median tail-stopped count of the fold and the folds before it
+ROUNDS_RULES = ("tail", "earlier_folds")
 RETRAIN_POLICIES = ("gated", "always")     # how `macd-nb retrain` decides (see RetrainSection)
 TIMEFRAMES = ("1h", "4h", "1d")
 TIMEFRAME_HOURS = {"1h": 1, "4h": 4, "1d": 24}
@@ -112,9 +114,7 @@ class GbmSection:
     early_stopping_rounds: int = flat("early_stopping_rounds", 30)
     max_bin: int = flat("gbm_max_bin", 63)                 # histogram bins per feature (63: 40% faster per round than 255, same AUC)
     rebin_folds: int = flat("gbm_rebin_folds", 10)         # folds sharing one binning (edges from the first fold's training rows)
-    # how many trees (LightGBM): "tail" stops each fit early on the tail of its own training window; "earlier_folds"
-    # fits the whole window for the median of the tail-stopped counts of this fold and the `rounds_window - 1` before it
-    rounds_rule: str = flat("gbm_rounds_rule", "tail")
+    rounds_rule: str = flat("gbm_rounds_rule", "tail")     # how LightGBM's tree count is chosen: one of ROUNDS_RULES
     rounds_window: int = flat("gbm_rounds_window", 30)     # folds whose tail-stopped tree counts set one fold's
     seeds: int = flat("gbm_seeds", 1)                      # boosters averaged per fit (LightGBM; raw scores), seeds seed..seed+n-1
     feature_fraction: float = flat("gbm_feature_fraction", 1.0)   # share of features each tree sees (LightGBM)
