@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 # %% ../../nbs/core/09_validation.ipynb #f66df212
 def holdout_split(
@@ -175,6 +174,7 @@ def auc(y_true, score) -> float:
     if len(np.unique(y_true)) < 2: return float("nan")
     positives = y_true == y_true.max()
     n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    from scipy.stats import rankdata   # here, not at the top: 0.5 s the command line need not pay
     ranks = rankdata(score)   # ties share their average rank: the Mann-Whitney form of the ROC AUC
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
