@@ -86,11 +86,11 @@ def execute(rel: str, nbs: Path, cache: Path, timeout: int = 900) -> tuple[str, 
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", shutdown_kernel="immediate",
                             resources={"metadata": {"path": str((nbs / rel).parent)}})
     client.km = client.create_kernel_manager()
-    sockets = Path(tempfile.mkdtemp(prefix="macd_nb_docs_kernel_"))
-    client.km.transport, client.km.ip = "ipc", str(sockets / "kernel")   # Unix sockets: no TCP port, no warning
-    try: client.execute()
-    except Exception as error:
-        raise RuntimeError(f"{rel}: executing the notebook on its defaults failed: {str(error)[-2000:]}") from None
+    with tempfile.TemporaryDirectory(prefix="macd_nb_docs_kernel_", ignore_cleanup_errors=True) as sockets:
+        client.km.transport, client.km.ip = "ipc", str(Path(sockets) / "kernel")   # Unix sockets: no TCP port, no warning
+        try: client.execute()
+        except Exception as error:
+            raise RuntimeError(f"{rel}: executing the notebook on its defaults failed: {str(error)[-2000:]}") from None
     target.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, target)
     key_file.write_text(key)

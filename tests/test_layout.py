@@ -181,6 +181,24 @@ def test_notebook_numbering_inside_each_folder():
         assert len(set(numbers)) == len(numbers), (folder, names)
 
 
+def demo_cells_that_leave_folders(nbs: Path) -> list[str]:
+    "Notebook cells outside the library that make a temporary folder nothing removes (`scratch_dir` is removed)."
+    found = []
+    for path in sorted(nbs.rglob("*.ipynb")):
+        for k, cell in enumerate(json.loads(path.read_text())["cells"]):
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code" and not source.lstrip().startswith("#| export") and "mkdtemp(" in source:
+                found.append(f"{path.relative_to(nbs)} cell {k}")
+    return found
+
+
+def test_notebook_demonstrations_leave_no_folders_behind(tmp_path):
+    assert demo_cells_that_leave_folders(default_nbs_dir()) == []
+    cell = {"cell_type": "code", "source": ["run_dir = tempfile.mkdtemp()\n"], "metadata": {}, "outputs": []}
+    (tmp_path / "demo.ipynb").write_text(json.dumps({"cells": [cell]}))
+    assert demo_cells_that_leave_folders(tmp_path) == ["demo.ipynb cell 0"]   # the check can fail
+
+
 def test_nothing_refers_outside_the_repository():
     "Only the one test fixture (tests/conftest.py) locates the shared real data."
     offenders = []
