@@ -11,6 +11,7 @@ import json
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +229,59 @@ def _plots(summary: dict, frame: pd.DataFrame, out_dir: Path) -> dict[str, str]:
         save("latency.png", fig)
     return made
 
+# %% ../../nbs/serve/06_monitor.ipynb #856d059b
+def _section(title: str, part: dict, missing: str, body: Callable[[dict], list[str]]) -> list[str]:
+    "Lines of a report section: its title, then why it is empty (`missing`: `part['empty']`) or `body(part)`."
+    return [f"## {title}", ""] + ([f"{missing}: {part['empty']}.", ""] if "empty" in part else body(part))
+
+
+def _figure(plots: dict[str, str], name: str) -> list[str]:
+    "The Markdown image of plot `name`, where it was drawn."
+    return [f"![{name}]({plots[name]})", ""] if name in plots else []
+
+# %% ../../nbs/serve/06_monitor.ipynb #6a5d9f30
+def _calibration_lines(cal: dict, plots: dict[str, str]) -> list[str]:
+    return ([f"Expected calibration error: **{cal['ece']:.4f}** (10 equal-count bins of the prediction).", "",
+             "| bin | mean P(up) | observed up-rate | bars |", "|---|---|---|---|"]
+            + [f"| {k + 1} | {b['mean_p']:.4f} | {b['up_rate']:.4f} | {b['n']} |" for k, b in enumerate(cal["bins"])] + [""]
+            + _figure(plots, "reliability"))
+
+
+def _models_lines(models: dict) -> list[str]:
+    out = [f"On the {models['n_bars']} bars where every model answered and the outcome is known.", "",
+           "| model | AUC | 95% CI | stacked minus this | 95% CI (paired) |", "|---|---|---|---|---|"]
+    for name, m in models["models"].items():
+        gain = m.get("stacking_minus_this", {})
+        out.append(f"| {name} | {_num(m['auc'])} | {_ci(m['auc_ci95'])} | {_num(gain.get('gain'), '+.3f')} | "
+                   f"{_ci(gain.get('ci95'))} |")
+    return out + [""]
+
+
+def _drift_lines(drift: dict, plots: dict[str, str]) -> list[str]:
+    bands = pd.Series([psi_band(v) for v in drift["features"].values()]).value_counts()
+    rows = drift["reference_rows"] or {}
+    counts = ", ".join(f"{bands.get(b, 0)} {b}" for b in ("stable", "moderate", "major"))
+    not_logged = f" Not logged: {', '.join(drift['not_logged'])}." if drift["not_logged"] else ""
+    return ([f"Prediction: PSI **{_num(drift['prediction'])}** ({psi_band(drift['prediction'])}) over "
+             f"{drift['n_prediction']} rows. Features: {len(drift['features'])}, {counts}"
+             " (bands: < 0.1 stable, 0.1 to 0.25 moderate, > 0.25 major).", "",
+             f"Reference: {rows.get('n_rows')} training rows, {rows.get('first_bar')} to {rows.get('last_bar')}; "
+             f"live: {drift['n_rows']} logged rows.{not_logged}", ""]
+            + _figure(plots, "psi") + ["| feature | PSI | band |", "|---|---|---|"]
+            + [f"| {f} | {v:.4f} | {psi_band(v)} |" for f, v in drift["features"].items()] + [""])
+
+
+def _operations_lines(ops: dict, plots: dict[str, str]) -> list[str]:
+    def row(what: str, ms: dict) -> str:
+        return f"| {what} | {ms['p50']:.2f} ms | {ms['p90']:.2f} ms | {ms['p99']:.2f} ms | {ms['max']:.2f} ms |"
+    out = ["| per bar | p50 | p90 | p99 | max |", "|---|---|---|---|---|",
+           row("decision (features and models: latency_ms)", ops["latency_ms"])]
+    if ops.get("cycle_ms"):
+        out.append(row("whole loop (reading, screening, outcomes, logging: cycle_ms)", ops["cycle_ms"]))
+    out += [""] + _figure(plots, "latency")
+    out += [f"Stacked model answered {ops['n_stacked']} of {ops['n_rows']} bars; fallbacks by reason:", ""]
+    return out + ([f"- {reason}: {n}" for reason, n in ops["fallbacks"].items()] or ["- none"]) + [""]
+
 # %% ../../nbs/serve/06_monitor.ipynb #e521e853
 def render_monitor(summary: dict, header: dict, plots: dict[str, str]) -> str:
     "MONITOR.md of a summary: recommendation first, then each section or why it is empty."
@@ -239,7 +293,6 @@ def render_monitor(summary: dict, header: dict, plots: dict[str, str]) -> str:
            f"{summary['n_outcomes']} with an outcome; symbols {', '.join(summary['symbols']) or 'none'}; "
            f"bars {summary['first_bar']} to {summary['last_bar']}.", ""]
     if not plots and summary["n_rows"]: out += ["(No plots: they need matplotlib.)", ""]
-    figure = lambda name: [f"![{name}]({plots[name]})", ""] if name in plots else []
     age, lim = summary["age"], summary["limits"]
     out += ["## Retrain recommendation", ""]
     if summary["retrain"]: out += ["**Retrain recommended.** Limits crossed:", ""] + [f"- {t}" for t in summary["retrain"]]
@@ -257,53 +310,12 @@ def render_monitor(summary: dict, header: dict, plots: dict[str, str]) -> str:
             f"| realised (live, logged outcomes) | {_num(realised.get('auc'))} | {_ci(realised.get('auc_ci95'))} | {realised['n_bars']} |",
             f"| run's OOF (stacking record) | {_num(realised['oof_auc'])} | {_ci(realised['oof_auc_ci95'])} | |",
             f"| run's held-out test | {_num(realised['test_auc'])} | {_ci(realised['test_auc_ci95'])} | |", ""]
-    cal = summary["calibration"]
-    out += ["## Calibration", ""]
-    if "empty" in cal: out += [f"No calibration: {cal['empty']}.", ""]
-    else:
-        out += [f"Expected calibration error: **{cal['ece']:.4f}** (10 equal-count bins of the prediction).", "",
-                "| bin | mean P(up) | observed up-rate | bars |", "|---|---|---|---|"]
-        out += [f"| {k + 1} | {b['mean_p']:.4f} | {b['up_rate']:.4f} | {b['n']} |" for k, b in enumerate(cal["bins"])] + [""]
-        out += figure("reliability")
-    models = summary["models"]
-    out += ["## Stacked model against each base model", ""]
-    if "empty" in models: out += [f"No comparison: {models['empty']}.", ""]
-    else:
-        out += [f"On the {models['n_bars']} bars where every model answered and the outcome is known.", "",
-                "| model | AUC | 95% CI | stacked minus this | 95% CI (paired) |", "|---|---|---|---|---|"]
-        for name, m in models["models"].items():
-            gain = m.get("stacking_minus_this", {})
-            out.append(f"| {name} | {_num(m['auc'])} | {_ci(m['auc_ci95'])} | {_num(gain.get('gain'), '+.3f')} | {_ci(gain.get('ci95'))} |")
-        out.append("")
-    drift = summary["drift"]
-    out += ["## Drift (PSI against the training window)", ""]
-    if "empty" in drift: out += [f"No drift measured: {drift['empty']}.", ""]
-    else:
-        bands = pd.Series([psi_band(v) for v in drift["features"].values()]).value_counts()
-        rows = drift["reference_rows"] or {}
-        out += [f"Prediction: PSI **{_num(drift['prediction'])}** ({psi_band(drift['prediction'])}) over {drift['n_prediction']} rows. "
-                f"Features: {len(drift['features'])}, " + ", ".join(f"{bands.get(b, 0)} {b}" for b in ("stable", "moderate", "major"))
-                + " (bands: < 0.1 stable, 0.1 to 0.25 moderate, > 0.25 major).", "",
-                f"Reference: {rows.get('n_rows')} training rows, {rows.get('first_bar')} to {rows.get('last_bar')}; "
-                f"live: {drift['n_rows']} logged rows." + (f" Not logged: {', '.join(drift['not_logged'])}." if drift["not_logged"] else ""), ""]
-        out += figure("psi")
-        out += ["| feature | PSI | band |", "|---|---|---|"] + [f"| {f} | {v:.4f} | {psi_band(v)} |" for f, v in drift["features"].items()] + [""]
-    ops = summary["operations"]
-    out += ["## Latency and fallbacks", ""]
-    if "empty" in ops: out += [f"Nothing to measure: {ops['empty']}.", ""]
-    else:
-        lat = ops["latency_ms"]
-        out += ["| per bar | p50 | p90 | p99 | max |", "|---|---|---|---|---|",
-                f"| decision (features and models: latency_ms) | {lat['p50']:.2f} ms | {lat['p90']:.2f} ms | {lat['p99']:.2f} ms | {lat['max']:.2f} ms |"]
-        if ops.get("cycle_ms"):
-            cyc = ops["cycle_ms"]
-            out.append(f"| whole loop (reading, screening, outcomes, logging: cycle_ms) | {cyc['p50']:.2f} ms | {cyc['p90']:.2f} ms "
-                       f"| {cyc['p99']:.2f} ms | {cyc['max']:.2f} ms |")
-        out.append("")
-        out += figure("latency")
-        out += [f"Stacked model answered {ops['n_stacked']} of {ops['n_rows']} bars; fallbacks by reason:", ""]
-        out += [f"- {reason}: {n}" for reason, n in ops["fallbacks"].items()] or ["- none"]
-        out.append("")
+    out += _section("Calibration", summary["calibration"], "No calibration", lambda cal: _calibration_lines(cal, plots))
+    out += _section("Stacked model against each base model", summary["models"], "No comparison", _models_lines)
+    out += _section("Drift (PSI against the training window)", summary["drift"], "No drift measured",
+                    lambda drift: _drift_lines(drift, plots))
+    out += _section("Latency and fallbacks", summary["operations"], "Nothing to measure",
+                    lambda ops: _operations_lines(ops, plots))
     return "\n".join(out)
 
 # %% ../../nbs/serve/06_monitor.ipynb #6e979c9d
