@@ -48,6 +48,28 @@ def _gain(gain) -> str:
     return f"{gain['gain']:+.4f} [{gain['ci95'][0]:+.4f}, {gain['ci95'][1]:+.4f}]" if gain else ""
 
 
+def _stacking_row(s: dict) -> str:
+    "A stacking stage of a collected run: its inputs, OOF and test AUC against the best base, verdict; or why it was skipped."
+    if s.get("skipped"): return f"| {s['timeframe']} | | | {s['n_oof']} | | | | skipped: {s['skipped']} | |"
+    verdict = "deployable" if s["deployable"] else "not deployable: " + "; ".join(s["not_deployable_because"])
+    return (f"| {s['timeframe']} | {', '.join(s['inputs'])}; {s['meta_learner']} | {s['oof_auc']:.4f} "
+            f"{_ci(s['oof_auc_ci95'])} | {s['n_oof']} ({s['n_scored']}) | {s['best_base']} {_gain(s['gain_vs_best_base'])} | "
+            f"{s['test_auc']:.4f} {_ci(s['test_auc_ci95'])} ({s['best_base_test_auc']:.4f}) | "
+            f"{s['shuffled_label_auc']:.4f} | {verdict} | {s['seconds']:.0f} |")
+
+
+def _trade_row(t: dict) -> str:
+    "A model's (or buy-and-hold's) result after costs in a collected run."
+    if t["model"] == "buy_and_hold":
+        return (f"| buy-and-hold, {t['timeframe']} | | Sharpe {t['sharpe']:.2f} {_ci2(t['sharpe_ci95'])}, total return "
+                f"{t['total_return']:+.0%} on the same {t['n_bars']} bars | | | |")
+    be = t["break_even_bp"]
+    return (f"| {NAMES.get(t['model'], t['model'])}, {t['timeframe']} | **{be['band']:.1f}** / {be['long_short']:.1f} / "
+            f"{be['long_flat']:.1f} | {t['sharpe_band']:.2f} {_ci2(t['sharpe_band_ci95'])} at {t['cost_bp']:g} bp | "
+            f"{t['sharpe_long_short']:.2f} {_ci2(t['sharpe_long_short_ci95'])} | {t['exposure_band']:.1%} | "
+            f"{_sharpe(t['test_sharpe_band'])} {_ci2(t['test_sharpe_band_ci95'])} |")
+
+
 def run_table(run: dict) -> str:
     "One row per model of a collected run (`benchmarks/collect_run.py`)."
     lines = ["| model | features | OOF AUC [95% CI] | n OOF | test AUC [95% CI] | n test | shuffled labels | "
@@ -58,34 +80,16 @@ def run_table(run: dict) -> str:
                      f"{m['n_oof']} | {m['test_auc']:.4f} {_ci(m['test_auc_ci95'])} | {m['n_test']} | "
                      f"{m['shuffled_label_auc']:.4f} | {_gain(m['gain_vs_best_feature'])} | {_gain(m['gain_vs_baseline'])} | "
                      f"{', '.join(m['gates_failed']) or 'none'} | {m['seconds']:.0f} |")
-    stacks = run.get("stacking") or []
+    stacks, trades = run.get("stacking") or [], run.get("backtest") or []
     if stacks:
         lines += ["", "| stacking | inputs, meta-learner | OOF AUC [95% CI] | n OOF (scored) | gain vs best base [95% CI] | "
                   "test AUC [95% CI] (best base) | shuffled | verdict | time s |", "|---|---|---|---|---|---|---|---|---|"]
-    for s in stacks:
-        if s.get("skipped"):
-            lines.append(f"| {s['timeframe']} | | | {s['n_oof']} | | | | skipped: {s['skipped']} | |")
-            continue
-        verdict = "deployable" if s["deployable"] else "not deployable: " + "; ".join(s["not_deployable_because"])
-        lines.append(f"| {s['timeframe']} | {', '.join(s['inputs'])}; {s['meta_learner']} | {s['oof_auc']:.4f} "
-                     f"{_ci(s['oof_auc_ci95'])} | {s['n_oof']} ({s['n_scored']}) | {s['best_base']} {_gain(s['gain_vs_best_base'])} | "
-                     f"{s['test_auc']:.4f} {_ci(s['test_auc_ci95'])} ({s['best_base_test_auc']:.4f}) | "
-                     f"{s['shuffled_label_auc']:.4f} | {verdict} | {s['seconds']:.0f} |")
-    trades = run.get("backtest") or []
+        lines += [_stacking_row(s) for s in stacks]
     if trades:
         lines += ["", "| after costs | break-even cost per side, bp: band / long-short / long-flat | Sharpe at the default cost, "
                   "band [95% CI] | Sharpe, long-short [95% CI] | band: share of bars in the market | test period Sharpe, band [95% CI] |",
                   "|---|---|---|---|---|---|"]
-    for t in trades:
-        if t["model"] == "buy_and_hold":
-            lines.append(f"| buy-and-hold, {t['timeframe']} | | Sharpe {t['sharpe']:.2f} {_ci2(t['sharpe_ci95'])}, total return "
-                         f"{t['total_return']:+.0%} on the same {t['n_bars']} bars | | | |")
-            continue
-        be = t["break_even_bp"]
-        lines.append(f"| {NAMES.get(t['model'], t['model'])}, {t['timeframe']} | **{be['band']:.1f}** / {be['long_short']:.1f} / "
-                     f"{be['long_flat']:.1f} | {t['sharpe_band']:.2f} {_ci2(t['sharpe_band_ci95'])} at {t['cost_bp']:g} bp | "
-                     f"{t['sharpe_long_short']:.2f} {_ci2(t['sharpe_long_short_ci95'])} | {t['exposure_band']:.1%} | "
-                     f"{_sharpe(t['test_sharpe_band'])} {_ci2(t['test_sharpe_band_ci95'])} |")
+        lines += [_trade_row(t) for t in trades]
     best = sorted({m["best_feature"] for m in run["models"] if m["best_feature"]})
     window = "; ".join(f"{tf}: {w['first_bar'][:10]}..{w['last_bar'][:10]} ({w['rows']} rows)" for tf, w in run["windows"].items())
     lines += ["", f"Data `{run['data']}`, target {run['target']}, {window}; profile `{run['profile']}`; {run['where']}. "
