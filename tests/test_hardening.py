@@ -362,8 +362,8 @@ def _read_oof(run_dir):
 
 
 def _read_lstm(run_dir):
-    from macd_nb.models.lstm import load_lstm
-    return load_lstm(run_dir, "1h")
+    from macd_nb.models.lstm import LSTM
+    return LSTM.load(RunPaths(run_dir), "lstm", "1h")
 
 
 @pytest.mark.parametrize("relative, reader", [

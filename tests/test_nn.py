@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from macd_nb.core.config import profile_config
-from macd_nb.models.lstm import MultiHorizonLSTM, load_lstm, run_lstm
+from macd_nb.models.lstm import LSTM, MultiHorizonLSTM, run_lstm
 from macd_nb.core.prepare import load_table, prepare_run
+from macd_nb.core.rundir import RunPaths
 from macd_nb.models.sequences import (SequenceData, Standardizer, TrainSettings, fit_refit, gather_windows, predict_table,
                                sequence_features)
-from macd_nb.models.tft import TemporalFusionTransformer, load_tft, run_tft
+from macd_nb.models.tft import TFT, TemporalFusionTransformer, run_tft
 from macd_nb.core.validation import WalkForward, as_utc_datetime64, holdout_split
 
 
@@ -69,7 +70,8 @@ def test_oof_rows_are_the_gbm_oof_rows(quick_run, lstm_result, tft_result):
 
 def test_multi_horizon_heads_and_best_head(quick_run, lstm_result):
     config, run_dir = quick_run
-    model, meta = load_lstm(run_dir)
+    saved = LSTM.load(RunPaths(run_dir), "lstm", "1h")
+    model, meta = saved.model, saved.meta
     assert meta["horizons"] == config.validation.horizons and meta["best_head"] in config.validation.horizons
     assert lstm_result.record["best_head"] == meta["best_head"]
     assert set(lstm_result.metrics["inner_val_auc_per_head"]) == {str(h) for h in config.validation.horizons}
@@ -83,7 +85,8 @@ def test_multi_horizon_heads_and_best_head(quick_run, lstm_result):
 def test_artifacts_reload_weights_only_and_reproduce(quick_run, lstm_result, tft_result, name):
     config, run_dir = quick_run
     record = lstm_result if name == "lstm" else tft_result
-    model, meta = (load_lstm if name == "lstm" else load_tft)(run_dir)
+    saved = (LSTM if name == "lstm" else TFT).load(RunPaths(run_dir), name, "1h")
+    model, meta = saved.model, saved.meta
     state = torch.load(run_dir / "models" / f"{name}_1h.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     table, _ = load_table(run_dir, "1h")

@@ -4,8 +4,7 @@
 
 # %% auto #0
 __all__ = ['TFT', 'GatedLinearUnit', 'GatedResidualNetwork', 'VariableGRNs', 'VariableSelectionNetwork',
-           'InterpretableMultiHeadAttention', 'TemporalFusionTransformer', 'tft_stage', 'run_tft', 'load_tft',
-           'tft_interpretation']
+           'InterpretableMultiHeadAttention', 'TemporalFusionTransformer', 'tft_stage', 'run_tft', 'tft_interpretation']
 
 # %% ../../nbs/models/05_tft.ipynb #e3c35d75
 from pathlib import Path
@@ -15,9 +14,8 @@ import torch
 from torch import nn
 
 from ..core.config import RunConfig
-from ..core.rundir import RunPaths
 from .protocol import ModelResult
-from .sequences import SequenceStage, gather_windows, load_sequence_model, run_sequence_stage, sequence_family
+from .sequences import SequenceStage, gather_windows, run_sequence_stage, sequence_family
 
 # %% ../../nbs/models/05_tft.ipynb #1e2257b0
 class GatedLinearUnit(nn.Module):
@@ -158,13 +156,6 @@ def tft_stage(config: RunConfig) -> SequenceStage:
 def run_tft(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") -> ModelResult:
     "Stage 1.3 for one timeframe: writes `models/tft_{tf}.pt|json`, `oof/tft_{tf}.parquet`, `results/tft_{tf}.json`."
     return run_sequence_stage(config, run_dir, timeframe, tft_stage(config))
-
-
-def load_tft(run_dir: str | Path, timeframe: str = "1h") -> tuple[TemporalFusionTransformer, dict]:
-    "The saved TFT of a run (state dict loaded with `weights_only=True`) and its JSON description."
-    paths = RunPaths(Path(run_dir))
-    return load_sequence_model(TemporalFusionTransformer, paths.model_file("tft", timeframe, "pt"),
-                               paths.model_file("tft", timeframe, "json"))
 
 
 def tft_interpretation(model: TemporalFusionTransformer, inputs: np.ndarray, rows: np.ndarray, length: int) -> dict:
