@@ -72,6 +72,13 @@ def _source_key(rel: str, nbs: Path) -> str:
     return hashlib.sha256((nbs / rel).read_bytes() + _library_key().encode()).hexdigest()
 
 
+@functools.cache
+def _warm_kernels():
+    "This worker's warm process: its notebooks' kernels are forked from it (see the runner's Warm kernels)."
+    from macd_nb.pipeline.runner import WarmKernels
+    return WarmKernels()
+
+
 def execute(rel: str, nbs: Path, cache: Path, timeout: int = 900) -> tuple[str, float, bool]:
     "Execute notebook `rel` from its own folder unless `cache` holds a run of the same sources; (rel, seconds, cached)."
     import nbformat
@@ -83,8 +90,10 @@ def execute(rel: str, nbs: Path, cache: Path, timeout: int = 900) -> tuple[str, 
     os.environ.pop("MPLBACKEND", None)   # CI's Agg would keep the kernels' figures off the page
     # shutdown "immediate": once the last cell's output is in, a polite shutdown only waits for ipykernel's own exit
     # (3 s in about one notebook of four)
+    from macd_nb.pipeline.runner import warm_kernel_manager
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", shutdown_kernel="immediate",
-                            resources={"metadata": {"path": str((nbs / rel).parent)}})
+                            resources={"metadata": {"path": str((nbs / rel).parent)}},
+                            kernel_manager_class=warm_kernel_manager(_warm_kernels()))
     client.km = client.create_kernel_manager()
     with tempfile.TemporaryDirectory(prefix="macd_nb_docs_kernel_", ignore_cleanup_errors=True) as sockets:
         client.km.transport, client.km.ip = "ipc", str(Path(sockets) / "kernel")   # Unix sockets: no TCP port, no warning

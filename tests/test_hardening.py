@@ -429,6 +429,12 @@ def _command_line(process: psutil.Process) -> str:
     except psutil.Error: return ""     # gone, or a zombie
 
 
+def _is_kernel(process: psutil.Process) -> bool:
+    "A kernel started fresh (`python -m ipykernel_launcher`) or forked from the runner's warm process (named so)."
+    try: return "ipykernel_launcher" in _command_line(process) or process.name() == "ipykernel"
+    except psutil.Error: return False
+
+
 def _alive(processes: list[psutil.Process]) -> list[str]:
     alive = []
     for p in processes:
@@ -522,8 +528,8 @@ def test_an_interrupt_stops_in_one_line_and_resumes(tmp_path, signum, to_group, 
     deadline, family = time.monotonic() + 240, []
     while time.monotonic() < deadline and not _stage_running(report_dir, stage): time.sleep(0.2)
     if when == "2 s in": time.sleep(2)
-    while when == "kernel started" and time.monotonic() < deadline and not any(
-            "ipykernel_launcher" in _command_line(p) for p in _descendants(process.pid)): time.sleep(0.02)
+    while when == "kernel started" and time.monotonic() < deadline and not any(map(_is_kernel, _descendants(process.pid))):
+        time.sleep(0.02)
     family = _descendants(process.pid)
     (os.killpg if to_group else os.kill)(process.pid, signum)
     out, err = process.communicate(timeout=30)
