@@ -603,7 +603,9 @@ def _run_stages(config, stages, previous, run_id, run_dir, report_dir, nbs_dir, 
     resume_command = resume_command_for(run_id, runs_root, reports_root)
     refresh = lambda: write_status(report_dir, run_id, records, resume_command)
     overall = tqdm(total=len(stages), desc=f"run {run_id}", unit="stage")
-    warm = WarmKernels()
+    # one stage gains nothing from a warm process, whose start costs what a kernel's imports do (a run of bad data
+    # refused by `prepare` would pay it for nothing)
+    warm = WarmKernels() if len(stages) > 1 else None
     try:
         ok = _stage_loop(config, stages, records, previous, run_dir, report_dir, nbs_dir, refresh, overall, keep_going, warm)
     except Interrupted as stop:   # SIGINT or SIGTERM: say where it stopped and how to go on; completed stages are kept
@@ -615,7 +617,7 @@ def _run_stages(config, stages, previous, run_id, run_dir, report_dir, nbs_dir, 
         stop.stage, stop.resume_command = running and running["name"], resume_command
         raise
     finally:
-        warm.close()
+        if warm: warm.close()
     overall.close()
     # a file the previous manifest declared, deleted outside this run's stages (--only), stays declared: the manifest
     # is rewritten only from a run directory that verifies, so it can never forget a missing file
