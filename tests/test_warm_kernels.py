@@ -91,3 +91,15 @@ def test_a_launch_with_another_environment_starts_fresh(tmp_path):
     assert warm.fork([sys.executable, "-m", "ipykernel_launcher", "-f", str(tmp_path / "k2.json")], other, str(tmp_path)) is None
     warm.close()
     kernel.wait(timeout=10)
+
+
+def test_a_warm_process_stuck_in_its_imports_is_not_waited_for(tmp_path):
+    "A launch waits `timeout` for the warm process, then starts fresh; the stuck process is killed."
+    (tmp_path / "stuck_import.py").write_text("import time\ntime.sleep(600)\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}")
+    warm = WarmKernels(imports=("stuck_import",), timeout=2.0)
+    # without the timeout the launch would wait out the import (600 s) and get its kernel
+    assert warm.fork([sys.executable, "-m", "ipykernel_launcher", "-f", str(tmp_path / "k.json")], env, str(tmp_path)) is None
+    assert warm.process.wait(timeout=10) == -signal.SIGKILL
+    assert warm.fork([sys.executable, "-m", "ipykernel_launcher", "-f", str(tmp_path / "k2.json")], env, str(tmp_path)) is None
+    warm.close()

@@ -299,8 +299,9 @@ class ForkedKernel:
 class WarmKernels:
     "A process that has imported `imports` once and forks a kernel for each launch (see above); `close` ends it and them."
 
-    def __init__(self, imports: tuple[str, ...] = WARM_IMPORTS):
-        self.imports, self.process, self.key, self.forked = imports, None, None, {}   # forked: pid -> launch command
+    def __init__(self, imports: tuple[str, ...] = WARM_IMPORTS, timeout: float = 120.0):
+        # forked: pid -> launch command; timeout: seconds a launch waits for the warm process (its imports included)
+        self.imports, self.timeout, self.process, self.key, self.forked = imports, timeout, None, None, {}
         self._lock, self._pending = threading.Lock(), None
 
     def _start(self, interpreter: list[str], env: dict) -> None:
@@ -327,8 +328,13 @@ class WarmKernels:
             return self._reply()
 
     def _reply(self) -> ForkedKernel | None:
-        "Read the pid of the pending launch (also after an interrupt between request and reply)."
-        line, command, self._pending = self._replies.readline(), self._pending, None
+        "Read the pid of the pending launch (also after an interrupt between request and reply); None if none comes."
+        import select
+        command, self._pending = self._pending, None
+        if not select.select([self._replies], [], [], self.timeout)[0]:   # a warm process stuck in its imports: not waited for
+            self.process.kill()
+            return None
+        line = self._replies.readline()
         if not line: return None
         pid = json.loads(line)["pid"]
         self.forked[pid] = command
