@@ -28,7 +28,8 @@ import nbformat
 from nbclient import NotebookClient
 
 from macd_nb.core.config import library_versions, profile_config
-from macd_nb.pipeline.runner import FRESH_KERNELS, WarmKernels, _quiet_local_kernel, run_pipeline
+from macd_nb.pipeline.kernels import FRESH_KERNELS, WarmKernels
+from macd_nb.pipeline.runner import _quiet_local_kernel, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 PROLOGUE = ("import numpy, pandas, sklearn.linear_model, lightgbm, matplotlib.pyplot as plt\n"

@@ -74,8 +74,8 @@ def _source_key(rel: str, nbs: Path) -> str:
 
 @functools.cache
 def _warm_kernels():
-    "This worker's warm process: its notebooks' kernels are forked from it (see the runner's Warm kernels)."
-    from macd_nb.pipeline.runner import WarmKernels
+    "This worker's warm process: its notebooks' kernels are forked from it (see macd_nb.pipeline.kernels)."
+    from macd_nb.pipeline.kernels import WarmKernels
     return WarmKernels()
 
 
@@ -90,7 +90,7 @@ def execute(rel: str, nbs: Path, cache: Path, timeout: int = 900) -> tuple[str, 
     os.environ.pop("MPLBACKEND", None)   # CI's Agg would keep the kernels' figures off the page
     # shutdown "immediate": once the last cell's output is in, a polite shutdown only waits for ipykernel's own exit
     # (3 s in about one notebook of four)
-    from macd_nb.pipeline.runner import warm_kernel_manager
+    from macd_nb.pipeline.kernels import warm_kernel_manager
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", shutdown_kernel="immediate",
                             resources={"metadata": {"path": str((nbs / rel).parent)}},
                             kernel_manager_class=warm_kernel_manager(_warm_kernels()))

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from macd_nb.pipeline.runner import FRESH_KERNELS, WarmKernels
+from macd_nb.pipeline.kernels import FRESH_KERNELS, WarmKernels
 
 MACD_NB = [str(Path(sys.executable).with_name("macd-nb"))]
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="warm kernels fork on Linux only; elsewhere every kernel starts fresh")
