@@ -56,9 +56,12 @@ class ForkedKernel:
     def __init__(self, pid: int): self.pid, self.returncode = pid, None
 
     def poll(self) -> int | None:
+        import psutil
         if self.returncode is None:
-            try: os.kill(self.pid, 0)
-            except ProcessLookupError: self.returncode = -1
+            # a zombie has ended too: orphaned by a killed warm process, it waits for its new parent to reap it
+            try: ended = psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess: ended = True
+            if ended: self.returncode = -1
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
