@@ -457,10 +457,11 @@ def _fold_workers(folder: Path) -> str:
     return str(folder / "two_fold_workers.yaml")
 
 
-def _kill_when(command: list[str], report_dir: Path, stage: str, *, want_workers: bool, timeout: float = 240) -> list[psutil.Process]:
-    "Start `command`, SIGKILL it once `stage` runs (and fold workers exist, when wanted); return its processes at that moment."
+def _kill_when(command: list[str], report_dir: Path, stage: str, *, want_workers: bool,
+               timeout: float = 240) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    "Start `command`, SIGKILL it once `stage` runs (and fold workers exist, when wanted); its processes and fold workers then."
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, family = time.monotonic() + timeout, []
+    deadline, family, workers = time.monotonic() + timeout, [], []
     while time.monotonic() < deadline and process.poll() is None:
         family = _descendants(process.pid)
         workers = [p for p in family if "popen_loky" in _command_line(p)]
@@ -469,7 +470,7 @@ def _kill_when(command: list[str], report_dir: Path, stage: str, *, want_workers
     assert process.poll() is None, f"the run ended before stage {stage} could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    return family
+    return family, workers
 
 
 def test_sigkill_at_several_points_then_resume(tmp_path):
@@ -480,8 +481,9 @@ def test_sigkill_at_several_points_then_resume(tmp_path):
     resume = [*MACD_NB, "run", "--run-id", "c", "--resume", *roots]
     kept = {}
     for stage, want_workers in (("prepare", False), ("lgb", True), ("xgb", False)):
-        family = _kill_when(command, report_dir, stage, want_workers=want_workers)
-        if want_workers: assert any("popen_loky" in _command_line(p) for p in family)
+        # the workers as seen before the kill: read again now, a worker already gone or a zombie has no command line
+        family, workers = _kill_when(command, report_dir, stage, want_workers=want_workers)
+        if want_workers: assert workers and set(workers) <= set(family)
         assert _alive_after(family) == [], f"processes of the run killed in {stage} outlived it by 5 s"
         # what the completed stages wrote must come through every later resume unchanged
         stages = read_json(report_dir / "status.json")["stages"]
