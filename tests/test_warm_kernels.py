@@ -103,3 +103,18 @@ def test_a_warm_process_stuck_in_its_imports_is_not_waited_for(tmp_path):
     assert warm.process.wait(timeout=10) == -signal.SIGKILL
     assert warm.fork([sys.executable, "-m", "ipykernel_launcher", "-f", str(tmp_path / "k2.json")], env, str(tmp_path)) is None
     warm.close()
+
+
+def test_a_kernel_whose_warm_process_ended_before_it_armed_its_death_signal_exits(tmp_path):
+    "The warm process killed right after a fork, before the child set PR_SET_PDEATHSIG: the child sees it and exits at once."
+    # the child is told the pid of the process that forked it; here that is not its parent (pid 1 stands for a parent
+    # already gone), as it is for a kernel orphaned in that moment. Reading its parent itself, late, it would find init's
+    # pid, take it for the warm process and serve forever with nothing to end it
+    script = ("import sys; from macd_nb.pipeline.kernels import _become_kernel; "
+              f"_become_kernel(1, ['-f', {str(tmp_path / 'kernel.json')!r}], dict(__import__('os').environ), {str(tmp_path)!r})")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try: assert child.wait(timeout=20) == 1 and child.stderr.read() == b""   # exited by the check, not by an error
+    finally:
+        try: os.killpg(child.pid, signal.SIGKILL)
+        except OSError: pass
+    assert not (tmp_path / "kernel.json").exists()   # no kernel was started

@@ -154,14 +154,14 @@ def warm_main(requests: int, replies: int, imports: list[str]) -> None:
         os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     for name in imports: importlib.import_module(name)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # the system reaps the forked kernels: no zombies
-    forked = []
+    forked, warm = [], os.getpid()
     with os.fdopen(requests) as lines, os.fdopen(replies, "w") as out:
         for line in lines:
             request = json.loads(line)
             pid = os.fork()
             if pid == 0:
                 lines.close(), out.close()
-                _become_kernel(**request)
+                _become_kernel(warm, **request)
             forked.append(pid)
             out.write(json.dumps({"pid": pid}) + "\n")
             out.flush()
@@ -170,17 +170,18 @@ def warm_main(requests: int, replies: int, imports: list[str]) -> None:
         except OSError: pass
 
 
-def _become_kernel(argv: list[str], env: dict, cwd: str) -> None:
-    "In the forked child: become `python -m ipykernel_launcher *argv` run from `cwd` with `env`, as a fresh launch would."
+def _become_kernel(parent: int, argv: list[str], env: dict, cwd: str) -> None:
+    "In the child `parent` forked: become `python -m ipykernel_launcher *argv` run from `cwd` with `env`, as a fresh launch would."
     status = 1
     try:
-        parent = os.getppid()
         os.setsid()   # its own session and process group, as jupyter_client starts a kernel
         import ctypes
         libc = ctypes.CDLL(None)
         libc.prctl(1, signal.SIGKILL)      # PR_SET_PDEATHSIG: killed when the warm process ends
         libc.prctl(15, b"ipykernel")       # PR_SET_NAME: what `ps` and psutil name it (its command line is the warm process's)
-        if os.getppid() != parent: os._exit(1)   # it ended before the line above
+        # `parent` ended before the line above (SIGKILLed right after the fork, say): nobody would end this kernel.
+        # Compared with the pid the warm process passed, not one read here: read late, it may already be init's
+        if os.getppid() != parent: os._exit(1)
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP): signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         devnull = os.open(os.devnull, os.O_RDONLY)
