@@ -75,8 +75,8 @@ def _source_key(rel: str, nbs: Path) -> str:
 @functools.cache
 def _warm_kernels():
     "This worker's warm process: its notebooks' kernels are forked from it (see macd_nb.pipeline.kernels)."
-    from macd_nb.pipeline.kernels import WarmKernels
-    return WarmKernels()
+    from macd_nb.pipeline.kernels import TORCH_IMPORTS, WarmKernels
+    return WarmKernels(later=TORCH_IMPORTS)   # a third of the notebooks train, export or serve a network
 
 
 def execute(rel: str, nbs: Path, cache: Path, timeout: int = 900) -> tuple[str, float, bool]:

@@ -25,7 +25,7 @@ from conftest import SHARED_DATA as SHARED, needs_shared_data
 def quick_run(tmp_path_factory):
     "LightGBM, cross-asset LightGBM, XGBoost and CatBoost on the quick profile's synthetic market and folds."
     run_dir = tmp_path_factory.mktemp("gbm")
-    config = profile_config("quick", bootstrap_samples=200, n_jobs=2, threads_per_job=1)
+    config = profile_config("quick", bootstrap_samples=200)   # its folds in this process, as the profile runs them
     prepare_run(config, run_dir)
     return {"config": config, "run_dir": run_dir, "lgb": run_lgb(config, run_dir),
             "cross": run_lgb(config, run_dir, cross_asset=True), "xgb": run_xgb(config, run_dir),

@@ -25,7 +25,7 @@ def quick_stack(tmp_path_factory):
     "Four base models and the stacking stage on the quick profile's synthetic market."
     run_dir = tmp_path_factory.mktemp("stack")
     # the bundle ships the validated refits (`serve_window: validated`), so it can reproduce the one test score
-    config = profile_config("quick", bootstrap_samples=200, n_jobs=2, threads_per_job=1, stacking_base_models=BASES,
+    config = profile_config("quick", bootstrap_samples=200, stacking_base_models=BASES,
                             serve_window="validated")
     prepare_run(config, run_dir)
     run_lgb(config, run_dir), run_lgb(config, run_dir, cross_asset=True), run_xgb(config, run_dir), run_lstm(config, run_dir)

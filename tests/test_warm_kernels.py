@@ -11,7 +11,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from macd_nb.core.config import profile_config
+from macd_nb.pipeline import kernels
 from macd_nb.pipeline.kernels import FRESH_KERNELS, WarmKernels
+from macd_nb.pipeline.runner import run_pipeline
 
 MACD_NB = [str(Path(sys.executable).with_name("macd-nb"))]
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="warm kernels fork on Linux only; elsewhere every kernel starts fresh")
@@ -21,7 +24,8 @@ def _without_clocks(value):
     "A result's JSON without what a clock wrote (when it was made, how long each step took)."
     if isinstance(value, list): return [_without_clocks(v) for v in value]
     if not isinstance(value, dict): return value
-    return {k: _without_clocks(v) for k, v in value.items() if k not in ("created", "timings_s") and not k.endswith("_seconds")}
+    return {k: _without_clocks(v) for k, v in value.items() if k not in ("created", "timings_s", "seconds", "seconds_per_epoch")
+            and not k.endswith("_seconds")}
 
 
 def _digests(run_dir: Path) -> dict[str, str]:
@@ -33,8 +37,8 @@ def _digests(run_dir: Path) -> dict[str, str]:
 
 
 def _run(tmp_path: Path, name: str, env: dict) -> tuple[dict[str, str], list[str]]:
-    "A two-stage smoke run; its files' digests and the names of the kernel processes it started."
-    command = [*MACD_NB, "run", "--profile", "smoke", "--run-id", name, "--only", "prepare", "baseline",
+    "A three-stage smoke run (the LSTM's kernel forked after the warm process imported torch); its files' digests and the names of the kernel processes it started."
+    command = [*MACD_NB, "run", "--profile", "smoke", "--run-id", name, "--only", "prepare", "baseline", "lstm",
                "--runs-root", str(tmp_path / "runs"), "--reports-root", str(tmp_path / "reports")]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen = set()
@@ -118,3 +122,52 @@ def test_a_kernel_whose_warm_process_ended_before_it_armed_its_death_signal_exit
         try: os.killpg(child.pid, signal.SIGKILL)
         except OSError: pass
     assert not (tmp_path / "kernel.json").exists()   # no kernel was started
+
+
+def _maps_torch(pid: int) -> bool:
+    "Whether process `pid` has loaded torch's library."
+    try: return "libtorch_cpu" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError: return False
+
+
+def test_later_imports_wait_for_the_first_kernel_and_reach_the_next(tmp_path):
+    "torch is imported by the warm process after it forked the first kernel, and the kernels forked after that have it."
+    warm = WarmKernels(imports=("ipykernel.kernelapp",), later=("torch",))
+    first = _kernel(warm, tmp_path)
+    assert not _maps_torch(first.pid)                 # its launch did not wait for torch
+    end = time.monotonic() + 60
+    while not _maps_torch(warm.process.pid) and time.monotonic() < end: time.sleep(0.1)
+    assert _maps_torch(warm.process.pid)
+    second = warm.fork([sys.executable, "-m", "ipykernel_launcher", "-f", str(tmp_path / "k2.json")], dict(os.environ), str(tmp_path))
+    assert _maps_torch(second.pid)
+    warm.close()
+    assert first.wait(timeout=10) == second.wait(timeout=10) == -1
+
+
+def _forks(monkeypatch) -> list:
+    "What each launch of this process's runs got from its warm process (a kernel, or None: started fresh)."
+    seen = []
+    def fork(self, *args, **kw):
+        seen.append((self.process and self.process.pid, kernel := original(self, *args, **kw)))
+        if kernel is not None: seen[-1] = (self.process.pid, kernel)
+        return kernel
+    original = WarmKernels.fork
+    monkeypatch.setattr(WarmKernels, "fork", fork)
+    return seen
+
+
+def test_a_process_that_runs_again_keeps_its_warm_process(tmp_path, monkeypatch):
+    "One-stage runs: the second in a process forks its kernel, as every run after it does from the same warm process;"
+    " another environment gets a new warm process once the old one's kernels have ended."
+    monkeypatch.delenv(FRESH_KERNELS, raising=False)
+    seen, config = _forks(monkeypatch), profile_config("smoke")
+    def run(name):
+        ok, _ = run_pipeline(config, run_id=name, runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", only=["prepare"])
+        assert ok
+    run("a"), run("b"), run("c")
+    (warm_b, kernel_b), (warm_c, kernel_c) = seen[-2:]   # the first run of a process has none if it has one stage
+    assert kernel_b is not None and kernel_c is not None and warm_b == warm_c == kernels._PROCESS_WARM.process.pid
+    monkeypatch.setenv("MACD_NB_TEST_OTHER_ENV", "1")
+    run("d")
+    warm_d, kernel_d = seen[-1]
+    assert kernel_d is not None and warm_d != warm_c and not psutil.pid_exists(warm_c)

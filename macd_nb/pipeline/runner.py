@@ -30,7 +30,7 @@ from ..core.config import RunConfig, read_config, save_config
 from ..core.rundir import (ARTIFACT_FOLDERS, CorruptArtifact, LEDGER, corrupt_files, file_lock, read_json, recorded_hashes,
                                  sha256_file, write_json, write_manifest)
 from ..export.summary import format_number
-from .kernels import WarmKernels, kill_family, listens_under, warm_kernel_manager
+from .kernels import TORCH_IMPORTS, WarmKernels, kill_family, listens_under, run_warm_kernels, warm_kernel_manager
 from .report import write_report
 from ..core.stages import Stage, default_nbs_dir, select_stages, stacking_inputs, stage_named, stage_names, stages_reading
 
@@ -410,9 +410,9 @@ def _run_stages(config, stages, previous, run_id, run_dir, report_dir, nbs_dir, 
     resume_command = resume_command_for(run_id, runs_root, reports_root)
     refresh = lambda: write_status(report_dir, run_id, records, resume_command)
     overall = tqdm(total=len(stages), desc=f"run {run_id}", unit="stage")
-    # one stage gains nothing from a warm process, whose start costs what a kernel's imports do (a run of bad data
-    # refused by `prepare` would pay it for nothing)
-    warm = WarmKernels() if len(stages) > 1 else None
+    warm = run_warm_kernels(len(stages))   # this process's, kept for its next run; none for a lone one-stage run
+    if warm and any(stage.kind == "sequence" for stage in stages):   # the networks' stages (and their export) use torch
+        warm.later = list(dict.fromkeys([*warm.later, *TORCH_IMPORTS]))
     try:
         ok = _stage_loop(config, stages, records, previous, run_dir, report_dir, nbs_dir, refresh, overall, keep_going, warm)
     except Interrupted as stop:   # SIGINT or SIGTERM: say where it stopped and how to go on; completed stages are kept
@@ -423,8 +423,6 @@ def _run_stages(config, stages, previous, run_id, run_dir, report_dir, nbs_dir, 
         overall.close()
         stop.stage, stop.resume_command = running and running["name"], resume_command
         raise
-    finally:
-        if warm: warm.close()
     overall.close()
     # a file the previous manifest declared, deleted outside this run's stages (--only), stays declared: the manifest
     # is rewritten only from a run directory that verifies, so it can never forget a missing file
