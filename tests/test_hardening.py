@@ -559,11 +559,17 @@ def test_after_an_interrupt_the_command_ends_even_when_a_library_thread_would_ho
         import macd_nb.pipeline.cli as cli
         threading.Thread(target=time.sleep, args=(600,)).start()   # not a daemon: a normal exit would wait for it
         cli.main = lambda: int(sys.argv[1])
-        cli.console()""")
+        try: cli.console()
+        finally: print("console returned", flush=True)""")
     ended = subprocess.run([sys.executable, "-c", script, str(128 + signal.SIGTERM)], capture_output=True, text=True, timeout=60)
     assert ended.returncode == 128 + signal.SIGTERM, ended.stderr
-    with pytest.raises(subprocess.TimeoutExpired):   # any other exit code exits normally, waiting for the thread
-        subprocess.run([sys.executable, "-c", script, "1"], capture_output=True, text=True, timeout=10)
+    assert "console returned" not in ended.stdout   # it left at once, without unwinding into the wait for the thread
+    normal = subprocess.Popen([sys.executable, "-c", script, "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:   # any other exit code returns from the console script normally, and the interpreter then waits for the thread
+        assert normal.stdout.readline() == "console returned\n", normal.stderr.read()
+        with pytest.raises(subprocess.TimeoutExpired): normal.wait(timeout=3)
+    finally:
+        normal.kill(), normal.wait()
 
 
 def test_resume_repairs_a_deleted_ledger_and_never_forgets_a_deleted_file(tmp_path):
