@@ -171,3 +171,26 @@ def test_a_process_that_runs_again_keeps_its_warm_process(tmp_path, monkeypatch)
     run("d")
     warm_d, kernel_d = seen[-1]
     assert kernel_d is not None and warm_d != warm_c and not psutil.pid_exists(warm_c)
+
+
+def _pidfds(pid: int) -> int:
+    "How many pidfds process `pid` holds open."
+    folder = Path(f"/proc/{pid}/fd")
+    return sum(os.readlink(fd) == "anon_inode:[pidfd]" for fd in folder.iterdir() if fd.is_symlink())
+
+
+def test_the_warm_process_forgets_the_kernels_that_ended(tmp_path):
+    "It keeps a pidfd for each kernel still running and drops those of the ones that ended: the pid of an ended kernel"
+    " may be another process's by now, and closing the warm process must not kill that process's group."
+    warm = WarmKernels(imports=("ipykernel.kernelapp",))
+    ended = [_kernel(warm, tmp_path / str(i)) for i in range(3) if (tmp_path / str(i)).mkdir() is None]
+    for kernel in ended:
+        kernel.kill()
+        end = time.monotonic() + 10   # gone, every thread of it (its leader may show as a zombie a moment before)
+        while Path(f"/proc/{kernel.pid}").exists() and time.monotonic() < end: time.sleep(0.02)
+    assert _pidfds(warm.process.pid) == 3
+    (tmp_path / "last").mkdir()
+    last = _kernel(warm, tmp_path / "last")   # a launch drops what it knows of the three ended kernels first
+    assert _pidfds(warm.process.pid) == 1
+    warm.close()
+    assert last.wait(timeout=10) == -1

@@ -92,6 +92,10 @@ class WarmKernels:
         self.imports, self.timeout, self.process, self.key, self.forked = imports, timeout, None, None, {}
         self.later, self._lock, self._pending = list(later), threading.Lock(), None
 
+    def import_later(self, *modules: str) -> None:
+        "Have the warm process also import `modules` (once each), while a kernel it forked works."
+        self.later = list(dict.fromkeys([*self.later, *modules]))
+
     def _start(self, interpreter: list[str], env: dict) -> None:
         requests, self._requests = os.pipe()
         self._replies, replies = os.pipe()
@@ -189,7 +193,15 @@ def warm_main(requests: int, replies: int, imports: list[str]) -> None:
         os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     for name in imports: importlib.import_module(name)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # the system reaps the forked kernels: no zombies
-    forked, warm, later = [], os.getpid(), []
+    # pid -> pidfd of each kernel still running. The pid of one that ended is free for the system to give to another
+    # process, so an ended kernel is forgotten (its pidfd, readable once it ends, says so) and never signalled
+    forked, warm, later = {}, os.getpid(), []
+
+    def running() -> dict[int, int]:
+        "`forked`, less the kernels that ended (their pidfds closed)."
+        for pid in [pid for pid, fd in forked.items() if select.select([fd], [], [], 0)[0]]: os.close(forked.pop(pid))
+        return forked
+
     with os.fdopen(requests) as lines, os.fdopen(replies, "w") as out:
         while True:
             while later and not select.select([lines], [], [], 0)[0]: importlib.import_module(later.pop(0))
@@ -197,14 +209,16 @@ def warm_main(requests: int, replies: int, imports: list[str]) -> None:
             if not line: break
             request = json.loads(line)
             later += [name for name in request.pop("later") if name not in sys.modules and name not in later]
+            running()
             pid = os.fork()
             if pid == 0:
-                lines.close(), out.close()
+                lines.close(), out.close(), [os.close(fd) for fd in forked.values()]
                 _become_kernel(warm, **request)
-            forked.append(pid)
+            try: forked[pid] = os.pidfd_open(pid)
+            except ProcessLookupError: pass   # it ended already, and was reaped
             out.write(json.dumps({"pid": pid}) + "\n")
             out.flush()
-    for pid in forked:   # the runner is done or gone, and so are its kernels (each leads a process group)
+    for pid in running():   # the runner is done or gone, and so are its kernels (each leads a process group)
         try: os.killpg(pid, signal.SIGKILL)
         except OSError: pass
 

@@ -412,7 +412,7 @@ def _run_stages(config, stages, previous, run_id, run_dir, report_dir, nbs_dir, 
     overall = tqdm(total=len(stages), desc=f"run {run_id}", unit="stage")
     warm = run_warm_kernels(len(stages))   # this process's, kept for its next run; none for a lone one-stage run
     if warm and any(stage.kind == "sequence" for stage in stages):   # the networks' stages (and their export) use torch
-        warm.later = list(dict.fromkeys([*warm.later, *TORCH_IMPORTS]))
+        warm.import_later(*TORCH_IMPORTS)
     try:
         ok = _stage_loop(config, stages, records, previous, run_dir, report_dir, nbs_dir, refresh, overall, keep_going, warm)
     except Interrupted as stop:   # SIGINT or SIGTERM: say where it stopped and how to go on; completed stages are kept
