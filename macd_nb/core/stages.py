@@ -23,7 +23,7 @@ class Stage:
     writes: tuple[str, ...] = ()     # run-directory paths; `{tf}` stands for each timeframe
     model: str | None = None         # the model tag of a model stage: its files are `{model}_{tf}.*`
     reads: tuple[str, ...] = ()      # setting groups it reads besides EVERY_STAGE_READS (`config.setting_group`)
-    kind: str | None = None          # a model stage's kind of model: which metadata it carries (`REQUIRED_METADATA`)
+    kind: str | None = None          # a model stage's kind of model: which metadata it carries (`SERVED_KINDS`)
     family: str | None = None        # "module:NAME" of its `ServedFamily`, when its model is exported and served
 
     def expected_files(self, timeframes: list[str]) -> list[str]:

@@ -10,18 +10,20 @@ from pathlib import Path
 
 from ..core.rundir import read_json, sha256_file, write_json
 from ..core.stages import STAGES, stage_named
-from ..core.served_model import REQUIRED_METADATA, model_kind
+from ..core.served_model import served_kind
 
 # %% ../../nbs/export/03_validate.ipynb #fde3e883
 def _row(artifact: str, ok: bool, reason: str = "") -> dict:
     return {"artifact": artifact, "ok": bool(ok), "reason": "" if ok else reason}
 
 # %% ../../nbs/export/03_validate.ipynb #15874fb9
-def _metadata_row(run_dir: Path, name: str, record_path: str, kind: str) -> dict:
-    "Whether the metadata of one model has every required key."
+def _metadata_row(run_dir: Path, name: str, timeframe: str) -> dict:
+    "Whether the metadata of model `name`, where its kind keeps it, has every key its kind requires."
+    kind = served_kind(name)
+    record_path = kind.metadata_file(name, timeframe)
     path = run_dir / record_path
     if not path.exists(): return _row(f"{record_path} (metadata)", False, "missing")
-    absent = [k for k in REQUIRED_METADATA[kind] if k not in read_json(path)]
+    absent = [k for k in kind.required if k not in read_json(path)]
     return _row(f"{record_path} (metadata of {name})", not absent, f"missing keys {absent}")
 
 # %% ../../nbs/export/03_validate.ipynb #c6dc3792
@@ -35,10 +37,7 @@ def validate_run(run_dir: str | Path, timeframes: list[str]) -> list[dict]:
             written = [w.format(tf=tf) for w in stage.writes]
             if not any((run_dir / w).exists() for w in written if w.startswith("results/")): continue   # the stage did not run
             rows += [_row(w, (run_dir / w).exists(), "missing") for w in written]
-            if stage.model and stage.model != "stacking":
-                kind = model_kind(stage.model)
-                record = f"models/{stage.model}_{tf}.json" if kind == "sequence" else f"results/{stage.model}_{tf}.json"
-                rows.append(_metadata_row(run_dir, stage.model, record, kind))
+            if stage.kind: rows.append(_metadata_row(run_dir, stage.model, tf))   # a served model's stage
     for tf in timeframes:
         stacking = results / f"stacking_{tf}.json"
         if not stacking.exists(): continue
@@ -46,7 +45,7 @@ def validate_run(run_dir: str | Path, timeframes: list[str]) -> list[dict]:
             rows.append(_row(f"models/stacking_meta_{tf}.json", True) | {"reason": f"skipped: {read_json(stacking)['skipped']}"})
             continue
         meta_path = f"models/stacking_meta_{tf}.json"
-        rows.append(_metadata_row(run_dir, "stacking_meta", meta_path, "meta"))
+        rows.append(_metadata_row(run_dir, "stacking_meta", tf))
         if (run_dir / meta_path).exists():
             for base in read_json(run_dir / meta_path)["base_models"]:
                 if not base["files"]: rows.append(_row(f"{base['model']} (bundle)", False, "no model file bundled"))

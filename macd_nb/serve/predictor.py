@@ -15,7 +15,7 @@ import pandas as pd
 from ..core.features import OPTIONAL_INPUTS
 from ..core.rundir import read_json, sha256_file, verify_artifact
 from ..core.registry import RegistryError, alias_target, default_registry_dir, read_alias
-from ..core.served_model import REQUIRED_METADATA, model_kind
+from ..core.served_model import served_kind
 
 # %% ../../nbs/serve/01_predictor.ipynb #b8759f14
 GOLDEN_TOLERANCE = 1e-5
@@ -92,19 +92,15 @@ class MLPredictor:
     def models(self) -> list[str]: return [*self.meta["inputs"], "stacking_meta"]
 
     def metadata(self, name: str) -> dict:
-        "The metadata of one model (read once): the meta file, a network's JSON, or a tree's result record."
+        "The metadata of one model (read once): the meta file, a network's JSON, a tree's result record (`served_kind`)."
         if name not in self._metadata:
-            kind = model_kind(name)
-            if kind == "meta": self._metadata[name] = self.meta
-            else:
-                folder = "models" if kind == "sequence" else "results"
-                self._metadata[name] = read_json(self.verified(f"{folder}/{name}_{self.timeframe}.json"))
+            self._metadata[name] = read_json(self.verified(served_kind(name).metadata_file(name, self.timeframe)))
         return self._metadata[name]
 
     def feature_rows(self, models: list[str] | None = None) -> int:
         "Bars of features one prediction of `models` (default: the stacked model's inputs) reads: a sequence's length, else 1."
         names = self.meta["inputs"] if models is None else models
-        return max([self.metadata(m)["sequence_length"] for m in names if model_kind(m) == "sequence"], default=1)
+        return max([served_kind(m).rows(self.metadata(m)) for m in names], default=1)
 
     def required_inputs(self, models: list[str] | None = None) -> dict[str, list[str]]:
         "Base model -> the optional kline columns (the run's `feature_inputs`) its features are built on."
@@ -158,21 +154,24 @@ class MLPredictor:
             more = f" and {len(undefined) - 5} more" if len(undefined) > 5 else ""
             raise ValueError(f"{name}: feature(s) {undefined[:5]}{more} {kind} on row {table.index[-1]}; "
                              "the model was never trained on such a row: compute the row again from the bars")
-        if model_kind(name) == "sequence":
+        if served_kind(name).windowed:
             length = meta["sequence_length"]
             if len(table) < length: raise ValueError(f"{name} needs {length} bars of features, got {len(table)}")
             return standardize(features[-length:], meta["scaler"])[None]
         dtype = np.float64 if "double" in self.session(name).get_inputs()[0].type else np.float32
         return features[-1:].astype(dtype)
 
+    def base_probability(self, name: str, table: pd.DataFrame, values: np.ndarray | None = None) -> float:
+        "P(up) of one base model (its main head) for the last bar of `table`."
+        session = self.session(name)
+        out = session.run(None, {session.get_inputs()[0].name: self.base_input(name, table, values)})[0]
+        return float(out[0, served_kind(name).head(self.metadata(name))])
+
     def predict(self, table: pd.DataFrame | pd.Series) -> dict:
         "P(up) of the stacked model and of each base model for the last bar of `table` (recent rows, oldest first; a Series: one row)."
         table = checked_table(table)
         base, values = {}, numeric_values(table)
-        for name in self.meta["inputs"]:
-            head = self.metadata(name)["main_head_index"] if model_kind(name) == "sequence" else 0
-            session = self.session(name)
-            base[name] = float(session.run(None, {session.get_inputs()[0].name: self.base_input(name, table, values)})[0][0, head])
+        for name in self.meta["inputs"]: base[name] = self.base_probability(name, table, values)
         stacked = self.session("stacking_meta").run(None, {"p_base": np.array([[base[m] for m in self.meta["inputs"]]])})[0]
         return {"bar": str(table.index[-1]), "p_up": float(stacked[0, 0]), "models": base, "alias": self.alias,
                 "run": self.pointer["run"], "version": self.pointer["version"]}
@@ -212,7 +211,7 @@ def _check_model(predictor: MLPredictor, name: str) -> dict:
     changed = [f for f in files.values() if predictor.manifest.get(f, {}).get("sha256") != sha256_file(predictor.run_root / f)]
     checks["sha256_matches_manifest"] = (not changed, f"{changed} differ from the manifest (or are not in it)" if changed else "")
     try:
-        absent = [k for k in REQUIRED_METADATA[model_kind(name)] if k not in predictor.metadata(name)]
+        absent = [k for k in served_kind(name).required if k not in predictor.metadata(name)]
         checks["metadata_complete"] = (not absent, f"missing keys {absent}" if absent else "")
     except (OSError, ValueError) as error:
         checks["metadata_complete"] = (False, f"unreadable metadata: {error}")

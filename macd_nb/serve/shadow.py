@@ -22,7 +22,6 @@ from ..core.config import TIMEFRAME_DELTA, RunConfig, profile_config, utc
 from ..core.data import load_bars, resample_bars
 from ..core.registry import RegistryError, read_alias
 from ..core.rundir import read_json
-from ..core.served_model import model_kind
 from .binance import StopSignal, Stopped, fetch_klines
 from .stream import ImplausibleBar, StreamingFeatures
 from .log import LogWriteFailed, PredictionLog
@@ -81,10 +80,7 @@ class Served:
 
     def single(self, name: str, table: pd.DataFrame) -> float:
         "P(up) of one base model on the last row of `table`."
-        p = self.predictor
-        session = p.session(name)
-        head = p.metadata(name)["main_head_index"] if model_kind(name) == "sequence" else 0
-        return float(session.run(None, {session.get_inputs()[0].name: p.base_input(name, table)})[0][0, head])
+        return self.predictor.base_probability(name, table)
 
     def predict(self, table: pd.DataFrame) -> tuple[float, dict, str | None]:
         "(final P(up), every model's P(up), the fallback used or None)."
