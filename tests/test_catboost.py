@@ -66,3 +66,19 @@ def test_onnx_parity_on_every_real_row_flips_no_decision(tmp_path):
     result = parity(native, onnx_session(model).run(None, {"features": x})[0])
     assert result["passed"] and result["flips"] == 0 and result["n"] == len(table) > 3000, result
     assert not parity(native, onnx_session(perturbed(model)).run(None, {"features": x})[0])["passed"]   # it can fail
+
+
+def test_the_same_trees_are_saved_as_the_same_bytes(tmp_path):
+    "CatBoost writes a random model id and its finish time into every model; the saved file, and so the manifest, the"
+    " ONNX file and the package, must not change with them."
+    from catboost import CatBoostClassifier
+    from macd_nb.models.catboost import catboost_to_onnx, save_catboost_model
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4))
+    y = (X[:, 0] + rng.normal(size=300) > 0).astype(int)
+    saved = []
+    for name in ("a", "b"):
+        model = CatBoostClassifier(iterations=20, depth=3, random_seed=0, thread_count=1, verbose=0).fit(X, y)
+        saved.append(save_catboost_model(model, tmp_path / f"{name}.cbm").read_bytes())
+        saved.append(catboost_to_onnx(CatBoostClassifier().load_model(str(tmp_path / f"{name}.cbm"))).SerializeToString())
+    assert saved[0] == saved[2] and saved[1] == saved[3]

@@ -12,7 +12,8 @@ import xgboost as xgb
 
 from macd_nb.core.config import profile_config
 from macd_nb.core.rundir import sha256_file
-from macd_nb.export.onnx import onnx_session, parity, perturbed, run_export, stacking_to_onnx
+from macd_nb.export.onnx import onnx_session, parity, perturbed, run_export
+from macd_nb.models.stacking import stacking_to_onnx
 from macd_nb.models.lgb import lightgbm_to_onnx
 from macd_nb.models.sequences import sequence_to_onnx
 from macd_nb.models.xgb import xgboost_to_onnx

@@ -125,20 +125,23 @@ def test_the_import_check_can_fail():
 
 
 def served_tags_named(source: str) -> list[str]:
-    "Every string constant in `source` that is the tag of a served model (a stage with a family): a switch on it."
-    tags = {s.model for s in STAGES if s.family}
+    "Every string constant in `source` that is the tag of a served base model (a model stage with a family): a switch on it."
+    tags = {s.model for s in STAGES if s.family and s.kind}
     return sorted({n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and n.value in tags})
 
 
 def test_every_served_family_is_declared_by_its_model_module():
-    "A stage's family is a ServedFamily in macd_nb.models (its notebook); export and serve never name a model tag."
+    "A stage's family is a ServedFamily (a base model) or a CombinerFamily (the stacked meta-learner, the fusion MLP) in"
+    " macd_nb.models (its notebook); export and serve never name a base model's tag."
     import importlib
-    from macd_nb.core.served_model import ServedFamily
+    from macd_nb.core.served_model import CombinerFamily, ServedFamily
     families = {s.name: s.family for s in STAGES if s.family}
-    assert set(families) >= {"lgb", "cross_asset", "xgb", "lstm", "tft"}
+    assert set(families) >= {"lgb", "cross_asset", "xgb", "lstm", "tft", "catboost", "stacking", "fusion"}
     for stage, family in families.items():
         module, name = family.split(":")
-        assert module.startswith("macd_nb.models.") and isinstance(getattr(importlib.import_module(module), name), ServedFamily)
+        declared = getattr(importlib.import_module(module), name)
+        assert module.startswith("macd_nb.models.") and isinstance(declared, CombinerFamily if stage in ("stacking", "fusion")
+                                                                    else ServedFamily), (stage, declared)
     named = {f"{p.parent.name}/{p.name}": served_tags_named(p.read_text()) for layer in ("export", "serve")
              for p in sorted((ROOT / "macd_nb" / layer).glob("*.py"))}
     assert {module: tags for module, tags in named.items() if tags} == {}

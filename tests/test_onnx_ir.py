@@ -8,7 +8,9 @@ import pytest
 import xgboost as xgb
 
 from macd_nb.core.served_model import ONNX_IR_VERSION, portable
-from macd_nb.export.onnx import fusion_to_onnx, onnx_session, stacking_to_onnx
+from macd_nb.export.onnx import onnx_session
+from macd_nb.models.fusion import fusion_to_onnx
+from macd_nb.models.stacking import stacking_to_onnx
 from macd_nb.models.lgb import lightgbm_to_onnx
 from macd_nb.models.sequences import sequence_to_onnx
 from macd_nb.models.xgb import xgboost_to_onnx

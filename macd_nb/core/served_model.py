@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['SERVED_KINDS', 'ONNX_IR_VERSION', 'PSI_BINS', 'BINNING', 'ServedKind', 'model_kind', 'served_kind', 'LoadedModel',
-           'ServedFamily', 'portable', 'up_class_output', 'bin_shares', 'reference_bins']
+           'ServedFamily', 'CombinerFamily', 'portable', 'up_class_output', 'logit_graph', 'bin_shares',
+           'reference_bins']
 
 # %% ../../nbs/core/13_served_model.ipynb #4cf89e1f
 from collections.abc import Callable
@@ -67,6 +68,15 @@ class ServedFamily:
     predict: Callable[..., Callable]            # LoadedModel -> native P(up) of an input array, (n, heads), one thread
     to_onnx: Callable[..., tuple]               # LoadedModel -> (the ONNX model, how it was made)
 
+# %% ../../nbs/core/13_served_model.ipynb #9d769991
+@dataclass(frozen=True)
+class CombinerFamily:
+    "A served model fed with other models' P(up) (the stacked meta-learner, the fusion MLP); declared in its notebook."
+    model: str                                 # its tag: weights in `models/{model}_{tf}.json`, its ONNX file beside them
+    inputs: Callable[..., np.ndarray | None]   # (run dir, weights, timeframe, base P(up) by tag) -> input rows; None: not fed
+    predict: Callable[..., Callable]           # weights -> native P(up) (n, 1) of an input array
+    to_onnx: Callable[..., tuple]              # weights -> (the ONNX model, how it was made)
+
 # %% ../../nbs/core/13_served_model.ipynb #8c487540
 # The IR version every exported file carries: onnxruntime 1.18, the oldest the project accepts, reads up to 10. A newer
 # onnx writes a newer one by default (1.23: 14), which an older runtime refuses ("Unsupported model IR version: 14, max
@@ -93,6 +103,22 @@ def up_class_output(model, probabilities: str, opset: int = 15):
     del model.graph.output[:]
     model.graph.output.append(helper.make_tensor_value_info("p_up", TensorProto.FLOAT, [None, 1]))
     return model
+
+# %% ../../nbs/core/13_served_model.ipynb #efe70ab5
+def logit_graph(name: str, source: str, n_inputs: int, steps: list, constants: dict, opset: int = 17):
+    """A checked float64 ONNX model named `name` of probabilities: its input `source` (n, `n_inputs`) is clipped to
+    [1e-6, 1 - 1e-6] and turned into logits, as `macd_nb.models.stacking.to_logit` does, then `steps` ((op, inputs,
+    output) nodes; `constants` their initializers) lead to `p_up` (n, 1). The meta-learner and fusion MLP are such graphs."""
+    from onnx import TensorProto, helper, numpy_helper
+    logits = [("Clip", [source, "low", "high"], "clipped"), ("Sub", ["one", "clipped"], "q"), ("Div", ["clipped", "q"], "odds"),
+              ("Log", ["odds"], "logits")]
+    constants = {"low": np.array(1e-6), "high": np.array(1 - 1e-6), "one": np.array(1.0)} | constants
+    graph = helper.make_graph(
+        [helper.make_node(op, inputs, [output]) for op, inputs, output in logits + steps], name,
+        [helper.make_tensor_value_info(source, TensorProto.DOUBLE, [None, n_inputs])],
+        [helper.make_tensor_value_info("p_up", TensorProto.DOUBLE, [None, 1])],
+        initializer=[numpy_helper.from_array(np.asarray(v, dtype=np.float64), key) for key, v in constants.items()])
+    return portable(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="macd_nb"))
 
 # %% ../../nbs/core/13_served_model.ipynb #77891b70
 PSI_BINS = 10

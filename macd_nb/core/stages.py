@@ -24,7 +24,7 @@ class Stage:
     model: str | None = None         # the model tag of a model stage: its files are `{model}_{tf}.*`
     reads: tuple[str, ...] = ()      # setting groups it reads besides EVERY_STAGE_READS (`config.setting_group`)
     kind: str | None = None          # a model stage's kind of model: which metadata it carries (`SERVED_KINDS`)
-    family: str | None = None        # "module:NAME" of its `ServedFamily`, when its model is exported and served
+    family: str | None = None        # "module:NAME" of its `ServedFamily` or `CombinerFamily`, when its model is served
 
     def expected_files(self, timeframes: list[str]) -> list[str]:
         "The run-directory paths this stage writes for `timeframes`."
@@ -59,11 +59,11 @@ STAGES: tuple[Stage, ...] = (
                 reads=("gbm",), family="macd_nb.models.catboost:CATBOOST"),
     Stage("diagnostics", "1.7", "Base-model diagnostics", "models/09_diagnostics.ipynb", ("results/diagnostics_{tf}.json",)),
     Stage("stacking", "2", "Stacking ensemble", "models/10_stacking.ipynb", ("results/stacking_{tf}.json",), "stacking",
-          ("stacking",)),
+          ("stacking",), family="macd_nb.models.stacking:STACKED_META"),
     Stage("backtest", "2.1", "Economic evaluation after costs", "models/11_backtest.ipynb", ("results/backtest_{tf}.json",),
           reads=("backtest",)),
     Stage("fusion", "2.2", "Multi-timeframe fusion", "models/12_fusion.ipynb", ("results/mtf_fusion_1h.json",),
-          reads=("stacking",)),
+          reads=("stacking",), family="macd_nb.models.fusion:FUSION_MLP"),
     Stage("export", "3", "ONNX export", "export/01_onnx.ipynb", ("results/export_{tf}.json",), reads=("nn",)),
     Stage("validate", "4.1", "Validation of the artifacts", "export/03_validate.ipynb", ("results/validation.json",)),
     Stage("package", "4.2", "Deterministic package", "export/04_package.ipynb", ("results/package.json",)),
