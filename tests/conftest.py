@@ -83,6 +83,28 @@ def real_market(shared_data):
     return config, market
 
 
+# --- the deployable run the serving tests share --------------------------------------------------------------------------
+
+DEPLOYABLE_STAGES = ["prepare", "lgb", "xgb", "lstm", "stacking", "export"]
+# a smoke run is too short to pass the deployment gates honestly: they are lowered here, and only here. The shipped
+# models are the refits that scored the test period (`serve_window: validated`), so their predictions are on file
+DEPLOYABLE_SETTINGS = dict(stacking_base_models=["lgb", "xgb", "lstm"], stacking_oof_auc=0.0, stacking_min_oof={},
+                           serve_window="validated")
+
+
+@pytest.fixture(scope="session")
+def deployable_run():
+    """`copy(dest, **changes)`: a copy at `dest` of the one deployable smoke run the serving tests share: LightGBM,
+    XGBoost and the LSTM on the smoke profile's inputs (taker volume and trade counts included), stacked and exported.
+    It is built once for every test process (`macd_nb.pipeline.examples`, keyed by its settings and the library's
+    sources); each test module copies it into a folder of its own and promotes it into a registry of its own.
+    `changes` (flat settings) make a variant, built once too: `feature_inputs=[]` for the real klines, which lack the
+    taker columns after 2024-07."""
+    from macd_nb.pipeline.examples import example_run
+    return lambda dest, **changes: example_run(dest, "smoke", DEPLOYABLE_STAGES, run_id="three_bases",
+                                               **DEPLOYABLE_SETTINGS | changes)
+
+
 # --- helpers several test modules share -------------------------------------------------------------------------------
 
 def tree_digest(*folders: Path) -> dict[str, str]:

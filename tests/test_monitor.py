@@ -230,40 +230,32 @@ def test_limits_are_checked_and_the_summary_needs_no_files():
                            "n_boot", "seed"}
 
 
-def test_a_real_exported_run_is_monitored_against_its_own_reference(tmp_path):
-    "A smoke run of LightGBM and XGBoost, stacked, exported and promoted: rows of its training window logged as served."
-    from macd_nb.core.config import profile_config
-    from macd_nb.core.prepare import load_table, prepare_run
-    from macd_nb.export.onnx import run_export
-    from macd_nb.models.lgb import run_lgb
-    from macd_nb.models.stacking import run_stacking
-    from macd_nb.models.xgb import run_xgb
+def test_a_real_exported_run_is_monitored_against_its_own_reference(tmp_path, deployable_run):
+    "The shared deployable smoke run (LightGBM, XGBoost, the LSTM, stacked, exported) promoted: rows of its training"
+    " window logged as served."
+    from macd_nb.core.prepare import load_table
     from macd_nb.serve import MLPredictor
-    run_dir, registry = tmp_path / "run_r", tmp_path / "registry"
     # the shipped models are the validated refits, whose held-out predictions are the reference: served again, they
     # must reproduce it (with `serve_window: newest` the test bars are inside the shipped models' window)
-    config = profile_config("smoke", stacking_base_models=["lgb", "xgb"], stacking_oof_auc=0.0, stacking_min_oof={},
-                            serve_window="validated")
-    prepare_run(config, run_dir)
-    run_lgb(config, run_dir), run_xgb(config, run_dir), run_stacking(config, run_dir), run_export(config, run_dir)
-    write_manifest(run_dir)
+    run_dir, registry = deployable_run(tmp_path / "run_r"), tmp_path / "registry"
     promote(registry, run_dir, "1h", why="test")
     predictor = MLPredictor("1h", registry)
     reference = json.loads((predictor.run_root / "models" / "drift_reference_1h.json").read_text())
     table, _ = load_table(run_dir, "1h")
     window = table.loc[reference["feature_rows"]["first_bar"]:reference["feature_rows"]["last_bar"]]
     assert len(window) == reference["feature_rows"]["n_rows"]
-    rng = np.random.default_rng(9)
+    rng, rows = np.random.default_rng(9), predictor.feature_rows()   # a prediction reads `rows` bars (the LSTM's window)
     def logged(name: str, bars) -> dict:
         log = PredictionLog(tmp_path / f"{name}.sqlite")
         for bar in bars:
-            out = predictor.predict(table.loc[:bar].iloc[-5:])
+            out = predictor.predict(table.loc[:bar].iloc[-rows:])
             log.record(symbol="BTCUSDT", timeframe="1h", bar_time=bar, alias="1h", model_version=1, run="run_r",
                        p_up=out["p_up"], models=out["models"] | {"stacking": out["p_up"]}, fallback=None, latency_ms=1.0,
                        features=table.loc[bar, list(reference["features"])], horizon=1)
         log.close()
         return _summary(registry, tmp_path / f"{name}.sqlite", tmp_path / name)
-    train = logged("train", np.sort(rng.choice(window.index, size=400, replace=False)))   # a random sample of the training rows
+    servable = window.index[window.index >= table.index[rows - 1]]
+    train = logged("train", np.sort(rng.choice(servable, size=400, replace=False)))   # a random sample of the training rows
     drift = train["drift"]
     assert set(drift["features"]) == set(reference["features"]) and drift["not_logged"] == []
     assert np.median(list(drift["features"].values())) < 0.05 and max(drift["features"].values()) < 0.25, drift["features"]

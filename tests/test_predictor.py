@@ -11,19 +11,15 @@ from macd_nb.core.prepare import load_table
 from macd_nb.core.registry import promote
 from macd_nb.core.rundir import sha256_file
 from macd_nb.pipeline.cli import main
-from macd_nb.pipeline.examples import example_run
 from macd_nb.serve import MLPredictor
 from macd_nb.serve.predictor import standardize
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    "A deployable smoke run (gates lowered) of LightGBM, XGBoost and the LSTM, stacked, exported and promoted to 1h."
+def served(tmp_path_factory, deployable_run):
+    "The shared deployable smoke run (LightGBM, XGBoost and the LSTM, stacked, exported), promoted to 1h."
     root = tmp_path_factory.mktemp("served")
-    registry = root / "registry"
-    run_dir = example_run(root / "run_s", "smoke", ["prepare", "lgb", "xgb", "lstm", "stacking", "export"], run_id="three_bases",
-                          stacking_base_models=["lgb", "xgb", "lstm"], stacking_oof_auc=0.0, stacking_min_oof={},
-                          serve_window="validated")   # ships the refits that scored the test period: their predictions are on file
+    registry, run_dir = root / "registry", deployable_run(root / "run_s")
     promote(registry, run_dir, "1h", why="test")
     return run_dir, registry
 

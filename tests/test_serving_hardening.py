@@ -29,15 +29,8 @@ from conftest import as_klines, tree_digest
 from macd_nb.core.config import profile_config
 from macd_nb.core.data import load_bars
 from macd_nb.core.klines import write_kline_dump
-from macd_nb.core.prepare import prepare_run
 from macd_nb.core.registry import audit_log, promote
-from macd_nb.core.rundir import write_manifest
-from macd_nb.export.onnx import run_export
 from macd_nb.export.package import build_package
-from macd_nb.models.lgb import run_lgb
-from macd_nb.models.lstm import run_lstm
-from macd_nb.models.stacking import run_stacking
-from macd_nb.models.xgb import run_xgb
 from macd_nb.serve.binance import KLINES_PATH
 
 from conftest import SHARED_DATA
@@ -88,19 +81,15 @@ def writable_again(folder: Path) -> None:
 # --- the served run -------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, deployable_run):
     """A deployable smoke run trained with the taker and trade-count inputs (as `macd-nb run --profile smoke` trains),
     promoted to 1h; its market as kline files; the same with those inputs empty over the last month (as the shared
     real klines are after 2024-07); a package; a prediction log of six bars."""
     root = tmp_path_factory.mktemp("serving")
     os.environ["MACD_NB_CACHE"] = str(root / "cache")
-    run_dir, registry, klines, blank = root / "run_s", root / "registry", root / "klines", root / "klines_no_taker"
-    config = profile_config("smoke", stacking_base_models=["lgb", "xgb", "lstm"], stacking_oof_auc=0.0, stacking_min_oof={})
-    assert config.data.feature_inputs == ["taker_buy_base", "trades"]
-    prepare_run(config, run_dir)
-    run_lgb(config, run_dir), run_xgb(config, run_dir), run_lstm(config, run_dir)
-    run_stacking(config, run_dir), run_export(config, run_dir)
-    write_manifest(run_dir)
+    run_dir, registry, klines, blank = deployable_run(root / "run_s"), root / "registry", root / "klines", root / "klines_no_taker"
+    config = profile_config("smoke")
+    assert config.data.feature_inputs == ["taker_buy_base", "trades"]   # what the shared run was trained with
     promote(registry, run_dir, "1h", why="test")
     market = load_bars("synthetic", symbols=config.data.symbols, n_bars=config.data.n_bars, seed=config.seed).bars
     klines.mkdir(), blank.mkdir()

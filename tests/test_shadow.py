@@ -15,15 +15,10 @@ from conftest import as_klines
 from macd_nb.core.config import profile_config
 from macd_nb.core.data import load_bars
 from macd_nb.core.klines import write_kline_dump
-from macd_nb.core.prepare import load_table, prepare_run
+from macd_nb.core.prepare import load_table
 from macd_nb.core.registry import promote
-from macd_nb.core.rundir import read_parquet, write_manifest
-from macd_nb.export.onnx import run_export
+from macd_nb.core.rundir import read_parquet
 from macd_nb.export.package import build_package
-from macd_nb.models.lgb import run_lgb
-from macd_nb.models.lstm import run_lstm
-from macd_nb.models.stacking import run_stacking
-from macd_nb.models.xgb import run_xgb
 from macd_nb.serve.log import PredictionLog
 from macd_nb.serve.shadow import replay_source, shadow
 
@@ -33,16 +28,12 @@ MACD_NB = str(Path(sys.executable).parent / "macd-nb")
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory):
-    "A deployable smoke run (LightGBM, XGBoost, LSTM, stacked) promoted to alias 1h, and its market as kline files."
+def deployed(tmp_path_factory, deployable_run):
+    """The shared deployable smoke run (LightGBM, XGBoost, LSTM, stacked) trained without the optional kline inputs (the
+    real klines lack them after 2024-07), promoted to alias 1h, and its market as kline files."""
     root = tmp_path_factory.mktemp("shadow")
-    run_dir, registry, klines = root / "run_s", root / "registry", root / "klines"
-    config = profile_config("smoke", stacking_base_models=["lgb", "xgb", "lstm"], stacking_oof_auc=0.0, stacking_min_oof={},
-                            feature_inputs=[], serve_window="validated")   # ships the refits whose test predictions are on file
-    prepare_run(config, run_dir)
-    run_lgb(config, run_dir), run_xgb(config, run_dir), run_lstm(config, run_dir)
-    run_stacking(config, run_dir), run_export(config, run_dir)
-    write_manifest(run_dir)
+    run_dir, registry, klines = deployable_run(root / "run_s", feature_inputs=[]), root / "registry", root / "klines"
+    config = profile_config("smoke")
     promote(registry, run_dir, "1h", why="test")
     klines.mkdir()
     market = load_bars("synthetic", symbols=config.data.symbols, n_bars=config.data.n_bars, seed=config.seed).bars
