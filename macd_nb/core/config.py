@@ -315,20 +315,26 @@ def date_range(start: str | None = None, end: str | None = None) -> tuple[pd.Tim
         past = _date("end", end) + (pd.Timedelta("1D") if whole_day else pd.Timedelta("1ns"))
     return (_date("start", start) if start is not None else None), past
 
-# %% ../../nbs/core/00_config.ipynb #c13a7bda
-def setting_problems(config: "RunConfig") -> list[Problem]:
-    "Every value of `config` that would fail deep inside a stage or quietly mean something else, and what to do."
-    d, v, s, b, values, problems = config.data, config.validation, config.stacking, config.backtest, config.to_flat(), []
+# %% ../../nbs/core/00_config.ipynb #b6ef9ec6
+class _Checks:
+    "The problems `setting_problems` has found so far, and its two ways of finding one."
+    def __init__(self): self.problems: list[Problem] = []
 
-    def need(ok: bool, keys: str, text: str):
-        if not ok: problems.append((tuple(keys.split()), text))
+    def need(self, ok: bool, keys: str, text: str) -> None:
+        "A problem with the settings `keys` (space-separated), said in `text`, unless `ok`."
+        if not ok: self.problems.append((tuple(keys.split()), text))
 
-    def names(key: str, given: list, known, hint: str = ""):
+    def names(self, key: str, given: list, known, hint: str = "") -> None:
+        "Setting `key` lists only `known` names, each once; an unknown one gets the nearest known name suggested."
         unknown = [name for name in given if name not in known]
         suggested = ", ".join(_suggest(name, list(known)) for name in unknown)
-        need(not unknown, key, f"{key}: unknown {suggested}; choose from {list(known)}{hint}")
-        need(not _twice(given), key, f"{key}={given} lists {_twice(given)} twice: list each once")
+        self.need(not unknown, key, f"{key}: unknown {suggested}; choose from {list(known)}{hint}")
+        self.need(not _twice(given), key, f"{key}={given} lists {_twice(given)} twice: list each once")
 
+# %% ../../nbs/core/00_config.ipynb #09daa252
+def _run_wide_problems(config: "RunConfig", values: dict, check: _Checks) -> None:
+    "Device, executor, the lower bounds of counts and sizes, the seed, the gates."
+    need, names = check.need, check.names
     need(config.device in DEVICES, "device", f"device={config.device!r} not in {DEVICES}")
     need(config.executor == "local" or config.executor.startswith("dask://"), "executor",
          f"executor={config.executor!r} must be 'local' or 'dask://HOST:PORT'")
@@ -339,7 +345,11 @@ def setting_problems(config: "RunConfig") -> list[Problem]:
     names("gates", list(config.gates), DEFAULT_GATES)
     need(all(0 <= g <= 1 for g in config.gates.values()), "gates", f"gates={config.gates}: each gate is an AUC in [0, 1]")
 
-    # which market, which bars
+# %% ../../nbs/core/00_config.ipynb #ce54e9b1
+def _market_problems(config: "RunConfig", values: dict, check: _Checks) -> None:
+    "Which market and which bars: source, symbols, target, timeframes, inputs, the synthetic market, dates, windows."
+    d, v = config.data, config.validation
+    need, names = check.need, check.names
     need(d.source.strip() != "", "data_source", "data_source='' names no data: use 'synthetic' or a folder of kline files")
     need(len(d.symbols) > 0, "symbols", "symbols=[] names no market: list at least the target, e.g. ['BTCUSDT']")
     odd = [symbol for symbol in d.symbols if not re.fullmatch(r"[A-Z0-9]+", symbol)]
@@ -370,7 +380,11 @@ def setting_problems(config: "RunConfig") -> list[Problem]:
         need(first < past, "start end",
              f"start={d.start!r} is after end={d.end!r}: the range holds no bars; swap them or correct the typo")
 
-    # labels, folds, intervals
+# %% ../../nbs/core/00_config.ipynb #d6c4e178
+def _label_problems(config: "RunConfig", values: dict, check: _Checks) -> None:
+    "Labels, folds and the test period: horizons, purge, the held-out and inner validation fractions."
+    v = config.validation
+    need = check.need
     need(len(v.horizons) > 0, "horizons", "horizons=[] must list at least one label horizon in bars, e.g. [1, 4, 12, 24]")
     need(all(h >= 1 for h in v.horizons), "horizons", f"horizons={v.horizons}: a label horizon is a number of bars >= 1")
     need(not _twice(v.horizons), "horizons", f"horizons={v.horizons} lists {_twice(v.horizons)} twice: list each once")
@@ -383,7 +397,11 @@ def setting_problems(config: "RunConfig") -> list[Problem]:
     need(0 < v.inner_valid_fraction < 0.5, "inner_valid_fraction",
          f"inner_valid_fraction={v.inner_valid_fraction} must be in (0, 0.5)")
 
-    # the models and what is made of them
+# %% ../../nbs/core/00_config.ipynb #d32f796d
+def _model_problems(config: "RunConfig", values: dict, check: _Checks) -> None:
+    "The models and what is made of them: learning rates, the boosters, stacking and its gates, the backtest."
+    s, b = config.stacking, config.backtest
+    need, names = check.need, check.names
     for key in ("gbm_learning_rate", "nn_learning_rate"):
         need(0 < values[key] <= 1, key, f"{key}={values[key]} must be in (0, 1], e.g. 0.05")
     g = config.gbm
@@ -407,7 +425,13 @@ def setting_problems(config: "RunConfig") -> list[Problem]:
          f"backtest_cost_grid_bp={b.cost_grid_bp} must list costs in [0, 10000) basis points")
     need(len(b.band_fractions) > 0 and all(0 < f <= 1 for f in b.band_fractions), "backtest_band_fractions",
          f"backtest_band_fractions={b.band_fractions} must be shares of bars in (0, 1]")
-    return problems
+
+# %% ../../nbs/core/00_config.ipynb #c1e0ef76
+def setting_problems(config: "RunConfig") -> list[Problem]:
+    "Every value of `config` that would fail deep inside a stage or quietly mean something else, and what to do."
+    check, values = _Checks(), config.to_flat()
+    for section in (_run_wide_problems, _market_problems, _label_problems, _model_problems): section(config, values, check)
+    return check.problems
 
 # %% ../../nbs/core/00_config.ipynb #256fa7ae
 def problem_message(problems: list[Problem], source: str = "settings", origins: dict[str, str] | None = None) -> str:
