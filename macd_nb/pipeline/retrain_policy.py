@@ -361,6 +361,42 @@ def _progress(items, show: bool, what: str):
     except ImportError: return items
     return tqdm(items, desc=what, unit="point")
 
+# %% ../../nbs/pipeline/04_retrain_policy.ipynb #260252d9
+def _policy_decisions(market: Market, schedule: RetrainSchedule, at_point: list[RecipeFit], evidence: WalkForwardEvidence,
+                      records: list[dict], gates: list[dict], *, comparison: str, boot: dict, monitor_limits: dict | None,
+                      margin: float) -> tuple[dict, dict]:
+    """Each policy's champion from retrain point to retrain point (indices into `schedule.points`, the first point's
+    model first) and what it decided at each, with why; each comparison and monitor reading is made once, for all."""
+    comparisons, monitors = {}, {}
+    def compare(c, k):
+        if (c, k) not in comparisons:
+            comparisons[c, k] = compare_on_same_bars(market, at_point[c], evidence, schedule.points[k],
+                                                     comparison=comparison, **boot)
+        return comparisons[c, k]
+    def monitor(c, k):
+        if (c, k) not in monitors:
+            monitors[c, k] = monitor_triggers(market, at_point[c], records[c], schedule.points[k], monitor_limits)
+        return monitors[c, k]
+    deployed = {p: [0] for p in POLICIES}
+    decisions = {p: [] for p in POLICIES}
+    for k in range(1, len(schedule.points)):
+        for policy in POLICIES:
+            entry = _decide(policy, deployed[policy][-1], k, compare, monitor, gates[k], margin)
+            deployed[policy].append(entry.pop("champion"))
+            decisions[policy].append({"at": str(schedule.points[k]), **entry,
+                                      "serving": str(schedule.points[deployed[policy][-1]])})
+    return deployed, decisions
+
+# %% ../../nbs/pipeline/04_retrain_policy.ipynb #aa316394
+def _recipe_record(config: RunConfig, market: Market, at_point: list[RecipeFit], threads: int) -> dict:
+    "What a retrain point fits: the served-model LightGBM recipe, its parameters, and each point's fit."
+    v = config.validation
+    return {"model": "LightGBM, the served-model fit (one fold's window, binning, inner split, early stopping)",
+            "params": lgb_params(config, threads=threads), "rounds": config.gbm.rounds,
+            "early_stopping_rounds": config.gbm.early_stopping_rounds, "train_bars": v.train_bars,
+            "expanding": v.expanding, "n_features": len(market.feature_names),
+            "best_iterations": [f.best_iteration for f in at_point], "n_train_rows": [len(f.train_rows) for f in at_point]}
+
 # %% ../../nbs/pipeline/04_retrain_policy.ipynb #ccc2aee7
 def simulate_retrain_policies(
     market: Market,                       # the prepared table's arrays (`Market.from_table`)
@@ -395,24 +431,8 @@ def simulate_retrain_policies(
     records = [evidence.record(schedule.history[0], t, **boot) for t in schedule.points]   # its out-of-fold record
     gates = [{"name": "oof_auc_ci95_low", "op": ">", "threshold": gate_ci_above, "value": r["oof_auc_ci95"][0],
               "passed": gate_ci_above is None or bool(r["oof_auc_ci95"][0] > gate_ci_above)} for r in records]
-    comparisons, monitors = {}, {}
-    def compare(c, k):
-        if (c, k) not in comparisons:
-            comparisons[c, k] = compare_on_same_bars(market, at_point[c], evidence, schedule.points[k],
-                                                     comparison=comparison, **boot)
-        return comparisons[c, k]
-    def monitor(c, k):
-        if (c, k) not in monitors:
-            monitors[c, k] = monitor_triggers(market, at_point[c], records[c], schedule.points[k], monitor_limits)
-        return monitors[c, k]
-    deployed = {p: [0] for p in POLICIES}
-    decisions = {p: [] for p in POLICIES}
-    for k in range(1, len(schedule.points)):
-        for policy in POLICIES:
-            entry = _decide(policy, deployed[policy][-1], k, compare, monitor, gates[k], margin)
-            deployed[policy].append(entry.pop("champion"))
-            decisions[policy].append({"at": str(schedule.points[k]), **entry,
-                                      "serving": str(schedule.points[deployed[policy][-1]])})
+    deployed, decisions = _policy_decisions(market, schedule, at_point, evidence, records, gates, comparison=comparison,
+                                            boot=boot, monitor_limits=monitor_limits, margin=margin)
     decided = time.perf_counter()
     served, period_auc, scores = score_policies(market, schedule, at_point, deployed, config, variant=variant,
                                                 timeframe=timeframe)
@@ -425,12 +445,7 @@ def simulate_retrain_policies(
               "schedule": {"every": every, "points": [str(t) for t in schedule.points], "end": str(schedule.end),
                            "history_periods": history_periods, "folds_per_period": folds_per_period,
                            "n_fits": len(fits), "first_walk_forward_fit": str(schedule.fit_times[0])},
-              "recipe": {"model": "LightGBM, the served-model fit (one fold's window, binning, inner split, early stopping)",
-                         "params": lgb_params(config, threads=threads), "rounds": config.gbm.rounds,
-                         "early_stopping_rounds": config.gbm.early_stopping_rounds, "train_bars": v.train_bars,
-                         "expanding": v.expanding, "n_features": len(market.feature_names),
-                         "best_iterations": [f.best_iteration for f in at_point],
-                         "n_train_rows": [len(f.train_rows) for f in at_point]},
+              "recipe": _recipe_record(config, market, at_point, threads),
               "rule": {"margin": margin, "comparison": comparison,
                        "gate": "none" if gate_ci_above is None else f"challenger OOF AUC 95% CI lower bound > {gate_ci_above}",
                        "monitor_limits": LIMITS | (monitor_limits or {}),
