@@ -26,7 +26,7 @@ from ..core.prepare import check_columns, load_table
 from ..core.rundir import RunPaths, read_json, verified, write_atomically, write_json
 from ..core.served_model import LoadedModel, ServedFamily, portable
 from ..core.validation import Fold, WalkForwardResult, as_utc_datetime64, auc, coarse_folds, inner_split
-from .protocol import (ModelResult, best_feature_reference, controls_record, direction_protocol,
+from .protocol import (DirectionProtocol, ModelResult, best_feature_reference, controls_record, direction_protocol,
                                      finish_model_stage, pooled_auc)
 
 # %% ../../nbs/models/03_sequences.ipynb #482325a8
@@ -378,6 +378,33 @@ def _head_metrics(data: SequenceData, oof: np.ndarray, scored: np.ndarray, refit
     return {"oof_auc_per_head": oof_auc, "inner_val_auc_per_head": inner_auc,
             "best_head": int(max(heads, key=lambda h: inner_auc[str(h)]))}
 
+# %% ../../nbs/models/03_sequences.ipynb #6616c08c
+def _sequence_controls(make: Callable, data: SequenceData, protocol: DirectionProtocol, refit_folds: list, names: list[str],
+                       spec: SequenceStage, config: RunConfig, device: str, walk_settings: dict) -> dict:
+    "The controls: the same coarse walk-forward on shuffled label rows (all heads jointly), and the planted leak."
+    main, control_epochs = data.main_head, spec.control_epochs or spec.epochs
+    shuffled = shuffled_targets(data, protocol.dev_idx, config.seed)
+    control_walk = sequence_walk_forward(make, shuffled, refit_folds, settings=_settings(config, control_epochs, device, spec.bf16),
+                                         **walk_settings)
+    first_train = refit_folds[0].train_idx[np.isfinite(protocol.y[refit_folds[0].train_idx])]
+    return controls_record(pooled_auc(shuffled.targets[:, main].astype(np.float64), control_walk["oof"][:, main]),
+                           data.features[first_train], protocol.y[first_train], names, seed=config.seed,
+                           shuffled_protocol={"refits": len(refit_folds), "epochs": control_epochs,
+                                              "note": "same coarse walk-forward, label rows permuted (all heads jointly)"})
+
+# %% ../../nbs/models/03_sequences.ipynb #4e6501c1
+def _network_description(spec: SequenceStage, architecture: dict, names: list[str], served: dict, data: SequenceData,
+                         protocol: DirectionProtocol, heads: dict, config: RunConfig, timeframe: str, settings) -> dict:
+    "The JSON saved beside the served network's weights: what serving and the health check read (`SERVED_KINDS`)."
+    return {"model": spec.model, "architecture": architecture, "features": names,
+            "scaler": served["scaler"].to_dict(), "sequence_length": config.nn.sequence_length, "horizons": spec.heads,
+            "main_horizon": config.validation.label_horizon, "main_head_index": data.main_head, "best_head": heads["best_head"],
+            "inner_val_auc_per_head": heads["inner_val_auc_per_head"], "timeframe": timeframe,
+            "trained_until": str(pd.Timestamp(data.times[protocol.serve_idx[-1]])), "training_window": protocol.serving_window(),
+            "validated_fold": protocol.validated_window(), "n_train": served["n_train"],
+            "best_epoch": served["best_epoch"], "torch": torch.__version__, "dtype": settings.autocast_dtype,
+            "feature_set": {"version": FEATURE_SET_VERSION, "inputs": list(config.data.feature_inputs)}}
+
 # %% ../../nbs/models/03_sequences.ipynb #780f8ba9
 def run_sequence_stage(config: RunConfig, run_dir: str | Path, timeframe: str, spec: SequenceStage) -> ModelResult:
     "Coarse walk-forward OOF, final refit, one test score, controls and reference; writes model, OOF and result JSON."
@@ -415,27 +442,12 @@ def run_sequence_stage(config: RunConfig, run_dir: str | Path, timeframe: str, s
         fit_refit(make, data, protocol.serve_idx, pd.Timestamp.max, test_rows, settings=settings, **walk_settings)
     finished_final = time.perf_counter()
 
-    control_epochs = spec.control_epochs or spec.epochs
-    shuffled = shuffled_targets(data, dev_idx, config.seed)
-    control_walk = sequence_walk_forward(make, shuffled, refit_folds, settings=_settings(config, control_epochs, device, spec.bf16),
-                                         **walk_settings)
-    first_train = refit_folds[0].train_idx[np.isfinite(protocol.y[refit_folds[0].train_idx])]
-    controls = controls_record(pooled_auc(shuffled.targets[:, main].astype(np.float64), control_walk["oof"][:, main]),
-                               data.features[first_train], protocol.y[first_train], names, seed=config.seed,
-                               shuffled_protocol={"refits": len(refit_folds), "epochs": control_epochs,
-                                                  "note": "same coarse walk-forward, label rows permuted (all heads jointly)"})
+    controls = _sequence_controls(make, data, protocol, refit_folds, names, spec, config, device, walk_settings)
     base = list(summary["base_features"])
     reference = best_feature_reference(table[base].to_numpy(dtype=float), protocol.y, refit_folds, base, n_jobs=config.n_jobs)
     finished = time.perf_counter()
 
-    meta = {"model": spec.model, "architecture": architecture, "features": names,
-            "scaler": served["scaler"].to_dict(), "sequence_length": length, "horizons": spec.heads,
-            "main_horizon": config.validation.label_horizon, "main_head_index": main, "best_head": heads["best_head"],
-            "inner_val_auc_per_head": heads["inner_val_auc_per_head"], "timeframe": timeframe,
-            "trained_until": str(pd.Timestamp(data.times[protocol.serve_idx[-1]])), "training_window": protocol.serving_window(),
-            "validated_fold": protocol.validated_window(), "n_train": served["n_train"],
-            "best_epoch": served["best_epoch"], "torch": torch.__version__, "dtype": settings.autocast_dtype,
-            "feature_set": {"version": FEATURE_SET_VERSION, "inputs": list(config.data.feature_inputs)}}
+    meta = _network_description(spec, architecture, names, served, data, protocol, heads, config, timeframe, settings)
     weights_path, meta_path = paths.model_file(spec.model, timeframe, "pt"), paths.model_file(spec.model, timeframe, "json")
     save_sequence_model(served["model"], meta, weights_path, meta_path)
     epoch_seconds = [h["seconds"] for r in walk["refits"] for h in r["history"]] + [h["seconds"] for h in final["history"]] + \
