@@ -319,6 +319,30 @@ def deployment_gates(metrics: dict, feature_gain: dict | None, feature: str, con
     return gates
 
 
+# %% ../../nbs/models/10_stacking.ipynb #514d8b88
+def _stacking_controls(X: np.ndarray, y: np.ndarray, times: np.ndarray, label_end: np.ndarray, scored: np.ndarray,
+                       models: list[str], chosen: str, config: RunConfig) -> dict:
+    "The chosen meta-learner walked again on permuted OOF labels (same blocks), and a planted leak among its inputs."
+    shuffled = np.random.default_rng(config.seed).permutation(y)
+    shuffled_pred, _ = meta_walk_forward(X, shuffled, times, label_end, META_LEARNERS[chosen], n_blocks=config.stacking.meta_blocks)
+    leak = planted_leak_control(X, y, models, seed=config.seed)
+    return {"shuffled_label_auc": auc(shuffled[scored], shuffled_pred[scored]),
+            "shuffled_label_protocol": "same blocks and meta-learner, OOF labels permuted",
+            "planted_leak_flagged": leak["planted_leak_flagged"], "planted_leak_auc": leak["planted_leak_auc"],
+            "real_features_flagged": leak["real_features_flagged"]}
+
+# %% ../../nbs/models/10_stacking.ipynb #49173214
+def _held_out_score(paths: RunPaths, meta: dict, timeframe: str, best_base: str, config: RunConfig) -> tuple[pd.DataFrame, dict]:
+    "The deployed meta-learner on the held-out test period, once: its predictions written; its AUC and the best base's."
+    models = meta["inputs"]
+    test = _test_inputs(paths, models, timeframe)
+    test_pred = stacked_probability(meta, test[models].to_numpy())
+    test_y = test["y"].to_numpy()
+    test_scores = _auc_with_ci(test_y, test_pred, config)
+    write_parquet(paths.test_file("stacking", timeframe), pd.DataFrame({"y": test_y, "pred": test_pred}, index=test.index))
+    return test, {"test_auc": test_scores["auc"], "test_auc_ci95": test_scores["ci95"], "n_test": test_scores["n"],
+                  "best_base_test_auc": auc(test_y, test[best_base].to_numpy())}
+
 # %% ../../nbs/models/10_stacking.ipynb #0dcae60e
 def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") -> dict:
     "Stage 2 for one timeframe: checked OOF inputs, meta-learners walk-forward, gates, final meta, one test score."
@@ -351,26 +375,15 @@ def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
     gain_over_feature = reference_gains(stacked_oof, {"best_feature": feature_scores}, config).get("best_feature")
     compared = stacked_oof.join(feature_scores.rename("feature")).dropna()
     metrics["best_feature_oof_auc"] = auc(compared["y"], compared["feature"]) if len(compared) else None
-    shuffled = np.random.default_rng(config.seed).permutation(y)
-    shuffled_pred, _ = meta_walk_forward(X, shuffled, times, label_end, META_LEARNERS[chosen], n_blocks=config.stacking.meta_blocks)
-    leak = planted_leak_control(X, y, models, seed=config.seed)
-    controls = {"shuffled_label_auc": auc(shuffled[scored], shuffled_pred[scored]),
-                "shuffled_label_protocol": "same blocks and meta-learner, OOF labels permuted",
-                "planted_leak_flagged": leak["planted_leak_flagged"], "planted_leak_auc": leak["planted_leak_auc"],
-                "real_features_flagged": leak["real_features_flagged"]}
+    controls = _stacking_controls(X, y, times, label_end, scored, models, chosen, config)
     redundancy = leave_one_out(intervals, models)
     diagnosed = time.perf_counter()
 
     meta = {"meta_learner": chosen if chosen in LINEAR_LEARNERS else "logistic", "inputs": models,
             "transform": "logit of each base model's P(up), clipped to [1e-6, 1 - 1e-6]", "context_feature": None,
             **final_meta(chosen if chosen in LINEAR_LEARNERS else "logistic", X, y)}
-    test = _test_inputs(paths, models, timeframe)
-    test_pred = stacked_probability(meta, test[models].to_numpy())
-    test_y = test["y"].to_numpy()
-    test_scores = _auc_with_ci(test_y, test_pred, config)
-    write_parquet(paths.test_file("stacking", timeframe), pd.DataFrame({"y": test_y, "pred": test_pred}, index=test.index))
-    metrics |= {"test_auc": test_scores["auc"], "test_auc_ci95": test_scores["ci95"], "n_test": test_scores["n"],
-                "best_base_test_auc": auc(test_y, test[best_base].to_numpy())}
+    test, test_metrics = _held_out_score(paths, meta, timeframe, best_base, config)
+    metrics |= test_metrics
     bundle = bundle_base_models(paths, models, timeframe)
     gates = deployment_gates(metrics, gain_over_feature, reference.most_chosen(), config, timeframe)
     checks = [gate("gain_over_best_base", gain_over_best["gain"], 0.0, ">")]
