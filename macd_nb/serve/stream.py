@@ -162,12 +162,12 @@ def _advance_market(self: StreamingFeatures, bars: dict[str, np.ndarray]) -> tup
 
 StreamingFeatures._advance, StreamingFeatures._advance_market = _advance, _advance_market
 
-# %% ../../nbs/serve/08_stream.ipynb #50c7501b
-def _row(self: StreamingFeatures, time_ns: int, bars: dict[str, np.ndarray], carried: dict) -> dict[str, float]:
-    "Every feature of the target row, named and ordered as the batch table (`base_features`, then the cross-asset ones)."
-    t, f = self.tails, {}
+# %% ../../nbs/serve/08_stream.ipynb #c3c36e7a
+def _price_features(self: StreamingFeatures, f: dict, carried: dict) -> None:
+    "Returns, volatility, MACD, momentum, bands, trend, range, candle and distribution features of the target row, into `f`."
+    t = self.tails
     o, h, l, c, v = (t[k].ago(0) for k in ("open", "high", "low", "close", "volume"))
-    atr, ret, close, volume = carried["atr"], t["ret"], t["close"], t["volume"]
+    atr, ret, close = carried["atr"], t["ret"], t["close"]
     std = {w: sample_std(ret.last(w)) for w in VOLATILITY_WINDOWS}
     for lag in RETURN_LAGS:                                                           # returns
         r = ln(div(c, close.ago(lag)))
@@ -206,6 +206,12 @@ def _row(self: StreamingFeatures, time_ns: int, bars: dict[str, np.ndarray], car
     f["candle_close_loc"] = nan if c != c else div(c - l, bar_range) if bar_range == bar_range and l == l else 0.5
     for name, w, moment in (("skew_24", 24, skew), ("skew_168", 168, skew), ("kurt_168", 168, kurt)):
         f[name] = 0.0 if sample_std(ret.last(w)) == 0 else moment(ret.last(w))
+
+# %% ../../nbs/serve/08_stream.ipynb #24590757
+def _flow_and_time_features(self: StreamingFeatures, f: dict, time_ns: int, carried: dict) -> None:
+    "Volume, order flow (the optional taker and trade-count inputs), calendar and coarser-timeframe features, into `f`."
+    t = self.tails
+    v, volume = t["volume"].ago(0), t["volume"]
     for w in (24, 168):                                                               # volume, flow
         mean, sd = window_mean_std(volume.last(w))
         f[f"volume_z_{w}"] = 0.0 if sd == 0 else div(v - mean, sd)
@@ -234,6 +240,13 @@ def _row(self: StreamingFeatures, time_ns: int, bars: dict[str, np.ndarray], car
     for higher, (line, signal, hist, rsi, coarse_ret) in carried["coarser"].items():  # coarser timeframes
         f[f"macd_{higher}_line"], f[f"macd_{higher}_signal"], f[f"macd_{higher}_hist"] = line, signal, hist
         f[f"rsi_{higher}_14"], f[f"ret_{higher}_1"] = rsi, coarse_ret
+
+# %% ../../nbs/serve/08_stream.ipynb #afbbcefe
+def _row(self: StreamingFeatures, time_ns: int, bars: dict[str, np.ndarray], carried: dict) -> dict[str, float]:
+    "Every feature of the target row, named and ordered as the batch table (`base_features`, then the cross-asset ones)."
+    f = {}
+    self._price_features(f, carried)
+    self._flow_and_time_features(f, time_ns, carried)
     if self.cross: self._cross_row(f, bars, carried["market"])
     return f
 
@@ -265,6 +278,7 @@ def _cross_row(self: StreamingFeatures, f: dict, bars: dict[str, np.ndarray], ma
 
 
 StreamingFeatures._row, StreamingFeatures._cross_row = _row, _cross_row
+StreamingFeatures._price_features, StreamingFeatures._flow_and_time_features = _price_features, _flow_and_time_features
 
 # %% ../../nbs/serve/08_stream.ipynb #d2e985be
 def open_times(bars: pd.DataFrame) -> np.ndarray:
