@@ -199,6 +199,16 @@ def date_bound(value, *, is_end: bool) -> tuple[pd.Timestamp | None, bool]:
         return stamp + pd.Timedelta("1D"), True
     return stamp, False
 
+# %% ../../nbs/core/04_data.ipynb #0328766f
+def _in_range(open_time: pd.DatetimeIndex, start, end) -> np.ndarray:
+    "Which rows open within [`start`, `end`] (either may be None; a date-only `end` keeps that whole day)."
+    lower, _ = date_bound(start, is_end=False)
+    upper, upper_exclusive = date_bound(end, is_end=True)
+    inside = np.ones(len(open_time), dtype=bool)
+    if lower is not None: inside &= open_time >= lower
+    if upper is not None: inside &= (open_time < upper) if upper_exclusive else (open_time <= upper)
+    return inside
+
 # %% ../../nbs/core/04_data.ipynb #57efb0cd
 def validate_bars(raw: pd.DataFrame, *,
                   name: str,  # file or symbol named in messages when raw has no source_file column
@@ -208,12 +218,10 @@ def validate_bars(raw: pd.DataFrame, *,
                   max_ohlc_fraction: float = 0.01,  # above this share of inconsistent rows the file is unusable
                   ) -> tuple[pd.DataFrame, FileReport]:
     "Check raw kline rows, repair what the policy allows, and return the canonical bar frame with its report."
-    if isinstance(raw.index, pd.DatetimeIndex):
-        raw = raw.rename_axis("open_time").reset_index()
+    if isinstance(raw.index, pd.DatetimeIndex): raw = raw.rename_axis("open_time").reset_index()
     raw = raw.rename(columns=canonical_column)
     missing = [c for c in ["open_time"] + REQUIRED_COLUMNS if c not in raw.columns]
-    if missing:
-        raise DataError(f"{name}: missing column(s) {missing}")
+    if missing: raise DataError(f"{name}: missing column(s) {missing}")
     keep = [c for c in ["open_time"] + REQUIRED_COLUMNS + EXTRA_COLUMNS + ["source_file", "source_row"] if c in raw.columns]
     raw = raw[keep].reset_index(drop=True)
     files = list(dict.fromkeys(raw["source_file"])) if "source_file" in raw.columns else [name]
@@ -223,13 +231,7 @@ def validate_bars(raw: pd.DataFrame, *,
     raw[numeric] = raw[numeric].apply(pd.to_numeric, errors="coerce").astype("float64")
 
     open_time, unit_codes = to_utc_open_time(raw, name=name)
-    lower, _ = date_bound(start, is_end=False)
-    upper, upper_exclusive = date_bound(end, is_end=True)
-    inside = np.ones(len(raw), dtype=bool)
-    if lower is not None:
-        inside &= open_time >= lower
-    if upper is not None:
-        inside &= (open_time < upper) if upper_exclusive else (open_time <= upper)
+    inside = _in_range(open_time, start, end)
     raw, open_time = raw[inside].reset_index(drop=True), open_time[inside]
     report.rows_in_range = len(raw)
     if not len(raw):
