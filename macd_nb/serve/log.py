@@ -69,51 +69,93 @@ def _refusal(path: Path, error: sqlite3.Error) -> str:
     return (f"{path}: cannot be opened for writing ({text}); make the file and its folder writable (SQLite writes "
             f"{path.name}-wal and -shm beside it), or give another --db")
 
-# %% ../../nbs/serve/04_log.ipynb #59b0b22c
-class PredictionLog:
+# %% ../../nbs/serve/04_log.ipynb #761270f5
+def _check_schema(db: sqlite3.Connection, path: Path, read_only: bool) -> None:
+    "LogRefused unless the file is a sound prediction log of a schema this code reads (or empty, to be made one)."
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    columns = tuple(r[1] for r in db.execute("PRAGMA table_info(predictions)"))
+    ours = columns == COLUMNS and version in (0, SCHEMA_VERSION) or columns == COLUMNS_V1 and version in (0, 1)
+    if tables and (tables != ["predictions"] or not ours):
+        if version > SCHEMA_VERSION and "predictions" in tables:
+            raise LogRefused(f"{path}: prediction log schema {version} is newer than this macd_nb's {SCHEMA_VERSION}; "
+                             "upgrade macd_nb or give another --db")
+        raise LogRefused(f"{path}: holds tables {tables[:5]} (user_version {version}) that are not this project's "
+                         "prediction log; it was left untouched: give another --db")
+    if read_only and not tables: raise LogRefused(f"{path}: holds no predictions table: not a prediction log")
+    check = db.execute("PRAGMA quick_check").fetchone()[0]
+    if check != "ok": raise sqlite3.DatabaseError(f"quick_check: {check}")
+
+# %% ../../nbs/serve/04_log.ipynb #872ced5e
+def _open_log(path: Path, read_only: bool) -> sqlite3.Connection:
+    "The log's connection: made and migrated to `SCHEMA_VERSION` (a writer) or checked (`read_only`); LogRefused saying why not."
+    if path.is_dir(): raise LogRefused(f"{path}: is a folder; --db is the log's file, e.g. {path / 'shadow_1h.sqlite'}")
+    if read_only and not path.is_file(): raise LogRefused(f"{path}: no prediction log there (run `macd-nb shadow --db` first)")
+    try:
+        if not read_only: path.parent.mkdir(parents=True, exist_ok=True)
+        db = _connect(path, read_only)
+    except (OSError, sqlite3.Error) as error:
+        raise LogRefused(f"{path}: cannot be created or opened ({error}); give a --db in a folder you can write") from None
+    try:
+        _check_schema(db, path, read_only)   # reads only: a file that is not our log is refused untouched
+        if not read_only:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN IMMEDIATE")   # the write lock: a file that cannot be written is refused here
+            db.execute(SCHEMA)
+            if tuple(r[1] for r in db.execute("PRAGMA table_info(predictions)")) == COLUMNS_V1:
+                db.execute("ALTER TABLE predictions ADD COLUMN cycle_ms REAL")   # schema 1 -> 2
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+    except sqlite3.Error as error:
+        db.close()
+        raise LogRefused(_refusal(path, error)) from None
+    except LogRefused:
+        db.close()
+        raise
+    return db
+
+# %% ../../nbs/serve/04_log.ipynb #fa6262b4
+class _LogReads:
+    "What a prediction log answers (its `db`): the bars logged, the outcomes pending, the whole log as a frame."
+    db: sqlite3.Connection
+
+    def logged_bars(self, symbol: str, timeframe: str, model_version: int) -> set[pd.Timestamp]:
+        "Bar open times already logged for this symbol, timeframe and model version."
+        rows = self.db.execute("SELECT bar_time FROM predictions WHERE symbol=? AND timeframe=? AND model_version=?",
+                               (symbol, timeframe, int(model_version))).fetchall()
+        return {pd.Timestamp(r[0]) for r in rows}
+
+    def last_bar(self, symbol: str, timeframe: str) -> pd.Timestamp | None:
+        "The newest bar logged for this symbol and timeframe (any model version), or None."
+        newest = self.db.execute("SELECT max(bar_time) FROM predictions WHERE symbol=? AND timeframe=?", (symbol, timeframe)).fetchone()[0]
+        return None if newest is None else pd.Timestamp(newest)
+
+    def pending_outcomes(self, symbol: str, timeframe: str) -> list[tuple[pd.Timestamp, int]]:
+        "(bar open time, horizon) of every logged bar without an outcome yet, oldest first (read once, at start)."
+        rows = self.db.execute("SELECT DISTINCT bar_time, horizon FROM predictions WHERE symbol=? AND timeframe=? AND "
+                               "outcome_return IS NULL ORDER BY bar_time", (symbol, timeframe)).fetchall()
+        return [(pd.Timestamp(bar), int(horizon)) for bar, horizon in rows]
+
+    def frame(self, symbol: str | None = None, timeframe: str | None = None) -> pd.DataFrame:
+        "The log as a DataFrame (models and features parsed), oldest bar first."
+        where = " AND ".join(f"{k}=?" for k, v in (("symbol", symbol), ("timeframe", timeframe)) if v)
+        query = "SELECT * FROM predictions" + (f" WHERE {where}" if where else "") + " ORDER BY bar_time, model_version"
+        frame = pd.read_sql_query(query, self.db, params=[v for v in (symbol, timeframe) if v])
+        frame["bar_time"] = pd.to_datetime(frame["bar_time"], utc=True)
+        for column in ("models", "features"): frame[column] = frame[column].map(json.loads)
+        return frame
+
+    def integrity(self) -> str:
+        "SQLite's `PRAGMA integrity_check` ('ok' when the file is sound)."
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0]
+
+# %% ../../nbs/serve/04_log.ipynb #f9d33982
+class PredictionLog(_LogReads):
     "The SQLite prediction log at `path` (created on first use); `read_only` for readers such as the monitor."
     def __init__(self, path: str | Path, *, read_only: bool = False):
         self.path = Path(path)
-        if self.path.is_dir(): raise LogRefused(f"{self.path}: is a folder; --db is the log's file, e.g. {self.path / 'shadow_1h.sqlite'}")
-        if read_only and not self.path.is_file(): raise LogRefused(f"{self.path}: no prediction log there (run `macd-nb shadow --db` first)")
-        try:
-            if not read_only: self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = _connect(self.path, read_only)
-        except (OSError, sqlite3.Error) as error:
-            raise LogRefused(f"{self.path}: cannot be created or opened ({error}); give a --db in a folder you can write") from None
-        try:
-            self._check_schema(read_only)   # reads only: a file that is not our log is refused untouched
-            if not read_only:
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute("PRAGMA synchronous=FULL")
-                self.db.execute("BEGIN IMMEDIATE")   # the write lock: a file that cannot be written is refused here
-                self.db.execute(SCHEMA)
-                if tuple(r[1] for r in self.db.execute("PRAGMA table_info(predictions)")) == COLUMNS_V1:
-                    self.db.execute("ALTER TABLE predictions ADD COLUMN cycle_ms REAL")   # schema 1 -> 2
-                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                self.db.execute("COMMIT")
-        except sqlite3.Error as error:
-            self.db.close()
-            raise LogRefused(_refusal(self.path, error)) from None
-        except LogRefused:
-            self.db.close()
-            raise
-
-    def _check_schema(self, read_only: bool) -> None:
-        "LogRefused unless the file is a sound prediction log of a schema this code reads (or empty, to be made one)."
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        tables = [r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        columns = tuple(r[1] for r in self.db.execute("PRAGMA table_info(predictions)"))
-        ours = columns == COLUMNS and version in (0, SCHEMA_VERSION) or columns == COLUMNS_V1 and version in (0, 1)
-        if tables and (tables != ["predictions"] or not ours):
-            if version > SCHEMA_VERSION and "predictions" in tables:
-                raise LogRefused(f"{self.path}: prediction log schema {version} is newer than this macd_nb's {SCHEMA_VERSION}; "
-                                 "upgrade macd_nb or give another --db")
-            raise LogRefused(f"{self.path}: holds tables {tables[:5]} (user_version {version}) that are not this project's "
-                             "prediction log; it was left untouched: give another --db")
-        if read_only and not tables: raise LogRefused(f"{self.path}: holds no predictions table: not a prediction log")
-        check = self.db.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok": raise sqlite3.DatabaseError(f"quick_check: {check}")
+        self.db = _open_log(self.path, read_only)
 
     def close(self) -> None: self.db.close()
 
@@ -156,23 +198,6 @@ class PredictionLog:
             " latency_ms, feature_hash, features, created_at, horizon, cycle_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", values))
         return cursor.rowcount == 1
 
-    def logged_bars(self, symbol: str, timeframe: str, model_version: int) -> set[pd.Timestamp]:
-        "Bar open times already logged for this symbol, timeframe and model version."
-        rows = self.db.execute("SELECT bar_time FROM predictions WHERE symbol=? AND timeframe=? AND model_version=?",
-                               (symbol, timeframe, int(model_version))).fetchall()
-        return {pd.Timestamp(r[0]) for r in rows}
-
-    def last_bar(self, symbol: str, timeframe: str) -> pd.Timestamp | None:
-        "The newest bar logged for this symbol and timeframe (any model version), or None."
-        newest = self.db.execute("SELECT max(bar_time) FROM predictions WHERE symbol=? AND timeframe=?", (symbol, timeframe)).fetchone()[0]
-        return None if newest is None else pd.Timestamp(newest)
-
-    def pending_outcomes(self, symbol: str, timeframe: str) -> list[tuple[pd.Timestamp, int]]:
-        "(bar open time, horizon) of every logged bar without an outcome yet, oldest first (read once, at start)."
-        rows = self.db.execute("SELECT DISTINCT bar_time, horizon FROM predictions WHERE symbol=? AND timeframe=? AND "
-                               "outcome_return IS NULL ORDER BY bar_time", (symbol, timeframe)).fetchall()
-        return [(pd.Timestamp(bar), int(horizon)) for bar, horizon in rows]
-
     def set_outcomes(self, symbol: str, timeframe: str, outcomes: Iterable[tuple[pd.Timestamp, int, float]]) -> int:
         "Record the log return of each (bar, horizon, log return) on every row of that bar and horizon (outcome: 1 up, 0 down, NULL a tie)."
         updates = [(None if change == 0 else int(change > 0), float(change), symbol, timeframe, pd.Timestamp(bar).isoformat(),
@@ -181,16 +206,3 @@ class PredictionLog:
             self._write(lambda: self.db.executemany("UPDATE predictions SET outcome=?, outcome_return=? WHERE symbol=? AND "
                                                     "timeframe=? AND bar_time=? AND horizon=?", updates))
         return len(updates)
-
-    def frame(self, symbol: str | None = None, timeframe: str | None = None) -> pd.DataFrame:
-        "The log as a DataFrame (models and features parsed), oldest bar first."
-        where = " AND ".join(f"{k}=?" for k, v in (("symbol", symbol), ("timeframe", timeframe)) if v)
-        query = "SELECT * FROM predictions" + (f" WHERE {where}" if where else "") + " ORDER BY bar_time, model_version"
-        frame = pd.read_sql_query(query, self.db, params=[v for v in (symbol, timeframe) if v])
-        frame["bar_time"] = pd.to_datetime(frame["bar_time"], utc=True)
-        for column in ("models", "features"): frame[column] = frame[column].map(json.loads)
-        return frame
-
-    def integrity(self) -> str:
-        "SQLite's `PRAGMA integrity_check` ('ok' when the file is sound)."
-        return self.db.execute("PRAGMA integrity_check").fetchone()[0]
