@@ -56,8 +56,69 @@ def numeric_values(table: pd.DataFrame) -> np.ndarray:
                                  "the feature table holds floats only (NaN where undefined)") from None
         raise
 
-# %% ../../nbs/serve/01_predictor.ipynb #66c7c91e
-class MLPredictor:
+# %% ../../nbs/serve/01_predictor.ipynb #4eb086af
+class _ServedInputs:
+    """How the served models are fed (a part of `MLPredictor`): the optional kline columns they read, checked against a
+    source's bars, and each base model's input for the last bar of a feature table."""
+    alias: str
+    pointer: dict
+
+    def required_inputs(self, models: list[str] | None = None) -> dict[str, list[str]]:
+        "Base model -> the optional kline columns (the run's `feature_inputs`) its features are built on."
+        return {name: [column for column, built in OPTIONAL_INPUTS.items() if set(built) & set(self.metadata(name)["features"])]
+                for name in (models if models is not None else self.meta["inputs"])}
+
+    def check_inputs(self, bars: pd.DataFrame, models: list[str] | None = None, *, source: str = "the bars") -> None:
+        "InputsUnavailable naming each model and column when the target's `bars` (newest last) lack a column it reads."
+        lacking = {c: bars[c].last_valid_index() if c in bars.columns else None for c in OPTIONAL_INPUTS
+                   if c not in bars.columns or pd.isna(bars[c].iloc[-1])}
+        needs = {name: [c for c in columns if c in lacking] for name, columns in self.required_inputs(models).items()}
+        needs = {name: columns for name, columns in needs.items() if columns}
+        if not needs: return
+        said = "; ".join(f"{name} reads {', '.join(columns)}" for name, columns in needs.items())
+        why = ", ".join(f"{c} {'absent' if last is None else f'empty after {last:%Y-%m-%d %H:%M}'}" for c, last in lacking.items()
+                        if any(c in columns for columns in needs.values()))
+        raise InputsUnavailable(f"{source} cannot supply what alias {self.alias} (run {self.pointer['run']}) reads: {said}; "
+                                f"on the newest bar {bars.index[-1]:%Y-%m-%d %H:%M} UTC: {why}. Serve a run trained without "
+                                "them (`feature_inputs: []` in its configuration) or a source whose klines carry them")
+
+    def columns_of(self, name: str, columns: pd.Index) -> np.ndarray:
+        "Positions of model `name`'s features among a feature table's `columns` (found once per columns object)."
+        cached = self._positions.get((name, id(columns)))
+        if cached is None or cached[0] is not columns:   # the reference kept in the cache: an id is never reused
+            where = {column: i for i, column in enumerate(columns.tolist())}
+            missing = [f for f in self.metadata(name)["features"] if f not in where]
+            if missing: raise KeyError(f"{name}: the feature table lacks {missing[:5]} ({len(missing)} in all)")
+            if len(self._positions) > 64: self._positions.clear()
+            cached = self._positions[(name, id(columns))] = (columns, np.array([where[f] for f in self.metadata(name)["features"]]))
+        return cached[1]
+
+    def base_input(self, name: str, table: pd.DataFrame, values: np.ndarray | None = None) -> np.ndarray:
+        "The input of one base model for the last bar of `table` (`values`: the table as float64, when at hand)."
+        meta = self.metadata(name)
+        values = numeric_values(table) if values is None else values
+        features = values[:, self.columns_of(name, table.columns)]
+        if not np.isfinite(features[-1]).all():   # no training row had an undefined or infinite feature: refuse, not guess
+            undefined = [f for f, x in zip(meta["features"], features[-1]) if not np.isfinite(x)]
+            kind = "undefined (NaN)" if np.isnan(features[-1]).any() else "infinite"
+            more = f" and {len(undefined) - 5} more" if len(undefined) > 5 else ""
+            raise ValueError(f"{name}: feature(s) {undefined[:5]}{more} {kind} on row {table.index[-1]}; "
+                             "the model was never trained on such a row: compute the row again from the bars")
+        if served_kind(name).windowed:
+            length = meta["sequence_length"]
+            if len(table) < length: raise ValueError(f"{name} needs {length} bars of features, got {len(table)}")
+            return standardize(features[-length:], meta["scaler"])[None]
+        dtype = np.float64 if "double" in self.session(name).get_inputs()[0].type else np.float32
+        return features[-1:].astype(dtype)
+
+    def base_probability(self, name: str, table: pd.DataFrame, values: np.ndarray | None = None) -> float:
+        "P(up) of one base model (its main head) for the last bar of `table`."
+        session = self.session(name)
+        out = session.run(None, {session.get_inputs()[0].name: self.base_input(name, table, values)})[0]
+        return float(out[0, served_kind(name).head(self.metadata(name))])
+
+# %% ../../nbs/serve/01_predictor.ipynb #e681fe60
+class MLPredictor(_ServedInputs):
     "The stacked model of a registry alias, served with ONNX Runtime."
     def __init__(self, alias: str = "1h", registry: str | Path | None = None):
         self.registry = Path(registry) if registry else default_registry_dir()
@@ -102,25 +163,6 @@ class MLPredictor:
         names = self.meta["inputs"] if models is None else models
         return max([served_kind(m).rows(self.metadata(m)) for m in names], default=1)
 
-    def required_inputs(self, models: list[str] | None = None) -> dict[str, list[str]]:
-        "Base model -> the optional kline columns (the run's `feature_inputs`) its features are built on."
-        return {name: [column for column, built in OPTIONAL_INPUTS.items() if set(built) & set(self.metadata(name)["features"])]
-                for name in (models if models is not None else self.meta["inputs"])}
-
-    def check_inputs(self, bars: pd.DataFrame, models: list[str] | None = None, *, source: str = "the bars") -> None:
-        "InputsUnavailable naming each model and column when the target's `bars` (newest last) lack a column it reads."
-        lacking = {c: bars[c].last_valid_index() if c in bars.columns else None for c in OPTIONAL_INPUTS
-                   if c not in bars.columns or pd.isna(bars[c].iloc[-1])}
-        needs = {name: [c for c in columns if c in lacking] for name, columns in self.required_inputs(models).items()}
-        needs = {name: columns for name, columns in needs.items() if columns}
-        if not needs: return
-        said = "; ".join(f"{name} reads {', '.join(columns)}" for name, columns in needs.items())
-        why = ", ".join(f"{c} {'absent' if last is None else f'empty after {last:%Y-%m-%d %H:%M}'}" for c, last in lacking.items()
-                        if any(c in columns for columns in needs.values()))
-        raise InputsUnavailable(f"{source} cannot supply what alias {self.alias} (run {self.pointer['run']}) reads: {said}; "
-                                f"on the newest bar {bars.index[-1]:%Y-%m-%d %H:%M} UTC: {why}. Serve a run trained without "
-                                "them (`feature_inputs: []` in its configuration) or a source whose klines carry them")
-
     def session(self, name: str):
         "The ONNX Runtime session of one model (created once, one thread)."
         if name not in self._sessions:
@@ -131,41 +173,6 @@ class MLPredictor:
             path = self.verified(f"models/{name}_{self.timeframe}.onnx")
             self._sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return self._sessions[name]
-
-    def columns_of(self, name: str, columns: pd.Index) -> np.ndarray:
-        "Positions of model `name`'s features among a feature table's `columns` (found once per columns object)."
-        cached = self._positions.get((name, id(columns)))
-        if cached is None or cached[0] is not columns:   # the reference kept in the cache: an id is never reused
-            where = {column: i for i, column in enumerate(columns.tolist())}
-            missing = [f for f in self.metadata(name)["features"] if f not in where]
-            if missing: raise KeyError(f"{name}: the feature table lacks {missing[:5]} ({len(missing)} in all)")
-            if len(self._positions) > 64: self._positions.clear()
-            cached = self._positions[(name, id(columns))] = (columns, np.array([where[f] for f in self.metadata(name)["features"]]))
-        return cached[1]
-
-    def base_input(self, name: str, table: pd.DataFrame, values: np.ndarray | None = None) -> np.ndarray:
-        "The input of one base model for the last bar of `table` (`values`: the table as float64, when at hand)."
-        meta = self.metadata(name)
-        values = numeric_values(table) if values is None else values
-        features = values[:, self.columns_of(name, table.columns)]
-        if not np.isfinite(features[-1]).all():   # no training row had an undefined or infinite feature: refuse, not guess
-            undefined = [f for f, x in zip(meta["features"], features[-1]) if not np.isfinite(x)]
-            kind = "undefined (NaN)" if np.isnan(features[-1]).any() else "infinite"
-            more = f" and {len(undefined) - 5} more" if len(undefined) > 5 else ""
-            raise ValueError(f"{name}: feature(s) {undefined[:5]}{more} {kind} on row {table.index[-1]}; "
-                             "the model was never trained on such a row: compute the row again from the bars")
-        if served_kind(name).windowed:
-            length = meta["sequence_length"]
-            if len(table) < length: raise ValueError(f"{name} needs {length} bars of features, got {len(table)}")
-            return standardize(features[-length:], meta["scaler"])[None]
-        dtype = np.float64 if "double" in self.session(name).get_inputs()[0].type else np.float32
-        return features[-1:].astype(dtype)
-
-    def base_probability(self, name: str, table: pd.DataFrame, values: np.ndarray | None = None) -> float:
-        "P(up) of one base model (its main head) for the last bar of `table`."
-        session = self.session(name)
-        out = session.run(None, {session.get_inputs()[0].name: self.base_input(name, table, values)})[0]
-        return float(out[0, served_kind(name).head(self.metadata(name))])
 
     def predict(self, table: pd.DataFrame | pd.Series) -> dict:
         "P(up) of the stacked model and of each base model for the last bar of `table` (recent rows, oldest first; a Series: one row)."
