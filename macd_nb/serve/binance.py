@@ -210,6 +210,25 @@ def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After", "").strip()
     return float(value) if value.replace(".", "", 1).isdigit() else None
 
+# %% ../../nbs/serve/02_binance.ipynb #7e0ca5d0
+def _answer(response: httpx.Response, request: str, clock: Callable[[], float], *, missing_ok: bool,
+            parse: Callable[[httpx.Response], object]) -> object:
+    """What one Binance response means: `parse(response)`; None for a 404 when `missing_ok`; `_Retry` for a 429 (after
+    its Retry-After) or a 5xx; `IPBanned` for a 418 (until when, by `clock`); `FetchError` for any other 4xx."""
+    status = response.status_code
+    if status == 418:
+        wait = _retry_after(response)
+        until = (f"until {pd.Timestamp(clock() + wait, unit='s'):%Y-%m-%d %H:%M:%S} UTC (Retry-After {wait:g} s)"
+                 if wait is not None else "(no Retry-After given)")
+        raise IPBanned(f"{request}: HTTP 418, Binance has banned this IP for exceeding its rate limits {until}; "
+                       "wait until then before fetching again (requests during a ban lengthen it)")
+    if status == 429: raise _Retry("HTTP 429 too many requests", wait=_retry_after(response))
+    if status >= 500: raise _Retry(f"HTTP {status} {response.reason_phrase}")
+    if status == 404 and missing_ok: return None
+    if status >= 400:
+        raise FetchError(f"{request}: HTTP {status} {response.text[:200]!r}; check the symbol, interval, dates and --base-url")
+    return parse(response)
+
 # %% ../../nbs/serve/02_binance.ipynb #030c3cb5
 class BinanceClient:
     "GETs to a Binance host with its limits kept: weight per minute, 429 Retry-After, 418 bans, retries with backoff."
@@ -276,19 +295,7 @@ class BinanceClient:
             except httpx.TimeoutException: raise _Retry(f"no answer within {self.timeout} s") from None
             except httpx.TransportError as error: raise _Retry(f"connection failed ({type(error).__name__}: {error})") from None
             self._note_weight(response)
-            status = response.status_code
-            if status == 418:
-                wait = _retry_after(response)
-                until = (f"until {pd.Timestamp(self.clock() + wait, unit='s'):%Y-%m-%d %H:%M:%S} UTC (Retry-After {wait:g} s)"
-                         if wait is not None else "(no Retry-After given)")
-                raise IPBanned(f"{request}: HTTP 418, Binance has banned this IP for exceeding its rate limits {until}; "
-                               "wait until then before fetching again (requests during a ban lengthen it)")
-            if status == 429: raise _Retry("HTTP 429 too many requests", wait=_retry_after(response))
-            if status >= 500: raise _Retry(f"HTTP {status} {response.reason_phrase}")
-            if status == 404 and missing_ok: return None
-            if status >= 400:
-                raise FetchError(f"{request}: HTTP {status} {response.text[:200]!r}; check the symbol, interval, dates and --base-url")
-            return parse(response)
+            return _answer(response, request, self.clock, missing_ok=missing_ok, parse=parse)
         retrying = Retrying(retry=retry_if_exception_type(_Retry), stop=stop_after_attempt(self.attempts), wait=self._wait,
                             sleep=self._sleep, before_sleep=self._count_retry, reraise=True)
         try: return retrying(attempt)
