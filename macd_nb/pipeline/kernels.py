@@ -82,6 +82,18 @@ class ForkedKernel:
     def kill(self) -> None: self.send_signal(signal.SIGKILL)
     def terminate(self) -> None: self.send_signal(signal.SIGTERM)
 
+# %% ../../nbs/pipeline/07_kernels.ipynb #e09a93e6
+def _launch_warm(imports: tuple[str, ...], interpreter: list[str], env: dict) -> tuple[subprocess.Popen, object, object]:
+    "A warm process (`warm_main`) importing `imports`: the process, the pipe its requests go into, the one its replies come from."
+    requests, to_requests = os.pipe()
+    from_replies, replies = os.pipe()
+    code = f"from macd_nb.pipeline.kernels import warm_main; warm_main({requests}, {replies}, {list(imports)!r})"
+    # a session of its own: Ctrl-C in the terminal is the runner's to handle; the pipe's end is the warm process's cue
+    process = subprocess.Popen([*interpreter, "-c", code], env=env, pass_fds=(requests, replies),
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+    os.close(requests), os.close(replies)
+    return process, os.fdopen(to_requests, "w"), os.fdopen(from_replies)
+
 # %% ../../nbs/pipeline/07_kernels.ipynb #33fd6856
 class WarmKernels:
     "A process that has imported `imports` once and forks a kernel for each launch (see above); `close` ends it and them."
@@ -96,16 +108,6 @@ class WarmKernels:
         "Have the warm process also import `modules` (once each), while a kernel it forked works."
         self.later = list(dict.fromkeys([*self.later, *modules]))
 
-    def _start(self, interpreter: list[str], env: dict) -> None:
-        requests, self._requests = os.pipe()
-        self._replies, replies = os.pipe()
-        code = f"from macd_nb.pipeline.kernels import warm_main; warm_main({requests}, {replies}, {list(self.imports)!r})"
-        # a session of its own: Ctrl-C in the terminal is the runner's to handle; the pipe's end is the warm process's cue
-        self.process = subprocess.Popen([*interpreter, "-c", code], env=env, pass_fds=(requests, replies),
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
-        os.close(requests), os.close(replies)
-        self._requests, self._replies = os.fdopen(self._requests, "w"), os.fdopen(self._replies)
-
     def fork(self, command: list[str], env: dict, cwd: str) -> ForkedKernel | None:
         "The kernel of launch `command`, forked warm; None where it must start fresh (another interpreter or environment)."
         interpreter = _interpreter(command)
@@ -116,7 +118,9 @@ class WarmKernels:
             if self.process is not None and key != self.key:   # another environment: a new warm process, once the
                 if self._kernels_alive(): return None             # kernels of this one have ended (till then, fresh)
                 self.close()
-            if self.process is None: self._start(*key); self.key = key
+            if self.process is None:
+                self.process, self._requests, self._replies = _launch_warm(self.imports, *key)
+                self.key = key
             self._pending = command
             request = {"argv": command[len(interpreter) + 2:], "env": env, "cwd": str(cwd), "later": self.later}
             try:
