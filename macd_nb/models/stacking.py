@@ -343,6 +343,17 @@ def _held_out_score(paths: RunPaths, meta: dict, timeframe: str, best_base: str,
     return test, {"test_auc": test_scores["auc"], "test_auc_ci95": test_scores["ci95"], "n_test": test_scores["n"],
                   "best_base_test_auc": auc(test_y, test[best_base].to_numpy())}
 
+# %% ../../nbs/models/10_stacking.ipynb #5b5bfb98
+def _over_best_feature(run_dir: Path, timeframe: str, config: RunConfig, oof: pd.DataFrame,
+                       stacked: np.ndarray) -> tuple[dict | None, object, float | None]:
+    """The stacked OOF predictions against the best single feature's (chosen per fold, the base models' reference too):
+    the paired AUC gain with its interval (None without a reference), the reference, and that feature's own OOF AUC."""
+    feature_scores, reference = best_feature_oof(run_dir, timeframe, config, oof.index)
+    stacked_oof = oof[["y"]].assign(pred=stacked).dropna()
+    gain = reference_gains(stacked_oof, {"best_feature": feature_scores}, config).get("best_feature")
+    compared = stacked_oof.join(feature_scores.rename("feature")).dropna()
+    return gain, reference, auc(compared["y"], compared["feature"]) if len(compared) else None
+
 # %% ../../nbs/models/10_stacking.ipynb #0dcae60e
 def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") -> dict:
     "Stage 2 for one timeframe: checked OOF inputs, meta-learners walk-forward, gates, final meta, one test score."
@@ -370,11 +381,8 @@ def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
                "n_oof_scored": chosen_auc["n"], "n_blocks": config.stacking.meta_blocks, "base_oof_auc": base_auc,
                "base_pred_std": {m: float(oof[m].std()) for m in models}, "best_base": best_base}
     gain_over_best = intervals.gain(chosen, best_base)
-    feature_scores, reference = best_feature_oof(run_dir, timeframe, config, oof.index)
-    stacked_oof = oof[["y"]].assign(pred=predictions[chosen]).dropna()
-    gain_over_feature = reference_gains(stacked_oof, {"best_feature": feature_scores}, config).get("best_feature")
-    compared = stacked_oof.join(feature_scores.rename("feature")).dropna()
-    metrics["best_feature_oof_auc"] = auc(compared["y"], compared["feature"]) if len(compared) else None
+    gain_over_feature, reference, metrics["best_feature_oof_auc"] = _over_best_feature(run_dir, timeframe, config, oof,
+                                                                                       predictions[chosen])
     controls = _stacking_controls(X, y, times, label_end, scored, models, chosen, config)
     redundancy = leave_one_out(intervals, models)
     diagnosed = time.perf_counter()

@@ -296,6 +296,24 @@ def _finish(registry: Path, alias: str, state: dict, entry: dict) -> dict:
     return result | {"finished": "decided before an interruption; this run only completed it"}
 
 
+# %% ../../nbs/pipeline/03_retrain.ipynb #79ab4c4b
+def _carry_out(registry: Path, alias: str, run_dir: Path, champion: Champion, verdict: str, why: str, result: dict) -> None:
+    """The verdict, done and audited: the challenger registered and the alias moved to it by compare-and-swap (refused,
+    and `result` says so, when the alias moved while it trained), or the champion kept."""
+    run_id = run_dir.name
+    audit = {"retrain": run_id, "report": result["report"], "comparison": _brief(result["comparison"])}
+    if verdict != "promote":
+        record_event(registry, {"alias": alias, "event": "retrain", "decision": "kept", "why": why} | audit)
+        return
+    try:
+        register_run(registry, run_dir)
+        pointer = move_alias(registry, alias, run_id, expected_version=champion.version, why=f"retrain: {why}",
+                             hook=_fault_hook(), record=audit)
+        result["version"] = pointer["version"]
+    except RegistryError as refused:   # e.g. the alias moved while the challenger trained: nothing is decided
+        result |= {"decision": "refused", "why": f"{refused}; the challenger run {run_id} is kept"}
+        record_event(registry, {"alias": alias, "event": "retrain", "decision": "refused", "why": result["why"]} | audit)
+
 # %% ../../nbs/pipeline/03_retrain.ipynb #aeea6509
 def retrain(alias: str = "1h", *, registry: str | Path | None = None, data: str | None = None, config_file: str | None = None,
             profile: str | None = None, run_id: str | None = None, runs_root: str | Path = "runs",
@@ -344,17 +362,7 @@ def retrain(alias: str = "1h", *, registry: str | Path | None = None, data: str 
         result |= {"decision": {"promote": "promoted", "keep": "kept"}[verdict], "why": why, "comparison": comparison}
         result["report"] = str(write_retrain_report(reports_root / run_id, result, compared))
         write_state(registry, alias, state | {"result": result})
-        audit = {"retrain": run_id, "report": result["report"], "comparison": _brief(comparison)}
-        if verdict == "promote":
-            try:
-                register_run(registry, run_dir)
-                pointer = move_alias(registry, alias, run_id, expected_version=champion.version, why=f"retrain: {why}",
-                                     hook=_fault_hook(), record=audit)
-                result["version"] = pointer["version"]
-            except RegistryError as refused:   # e.g. the alias moved while the challenger trained: nothing is decided
-                result |= {"decision": "refused", "why": f"{refused}; the challenger run {run_id} is kept"}
-                record_event(registry, {"alias": alias, "event": "retrain", "decision": "refused", "why": result["why"]} | audit)
-        else: record_event(registry, {"alias": alias, "event": "retrain", "decision": "kept", "why": why} | audit)
+        _carry_out(registry, alias, run_dir, champion, verdict, why, result)
         _state_path(registry, alias).unlink(missing_ok=True)
         return result
 

@@ -81,21 +81,24 @@ class StreamingFeatures:
         self.rows.append(row), self.times.append(time_ns)
         return row
 
+# %% ../../nbs/serve/08_stream.ipynb #e18d3298
+def _screened(self: StreamingFeatures, time_ns: int, bars: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    "`bars` without the bad prints (training's `implausible_bars`, against the closes before only), each kept in `flagged`."
+    kept = {}
+    for symbol, row in bars.items():
+        self.seen[symbol] = time_ns
+        closes = self.recent_closes.get(symbol)
+        if closes is None: kept[symbol] = row; continue
+        high, low = row[1], row[2]   # the median lies between the extremes: most bars need no median at all
+        suspect = closes and (high > SPIKE_FACTOR * min(closes) or low * SPIKE_FACTOR < max(closes))
+        why = implausible_now(row, closes) if suspect else None
+        closes.append(float(row[3]))
+        if why: self.flagged[(symbol, time_ns)] = why
+        else: kept[symbol] = row
+    return kept
 
-    def screened(self, time_ns: int, bars: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        "`bars` without the bad prints (training's `implausible_bars`, against the closes before only), each kept in `flagged`."
-        kept = {}
-        for symbol, row in bars.items():
-            self.seen[symbol] = time_ns
-            closes = self.recent_closes.get(symbol)
-            if closes is None: kept[symbol] = row; continue
-            high, low = row[1], row[2]   # the median lies between the extremes: most bars need no median at all
-            suspect = closes and (high > SPIKE_FACTOR * min(closes) or low * SPIKE_FACTOR < max(closes))
-            why = implausible_now(row, closes) if suspect else None
-            closes.append(float(row[3]))
-            if why: self.flagged[(symbol, time_ns)] = why
-            else: kept[symbol] = row
-        return kept
+
+StreamingFeatures.screened = _screened
 
 # %% ../../nbs/serve/08_stream.ipynb #8d6d1a7b
 def implausible_now(row: np.ndarray, closes, factor: float = SPIKE_FACTOR) -> str | None:
