@@ -192,9 +192,10 @@ def run_export(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *,
         native_p[name] = native[:, loaded.head]
     for _, family in stage_families(CombinerFamily):   # the stacked meta-learner, then the fusion MLP
         source = paths.model_file(family.model, timeframe, "json")
-        weights = read_json(source) if source.exists() else None
-        inputs = weights and family.inputs(run_dir, weights, timeframe, native_p)
-        if inputs is None: continue   # not fitted for this timeframe, or fed by a model that was not exported
+        if not source.exists(): continue   # not fitted for this timeframe
+        weights = read_json(source)
+        inputs = family.inputs(run_dir, weights, timeframe, native_p)
+        if inputs is None: continue   # fed by a model that was not exported
         model, exporter = family.to_onnx(weights)
         native_fn = family.predict(weights)
         records[family.model] = _check_and_write(paths, family.model, timeframe, model, native_fn, native_fn(inputs), inputs,

@@ -78,10 +78,6 @@ class Served:
         "InputsUnavailable when the target's `bars` lack a kline column a healthy model (one that may answer) reads."
         self.predictor.check_inputs(bars, [m for m in self.predictor.meta["inputs"] if m not in self.unhealthy], source=source)
 
-    def single(self, name: str, table: pd.DataFrame) -> float:
-        "P(up) of one base model on the last row of `table`."
-        return self.predictor.base_probability(name, table)
-
     def predict(self, table: pd.DataFrame) -> tuple[float, dict, str | None]:
         "(final P(up), every model's P(up), the fallback used or None)."
         needed = [*self.predictor.meta["inputs"], "stacking_meta"]
@@ -95,7 +91,7 @@ class Served:
         models = {}
         for name in self.order:
             if name in self.unhealthy: continue
-            try: models[name] = self.single(name, table)
+            try: models[name] = self.predictor.base_probability(name, table)
             except Exception as error: self.unhealthy[name] = f"failed on a bar: {type(error).__name__}: {error}"[:300]
             else: return models[name], models, f"{name} ({why})"
         raise RuntimeError(f"no healthy model: {why}; {self.unhealthy}")
