@@ -13,9 +13,8 @@ import pytest
 from werkzeug import Response
 
 from macd_nb.core.data import load_bars
-from macd_nb.core.klines import KLINE_COLUMNS, DataError, example_klines
-from macd_nb.serve.binance import (KLINES_PATH, ChecksumMismatch, FetchError, IPBanned, dump_name, dump_path, fetch_klines,
-                                   month_file)
+from macd_nb.core.klines import KLINE_COLUMNS, DataError, example_klines, month_file
+from macd_nb.serve.binance import KLINES_PATH, ChecksumMismatch, FetchError, IPBanned, dump_name, dump_path, fetch_klines
 
 HOUR = 3_600_000
 

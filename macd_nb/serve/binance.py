@@ -13,7 +13,7 @@ import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +25,13 @@ from tqdm import tqdm
 
 from ..core.config import default_data_dir
 from ..core.data import date_bound, parse_bar_file_name
-from ..core.klines import BAR_FILE_SUFFIXES, KLINE_COLUMNS, DataError, read_klines, to_utc_open_time
-from ..core.rundir import write_atomically
+from ..core.klines import (BAR_FILE_SUFFIXES, DataError, Row, month_file, parse_row, read_klines,
+                                read_month, store_rows, to_utc_open_time, utc_minute)
 
 # %% auto #0
 __all__ = ['DEFAULT_REST_URL', 'DEFAULT_DUMPS_URL', 'KLINES_PATH', 'REQUEST_WEIGHT', 'WEIGHT_LIMIT', 'INTERVAL_MS', 'FetchError',
-           'IPBanned', 'ChecksumMismatch', 'month_file', 'Row', 'parse_row', 'check_same', 'read_month', 'store_rows',
-           'stored_through', 'Stopped', 'StopSignal', 'BinanceClient', 'FetchSummary', 'fetch_rest', 'dump_name',
-           'dump_path', 'dump_lines', 'fetch_dumps', 'fetch_klines']
+           'IPBanned', 'ChecksumMismatch', 'stored_through', 'Stopped', 'StopSignal', 'BinanceClient', 'FetchSummary',
+           'fetch_rest', 'dump_name', 'dump_path', 'dump_lines', 'fetch_dumps', 'fetch_klines']
 
 # %% ../../nbs/serve/02_binance.ipynb #b5253ef0
 DEFAULT_REST_URL = "https://api.binance.com"
@@ -56,96 +55,7 @@ class IPBanned(FetchError):
 class ChecksumMismatch(DataError):
     "A downloaded dump whose sha256 differs from its CHECKSUM file (nothing was kept)."
 
-
-def month_file(data_dir: str | Path, symbol: str, interval: str, open_ms: int) -> Path:
-    "The month CSV that holds the bar opening at `open_ms` (UTC month)."
-    month = pd.Timestamp(open_ms, unit="ms")
-    return Path(data_dir) / f"{symbol}-{interval}-{month:%Y-%m}.csv"
-
-
-def _ms(value: int) -> int:
-    "An epoch timestamp in ms: microseconds (2025 spot dumps) are divided by 1000."
-    return value // 1000 if value >= 10**14 else value
-
-
-def _utc(open_ms: int) -> str:
-    "'YYYY-MM-DD HH:MM' of an epoch-ms time."
-    return f"{pd.Timestamp(open_ms, unit='ms'):%Y-%m-%d %H:%M}"
-
-# %% ../../nbs/serve/02_binance.ipynb #16c488c9
-@dataclass(frozen=True)
-class Row:
-    "One kline: its twelve values as text, open time in ms, and where it was read."
-    open_ms: int
-    fields: tuple[str, ...]
-    where: str
-
-    @property
-    def close_ms(self) -> int: return _ms(int(self.fields[6]))
-
-    def values(self) -> tuple:
-        "What must agree between two copies of the bar: times in ms, the numbers as floats."
-        return (self.open_ms, *map(float, self.fields[1:6]), self.close_ms, *map(float, self.fields[7:11]))
-
-
-def parse_row(values: Iterable, where: str) -> Row:
-    "A Row from twelve kline values (JSON list or CSV fields); DataError naming `where` when it is not one."
-    fields = tuple(str(v).strip() for v in values)
-    if len(fields) != 12: raise DataError(f"{where}: {len(fields)} values, a kline has 12 ({','.join(fields)[:120]})")
-    try:
-        row = Row(_ms(int(fields[0])), fields, where)
-        row.values()
-    except ValueError: raise DataError(f"{where}: not a kline row, a time or number does not parse ({','.join(fields)[:120]})") from None
-    return row
-
-
-def check_same(a: Row, b: Row) -> None:
-    "DataError naming both rows when two copies of one bar differ."
-    if a.values() == b.values(): return
-    names = ["open_time", *KLINE_COLUMNS[1:11]]
-    differ = [f"{n} {x} vs {y}" for n, x, y in zip(names, a.values(), b.values()) if x != y]
-    raise DataError(f"{a.where} and {b.where}: two different bars for open_time {_utc(a.open_ms)} UTC ({', '.join(differ)}); "
-                    "one source is wrong: check both, delete the stale month file and fetch again")
-
-
-def read_month(path: Path) -> dict[int, Row]:
-    "The rows of one stored month CSV by open time in ms (empty when there is no file)."
-    if not path.exists(): return {}
-    rows = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip() or (n == 1 and not line.split(",")[0].strip().isdigit()): continue   # blank, or a header
-        row = parse_row(line.split(","), f"{path} line {n}")
-        if row.open_ms in rows: check_same(rows[row.open_ms], row)
-        else: rows[row.open_ms] = row
-    return rows
-
-# %% ../../nbs/serve/02_binance.ipynb #50c36cad
-def store_rows(data_dir: str | Path, symbol: str, interval: str, rows: Iterable[Row], now_ms: int) -> list[Row]:
-    "Add closed rows to their month CSVs (atomic writes, appended in order); rows already stored are checked, not repeated."
-    months: dict[Path, dict[int, Row]] = {}
-    for row in rows:
-        if row.close_ms >= now_ms: continue   # the bar is still open: its values are not final
-        batch = months.setdefault(month_file(data_dir, symbol, interval, row.open_ms), {})
-        if row.open_ms in batch: check_same(batch[row.open_ms], row)
-        else: batch[row.open_ms] = row
-    added = []
-    for path, batch in sorted(months.items()):
-        stored = read_month(path)
-        for key in batch.keys() & stored.keys(): check_same(stored[key], batch[key])
-        new = [batch[k] for k in sorted(batch.keys() - stored.keys())]
-        if not new: continue
-        text = "".join(",".join(r.fields) + "\n" for r in new).encode()
-        if stored and new[0].open_ms < max(stored):   # a bar before the last line: rewrite the month in order
-            merged = sorted([*stored.values(), *new], key=lambda r: r.open_ms)
-            data = "".join(",".join(r.fields) + "\n" for r in merged).encode()
-        else:
-            old = path.read_bytes() if path.exists() else b""
-            data = old + (b"\n" if old and not old.endswith(b"\n") else b"") + text   # earlier bytes unchanged
-        write_atomically(path, lambda tmp: tmp.write_bytes(data))
-        added += new
-    return added
-
-
+# %% ../../nbs/serve/02_binance.ipynb #b2d0f001
 def stored_through(data_dir: str | Path, symbol: str, interval: str) -> int | None:
     "Open time (ms) of the last bar any bar file of `symbol` and `interval` in `data_dir` holds, or None."
     last = None
@@ -324,8 +234,8 @@ class FetchSummary:
         "Count stored rows."
         if not added: return
         self.added += len(added)
-        self.first = self.first or _utc(added[0].open_ms)
-        self.last = _utc(added[-1].open_ms)
+        self.first = self.first or utc_minute(added[0].open_ms)
+        self.last = utc_minute(added[-1].open_ms)
         self.files = sorted({*self.files, *(month_file("", self.symbol, self.interval, r.open_ms).name for r in added)})
 
     def line(self) -> str:
