@@ -29,7 +29,8 @@ from nbclient import NotebookClient
 
 from macd_nb.core.config import library_versions, profile_config
 from macd_nb.pipeline.kernels import FRESH_KERNELS, WarmKernels
-from macd_nb.pipeline.runner import _quiet_local_kernel, run_pipeline
+from macd_nb.pipeline.runner import run_pipeline
+from macd_nb.pipeline.stage_run import stage_kernel_options
 
 REPO = Path(__file__).resolve().parents[1]
 PROLOGUE = ("import numpy, pandas, sklearn.linear_model, lightgbm, matplotlib.pyplot as plt\n"
@@ -55,7 +56,7 @@ def prologue(warm: WarmKernels | None) -> None:
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}})
     nb.cells = [nbformat.v4.new_code_cell(PROLOGUE)]
     with tempfile.TemporaryDirectory() as sockets:
-        options = _quiet_local_kernel(Path(sockets), warm)
+        options = stage_kernel_options(Path(sockets), warm)
         client = NotebookClient(nb, kernel_name="python3", **{k: v for k, v in options.items() if k != "extra_arguments"})
         client.extra_arguments = options["extra_arguments"]
         client.execute()
