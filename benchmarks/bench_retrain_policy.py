@@ -1,4 +1,4 @@
-"""Benchmark: does retraining help? The retrain-policy simulation (`macd_nb.pipeline.retrain_policy`) over 2025 on the
+"""Benchmark: does retraining help? The retrain-policy simulation (`macd_nb.pipeline.policy_simulation`) over 2025 on the
 real BTCUSDT hourly bars, 12 monthly points, the full profile's LightGBM recipe (a one-year window), two LightGBM threads.
 
 Policies on the same 8,759 served bars: never retrain, retrain and always promote (as FreqAI), retrain and promote when
@@ -28,8 +28,8 @@ from macd_nb.core.config import library_versions, profile_config
 from macd_nb.core.data import load_bars
 from macd_nb.core.parallel import machine_threads
 from macd_nb.core.prepare import timeframe_table
-from macd_nb.pipeline.retrain_policy import (PROMOTION_MARGIN, Market, plot_policy_auc, policy_table,
-                                             simulate_retrain_policies)
+from macd_nb.pipeline.policy_simulation import plot_policy_auc, policy_table, simulate_retrain_policies
+from macd_nb.pipeline.retrain_policy import PROMOTION_MARGIN, Market
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))

@@ -12,9 +12,9 @@ from macd_nb.core.prepare import timeframe_table
 from macd_nb.core.synthetic import synthetic_market
 from macd_nb.core.validation import auc
 from macd_nb.models.lgb import rounds_from_earlier_folds
-from macd_nb.pipeline.retrain_policy import (POLICIES, Market, RecipeFit, WalkForwardEvidence, policy_table,
-                                             promotion_decision, ranks_within, retrain_schedule, simulate_retrain_policies,
-                                             training_rows)
+from macd_nb.pipeline.policy_simulation import POLICIES, policy_table, simulate_retrain_policies
+from macd_nb.pipeline.retrain_policy import (Market, RecipeFit, WalkForwardEvidence, promotion_decision, ranks_within,
+                                             retrain_schedule, training_rows)
 
 CHANGE = pd.Timestamp("2024-06-01", tz="UTC")
 
