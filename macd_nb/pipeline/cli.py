@@ -318,7 +318,6 @@ def _data_lines(run_dir: Path) -> list[str]:
                                   ("gap_excluded_rows",
                                    f"whose lookback or label spans a gap longer than {limit} h"))
                  if s.get(key)]
-
         if parts: lines.append(f"  data {tf}: " + "; ".join(parts))
     return lines
 
