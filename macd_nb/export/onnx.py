@@ -18,8 +18,10 @@ import pandas as pd
 from onnx import TensorProto, numpy_helper
 
 from ..core.config import RunConfig
-from ..core.rundir import RunPaths, model_result, read_json, read_parquet, sha256_file, write_atomically, write_json
-from ..core.served_model import BINNING, PSI_BINS, CombinerFamily, LoadedModel, ServedFamily, reference_bins
+from ..core.rundir import (RunPaths, model_result, read_json, read_parquet, sha256_file,
+                                  write_atomically, write_json)
+from ..core.served_model import (BINNING, PSI_BINS, CombinerFamily, LoadedModel, ServedFamily,
+                                        reference_bins)
 from ..core.stages import STAGES, stage_named
 
 # %% ../../nbs/export/01_onnx.ipynb #4621779e
@@ -36,8 +38,10 @@ def onnx_session(model: onnx.ModelProto, threads: int = 1):
 # %% ../../nbs/export/01_onnx.ipynb #a136e34f
 def parity(native: np.ndarray, exported: np.ndarray, *, tolerance: float = PARITY_MAX_ABS_DIFF) -> dict:
     "Largest |Δp| and decisions flipped at 0.5 between native and ONNX probabilities of the same rows."
-    native, exported = np.asarray(native, dtype=np.float64).ravel(), np.asarray(exported, dtype=np.float64).ravel()
-    if native.shape != exported.shape: raise ValueError(f"parity: {native.shape} native against {exported.shape} ONNX outputs")
+    native, exported = (np.asarray(native, dtype=np.float64).ravel(),
+                        np.asarray(exported, dtype=np.float64).ravel())
+    if native.shape != exported.shape:
+        raise ValueError(f"parity: {native.shape} native against {exported.shape} ONNX outputs")
     diff = float(np.max(np.abs(native - exported))) if len(native) else float("nan")
     flips = int(np.sum((native > 0.5) != (exported > 0.5)))
     return {"n": int(len(native)), "max_abs_diff": diff, "flips": flips, "tolerance": tolerance,
@@ -45,19 +49,21 @@ def parity(native: np.ndarray, exported: np.ndarray, *, tolerance: float = PARIT
 
 # %% ../../nbs/export/01_onnx.ipynb #b6d28b09
 def perturbed(model: onnx.ModelProto, delta: float = 1.0) -> onnx.ModelProto:
-    """A copy of `model` with its largest weight tensor moved by `delta`: the largest tensor is one the output depends on
-    (an unused context layer the TorchScript exporter keeps is not). A network's (an initializer) has its
-    largest-magnitude value moved: moving all of a layer's weights alike would shift its outputs alike, which a layer
-    norm undoes. A tree ensemble's leaf weights (an attribute) are all moved: every row reaches a leaf of every tree,
-    while a single leaf, even the largest, may be one no row reaches (CatBoost's symmetric trees have many)."""
+    """A copy of `model` with its largest weight tensor moved by `delta`: the largest tensor is one the
+    output depends on (an unused context layer the TorchScript exporter keeps is not). A network's (an
+    initializer) has its largest-magnitude value moved: moving all of a layer's weights alike would shift its
+    outputs alike, which a layer norm undoes. A tree ensemble's leaf weights (an attribute) are all moved:
+    every row reaches a leaf of every tree, while a single leaf, even the largest, may be one no row reaches
+    (CatBoost's symmetric trees have many)."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    candidates = [(init, None) for init in copy.graph.initializer if init.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE)
-                  and np.prod(init.dims) > 1]
+    candidates = [(init, None) for init in copy.graph.initializer
+                  if init.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE) and np.prod(init.dims) > 1]
     candidates += [(None, a) for node in copy.graph.node for a in node.attribute
                    if "weights" in a.name and (a.type == onnx.AttributeProto.TENSOR or len(a.floats))]
     if not candidates: raise ValueError("perturbed: the model has no weight to move")
-    init, attribute = max(candidates, key=lambda c: (c[0] is not None, np.prod(c[0].dims) if c[0] is not None else 0))
+    init, attribute = max(candidates,
+                          key=lambda c: (c[0] is not None, np.prod(c[0].dims) if c[0] is not None else 0))
     if init is not None:
         values = numpy_helper.to_array(init).copy()
         values.flat[np.argmax(np.abs(values))] += delta
@@ -74,7 +80,8 @@ def perturbed(model: onnx.ModelProto, delta: float = 1.0) -> onnx.ModelProto:
 # %% ../../nbs/export/01_onnx.ipynb #0f453950
 def latency(predict: Callable[[np.ndarray], object], rows: np.ndarray, batch: int, *, repeats: int = 200,
             warmup: int = 10, budget_s: float = 0.5) -> dict:
-    "p50 and p99 milliseconds of `predict` on `batch` rows (cycled through `rows`) after warm-up; at least 20 calls, then up to `repeats` within `budget_s`."
+    """p50 and p99 milliseconds of `predict` on `batch` rows (cycled through `rows`) after warm-up; at least
+    20 calls, then up to `repeats` within `budget_s`."""
     times, spent = [], 0.0
     for k in range(warmup + repeats):
         start = k * batch % max(1, len(rows) - batch)
@@ -86,21 +93,22 @@ def latency(predict: Callable[[np.ndarray], object], rows: np.ndarray, batch: in
             times.append(elapsed * 1e3)
             spent += elapsed
             if spent > budget_s and len(times) >= 20: break
-    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)), "calls": len(times)}
+    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
+            "calls": len(times)}
 
 # %% ../../nbs/export/01_onnx.ipynb #492d6202
 GOLDEN_ROWS = 4   # stored inputs and native outputs per model: what a health check replays
 
 
 def save_golden(path: Path, inputs: np.ndarray, outputs: np.ndarray) -> Path:
-    "A few model inputs and the native model's outputs as `.npz` (plain arrays: loadable with `allow_pickle=False`)."
+    "A few model inputs and the native model's outputs as `.npz` (plain arrays: `allow_pickle=False` loads)."
     def write(tmp):
         with open(tmp, "wb") as handle: np.savez(handle, inputs=inputs, outputs=np.asarray(outputs))
     return write_atomically(path, write)
 
 # %% ../../nbs/export/01_onnx.ipynb #f7b1e219
 def stage_families(kind: type) -> list[tuple]:
-    "(stage, family) of every stage row whose family is a `kind` (`ServedFamily`, `CombinerFamily`), in stage order."
+    "(stage, family) of every stage row whose family is a `kind` (`ServedFamily`, `CombinerFamily`), in order"
     found = []
     for stage in STAGES:
         if stage.family is None: continue
@@ -111,7 +119,8 @@ def stage_families(kind: type) -> list[tuple]:
 
 
 def served_models(paths: RunPaths, timeframe: str) -> dict[str, tuple[ServedFamily, LoadedModel]]:
-    "Every served base model the run saved for `timeframe`, in stage order, read back through the family its stage row names."
+    """Every served base model the run saved for `timeframe`, in stage order, read back through the family its
+    stage row names."""
     found = {}
     for stage, family in stage_families(ServedFamily):
         loaded = family.load(paths, stage.model, timeframe)
@@ -119,61 +128,76 @@ def served_models(paths: RunPaths, timeframe: str) -> dict[str, tuple[ServedFami
     return found
 
 # %% ../../nbs/export/01_onnx.ipynb #127149c2
-def _check_and_write(paths: RunPaths, name: str, timeframe: str, model: onnx.ModelProto, native_fn, native: np.ndarray,
-                     inputs: np.ndarray, source: Path, exporter: str) -> dict:
-    "Parity against `native` (the native outputs of `inputs`), the perturbed copy, latencies; the ONNX and golden files written."
+def _check_and_write(paths: RunPaths, name: str, timeframe: str, model: onnx.ModelProto, native_fn,
+                     native: np.ndarray, inputs: np.ndarray, source: Path, exporter: str) -> dict:
+    """Parity against `native` (the native outputs of `inputs`), the perturbed copy, latencies; the ONNX and
+    golden files written."""
     input_name = model.graph.input[0].name
-    result = {"exporter": exporter, "source": paths.relative(source)} | _check(model, native_fn, native, inputs, input_name)
+    result = ({"exporter": exporter, "source": paths.relative(source)}
+              | _check(model, native_fn, native, inputs, input_name))
     target = paths.model_file(name, timeframe, "onnx")
     write_atomically(target, lambda tmp: tmp.write_bytes(model.SerializeToString()))
-    golden = save_golden(paths.model_file(name, timeframe, "golden.npz"), inputs[:GOLDEN_ROWS], native[:GOLDEN_ROWS])
+    golden = save_golden(paths.model_file(name, timeframe, "golden.npz"), inputs[:GOLDEN_ROWS],
+                         native[:GOLDEN_ROWS])
     return result | {"file": paths.relative(target), "sha256": sha256_file(target), "input": input_name,
                      "source_sha256": sha256_file(source), "golden": paths.relative(golden)}
 
 # %% ../../nbs/export/01_onnx.ipynb #03cdea7b
-def _check(model: onnx.ModelProto, native_fn, native: np.ndarray, inputs: np.ndarray, input_name: str) -> dict:
+def _check(model: onnx.ModelProto, native_fn, native: np.ndarray, inputs: np.ndarray,
+           input_name: str) -> dict:
     "Parity, the perturbed copy's parity, and latencies of one exported model."
     session = onnx_session(model)
     result = {"parity": parity(native, session.run(None, {input_name: inputs})[0])}
     moved = onnx_session(perturbed(model)).run(None, {input_name: inputs})[0]
     result["perturbed_fails"] = not parity(native, moved)["passed"]
     run = lambda x: session.run(None, {input_name: x})
-    result["latency_ms"] = {f"batch_{b}": {"native": latency(native_fn, inputs, b), "onnx": latency(run, inputs, b)}
+    result["latency_ms"] = {f"batch_{b}": {"native": latency(native_fn, inputs, b),
+                                           "onnx": latency(run, inputs, b)}
                             for b in (1, 256)}
     return result
 
 # %% ../../nbs/export/01_onnx.ipynb #5f003260
 def _deployment_rows(paths: RunPaths, models: dict, timeframe: str) -> dict:
-    "First and last bar of the served models' training windows together (a tree's record `deployment`, a network's `training_window`)."
+    """First and last bar of the served models' training windows together (a tree's record `deployment`, a
+    network's `training_window`)."""
     windows = [loaded.training_window for _, loaded in models.values()]
-    if not all(windows): raise ValueError(f"{paths.results}: a served model of {sorted(models)} records no training window")
+    if not all(windows):
+        raise ValueError(f"{paths.results}: a served model of {sorted(models)} records no training window")
     return {"first_bar": min(pd.Timestamp(w["first_bar"]) for w in windows),
             "last_bar": max(pd.Timestamp(w["last_bar"]) for w in windows)}
 
 # %% ../../nbs/export/01_onnx.ipynb #fece4036
 def write_drift_reference(paths: RunPaths, table: pd.DataFrame, models: dict, timeframe: str) -> Path:
-    "`models/drift_reference_{tf}.json`: quantile bins of every served feature over the deployed models' training rows, and of the deployed stacked model's held-out predictions."
+    """`models/drift_reference_{tf}.json`: quantile bins of every served feature over the deployed models'
+    training rows, and of the deployed stacked model's held-out predictions."""
     window = _deployment_rows(paths, models, timeframe)
-    names = [c for c in table.columns if any(c in loaded.features for _, loaded in models.values())]   # the table's order
+    # in the table's order
+    names = [c for c in table.columns if any(c in loaded.features for _, loaded in models.values())]
     rows = table.loc[(table.index >= window["first_bar"]) & (table.index <= window["last_bar"]), names]
     reference = {"timeframe": timeframe, "bins": PSI_BINS, "binning": BINNING,
-                 "feature_rows": {"source": "the deployed base models' training windows together (results/{model}_{tf}.json "
-                                  "`deployment`, models/{network}_{tf}.json `training_window`)", "models": sorted(models),
-                                  "first_bar": str(rows.index[0]), "last_bar": str(rows.index[-1]), "n_rows": len(rows)},
+                 "feature_rows": {"source": "the deployed base models' training windows together "
+                                            "(results/{model}_{tf}.json `deployment`, "
+                                            "models/{network}_{tf}.json `training_window`)",
+                                  "models": sorted(models), "first_bar": str(rows.index[0]),
+                                  "last_bar": str(rows.index[-1]), "n_rows": len(rows)},
                  "features": {name: reference_bins(rows[name].to_numpy()) for name in names}}
-    # the deployed stacked model's own out-of-sample predictions: the walk-forward OOF ones come from other (earlier)
-    # meta-learners, whose spread differs (PSI 1.4 between the two on a smoke run with nothing drifted)
+    # the deployed stacked model's own out-of-sample predictions: the walk-forward OOF ones come from other
+    # (earlier) meta-learners, whose spread differs (PSI 1.4 between the two on a smoke run, nothing drifted)
     held_out = paths.test_file("stacking", timeframe)
     if held_out.exists():
         pred = read_parquet(held_out)["pred"]
-        reference |= {"prediction_rows": {"source": paths.relative(held_out) + " column pred (the deployed stacked model on the held-out test period)",
-                                          "first_bar": str(pred.index[0]), "last_bar": str(pred.index[-1]), "n_rows": len(pred)},
+        reference |= {"prediction_rows": {"source": paths.relative(held_out) + " column pred (the deployed "
+                                                    "stacked model on the held-out test period)",
+                                          "first_bar": str(pred.index[0]), "last_bar": str(pred.index[-1]),
+                                          "n_rows": len(pred)},
                       "prediction": reference_bins(pred.to_numpy())}
     return write_json(paths.model_file("drift_reference", timeframe, "json"), reference)
 
 # %% ../../nbs/export/01_onnx.ipynb #93207850
-def run_export(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *, min_rows: int = 1000) -> dict:
-    "Stage 3 for one timeframe: every saved serving model to ONNX, parity, a perturbed copy, latency; writes its record."
+def run_export(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *,
+               min_rows: int = 1000) -> dict:
+    """Stage 3 for one timeframe: every saved serving model to ONNX, parity, a perturbed copy, latency; writes
+    its record."""
     from macd_nb.core.prepare import load_table
     from macd_nb.models.protocol import provenance
     started, run_dir = time.perf_counter(), Path(run_dir)
@@ -188,7 +212,8 @@ def run_export(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *,
         model, exporter = family.to_onnx(loaded)
         inputs, native_fn = family.inputs(loaded, table, rows), family.predict(loaded)
         native = native_fn(inputs)   # once: parity, the stacked model's inputs and the golden file all use it
-        records[name] = _check_and_write(paths, name, timeframe, model, native_fn, native, inputs, loaded.source, exporter)
+        records[name] = _check_and_write(paths, name, timeframe, model, native_fn, native, inputs,
+                                         loaded.source, exporter)
         native_p[name] = native[:, loaded.head]
     for _, family in stage_families(CombinerFamily):   # the stacked meta-learner, then the fusion MLP
         source = paths.model_file(family.model, timeframe, "json")
@@ -198,11 +223,11 @@ def run_export(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *,
         if inputs is None: continue   # fed by a model that was not exported
         model, exporter = family.to_onnx(weights)
         native_fn = family.predict(weights)
-        records[family.model] = _check_and_write(paths, family.model, timeframe, model, native_fn, native_fn(inputs), inputs,
-                                                 source, exporter)
+        records[family.model] = _check_and_write(paths, family.model, timeframe, model, native_fn,
+                                                 native_fn(inputs), inputs, source, exporter)
     drift = [paths.relative(write_drift_reference(paths, table, models, timeframe))] if models else []
-    failed = [f"{name}: max |Δp| {r['parity']['max_abs_diff']:.2e}, {r['parity']['flips']} flipped" for name, r in records.items()
-              if not r["parity"]["passed"]]
+    failed = [f"{name}: max |Δp| {r['parity']['max_abs_diff']:.2e}, {r['parity']['flips']} flipped"
+              for name, r in records.items() if not r["parity"]["passed"]]
     toothless = [name for name, r in records.items() if not r["perturbed_fails"]]
     record = model_result(
         stage=stage_named("export").number, model="export", timeframe=timeframe, target=config.data.target,
@@ -210,11 +235,13 @@ def run_export(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *,
         metrics={"n_parity_rows": int(n_rows), "models": sorted(records), "all_parity_passed": not failed},
         controls={"perturbed_copies_fail": not toothless}, gates=[],
         timings_s={"total": time.perf_counter() - started},
-        artifacts=[r["file"] for r in records.values()] + drift + [paths.relative(paths.result_file("export", timeframe))],
+        artifacts=[r["file"] for r in records.values()] + drift
+                  + [paths.relative(paths.result_file("export", timeframe))],
         **provenance(config, run_dir),
         exports=records, parity_tolerance=PARITY_MAX_ABS_DIFF, latency_threads=1)
     write_json(paths.result_file("export", timeframe), record)
     if failed or toothless:
-        raise AssertionError(f"{paths.result_file('export', timeframe)}: parity failed for {failed or 'none'}; "
+        raise AssertionError(f"{paths.result_file('export', timeframe)}: "
+                             f"parity failed for {failed or 'none'}; "
                              f"a perturbed copy passed parity for {toothless or 'none'}")
     return record

@@ -19,8 +19,8 @@ from pathlib import Path, PurePosixPath
 
 from ..core.config import TIMEFRAMES
 from ..core.registry import RegistryError, move_alias, read_alias, registry_lock
-from ..core.rundir import (CorruptArtifact, RunPaths, fsync_dir, read_json, read_verified_bytes, sha256_file,
-                                  write_atomically, write_json)
+from ..core.rundir import (CorruptArtifact, RunPaths, fsync_dir, read_json, read_verified_bytes,
+                                  sha256_file, write_atomically, write_json)
 from .summary import summary_markdown
 
 # %% ../../nbs/export/04_package.ipynb #58fa1f72
@@ -28,25 +28,35 @@ PACKAGED = ("models", "results")
 
 
 class DeployError(RuntimeError):
-    "A package refused: truncated, tampered, a link, an absolute or `..` path, a file missing from it or from its manifest."
+    """A package refused: truncated, tampered, a link, an absolute or `..` path, a file missing from it or
+    from its manifest."""
 
 
 def _run_time(run_dir: Path) -> str:
     "The run's own timestamp for the package name: when its first result record was written."
     stamps = sorted(filter(None, (read_json(p).get("created") for p in RunPaths(run_dir).result_files())))
-    return time.strftime("%Y%m%dT%H%M%SZ", time.strptime(stamps[0], "%Y-%m-%dT%H:%M:%SZ")) if stamps else "undated"
+    return (time.strftime("%Y%m%dT%H%M%SZ", time.strptime(stamps[0], "%Y-%m-%dT%H:%M:%SZ")) if stamps
+            else "undated")
 
 
 def package_files(run_dir: Path) -> dict[str, bytes]:
-    "Relative path -> bytes of everything the package holds but its manifest, each checked against its writer's sha256; refuses a declared file that is gone."
-    manifest = run_dir / "MANIFEST.json"   # what the run left behind when it last ended: a file it lists must still be there
-    declared = {name for name in (read_json(manifest)["files"] if manifest.exists() else {}) if name.split("/")[0] in PACKAGED}
-    present = {path.relative_to(run_dir).as_posix() for folder in PACKAGED for path in (run_dir / folder).rglob("*")
+    """Relative path -> bytes of everything the package holds but its manifest, each checked against its
+    writer's sha256; refuses a declared file that is gone."""
+    # what the run left behind when it last ended: a file it lists must still be there
+    manifest = run_dir / "MANIFEST.json"
+    declared = {name for name in (read_json(manifest)["files"] if manifest.exists() else {})
+                if name.split("/")[0] in PACKAGED}
+    present = {path.relative_to(run_dir).as_posix()
+               for folder in PACKAGED for path in (run_dir / folder).rglob("*")
                if path.is_file() and not path.name.startswith(".")}
     missing = sorted(name for name in declared - present if not name.endswith("/package.json"))
-    if missing: raise FileNotFoundError(f"{run_dir / missing[0]}: listed in {manifest} but missing (deleted after its stage wrote it)")
-    # the bytes packaged are the bytes checked against the sha256 their writer recorded, so the package manifest holds it too
-    files = {name: read_verified_bytes(run_dir / name) for name in ["config.json", *sorted(present)] if not name.endswith("/package.json")}
+    if missing:
+        raise FileNotFoundError(f"{run_dir / missing[0]}: listed in {manifest} but missing "
+                                "(deleted after its stage wrote it)")
+    # the bytes packaged are the bytes checked against the sha256 their writer recorded, so the package
+    # manifest holds it too
+    files = {name: read_verified_bytes(run_dir / name) for name in ["config.json", *sorted(present)]
+             if not name.endswith("/package.json")}
     # the run's summary, without the package's own section (nothing that changes after packaging)
     files["report/TRAINING_REPORT.md"] = summary_markdown(run_dir, run_dir.name, package=False).encode()
     return files
@@ -55,7 +65,8 @@ def package_files(run_dir: Path) -> dict[str, bytes]:
 def _member(name: str, size: int) -> tarfile.TarInfo:
     "A regular-file tar header with nothing machine- or time-specific in it."
     info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
+    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = (size, 0, 0o644, 0, 0,
+                                                                                    "", "")
     return info
 
 
@@ -64,15 +75,18 @@ def build_package(run_dir: str | Path, out_dir: str | Path) -> Path:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     try: files, stamp = package_files(run_dir), _run_time(run_dir)
     except (CorruptArtifact, FileNotFoundError) as refused:   # one line naming the file, for the command line
-        raise DeployError(f"{refused}; nothing was packaged (for this run: macd-nb run --run-id {run_dir.name} --resume "
-                          f"--runs-root {run_dir.parent} --reports-root <its reports folder>)") from None
-    manifest = {"run": run_dir.name, "files": {name: {"sha256": "sha256:" + hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-                                               for name, data in sorted(files.items())}}
+        raise DeployError(f"{refused}; nothing was packaged (for this run: "
+                          f"macd-nb run --run-id {run_dir.name} --resume --runs-root {run_dir.parent} "
+                          "--reports-root <its reports folder>)") from None
+    manifest = {"run": run_dir.name,
+                "files": {name: {"sha256": "sha256:" + hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+                          for name, data in sorted(files.items())}}
     files["MANIFEST.json"] = json.dumps(manifest, indent=2, sort_keys=True).encode()
     target = out_dir / f"macd_models_{stamp}.tar.gz"
     out_dir.mkdir(parents=True, exist_ok=True)
     def write(tmp):
-        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as zipped, \
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                                                   compresslevel=9) as zipped, \
                 tarfile.open(fileobj=zipped, mode="w", format=tarfile.GNU_FORMAT) as tar:
             for name in sorted(files):
                 tar.addfile(_member(f"{run_dir.name}/{name}", len(files[name])), io.BytesIO(files[name]))
@@ -82,8 +96,10 @@ def build_package(run_dir: str | Path, out_dir: str | Path) -> Path:
 def _safe_name(member: tarfile.TarInfo, tarball: Path) -> PurePosixPath:
     "The member's relative path, or a refusal naming it."
     if not member.isreg():
-        kind = "symbolic link" if member.issym() else "hard link" if member.islnk() else "folder" if member.isdir() else "special file"
-        raise DeployError(f"{tarball}: member {member.name!r} is a {kind}; a package holds regular files only")
+        kind = ("symbolic link" if member.issym() else "hard link" if member.islnk()
+                else "folder" if member.isdir() else "special file")
+        raise DeployError(f"{tarball}: member {member.name!r} is a {kind}; "
+                          "a package holds regular files only")
     path = PurePosixPath(member.name)
     if path.is_absolute() or member.name.startswith(("/", "\\")) or ".." in path.parts or len(path.parts) < 2:
         raise DeployError(f"{tarball}: member {member.name!r} has an unsafe path")
@@ -99,14 +115,18 @@ def _unpack(tarball: Path, staging: Path) -> str:
                 path = _safe_name(member, tarball)
                 if run_id is None: run_id = path.parts[0]
                 if path.parts[0] != run_id:
-                    raise DeployError(f"{tarball}: member {member.name!r} is outside the run folder {run_id!r}")
+                    raise DeployError(f"{tarball}: member {member.name!r} "
+                                      f"is outside the run folder {run_id!r}")
                 target = staging.joinpath(*path.parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.extractfile(member) as source, open(target, "xb") as out: shutil.copyfileobj(source, out)
+                with archive.extractfile(member) as source, open(target, "xb") as out:
+                    shutil.copyfileobj(source, out)
                 last = member.name
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
-        if isinstance(error, FileExistsError): raise DeployError(f"{tarball}: member {error.filename} appears twice") from None
-        raise DeployError(f"{tarball}: truncated or corrupt after member {last!r} ({type(error).__name__}: {error})") from None
+        if isinstance(error, FileExistsError):
+            raise DeployError(f"{tarball}: member {error.filename} appears twice") from None
+        raise DeployError(f"{tarball}: truncated or corrupt after member {last!r} "
+                          f"({type(error).__name__}: {error})") from None
     if run_id is None: raise DeployError(f"{tarball}: the package is empty")
     return run_id
 
@@ -115,11 +135,13 @@ def _check_against_manifest(root: Path, tarball: Path) -> dict:
     "The manifest after every listed file matched and no file was left unlisted."
     if not (root / "MANIFEST.json").exists(): raise DeployError(f"{tarball}: no MANIFEST.json")
     listed = read_json(root / "MANIFEST.json")["files"]
-    present = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != "MANIFEST.json")
+    present = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                     if p.is_file() and p.name != "MANIFEST.json")
     for name in present:
         if name not in listed: raise DeployError(f"{tarball}: member {name!r} is not in the manifest")
         if sha256_file(root / name) != listed[name]["sha256"]:
-            raise DeployError(f"{tarball}: member {name!r} does not match its sha256 in the manifest (tampered)")
+            raise DeployError(f"{tarball}: member {name!r} "
+                              "does not match its sha256 in the manifest (tampered)")
     missing = sorted(set(listed) - set(present))
     if missing: raise DeployError(f"{tarball}: {missing[0]!r} is in the manifest but not in the package")
     return listed
@@ -137,8 +159,10 @@ def deploy(tarball: str | Path, to: str | Path, *, why: str = "deploy") -> dict:
         with registry_lock(registry):
             target = registry / "runs" / run_id
             if target.exists():
-                if read_json(target / "MANIFEST.json")["files"] != read_json(staging / run_id / "MANIFEST.json")["files"]:
-                    raise DeployError(f"{target}: a different run is already deployed under the id {run_id!r}")
+                if (read_json(target / "MANIFEST.json")["files"]
+                        != read_json(staging / run_id / "MANIFEST.json")["files"]):
+                    raise DeployError(f"{target}: a different run is already deployed "
+                                      f"under the id {run_id!r}")
             else:
                 target.parent.mkdir(exist_ok=True)
                 (staging / run_id).replace(target)
@@ -152,7 +176,8 @@ def deploy(tarball: str | Path, to: str | Path, *, why: str = "deploy") -> dict:
         current = read_alias(registry, tf)
         if current and current["run"] == run_id: moved[tf] = "already current"; continue
         try:
-            moved[tf] = move_alias(registry, tf, run_id, expected_version=current and current["version"], why=why)
+            moved[tf] = move_alias(registry, tf, run_id, expected_version=current and current["version"],
+                                   why=why)
         except RegistryError as refused:
             moved[tf] = f"alias not moved: {refused}"
     return {"registry": str(registry), "run": run_id, "aliases": moved}

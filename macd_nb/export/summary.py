@@ -37,33 +37,41 @@ def _model_records(run_dir: str | Path) -> list[dict]:
 
 
 def format_after_costs(run_dir: str | Path, model: str, timeframe: str) -> str:
-    "Break-even cost and Sharpe ratio after the default cost (band strategy), from `results/backtest_{tf}.json`."
+    "Break-even cost and Sharpe after the default cost (band strategy), from `results/backtest_{tf}.json`."
     path = Path(run_dir) / "results" / f"backtest_{timeframe}.json"
     if not path.exists(): return ""
     record = read_json(path)
     headline = record["metrics"]["after_costs"].get(model)
     if not headline: return ""
-    number = lambda value, spec: "n/a" if value is None or value != value else format(value, spec)   # NaN/None: no trade
+    # NaN or None: no trade
+    number = lambda value, spec: "n/a" if value is None or value != value else format(value, spec)
     low, high = headline["sharpe_ci95"]
     interval = f" [{number(low, '+.2f')}, {number(high, '+.2f')}]" if None not in (low, high) else ""
-    return (f"break-even {number(headline['break_even_bp'], '.1f')} bp; Sharpe {number(headline['sharpe'], '+.2f')}"
-            f"{interval} at {record['cost_bp']:g} bp")
+    return (f"break-even {number(headline['break_even_bp'], '.1f')} bp; "
+            f"Sharpe {number(headline['sharpe'], '+.2f')}{interval} at {record['cost_bp']:g} bp")
 
 
 def summary_table(run_dir: str | Path) -> str:
-    "Markdown table of every model result JSON in the run: AUCs with CIs and n, control, gains over the references, gates, time."
-    rows = ["| stage | model | tf | val AUC (fold mean) | OOF AUC | OOF 95% CI | n OOF | test AUC | test 95% CI | n test "
-            "| shuffled-label AUC | gain vs best single feature [95% CI] | gain vs baseline [95% CI] "
+    """Markdown table of every model result JSON in the run: AUCs with CIs and n, control, gains over the
+    references, gates, time."""
+    rows = ["| stage | model | tf | val AUC (fold mean) | OOF AUC | OOF 95% CI | n OOF | test AUC "
+            "| test 95% CI | n test | shuffled-label AUC | gain vs best single feature [95% CI] "
+            "| gain vs baseline [95% CI] "
             "| after costs (band strategy) | gates | time s |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for record in _model_records(run_dir):
         m, c, gains = record["metrics"], record.get("controls", {}), record.get("reference_gains", {})
         gates = ", ".join(f"{g['name']} {'pass' if g['passed'] else 'FAIL'}" for g in record.get("gates", []))
-        rows.append(f"| {record['stage']} | {record['model']} | {record['timeframe']} | {format_number(m.get('val_auc_mean'))} | "
-                    f"{format_number(m.get('oof_auc'))} | {format_ci(m.get('oof_auc_ci95'))} | {m.get('n_oof', '')} | "
-                    f"{format_number(m.get('test_auc'))} | {format_ci(m.get('test_auc_ci95'))} | {m.get('n_test', '')} | "
-                    f"{format_number(c.get('shuffled_label_auc'))} | {format_gain(gains.get('best_feature'))} | "
-                    f"{format_gain(gains.get('baseline'))} | {format_after_costs(run_dir, record['model'], record['timeframe'])} | "
+        rows.append(f"| {record['stage']} | {record['model']} | {record['timeframe']} | "
+                    f"{format_number(m.get('val_auc_mean'))} | "
+                    f"{format_number(m.get('oof_auc'))} | {format_ci(m.get('oof_auc_ci95'))} | "
+                    f"{m.get('n_oof', '')} | "
+                    f"{format_number(m.get('test_auc'))} | {format_ci(m.get('test_auc_ci95'))} | "
+                    f"{m.get('n_test', '')} | "
+                    f"{format_number(c.get('shuffled_label_auc'))} | "
+                    f"{format_gain(gains.get('best_feature'))} | "
+                    f"{format_gain(gains.get('baseline'))} | "
+                    f"{format_after_costs(run_dir, record['model'], record['timeframe'])} | "
                     f"{gates} | {format_number(record.get('timings_s', {}).get('total'), 1)} |")
     return "\n".join(rows)
 
@@ -76,24 +84,29 @@ def deployment_verdicts(run_dir: str | Path) -> list[str]:
         m, tf = record["metrics"], record["timeframe"]
         if record.get("skipped"): lines.append(f"- **Stacking {tf}: skipped**: {record['skipped']}.")
         elif record["deployable"]:
-            lines.append(f"- **Stacking {tf}: deployable**: OOF AUC {m['oof_auc']:.4f} {format_ci(m['oof_auc_ci95'])} "
+            lines.append(f"- **Stacking {tf}: deployable**: OOF AUC {m['oof_auc']:.4f} "
+                         f"{format_ci(m['oof_auc_ci95'])} "
                          f"(n={m['n_oof']}), test AUC {m['test_auc']:.4f}; every gate passed.")
         else:
-            lines.append(f"- **Stacking {tf}: not deployable**: {'; '.join(record['not_deployable_because'])}. "
+            lines.append(f"- **Stacking {tf}: not deployable**: "
+                         f"{'; '.join(record['not_deployable_because'])}. "
                          f"OOF AUC {m['oof_auc']:.4f} {format_ci(m['oof_auc_ci95'])} (n={m['n_oof']}), "
                          f"test AUC {m['test_auc']:.4f}. Nothing may promote it.")
     return lines
 
 
 def window_table(run_dir: str | Path) -> list[str]:
-    "Per shipped model: the window of the validated refit (which scored the test period) and that of the model shipped."
+    """Per shipped model: the window of the validated refit (which scored the test period) and that of the
+    model shipped."""
     rows = [r for r in _model_records(run_dir) if r.get("validated_fold") and r["model"] != "baseline"]
     if not rows: return []
     span = lambda w: f"{w['first_bar'][:16]} .. {w['last_bar'][:16]} ({w['n_rows']} rows)"
-    lines = ["Training windows: the validated refit is the recipe's evidence (it scored the held-out test period once); "
-             "the shipped model is the same recipe refitted (`serve_window`):", "",
-             "| model | timeframe | validated refit | test period from | shipped model | shipped window |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['timeframe']} | {span(r['validated_fold'])} | {r['window']['test_start'][:16]} | "
+    lines = ["Training windows: the validated refit is the recipe's evidence (it scored the held-out test "
+             "period once); the shipped model is the same recipe refitted (`serve_window`):", "",
+             "| model | timeframe | validated refit | test period from | shipped model | shipped window |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['timeframe']} | {span(r['validated_fold'])} | "
+              f"{r['window']['test_start'][:16]} | "
               f"{span(r['deployment'])} | {r['deployment'].get('serve_window', 'validated')} |" for r in rows]
     return lines + [""]
 
@@ -107,10 +120,12 @@ def reference_verdicts(run_dir: str | Path) -> list[str]:
         feature, low = f"`{record['best_feature']['most_chosen']}`", gain["ci95"][0]
         name = f"`{record['model']}` ({record['timeframe']})"
         if low is not None and low > 0:
-            lines.append(f"- {name} beats the best single feature ({feature} most often) out of fold: {format_gain(gain)}.")
+            lines.append(f"- {name} beats the best single feature ({feature} most often) out of fold: "
+                         f"{format_gain(gain)}.")
         else:
-            lines.append(f"- {name} **does not beat the best single feature** ({feature} most often) out of fold "
-                         f"({format_gain(gain)}): on unseen data it has learned nothing beyond that one feature.")
+            lines.append(f"- {name} **does not beat the best single feature** ({feature} most often) "
+                         f"out of fold ({format_gain(gain)}): "
+                         "on unseen data it has learned nothing beyond that one feature.")
     return lines
 
 # %% ../../nbs/export/02_summary.ipynb #811915b2
@@ -120,15 +135,19 @@ def export_section(run_dir: Path, *, package: bool = True) -> str:
     for path in sorted((run_dir / "results").glob("export_*.json")):
         record = read_json(path)
         lines += [f"## ONNX export, {record['timeframe']}", "",
-                  f"Parity on {record['metrics']['n_parity_rows']} real feature rows (max |Δp| <= {record['parity_tolerance']:g}, "
-                  "no decision flipped; a perturbed copy must fail), latency on one thread after warm-up, p50 / p99 ms:", "",
-                  "| model | exporter | max abs diff | flipped | perturbed fails | batch 1 native | batch 1 ONNX | batch 256 native | batch 256 ONNX |",
+                  f"Parity on {record['metrics']['n_parity_rows']} real feature rows "
+                  f"(max |Δp| <= {record['parity_tolerance']:g}, no decision flipped; "
+                  "a perturbed copy must fail), latency on one thread after warm-up, p50 / p99 ms:", "",
+                  "| model | exporter | max abs diff | flipped | perturbed fails | batch 1 native "
+                  "| batch 1 ONNX | batch 256 native | batch 256 ONNX |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, e in record["exports"].items():
             p, lat = e["parity"], e["latency_ms"]
             cell = lambda b, side: f"{lat[b][side]['p50_ms']:.3f} / {lat[b][side]['p99_ms']:.3f}"
-            lines.append(f"| {name} | {e['exporter']} | {p['max_abs_diff']:.1e} | {p['flips']} | {'yes' if e['perturbed_fails'] else 'NO'} | "
-                         f"{cell('batch_1', 'native')} | {cell('batch_1', 'onnx')} | {cell('batch_256', 'native')} | {cell('batch_256', 'onnx')} |")
+            lines.append(f"| {name} | {e['exporter']} | {p['max_abs_diff']:.1e} | {p['flips']} | "
+                         f"{'yes' if e['perturbed_fails'] else 'NO'} | "
+                         f"{cell('batch_1', 'native')} | {cell('batch_1', 'onnx')} | "
+                         f"{cell('batch_256', 'native')} | {cell('batch_256', 'onnx')} |")
         lines.append("")
     validation = run_dir / "results" / "validation.json"
     if validation.exists():
@@ -137,43 +156,54 @@ def export_section(run_dir: Path, *, package: bool = True) -> str:
                   + ("every one present, hashed as recorded, with complete metadata." if record["passed"] else
                      "**failures**: " + "; ".join(record["failed"])), "",
                   "| artifact | check | note |", "|---|---|---|"]
-        lines += [f"| `{r['artifact']}` | {'✓' if r['ok'] else '✗'} | {r['reason']} |" for r in record["rows"]] + [""]
+        lines += [f"| `{r['artifact']}` | {'✓' if r['ok'] else '✗'} | {r['reason']} |"
+                  for r in record["rows"]] + [""]
     described = run_dir / "results" / "package.json"
     if package and described.exists():
         record = read_json(described)
-        lines += ["## Package", "", f"`{record['file']}`: {record['bytes']:,} bytes, {record['members']} members, "
+        lines += ["## Package", "", f"`{record['file']}`: {record['bytes']:,} bytes, "
+                  f"{record['members']} members, "
                   f"`{record['sha256']}` (the same bytes every time this run is packaged). Install it with "
-                  f"`macd-nb deploy {record['file']} --to DIR`, then check it with `macd-nb health --registry DIR`.", ""]
+                  f"`macd-nb deploy {record['file']} --to DIR`, "
+                  "then check it with `macd-nb health --registry DIR`.", ""]
     return "\n".join(lines)
 
 # %% ../../nbs/export/02_summary.ipynb #6c453416
-REPAIRS = {"duplicates_dropped": "duplicates dropped", "unsorted_rows": "unsorted rows sorted", "nan_rows_dropped": "NaN rows dropped",
-           "ohlc_repaired": "OHLC repaired", "zero_volume": "zero-volume bars", "missing_slots": "missing hours"}
+REPAIRS = {"duplicates_dropped": "duplicates dropped", "unsorted_rows": "unsorted rows sorted",
+           "nan_rows_dropped": "NaN rows dropped", "ohlc_repaired": "OHLC repaired",
+           "zero_volume": "zero-volume bars", "missing_slots": "missing hours"}
 
 
 def data_section(prepare: dict) -> list[str]:
-    "The data each symbol gave and every repair the loader and the prepare stage counted (from `results/prepare.json`)."
+    """The data each symbol gave and every repair the loader and the prepare stage counted (from
+    `results/prepare.json`)."""
     files = prepare.get("data_report", {}).get("files", {})
     if not files: return []
-    header = ["symbol", "rows read", "rows kept", "first bar", "last bar", *REPAIRS.values(), "implausible bars", "columns dropped"]
-    lines = ["## Data", "", f"Source `{prepare.get('data_source')}`. Every repair below was counted, never silent; the "
-             "examples name the file and row.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header = ["symbol", "rows read", "rows kept", "first bar", "last bar", *REPAIRS.values(),
+              "implausible bars", "columns dropped"]
+    lines = ["## Data", "", f"Source `{prepare.get('data_source')}`. Every repair below was counted, never "
+             "silent; the examples name the file and row.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for symbol, f in files.items():
         cells = [symbol, f.get("rows_read"), f.get("rows_out"), f.get("first_bar"), f.get("last_bar"),
-                 *(f.get(key, 0) for key in REPAIRS), f.get("implausible_bars", 0), ", ".join(f.get("dropped_columns") or []) or "-"]
+                 *(f.get(key, 0) for key in REPAIRS), f.get("implausible_bars", 0),
+                 ", ".join(f.get("dropped_columns") or []) or "-"]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     examples = [f"- {symbol}, {kind}: {', '.join(map(str, shown[:2]))}" for symbol, f in files.items()
                 for kind, shown in (f.get("examples") or {}).items() if shown]
     built = []
     for tf, s in prepare.get("timeframes", {}).items():
         excluded, neutral = s.get("excluded_rows") or {}, s.get("neutral_values") or {}
-        built.append(f"- {tf}: {s.get('rows')} rows after {s.get('warmup_rows')} warm-up bars; {excluded.get('rows', 0)} rows "
-                     f"excluded because a feature was undefined there"
-                     + (f" (first {', '.join(excluded['first_rows'][:3])}; no bar of {excluded['no_bar_of']})" if excluded.get("rows") else "")
-                     + (f"; {s['gap_excluded_rows']} rows excluded because their lookback or label spans a gap longer than "
-                        "`max_gap_hours`" if s.get("gap_excluded_rows") else "")
-                     + (f"; neutral values used (zero denominators): {', '.join(f'{k} {v}' for k, v in neutral.items())}" if neutral else "")
-                     + (f"; cross-asset {s['cross_asset']}" if str(s.get("cross_asset", "")).startswith("off") else ""))
+        built.append(f"- {tf}: {s.get('rows')} rows after {s.get('warmup_rows')} warm-up bars; "
+                     f"{excluded.get('rows', 0)} rows excluded because a feature was undefined there"
+                     + (f" (first {', '.join(excluded['first_rows'][:3])}; no bar of {excluded['no_bar_of']})"
+                        if excluded.get("rows") else "")
+                     + (f"; {s['gap_excluded_rows']} rows excluded because their lookback or label spans "
+                        "a gap longer than `max_gap_hours`" if s.get("gap_excluded_rows") else "")
+                     + ("; neutral values used (zero denominators): "
+                        f"{', '.join(f'{k} {v}' for k, v in neutral.items())}" if neutral else "")
+                     + (f"; cross-asset {s['cross_asset']}" if str(s.get("cross_asset", "")).startswith("off")
+                        else ""))
     return lines + ([""] + examples if examples else []) + ["", "Feature tables:", *built, ""]
 
 # %% ../../nbs/export/02_summary.ipynb #c5b48b9b
@@ -182,14 +212,19 @@ def summary_markdown(run_dir: str | Path, run_id: str, *, package: bool = True) 
     run_dir = Path(run_dir)
     config_record = read_json(run_dir / "config.json")
     config = config_record["config"]
-    prepare = read_json(run_dir / "results" / "prepare.json") if (run_dir / "results" / "prepare.json").exists() else {}
-    windows = "; ".join(f"{tf}: {s['first_bar']} .. {s['last_bar']} ({s['rows']} rows, {s['n_features']} features)"
+    prepare = (read_json(run_dir / "results" / "prepare.json")
+               if (run_dir / "results" / "prepare.json").exists() else {})
+    windows = "; ".join(f"{tf}: {s['first_bar']} .. {s['last_bar']} ({s['rows']} rows, "
+                        f"{s['n_features']} features)"
                         for tf, s in prepare.get("timeframes", {}).items())
     verdicts = deployment_verdicts(run_dir)
-    parts = [f"# Training report: `{run_id}`", "", *(["## Deployment", "", *verdicts, ""] if verdicts else []),
+    parts = [f"# Training report: `{run_id}`", "",
+             *(["## Deployment", "", *verdicts, ""] if verdicts else []),
              "## Summary", "", summary_table(run_dir), "",
-             *reference_verdicts(run_dir), "", *window_table(run_dir), "", export_section(run_dir, package=package),
-             f"- profile `{config['profile']}`, target `{config['target']}`, timeframes {config['timeframes']}, "
+             *reference_verdicts(run_dir), "", *window_table(run_dir), "",
+             export_section(run_dir, package=package),
+             f"- profile `{config['profile']}`, target `{config['target']}`, "
+             f"timeframes {config['timeframes']}, "
              f"data `{config['data_source']}`, device `{config['device']}`",
              f"- data fingerprint `{prepare.get('data_fingerprint', 'n/a')}`; window {windows or 'n/a'}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in config_record["versions"].items()), ""]

@@ -35,20 +35,23 @@ def validate_run(run_dir: str | Path, timeframes: list[str]) -> list[dict]:
         if stage.name in ("validate", "package"): continue
         for tf in timeframes:
             written = [w.format(tf=tf) for w in stage.writes]
-            if not any((run_dir / w).exists() for w in written if w.startswith("results/")): continue   # the stage did not run
+            # no result record: the stage did not run
+            if not any((run_dir / w).exists() for w in written if w.startswith("results/")): continue
             rows += [_row(w, (run_dir / w).exists(), "missing") for w in written]
             if stage.kind: rows.append(_metadata_row(run_dir, stage.model, tf))   # a served model's stage
     for tf in timeframes:
         stacking = results / f"stacking_{tf}.json"
         if not stacking.exists(): continue
         if read_json(stacking).get("skipped"):
-            rows.append(_row(f"models/stacking_meta_{tf}.json", True) | {"reason": f"skipped: {read_json(stacking)['skipped']}"})
+            rows.append(_row(f"models/stacking_meta_{tf}.json", True)
+                        | {"reason": f"skipped: {read_json(stacking)['skipped']}"})
             continue
         meta_path = f"models/stacking_meta_{tf}.json"
         rows.append(_metadata_row(run_dir, "stacking_meta", tf))
         if (run_dir / meta_path).exists():
             for base in read_json(run_dir / meta_path)["base_models"]:
-                if not base["files"]: rows.append(_row(f"{base['model']} (bundle)", False, "no model file bundled"))
+                if not base["files"]:
+                    rows.append(_row(f"{base['model']} (bundle)", False, "no model file bundled"))
                 for f in base["files"]:
                     path = run_dir / f["path"]
                     rows.append(_row(f["path"], path.exists() and sha256_file(path) == f["sha256"],
@@ -68,11 +71,12 @@ def validate_run(run_dir: str | Path, timeframes: list[str]) -> list[dict]:
 def run_validation(run_dir: str | Path, timeframes: list[str]) -> dict:
     "Stage 4.1: `results/validation.json` with every row; fails naming each artifact that is not right."
     rows = validate_run(run_dir, timeframes)
-    if not rows: raise AssertionError(f"{run_dir}: nothing to validate: no stage left a result record in results/ for "
-                                      f"{list(timeframes)}; run the stages before this one")
+    if not rows:
+        raise AssertionError(f"{run_dir}: nothing to validate: no stage left a result record in results/ for "
+                             f"{list(timeframes)}; run the stages before this one")
     failed = [f"{r['artifact']}: {r['reason']}" for r in rows if not r["ok"]]
-    record = {"stage": stage_named("validate").number, "checked_timeframes": list(timeframes), "n_checked": len(rows),
-              "passed": not failed, "failed": failed, "rows": rows}
+    record = {"stage": stage_named("validate").number, "checked_timeframes": list(timeframes),
+              "n_checked": len(rows), "passed": not failed, "failed": failed, "rows": rows}
     write_json(Path(run_dir) / "results" / "validation.json", record)
     if failed: raise AssertionError(f"{Path(run_dir) / 'results' / 'validation.json'}: " + "; ".join(failed))
     return record

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ..core.config import load_config
 from .report import commit_report, headline_message, write_report
-from .runner import Interrupted, RunInUse, checked_name, checked_root, resume_command_for, run_pipeline
+from .runner import (Interrupted, RunInUse, checked_name, checked_root, resume_command_for,
+                                     run_pipeline)
 
 # %% ../../nbs/pipeline/02_cli.ipynb #4b696c17
 REGISTRY_HELP = "registry directory (default: $MACD_NB_REGISTRY or the data dir's models/)"
@@ -32,20 +33,23 @@ def _add_training_commands(commands) -> None:
     run.add_argument("--resume", action="store_true", help="skip stages that completed with intact outputs")
     run.add_argument("--only", nargs="+", default=None, metavar="STAGE", help="run only these stages")
     run.add_argument("--keep-going", action="store_true",
-                     help="run the remaining stages after a failure (for independent stages); the exit code still says it failed")
-    run.add_argument("--commit-report", action="store_true", help="commit the report (Markdown, notebooks, PNGs) to git")
+                     help="run the remaining stages after a failure (for independent stages); "
+                          "the exit code still says it failed")
+    run.add_argument("--commit-report", action="store_true",
+                     help="commit the report (Markdown, notebooks, PNGs) to git")
     run.add_argument("--runs-root", default="runs")
     run.add_argument("--reports-root", default="reports")
     report = commands.add_parser("report", help="re-render TRAINING_REPORT.md of a run")
     report.add_argument("run_id")
     report.add_argument("--html", action="store_true",
-                        help="also build the report as a browsable site in reports/<run_id>/html (needs the docs extra)")
+                        help="also build the report as a browsable site in reports/<run_id>/html "
+                             "(needs the docs extra)")
     report.add_argument("--runs-root", default="runs")
     report.add_argument("--reports-root", default="reports")
 
 # %% ../../nbs/pipeline/02_cli.ipynb #9d998585
 def _add_registry_commands(commands) -> None:
-    "`promote`, `rollback`, `aliases`, `health` (a registry's aliases) and `package`, `deploy` (a run's tarball into one)."
+    "`promote`, `rollback`, `aliases`, `health` (a registry's aliases); `package`, `deploy` (a run's tarball)"
     promote = commands.add_parser("promote", help="register a run and point an alias at its stacked model")
     promote.add_argument("run", help="the run directory (its name is the run id)")
     rollback = commands.add_parser("rollback", help="point an alias back at the run it pointed at before")
@@ -53,11 +57,13 @@ def _add_registry_commands(commands) -> None:
     package = commands.add_parser("package", help="build the run's deterministic macd_models_<ts>.tar.gz")
     package.add_argument("run", help="the run directory")
     package.add_argument("--out", default=None, help="where to write it (default: the run's package/ folder)")
-    deploy = commands.add_parser("deploy", help="check a package against its manifest and install it into a registry")
+    deploy = commands.add_parser("deploy",
+                                 help="check a package against its manifest and install it into a registry")
     deploy.add_argument("tarball")
     deploy.add_argument("--to", required=True, help="the registry directory to deploy into")
     deploy.add_argument("--why", default="deploy", help="recorded in the audit log")
-    health = commands.add_parser("health", help="health check of an alias's models as JSON; exit code 1 when unhealthy")
+    health = commands.add_parser("health",
+                                 help="health check of an alias's models as JSON; exit code 1 when unhealthy")
     health.add_argument("--alias", default="1h")
     for sub in (promote, rollback, listing, health):
         sub.add_argument("--registry", default=None, help=REGISTRY_HELP)
@@ -65,52 +71,73 @@ def _add_registry_commands(commands) -> None:
         sub.add_argument("--alias", required=True, help="the timeframe the alias serves, e.g. 1h")
         sub.add_argument("--why", default="", help="recorded in the audit log")
     promote.add_argument("--expect-version", type=int, default=None,
-                         help="refuse unless the alias is at this version now (compare-and-swap); default: whatever it is")
+                         help="refuse unless the alias is at this version now (compare-and-swap); "
+                              "default: whatever it is")
 
 # %% ../../nbs/pipeline/02_cli.ipynb #56fcbf27
 def _add_serving_commands(commands) -> None:
     "`fetch` (closed klines into the data directory), `shadow` (the live loop) and `monitor` (its report)."
-    fetch = commands.add_parser("fetch", help="download closed Binance klines into the data directory (month CSVs load_bars reads)")
+    fetch = commands.add_parser("fetch", help="download closed Binance klines into the data directory "
+                                              "(month CSVs load_bars reads)")
     fetch.add_argument("--symbols", required=True, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
     fetch.add_argument("--interval", default="1h")
     fetch.add_argument("--start", required=True, help="first open time, e.g. 2024-01-01")
-    fetch.add_argument("--end", default=None, help="last open time (a date keeps the whole day); default: the last closed bar")
-    fetch.add_argument("--source", default="rest", choices=["rest", "dumps"], help="the REST API or the monthly dump archives")
-    fetch.add_argument("--base-url", default=None, help="default: https://api.binance.com (rest), https://data.binance.vision (dumps)")
-    fetch.add_argument("--data-dir", default=None, help="default: $MACD_NB_DATA or the user's data dir (the folder the full profile reads)")
-    shadow = commands.add_parser("shadow", help="shadow mode: predict and log every closed bar (no orders); SIGTERM stops it cleanly")
+    fetch.add_argument("--end", default=None,
+                       help="last open time (a date keeps the whole day); default: the last closed bar")
+    fetch.add_argument("--source", default="rest", choices=["rest", "dumps"],
+                       help="the REST API or the monthly dump archives")
+    fetch.add_argument("--base-url", default=None,
+                       help="default: https://api.binance.com (rest), https://data.binance.vision (dumps)")
+    fetch.add_argument("--data-dir", default=None, help="default: $MACD_NB_DATA or the user's data dir "
+                                                        "(the folder the full profile reads)")
+    shadow = commands.add_parser("shadow", help="shadow mode: predict and log every closed bar (no orders); "
+                                                "SIGTERM stops it cleanly")
     shadow.add_argument("--alias", default="1h")
-    shadow.add_argument("--source", required=True, help="'binance' (live) or 'replay:PATH' (stored klines, bar by bar)")
+    shadow.add_argument("--source", required=True,
+                        help="'binance' (live) or 'replay:PATH' (stored klines, bar by bar)")
     shadow.add_argument("--db", required=True, help="the SQLite prediction log (created on first use)")
-    shadow.add_argument("--start", default=None, help="first bar to predict (default: the newest closed bar at start, or the log's first)")
+    shadow.add_argument("--start", default=None, help="first bar to predict (default: the newest closed bar "
+                                                      "at start, or the log's first)")
     shadow.add_argument("--end", default=None, help="replay: last bar")
-    shadow.add_argument("--speed", type=float, default=0.0, help="replay: bars a second (0: as fast as possible, with a progress bar)")
-    shadow.add_argument("--fallback", default=None, help="comma-separated fallback order (default: base models by OOF AUC)")
-    shadow.add_argument("--data-dir", default=None, help="binance: where fetched klines are kept (default: the data dir)")
+    shadow.add_argument("--speed", type=float, default=0.0,
+                        help="replay: bars a second (0: as fast as possible, with a progress bar)")
+    shadow.add_argument("--fallback", default=None,
+                        help="comma-separated fallback order (default: base models by OOF AUC)")
+    shadow.add_argument("--data-dir", default=None,
+                        help="binance: where fetched klines are kept (default: the data dir)")
     shadow.add_argument("--base-url", default=None, help="binance: REST base URL")
-    monitor = commands.add_parser("monitor", help="a Markdown monitor report (with plots) from a prediction log")
+    monitor = commands.add_parser("monitor",
+                                  help="a Markdown monitor report (with plots) from a prediction log")
     monitor.add_argument("--db", required=True, help="the prediction log (SQLite) the shadow loop writes")
     monitor.add_argument("--alias", default="1h", help="the alias whose current run is monitored")
-    monitor.add_argument("--out", default=None, help="folder for MONITOR.md and its plots (default: monitor/ beside the log)")
+    monitor.add_argument("--out", default=None,
+                         help="folder for MONITOR.md and its plots (default: monitor/ beside the log)")
     for sub in (shadow, monitor): sub.add_argument("--registry", default=None, help=REGISTRY_HELP)
 
 # %% ../../nbs/pipeline/02_cli.ipynb #2fa386bd
 def _add_retrain_command(commands) -> None:
     "`retrain`: a challenger trained, compared with the alias's champion, promoted or kept."
-    retrain = commands.add_parser("retrain", help="train a challenger, compare it with the alias's champion on the bars the "
-                                  "champion never saw, promote or keep it; one JSON line, exit 0 promoted, 10 kept, "
-                                  "11 not recommended, 1 failed, 2 refused")
+    retrain = commands.add_parser("retrain",
+                                  help="train a challenger, compare it with the alias's champion on the bars "
+                                       "the champion never saw, promote or keep it; one JSON line, "
+                                       "exit 0 promoted, 10 kept, 11 not recommended, 1 failed, 2 refused")
     retrain.add_argument("--alias", default="1h", help="the alias whose champion is challenged")
-    retrain.add_argument("--data", default=None, help="'synthetic' or a path to kline files (default: the champion's)")
+    retrain.add_argument("--data", default=None,
+                         help="'synthetic' or a path to kline files (default: the champion's)")
     retrain.add_argument("--config", default=None, help="YAML/JSON overrides of the champion's configuration")
     retrain.add_argument("--profile", default=None, choices=["smoke", "quick", "full"],
                          help="start from this profile instead of the champion's configuration")
-    retrain.add_argument("--fetch", action="store_true", help="extend the kline files with the newest closed bars first")
+    retrain.add_argument("--fetch", action="store_true",
+                         help="extend the kline files with the newest closed bars first")
     retrain.add_argument("--if-recommended", action="store_true",
-                         help="only when the monitor's limits are crossed for the alias (reads --db); else exit 11 at once")
-    retrain.add_argument("--db", default=None, help="the prediction log: the champion's served answers, the monitor's limits")
-    retrain.add_argument("--run-id", default=None, help="the challenger's run id (default: <UTC time>-retrain-<alias>)")
-    retrain.add_argument("--only", nargs="+", default=None, metavar="STAGE", help="train only these stages (as `run --only`; default: the champion run's stages)")
+                         help="only when the monitor's limits are crossed for the alias (reads --db); "
+                              "else exit 11 at once")
+    retrain.add_argument("--db", default=None,
+                         help="the prediction log: the champion's served answers, the monitor's limits")
+    retrain.add_argument("--run-id", default=None,
+                         help="the challenger's run id (default: <UTC time>-retrain-<alias>)")
+    retrain.add_argument("--only", nargs="+", default=None, metavar="STAGE",
+                         help="train only these stages (as `run --only`; default: the champion run's stages)")
     retrain.add_argument("--runs-root", default="runs")
     retrain.add_argument("--reports-root", default="reports")
     retrain.add_argument("--registry", default=None, help=REGISTRY_HELP)
@@ -118,14 +145,16 @@ def _add_retrain_command(commands) -> None:
 # %% ../../nbs/pipeline/02_cli.ipynb #a7e854b0
 def build_parser() -> argparse.ArgumentParser:
     "The `macd-nb` argument parser."
-    parser = argparse.ArgumentParser(prog="macd-nb", description="Train, validate and report hourly direction models.")
+    parser = argparse.ArgumentParser(prog="macd-nb",
+                                     description="Train, validate and report hourly direction models.")
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_training_commands, _add_registry_commands, _add_serving_commands, _add_retrain_command): add(commands)
+    for add in (_add_training_commands, _add_registry_commands, _add_serving_commands, _add_retrain_command):
+        add(commands)
     return parser
 
 # %% ../../nbs/pipeline/02_cli.ipynb #79dbb677
 def registry_command(args) -> int:
-    "`promote`, `rollback`, `aliases`, `health`: the result as JSON; a refusal is one line on stderr and exit code 2."
+    "`promote`, `rollback`, `aliases`, `health`: the result as JSON; a refusal: a line on stderr, exit 2."
     import json
     from ..core.rundir import sha256_file
     from ..export.package import DeployError, build_package, deploy
@@ -133,7 +162,8 @@ def registry_command(args) -> int:
     registry = Path(getattr(args, "registry", None) or default_registry_dir()).expanduser()
     try:
         if args.command == "package":
-            tarball = build_package(Path(args.run), Path(args.out) if args.out else Path(args.run) / "package")
+            tarball = build_package(Path(args.run),
+                                    Path(args.out) if args.out else Path(args.run) / "package")
             result = {"file": str(tarball), "sha256": sha256_file(tarball), "bytes": tarball.stat().st_size}
         elif args.command == "deploy": result = deploy(Path(args.tarball), Path(args.to), why=args.why)
         elif args.command == "health":
@@ -146,17 +176,22 @@ def registry_command(args) -> int:
             result = promote(registry, Path(args.run), args.alias, why=args.why, expected_version=expected)
     except (RegistryError, DeployError) as refused:
         return _refuse(args.command, refused)
-    except ValueError as damaged:   # a pointer, manifest or record that is not valid JSON, or not what was recorded
+    except ValueError as damaged:   # a pointer, manifest or record: not valid JSON, or not what was recorded
         inside = str(Path(args.to) if args.command == "deploy" else registry) in str(damaged)
-        return _refuse(args.command, f"{damaged}" + ("; the registry's copy is damaged: restore the file (audit.jsonl "
-                                     "records every alias move), or deploy the package into a fresh registry" if inside else ""))
+        return _refuse(args.command, f"{damaged}" + (
+            "; the registry's copy is damaged: restore the file (audit.jsonl records every alias move), "
+            "or deploy the package into a fresh registry" if inside else ""))
     except OSError as error:   # a registry (--to, --out) that is a file, read-only, or on a full disk
         option, folder = ("--registry", registry)
         if args.command == "deploy": option, folder = "--to", Path(args.to)
-        if args.command == "package": option, folder = "--out", Path(args.out) if args.out else Path(args.run) / "package"
-        why = "is a file, not a folder" if Path(folder).is_file() else f"{error.strerror or error} ({error.filename or folder})"
-        return _refuse(args.command, f"{option} {folder}: {why}; give a folder you can write; nothing was changed")
-    print(json.dumps(result, indent=2, default=str))   # outside the try: a closed pipe is not the registry's fault
+        if args.command == "package":
+            option, folder = "--out", Path(args.out) if args.out else Path(args.run) / "package"
+        why = ("is a file, not a folder" if Path(folder).is_file()
+               else f"{error.strerror or error} ({error.filename or folder})")
+        return _refuse(args.command,
+                       f"{option} {folder}: {why}; give a folder you can write; nothing was changed")
+    # outside the try: a closed pipe is not the registry's fault
+    print(json.dumps(result, indent=2, default=str))
     return 1 if args.command == "health" and result["status"] != "healthy" else 0
 
 # %% ../../nbs/pipeline/02_cli.ipynb #03282437
@@ -168,22 +203,25 @@ def _refuse(command: str, why) -> int:
 
 # %% ../../nbs/pipeline/02_cli.ipynb #c524e60b
 def report_command(args) -> int:
-    "`macd-nb report`: re-render the report after checking every artifact against the hash its writer recorded; `--html`: the site too."
+    """`macd-nb report`: re-render the report after checking every artifact against the hash its writer
+    recorded; `--html`: the site too."""
     from ..core.rundir import corrupt_files
     from .site import SiteError, missing_docs_extra, report_site
     run_dir, report_dir = Path(args.runs_root) / args.run_id, Path(args.reports_root) / args.run_id
-    if not (run_dir / "config.json").exists(): return _refuse("report", f"{run_dir} holds no run (no config.json)")
+    if not (run_dir / "config.json").exists():
+        return _refuse("report", f"{run_dir} holds no run (no config.json)")
     if args.html and missing_docs_extra():
-        return _refuse("report", f"--html needs the `docs` extra, and {', '.join(missing_docs_extra())} is not installed: "
-                       "run `make docs-install` (or pip install -e '.[docs,dev]')")
+        return _refuse("report", f"--html needs the `docs` extra, and {', '.join(missing_docs_extra())} "
+                       "is not installed: run `make docs-install` (or pip install -e '.[docs,dev]')")
     corrupt = corrupt_files(run_dir)
     if corrupt:
         config_broken = any(problem.startswith(str(run_dir / "config.json")) for problem in corrupt)
-        fix = ("config.json holds the settings every stage was made with and no stage rewrites it: restore it, or start a "
-               "new run with another --run-id" if config_broken else
-               f"re-run the stages that wrote them: {resume_command_for(args.run_id, args.runs_root, args.reports_root)}")
-        return _refuse("report", f"{len(corrupt)} file(s) of {run_dir} failed their check, so no report was written:\n  "
-                       + "\n  ".join(corrupt) + f"\n{fix}")
+        fix = ("config.json holds the settings every stage was made with and no stage rewrites it: "
+               "restore it, or start a new run with another --run-id" if config_broken else
+               "re-run the stages that wrote them: "
+               f"{resume_command_for(args.run_id, args.runs_root, args.reports_root)}")
+        return _refuse("report", f"{len(corrupt)} file(s) of {run_dir} failed their check, "
+                       "so no report was written:\n  " + "\n  ".join(corrupt) + f"\n{fix}")
     path = write_report(run_dir, report_dir, args.run_id)
     print(f"report: {path}")
     if args.html:
@@ -197,20 +235,21 @@ def report_command(args) -> int:
 
 # %% ../../nbs/pipeline/02_cli.ipynb #0a7e0d39
 def fetch_command(args) -> int:
-    "`macd-nb fetch`: a summary line per symbol; a failed request or bad download is one line on stderr and exit code 2."
+    "`macd-nb fetch`: a summary line per symbol; a failed request or bad download: a line on stderr, exit 2."
     from ..core.klines import DataError
     from ..serve.binance import FetchError, fetch_klines
     try:
-        fetch_klines(args.symbols, args.interval, args.start, args.end, source=args.source, base_url=args.base_url,
-                     data_dir=args.data_dir)
+        fetch_klines(args.symbols, args.interval, args.start, args.end, source=args.source,
+                     base_url=args.base_url, data_dir=args.data_dir)
     except (FetchError, DataError, OSError, ValueError) as refused:   # each message names the request or file
         return _refuse("fetch", refused)
     return 0
 
 # %% ../../nbs/pipeline/02_cli.ipynb #907178f5
 def shadow_command(args) -> int:
-    """`macd-nb shadow`: run until the source ends, SIGTERM or SIGINT (exit 0, the bar in hand finished); a refusal (no
-    alias, bad source, bad --db, inputs the source lacks) is one line and exit code 2; a write that fails later, 1."""
+    """`macd-nb shadow`: run until the source ends, SIGTERM or SIGINT (exit 0, the bar in hand finished);
+    a refusal (no alias, bad source, bad --db, inputs the source lacks) is one line and exit code 2;
+    a write that fails later, 1."""
     import sys
     from ..core.config import default_data_dir
     from ..core.registry import RegistryError, default_registry_dir
@@ -220,49 +259,65 @@ def shadow_command(args) -> int:
     from ..core.config import utc
     registry = Path(args.registry or default_registry_dir()).expanduser()
     stop = StopSignal()   # SIGTERM/SIGINT: every wait of the source ends at once
-    try: start, end = (None if v is None else utc(v) for v in (args.start, args.end))   # checked before anything runs
-    except ValueError as error: return _refuse("shadow", f"--start {args.start} / --end {args.end}: not a time ({error}); e.g. 2025-12-01 or 2025-12-01T13:00")
+    # the times are checked before anything runs
+    try: start, end = (None if v is None else utc(v) for v in (args.start, args.end))
+    except ValueError as error:
+        return _refuse("shadow", f"--start {args.start} / --end {args.end}: not a time ({error}); "
+                       "e.g. 2025-12-01 or 2025-12-01T13:00")
     if start is not None and end is not None and end < start:
-        return _refuse("shadow", f"--end {args.end} is before --start {args.start}: nothing to replay; give an --end after --start")
+        return _refuse("shadow", f"--end {args.end} is before --start {args.start}: nothing to replay; "
+                       "give an --end after --start")
     if not 0 <= args.speed < float("inf"):
-        return _refuse("shadow", f"--speed {args.speed}: bars a second must be 0 (as fast as possible) or more, e.g. --speed 10")
+        return _refuse("shadow", f"--speed {args.speed}: bars a second must be 0 (as fast as possible) "
+                       "or more, e.g. --speed 10")
     if args.source.startswith("replay:"):
         path = Path(args.source.removeprefix("replay:")).expanduser()
         if not path.exists(): return _refuse("shadow", f"--source {args.source}: no such file or folder")
-        source = lambda config: replay_source(path, [config.data.target] + [s for s in config.data.symbols if s != config.data.target],
-                                              start=start, end=end, speed=args.speed, stop=stop, progress=sys.stderr.isatty())
+        source = lambda config: replay_source(
+            path, [config.data.target] + [s for s in config.data.symbols if s != config.data.target],
+            start=start, end=end, speed=args.speed, stop=stop, progress=sys.stderr.isatty())
     elif args.source == "binance":
-        if args.end is not None: return _refuse("shadow", f"--end {args.end}: only a replay ends; binance serves each bar as it closes")
+        if args.end is not None:
+            return _refuse("shadow",
+                           f"--end {args.end}: only a replay ends; binance serves each bar as it closes")
         data_dir = Path(args.data_dir or default_data_dir()).expanduser()
-        source = lambda config: binance_source(config.data.symbols, data_dir, base_url=args.base_url, stop=stop)
+        source = lambda config: binance_source(config.data.symbols, data_dir, base_url=args.base_url,
+                                               stop=stop)
     else: return _refuse("shadow", f"--source {args.source!r}: use 'binance' or 'replay:PATH'")
     try:
-        counts = shadow(args.alias, registry, source, args.db, start=start, stop=stop, source_name=f"--source {args.source}",
+        counts = shadow(args.alias, registry, source, args.db, start=start, stop=stop,
+                        source_name=f"--source {args.source}",
                         order=args.fallback.split(",") if args.fallback else None,
                         fast_replay=args.source.startswith("replay:") and args.speed == 0)
-    except LogWriteFailed as failed:   # after some bars were logged: they are kept, a restart back-fills the rest
+    except LogWriteFailed as failed:   # the bars logged before are kept; a restart back-fills the rest
         print(f"macd-nb shadow: failed: {failed}", file=sys.stderr)
         return 1
     except (RegistryError, OSError, ValueError, RuntimeError) as refused:
         return _refuse("shadow", refused)
     why = counts.pop("skipped_why", {})
-    print("shadow: " + ", ".join(f"{k} {v}" + (f" ({', '.join(f'{r} {n}' for r, n in why.items())})" if k == "skipped" and why else "")
+    print("shadow: " + ", ".join(f"{k} {v}" + (f" ({', '.join(f'{r} {n}' for r, n in why.items())})"
+                                               if k == "skipped" and why else "")
                                  for k, v in counts.items()))
     return 0
 
 # %% ../../nbs/pipeline/02_cli.ipynb #bdbfc5a5
 def _data_lines(run_dir: Path) -> list[str]:
-    "What the prepare stage found in the data that must not pass unseen: implausible bars, rows excluded around them and gaps."
+    """What the prepare stage found in the data that must not pass unseen: implausible bars, rows excluded
+    around them and gaps."""
     from ..core.rundir import read_json
     try: prepare = read_json(run_dir / "results" / "prepare.json")
     except (OSError, ValueError): return []
-    lines = [f"  data: {symbol}: {f['implausible_bars']} implausible bar(s), bad_bars: {f.get('bad_bars')}; first: "
-             + (f.get("examples", {}).get("implausible_bars") or ["?"])[0]
-             for symbol, f in prepare.get("data_report", {}).get("files", {}).items() if f.get("implausible_bars")]
+    lines = [f"  data: {symbol}: {f['implausible_bars']} implausible bar(s), bad_bars: {f.get('bad_bars')}; "
+             "first: " + (f.get("examples", {}).get("implausible_bars") or ["?"])[0]
+             for symbol, f in prepare.get("data_report", {}).get("files", {}).items()
+             if f.get("implausible_bars")]
     for tf, s in prepare.get("timeframes", {}).items():
         limit = (s.get("gap_exclusion") or {}).get("max_gap_hours")
-        parts = [f"{s[key]} rows excluded {why}" for key, why in (("bad_bar_excluded_rows", "around implausible bars"),
-                 ("gap_excluded_rows", f"whose lookback or label spans a gap longer than {limit} h")) if s.get(key)]
+        parts = [f"{s[key]} rows excluded {why}"
+                 for key, why in (("bad_bar_excluded_rows", "around implausible bars"),
+                                  ("gap_excluded_rows",
+                                   f"whose lookback or label spans a gap longer than {limit} h"))
+                 if s.get(key)]
         if parts: lines.append(f"  data {tf}: " + "; ".join(parts))
     return lines
 
@@ -276,14 +331,16 @@ def _failure_lines(report_dir: Path) -> list[str]:
 
 # %% ../../nbs/pipeline/02_cli.ipynb #2f4d46ea
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `macd-nb` console script; 0 only when every stage ran, 2 when refused before writing anything."
+    """Entry point of the `macd-nb` console script; 0 only when every stage ran, 2 when refused before
+    writing anything."""
     args = build_parser().parse_args(argv)
-    if args.command not in ("run", "shadow", "fetch") and argv is None:   # `macd-nb health | head`: end quietly,
-        import signal                                                       # as Unix tools do
+    if args.command not in ("run", "shadow", "fetch") and argv is None:   # `macd-nb health | head`:
+        import signal                                                       # end quietly, as Unix tools do
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try: checked_arguments(args)
     except ValueError as refused: return _refuse(args.command, refused)
-    if args.command in ("promote", "rollback", "aliases", "health", "package", "deploy"): return registry_command(args)
+    if args.command in ("promote", "rollback", "aliases", "health", "package", "deploy"):
+        return registry_command(args)
     if args.command == "report": return report_command(args)
     if args.command == "fetch": return fetch_command(args)
     if args.command == "shadow": return shadow_command(args)
@@ -300,23 +357,29 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.profile, **{k: v for k, v in changes.items() if v is not None})
         if config.data.source != "synthetic":   # stages run from nbs/: make the data path absolute first
             source = Path(config.data.source).expanduser().resolve()
-            if not source.exists(): raise FileNotFoundError(f"--data {config.data.source}: no such file or folder")
+            if not source.exists():
+                raise FileNotFoundError(f"--data {config.data.source}: no such file or folder")
             config = config.replace(data_source=str(source))
-        given = any(getattr(args, n) is not None for n in ("config", "profile", "data", "symbols", "timeframes", "device", "executor"))
-        ok, report_dir = run_pipeline(config, run_id=args.run_id, runs_root=args.runs_root, reports_root=args.reports_root,
+        given = any(getattr(args, n) is not None
+                    for n in ("config", "profile", "data", "symbols", "timeframes", "device", "executor"))
+        ok, report_dir = run_pipeline(config, run_id=args.run_id, runs_root=args.runs_root,
+                                      reports_root=args.reports_root,
                                       resume=args.resume, only=args.only, keep_going=args.keep_going,
                                       check_resume_config=args.resume and given)
-    except (RunInUse, OSError, ValueError) as refused:   # OSError: missing/unwritable paths; ValueError: CorruptArtifact too
+    # OSError: missing or unwritable paths; ValueError: CorruptArtifact too
+    except (RunInUse, OSError, ValueError) as refused:
         return _refuse("run", refused)
     except Interrupted as stop:   # Ctrl-C or SIGTERM: one line, where it stopped, how to go on; no traceback
         import sys
         where = f"during stage {stop.stage}" if stop.stage else "between stages"
-        print(f"macd-nb run: stopped by {stop.name} {where}; completed stages are kept. Resume with: {stop.resume_command}",
-              file=sys.stderr)
+        print(f"macd-nb run: stopped by {stop.name} {where}; completed stages are kept. "
+              f"Resume with: {stop.resume_command}", file=sys.stderr)
         return 128 + stop.signum
-    print("\n".join([f"{'run completed' if ok else 'run FAILED'}", *([] if ok else _failure_lines(report_dir)),
+    print("\n".join([f"{'run completed' if ok else 'run FAILED'}",
+                     *([] if ok else _failure_lines(report_dir)),
                      *_data_lines(Path(args.runs_root) / report_dir.name),
-                     f"  report: {report_dir / 'TRAINING_REPORT.md'}", f"  status: {report_dir / 'EXECUTION_STATUS.md'}"]))
+                     f"  report: {report_dir / 'TRAINING_REPORT.md'}",
+                     f"  status: {report_dir / 'EXECUTION_STATUS.md'}"]))
     if args.commit_report:
         run_id = report_dir.name
         committed, why = commit_report(report_dir, headline_message(Path(args.runs_root) / run_id, run_id))
@@ -326,10 +389,11 @@ def main(argv: list[str] | None = None) -> int:
 # %% ../../nbs/pipeline/02_cli.ipynb #61530b65
 def console() -> None:
     """The `macd-nb` command itself: `main`, then the process ends with its exit code.
-    After Ctrl-C or SIGTERM it ends at once, once its one line is written: the status file, ledgers and lock are
-    already settled. A signal that lands while a stage's kernel is still starting leaves nbclient's kernel client
-    half set up; collected at exit, its `__del__` terminates its zmq context, and `zmq_ctx_term` waits for ever on a
-    socket still open (caught with py-spy: the main thread in `Context.term`, under `KernelClient.__del__`)."""
+    After Ctrl-C or SIGTERM it ends at once, once its one line is written: the status file, ledgers and
+    lock are already settled. A signal that lands while a stage's kernel is still starting leaves
+    nbclient's kernel client half set up; collected at exit, its `__del__` terminates its zmq context,
+    and `zmq_ctx_term` waits for ever on a socket still open (caught with py-spy: the main thread in
+    `Context.term`, under `KernelClient.__del__`)."""
     import os, signal, sys
     code = main()
     if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
@@ -340,13 +404,15 @@ def console() -> None:
 
 # %% ../../nbs/pipeline/02_cli.ipynb #d473e084
 def checked_arguments(args: argparse.Namespace) -> None:
-    "Refuse (ValueError naming the option) any name that would become a path, and any root inside a run or a registry."
+    """Refuse (ValueError naming the option) any name that would become a path, and any root inside a run
+    or a registry."""
     command = args.command
     if command in ("run", "report", "retrain"):
-        if getattr(args, "run_id", None) is not None: checked_name("--run-id" if command != "report" else "run id", args.run_id)
+        if getattr(args, "run_id", None) is not None:
+            checked_name("--run-id" if command != "report" else "run id", args.run_id)
         checked_root("--runs-root", args.runs_root)
         checked_root("--reports-root", args.reports_root)
-    if command in ("promote", "package"):   # the run folder's name becomes the run id in the package and the registry
+    if command in ("promote", "package"):   # the run folder's name is the run id in the package and registry
         checked_name(f"run folder {args.run}: its name", Path(args.run).expanduser().resolve().name)
     if command == "package" and args.out: checked_root("--out", args.out, own_run=Path(args.run))
     if command == "deploy": checked_root("--to", args.to, registry_ok=True)
@@ -354,7 +420,8 @@ def checked_arguments(args: argparse.Namespace) -> None:
     if getattr(args, "alias", None) is not None: checked_name("--alias", args.alias)
     if command == "shadow":
         checked_root("--db", Path(args.db).expanduser().resolve().parent)
-        for model in (args.fallback or "").split(",") if args.fallback else []: checked_name("--fallback model", model)
+        for model in (args.fallback or "").split(",") if args.fallback else []:
+            checked_name("--fallback model", model)
     if command == "monitor" and args.out: checked_root("--out", args.out)
     if command == "fetch":
         for symbol in args.symbols.split(","): checked_name("--symbols: symbol", symbol)

@@ -28,11 +28,13 @@ def examples_dir() -> Path:
 
 
 def library_digest(stages: Sequence[str] = ()) -> str:
-    "sha256 of the library's sources, the notebooks of `stages` and the versions of the libraries behind the numbers."
+    """sha256 of the library's sources, the notebooks of `stages` and the versions of the libraries behind the
+    numbers."""
     import macd_nb
     package = Path(macd_nb.__file__).resolve().parent
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")): digest.update(path.relative_to(package).as_posix().encode() + path.read_bytes())
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + path.read_bytes())
     for stage in select_stages(list(stages)) if stages else []:
         digest.update(stage.notebook.encode() + (package.parent / "nbs" / stage.notebook).read_bytes())
     digest.update(json.dumps(library_versions(), sort_keys=True).encode())
@@ -40,9 +42,10 @@ def library_digest(stages: Sequence[str] = ()) -> str:
 
 
 def example_key(config: RunConfig, stages: Sequence[str], run_id: str, runner: bool = False) -> str:
-    "The cache key of an example run: settings, stages, id, how it is built, and `library_digest` of those stages."
+    "An example run's cache key: settings, stages, id, how it is built, and `library_digest` of those stages."
     what = {"config": config.to_flat(), "stages": list(stages), "run_id": run_id, "runner": runner}
-    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode() + library_digest(stages).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()
+                          + library_digest(stages).encode()).hexdigest()
 
 # %% ../../nbs/pipeline/05_examples.ipynb #33c2b539
 def _each_timeframe(call: Callable) -> Callable[[RunConfig, Path], None]:
@@ -53,28 +56,36 @@ def _each_timeframe(call: Callable) -> Callable[[RunConfig, Path], None]:
 
 
 def _prepare(config, run_dir): from macd_nb.core.prepare import prepare_run; prepare_run(config, run_dir)
-def _baseline(config, run_dir, tf): from macd_nb.models.baseline import run_baseline; run_baseline(config, run_dir, tf)
+def _baseline(config, run_dir, tf):
+    from macd_nb.models.baseline import run_baseline; run_baseline(config, run_dir, tf)
 def _lgb(config, run_dir, tf): from macd_nb.models.lgb import run_lgb; run_lgb(config, run_dir, tf)
-def _cross_asset(config, run_dir, tf): from macd_nb.models.lgb import run_lgb; run_lgb(config, run_dir, tf, cross_asset=True)
+def _cross_asset(config, run_dir, tf):
+    from macd_nb.models.lgb import run_lgb; run_lgb(config, run_dir, tf, cross_asset=True)
 def _lstm(config, run_dir, tf): from macd_nb.models.lstm import run_lstm; run_lstm(config, run_dir, tf)
 def _tft(config, run_dir, tf): from macd_nb.models.tft import run_tft; run_tft(config, run_dir, tf)
 def _xgb(config, run_dir, tf): from macd_nb.models.xgb import run_xgb; run_xgb(config, run_dir, tf)
-def _catboost(config, run_dir, tf): from macd_nb.models.catboost import run_catboost; run_catboost(config, run_dir, tf)
-def _diagnostics(config, run_dir, tf): from macd_nb.models.diagnostics import run_diagnostics; run_diagnostics(run_dir, tf)
-def _stacking(config, run_dir, tf): from macd_nb.models.stacking import run_stacking; run_stacking(config, run_dir, tf)
-def _backtest(config, run_dir, tf): from macd_nb.models.backtest import run_backtest; run_backtest(config, run_dir, tf)
+def _catboost(config, run_dir, tf):
+    from macd_nb.models.catboost import run_catboost; run_catboost(config, run_dir, tf)
+def _diagnostics(config, run_dir, tf):
+    from macd_nb.models.diagnostics import run_diagnostics; run_diagnostics(run_dir, tf)
+def _stacking(config, run_dir, tf):
+    from macd_nb.models.stacking import run_stacking; run_stacking(config, run_dir, tf)
+def _backtest(config, run_dir, tf):
+    from macd_nb.models.backtest import run_backtest; run_backtest(config, run_dir, tf)
 def _fusion(config, run_dir): from macd_nb.models.fusion import run_fusion; run_fusion(config, run_dir)
 def _export(config, run_dir, tf): from macd_nb.export.onnx import run_export; run_export(config, run_dir, tf)
-def _validate(config, run_dir): from macd_nb.export.validate import run_validation; run_validation(run_dir, config.data.timeframes)
+def _validate(config, run_dir):
+    from macd_nb.export.validate import run_validation; run_validation(run_dir, config.data.timeframes)
 def _package(config, run_dir): from macd_nb.export.package import run_package; run_package(run_dir)
 
 
 STAGE_CALLS: dict[str, Callable[[RunConfig, Path], None]] = {
     "prepare": _prepare, "baseline": _each_timeframe(_baseline), "lgb": _each_timeframe(_lgb),
-    "lstm": _each_timeframe(_lstm), "tft": _each_timeframe(_tft), "cross_asset": _each_timeframe(_cross_asset),
-    "xgb": _each_timeframe(_xgb), "catboost": _each_timeframe(_catboost), "diagnostics": _each_timeframe(_diagnostics), "stacking": _each_timeframe(_stacking),
-    "backtest": _each_timeframe(_backtest), "fusion": _fusion, "export": _each_timeframe(_export),
-    "validate": _validate, "package": _package,
+    "lstm": _each_timeframe(_lstm), "tft": _each_timeframe(_tft),
+    "cross_asset": _each_timeframe(_cross_asset), "xgb": _each_timeframe(_xgb),
+    "catboost": _each_timeframe(_catboost), "diagnostics": _each_timeframe(_diagnostics),
+    "stacking": _each_timeframe(_stacking), "backtest": _each_timeframe(_backtest), "fusion": _fusion,
+    "export": _each_timeframe(_export), "validate": _validate, "package": _package,
 }
 
 # %% ../../nbs/pipeline/05_examples.ipynb #ce72a96f
@@ -97,14 +108,15 @@ def _output_to(log: Path):
 
 # %% ../../nbs/pipeline/05_examples.ipynb #f2101497
 def _build(entry: Path, config: RunConfig, stages: list[str], run_id: str, runner: bool) -> None:
-    "Build the run into `entry` (runs/, reports/); a failed build is removed and raised with the end of its log."
+    "Build the run into `entry` (runs/, reports/); a failed build is removed, raised with the end of its log."
     shutil.rmtree(entry, ignore_errors=True)   # what a build that died half-way left
     entry.mkdir(parents=True)
     log, run_dir, report_dir = entry / "build.log", entry / "runs" / run_id, entry / "reports" / run_id
     try:
         with _output_to(log):
             if runner:
-                ok, _ = run_pipeline(config, run_id=run_id, runs_root=entry / "runs", reports_root=entry / "reports", only=stages)
+                ok, _ = run_pipeline(config, run_id=run_id, runs_root=entry / "runs",
+                                     reports_root=entry / "reports", only=stages)
                 if not ok: raise RuntimeError((report_dir / "EXECUTION_STATUS.md").read_text())
             else:
                 for name in stages: STAGE_CALLS[name](config, run_dir)
@@ -112,18 +124,23 @@ def _build(entry: Path, config: RunConfig, stages: list[str], run_id: str, runne
     except Exception as error:
         said = log.read_text(errors="replace")[-3000:] if log.exists() else ""
         shutil.rmtree(entry, ignore_errors=True)
-        raise RuntimeError(f"example run {run_id} ({config.profile}, stages {stages}) failed: {error}\n{said}") from error
-    (entry / DONE).write_text(json.dumps({"run_id": run_id, "profile": config.profile, "stages": stages, "runner": runner}))
+        raise RuntimeError(f"example run {run_id} ({config.profile}, stages {stages}) failed: "
+                           f"{error}\n{said}") from error
+    (entry / DONE).write_text(json.dumps({"run_id": run_id, "profile": config.profile, "stages": stages,
+                                          "runner": runner}))
 
 # %% ../../nbs/pipeline/05_examples.ipynb #fc40e4b1
-def example_run(dest: str | Path, profile: str = "smoke", stages: Sequence[str] = ("prepare",), *, run_id: str | None = None,
-                runner: bool = False, reports: str | Path | None = None, cache: str | Path | None = None, **overrides) -> Path:
-    "A verified copy at `dest` of the run of `stages` on `profile` with `overrides` (flat settings), built once and cached."
+def example_run(dest: str | Path, profile: str = "smoke", stages: Sequence[str] = ("prepare",), *,
+                run_id: str | None = None, runner: bool = False, reports: str | Path | None = None,
+                cache: str | Path | None = None, **overrides) -> Path:
+    """A verified copy at `dest` of the run of `stages` on `profile` with `overrides` (flat settings), built
+    once and cached."""
     dest = Path(dest)
     if dest.exists(): raise FileExistsError(f"{dest} exists: example_run copies a run into a new folder")
     unknown = sorted(set(stages) - set(stage_names()))
     if unknown: raise ValueError(f"unknown stage(s) {unknown}; known stages: {stage_names()}")
-    if reports is not None and not runner: raise ValueError("reports= needs runner=True: only the runner writes a report folder")
+    if reports is not None and not runner:
+        raise ValueError("reports= needs runner=True: only the runner writes a report folder")
     stages = [name for name in stage_names() if name in stages]   # run order
     run_id = run_id or dest.name
     config = profile_config(profile, **overrides)
@@ -135,8 +152,11 @@ def example_run(dest: str | Path, profile: str = "smoke", stages: Sequence[str] 
         os.utime(entry / DONE)   # last used: what prune_examples goes by
     shutil.copytree(entry / "runs" / run_id, dest, ignore=shutil.ignore_patterns(".lock"))
     if reports is not None: shutil.copytree(entry / "reports" / run_id, reports)
-    problems = corrupt_files(dest) + [f"{dest / path}: names an absolute path" for path in _absolute_paths(dest)]
-    if problems: raise RuntimeError(f"the copy {dest} of example run {entry} does not verify: " + "; ".join(problems[:5]))
+    problems = corrupt_files(dest) + [f"{dest / path}: names an absolute path"
+                                      for path in _absolute_paths(dest)]
+    if problems:
+        raise RuntimeError(f"the copy {dest} of example run {entry} does not verify: "
+                           + "; ".join(problems[:5]))
     return dest
 
 # %% ../../nbs/pipeline/05_examples.ipynb #2655de90
@@ -154,7 +174,8 @@ def prune_examples(cache: str | Path | None = None, *, days: float = KEEP_DAYS) 
 
 # %% ../../nbs/pipeline/05_examples.ipynb #295c19a2
 def _absolute_paths(run_dir: Path) -> list[str]:
-    "The result records of `run_dir` that hold an absolute path (a copy would point back at the folder it was built in)."
+    """The result records of `run_dir` that hold an absolute path (a copy would point back at the folder it
+    was built in)."""
     return [str(p.relative_to(run_dir)) for p in RunPaths(run_dir).result_files()
             if any(value.startswith("/") for value in _strings(read_json(p)))]
 

@@ -29,7 +29,7 @@ def notebook_markdown(executed: Path, report_dir: Path) -> str:
         target.write_bytes(data)
     body = re.sub(r"<style scoped>.*?</style>\s*", "", body, flags=re.S)   # GitHub shows table HTML, not CSS
     body = re.sub(r"\n{4,}", "\n\n\n", body)
-    return re.sub(r"^(#{1,4}) ", r"##\1 ", body, flags=re.M)            # notebook headings under the report's own
+    return re.sub(r"^(#{1,4}) ", r"##\1 ", body, flags=re.M)   # notebook headings under the report's own
 
 
 def deployment_section(run_dir: Path) -> str:
@@ -38,36 +38,43 @@ def deployment_section(run_dir: Path) -> str:
     models = {p: e for p, e in manifest["files"].items() if p.startswith("models/")}
     lines = ["## Using what this run produced", ""]
     if not models:
-        return "\n".join(lines + ["This run produced no model files yet (only data preparation and the baseline).", ""])
+        return "\n".join(lines + ["This run produced no model files yet "
+                                  "(only data preparation and the baseline).", ""])
     lines += ["| file | bytes | sha256 |", "|---|---|---|"]
     lines += [f"| `{p}` | {e['bytes']} | `{e['sha256'][7:23]}…` |" for p, e in sorted(models.items())]
-    lines += ["", f"Every file is listed with its full sha256 in `{run_dir / 'MANIFEST.json'}`; loaders verify it "
-              "(`macd_nb.core.rundir.verify_artifact`). LightGBM models load with `lightgbm.Booster(model_file=...)`, XGBoost "
-              "with `xgboost.Booster().load_model(...)`, PyTorch state dicts with `torch.load(..., weights_only=True)` "
+    lines += ["", f"Every file is listed with its full sha256 in `{run_dir / 'MANIFEST.json'}`; "
+              "loaders verify it (`macd_nb.core.rundir.verify_artifact`). LightGBM models load with "
+              "`lightgbm.Booster(model_file=...)`, XGBoost with `xgboost.Booster().load_model(...)`, "
+              "PyTorch state dicts with `torch.load(..., weights_only=True)` "
               "and the architecture in the JSON beside them. No pickle is ever loaded.", ""]
     return "\n".join(lines)
 
 
 def report_markdown(run_dir: str | Path, report_dir: str | Path, run_id: str, *, for_package: bool = False,
                     notebooks: bool = True) -> str:
-    "The report's Markdown; `for_package`: without what changes after packaging; `notebooks`: with each executed notebook."
+    """The report's Markdown; `for_package`: without what changes after packaging; `notebooks`: with each
+    executed notebook."""
     run_dir, report_dir = Path(run_dir), Path(report_dir)
     parts = [summary_markdown(run_dir, run_id, package=not for_package)]
     status = read_json(report_dir / "status.json")["stages"] if (report_dir / "status.json").exists() else []
     if status:
-        parts += ["## Stages", "", "| stage | status | duration s | key metric | gates |", "|---|---|---|---|---|"]
-        parts += [f"| {s['number']} {s['name']} | {s['status']} | {format_number(s.get('duration_s'), 1)} | {s.get('key_metric', '')} | "
-                  f"{s.get('gates', '')} |" for s in status] + [""]
+        parts += ["## Stages", "", "| stage | status | duration s | key metric | gates |",
+                  "|---|---|---|---|---|"]
+        parts += [f"| {s['number']} {s['name']} | {s['status']} | {format_number(s.get('duration_s'), 1)} | "
+                  f"{s.get('key_metric', '')} | {s.get('gates', '')} |" for s in status] + [""]
     for record in status if notebooks else []:
         executed = report_dir / "executed" / Path(record["notebook"]).name
         if executed.exists():
-            parts += [f"## Stage {record['number']}: `{record['notebook']}`", "", notebook_markdown(executed, report_dir), ""]
+            parts += [f"## Stage {record['number']}: `{record['notebook']}`", "",
+                      notebook_markdown(executed, report_dir), ""]
     if not for_package: parts.append(deployment_section(run_dir))
     return "\n".join(parts)
 
 
-def write_report(run_dir: str | Path, report_dir: str | Path, run_id: str, *, for_package: bool = False) -> Path:
-    "TRAINING_REPORT.md from the result JSONs, status and executed notebooks; `for_package`: without what changes after packaging."
+def write_report(run_dir: str | Path, report_dir: str | Path, run_id: str, *,
+                 for_package: bool = False) -> Path:
+    """TRAINING_REPORT.md from the result JSONs, status and executed notebooks; `for_package`: without what
+    changes after packaging."""
     path = Path(report_dir) / "TRAINING_REPORT.md"
     path.write_text(report_markdown(run_dir, report_dir, run_id, for_package=for_package))
     return path
@@ -78,20 +85,24 @@ REPORT_SUFFIXES = (".md", ".ipynb", ".png")
 
 def commit_report(report_dir: str | Path, message: str, *, max_file_bytes: int = 2_000_000,
                   max_total_bytes: int = 10_000_000) -> tuple[bool, str]:
-    "Commit the report's Markdown, notebooks and PNGs to the enclosing git repository; (committed, explanation)."
+    "Commit the report's Markdown, notebooks and PNGs to the enclosing git repository; (committed, why)."
     report_dir = Path(report_dir).resolve()
-    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=report_dir, capture_output=True, text=True)
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=report_dir, capture_output=True,
+                         text=True)
     if top.returncode != 0: return False, f"{report_dir} is not inside a git repository: nothing committed"
     files = sorted(p for p in report_dir.rglob("*")
-                   if p.is_file() and p.suffix in REPORT_SUFFIXES and not p.is_relative_to(report_dir / "html"))
+                   if p.is_file() and p.suffix in REPORT_SUFFIXES
+                   and not p.is_relative_to(report_dir / "html"))
     too_big = [f"{p.name} ({p.stat().st_size} bytes)" for p in files if p.stat().st_size > max_file_bytes]
     total = sum(p.stat().st_size for p in files)
     if too_big: return False, f"files over the {max_file_bytes}-byte cap: {too_big}; nothing committed"
-    if total > max_total_bytes: return False, f"report is {total} bytes, over the {max_total_bytes}-byte cap; nothing committed"
+    if total > max_total_bytes:
+        return False, f"report is {total} bytes, over the {max_total_bytes}-byte cap; nothing committed"
     repo = Path(top.stdout.strip())
     paths = [str(p.relative_to(repo)) for p in files]
     subprocess.run(["git", "add", "--force", "--", *paths], cwd=repo, check=True, capture_output=True)
-    done = subprocess.run(["git", "commit", "-m", message, "--", *paths], cwd=repo, capture_output=True, text=True)
+    done = subprocess.run(["git", "commit", "-m", message, "--", *paths], cwd=repo, capture_output=True,
+                          text=True)
     if done.returncode != 0: return False, f"git commit failed: {done.stdout.strip()} {done.stderr.strip()}"
     return True, f"committed {len(paths)} report files ({total} bytes)"
 
@@ -103,6 +114,7 @@ def headline_message(run_dir: str | Path, run_id: str) -> str:
         record = read_json(path)
         m = record.get("metrics", {})
         if "oof_auc" in m:
-            lines.append(f"{record['model']} {record['timeframe']}: OOF AUC {format_number(m['oof_auc'])} (n={m.get('n_oof')}), "
-                         f"test AUC {format_number(m.get('test_auc'))} (n={m.get('n_test')})")
+            lines.append(f"{record['model']} {record['timeframe']}: OOF AUC {format_number(m['oof_auc'])} "
+                         f"(n={m.get('n_oof')}), test AUC {format_number(m.get('test_auc'))} "
+                         f"(n={m.get('n_test')})")
     return "\n".join(lines)

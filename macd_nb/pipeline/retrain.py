@@ -22,8 +22,8 @@ import pandas as pd
 
 from ..core.config import RunConfig, load_config, read_config
 from ..core.prepare import load_table
-from ..core.registry import (MOVE_STEPS, RegistryError, alias_target, audit_log, complete_move, default_registry_dir,
-                                   move_alias, read_alias, record_event, register_run)
+from ..core.registry import (MOVE_STEPS, RegistryError, alias_target, audit_log, complete_move,
+                                   default_registry_dir, move_alias, read_alias, record_event, register_run)
 from ..core.rundir import RunPaths, file_lock, read_json, read_parquet, write_json
 from ..core.validation import auc, auc_gain_ci
 from ..models.backtest import held_positions, signal_positions, trade
@@ -32,16 +32,17 @@ from .runner import checked_name, run_pipeline
 
 
 # %% ../../nbs/pipeline/03_retrain.ipynb #fd24c26f
-RETRAIN_EXIT = {"promoted": 0, "failed": 1, "refused": 2, "kept": 10, "not_recommended": 11}   # exit code per outcome
+# exit code per outcome
+RETRAIN_EXIT = {"promoted": 0, "failed": 1, "refused": 2, "kept": 10, "not_recommended": 11}
 
 
 class RetrainRefused(RuntimeError):
-    "A retrain that cannot start or decide: no champion, another retrain of the alias at work, the alias moved meanwhile."
+    "A retrain that cannot start or decide: no champion, another retrain of the alias at work, a moved alias."
 
 
 @dataclass
 class Champion:
-    "What an alias serves now: its version and run, the registry's copy of the run, and the stacked model's meta."
+    "What an alias serves now: its version and run, the registry's copy of the run, the stacked model's meta."
     alias: str
     version: int
     run: str
@@ -50,8 +51,9 @@ class Champion:
 
     @property
     def trained_until(self) -> pd.Timestamp:
-        "The latest label end in the served base models' windows: every later bar is one none of them learned from."
-        ends = [b["training_window"].get("labels_end") or b["training_window"]["last_bar"] for b in self.meta["base_models"]]
+        "The latest label end in the served base models' windows: no base model learned from any later bar."
+        ends = [b["training_window"].get("labels_end") or b["training_window"]["last_bar"]
+                for b in self.meta["base_models"]]
         return max(pd.Timestamp(t) for t in ends)
 
 
@@ -59,21 +61,24 @@ def champion_of(registry: Path, alias: str) -> Champion:
     "The champion behind `alias` (its pointer and meta file checked as the server checks them)."
     pointer = read_alias(registry, alias)
     if pointer is None:
-        raise RetrainRefused(f"{registry}: alias {alias!r} serves nothing yet: promote or deploy a first run, then retrain")
+        raise RetrainRefused(f"{registry}: alias {alias!r} serves nothing yet: "
+                             "promote or deploy a first run, then retrain")
     return Champion(alias, pointer["version"], pointer["run"], registry / "runs" / pointer["run"],
                     read_json(alias_target(registry, alias)))
 
 
 def champion_stages(champion: Champion) -> list[str]:
-    "The stages the champion's run ran, read off the result files its registry copy holds (the challenger's default plan)."
+    """The stages the champion's run ran, read off the result files its registry copy holds (the challenger's
+    default plan)."""
     from macd_nb.core.stages import STAGES
     results = [s for s in STAGES if any(w.startswith("results/") for w in s.writes)]
     return [s.name for s in results
-            if (champion.root / next(w for w in s.writes if w.startswith("results/")).format(tf=champion.alias)).exists()]
+            if (champion.root
+                / next(w for w in s.writes if w.startswith("results/")).format(tf=champion.alias)).exists()]
 
 
 def champion_config(champion: Champion, runs_root: Path) -> RunConfig | None:
-    "The champion run's configuration: from its registry copy (a deployed package carries it), else its run directory."
+    "The champion run's configuration: its registry copy (a deployed package carries it), else its run dir."
     for path in (champion.root / "config.json", runs_root / champion.run / "config.json"):
         if path.is_file(): return read_config(path.parent)
     return None
@@ -81,11 +86,11 @@ def champion_config(champion: Champion, runs_root: Path) -> RunConfig | None:
 
 # %% ../../nbs/pipeline/03_retrain.ipynb #e9c82ee4
 def retrain_lock(registry: Path, alias: str):
-    "The one retrain of `alias` at a time (`file_lock`, never waiting): a second one is refused, naming the first."
+    "One retrain of `alias` at a time (`file_lock`, never waiting): a second is refused, naming the first."
     return file_lock(registry / "retrain" / f"{alias}.lock", wait=False,
                      holder=f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
-                     refused=lambda holder: RetrainRefused(f"another retrain of alias {alias} is at work ({holder}): "
-                                                           "it decides, this one does not"))
+                     refused=lambda holder: RetrainRefused(f"another retrain of alias {alias} is at work "
+                                                           f"({holder}): it decides, this one does not"))
 
 
 def _state_path(registry: Path, alias: str) -> Path: return registry / "retrain" / f"{alias}.json"
@@ -98,33 +103,39 @@ def read_state(registry: Path, alias: str) -> dict | None:
 
 
 def write_state(registry: Path, alias: str, state: dict) -> None:
-    "Record the retrain in progress with the project's one atomic write (a crash leaves the old record or the new one)."
+    "Record the retrain in progress with the project's one atomic write (a crash leaves the old or the new)."
     write_json(_state_path(registry, alias), state)
 
 
 def recorded_decision(registry: Path, alias: str, run_id: str) -> dict | None:
-    "The audit log's record of the retrain whose challenger is `run_id`: its decision entry, or its move of `alias`."
+    "The audit log's record of the retrain whose challenger is `run_id`: its decision, or its `alias` move."
     for entry in reversed(audit_log(registry)):
-        if entry.get("alias") == alias and (entry.get("retrain") == run_id or entry.get("to_run") == run_id): return entry
+        if entry.get("alias") == alias and (entry.get("retrain") == run_id or entry.get("to_run") == run_id):
+            return entry
     return None
 
 
 # %% ../../nbs/pipeline/03_retrain.ipynb #1cb35c26
 def challenger_predictions(run_dir: Path, timeframe: str) -> pd.DataFrame:
-    """The challenger's stacked P(up) wherever it is out of sample (its walk-forward OOF rows, then its held-out test
-    period), with `fit`: which fit made each (a block of the stacking walk-forward, or the validated refit)."""
+    """The challenger's stacked P(up) wherever it is out of sample (its walk-forward OOF rows, then its
+    held-out test period), with `fit`: which fit made each (a block of the stacking walk-forward, or the
+    validated refit)."""
     paths = RunPaths(run_dir)
-    oof, test = read_parquet(paths.oof_file("stacking", timeframe)), read_parquet(paths.test_file("stacking", timeframe))
+    oof, test = (read_parquet(paths.oof_file("stacking", timeframe)),
+                 read_parquet(paths.test_file("stacking", timeframe)))
     if len(oof) and len(test) and oof.index.max() >= test.index.min():
-        raise ValueError(f"{paths.oof_file('stacking', timeframe)}: OOF rows reach into the test period ({test.index.min()})")
-    starts = pd.DatetimeIndex([pd.Timestamp(b["start"]) for b in read_json(paths.result_file("stacking", timeframe))["blocks"]])
+        raise ValueError(f"{paths.oof_file('stacking', timeframe)}: OOF rows reach into the test period "
+                         f"({test.index.min()})")
+    starts = pd.DatetimeIndex([pd.Timestamp(b["start"])
+                               for b in read_json(paths.result_file("stacking", timeframe))["blocks"]])
     fits = np.r_[starts.searchsorted(oof.index, side="right") - 1, np.full(len(test), len(starts))]
     return pd.concat([oof[["y", "pred"]], test[["y", "pred"]]]).assign(fit=fits).sort_index()
 
 # %% ../../nbs/pipeline/03_retrain.ipynb #eff2c36a
 def champion_predictions(champion: Champion, registry: Path, table: pd.DataFrame, bars: pd.DatetimeIndex,
                          db: str | Path | None = None) -> tuple[pd.Series, dict]:
-    "The champion's P(up) on `bars`: as it served them (the prediction log, stacked answers only), else from its ONNX files."
+    """The champion's P(up) on `bars`: as it served them (the prediction log, stacked answers only), else from
+    its ONNX files."""
     from macd_nb.serve.log import PredictionLog
     from macd_nb.serve.predictor import MLPredictor
     served = pd.Series(dtype=float)
@@ -132,58 +143,69 @@ def champion_predictions(champion: Champion, registry: Path, table: pd.DataFrame
         log = PredictionLog(db, read_only=True)
         try: frame = log.frame(timeframe=champion.alias)
         finally: log.close()
-        mine = frame[(frame["alias"] == champion.alias) & (frame["run"] == champion.run) & frame["fallback"].isna()]
+        mine = frame[(frame["alias"] == champion.alias) & (frame["run"] == champion.run)
+                     & frame["fallback"].isna()]
         served = mine.drop_duplicates("bar_time", keep="last").set_index("bar_time")["p_up"]
     served = served.reindex(bars).dropna()
-    predictor, missing, recomputed, skipped = MLPredictor(champion.alias, registry), bars.difference(served.index), {}, 0
+    predictor, missing, recomputed, skipped = (MLPredictor(champion.alias, registry),
+                                               bars.difference(served.index), {}, 0)
     length, position = predictor.feature_rows(), pd.Series(np.arange(len(table)), index=table.index)
     for bar in missing:
         at = position[bar]
         try: recomputed[bar] = predictor.predict(table.iloc[max(0, at - length + 1):at + 1])["p_up"]
-        except ValueError: skipped += 1   # an undefined feature or too short a history: the champion gives no answer there
+        except ValueError: skipped += 1   # an undefined feature or too short a history: no answer there
     p = pd.concat([served, pd.Series(recomputed, dtype=float)]).sort_index()
     return p, {"from_log": len(served), "from_onnx": len(recomputed), "unanswered": skipped}
 
 # %% ../../nbs/pipeline/03_retrain.ipynb #19b5dc70
-def after_cost_log_growth(p: np.ndarray, forward_log_return: np.ndarray, *, horizon: int, cost_bp: float) -> float:
-    "Total log growth of trading long/short on P(up) (one tranche per bar held `horizon` bars) after `cost_bp` per side."
-    return float(trade(held_positions(signal_positions(p, "long_short"), horizon), forward_log_return).net_log(cost_bp).sum())
+def after_cost_log_growth(p: np.ndarray, forward_log_return: np.ndarray, *, horizon: int,
+                          cost_bp: float) -> float:
+    """Total log growth of trading long/short on P(up) (one tranche per bar held `horizon` bars) after
+    `cost_bp` per side."""
+    return float(trade(held_positions(signal_positions(p, "long_short"), horizon),
+                       forward_log_return).net_log(cost_bp).sum())
 
 # %% ../../nbs/pipeline/03_retrain.ipynb #57d13cd1
 def compare_models(compared: pd.DataFrame, config: RunConfig, horizon: int) -> dict:
-    """Challenger against champion on the same bars (`y`, `challenger`, `champion`, `fwd_ret_1`, `fit`): AUCs, the paired
-    gain, after costs. Both models are ranked within each of the challenger's fits: its out-of-sample predictions come
-    from several fits whose spreads differ, and one AUC pooled over them calls the same recipe worse than it is (the
-    retrain-policy notebook measures it); the pooled figures are kept beside."""
+    """Challenger against champion on the same bars (`y`, `challenger`, `champion`, `fwd_ret_1`, `fit`):
+    AUCs, the paired gain, after costs. Both models are ranked within each of the challenger's fits: its
+    out-of-sample predictions come from several fits whose spreads differ, and one AUC pooled over them calls
+    the same recipe worse than it is (the retrain-policy notebook measures it); the pooled figures are kept
+    beside."""
     v, y = config.validation, compared["y"].to_numpy()
-    score = lambda a, b: auc_gain_ci(y, a, b, block=v.bootstrap_block, n_boot=v.bootstrap_samples, seed=config.seed)
+    score = lambda a, b: auc_gain_ci(y, a, b, block=v.bootstrap_block, n_boot=v.bootstrap_samples,
+                                     seed=config.seed)
     names = ("challenger", "champion")
     ranked = {name: ranks_within(compared["fit"].to_numpy(), compared[name].to_numpy()) for name in names}
-    growth = {name: after_cost_log_growth(compared[name].to_numpy(), compared["fwd_ret_1"].to_numpy(), horizon=horizon,
-                                          cost_bp=config.backtest.cost_bp) for name in names}
+    growth = {name: after_cost_log_growth(compared[name].to_numpy(), compared["fwd_ret_1"].to_numpy(),
+                                          horizon=horizon, cost_bp=config.backtest.cost_bp) for name in names}
     return {"n_bars": len(compared), "first_bar": str(compared.index[0]), "last_bar": str(compared.index[-1]),
             "n_fits": int(compared["fit"].nunique()), "auc": {name: auc(y, ranked[name]) for name in names},
             "gain": score(ranked["challenger"], ranked["champion"]),
             "auc_pooled": {name: auc(y, compared[name].to_numpy()) for name in names},
             "gain_pooled": score(compared["challenger"].to_numpy(), compared["champion"].to_numpy()),
             "after_cost_log_growth": growth | {"difference": growth["challenger"] - growth["champion"],
-                                               "cost_bp": config.backtest.cost_bp, "strategy": "long/short on P(up) - 0.5"}}
+                                               "cost_bp": config.backtest.cost_bp,
+                                               "strategy": "long/short on P(up) - 0.5"}}
 
 # %% ../../nbs/pipeline/03_retrain.ipynb #8b082519
-def decide(comparison: dict | None, passes_gates: bool, gate_failures: list[str], config: RunConfig) -> tuple[str, str]:
+def decide(comparison: dict | None, passes_gates: bool, gate_failures: list[str],
+           config: RunConfig) -> tuple[str, str]:
     "('promote' or 'keep', why) by the configured policy; too few compared bars is no evidence: keep."
     if not passes_gates: return "keep", "the challenger fails its gates: " + "; ".join(gate_failures)
     if comparison is None or comparison["n_bars"] < config.retrain.min_bars:
         n = 0 if comparison is None else comparison["n_bars"]
-        return "keep", f"{n} compared bars after the champion's window, fewer than retrain_min_bars={config.retrain.min_bars}"
+        return "keep", (f"{n} compared bars after the champion's window, "
+                        f"fewer than retrain_min_bars={config.retrain.min_bars}")
     gain = comparison["gain"]
     if config.retrain.policy == "always":
-        return "promote", f"policy 'always': the challenger passes its gates (AUC gain {gain['gain']:+.4f}, not used)"
+        return "promote", (f"policy 'always': the challenger passes its gates "
+                           f"(AUC gain {gain['gain']:+.4f}, not used)")
     return promotion_decision(gain["gain"], tuple(gain["ci95"]), True, margin=config.retrain.margin)
 
 # %% ../../nbs/pipeline/03_retrain.ipynb #505a5e1d
 def rolling_auc(compared: pd.DataFrame, blocks: int = 10) -> pd.DataFrame:
-    "AUC of both models in `blocks` consecutive stretches of the compared bars (a block with one class only: NaN)."
+    "AUC of both models in `blocks` consecutive stretches of the compared bars (a one-class block: NaN)."
     rows = []
     for part in np.array_split(np.arange(len(compared)), min(blocks, max(1, len(compared) // 50))):
         chunk = compared.iloc[part]
@@ -214,24 +236,30 @@ def write_retrain_report(folder: Path, result: dict, compared: pd.DataFrame | No
     folder.mkdir(parents=True, exist_ok=True)
     c, lines = result.get("comparison"), [f"# Retrain of alias `{result['alias']}`: {result['decision']}", "",
                                           f"**{result['decision']}**: {result['why']}", ""]
-    lines += [f"- champion: run `{result['champion']['run']}` (version {result['champion']['version']}), its served models "
-              f"learned labels up to {result['champion']['trained_until']}",
-              f"- challenger: run `{result['challenger']['run']}`, gates {'passed' if result['challenger']['passes_gates'] else 'FAILED'}, "
+    lines += [f"- champion: run `{result['champion']['run']}` (version {result['champion']['version']}), "
+              f"its served models learned labels up to {result['champion']['trained_until']}",
+              f"- challenger: run `{result['challenger']['run']}`, "
+              f"gates {'passed' if result['challenger']['passes_gates'] else 'FAILED'}, "
               f"policy `{result['policy']}` (margin {result['margin']})", ""]
     if c:
         g, growth = c["gain"], c["after_cost_log_growth"]
-        lines += [f"Compared on the same {c['n_bars']} bars, {c['first_bar'][:16]} .. {c['last_bar'][:16]}: every bar after the "
-                  "champion's window, the champion as it served them (prediction log) or from its ONNX files "
-                  f"({c['champion_sources']['from_log']} logged, {c['champion_sources']['from_onnx']} recomputed), the challenger "
+        lines += [f"Compared on the same {c['n_bars']} bars, {c['first_bar'][:16]} .. {c['last_bar'][:16]}: "
+                  "every bar after the champion's window, the champion as it served them (prediction log) "
+                  f"or from its ONNX files ({c['champion_sources']['from_log']} logged, "
+                  f"{c['champion_sources']['from_onnx']} recomputed), the challenger "
                   "out of sample (walk-forward OOF, then its held-out test period).", "",
-                  "| | champion | challenger | challenger - champion (95% CI, paired block bootstrap) |", "|---|---|---|---|",
-                  f"| AUC, ranked within each of the challenger's {c.get('n_fits', 1)} fits (decides) | {c['auc']['champion']:.4f} | "
-                  f"{c['auc']['challenger']:.4f} | {g['gain']:+.4f} [{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}] |",
-                  *([f"| AUC pooled over the fits | {c['auc_pooled']['champion']:.4f} | {c['auc_pooled']['challenger']:.4f} | "
-                     f"{c['gain_pooled']['gain']:+.4f} [{c['gain_pooled']['ci95'][0]:+.4f}, {c['gain_pooled']['ci95'][1]:+.4f}] |"]
+                  "| | champion | challenger | challenger - champion (95% CI, paired block bootstrap) |",
+                  "|---|---|---|---|",
+                  f"| AUC, ranked within each of the challenger's {c.get('n_fits', 1)} fits (decides) | "
+                  f"{c['auc']['champion']:.4f} | {c['auc']['challenger']:.4f} | "
+                  f"{g['gain']:+.4f} [{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}] |",
+                  *([f"| AUC pooled over the fits | {c['auc_pooled']['champion']:.4f} | "
+                     f"{c['auc_pooled']['challenger']:.4f} | {c['gain_pooled']['gain']:+.4f} "
+                     f"[{c['gain_pooled']['ci95'][0]:+.4f}, {c['gain_pooled']['ci95'][1]:+.4f}] |"]
                     if "gain_pooled" in c else []),
-                  f"| log growth after {growth['cost_bp']:g} bp per side ({growth['strategy']}) | {growth['champion']:+.4f} | "
-                  f"{growth['challenger']:+.4f} | {growth['difference']:+.4f} |", ""]
+                  f"| log growth after {growth['cost_bp']:g} bp per side ({growth['strategy']}) | "
+                  f"{growth['champion']:+.4f} | {growth['challenger']:+.4f} | "
+                  f"{growth['difference']:+.4f} |", ""]
     if compared is not None and len(compared):
         table = rolling_auc(compared)
         fig = plot_rolling_auc(table, f"alias {result['alias']}: AUC on the bars the champion never saw")
@@ -246,21 +274,26 @@ def write_retrain_report(folder: Path, result: dict, compared: pd.DataFrame | No
 # %% ../../nbs/pipeline/03_retrain.ipynb #d57a95aa
 def challenger_config(champion: Champion, runs_root: Path, config_file: str | None, profile: str | None,
                       data: str | None) -> RunConfig:
-    "The champion's configuration (unless a --profile starts afresh), then the --config file, then --data; refusals name the setting."
+    """The champion's configuration (unless a --profile starts afresh), then the --config file, then --data;
+    refusals name the setting."""
     start = champion_config(champion, runs_root)
     if start is None and profile is None and config_file is None:
-        raise RetrainRefused(f"run {champion.run}: no config.json in {champion.root} or {runs_root / champion.run}: "
+        raise RetrainRefused(f"run {champion.run}: no config.json in {champion.root} or "
+                             f"{runs_root / champion.run}: "
                              "name the challenger's settings with --profile or --config")
-    changes = {} if data is None else {"data_source": data if data == "synthetic" else str(Path(data).expanduser().resolve())}
+    changes = {} if data is None else {
+        "data_source": data if data == "synthetic" else str(Path(data).expanduser().resolve())}
     config = load_config(config_file, profile, start=None if profile else start, **changes)
     if champion.alias not in config.data.timeframes:
-        raise RetrainRefused(f"the challenger's timeframes {config.data.timeframes} do not include alias {champion.alias}")
+        raise RetrainRefused(f"the challenger's timeframes {config.data.timeframes} "
+                             f"do not include alias {champion.alias}")
     return config
 
 
 def not_recommended(db: str | Path | None, registry: Path, alias: str) -> tuple[str | None, list[str]]:
     "Why no retrain is needed (None: the monitor recommends one), and the limits it crossed."
-    if db is None: raise RetrainRefused("--if-recommended reads the monitor's limits from the prediction log: give --db")
+    if db is None:
+        raise RetrainRefused("--if-recommended reads the monitor's limits from the prediction log: give --db")
     from macd_nb.serve.monitor import alias_summary
     summary, header, frame = alias_summary(db, registry, alias)
     if summary["retrain"]: return None, summary["retrain"]
@@ -269,16 +302,19 @@ def not_recommended(db: str | Path | None, registry: Path, alias: str) -> tuple[
 
 
 def fetch_newer_bars(config: RunConfig) -> None:
-    "Extend the configuration's kline files with the bars closed since the oldest symbol's newest stored bar (`--fetch`)."
+    """Extend the configuration's kline files with the bars closed since the oldest symbol's newest stored bar
+    (`--fetch`)."""
     from macd_nb.serve.binance import fetch_klines, stored_through
-    if config.data.source == "synthetic": raise RetrainRefused("--fetch extends kline files, and the configuration's data is synthetic")
+    if config.data.source == "synthetic":
+        raise RetrainRefused("--fetch extends kline files, and the configuration's data is synthetic")
     stored = [stored_through(config.data.source, symbol, "1h") for symbol in config.data.symbols]
-    start = str(pd.Timestamp(min(stored), unit="ms", tz="UTC")) if all(t is not None for t in stored) else config.data.start
+    start = (str(pd.Timestamp(min(stored), unit="ms", tz="UTC")) if all(t is not None for t in stored)
+             else config.data.start)
     fetch_klines(config.data.symbols, "1h", start, None, data_dir=config.data.source)
 
 
 def _fault_hook():
-    "For crash tests: a move hook that SIGKILLs this process at the step named by $MACD_NB_RETRAIN_FAULT; else None."
+    "Crash tests: a move hook that SIGKILLs this process at the step $MACD_NB_RETRAIN_FAULT names; else None."
     step = os.environ.get("MACD_NB_RETRAIN_FAULT")
     if not step: return None
     if step not in MOVE_STEPS: raise ValueError(f"MACD_NB_RETRAIN_FAULT={step!r} is not one of {MOVE_STEPS}")
@@ -286,7 +322,8 @@ def _fault_hook():
 
 
 def _finish(registry: Path, alias: str, state: dict, entry: dict) -> dict:
-    "A retrain whose decision the audit log holds already (a rerun after a crash): complete a half-done move, say it once."
+    """A retrain whose decision the audit log holds already (a rerun after a crash): complete a half-done
+    move, say it once."""
     result = dict(state.get("result") or {"alias": alias, "challenger": {"run": state["run_id"]}})
     if "to_run" in entry:
         complete_move(registry, alias)
@@ -297,9 +334,10 @@ def _finish(registry: Path, alias: str, state: dict, entry: dict) -> dict:
 
 
 # %% ../../nbs/pipeline/03_retrain.ipynb #79ab4c4b
-def _carry_out(registry: Path, alias: str, run_dir: Path, champion: Champion, verdict: str, why: str, result: dict) -> None:
-    """The verdict, done and audited: the challenger registered and the alias moved to it by compare-and-swap (refused,
-    and `result` says so, when the alias moved while it trained), or the champion kept."""
+def _carry_out(registry: Path, alias: str, run_dir: Path, champion: Champion, verdict: str, why: str,
+               result: dict) -> None:
+    """The verdict, done and audited: the challenger registered and the alias moved to it by compare-and-swap
+    (refused, and `result` says so, when the alias moved while it trained), or the champion kept."""
     run_id = run_dir.name
     audit = {"retrain": run_id, "report": result["report"], "comparison": _brief(result["comparison"])}
     if verdict != "promote":
@@ -307,25 +345,30 @@ def _carry_out(registry: Path, alias: str, run_dir: Path, champion: Champion, ve
         return
     try:
         register_run(registry, run_dir)
-        pointer = move_alias(registry, alias, run_id, expected_version=champion.version, why=f"retrain: {why}",
-                             hook=_fault_hook(), record=audit)
+        pointer = move_alias(registry, alias, run_id, expected_version=champion.version,
+                             why=f"retrain: {why}", hook=_fault_hook(), record=audit)
         result["version"] = pointer["version"]
     except RegistryError as refused:   # e.g. the alias moved while the challenger trained: nothing is decided
         result |= {"decision": "refused", "why": f"{refused}; the challenger run {run_id} is kept"}
-        record_event(registry, {"alias": alias, "event": "retrain", "decision": "refused", "why": result["why"]} | audit)
+        record_event(registry, {"alias": alias, "event": "retrain", "decision": "refused",
+                                "why": result["why"]} | audit)
 
 # %% ../../nbs/pipeline/03_retrain.ipynb #aeea6509
-def retrain(alias: str = "1h", *, registry: str | Path | None = None, data: str | None = None, config_file: str | None = None,
-            profile: str | None = None, run_id: str | None = None, runs_root: str | Path = "runs",
-            reports_root: str | Path = "reports", db: str | Path | None = None, if_recommended: bool = False,
-            fetch: bool = False, only: list[str] | None = None) -> dict:
-    "Train a challenger for `alias`, compare it with the champion on the bars the champion never saw, decide, record; the result."
+def retrain(alias: str = "1h", *, registry: str | Path | None = None, data: str | None = None,
+            config_file: str | None = None, profile: str | None = None, run_id: str | None = None,
+            runs_root: str | Path = "runs", reports_root: str | Path = "reports",
+            db: str | Path | None = None, if_recommended: bool = False, fetch: bool = False,
+            only: list[str] | None = None) -> dict:
+    """Train a challenger for `alias`, compare it with the champion on the bars the champion never saw,
+    decide, record; the result."""
     registry = Path(registry) if registry else default_registry_dir()
     runs_root, reports_root = Path(runs_root), Path(reports_root)
-    if not (registry / "runs").is_dir(): raise RetrainRefused(f"{registry}: no registry there (promote or deploy a run first)")
+    if not (registry / "runs").is_dir():
+        raise RetrainRefused(f"{registry}: no registry there (promote or deploy a run first)")
     with retrain_lock(registry, alias):
         state = read_state(registry, alias)
-        if state and (entry := recorded_decision(registry, alias, state["run_id"])): return _finish(registry, alias, state, entry)
+        if state and (entry := recorded_decision(registry, alias, state["run_id"])):
+            return _finish(registry, alias, state, entry)
         champion = champion_of(registry, alias)
         recommended = []
         if state is None and if_recommended:
@@ -334,21 +377,26 @@ def retrain(alias: str = "1h", *, registry: str | Path | None = None, data: str 
         config = challenger_config(champion, runs_root, config_file, profile, data)
         if state is None:
             if fetch: fetch_newer_bars(config)
-            run_id = checked_name("--run-id", run_id or f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-retrain-{alias}")
+            run_id = checked_name(
+                "--run-id", run_id or f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-retrain-{alias}")
             state = {"run_id": run_id, "alias": alias, "champion_version": champion.version,
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "recommended_because": recommended}
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "recommended_because": recommended}
             write_state(registry, alias, state)
         run_id, run_dir = state["run_id"], runs_root / state["run_id"]
         resume = (run_dir / "config.json").exists()   # a resumed run keeps its own stage plan
-        ok, report_dir = run_pipeline(config, run_id=run_id, runs_root=runs_root, reports_root=reports_root, resume=resume,
+        ok, report_dir = run_pipeline(config, run_id=run_id, runs_root=runs_root, reports_root=reports_root,
+                                      resume=resume,
                                       only=None if resume else (only or champion_stages(champion)))
         result = {"alias": alias, "champion": {"run": champion.run, "version": champion.version,
                                                "trained_until": str(champion.trained_until)},
-                  "challenger": {"run": run_id}, "policy": config.retrain.policy, "margin": config.retrain.margin,
+                  "challenger": {"run": run_id}, "policy": config.retrain.policy,
+                  "margin": config.retrain.margin,
                   "recommended_because": state.get("recommended_because", [])}
         if not ok:   # the state stays: the same command again resumes the challenger's run
-            return result | {"decision": "failed", "why": f"the challenger's run failed; run the same command again to resume "
-                                                          f"it (see {report_dir / 'EXECUTION_STATUS.md'})"}
+            return result | {"decision": "failed",
+                             "why": f"the challenger's run failed; run the same command again to resume "
+                                    f"it (see {report_dir / 'EXECUTION_STATUS.md'})"}
         config = read_config(run_dir)   # as the run resolved it
         stacking = read_json(RunPaths(run_dir).result_file("stacking", alias))
         passes = bool(stacking.get("deployable"))
@@ -356,10 +404,11 @@ def retrain(alias: str = "1h", *, registry: str | Path | None = None, data: str 
                                  "not_deployable_because": stacking.get("not_deployable_because", [])}
         compared, sources = _compared(champion, registry, run_dir, db)
         comparable = compared is not None and len(compared) > 1 and compared["y"].nunique() == 2
-        comparison = compare_models(compared, config, config.validation.label_horizon) | {"champion_sources": sources} \
-            if comparable else None
+        comparison = (compare_models(compared, config, config.validation.label_horizon)
+                      | {"champion_sources": sources} if comparable else None)
         verdict, why = decide(comparison, passes, result["challenger"]["not_deployable_because"], config)
-        result |= {"decision": {"promote": "promoted", "keep": "kept"}[verdict], "why": why, "comparison": comparison}
+        result |= {"decision": {"promote": "promoted", "keep": "kept"}[verdict], "why": why,
+                   "comparison": comparison}
         result["report"] = str(write_retrain_report(reports_root / run_id, result, compared))
         write_state(registry, alias, state | {"result": result})
         _carry_out(registry, alias, run_dir, champion, verdict, why, result)
@@ -368,14 +417,15 @@ def retrain(alias: str = "1h", *, registry: str | Path | None = None, data: str 
 
 # %% ../../nbs/pipeline/03_retrain.ipynb #ab482d85
 def _compared(champion: Champion, registry: Path, run_dir: Path, db) -> tuple[pd.DataFrame | None, dict]:
-    "Both models' P(up), the label and the next bar's log return on every bar after the champion's window; where each came from."
+    """Both models' P(up), the label and the next bar's log return on every bar after the champion's window;
+    where each came from."""
     table, _ = load_table(run_dir, champion.alias)
     challenger = challenger_predictions(run_dir, champion.alias)
     bars = challenger.index[challenger.index > champion.trained_until]
     if len(bars) == 0: return None, {"from_log": 0, "from_onnx": 0, "unanswered": 0}
     p, sources = champion_predictions(champion, registry, table, bars, db)
-    frame = challenger.loc[p.index].rename(columns={"pred": "challenger"}).assign(champion=p,
-                                                                                  fwd_ret_1=table["fwd_ret_1"].reindex(p.index))
+    frame = challenger.loc[p.index].rename(columns={"pred": "challenger"}).assign(
+        champion=p, fwd_ret_1=table["fwd_ret_1"].reindex(p.index))
     return frame.dropna(), sources
 
 # %% ../../nbs/pipeline/03_retrain.ipynb #7021481f
@@ -391,13 +441,15 @@ def retrain_command(args) -> int:
     import sys
     from macd_nb.pipeline.runner import Interrupted, RunInUse
     try:
-        result = retrain(args.alias, registry=args.registry, data=args.data, config_file=args.config, profile=args.profile,
-                         run_id=args.run_id, runs_root=args.runs_root, reports_root=args.reports_root, db=args.db,
+        result = retrain(args.alias, registry=args.registry, data=args.data, config_file=args.config,
+                         profile=args.profile, run_id=args.run_id, runs_root=args.runs_root,
+                         reports_root=args.reports_root, db=args.db,
                          if_recommended=args.if_recommended, fetch=args.fetch, only=args.only)
     except (RetrainRefused, RegistryError, RunInUse, OSError, ValueError) as refused:
         result = {"decision": "refused", "alias": args.alias, "why": str(refused)}
     except Interrupted as stop:
-        print(f"macd-nb retrain: stopped by {stop.name}; run the same command again to resume the challenger", file=sys.stderr)
+        print(f"macd-nb retrain: stopped by {stop.name}; run the same command again to resume the challenger",
+              file=sys.stderr)
         return 128 + stop.signum
     print(json.dumps(result, default=str))
     return RETRAIN_EXIT[result["decision"]]

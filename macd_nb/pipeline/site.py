@@ -25,11 +25,12 @@ from ..core.rundir import read_json
 
 # %% ../../nbs/pipeline/06_site.ipynb #3b148fff
 DIRECTIVE = re.compile(r"^\s*#\|\s*(.*?)\s*$")
-HIDDEN_TAGS = {"parameters", "injected-parameters"}   # papermill's cells: defaults for the reader of the code, not the page
+# papermill's cells: defaults for the reader of the code, not the page
+HIDDEN_TAGS = {"parameters", "injected-parameters"}
 
 
 def directives(source: str) -> tuple[dict[str, str], str]:
-    "The nbdev directives of a cell (`{'export': '', 'default_exp': 'core.config'}`) and its source without them."
+    "A cell's nbdev directives (`{'export': '', 'default_exp': 'core.config'}`) and its source without them."
     found, kept = {}, []
     for line in source.splitlines():
         match = DIRECTIVE.match(line)
@@ -42,7 +43,8 @@ def directives(source: str) -> tuple[dict[str, str], str]:
 
 def title_and_summary(page: dict | str) -> tuple[str, str]:
     "The H1 and the `> summary` line of a page: a notebook's first Markdown cell, or a Markdown page's text."
-    if isinstance(page, dict): page = "".join(next(c for c in page["cells"] if c["cell_type"] == "markdown")["source"])
+    if isinstance(page, dict):
+        page = "".join(next(c for c in page["cells"] if c["cell_type"] == "markdown")["source"])
     lines = page.splitlines()
     title = next(line[2:].strip() for line in lines if line.startswith("# "))
     summary = next((line[1:].strip() for line in lines if line.startswith(">")), "")
@@ -51,17 +53,20 @@ def title_and_summary(page: dict | str) -> tuple[str, str]:
 
 def markdown_cell(text: str) -> dict:
     "A Markdown cell holding `text` (its id derived from the text, so a page is the same bytes every time)."
-    return {"cell_type": "markdown", "id": hashlib.sha1(text.encode()).hexdigest()[:8], "metadata": {}, "source": text}
+    return {"cell_type": "markdown", "id": hashlib.sha1(text.encode()).hexdigest()[:8], "metadata": {},
+            "source": text}
 
 
 def with_kernel(nb: dict) -> dict:
     "`nb` with the kernel metadata myst-nb highlights its code by (the stored notebooks may lack it)."
-    return {**nb, "metadata": {**nb["metadata"], "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+    return {**nb, "metadata": {**nb["metadata"],
+                               "kernelspec": {"name": "python3", "display_name": "Python 3",
+                                              "language": "python"},
                                "language_info": {"name": "python"}}}
 
 # %% ../../nbs/pipeline/06_site.ipynb #db9320f6
 def api_entries(source: str, module_name: str, level: int) -> str:
-    "Markdown for the public names an exported cell defines: signatures and docstrings, constants as their source."
+    "Markdown for the public names an exported cell defines: signatures, docstrings, constants as source."
     module = importlib.import_module(f"macd_nb.{module_name}")
     parts = []
     for node in ast.parse(source).body:
@@ -72,14 +77,17 @@ def api_entries(source: str, module_name: str, level: int) -> str:
             if inspect.isclass(symbol):
                 for name, member in vars(symbol).items():
                     if name.startswith("_"): continue
-                    member = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
-                    if inspect.isfunction(member): parts.append(_entry(member, f"{node.name}.{name}", level + 1))
+                    member = (member.fget if isinstance(member, property)
+                              else getattr(member, "__func__", member))
+                    if inspect.isfunction(member):
+                        parts.append(_entry(member, f"{node.name}.{name}", level + 1))
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             names = [t.id for t in targets if isinstance(t, ast.Name) and not t.id.startswith("_")]
             if not names: continue
             lines = source.splitlines()[node.lineno - 1:node.end_lineno]
-            if len(lines) > 12: lines = lines[:11] + ["    ...   # (shortened; the notebook's code cell has it whole)"]
+            if len(lines) > 12:
+                lines = lines[:11] + ["    ...   # (shortened; the notebook's code cell has it whole)"]
             parts.append("```python\n" + "\n".join(lines) + "\n```")
     return "\n\n".join(parts)
 
@@ -94,7 +102,8 @@ def _entry(symbol, name: str, level: int) -> str:
 
 # %% ../../nbs/pipeline/06_site.ipynb #06d1969a
 def to_page(nb: dict) -> dict:
-    "An executed notebook as a documentation page: directives and hidden cells dropped, exported cells as API entries."
+    """An executed notebook as a documentation page: directives and hidden cells dropped, exported cells as
+    API entries."""
     module_name, level, cells = None, 1, []
     for cell in nb["cells"]:
         source = "".join(cell["source"])
@@ -109,7 +118,8 @@ def to_page(nb: dict) -> dict:
         if "default_exp" in found: module_name = found["default_exp"]
         if {"default_exp", "hide", "exporti"} & found.keys() or found.get("include") == "false": continue
         if "export" in found or "exports" in found:
-            if module_name is None: raise ValueError("an `#| export` cell before the notebook's `#| default_exp`")
+            if module_name is None:
+                raise ValueError("an `#| export` cell before the notebook's `#| default_exp`")
             api = api_entries(code, module_name, min(level + 1, 4))
             if "exports" in found: cells.append({**cell, "source": code})
             if api: cells.append(markdown_cell(api))
@@ -123,7 +133,7 @@ def to_page(nb: dict) -> dict:
 
 # %% ../../nbs/pipeline/06_site.ipynb #dfa87fc3
 class SiteError(RuntimeError):
-    "The site could not be built: a Sphinx warning (they are errors here), or a page that would fetch from the internet."
+    "The site could not be built: a Sphinx warning (an error here), or a page fetching from the internet."
 
 # %% ../../nbs/pipeline/06_site.ipynb #6a7b3b34
 BOOK_CONFIG = """\
@@ -155,12 +165,15 @@ launch_buttons:
 
 sphinx:
   config:
-    # MathJax 2 from the site itself (the jupyter-server-mathjax package), never a CDN. Its folder is _assets, not
-    # _static: Jupyter Book adds every .js under a book's _static to every page (MathJax's 400 files, each a <script>)
+    # MathJax 2 from the site itself (the jupyter-server-mathjax package), never a CDN. \
+Its folder is _assets, not
+    # _static: Jupyter Book adds every .js under a book's _static to every page \
+(MathJax's 400 files, each a <script>)
     mathjax_path: mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full
     mathjax3_config: null
     mathjax2_config:
-      # myst-nb marks each page tex2jax_ignore and its math `math` (its MathJax 3 setting, in MathJax 2's words)
+      # myst-nb marks each page tex2jax_ignore and its math `math` \
+(its MathJax 3 setting, in MathJax 2's words)
       tex2jax: {{processClass: "tex2jax_process|mathjax_process|math|output_area"}}
       # the package ships the STIX-Web fonts only (as Jupyter's classic notebook configures it)
       HTML-CSS: {{availableFonts: [], webFont: STIX-Web, imageFont: null, preferredFont: null}}
@@ -186,9 +199,10 @@ def contents(parts: list[tuple[str, list[str]]], pages: dict[str, dict | str]) -
     return "\n".join(lines)
 
 # %% ../../nbs/pipeline/06_site.ipynb #e6bf9b24
-def write_book(book: Path, title: str, root: str, parts: list[tuple[str, list[str]]], pages: dict[str, dict | str],
-               files: dict[str, Path] | None = None) -> None:
-    "Jupyter Book sources in `book`: the pages (`root` first, then `parts` in order), `files` copied beside them, MathJax."
+def write_book(book: Path, title: str, root: str, parts: list[tuple[str, list[str]]],
+               pages: dict[str, dict | str], files: dict[str, Path] | None = None) -> None:
+    """Jupyter Book sources in `book`: the pages (`root` first, then `parts` in order), `files` copied beside
+    them, MathJax."""
     import jupyter_server_mathjax
     if book.exists(): shutil.rmtree(book)
     (book / "_assets").mkdir(parents=True)   # served as _static/ (html_static_path in BOOK_CONFIG)
@@ -196,43 +210,52 @@ def write_book(book: Path, title: str, root: str, parts: list[tuple[str, list[st
     (book / "_config.yml").write_text(BOOK_CONFIG.format(title=json.dumps(title)))
     toc = ["format: jb-book", f"root: {Path(root).with_suffix('')}", "parts:"]
     for caption, names in parts:
-        toc += [f"  - caption: {json.dumps(caption)}", "    chapters:", *(f"      - file: {Path(n).with_suffix('')}" for n in names)]
+        toc += [f"  - caption: {json.dumps(caption)}", "    chapters:",
+                *(f"      - file: {Path(n).with_suffix('')}" for n in names)]
     (book / "_toc.yml").write_text("\n".join(toc) + "\n")
     for name, page in pages.items():
         (book / name).parent.mkdir(parents=True, exist_ok=True)
-        (book / name).write_text(json.dumps(page, indent=1, ensure_ascii=False) + "\n" if isinstance(page, dict) else page)
+        (book / name).write_text(json.dumps(page, indent=1, ensure_ascii=False) + "\n"
+                                 if isinstance(page, dict) else page)
     for name, source in (files or {}).items():
         (book / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, book / name)
 
 # %% ../../nbs/pipeline/06_site.ipynb #0d918fbe
-EXTERNAL = re.compile(r"<(?:script|link|img|iframe|source|video|audio)\b[^>]*?\b(?:src|href)=[\"']((?:https?:)?//[^\"']+)", re.I)
+EXTERNAL = re.compile(r"<(?:script|link|img|iframe|source|video|audio)\b[^>]*?"
+                      r"\b(?:src|href)=[\"']((?:https?:)?//[^\"']+)", re.I)
 
 
 def external_requests(html_dir: Path) -> list[str]:
     "Every script, stylesheet, image or frame a built page would fetch from another host."
     found = []
     for page in sorted(Path(html_dir).rglob("*.html")):
-        found += [f"{page.relative_to(html_dir)}: {url}" for url in EXTERNAL.findall(page.read_text(errors="replace"))]
+        found += [f"{page.relative_to(html_dir)}: {url}"
+                  for url in EXTERNAL.findall(page.read_text(errors="replace"))]
     return found
 
 # %% ../../nbs/pipeline/06_site.ipynb #e8f3afb9
 def build_html(book: Path, out: Path) -> Path:
-    "Render `book` into `out`/_build/html with Jupyter Book (warnings are errors, shown when it fails); the site's folder."
-    command = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or shutil.which("jupyter-book")
-    if command is None: raise SiteError("jupyter-book is not installed: run `make docs-install` (pip install -e '.[docs]')")
-    done = subprocess.run([command, "build", str(book), "--path-output", str(out), "--warningiserror", "--keep-going",
-                           "--all", "-q"], cwd=out, capture_output=True, text=True)
+    """Render `book` into `out`/_build/html with Jupyter Book (warnings are errors, shown when it fails); the
+    site's folder."""
+    command = (shutil.which("jupyter-book", path=str(Path(sys.executable).parent))
+               or shutil.which("jupyter-book"))
+    if command is None:
+        raise SiteError("jupyter-book is not installed: run `make docs-install` (pip install -e '.[docs]')")
+    done = subprocess.run([command, "build", str(book), "--path-output", str(out), "--warningiserror",
+                           "--keep-going", "--all", "-q"], cwd=out, capture_output=True, text=True)
     if done.returncode:
         said = (done.stdout + done.stderr).strip()[-4000:]
-        raise SiteError(f"the site build failed (warnings are errors): jupyter-book exit {done.returncode}:\n{said}")
+        raise SiteError(f"the site build failed (warnings are errors): jupyter-book exit {done.returncode}:"
+                        f"\n{said}")
     html = Path(out) / "_build" / "html"
     external = external_requests(html)
     if external: raise SiteError("pages would fetch from the internet:\n" + "\n".join(external[:20]))
     return html
 
 # %% ../../nbs/pipeline/06_site.ipynb #f085c159
-DOCS_EXTRA = ("jupyter_book", "jupyter_server_mathjax", "nbdev")   # the `docs` extra, and nbdev's show_doc for API entries
+# the `docs` extra, and nbdev's show_doc for API entries
+DOCS_EXTRA = ("jupyter_book", "jupyter_server_mathjax", "nbdev")
 
 
 def missing_docs_extra() -> list[str]:
@@ -240,8 +263,10 @@ def missing_docs_extra() -> list[str]:
     return [name for name in DOCS_EXTRA if importlib.util.find_spec(name) is None]
 
 
-def report_pages(run_dir: str | Path, report_dir: str | Path, run_id: str) -> tuple[list[tuple[str, list[str]]], dict]:
-    "A run's report as pages: the summary (`index.md`), then each executed stage notebook (`stages/<name>.ipynb`)."
+def report_pages(run_dir: str | Path, report_dir: str | Path,
+                 run_id: str) -> tuple[list[tuple[str, list[str]]], dict]:
+    """A run's report as pages: the summary (`index.md`), then each executed stage notebook
+    (`stages/<name>.ipynb`)."""
     from macd_nb.pipeline.report import report_markdown
     report_dir = Path(report_dir)
     status = read_json(report_dir / "status.json")["stages"] if (report_dir / "status.json").exists() else []
