@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from .features import (MAX_MISSING_SHARE, REFERENCE_SYMBOLS, FeatureBuilder, FeatureFrame,
-                                   average_true_range, base_features, check_bars, log_return, macd, ratio_or_neutral,
-                                   safe_log, warmup_bars)
+                                   average_true_range, base_features, check_bars, log_return, macd,
+                                   ratio_or_neutral, safe_log, warmup_bars)
 
 # %% auto #0
 __all__ = ['symbol_prefix', 'reference_symbol', 'aligned_returns', 'cross_asset_features', 'build_features', 'truncate_market',
@@ -25,20 +25,23 @@ def symbol_prefix(symbol: str) -> str:
 
 # %% ../../nbs/core/06_market_features.ipynb #bd4281f2
 def reference_symbol(market: dict[str, pd.DataFrame], target: str) -> str | None:
-    "The symbol 'vs BTC' features compare against: BTCUSDT, or ETHUSDT when the target is BTC; None -> the index."
+    "The symbol 'vs BTC' features compare against: BTCUSDT, or ETHUSDT for a BTC target; None -> the index."
     candidates = [s for s in REFERENCE_SYMBOLS if s != target and s in market]
     return candidates[0] if candidates else None
 
 # %% ../../nbs/core/06_market_features.ipynb #485d570e
 def aligned_returns(market: dict[str, pd.DataFrame], index: pd.DatetimeIndex) -> pd.DataFrame:
     "1-bar log return of every symbol (on its own rows), aligned to `index` by time; missing bars are NaN."
-    return pd.DataFrame({s: log_return(bars["close"]).reindex(index) for s, bars in market.items()}, index=index)
+    return pd.DataFrame({s: log_return(bars["close"]).reindex(index) for s, bars in market.items()},
+                        index=index)
 
 # %% ../../nbs/core/06_market_features.ipynb #2bf000a3
-def cross_asset_features(market: dict[str, pd.DataFrame], target: str, *, timeframe: str = "1h") -> FeatureFrame:
-    "Market-context features of `target`: leaders' returns and MACD, index, beta/correlation, dispersion, breadth."
+def cross_asset_features(market: dict[str, pd.DataFrame], target: str, *,
+                         timeframe: str = "1h") -> FeatureFrame:
+    "Market-context features of `target`: leaders' returns and MACD, index, beta/corr., dispersion, breadth."
     if target not in market: raise KeyError(f"target {target!r} not in market symbols {sorted(market)}")
-    if len(market) < 2: raise ValueError(f"cross-asset features need at least 2 symbols, market has {sorted(market)}")
+    if len(market) < 2:
+        raise ValueError(f"cross-asset features need at least 2 symbols, market has {sorted(market)}")
     for symbol, bars in market.items(): check_bars(bars, symbol)
     index = market[target].index
     fb = FeatureBuilder(index=index)
@@ -51,7 +54,8 @@ def cross_asset_features(market: dict[str, pd.DataFrame], target: str, *, timefr
                         warmup_bars=warmup_bars(frame), neutral=fb.neutral)
 
 # %% ../../nbs/core/06_market_features.ipynb #129e40c4
-def _add_leaders(fb: FeatureBuilder, market: dict[str, pd.DataFrame], target: str, index: pd.DatetimeIndex) -> None:
+def _add_leaders(fb: FeatureBuilder, market: dict[str, pd.DataFrame], target: str,
+                 index: pd.DatetimeIndex) -> None:
     "Returns at 1/4/24 bars and MACD 12/26/9 histogram / ATR of BTC and ETH, aligned by time."
     for symbol in REFERENCE_SYMBOLS:
         prefix = symbol_prefix(symbol)
@@ -64,24 +68,27 @@ def _add_leaders(fb: FeatureBuilder, market: dict[str, pd.DataFrame], target: st
             continue
         bars = market[symbol]
         for lag in (1, 4, 24):
-            fb.add(f"{prefix}_ret_{lag}", "cross", f"ln(close_t / close_(t-{lag})) of {symbol}, aligned by time",
+            fb.add(f"{prefix}_ret_{lag}", "cross",
+                   f"ln(close_t / close_(t-{lag})) of {symbol}, aligned by time",
                    log_return(bars["close"], lag).reindex(index))
         hist = macd(bars["close"], 12, 26, 9)[2] / average_true_range(bars)
-        fb.add(f"{prefix}_macd_hist", "cross", f"MACD 12/26/9 histogram / ATR_14 of {symbol}, aligned by time",
-               hist.reindex(index))
+        fb.add(f"{prefix}_macd_hist", "cross",
+               f"MACD 12/26/9 histogram / ATR_14 of {symbol}, aligned by time", hist.reindex(index))
 
 # %% ../../nbs/core/06_market_features.ipynb #0679409f
 def _add_index(fb: FeatureBuilder, returns: pd.DataFrame, target_close: pd.Series) -> pd.Series:
-    "Equal-weight index returns and MACD, breadth, dispersion, relative strength; returns the index 1-bar return."
+    "Equal-weight index returns and MACD, breadth, dispersion, relative strength; returns the index's ret_1."
     market_ret = returns.mean(axis=1)
     for lag in (1, 4, 24):
         fb.add(f"mkt_ret_{lag}", "cross", f"sum over {lag} bars of the mean 1-bar log return of all symbols",
                market_ret.rolling(lag).sum())
     level = market_ret.cumsum()
     hist = macd(level, 12, 26, 9)[2] / market_ret.rolling(168).std()
-    fb.add("mkt_macd_hist", "cross", "MACD 12/26/9 histogram of the index log level / std_168 of index returns", hist)
+    fb.add("mkt_macd_hist", "cross",
+           "MACD 12/26/9 histogram of the index log level / std_168 of index returns", hist)
     up_share = (returns > 0).astype("float64").where(returns.notna()).mean(axis=1)
-    fb.add("mkt_breadth", "cross", "share of symbols with a positive 1-bar return (among those with a bar)", up_share)
+    fb.add("mkt_breadth", "cross",
+           "share of symbols with a positive 1-bar return (among those with a bar)", up_share)
     fb.add("mkt_breadth_24", "cross", "mean_24(mkt_breadth)", up_share.rolling(24).mean())
     dispersion = returns.std(axis=1, ddof=0).where(returns.notna().sum(axis=1) >= 2)
     fb.add("dispersion", "cross", "cross-sectional std of 1-bar log returns (>= 2 symbols)", dispersion)
@@ -116,23 +123,26 @@ def _add_reference(fb: FeatureBuilder, market: dict[str, pd.DataFrame], target: 
     fb.add("corr_mkt_168", "cross", "corr_168(ret_1, mkt ret_1)",
            target_ret.rolling(168, min_periods=151).corr(market_ret))
     ratio, flat = ratio_or_neutral(target_ret.rolling(24).std(), market_ret.rolling(24).std(), 1.0)
-    fb.add("rel_vol_mkt_24", "cross", "ln(max(std_24(ret_1) / std_24(mkt ret_1), 0.01)): a flat target floored; "
+    fb.add("rel_vol_mkt_24", "cross",
+           "ln(max(std_24(ret_1) / std_24(mkt ret_1), 0.01)): a flat target floored; "
            "0 when the whole market was flat", safe_log(ratio.clip(lower=0.01)), flat)
 
 # %% ../../nbs/core/06_market_features.ipynb #8d847fc3
 def build_features(market: dict[str, pd.DataFrame], target: str, *, timeframe: str = "1h",
                    cross_asset: bool = True,
-                   max_missing_share: float = MAX_MISSING_SHARE,  # optional column NaN share above which its features drop
-                   inputs: list[str] | None = None,  # optional inputs switched on (declared: strict); None: those usable
+                   max_missing_share: float = MAX_MISSING_SHARE,  # optional column's NaN share to drop it at
+                   inputs: list[str] | None = None,  # optional inputs on (declared: strict); None: all usable
                    ) -> FeatureFrame:
     "Base features of `target` plus (optionally) its cross-asset features, on the target's rows."
     if target not in market: raise KeyError(f"target {target!r} not in market symbols {sorted(market)}")
-    base = base_features(market[target], timeframe=timeframe, max_missing_share=max_missing_share, inputs=inputs)
+    base = base_features(market[target], timeframe=timeframe, max_missing_share=max_missing_share,
+                         inputs=inputs)
     if not cross_asset: return base
     cross = cross_asset_features(market, target, timeframe=timeframe)
     frame = pd.concat([base.frame, cross.frame], axis=1)
-    return FeatureFrame(frame=frame, base=base.base, cross=cross.cross, dropped={**base.dropped, **cross.dropped},
-                        specs=base.specs + cross.specs, warmup_bars=warmup_bars(frame), neutral={**base.neutral, **cross.neutral})
+    return FeatureFrame(frame=frame, base=base.base, cross=cross.cross,
+                        dropped={**base.dropped, **cross.dropped}, specs=base.specs + cross.specs,
+                        warmup_bars=warmup_bars(frame), neutral={**base.neutral, **cross.neutral})
 
 # %% ../../nbs/core/06_market_features.ipynb #c0fa446e
 def truncate_market(market: dict[str, pd.DataFrame], cut: pd.Timestamp) -> dict[str, pd.DataFrame]:
@@ -144,7 +154,8 @@ def future_invariance_violations(compute: Callable[[dict[str, pd.DataFrame]], pd
                                  market: dict[str, pd.DataFrame], cuts: list[pd.Timestamp],
                                  rtol: float = 1e-10,  # relative tolerance of the comparison
                                  ) -> dict[str, str]:
-    "Features (columns of compute(market)) whose values up to a cut change when later bars are removed -> first bad cut."
+    """Features (columns of compute(market)) whose values up to a cut change when later bars are removed
+    -> the first bad cut."""
     full = compute(market)
     violations: dict[str, str] = {}
     for cut in cuts:

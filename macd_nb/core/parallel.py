@@ -24,7 +24,8 @@ def machine_threads() -> int:
     except AttributeError: return os.cpu_count() or 1
 
 
-def worker_layout(n_tasks: int, n_jobs: int | None = None, threads_per_job: int | None = None) -> tuple[int, int]:
+def worker_layout(n_tasks: int, n_jobs: int | None = None,
+                  threads_per_job: int | None = None) -> tuple[int, int]:
     "(processes, threads each): never more processes than tasks, never more threads in total than cores."
     cores = machine_threads()
     n_jobs = max(1, min(n_jobs or cores, n_tasks, cores))
@@ -56,11 +57,13 @@ def parallel_map(
     if executor != "local": raise ValueError(f"executor={executor!r} must be 'local' or 'dask://HOST:PORT'")
     n_jobs, threads_per_job = worker_layout(len(items), n_jobs, threads_per_job)
     if n_jobs == 1:   # this process is the one worker: its BLAS/OpenMP pools get the worker's threads too
-        # (OpenBLAS's two threads waiting on each other made a quick baseline fold 2-7x slower than one thread)
+        # (OpenBLAS's two threads waiting on each other made a quick baseline fold 2-7x slower than one)
         with threadpool_limits(threads_per_job): return [function(item) for item in items]
-    # loky's executor directly rather than joblib.Parallel: joblib's memmapping folders in /dev/shm outlive a reused
-    # pool ("leaked folder objects" at exit). Idle workers exit after 5 s, so no pool outlives its run for long.
-    threads = {name: str(threads_per_job) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    # loky's executor directly rather than joblib.Parallel: joblib's memmapping folders in /dev/shm outlive a
+    # reused pool ("leaked folder objects" at exit). Idle workers exit after 5 s, so no pool outlives its run
+    # for long.
+    threads = {name: str(threads_per_job)
+               for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     executor = get_reusable_executor(max_workers=n_jobs, timeout=5, env=threads,
                                      initializer=exit_with_parent, initargs=(os.getpid(),))
     return list(executor.map(function, items))
@@ -72,13 +75,14 @@ def _watch_parent(parent: int, interval: float) -> None:
 
 
 def exit_with_parent(parent: int, interval: float = 0.5) -> None:
-    "Make this worker process exit within `interval` seconds of its parent's death, even a SIGKILL (a watcher thread)."
+    "Make this worker exit within `interval` seconds of its parent's death, even a SIGKILL (watcher thread)."
     if os.getppid() != parent: os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent, interval), daemon=True, name="exit_with_parent").start()
+    threading.Thread(target=_watch_parent, args=(parent, interval), daemon=True,
+                     name="exit_with_parent").start()
 
 # %% ../../nbs/core/08_parallel.ipynb #f236f781
 class ProcessCache(dict):
-    "A per-process cache that pickles as empty: a function shipped to a worker never carries what was loaded here."
+    "A per-process cache that pickles as empty: a function shipped to a worker never carries what was loaded."
     def __reduce__(self): return (type(self), ())
 
 

@@ -16,15 +16,16 @@ import pandas as pd
 
 from .config import TIMEFRAME_DELTA, RunConfig, read_config, save_config, profile_config
 from .data import load_bars, resample_bars
-from .features import FEATURE_SET_VERSION, MAX_MISSING_SHARE, RETURN_LAGS, VOLATILITY_WINDOWS, FeatureFrame
+from .features import (FEATURE_SET_VERSION, MAX_MISSING_SHARE, RETURN_LAGS, VOLATILITY_WINDOWS,
+                                   FeatureFrame)
 from .klines import DataError
 from .market_features import build_features
 from .labels import direction_labels, label_report
 from .rundir import RunPaths, read_json, read_parquet, write_json, write_parquet
 
 # %% ../../nbs/core/10_prepare.ipynb #9bd53b73
-MAX_EXCLUDED_SHARE = 0.5   # rows after warm-up with an undefined feature: above this share of them the stage fails
-LOOKBACK_BARS = max(RETURN_LAGS + VOLATILITY_WINDOWS)   # the longest fixed window of the features (ret_168, std_168, ...)
+MAX_EXCLUDED_SHARE = 0.5   # the stage fails when more rows after warm-up have an undefined feature
+LOOKBACK_BARS = max(RETURN_LAGS + VOLATILITY_WINDOWS)   # the features' longest window (ret_168, std_168, ...)
 
 
 def _stamps(index: pd.Index, limit: int = 5) -> list[str]:
@@ -32,55 +33,63 @@ def _stamps(index: pd.Index, limit: int = 5) -> list[str]:
     return [f"{t:%Y-%m-%d %H:%M}" for t in index[:limit]]
 
 # %% ../../nbs/core/10_prepare.ipynb #9cb4840a
-def _no_rows_error(frame: pd.DataFrame, market: dict[str, pd.DataFrame], target: str, timeframe: str) -> DataError:
-    "Why no row of `target` has every feature: the features that never get a value, or a warm-up longer than the data."
+def _no_rows_error(frame: pd.DataFrame, market: dict[str, pd.DataFrame], target: str,
+                   timeframe: str) -> DataError:
+    "Why no row of `target` has every feature: features never defined, or a warm-up longer than the data."
     never = [c for c in frame.columns if frame[c].isna().all()]
     others = {s: f"{b.index[0]:%Y-%m-%d} .. {b.index[-1]:%Y-%m-%d}" if len(b) else "no bars"
               for s, b in market.items() if s != target}
     span = f"{frame.index[0]:%Y-%m-%d} .. {frame.index[-1]:%Y-%m-%d}" if len(frame) else "no bars"
     why = (f"feature(s) {never[:5]} never get a value" if never else
            f"the warm-up needs more than its {len(frame)} bars")
-    return DataError(f"{target} {timeframe}: no row has every feature defined: {why} (target bars {span}; other symbols "
-                     f"{others}). Load a longer range (an earlier `start`), or remove the symbols without bars in the "
-                     f"target's range from `symbols`, or drop timeframe {timeframe}.")
+    return DataError(f"{target} {timeframe}: no row has every feature defined: {why} (target bars {span}; "
+                     f"other symbols {others}). Load a longer range (an earlier `start`), or remove the "
+                     f"symbols without bars in the target's range from `symbols`, or drop timeframe "
+                     f"{timeframe}.")
 
 # %% ../../nbs/core/10_prepare.ipynb #632c08a7
-def excluded_rows(table: pd.DataFrame, features: list[str], market: dict[str, pd.DataFrame], target: str) -> tuple[np.ndarray, dict]:
-    "Rows (after warm-up) with an undefined feature, and what the record says of them: count, first rows, per feature and symbol."
+def excluded_rows(table: pd.DataFrame, features: list[str], market: dict[str, pd.DataFrame],
+                  target: str) -> tuple[np.ndarray, dict]:
+    "Rows after warm-up with an undefined feature, and their record: count, first rows, per feature, symbol."
     undefined = table[features].isna()
     rows = undefined.any(axis=1).to_numpy()
     index = table.index[rows]
     by_feature = undefined.sum()
     no_bar = {s: int((~index.isin(b.index)).sum()) for s, b in market.items() if s != target}
     return rows, {"rows": int(rows.sum()), "share": round(float(rows.mean()), 6) if len(rows) else 0.0,
-                  "reason": "a feature is undefined there: another symbol has no bar, or its rolling windows are short of "
-                            "bars after a gap (never filled)",
-                  "first_rows": _stamps(index), "by_feature": {k: int(v) for k, v in by_feature[by_feature > 0].items()},
+                  "reason": "a feature is undefined there: another symbol has no bar, or its rolling windows "
+                            "are short of bars after a gap (never filled)",
+                  "first_rows": _stamps(index),
+                  "by_feature": {k: int(v) for k, v in by_feature[by_feature > 0].items()},
                   "no_bar_of": {s: n for s, n in no_bar.items() if n}}
 
 # %% ../../nbs/core/10_prepare.ipynb #ac77e415
 def long_gaps(market: dict[str, pd.DataFrame], timeframe: str, max_gap_hours: int) -> list[dict]:
-    "Every gap longer than `max_gap_hours` in each symbol's bars at `timeframe`: symbol, first missing bar, first bar after, hours."
+    """Every gap longer than `max_gap_hours` in each symbol's bars at `timeframe`:
+    symbol, first missing bar, first bar after, hours."""
     step = TIMEFRAME_DELTA[timeframe]
     hours_per_bar = int(step / TIMEFRAME_DELTA["1h"])
     gaps = []
     for symbol, bars in market.items():
         slots = np.r_[0, np.diff(bars.index.as_unit("ns").asi8) // step.value - 1]
         for i in np.flatnonzero(slots * hours_per_bar > max_gap_hours):
-            gaps.append({"symbol": symbol, "first_missing": bars.index[i] - int(slots[i]) * step, "first_after": bars.index[i],
-                         "missing_hours": int(slots[i]) * hours_per_bar})
+            gaps.append({"symbol": symbol, "first_missing": bars.index[i] - int(slots[i]) * step,
+                         "first_after": bars.index[i], "missing_hours": int(slots[i]) * hours_per_bar})
     return gaps
 
 # %% ../../nbs/core/10_prepare.ipynb #d9898aa5
 def bad_bar_holes(bad_bar_times: dict[str, list[str]], timeframe: str) -> list[dict]:
-    "The implausible bars the loader dropped, as holes at `timeframe`: the bar (or coarser bar) that holds each is missing."
+    "The implausible bars the loader dropped, as holes at `timeframe` (the bar or coarser bar holding each)."
     step = TIMEFRAME_DELTA[timeframe]
-    holes = {(symbol, pd.Timestamp(t, tz="UTC").floor(step)) for symbol, times in bad_bar_times.items() for t in times}
-    return [{"symbol": symbol, "first_missing": start, "first_after": start + step} for symbol, start in sorted(holes)]
+    holes = {(symbol, pd.Timestamp(t, tz="UTC").floor(step))
+             for symbol, times in bad_bar_times.items() for t in times}
+    return [{"symbol": symbol, "first_missing": start, "first_after": start + step}
+            for symbol, start in sorted(holes)]
 
 # %% ../../nbs/core/10_prepare.ipynb #a729e804
-def rows_touching(index: pd.DatetimeIndex, holes: list[dict], target: str, *, horizon: int, step: pd.Timedelta) -> np.ndarray:
-    "Rows whose last LOOKBACK_BARS bars reach back into a hole, or (the target's own holes) whose label horizon reaches it."
+def rows_touching(index: pd.DatetimeIndex, holes: list[dict], target: str, *, horizon: int,
+                  step: pd.Timedelta) -> np.ndarray:
+    "Rows whose last LOOKBACK_BARS bars reach a hole, or whose label horizon reaches a hole of the target."
     times, touched = index.as_unit("ns").asi8, np.zeros(len(index), dtype=bool)
     for hole in holes:
         ahead = horizon if hole["symbol"] == target else 0   # only the target's bars make labels
@@ -94,7 +103,8 @@ def _exclusion_record(table: pd.DataFrame, touched: np.ndarray, holes: list[dict
     "What the record says of rows excluded around holes: the settings, the largest holes and the first rows."
     listed = sorted(holes, key=lambda h: h["first_after"] - h["first_missing"], reverse=True)[:5]
     return {**settings, "holes": len(holes),
-            "largest": [{k: f"{v:%Y-%m-%d %H:%M}" if isinstance(v, pd.Timestamp) else v for k, v in h.items()} for h in listed],
+            "largest": [{k: f"{v:%Y-%m-%d %H:%M}" if isinstance(v, pd.Timestamp) else v for k, v in h.items()}
+                        for h in listed],
             "first_rows": _stamps(table.index[touched])}
 
 # %% ../../nbs/core/10_prepare.ipynb #ddb3b59f
@@ -105,33 +115,42 @@ def _too_many_excluded(record: dict, n_rows: int, target: str, timeframe: str) -
     missing = ", ".join(f"{s} has no bar on {record['no_bar_of'][s]}" for s in symbols)
     culprit = f"; {missing} of them" if symbols else ""
     advice = (f"Remove {symbols[0]} from `symbols`, or set `start`/`end` to where it has bars" if symbols else
-              "Look at these bars in the data report (zero volume, flat prices, gaps) or narrow `start`/`end`")
-    return DataError(f"{target} {timeframe}: {record['rows']} of {n_rows} rows after warm-up have an undefined feature "
-                     f"({record['share']:.1%}, limit {MAX_EXCLUDED_SHARE:.0%}); most often {feature} ({count} rows); first rows "
-                     f"{record['first_rows']}{culprit}. {advice}.")
+              "Look at these bars in the data report (zero volume, flat prices, gaps) "
+              "or narrow `start`/`end`")
+    return DataError(f"{target} {timeframe}: {record['rows']} of {n_rows} rows after warm-up have an "
+                     f"undefined feature ({record['share']:.1%}, limit {MAX_EXCLUDED_SHARE:.0%}); "
+                     f"most often {feature} ({count} rows); "
+                     f"first rows {record['first_rows']}{culprit}. {advice}.")
 
 # %% ../../nbs/core/10_prepare.ipynb #81c1a6c2
-def features_at(market: dict[str, pd.DataFrame], config: RunConfig, timeframe: str) -> tuple[dict[str, pd.DataFrame], FeatureFrame]:
-    "The market at `timeframe` (1h bars resampled) and its features for `config.data.target`: the batch and the live path share it."
+def features_at(market: dict[str, pd.DataFrame], config: RunConfig,
+                timeframe: str) -> tuple[dict[str, pd.DataFrame], FeatureFrame]:
+    """The market at `timeframe` (1h bars resampled) and its features for `config.data.target`:
+    the batch and the live path share it."""
     if timeframe != "1h": market = {symbol: resample_bars(bars, timeframe) for symbol, bars in market.items()}
     hours_per_bar = int(TIMEFRAME_DELTA[timeframe] / TIMEFRAME_DELTA["1h"])
-    return market, build_features(market, config.data.target, timeframe=timeframe, cross_asset=len(market) > 1,
-                                  max_missing_share=MAX_MISSING_SHARE * hours_per_bar, inputs=config.data.feature_inputs)
+    return market, build_features(market, config.data.target, timeframe=timeframe,
+                                  cross_asset=len(market) > 1,
+                                  max_missing_share=MAX_MISSING_SHARE * hours_per_bar,
+                                  inputs=config.data.feature_inputs)
 
 # %% ../../nbs/core/10_prepare.ipynb #ec599d52
 def timeframe_table(market: dict[str, pd.DataFrame], config: RunConfig, timeframe: str, *,
-                    bad_bar_times: dict[str, list[str]] | None = None,  # symbol -> 1h open times of the bad bars the loader dropped
+                    bad_bar_times: dict[str, list[str]] | None = None,  # symbol -> dropped bad bars' 1h times
                     ) -> tuple[pd.DataFrame, dict]:
-    "Features and labels of `config.data.target` at `timeframe`; warm-up, undefined rows and rows across holes dropped (counted); a summary."
+    """Features and labels of `config.data.target` at `timeframe`, and a summary;
+    warm-up, undefined rows and rows across holes dropped (counted)."""
     target = config.data.target
     market, features = features_at(market, config, timeframe)
-    if features.warmup_bars >= len(features.frame): raise _no_rows_error(features.frame, market, target, timeframe)
+    if features.warmup_bars >= len(features.frame):
+        raise _no_rows_error(features.frame, market, target, timeframe)
     target_bars = market[target]
     labels = direction_labels(target_bars, config.validation.horizons, timeframe=timeframe)
     table = features.frame.join(labels).iloc[features.warmup_bars:]
     names = features.base + features.cross
     excluded, excluded_record = excluded_rows(table, names, market, target)
-    if excluded_record["share"] > MAX_EXCLUDED_SHARE: raise _too_many_excluded(excluded_record, len(table), target, timeframe)
+    if excluded_record["share"] > MAX_EXCLUDED_SHARE:
+        raise _too_many_excluded(excluded_record, len(table), target, timeframe)
     if excluded.any(): table = table[~excluded]
     step, horizon = TIMEFRAME_DELTA[timeframe], max(config.validation.horizons)
     gaps = long_gaps(market, timeframe, config.data.max_gap_hours)
@@ -145,10 +164,11 @@ def timeframe_table(market: dict[str, pd.DataFrame], config: RunConfig, timefram
                                        lookback_bars=LOOKBACK_BARS, label_bars=horizon)
     table = table[~near_bad_bar]
     if not len(table):
-        raise DataError(f"{target} {timeframe}: every row is excluded: {int(across_gap.sum())} span a gap longer than "
-                        f"max_gap_hours={config.data.max_gap_hours} (largest {gap_record['largest'][:1]}), "
-                        f"{int(near_bad_bar.sum())} touch an implausible bar. Load a range with more bars after the gap, "
-                        f"or raise max_gap_hours.")
+        raise DataError(f"{target} {timeframe}: every row is excluded: {int(across_gap.sum())} span a gap "
+                        f"longer than max_gap_hours={config.data.max_gap_hours} "
+                        f"(largest {gap_record['largest'][:1]}), {int(near_bad_bar.sum())} touch an "
+                        f"implausible bar. Load a range with more bars after the gap, or raise "
+                        f"max_gap_hours.")
     positions = features.frame.index.get_indexer(table.index)
     neutral = {name: int(rows[positions].sum()) for name, rows in features.neutral.items()}
     first_value = features.frame.notna().to_numpy().argmax(axis=0)
@@ -156,8 +176,10 @@ def timeframe_table(market: dict[str, pd.DataFrame], config: RunConfig, timefram
     summary = {"timeframe": timeframe, "rows": len(table), "warmup_rows": int(features.warmup_bars),
                "first_bar": str(table.index[0]), "last_bar": str(table.index[-1]),
                "feature_set": {"version": FEATURE_SET_VERSION, "inputs": list(config.data.feature_inputs)},
-               "base_features": features.base, "cross_features": features.cross, "dropped_features": features.dropped,
-               "n_features": f"{len(features.base) + len(features.cross)} = {len(features.base)} + {len(features.cross)}",
+               "base_features": features.base, "cross_features": features.cross,
+               "dropped_features": features.dropped,
+               "n_features": (f"{len(features.base) + len(features.cross)} = "
+                              f"{len(features.base)} + {len(features.cross)}"),
                "cross_asset": (f"on: {len(market)} symbols" if len(market) > 1 else
                                f"off: the data set has one symbol ({target}), so no cross-asset features"),
                "warmup_set_by": {"feature": features.frame.columns[last_to_start],
@@ -172,37 +194,41 @@ def timeframe_table(market: dict[str, pd.DataFrame], config: RunConfig, timefram
 
 # %% ../../nbs/core/10_prepare.ipynb #2f2d6461
 def check_prepared_table(table: pd.DataFrame, summary: dict, where: str) -> None:
-    "DataError naming the feature, rows and what to do when a prepared table has no rows or an undefined feature."
+    "DataError naming the feature, rows and what to do when a prepared table is empty or has NaN values."
     if not len(table):
-        raise DataError(f"{where}: the prepared table has no rows; run the prepare stage again and read its record")
+        raise DataError(f"{where}: the prepared table has no rows; "
+                        "run the prepare stage again and read its record")
     undefined = table[summary["base_features"] + summary["cross_features"]].isna()
     if undefined.to_numpy().any():
         counts = undefined.sum()
         name = counts.idxmax()
         rows = table.index[undefined[name].to_numpy()]
-        raise DataError(f"{where}: feature {name} is undefined (NaN) on {len(rows)} of {len(table)} rows (first "
-                        f"{_stamps(rows)}; {int((counts > 0).sum())} feature(s) in all), but the prepare stage excludes "
-                        f"such rows: the table was changed or written by older code. Run the prepare stage again.")
+        raise DataError(f"{where}: feature {name} is undefined (NaN) on {len(rows)} of {len(table)} rows "
+                        f"(first {_stamps(rows)}; {int((counts > 0).sum())} feature(s) in all), but the "
+                        f"prepare stage excludes such rows: the table was changed or written by older code. "
+                        f"Run the prepare stage again.")
 
 # %% ../../nbs/core/10_prepare.ipynb #15a2bfaf
 def prepare_run(config: RunConfig, run_dir: str | Path) -> dict:
-    "Stage 0: load, validate, build features and labels per timeframe; write tables and `results/prepare.json`."
+    "Stage 0: load, validate, build features and labels per timeframe; write them and `results/prepare.json`."
     paths = RunPaths(Path(run_dir)).create()
-    if not paths.config.exists(): save_config(config, run_dir)   # the runner wrote it already when there is one
+    if not paths.config.exists(): save_config(config, run_dir)   # a runner has written it already
     started = time.perf_counter()
-    market_data = load_bars(config.data.source, symbols=config.data.symbols, start=config.data.start, end=config.data.end,
-                            timeframe="1h", n_bars=config.data.n_bars, seed=config.seed, bad_bars=config.data.bad_bars,
-                            synthetic_options=synthetic_options(config))
+    market_data = load_bars(config.data.source, symbols=config.data.symbols, start=config.data.start,
+                            end=config.data.end, timeframe="1h", n_bars=config.data.n_bars, seed=config.seed,
+                            bad_bars=config.data.bad_bars, synthetic_options=synthetic_options(config))
     loaded = time.perf_counter()
     dropped = {symbol: report.implausible_open_times for symbol, report in market_data.report.files.items()
                if report.bad_bars == "exclude"}
     summaries = {}
     for timeframe in config.data.timeframes:
-        table, summaries[timeframe] = timeframe_table(market_data.bars, config, timeframe, bad_bar_times=dropped)
+        table, summaries[timeframe] = timeframe_table(market_data.bars, config, timeframe,
+                                                      bad_bar_times=dropped)
         write_parquet(paths.features(timeframe), table)
     built = time.perf_counter()
     record = {"stage": "0", "data_source": market_data.source, "data_fingerprint": market_data.fingerprint,
-              "symbols": sorted(market_data.bars), "target": config.data.target, "data_report": market_data.report.to_dict(),
+              "symbols": sorted(market_data.bars), "target": config.data.target,
+              "data_report": market_data.report.to_dict(),
               "timeframes": summaries,
               "timings_s": {"load": loaded - started, "features": built - loaded, "total": built - started}}
     if config.data.source == "synthetic": record["oracle"] = synthetic_oracle(config)
@@ -211,7 +237,7 @@ def prepare_run(config: RunConfig, run_dir: str | Path) -> dict:
 
 # %% ../../nbs/core/10_prepare.ipynb #2cc98495
 def synthetic_options(config: RunConfig) -> dict | None:
-    "The synthetic market's own settings of `config` (its planted edge and change of regime); None for kline files."
+    "The synthetic market's settings in `config` (planted edge, change of regime); None for kline files."
     if config.data.source != "synthetic": return None
     return {"edge": config.data.synthetic_edge, "regime_change": config.data.synthetic_regime_change}
 
@@ -219,24 +245,28 @@ def synthetic_options(config: RunConfig) -> dict | None:
 def synthetic_oracle(config: RunConfig) -> dict:
     "Nominal and measured 1-bar oracle AUC of the synthetic target: the ceiling any model can reach."
     from macd_nb.core.synthetic import oracle_auc, synthetic_market
-    market = synthetic_market(symbols=config.data.symbols, n_bars=config.data.n_bars, start=config.data.start or "2021-01-01",
-                              seed=config.seed, **synthetic_options(config))
+    market = synthetic_market(symbols=config.data.symbols, n_bars=config.data.n_bars,
+                              start=config.data.start or "2021-01-01", seed=config.seed,
+                              **synthetic_options(config))
     return {"target": config.data.target, "nominal_oracle_auc": market.nominal_oracle_auc[config.data.target],
             "measured_oracle_auc": oracle_auc(market, config.data.target)}
 
 # %% ../../nbs/core/10_prepare.ipynb #71662fae
 def check_columns(columns, expected: list[str], where: str, *, allow_extra: bool = False) -> None:
-    "Fail, naming what is missing and what is extra, when `columns` are not `expected` (order aside; extras allowed or not)."
-    missing, extra = [c for c in expected if c not in set(columns)], [c for c in columns if c not in set(expected)]
+    "Fail, naming what is missing and extra, when `columns` aren't `expected` (order aside, extras optional)."
+    missing, extra = ([c for c in expected if c not in set(columns)],
+                      [c for c in columns if c not in set(expected)])
     if missing or (extra and not allow_extra):
-        raise ValueError(f"{where}: feature columns differ from the declared feature set; missing {missing}, extra {extra}")
+        raise ValueError(f"{where}: feature columns differ from the declared feature set; "
+                         f"missing {missing}, extra {extra}")
 
 # %% ../../nbs/core/10_prepare.ipynb #f4fa04c2
 def load_table(run_dir: str | Path, timeframe: str) -> tuple[pd.DataFrame, dict]:
-    "The prepared table of `timeframe` and its summary, as written by the prepare stage; columns checked against it."
+    "The prepared table of `timeframe` and its summary, as the prepare stage wrote them; columns checked."
     paths = RunPaths(Path(run_dir))
     summary = read_json(paths.results / "prepare.json")["timeframes"][timeframe]
     table = read_parquet(paths.features(timeframe))
     features = [c for c in table.columns if not c.startswith(("y_", "fwd_ret_", "label_end_"))]
-    check_columns(features, summary["base_features"] + summary["cross_features"], str(paths.features(timeframe)))
+    check_columns(features, summary["base_features"] + summary["cross_features"],
+                  str(paths.features(timeframe)))
     return table, summary

@@ -24,28 +24,30 @@ from .rundir import (ATOMIC_STEPS, file_lock, fsync_dir, read_json, sha256_file,
 
 # %% ../../nbs/core/12_registry.ipynb #8d362c48
 class RegistryError(RuntimeError):
-    "A registry operation refused: a stale version, a run that is not deployable or does not verify, a missing file."
+    "A registry operation refused: a stale version, a run not deployable or not verified, a missing file."
 
 
 def default_registry_dir() -> Path:
-    "`$MACD_NB_REGISTRY`, else `models/` under the user data directory's `macd_nb/` (next to the default kline data)."
+    "`$MACD_NB_REGISTRY`, else `models/` in the user data directory's `macd_nb/` (beside the kline data)."
     if os.environ.get("MACD_NB_REGISTRY"): return Path(os.environ["MACD_NB_REGISTRY"]).expanduser()
     base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return base / "macd_nb" / "models"
 
 
 def registry_lock(registry: Path):
-    "Exclusive lock of the registry for the duration of a register or a move (`file_lock` on `.lock`, waiting its turn)."
+    "Exclusive lock of the registry during a register or a move (`file_lock` on `.lock`, waiting its turn)."
     return file_lock(Path(registry) / ".lock")
 
 
 def verify_manifest(root: Path, wanted: list[str] | None = None) -> dict:
-    "The run's manifest after checking every listed file (or the `wanted` ones) exists with its sha256; else the first bad file."
+    """The run's manifest after checking every listed file (or the `wanted` ones) exists with its sha256;
+    else an error naming the first bad file."""
     manifest_path = Path(root) / "MANIFEST.json"
     if not manifest_path.exists(): raise RegistryError(f"{manifest_path} not found: the run has no manifest")
     files = read_json(manifest_path)["files"]
     for relative in wanted if wanted is not None else sorted(files):
-        if relative not in files: raise RegistryError(f"{Path(root) / relative}: not listed in {manifest_path}")
+        if relative not in files:
+            raise RegistryError(f"{Path(root) / relative}: not listed in {manifest_path}")
         path = Path(root) / relative
         if not path.exists(): raise RegistryError(f"{path}: listed in the manifest but missing")
         if sha256_file(path) != files[relative]["sha256"]:
@@ -54,20 +56,22 @@ def verify_manifest(root: Path, wanted: list[str] | None = None) -> dict:
 
 # %% ../../nbs/core/12_registry.ipynb #2bbd3944
 def register_run(registry: str | Path, run_dir: str | Path) -> Path:
-    "The run's verified copy under `registry/runs/<run_id>/` (created once; the same manifest again is a no-op)."
+    "The run's verified copy under `registry/runs/<run_id>/` (made once; the same manifest again: a no-op)."
     registry, run_dir = Path(registry), Path(run_dir)
     files = verify_manifest(run_dir)
     kept = sorted(f for f in files if f.split("/")[0] in ("models", "results"))
     target = registry / "runs" / run_dir.name
     with registry_lock(registry):
-        if target.exists():   # the same run again (also when `deploy` put its whole package there): every file both list agrees
+        # the same run again (also when `deploy` put its whole package there): every file both list agrees
+        if target.exists():
             registered = read_json(target / "MANIFEST.json")["files"]
             differ = [f for f in sorted(set(kept) | (set(registered) & set(files)))
                       if registered.get(f, {}).get("sha256") != files[f]["sha256"]]
             if differ:
-                raise RegistryError(f"{target}: a different run is registered under the id {run_dir.name!r}: {differ[0]} "
-                                    f"{'differs' if differ[0] in registered else 'is not there'} ({len(differ)} file(s) in all); "
-                                    "give this run another id (rename its folder) or promote the registered one")
+                raise RegistryError(f"{target}: a different run is registered under the id {run_dir.name!r}: "
+                                    f"{differ[0]} {'differs' if differ[0] in registered else 'is not there'} "
+                                    f"({len(differ)} file(s) in all); give this run another id "
+                                    "(rename its folder) or promote the registered one")
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=target.parent))
@@ -75,7 +79,8 @@ def register_run(registry: str | Path, run_dir: str | Path) -> Path:
             for relative in kept:
                 (staging / relative).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(run_dir / relative, staging / relative)
-            (staging / "MANIFEST.json").write_text(json.dumps({"files": {f: files[f] for f in kept}}, indent=2))
+            (staging / "MANIFEST.json").write_text(json.dumps({"files": {f: files[f] for f in kept}},
+                                                              indent=2))
             verify_manifest(staging)
             os.replace(staging, target)
             fsync_dir(target.parent)
@@ -88,46 +93,58 @@ MOVE_STEPS = ("pointer_written", "pointer_synced", "audited", "pointer_replaced"
 
 
 def _restore(path: Path) -> str:
-    return (f"restore {path} from a backup, or remove it and promote the run again (`macd-nb promote runs/<run> --alias "
-            f"{path.stem}`); audit.jsonl records every move")
+    return (f"restore {path} from a backup, or remove it and promote the run again "
+            f"(`macd-nb promote runs/<run> --alias {path.stem}`); audit.jsonl records every move")
 
 # %% ../../nbs/core/12_registry.ipynb #ea98428a
 def read_alias(registry: str | Path, alias: str) -> dict | None:
-    "The pointer record of `alias` (None when it was never moved), after checking it against the audit log's newest move of `alias`."
+    """The pointer record of `alias` (None when it was never moved), after checking it against the audit log's
+    newest move of `alias`."""
     path = Path(registry) / "aliases" / f"{alias}.json"
     if not path.exists(): return None
     pointer = read_json(path)
     moves = alias_moves(registry, alias)
-    if not moves: raise RegistryError(f"{path}: the audit log {Path(registry) / 'audit.jsonl'} holds no move of alias {alias!r}: "
-                                      f"the pointer was not written by a move; {_restore(path)}")
+    if not moves:
+        raise RegistryError(f"{path}: the audit log {Path(registry) / 'audit.jsonl'} holds no move of "
+                            f"alias {alias!r}: the pointer was not written by a move; {_restore(path)}")
     newest, said = moves[-1], (pointer.get("run"), pointer.get("version"))
-    moved, unmoved = (newest["to_run"], newest["to_version"]), (newest["from_run"], newest["from_version"])   # unmoved: a crash
-    if said not in (moved, unmoved) or said == moved and newest.get("sha256", pointer.get("sha256")) != pointer.get("sha256"):
-        raise RegistryError(f"{path}: the alias pointer is damaged or was edited: it says run {said[0]} version {said[1]} "
-                            f"({str(pointer.get('sha256'))[:19]}), the audit log's newest move of {alias} went to run "
-                            f"{moved[0]} version {moved[1]}" + (f" ({newest['sha256'][:19]})" if "sha256" in newest else "")
+    # unmoved: a crash stopped the move after its audit entry
+    moved, unmoved = (newest["to_run"], newest["to_version"]), (newest["from_run"], newest["from_version"])
+    if (said not in (moved, unmoved)
+            or said == moved and newest.get("sha256", pointer.get("sha256")) != pointer.get("sha256")):
+        raise RegistryError(f"{path}: the alias pointer is damaged or was edited: it says run {said[0]} "
+                            f"version {said[1]} ({str(pointer.get('sha256'))[:19]}), the audit log's newest "
+                            f"move of {alias} went to run {moved[0]} version {moved[1]}"
+                            + (f" ({newest['sha256'][:19]})" if "sha256" in newest else "")
                             + f" on {newest['when']} by {newest['who']}; {_restore(path)}")
     return pointer
 
 # %% ../../nbs/core/12_registry.ipynb #0c69f618
 def alias_target(registry: str | Path, alias: str) -> Path:
-    "The file `alias` points at, checked against the sha256 the pointer recorded (a mismatch blamed on the one its run's manifest disowns)."
+    """The file `alias` points at, checked against the sha256 the pointer recorded
+    (a mismatch blamed on the one its run's manifest disowns)."""
     pointer = read_alias(registry, alias)
     if pointer is None: raise RegistryError(f"{Path(registry)}: no alias {alias!r}")
     path = Path(registry) / pointer["target"]
-    if not path.exists(): raise RegistryError(f"{path}: what alias {alias!r} points at is missing or changed since it was moved (missing)")
+    if not path.exists():
+        raise RegistryError(f"{path}: what alias {alias!r} points at is missing or changed since it was "
+                            "moved (missing)")
     actual = sha256_file(path)
     if actual != pointer["sha256"]:
-        try:   # which changed: the pointer, or the file? The run's manifest recorded the file's bytes when it was registered
+        # which changed, the pointer or the file? The run's manifest recorded the file's bytes at registration
+        try:
             recorded = read_json(Path(registry) / "runs" / pointer["run"] / "MANIFEST.json")["files"].get(
                 Path(pointer["target"]).relative_to(f"runs/{pointer['run']}").as_posix(), {}).get("sha256")
         except (OSError, ValueError, KeyError, TypeError): recorded = None
         pointer_path = Path(registry) / "aliases" / f"{alias}.json"
         if recorded == actual:
-            raise RegistryError(f"{pointer_path}: the alias pointer is damaged: its sha256 {pointer['sha256'][:19]} is not that "
-                                f"of {path} ({actual[:19]}), which matches its run's manifest; {_restore(pointer_path)}")
-        raise RegistryError(f"{path}: what alias {alias!r} points at is missing or changed since it was moved ({actual[:19]}; "
-                            f"the pointer recorded {pointer['sha256'][:19]}); deploy the run's package again or roll back")
+            raise RegistryError(f"{pointer_path}: the alias pointer is damaged: its sha256 "
+                                f"{pointer['sha256'][:19]} is not that of {path} ({actual[:19]}), "
+                                f"which matches its run's manifest; "
+                                f"{_restore(pointer_path)}")
+        raise RegistryError(f"{path}: what alias {alias!r} points at is missing or changed since it was "
+                            f"moved ({actual[:19]}; the pointer recorded {pointer['sha256'][:19]}); "
+                            f"deploy the run's package again or roll back")
     return path
 
 # %% ../../nbs/core/12_registry.ipynb #e540aedb
@@ -142,20 +159,24 @@ def _check_deployable(run_root: Path, timeframe: str) -> tuple[str, dict]:
     if not meta.get("deployable"):
         result = run_root / "results" / f"stacking_{timeframe}.json"
         why = read_json(result).get("not_deployable_because") if result.exists() else None
-        raise RegistryError(f"{run_root.name} is not deployable at {timeframe}: {'; '.join(why or ['its gates failed'])}")
+        raise RegistryError(f"{run_root.name} is not deployable at {timeframe}: "
+                            f"{'; '.join(why or ['its gates failed'])}")
     return meta_file, meta
 
 # %% ../../nbs/core/12_registry.ipynb #c6006d3b
 def move_alias(registry: str | Path, alias: str, run_id: str, *, expected_version: int | None, why: str,
                hook: Callable[[str], None] | None = None, record: dict | None = None) -> dict:
-    "Point `alias` at registered run `run_id` if its current version is `expected_version` (None: no alias yet); `record` adds to its audit entry."
+    """Point `alias` at registered run `run_id` if its current version is `expected_version`
+    (None: no alias yet); `record` adds to its audit entry."""
     registry = Path(registry)
-    if alias not in TIMEFRAMES: raise RegistryError(f"alias {alias!r}: aliases are named after a timeframe, one of {TIMEFRAMES}")
+    if alias not in TIMEFRAMES:
+        raise RegistryError(f"alias {alias!r}: aliases are named after a timeframe, one of {TIMEFRAMES}")
     with registry_lock(registry):
         current = read_alias(registry, alias)
         version = current["version"] if current else None
         if version != expected_version:
-            raise RegistryError(f"alias {alias!r}: stale compare-and-swap, expected version {expected_version}, found {version}")
+            raise RegistryError(f"alias {alias!r}: stale compare-and-swap, "
+                                f"expected version {expected_version}, found {version}")
         run_root = registry / "runs" / run_id
         if not run_root.exists(): raise RegistryError(f"{run_root}: run {run_id!r} is not registered")
         meta_file, _ = _check_deployable(run_root, alias)
@@ -164,7 +185,8 @@ def move_alias(registry: str | Path, alias: str, run_id: str, *, expected_versio
                    "exposed_as": "stacking_meta.json", "sha256": sha256_file(registry / target),
                    "moved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "by": f"{getpass.getuser()}@{socket.gethostname()}", "why": why}
-        entry = {"when": pointer["moved_at"], "who": pointer["by"], "alias": alias, "from_run": current and current["run"],
+        entry = {"when": pointer["moved_at"], "who": pointer["by"], "alias": alias,
+                 "from_run": current and current["run"],
                  "from_version": version, "to_run": run_id, "to_version": pointer["version"], "why": why,
                  "target": target, "sha256": pointer["sha256"]} | (record or {})
         _switch(registry, pointer, entry, hook or (lambda step: None))
@@ -172,36 +194,41 @@ def move_alias(registry: str | Path, alias: str, run_id: str, *, expected_versio
 
 # %% ../../nbs/core/12_registry.ipynb #63125d8e
 def _switch(registry: Path, pointer: dict, entry: dict | None, hook: Callable[[str], None]) -> None:
-    "Write the new pointer with the project's durable write, appending `entry` to the audit log (synced) before the switch."
+    "Write the new pointer durably, appending `entry` to the audit log (synced) before the switch."
     def write(temporary: Path) -> None:
         temporary.write_text(json.dumps(pointer, indent=2))
         hook("pointer_written")
 
-    def audit() -> None:   # before the switch: no move is ever missing from the log (None: it is there already)
+    def audit() -> None:   # before the switch: no move is ever missing from the log (None: logged already)
         if entry is not None: _append_audit(registry, entry)
 
     steps = dict(zip(ATOMIC_STEPS, MOVE_STEPS[1:]))   # the write's steps, in the registry's words
     # no ledger: a pointer is checked against the audit log, which names the move that wrote it
-    write_atomically(registry / "aliases" / f"{pointer['alias']}.json", write, ledger=False, before_replace=audit,
-                     step=lambda name: hook(steps[name]))
+    write_atomically(registry / "aliases" / f"{pointer['alias']}.json", write, ledger=False,
+                     before_replace=audit, step=lambda name: hook(steps[name]))
 
 # %% ../../nbs/core/12_registry.ipynb #4da33dff
 def complete_move(registry: str | Path, alias: str) -> dict | None:
-    "Finish a move that a crash stopped after its audit entry and before its switch (no second entry); the pointer it wrote, or None."
+    """Finish a move that a crash stopped after its audit entry and before its switch (no second entry);
+    the pointer it wrote, or None."""
     registry = Path(registry)
     with registry_lock(registry):
         current, moves = read_alias(registry, alias), alias_moves(registry, alias)
-        if not moves or (current or {}).get("version") == moves[-1]["to_version"]: return None   # nothing half done
+        if not moves or (current or {}).get("version") == moves[-1]["to_version"]:
+            return None   # nothing half done
         newest = moves[-1]
-        pointer = {"alias": alias, "version": newest["to_version"], "run": newest["to_run"], "target": newest["target"],
+        pointer = {"alias": alias, "version": newest["to_version"], "run": newest["to_run"],
+                   "target": newest["target"],
                    "exposed_as": "stacking_meta.json", "sha256": newest["sha256"], "moved_at": newest["when"],
                    "by": newest["who"], "why": newest["why"]}
         _switch(registry, pointer, None, lambda step: None)
         return pointer
 
 # %% ../../nbs/core/12_registry.ipynb #6a7a1b9e
-def promote(registry: str | Path, run_dir: str | Path, alias: str, *, why: str, expected_version: int | None | str = "current") -> dict:
-    "Register `run_dir` and point `alias` at it; `expected_version` 'current' reads it first (the move is still atomic)."
+def promote(registry: str | Path, run_dir: str | Path, alias: str, *, why: str,
+            expected_version: int | None | str = "current") -> dict:
+    """Register `run_dir` and point `alias` at it;
+    `expected_version` 'current' reads it first (the move is still atomic)."""
     registry = Path(registry)
     register_run(registry, run_dir)
     if expected_version == "current":
@@ -211,9 +238,10 @@ def promote(registry: str | Path, run_dir: str | Path, alias: str, *, why: str, 
 
 
 def audit_log(registry: str | Path) -> list[dict]:
-    "Every entry of the registry's audit log, oldest first: alias moves and recorded decisions (`record_event`)."
+    "Every entry of the registry's audit log, oldest first: alias moves and decisions (`record_event`)."
     path = Path(registry) / "audit.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return ([json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if path.exists() else [])
 
 
 def alias_moves(registry: str | Path, alias: str) -> list[dict]:
@@ -222,11 +250,12 @@ def alias_moves(registry: str | Path, alias: str) -> list[dict]:
 
 
 def record_event(registry: str | Path, entry: dict) -> dict:
-    "Append a decision that moves no alias (e.g. a retrain that kept its champion) to the audit log, synced, under the lock."
+    "Append a decision that moves no alias (e.g. a retrain kept its champion) to the audit log, synced."
     registry = Path(registry)
-    entry = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "who": f"{getpass.getuser()}@{socket.gethostname()}",
-             **entry}
-    if "to_version" in entry: raise ValueError("record_event: an entry with to_version would read as a move; use move_alias")
+    entry = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "who": f"{getpass.getuser()}@{socket.gethostname()}", **entry}
+    if "to_version" in entry:
+        raise ValueError("record_event: an entry with to_version would read as a move; use move_alias")
     with registry_lock(registry): _append_audit(registry, entry)
     return entry
 
@@ -245,7 +274,8 @@ def rollback(registry: str | Path, alias: str, *, why: str) -> dict:
     if current is None: raise RegistryError(f"alias {alias!r} was never moved: nothing to roll back")
     moves = [e for e in alias_moves(registry, alias) if e["to_version"] == current["version"]]
     if not moves or not moves[-1]["from_run"]:
-        raise RegistryError(f"alias {alias!r} version {current['version']} has no earlier run to roll back to")
+        raise RegistryError(f"alias {alias!r} version {current['version']} has no earlier run "
+                            "to roll back to")
     return move_alias(registry, alias, moves[-1]["from_run"], expected_version=current["version"], why=why)
 
 

@@ -22,19 +22,24 @@ class ServedKind:
     "What serving reads of one kind of served model, whichever family it comes from."
     record: str                  # its metadata file in a run, with `{model}` and `{tf}` to fill in
     required: tuple[str, ...]    # the keys that metadata must hold (validation and the health check)
-    windowed: bool = False       # fed a window of `sequence_length` bars, read at head `main_head_index` (else one row, head 0)
+    windowed: bool = False       # fed a window of `sequence_length` bars, read at head `main_head_index`
+                                 # (else one row, head 0)
 
-    def metadata_file(self, model: str, timeframe: str) -> str: return self.record.format(model=model, tf=timeframe)
+    def metadata_file(self, model: str, timeframe: str) -> str:
+        return self.record.format(model=model, tf=timeframe)
     def rows(self, metadata: dict) -> int: return metadata["sequence_length"] if self.windowed else 1
     def head(self, metadata: dict) -> int: return metadata["main_head_index"] if self.windowed else 0
 
 
 SERVED_KINDS = {
-    "meta": ServedKind("models/{model}_{tf}.json", ("meta_learner", "inputs", "coefficients", "intercept", "base_models",
-                                                    "training_window", "metrics", "gates", "deployable")),
-    "sequence": ServedKind("models/{model}_{tf}.json", ("architecture", "features", "scaler", "sequence_length", "horizons",
-                                                        "main_head_index", "training_window"), windowed=True),
-    "tree": ServedKind("results/{model}_{tf}.json", ("features", "deployment", "metrics")),   # the model's result record
+    "meta": ServedKind("models/{model}_{tf}.json", ("meta_learner", "inputs", "coefficients", "intercept",
+                                                    "base_models", "training_window", "metrics", "gates",
+                                                    "deployable")),
+    "sequence": ServedKind("models/{model}_{tf}.json",
+                           ("architecture", "features", "scaler", "sequence_length", "horizons",
+                            "main_head_index", "training_window"), windowed=True),
+    # a tree model's metadata is its result record
+    "tree": ServedKind("results/{model}_{tf}.json", ("features", "deployment", "metrics")),
 }
 
 
@@ -54,7 +59,7 @@ class LoadedModel:
     model: object                    # the native model (a booster, a network)
     features: list[str]              # the prepared table's columns it reads, in its order
     source: Path                     # the file it was read from (the ONNX file records its sha256)
-    training_window: dict | None     # first_bar and last_bar of the rows it was fitted on (the drift reference's rows)
+    training_window: dict | None     # first_bar, last_bar of the rows it was fitted on (the drift reference)
     rows: int = 1                    # bars one input needs: a network's window, one row for a tree
     head: int = 0                    # the column of its output the stacked model reads
     meta: dict | None = None         # a network's JSON description (scaler, window, heads)
@@ -62,30 +67,34 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class ServedFamily:
-    "How one family of served models is loaded, fed, run natively and converted to ONNX; declared in its notebook."
-    load: Callable[..., LoadedModel | None]      # (RunPaths, model tag, timeframe) -> the saved model, None if not saved
-    inputs: Callable[..., np.ndarray]           # (LoadedModel, prepared table, row numbers) -> its input array
-    predict: Callable[..., Callable]            # LoadedModel -> native P(up) of an input array, (n, heads), one thread
+    "How one family of served models is loaded, fed, run natively and made ONNX; declared in its notebook."
+    load: Callable[..., LoadedModel | None]      # (RunPaths, model tag, timeframe) -> saved model or None
+    inputs: Callable[..., np.ndarray]           # (LoadedModel, prepared table, row numbers) -> input array
+    predict: Callable[..., Callable]            # LoadedModel -> native P(up) of an input array, (n, heads)
+                                                # (one thread)
     to_onnx: Callable[..., tuple]               # LoadedModel -> (the ONNX model, how it was made)
 
 # %% ../../nbs/core/13_served_model.ipynb #9d769991
 @dataclass(frozen=True)
 class CombinerFamily:
-    "A served model fed with other models' P(up) (the stacked meta-learner, the fusion MLP); declared in its notebook."
-    model: str                                 # its tag: weights in `models/{model}_{tf}.json`, its ONNX file beside them
-    inputs: Callable[..., np.ndarray | None]   # (run dir, weights, timeframe, base P(up) by tag) -> input rows; None: not fed
+    "A served model fed other models' P(up) (stacked meta-learner, fusion MLP); declared in its notebook."
+    model: str                                 # its tag: weights in `models/{model}_{tf}.json`, ONNX beside
+    inputs: Callable[..., np.ndarray | None]   # (run dir, weights, timeframe, base P(up) by tag) -> rows
+                                               # (None: not fed)
     predict: Callable[..., Callable]           # weights -> native P(up) (n, 1) of an input array
     to_onnx: Callable[..., tuple]              # weights -> (the ONNX model, how it was made)
 
 # %% ../../nbs/core/13_served_model.ipynb #8c487540
-# The IR version every exported file carries: onnxruntime 1.18, the oldest the project accepts, reads up to 10. A newer
-# onnx writes a newer one by default (1.23: 14), which an older runtime refuses ("Unsupported model IR version: 14, max
-# supported IR version: 13" from onnxruntime 1.30 on a GPU host); these graphs use nothing that IR 10 lacks.
+# The IR version every exported file carries: onnxruntime 1.18, the oldest the project accepts, reads up
+# to 10. A newer onnx writes a newer one by default (1.23: 14), which an older runtime refuses ("Unsupported
+# model IR version: 14, max supported IR version: 13" from onnxruntime 1.30 on a GPU host); these graphs use
+# nothing that IR 10 lacks.
 ONNX_IR_VERSION = 10
 
 
 def portable(model):
-    "`model` (an `onnx.ModelProto`) stamped with at most `ONNX_IR_VERSION`, so runtimes back to onnxruntime 1.18 load it; checked."
+    """`model` (an `onnx.ModelProto`) stamped with at most `ONNX_IR_VERSION`, so runtimes back to
+    onnxruntime 1.18 load it; checked."""
     import onnx
     model.ir_version = min(model.ir_version, ONNX_IR_VERSION)
     onnx.checker.check_model(model)
@@ -93,12 +102,14 @@ def portable(model):
 
 
 def up_class_output(model, probabilities: str, opset: int = 15):
-    "A classifier's ONNX graph ending in output `p_up` (n, 1): column 1, the up class, of its `probabilities` tensor."
+    "A classifier's ONNX graph ending in output `p_up` (n, 1): column 1 (up) of its `probabilities` tensor."
     from onnx import TensorProto, helper, numpy_helper
     model.graph.initializer.extend([numpy_helper.from_array(np.array(v, dtype=np.int64), name)
                                     for name, v in (("up_start", [1]), ("up_end", [2]), ("up_axis", [1]))])
-    model.graph.node.append(helper.make_node("Slice", [probabilities, "up_start", "up_end", "up_axis"], ["p_up"]))
-    if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):   # only ML operators so far: add the default domain
+    model.graph.node.append(helper.make_node("Slice", [probabilities, "up_start", "up_end", "up_axis"],
+                                             ["p_up"]))
+    # only ML operators so far: add the default domain
+    if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("", opset))
     del model.graph.output[:]
     model.graph.output.append(helper.make_tensor_value_info("p_up", TensorProto.FLOAT, [None, 1]))
@@ -106,24 +117,27 @@ def up_class_output(model, probabilities: str, opset: int = 15):
 
 # %% ../../nbs/core/13_served_model.ipynb #efe70ab5
 def logit_graph(name: str, source: str, n_inputs: int, steps: list, constants: dict, opset: int = 17):
-    """A checked float64 ONNX model named `name` of probabilities: its input `source` (n, `n_inputs`) is clipped to
-    [1e-6, 1 - 1e-6] and turned into logits, as `macd_nb.models.stacking.to_logit` does, then `steps` ((op, inputs,
-    output) nodes; `constants` their initializers) lead to `p_up` (n, 1). The meta-learner and fusion MLP are such graphs."""
+    """A checked float64 ONNX model named `name` of probabilities: its input `source` (n, `n_inputs`) is
+    clipped to [1e-6, 1 - 1e-6] and turned into logits, as `macd_nb.models.stacking.to_logit` does, then
+    `steps` ((op, inputs, output) nodes; `constants` their initializers) lead to `p_up` (n, 1).
+    The meta-learner and fusion MLP are such graphs."""
     from onnx import TensorProto, helper, numpy_helper
-    logits = [("Clip", [source, "low", "high"], "clipped"), ("Sub", ["one", "clipped"], "q"), ("Div", ["clipped", "q"], "odds"),
-              ("Log", ["odds"], "logits")]
+    logits = [("Clip", [source, "low", "high"], "clipped"), ("Sub", ["one", "clipped"], "q"),
+              ("Div", ["clipped", "q"], "odds"), ("Log", ["odds"], "logits")]
     constants = {"low": np.array(1e-6), "high": np.array(1 - 1e-6), "one": np.array(1.0)} | constants
     graph = helper.make_graph(
         [helper.make_node(op, inputs, [output]) for op, inputs, output in logits + steps], name,
         [helper.make_tensor_value_info(source, TensorProto.DOUBLE, [None, n_inputs])],
         [helper.make_tensor_value_info("p_up", TensorProto.DOUBLE, [None, 1])],
-        initializer=[numpy_helper.from_array(np.asarray(v, dtype=np.float64), key) for key, v in constants.items()])
-    return portable(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="macd_nb"))
+        initializer=[numpy_helper.from_array(np.asarray(v, dtype=np.float64), key)
+                     for key, v in constants.items()])
+    return portable(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                                      producer_name="macd_nb"))
 
 # %% ../../nbs/core/13_served_model.ipynb #77891b70
 PSI_BINS = 10
-BINNING = ("right-closed: bin 0 holds x <= edges[0], bin i holds edges[i-1] < x <= edges[i], the last x > edges[-1]; "
-           "NaN counts in missing_share; shares and missing_share sum to 1")
+BINNING = ("right-closed: bin 0 holds x <= edges[0], bin i holds edges[i-1] < x <= edges[i], "
+           "the last x > edges[-1]; NaN counts in missing_share; shares and missing_share sum to 1")
 
 
 def bin_shares(values, edges: list[float]) -> dict:
@@ -137,9 +151,10 @@ def bin_shares(values, edges: list[float]) -> dict:
 
 
 def reference_bins(values, n_bins: int = PSI_BINS) -> dict:
-    "Decile cut points of the finite `values` (observed values, ties merged, none at the maximum), their shares, n."
+    "Decile cut points of the finite `values` (observed values, ties merged, none at the maximum), shares, n."
     values = np.asarray(values, dtype=np.float64)
     finite = values[np.isfinite(values)]
-    edges = np.unique(np.quantile(finite, np.arange(1, n_bins) / n_bins, method="inverted_cdf")) if len(finite) else finite
+    edges = (np.unique(np.quantile(finite, np.arange(1, n_bins) / n_bins, method="inverted_cdf"))
+             if len(finite) else finite)
     edges = edges[edges < finite.max()] if len(finite) else edges
     return {"edges": edges.tolist(), **bin_shares(values, edges), "n": int(len(values))}

@@ -15,16 +15,16 @@ from .config import DEFAULT_STACKING_INPUTS, setting_group
 # %% ../../nbs/core/11_stages.ipynb #f5771ad7
 @dataclass(frozen=True)
 class Stage:
-    "One pipeline stage: short name, number, title, its notebook (relative to `nbs/`) and the files it writes."
+    "One pipeline stage: short name, number, title, its notebook (under `nbs/`) and the files it writes."
     name: str
     number: str
     title: str
     notebook: str
     writes: tuple[str, ...] = ()     # run-directory paths; `{tf}` stands for each timeframe
     model: str | None = None         # the model tag of a model stage: its files are `{model}_{tf}.*`
-    reads: tuple[str, ...] = ()      # setting groups it reads besides EVERY_STAGE_READS (`config.setting_group`)
-    kind: str | None = None          # a model stage's kind of model: which metadata it carries (`SERVED_KINDS`)
-    family: str | None = None        # "module:NAME" of its `ServedFamily` or `CombinerFamily`, when its model is served
+    reads: tuple[str, ...] = ()      # setting groups read besides EVERY_STAGE_READS (`config.setting_group`)
+    kind: str | None = None          # a model stage's kind of model: its metadata (`SERVED_KINDS`)
+    family: str | None = None        # "module:NAME" of its `ServedFamily` or `CombinerFamily` if served
 
     def expected_files(self, timeframes: list[str]) -> list[str]:
         "The run-directory paths this stage writes for `timeframes`."
@@ -43,29 +43,32 @@ def model_stage(name: str, number: str, title: str, notebook: str, model: str, *
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("prepare", "0", "Prepare data", "core/10_prepare.ipynb", ("results/prepare.json", "data/features_{tf}.parquet")),
+    Stage("prepare", "0", "Prepare data", "core/10_prepare.ipynb",
+          ("results/prepare.json", "data/features_{tf}.parquet")),
     model_stage("baseline", "0.5", "Logistic-regression baseline", "models/01_baseline.ipynb", "baseline"),
     model_stage("lgb", "1.1", "LightGBM direction model", "models/02_lgb.ipynb", "lgb", "txt",
                 reads=("gbm", "gates"), family="macd_nb.models.lgb:LIGHTGBM"),
-    model_stage("lstm", "1.2", "Multi-horizon LSTM", "models/04_lstm.ipynb", "lstm", "pt", "json", reads=("nn", "gates"),
-                kind="sequence", family="macd_nb.models.lstm:LSTM"),
-    model_stage("tft", "1.3", "Temporal Fusion Transformer", "models/05_tft.ipynb", "tft", "pt", "json", reads=("nn", "gates"),
-                kind="sequence", family="macd_nb.models.tft:TFT"),
-    model_stage("cross_asset", "1.4", "Cross-asset LightGBM", "models/06_cross_asset.ipynb", "lgb_cross", "txt",
-                reads=("gbm", "gates"), family="macd_nb.models.lgb:LIGHTGBM"),
-    model_stage("xgb", "1.5", "XGBoost direction model", "models/07_xgb.ipynb", "xgb", "json", reads=("gbm", "gates"),
-                family="macd_nb.models.xgb:XGBOOST"),
+    model_stage("lstm", "1.2", "Multi-horizon LSTM", "models/04_lstm.ipynb", "lstm", "pt", "json",
+                reads=("nn", "gates"), kind="sequence", family="macd_nb.models.lstm:LSTM"),
+    model_stage("tft", "1.3", "Temporal Fusion Transformer", "models/05_tft.ipynb", "tft", "pt", "json",
+                reads=("nn", "gates"), kind="sequence", family="macd_nb.models.tft:TFT"),
+    model_stage("cross_asset", "1.4", "Cross-asset LightGBM", "models/06_cross_asset.ipynb", "lgb_cross",
+                "txt", reads=("gbm", "gates"), family="macd_nb.models.lgb:LIGHTGBM"),
+    model_stage("xgb", "1.5", "XGBoost direction model", "models/07_xgb.ipynb", "xgb", "json",
+                reads=("gbm", "gates"), family="macd_nb.models.xgb:XGBOOST"),
     model_stage("catboost", "1.6", "CatBoost direction model", "models/08_catboost.ipynb", "catboost", "cbm",
                 reads=("gbm",), family="macd_nb.models.catboost:CATBOOST"),
-    Stage("diagnostics", "1.7", "Base-model diagnostics", "models/09_diagnostics.ipynb", ("results/diagnostics_{tf}.json",)),
-    Stage("stacking", "2", "Stacking ensemble", "models/10_stacking.ipynb", ("results/stacking_{tf}.json",), "stacking",
-          ("stacking",), family="macd_nb.models.stacking:STACKED_META"),
-    Stage("backtest", "2.1", "Economic evaluation after costs", "models/11_backtest.ipynb", ("results/backtest_{tf}.json",),
-          reads=("backtest",)),
-    Stage("fusion", "2.2", "Multi-timeframe fusion", "models/12_fusion.ipynb", ("results/mtf_fusion_1h.json",),
-          reads=("stacking",), family="macd_nb.models.fusion:FUSION_MLP"),
+    Stage("diagnostics", "1.7", "Base-model diagnostics", "models/09_diagnostics.ipynb",
+          ("results/diagnostics_{tf}.json",)),
+    Stage("stacking", "2", "Stacking ensemble", "models/10_stacking.ipynb", ("results/stacking_{tf}.json",),
+          "stacking", ("stacking",), family="macd_nb.models.stacking:STACKED_META"),
+    Stage("backtest", "2.1", "Economic evaluation after costs", "models/11_backtest.ipynb",
+          ("results/backtest_{tf}.json",), reads=("backtest",)),
+    Stage("fusion", "2.2", "Multi-timeframe fusion", "models/12_fusion.ipynb",
+          ("results/mtf_fusion_1h.json",), reads=("stacking",), family="macd_nb.models.fusion:FUSION_MLP"),
     Stage("export", "3", "ONNX export", "export/01_onnx.ipynb", ("results/export_{tf}.json",), reads=("nn",)),
-    Stage("validate", "4.1", "Validation of the artifacts", "export/03_validate.ipynb", ("results/validation.json",)),
+    Stage("validate", "4.1", "Validation of the artifacts", "export/03_validate.ipynb",
+          ("results/validation.json",)),
     Stage("package", "4.2", "Deterministic package", "export/04_package.ipynb", ("results/package.json",)),
 )
 
@@ -73,8 +76,8 @@ STAGES: tuple[Stage, ...] = (
 def stage_table() -> str:
     "The registry as a Markdown table: README shows it, and a test keeps the two equal."
     rows = ["| stage | name | notebook | writes (per timeframe `{tf}`) |", "|---|---|---|---|"]
-    rows += [f"| {s.number} {s.title} | `{s.name}` | `nbs/{s.notebook}` | {', '.join(f'`{w}`' for w in s.writes)} |"
-             for s in STAGES]
+    rows += [f"| {s.number} {s.title} | `{s.name}` | `nbs/{s.notebook}` | "
+             f"{', '.join(f'`{w}`' for w in s.writes)} |" for s in STAGES]
     return "\n".join(rows)
 
 # %% ../../nbs/core/11_stages.ipynb #44f6a7e9
@@ -104,7 +107,8 @@ def stage_names() -> list[str]:
 
 
 def select_stages(only: list[str] | None = None, nbs_dir: Path | None = None) -> list[Stage]:
-    "The registered stages (all, or those named in `only`) in run order; an unknown name or a missing notebook is an error."
+    """The registered stages (all, or those named in `only`) in run order;
+    an unknown name or a missing notebook is an error."""
     unknown = sorted(set(only or []) - set(stage_names()))
     if unknown: raise ValueError(f"unknown stage(s) {unknown}; known stages: {stage_names()}")
     chosen = [stage for stage in STAGES if not only or stage.name in only]
@@ -115,18 +119,21 @@ def select_stages(only: list[str] | None = None, nbs_dir: Path | None = None) ->
 
 # %% ../../nbs/core/11_stages.ipynb #0ce14be8
 def stacking_inputs(base_models: list[str] | None, stages: list[Stage]) -> list[str]:
-    "The base models stacking takes in a run of `stages`: `stacking_base_models` as given, or (None) each default input the run trains."
+    """The base models stacking takes in a run of `stages`: `stacking_base_models` as given,
+    or (None) each default input the run trains."""
     planned = [s.model for s in stages if s.model]
     names = [s.name for s in stages]
     if base_models is None:
         chosen = [model for model in DEFAULT_STACKING_INPUTS if model in planned]
-        if not chosen: raise ValueError(f"stacking_base_models: this run trains no base model to stack (stages {names}); "
-                                        f"add a base model stage such as lgb to --only")
+        if not chosen:
+            raise ValueError(f"stacking_base_models: this run trains no base model to stack "
+                             f"(stages {names}); add a base model stage such as lgb to --only")
         return chosen
     missing = [model for model in base_models if model not in planned]
     if missing: raise ValueError(
-        f"stacking_base_models={base_models} names {missing}, whose stage(s) {[stage_of_model(m).name for m in missing]} "
-        f"this run does not run (stages {names}): their out-of-fold predictions will never exist; drop them, add their "
+        f"stacking_base_models={base_models} names {missing}, whose stage(s) "
+        f"{[stage_of_model(m).name for m in missing]} this run does not run (stages {names}): "
+        f"their out-of-fold predictions will never exist; drop them, add their "
         "stages to --only, or set stacking_base_models: null to stack every base model the run trains")
     return list(base_models)
 

@@ -26,7 +26,8 @@ def holdout_split(
     "Indices of the development rows and of the held-out test rows at the end."
     n_test = int(round(n_rows * test_fraction))
     if n_test < 1 or n_rows - n_test - gap < 1:
-        raise ValueError(f"test_fraction={test_fraction} with gap={gap} leaves no development or test rows of {n_rows}")
+        raise ValueError(f"test_fraction={test_fraction} with gap={gap} leaves no development or test rows "
+                         f"of {n_rows}")
     test_start = n_rows - n_test
     return np.arange(test_start - gap), np.arange(test_start, n_rows)
 
@@ -47,7 +48,8 @@ class WalkForward:
     "Purged, embargoed walk-forward splits with a rolling or expanding training window."
     n_folds: int
     train_size: int | None = None   # rows per training window (rolling); None = everything before (expanding)
-    val_size: int | None = None     # rows per validation window; None = tile the data after the first training window
+    val_size: int | None = None     # rows per validation window; None = tile the data after the first
+                                    # training window
     purge: int = 1                  # rows dropped between training and validation (>= label horizon)
     embargo: int = 0                # extra rows dropped after the purge
     expanding: bool = False         # grow the training window instead of rolling it
@@ -56,8 +58,10 @@ class WalkForward:
 
     def __post_init__(self):
         if self.n_folds < 1: raise ValueError(f"n_folds={self.n_folds} must be >= 1")
-        if self.purge < 0 or self.embargo < 0: raise ValueError(f"purge={self.purge} and embargo={self.embargo} must be >= 0")
-        if self.train_size is None and not self.expanding: raise ValueError("a rolling window needs train_size")
+        if self.purge < 0 or self.embargo < 0:
+            raise ValueError(f"purge={self.purge} and embargo={self.embargo} must be >= 0")
+        if self.train_size is None and not self.expanding:
+            raise ValueError("a rolling window needs train_size")
         if self.val_size is not None and self.val_size < self.min_val:
             raise ValueError(f"val_size={self.val_size} must be >= min_val={self.min_val}")
 
@@ -67,7 +71,7 @@ class WalkForward:
     def get_n_splits(self, X=None, y=None, groups=None) -> int: return self.n_folds
 
     def fold_val_size(self, n_rows: int) -> int:
-        "Validation rows per fold for `n_rows` rows; when they are too few, a ValueError naming the fold count that fits."
+        "Validation rows per fold for `n_rows` rows; if too few, a ValueError naming a fold count that fits."
         first_train = self.train_size or self.min_train
         room = n_rows - first_train - self.gap           # rows the validation windows can tile
         val_size = self.val_size or max(room, 0) // self.n_folds
@@ -75,10 +79,12 @@ class WalkForward:
         need = first_train + self.gap + self.n_folds * wanted
         if need > n_rows:
             most = room // wanted
-            short = "" if self.val_size else f": its validation folds would hold {val_size} bars, fewer than {self.min_val}"
-            fix = f"use n_folds <= {most} or a longer range" if most >= 1 else "use a longer range or a shorter training window"
-            raise ValueError(f"n_folds={self.n_folds} needs at least {need} bars (train {first_train} + gap {self.gap} + "
-                             f"{self.n_folds} x val {wanted}), got {n_rows}{short}; {fix}")
+            short = ("" if self.val_size else
+                     f": its validation folds would hold {val_size} bars, fewer than {self.min_val}")
+            fix = (f"use n_folds <= {most} or a longer range" if most >= 1 else
+                   "use a longer range or a shorter training window")
+            raise ValueError(f"n_folds={self.n_folds} needs at least {need} bars (train {first_train} + "
+                             f"gap {self.gap} + {self.n_folds} x val {wanted}), got {n_rows}{short}; {fix}")
         return val_size
 
     def folds(self, n_rows: int, label_end=None, times=None) -> list[Fold]:
@@ -89,30 +95,36 @@ class WalkForward:
         for k in range(self.n_folds):
             val_start = first_val + k * val_size
             train_end = val_start - self.gap
-            train_start = 0 if self.expanding or self.train_size is None else max(0, train_end - self.train_size)
+            train_start = (0 if self.expanding or self.train_size is None else
+                           max(0, train_end - self.train_size))
             train_idx = np.arange(train_start, train_end)
             if label_end is not None:
-                train_idx = purge_by_time(train_idx, as_utc_datetime64(label_end), as_utc_datetime64(times)[val_start])
+                train_idx = purge_by_time(train_idx, as_utc_datetime64(label_end),
+                                          as_utc_datetime64(times)[val_start])
             if len(train_idx) < self.min_train:
-                raise ValueError(f"fold {k} has {len(train_idx)} training rows, fewer than min_train={self.min_train}")
+                raise ValueError(f"fold {k} has {len(train_idx)} training rows, "
+                                 f"fewer than min_train={self.min_train}")
             folds.append(Fold(k, train_idx, np.arange(val_start, val_start + val_size)))
         return folds
 
     @classmethod
     def from_config(cls, config) -> "WalkForward":
-        "The splitter a configuration (resolved for its timeframe by `for_timeframe`) describes: the model stages' folds."
+        "The model stages' splitter of a configuration (resolved for its timeframe by `for_timeframe`)."
         v = config.validation
-        return cls(v.n_folds, train_size=v.train_bars, purge=v.purge_bars, embargo=v.embargo_bars, expanding=v.expanding)
+        return cls(v.n_folds, train_size=v.train_bars, purge=v.purge_bars, embargo=v.embargo_bars,
+                   expanding=v.expanding)
 
-    def split(self, X, y=None, groups=None, *, label_end=None, times=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def split(self, X, y=None, groups=None, *, label_end=None,
+              times=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         "Yield `(train_idx, val_idx)` per fold, as scikit-learn splitters do."
         for fold in self.folds(len(X), label_end=label_end, times=times):
             yield fold.train_idx, fold.val_idx
 
 # %% ../../nbs/core/09_validation.ipynb #5de36c2b
 def as_utc_datetime64(values) -> np.ndarray:
-    "Times (tz-aware or naive UTC, Series, Index or array) as a plain datetime64[ns] array, for fast comparisons."
-    return pd.DatetimeIndex(pd.to_datetime(np.asarray(values), utc=True)).tz_convert(None).to_numpy(dtype="datetime64[ns]")
+    "Times (tz-aware or naive UTC; Series, Index or array) as a plain datetime64[ns] array, fast to compare."
+    return (pd.DatetimeIndex(pd.to_datetime(np.asarray(values), utc=True)).tz_convert(None)
+            .to_numpy(dtype="datetime64[ns]"))
 
 # %% ../../nbs/core/09_validation.ipynb #e5c9adeb
 def purge_by_time(train_idx: np.ndarray, label_end: np.ndarray, val_start_time) -> np.ndarray:
@@ -124,7 +136,8 @@ def plot_folds(folds: list[Fold], n_rows: int, ax=None, max_folds: int = 40):
     "Draw training and validation windows of (up to `max_folds` evenly spaced) folds."
     import matplotlib.pyplot as plt
     ax = ax or plt.subplots(figsize=(8, 3))[1]
-    shown = folds if len(folds) <= max_folds else [folds[i] for i in np.linspace(0, len(folds) - 1, max_folds).astype(int)]
+    shown = (folds if len(folds) <= max_folds else
+             [folds[i] for i in np.linspace(0, len(folds) - 1, max_folds).astype(int)])
     for row, fold in enumerate(shown):
         ax.barh(row, len(fold.train_idx), left=fold.train_idx[0], color="tab:blue", height=0.8)
         ax.barh(row, len(fold.val_idx), left=fold.val_idx[0], color="tab:orange", height=0.8)
@@ -150,7 +163,8 @@ def coarse_folds(
         train_start = 0 if train_size is None else max(0, train_end - train_size)
         train_idx = np.arange(train_start, train_end)
         if label_end is not None:
-            train_idx = purge_by_time(train_idx, as_utc_datetime64(label_end), as_utc_datetime64(times)[val_idx[0]])
+            train_idx = purge_by_time(train_idx, as_utc_datetime64(label_end),
+                                      as_utc_datetime64(times)[val_idx[0]])
         coarse.append(Fold(number, train_idx, val_idx))
     return coarse
 
@@ -164,7 +178,9 @@ def inner_split(
     "Split a training window into (fit rows, early-stopping rows), purged, both inside the window."
     n_stop = max(1, int(round(len(train_idx) * fraction)))
     n_fit = len(train_idx) - n_stop - purge
-    if n_fit < 1: raise ValueError(f"inner_split: {len(train_idx)} training rows are too few for fraction={fraction}, purge={purge}")
+    if n_fit < 1:
+        raise ValueError(f"inner_split: {len(train_idx)} training rows are too few for fraction={fraction}, "
+                         f"purge={purge}")
     return train_idx[:n_fit], train_idx[-n_stop:]
 
 # %% ../../nbs/core/09_validation.ipynb #cf91a913
@@ -180,7 +196,7 @@ def auc(y_true, score) -> float:
 
 # %% ../../nbs/core/09_validation.ipynb #2c6f49d3
 def _weighted_auc(y_sorted: np.ndarray, group_starts: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    "AUC for each row of `weights` (resample counts), scores pre-sorted and grouped into ties (a tie is half a win)."
+    "AUC for each row of `weights` (resample counts); scores sorted, grouped into ties (a tie: half a win)."
     n = y_sorted.shape[-1]
     positive_w, negative_w = weights * y_sorted, weights * (1 - y_sorted)
     negatives_up_to = np.zeros((len(weights), n + 1))   # column j: negative weight of the first j sorted rows
@@ -200,7 +216,7 @@ def block_bootstrap_counts(n: int, block: int, n_boot: int, rng: np.random.Gener
     n_blocks = -(-n // block)
     starts = rng.integers(0, n, size=(n_boot, n_blocks))
     rows = ((starts[:, :, None] + np.arange(block)) % n).reshape(n_boot, -1)[:, :n]
-    flat = (np.arange(n_boot)[:, None] * n + rows).ravel()   # bincount: the same counts as np.add.at, 6x faster
+    flat = (np.arange(n_boot)[:, None] * n + rows).ravel()   # bincount: np.add.at's counts, 6x faster
     return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(float)
 
 # %% ../../nbs/core/09_validation.ipynb #78ef2b00
@@ -220,14 +236,15 @@ def bootstrap_aucs(
     seed: int = 0,
     chunk: int = 100,       # resamples held in memory at once
 ) -> np.ndarray:
-    "AUC of every score column in each circular block-bootstrap resample, the same resamples for all (n_boot x k)."
+    "AUC of every score column in each circular block-bootstrap resample, the same ones for all (n_boot x k)."
     y_true = np.asarray(y_true, dtype=float)
     scores = np.asarray(scores, dtype=float).reshape(len(y_true), -1)
     views = [_sorted_view(y_true, score) for score in scores.T]
     rng, aucs = np.random.default_rng(seed), []
     for done in range(0, n_boot, chunk):
         counts = block_bootstrap_counts(len(y_true), block, min(chunk, n_boot - done), rng)
-        aucs.append(np.column_stack([_weighted_auc(y_sorted, starts, counts[:, order]) for order, y_sorted, starts in views]))
+        aucs.append(np.column_stack([_weighted_auc(y_sorted, starts, counts[:, order])
+                                     for order, y_sorted, starts in views]))
     return np.concatenate(aucs)
 
 # %% ../../nbs/core/09_validation.ipynb #7901c6ee
@@ -250,11 +267,14 @@ def auc_gain_ci(
     y_true, score, reference, *,
     block: int = 24, n_boot: int = 1000, level: float = 0.95, seed: int = 0, chunk: int = 100,
 ) -> dict:
-    "AUC of `score` minus AUC of `reference` on the same rows, with a paired circular block-bootstrap interval."
+    "AUC of `score` minus AUC of `reference` on the same rows, with a paired block-bootstrap interval."
     gain = auc(y_true, score) - auc(y_true, reference)
-    if not np.isfinite(gain): return {"gain": float("nan"), "ci95": [float("nan"), float("nan")], "n": len(y_true)}
-    aucs = bootstrap_aucs(y_true, np.column_stack([score, reference]), block=block, n_boot=n_boot, seed=seed, chunk=chunk)
-    return {"gain": float(gain), "ci95": percentile_interval(aucs[:, 0] - aucs[:, 1], level), "n": int(len(y_true))}
+    if not np.isfinite(gain):
+        return {"gain": float("nan"), "ci95": [float("nan"), float("nan")], "n": len(y_true)}
+    aucs = bootstrap_aucs(y_true, np.column_stack([score, reference]), block=block, n_boot=n_boot, seed=seed,
+                          chunk=chunk)
+    return {"gain": float(gain), "ci95": percentile_interval(aucs[:, 0] - aucs[:, 1], level),
+            "n": int(len(y_true))}
 
 # %% ../../nbs/core/09_validation.ipynb #43b094d8
 FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -287,7 +307,8 @@ def _fit_predict_fold(job: tuple) -> np.ndarray:
 
 
 def walk_forward_predict(
-    fit_predict: FitPredict,   # fit on (X_train, y_train), return P(up) for X_val; module-level for parallel runs
+    fit_predict: FitPredict,   # fit on (X_train, y_train), return P(up) for X_val
+                               # (module-level for parallel runs)
     X: np.ndarray,             # features, rows in time order
     y: np.ndarray,             # labels (1/0, NaN = undefined)
     folds: list[Fold],
@@ -301,7 +322,8 @@ def walk_forward_predict(
     X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
     scored = [(f.train_idx[np.isfinite(y[f.train_idx])], f.val_idx[np.isfinite(y[f.val_idx])]) for f in folds]
     jobs = [(fit_predict, X[train_idx], y[train_idx], X[val_idx]) for train_idx, val_idx in scored]
-    predictions = parallel_map(_fit_predict_fold, jobs, n_jobs=n_jobs, threads_per_job=threads_per_job, executor=executor)
+    predictions = parallel_map(_fit_predict_fold, jobs, n_jobs=n_jobs, threads_per_job=threads_per_job,
+                               executor=executor)
     oof_pred = np.full(len(y), np.nan)
     for (_, val_idx), pred in zip(scored, predictions): oof_pred[val_idx] = pred
     fold_auc = [auc(y[val_idx], oof_pred[val_idx]) for _, val_idx in scored]
@@ -328,7 +350,8 @@ def toy_signal_data(n_rows: int, *, strength: float = 0.15, seed: int = 0) -> tu
     return np.column_stack([signal, rng.normal(size=(n_rows, 3))]), y
 
 # %% ../../nbs/core/09_validation.ipynb #1f61b6b8
-def shuffled_label_control(fit_predict: FitPredict, X, y, folds: list[Fold], *, seed: int = 0, **parallel) -> float:
+def shuffled_label_control(fit_predict: FitPredict, X, y, folds: list[Fold], *, seed: int = 0,
+                           **parallel) -> float:
     "Pooled OOF AUC of the same protocol trained and scored on randomly permuted labels."
     y = np.asarray(y, dtype=float)
     rng = np.random.default_rng(seed)
@@ -348,12 +371,14 @@ def leak_audit(X, y, names: list[str], *, threshold: float = 0.60) -> pd.DataFra
         ok = np.isfinite(X[:, j]) & np.isfinite(y)
         single = auc(y[ok], X[ok, j]) if ok.sum() > 10 else float("nan")
         strength = max(single, 1 - single) if np.isfinite(single) else float("nan")
-        rows.append({"feature": name, "auc": single, "strength": strength, "flagged": bool(strength >= threshold)})
+        rows.append({"feature": name, "auc": single, "strength": strength,
+                     "flagged": bool(strength >= threshold)})
     return pd.DataFrame(rows).sort_values("strength", ascending=False).reset_index(drop=True)
 
 
-def planted_leak_control(X, y, names: list[str], *, noise: float = 0.3, threshold: float = 0.60, seed: int = 0) -> dict:
-    "Add a feature built from the label (flipped with prob. `noise`), audit, and report whether it was flagged."
+def planted_leak_control(X, y, names: list[str], *, noise: float = 0.3, threshold: float = 0.60,
+                         seed: int = 0) -> dict:
+    "Add a feature built from the label (flipped with prob. `noise`), audit, report whether it was flagged."
     X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
     rng = np.random.default_rng(seed)
     flip = rng.random(len(y)) < noise
@@ -374,7 +399,8 @@ def plot_fold_auc(result: WalkForwardResult, times=None, ax=None, title: str = "
     x = np.asarray(times)[starts] if times is not None else starts
     ax.plot(x, result.fold_auc, marker="o", ms=3)
     ax.axhline(0.5, color="grey", lw=1, ls="--")
-    ax.axhline(np.nanmean(result.fold_auc), color="tab:red", lw=1, label=f"mean {np.nanmean(result.fold_auc):.3f}")
+    ax.axhline(np.nanmean(result.fold_auc), color="tab:red", lw=1,
+               label=f"mean {np.nanmean(result.fold_auc):.3f}")
     ax.set(title=title, ylabel="AUC")
     ax.legend()
     return ax

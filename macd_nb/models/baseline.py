@@ -36,5 +36,5 @@ class BaselineModel(DirectionModel):
 
 
 def run_baseline(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") -> ModelResult:
-    "Stage 0.5: walk-forward logistic regression on the base features; writes its OOF predictions and result JSON."
+    "Stage 0.5: walk-forward logistic regression on the base features; writes OOF predictions, result JSON."
     return run_direction_stage(config, run_dir, timeframe, BaselineModel(config))

@@ -24,16 +24,19 @@ from .xgb import MatrixFoldTask, load_features, save_features
 
 # %% ../../nbs/models/08_catboost.ipynb #330bb76c
 def catboost_params(config: RunConfig, *, threads: int | None = None) -> dict:
-    "CatBoost parameters of a direction model from the run configuration (symmetric trees, fixed thread count)."
-    return {"loss_function": "Logloss", "iterations": config.gbm.rounds, "learning_rate": config.gbm.learning_rate,
-            "depth": int(min(8, max(1, round(np.log2(config.gbm.num_leaves))))), "border_count": config.gbm.max_bin,
+    "CatBoost parameters of a direction model from the run configuration (symmetric trees, fixed threads)."
+    return {"loss_function": "Logloss", "iterations": config.gbm.rounds,
+            "learning_rate": config.gbm.learning_rate,
+            "depth": int(min(8, max(1, round(np.log2(config.gbm.num_leaves))))),
+            "border_count": config.gbm.max_bin,
             "od_type": "Iter", "od_wait": config.gbm.early_stopping_rounds, "random_seed": config.seed,
             "thread_count": threads or config.threads_per_job, "verbose": False, "allow_writing_files": False}
 
 # %% ../../nbs/models/08_catboost.ipynb #c98ea45b
 def _classes(labels: np.ndarray) -> np.ndarray:
-    "0/1 labels as integers: CatBoost keeps float labels as floats, and its ONNX export refuses a model fitted on them."
-    if not np.isin(labels, (0, 1)).all(): raise ValueError(f"CatBoost fold: labels other than 0 and 1: {np.unique(labels)[:5]}")
+    "0/1 labels as integers: CatBoost keeps float labels, and its ONNX export refuses a model fitted on them."
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"CatBoost fold: labels other than 0 and 1: {np.unique(labels)[:5]}")
     return labels.astype(np.int64)
 
 
@@ -42,7 +45,8 @@ def catboost_fit_fold(task: MatrixFoldTask) -> tuple[CatBoostClassifier, int]:
     X, fit, stop = load_features(task.features_path), _classes(task.fit_label), _classes(task.stop_label)
     model = CatBoostClassifier(**task.params)
     model.fit(Pool(X[task.rows.fit_idx], fit, feature_names=task.feature_names),
-              eval_set=Pool(X[task.rows.stop_idx], stop, feature_names=task.feature_names), use_best_model=True)
+               eval_set=Pool(X[task.rows.stop_idx], stop, feature_names=task.feature_names),
+              use_best_model=True)
     return model, int(model.get_best_iteration()) + 1
 
 
@@ -53,8 +57,9 @@ def catboost_fit_predict_fold(task: MatrixFoldTask) -> tuple[np.ndarray, int]:
     return model.predict_proba(rows, thread_count=task.params["thread_count"])[:, 1], best
 
 # %% ../../nbs/models/08_catboost.ipynb #8bc6ec0a
-# what CatBoost writes into each model it trains, different every time: a random id and the clock. Dropped before the
-# model is saved, the same trees give the same bytes: the file, its sha256 in the manifest, its ONNX file, the package
+# what CatBoost writes into each model it trains, different every time: a random id and the clock. Dropped
+# before the model is saved, the same trees give the same bytes: the file, its sha256 in the manifest, its
+# ONNX file, the package
 PER_TRAINING_METADATA = ("model_guid", "train_finish_time")
 
 
@@ -80,17 +85,21 @@ class CatBoostModel(BoostedTreesModel):
     def walk_forward(self, protocol: DirectionProtocol, labels: np.ndarray) -> tuple[WalkForwardResult, dict]:
         "Out-of-fold predictions over the development rows, and the best iteration of every fold."
         def make_task(k: int, rows: FoldRows, y: np.ndarray) -> MatrixFoldTask:
-            return MatrixFoldTask(str(self.features_path), rows, y[rows.fit_idx], y[rows.stop_idx], self.params)
+            return MatrixFoldTask(str(self.features_path), rows, y[rows.fit_idx], y[rows.stop_idx],
+                                  self.params)
         s = self.fold_settings()   # its rounds and stopping are in the parameters (iterations, od_wait)
         result, best_iterations = walk_fold_tasks(protocol, labels, make_task, catboost_fit_predict_fold,
-                                                  inner_fraction=s["inner_fraction"], purge=s["purge"], n_jobs=s["n_jobs"],
-                                                  threads_per_job=self.params["thread_count"], executor=s["executor"])
+                                                  inner_fraction=s["inner_fraction"], purge=s["purge"],
+                                                  n_jobs=s["n_jobs"],
+                                                  threads_per_job=self.params["thread_count"],
+                                                  executor=s["executor"])
         return result, {"best_iterations": best_iterations}
 
     def refit(self, protocol: DirectionProtocol, fold: Fold, path: Path | None) -> Refit:
         rows, names = self.refit_rows(protocol, fold), protocol.feature_names
-        task = MatrixFoldTask(str(self.features_path), rows, protocol.y[rows.fit_idx], protocol.y[rows.stop_idx],
-                                self.params | {"thread_count": machine_threads()}, feature_names=names)
+        task = MatrixFoldTask(str(self.features_path), rows, protocol.y[rows.fit_idx],
+                              protocol.y[rows.stop_idx], self.params | {"thread_count": machine_threads()},
+                              feature_names=names)
         model, best = catboost_fit_fold(task)
         if path is not None: save_catboost_model(model, path)
         test_features = load_features(self.features_path)[protocol.scored_test_idx]
@@ -117,14 +126,15 @@ def catboost_to_onnx(model: CatBoostClassifier):
     del graph.node[:]
     graph.node.extend(kept)
     _up_class_leaves_only(ensemble)
-    exported.ir_version = max(exported.ir_version, 8)   # CatBoost stamps 3; the Slice added below needs opset 15
+    exported.ir_version = max(exported.ir_version, 8)   # CatBoost stamps 3; the Slice below needs opset 15
     return portable(up_class_output(exported, ensemble.output[1]))
 
 
 def _up_class_leaves_only(ensemble) -> None:
-    """Keep the up class's leaf weights only. CatBoost writes each leaf twice (class 1's value and its negative for
-    class 0); onnxruntime scores a two-class ensemble from class 1's alone, so the copies are dead weight that a parity
-    check's perturbed copy could move without effect (it did: the check passed a broken file)."""
+    """Keep the up class's leaf weights only. CatBoost writes each leaf twice (class 1's value and its
+    negative for class 0); onnxruntime scores a two-class ensemble from class 1's alone, so the copies are
+    dead weight that a parity check's perturbed copy could move without effect (it did: the check passed a
+    broken file)."""
     attributes = {a.name: a for a in ensemble.attribute}
     up = [i for i, c in enumerate(attributes["class_ids"].ints) if c == 1]
     for name in ("class_ids", "class_nodeids", "class_treeids"):
@@ -142,11 +152,14 @@ def _load_catboost(paths: RunPaths, model: str, timeframe: str) -> LoadedModel |
     if not path.exists(): return None
     native = CatBoostClassifier()
     native.load_model(str(verified(path)), format="cbm")
-    return LoadedModel(native, list(native.feature_names_), path, read_json(paths.result_file(model, timeframe)).get("deployment"))
+    return LoadedModel(native, list(native.feature_names_), path,
+                       read_json(paths.result_file(model, timeframe)).get("deployment"))
 
 
 CATBOOST = ServedFamily(
     load=_load_catboost,
-    inputs=lambda loaded, table, rows: table[loaded.features].to_numpy(dtype=np.float32)[rows],   # it works in float32
+    # it works in float32
+    inputs=lambda loaded, table, rows: table[loaded.features].to_numpy(dtype=np.float32)[rows],
     predict=lambda loaded: lambda x: loaded.model.predict_proba(x, thread_count=1)[:, 1:],
-    to_onnx=lambda loaded: (catboost_to_onnx(loaded.model), "catboost save_model(format='onnx'), ZipMap to p_up (float32)"))
+    to_onnx=lambda loaded: (catboost_to_onnx(loaded.model),
+                            "catboost save_model(format='onnx'), ZipMap to p_up (float32)"))

@@ -18,7 +18,7 @@ from .protocol import check_same_labels
 
 # %% ../../nbs/models/09_diagnostics.ipynb #369ceb3c
 def load_oof(run_dir: str | Path, timeframe: str) -> pd.DataFrame:
-    "Out-of-fold predictions of every base model of `timeframe`, one column per model, on the rows all of them scored."
+    "Out-of-fold predictions of each base model of `timeframe`, a column per model, on the rows all scored."
     columns, labels = {}, None
     for path in sorted(RunPaths(Path(run_dir)).oof.glob(f"*_{timeframe}.parquet")):
         frame = read_parquet(path)
@@ -26,15 +26,18 @@ def load_oof(run_dir: str | Path, timeframe: str) -> pd.DataFrame:
         columns[model] = frame["pred"]
         check_same_labels(labels, frame, path, "the other models'")
         labels = frame["y"] if labels is None else labels.combine_first(frame["y"])
-    if not columns: raise FileNotFoundError(f"no out-of-fold predictions for {timeframe} under {RunPaths(Path(run_dir)).oof}")
+    if not columns:
+        raise FileNotFoundError(f"no out-of-fold predictions for {timeframe} "
+                                f"under {RunPaths(Path(run_dir)).oof}")
     table = pd.DataFrame(columns).dropna()
     return table.assign(y=labels.reindex(table.index))
 
 
 def base_diagnostics(oof: pd.DataFrame) -> dict:
-    "Per model: prediction std, mean, AUC on the common rows; and the correlation matrices (Pearson and rank)."
+    "Per model: prediction std, mean, AUC on the common rows; and the correlation matrices (Pearson, rank)."
     models = [c for c in oof.columns if c != "y"]
-    per_model = {m: {"pred_std": float(oof[m].std()), "pred_mean": float(oof[m].mean()), "auc": auc(oof["y"], oof[m])}
+    per_model = {m: {"pred_std": float(oof[m].std()), "pred_mean": float(oof[m].mean()),
+                     "auc": auc(oof["y"], oof[m])}
                  for m in models}
     return {"n_common_rows": len(oof), "models": per_model,
             "pearson": oof[models].corr().round(4).to_dict(),

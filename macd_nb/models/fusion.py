@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from ..core.config import TIMEFRAME_DELTA, RunConfig
-from ..core.rundir import RunPaths, gate, model_result, read_json, read_parquet, write_json, write_parquet
+from ..core.rundir import (RunPaths, gate, model_result, read_json, read_parquet, write_json,
+                                 write_parquet)
 from ..core.served_model import CombinerFamily, logit_graph
 from ..core.stages import stage_named
 from ..core.validation import as_utc_datetime64, auc, auc_ci, auc_gain_ci
@@ -23,10 +24,12 @@ from .stacking import meta_walk_forward, small_mlp, to_logit
 
 # %% ../../nbs/models/12_fusion.ipynb #72813ea6
 def timeframe_input(run_dir: Path, timeframe: str, kind: str = "oof") -> tuple[str, pd.Series]:
-    "The model that speaks for `timeframe` (stacking if it ran, else the best base by OOF AUC) and its `kind` predictions."
+    """The model that speaks for `timeframe` (stacking if it ran, else the best base by OOF AUC)
+    and its `kind` predictions."""
     paths = RunPaths(run_dir)
     stacking = paths.result_file("stacking", timeframe)
-    if stacking.exists() and not read_json(stacking).get("skipped") and paths.oof_file("stacking", timeframe).exists():
+    if (stacking.exists() and not read_json(stacking).get("skipped")
+            and paths.oof_file("stacking", timeframe).exists()):
         model = "stacking"
     else:
         scores = {p.stem.removesuffix(f"_{timeframe}"): read_json(p).get("metrics", {}).get("oof_auc")
@@ -40,10 +43,13 @@ def timeframe_input(run_dir: Path, timeframe: str, kind: str = "oof") -> tuple[s
 
 
 def align_slow(fast: pd.DataFrame, slow: pd.Series, fast_tf: str, slow_tf: str) -> pd.DataFrame:
-    "`fast` with column `p_slow`: the latest slow-bar prediction known when each fast bar closes (rows without one dropped)."
+    """`fast` with column `p_slow`: the latest slow-bar prediction known when each fast bar closes
+    (rows without one dropped)."""
     left = fast.assign(known_at=fast.index + TIMEFRAME_DELTA[fast_tf]).reset_index()
-    right = pd.DataFrame({"p_slow": slow.to_numpy(), "slow_bar": slow.index, "known_at": slow.index + TIMEFRAME_DELTA[slow_tf]})
-    merged = pd.merge_asof(left.sort_values("known_at"), right.sort_values("known_at"), on="known_at", direction="backward")
+    right = pd.DataFrame({"p_slow": slow.to_numpy(), "slow_bar": slow.index,
+                          "known_at": slow.index + TIMEFRAME_DELTA[slow_tf]})
+    merged = pd.merge_asof(left.sort_values("known_at"), right.sort_values("known_at"), on="known_at",
+                           direction="backward")
     return merged.dropna(subset=["p_slow"]).set_index(fast.index.name or "open_time")
 
 # %% ../../nbs/models/12_fusion.ipynb #16bf1dd8
@@ -59,9 +65,11 @@ def fit_fusion(X: np.ndarray, y: np.ndarray):
 def mlp_weights(pipeline) -> dict:
     "The JSON form of a fitted StandardScaler + MLPClassifier pipeline (ReLU hidden layers, logistic output)."
     scaler, mlp = pipeline[0], pipeline[-1]
-    if mlp.activation != "relu" or mlp.out_activation_ != "logistic": raise ValueError("only ReLU hidden layers and a logistic output export")
+    if mlp.activation != "relu" or mlp.out_activation_ != "logistic":
+        raise ValueError("only ReLU hidden layers and a logistic output export")
     return {"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
-            "layers": [{"weights": w.tolist(), "bias": b.tolist()} for w, b in zip(mlp.coefs_, mlp.intercepts_)]}
+            "layers": [{"weights": w.tolist(), "bias": b.tolist()}
+                       for w, b in zip(mlp.coefs_, mlp.intercepts_)]}
 
 # %% ../../nbs/models/12_fusion.ipynb #e625845f
 def mlp_forward(weights: dict, X: np.ndarray) -> np.ndarray:
@@ -74,7 +82,7 @@ def mlp_forward(weights: dict, X: np.ndarray) -> np.ndarray:
 
 # %% ../../nbs/models/12_fusion.ipynb #6bbed96b
 def fusion_to_onnx(weights: dict, *, opset: int = 17):
-    "The fusion MLP of its JSON weights as ONNX: input `p` (n, 2) double probabilities, output `p_up`, in double."
+    "The fusion MLP of its JSON weights as ONNX: input `p` (n, 2) of probabilities, output `p_up`, in double."
     constants = {"mean": np.asarray(weights["mean"]), "scale": np.asarray(weights["scale"])}
     steps = [("Sub", ["logits", "mean"], "centred"), ("Div", ["centred", "scale"], "h0")]
     for k, layer in enumerate(weights["layers"]):
@@ -86,28 +94,31 @@ def fusion_to_onnx(weights: dict, *, opset: int = 17):
 
 
 def _aligned_inputs(run_dir: Path, weights: dict, timeframe: str, base: dict) -> np.ndarray:
-    "The fusion MLP's own aligned out-of-fold inputs, every one of them: P(up) at `timeframe` and at its slow timeframe."
+    "The fusion MLP's own aligned out-of-fold inputs, all of them: P(up) at `timeframe` and its slow one."
     slow = weights["inputs"][1].removeprefix("p_")
-    frame = align_slow(pd.DataFrame({"p_fast": timeframe_input(run_dir, timeframe)[1]}), timeframe_input(run_dir, slow)[1],
-                       timeframe, slow)
+    frame = align_slow(pd.DataFrame({"p_fast": timeframe_input(run_dir, timeframe)[1]}),
+                       timeframe_input(run_dir, slow)[1], timeframe, slow)
     return frame[["p_fast", "p_slow"]].to_numpy()
 
 
 FUSION_MLP = CombinerFamily(
-    "mtf_fusion_mlp", inputs=_aligned_inputs, predict=lambda weights: lambda p: mlp_forward(weights, to_logit(p)).reshape(-1, 1),
+    "mtf_fusion_mlp", inputs=_aligned_inputs,
+    predict=lambda weights: lambda p: mlp_forward(weights, to_logit(p)).reshape(-1, 1),
     to_onnx=lambda weights: (fusion_to_onnx(weights), "macd_nb.models.fusion.fusion_to_onnx (float64)"))
 
 # %% ../../nbs/models/12_fusion.ipynb #68b43ef1
 def run_fusion(config: RunConfig, run_dir: str | Path, fast: str = "1h", slow: str = "4h") -> dict:
-    "Stage 2.2: the fusion MLP walked forward, controlled, gated, tested once; `models/mtf_fusion_mlp_{fast}.json`."
+    """Stage 2.2: the fusion MLP walked forward, controlled, gated, tested once;
+    `models/mtf_fusion_mlp_{fast}.json`."""
     started, run_dir = time.perf_counter(), Path(run_dir)
     config, paths = config.for_timeframe(fast), RunPaths(run_dir).create()
-    base = dict(stage=stage_named("fusion").number, model="mtf_fusion", timeframe=fast, target=config.data.target, controls={},
-                **provenance(config, run_dir))
+    base = dict(stage=stage_named("fusion").number, model="mtf_fusion", timeframe=fast,
+                target=config.data.target, controls={}, **provenance(config, run_dir))
     if slow not in config.data.timeframes or fast not in config.data.timeframes:
         reason = f"the run has timeframes {config.data.timeframes}; fusion needs {fast} and {slow}"
-        record = model_result(**base, window={}, metrics={}, gates=[], timings_s={"total": time.perf_counter() - started},
-                              artifacts=[], skipped=reason)
+        record = model_result(**base, window={}, metrics={}, gates=[],
+                              timings_s={"total": time.perf_counter() - started}, artifacts=[],
+                              skipped=reason)
         write_json(paths.result_file("mtf_fusion", fast), record)
         return record
     from macd_nb.core.prepare import load_table
@@ -120,14 +131,17 @@ def run_fusion(config: RunConfig, run_dir: str | Path, fast: str = "1h", slow: s
     X, y = to_logit(frame[["p_fast", "p_slow"]].to_numpy()), frame["y"].to_numpy()
     times = as_utc_datetime64(frame.index)
     label_end = as_utc_datetime64(table[f"label_end_{horizon}"].reindex(frame.index))
-    walk = lambda labels: meta_walk_forward(X, labels, times, label_end, small_mlp, n_blocks=config.stacking.meta_blocks)
+    walk = lambda labels: meta_walk_forward(X, labels, times, label_end, small_mlp,
+                                            n_blocks=config.stacking.meta_blocks)
     pred, blocks = walk(y)
     scored = np.isfinite(pred)
     shuffled = np.random.default_rng(config.seed).permutation(y)
     shuffled_pred, _ = walk(shuffled)
-    settings = dict(block=config.validation.bootstrap_block, n_boot=config.validation.bootstrap_samples, seed=config.seed)
+    settings = dict(block=config.validation.bootstrap_block, n_boot=config.validation.bootstrap_samples,
+                    seed=config.seed)
     oof_auc = auc(y[scored], pred[scored])
-    metrics = {"oof_auc": oof_auc, "oof_auc_ci95": list(auc_ci(y[scored], pred[scored], **settings)), "n_oof": int(len(y)),
+    metrics = {"oof_auc": oof_auc, "oof_auc_ci95": list(auc_ci(y[scored], pred[scored], **settings)),
+               "n_oof": int(len(y)),
                "n_oof_scored": int(scored.sum()), "inputs": {fast: fast_model, slow: slow_model},
                "fast_input_oof_auc": auc(y[scored], frame["p_fast"].to_numpy()[scored])}
     gain = auc_gain_ci(y[scored], pred[scored], frame["p_fast"].to_numpy()[scored], **settings)
@@ -140,20 +154,27 @@ def run_fusion(config: RunConfig, run_dir: str | Path, fast: str = "1h", slow: s
         raise AssertionError("the JSON weights do not reproduce the fitted MLP")
     _, fast_test = timeframe_input(run_dir, fast, "test")
     _, slow_test = timeframe_input(run_dir, slow, "test")
-    test = align_slow(pd.DataFrame({"p_fast": fast_test}), pd.concat([slow_pred, slow_test]).sort_index(), fast, slow)
+    test = align_slow(pd.DataFrame({"p_fast": fast_test}), pd.concat([slow_pred, slow_test]).sort_index(),
+                      fast, slow)
     test = test.assign(y=table[f"y_{horizon}"].reindex(test.index)).dropna(subset=["y"])
     test_pred = mlp_forward(weights, to_logit(test[["p_fast", "p_slow"]].to_numpy()))
-    metrics |= {"test_auc": auc(test["y"], test_pred), "test_auc_ci95": list(auc_ci(test["y"].to_numpy(), test_pred, **settings)),
+    metrics |= {"test_auc": auc(test["y"], test_pred),
+                "test_auc_ci95": list(auc_ci(test["y"].to_numpy(), test_pred, **settings)),
                 "n_test": len(test), "fast_input_test_auc": auc(test["y"], test["p_fast"])}
     model_path = write_json(paths.model_file("mtf_fusion_mlp", fast, "json"),
-                            {"model": "mtf_fusion_mlp", "inputs": [f"p_{fast}", f"p_{slow}"], "input_models": metrics["inputs"],
+                            {"model": "mtf_fusion_mlp", "inputs": [f"p_{fast}", f"p_{slow}"],
+                             "input_models": metrics["inputs"],
                              "transform": "logit of each probability, clipped to [1e-6, 1 - 1e-6]", **weights,
-                             "training_window": {"first_bar": str(frame.index[0]), "last_bar": str(frame.index[-1]),
-                                                 "n_rows": len(frame)}, "metrics": metrics, "gates": gates})
+                             "training_window": {"first_bar": str(frame.index[0]),
+                                                 "last_bar": str(frame.index[-1]), "n_rows": len(frame)},
+                             "metrics": metrics, "gates": gates})
     write_parquet(paths.oof_file("mtf_fusion", fast), frame.assign(pred=pred)[["y", "pred"]].dropna())
-    write_parquet(paths.test_file("mtf_fusion", fast), pd.DataFrame({"y": test["y"], "pred": test_pred}, index=test.index))
-    record = model_result(**(base | {"controls": controls}), window={"start": str(frame.index[0]), "end": str(frame.index[-1])},
+    write_parquet(paths.test_file("mtf_fusion", fast),
+                  pd.DataFrame({"y": test["y"], "pred": test_pred}, index=test.index))
+    record = model_result(**(base | {"controls": controls}),
+                          window={"start": str(frame.index[0]), "end": str(frame.index[-1])},
                           metrics=metrics, gates=gates, timings_s={"total": time.perf_counter() - started},
-                          artifacts=[paths.relative(model_path)], reference_gains={"fast_input": gain}, blocks=blocks)
+                          artifacts=[paths.relative(model_path)], reference_gains={"fast_input": gain},
+                          blocks=blocks)
     write_json(paths.result_file("mtf_fusion", fast), record)
     return record

@@ -18,7 +18,8 @@ from .sequences import SequenceStage, run_sequence_stage, sequence_family
 # %% ../../nbs/models/04_lstm.ipynb #b2296011
 class MultiHorizonLSTM(nn.Module):
     "Shared LSTM encoder, one direction logit per horizon."
-    def __init__(self, n_features: int, n_outputs: int, hidden: int = 16, n_layers: int = 1, dropout: float = 0.1):
+    def __init__(self, n_features: int, n_outputs: int, hidden: int = 16, n_layers: int = 1,
+                 dropout: float = 0.1):
         super().__init__()
         self.encoder = nn.LSTM(n_features, hidden, num_layers=n_layers, batch_first=True,
                                dropout=dropout if n_layers > 1 else 0.0)
@@ -35,13 +36,16 @@ def lstm_stage(config: RunConfig) -> SequenceStage:
     "The multi-horizon LSTM's settings taken from `config`."
     return SequenceStage(model="lstm", model_class=MultiHorizonLSTM,
                          model_kwargs={"hidden": config.nn.hidden, "n_layers": 1, "dropout": 0.1},
-                         heads=list(config.validation.horizons), epochs=config.nn.epochs, bf16=True,   # bf16 autocast on CUDA, fp32 on the CPU
+                         # bf16: autocast on CUDA, fp32 on the CPU
+                         heads=list(config.validation.horizons), epochs=config.nn.epochs, bf16=True,
                          control_epochs=config.nn.control_epochs)
 
 
 def run_lstm(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") -> ModelResult:
-    "Stage 1.2 for one timeframe: writes `models/lstm_{tf}.pt|json`, `oof/lstm_{tf}.parquet`, `results/lstm_{tf}.json`."
+    """Stage 1.2 for one timeframe: writes `models/lstm_{tf}.pt|json`, `oof/lstm_{tf}.parquet`,
+    `results/lstm_{tf}.json`."""
     return run_sequence_stage(config, run_dir, timeframe, lstm_stage(config))
 
 
-LSTM = sequence_family(MultiHorizonLSTM)   # the family its stage row names: how export reads, runs and converts it
+# the family its stage row names: how export reads, runs and converts it
+LSTM = sequence_family(MultiHorizonLSTM)

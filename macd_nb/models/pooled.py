@@ -35,30 +35,34 @@ class Pool:
 
 
 def pool_tables(tables: dict[str, pd.DataFrame], feature_names: list[str], horizon: int = 1) -> Pool:
-    "Stack prepared tables (indexed by bar time, with the features, `y_{horizon}` and `label_end_{horizon}`) in time order."
-    missing = {s: sorted(set(feature_names) - set(t.columns)) for s, t in tables.items() if not set(feature_names) <= set(t.columns)}
+    """Stack prepared tables (indexed by bar time, with the features, `y_{horizon}` and `label_end_{horizon}`)
+    in time order."""
+    missing = {s: sorted(set(feature_names) - set(t.columns)) for s, t in tables.items()
+               if not set(feature_names) <= set(t.columns)}
     if missing: raise ValueError(f"pool_tables: the tables lack features the pool needs: {missing}")
     frames = list(tables.values())
     times = np.concatenate([as_utc_datetime64(t.index) for t in frames])
     symbol = np.concatenate([np.full(len(t), k) for k, t in enumerate(frames)])
     order = np.lexsort((symbol, times))
     stack = lambda column: np.concatenate([column(t) for t in frames])[order]
-    return Pool(stack(lambda t: t[feature_names].to_numpy(dtype=float)), stack(lambda t: t[f"y_{horizon}"].to_numpy(dtype=float)),
-                times[order], stack(lambda t: as_utc_datetime64(t[f"label_end_{horizon}"])), symbol[order], list(tables),
-                list(feature_names))
+    return Pool(stack(lambda t: t[feature_names].to_numpy(dtype=float)),
+                stack(lambda t: t[f"y_{horizon}"].to_numpy(dtype=float)),
+                times[order], stack(lambda t: as_utc_datetime64(t[f"label_end_{horizon}"])), symbol[order],
+                list(tables), list(feature_names))
 
 # %% ../../nbs/models/13_pooled.ipynb #1487bbe3
-def rare_event_tables(n_symbols: int = 17, n_bars: int = 6000, *, share: float = 0.005, up_after_event: float = 0.9,
-                      n_noise: int = 4, seed: int = 0) -> dict[str, pd.DataFrame]:
-    "Toy prepared tables: noise features, a `flag` on `share` of the bars, and labels up after `up_after_event` of the flags."
+def rare_event_tables(n_symbols: int = 17, n_bars: int = 6000, *, share: float = 0.005,
+                      up_after_event: float = 0.9, n_noise: int = 4,
+                      seed: int = 0) -> dict[str, pd.DataFrame]:
+    "Toy prepared tables: noise features, a `flag` on `share` of bars, labels up on `up_after_event` of them."
     rng, index = np.random.default_rng(seed), pd.date_range("2024-01-01", periods=n_bars, freq="h", tz="UTC")
     tables = {}
     for k in range(n_symbols):
         flag = (rng.random(n_bars) < share).astype(float)
         up = np.where(flag == 1, rng.random(n_bars) < up_after_event, rng.random(n_bars) < 0.5).astype(float)
         noise = {f"noise_{j}": rng.standard_normal(n_bars) for j in range(n_noise)}
-        tables[f"SYM{k:02d}"] = pd.DataFrame({"flag": flag, **noise, "y_1": up, "label_end_1": index + 2 * index.freq},
-                                             index=index)
+        tables[f"SYM{k:02d}"] = pd.DataFrame({"flag": flag, **noise, "y_1": up,
+                                              "label_end_1": index + 2 * index.freq}, index=index)
     return tables
 
 # %% ../../nbs/models/13_pooled.ipynb #8df94eb1
@@ -75,18 +79,22 @@ class FoldWindow:
 def fold_windows(folds: list[Fold], times) -> list[FoldWindow]:
     "The time windows of a symbol's folds (`times`: its bars, as the folds index them)."
     t = as_utc_datetime64(times)
-    return [FoldWindow(f.number, t[f.train_idx[0]], t[f.train_idx[-1]], t[f.val_idx[0]], t[f.val_idx[-1]]) for f in folds]
+    return [FoldWindow(f.number, t[f.train_idx[0]], t[f.train_idx[-1]], t[f.val_idx[0]], t[f.val_idx[-1]])
+            for f in folds]
 
 
 def pooled_fold_rows(pool: Pool, window: FoldWindow, y: np.ndarray, *, inner_fraction: float) -> FoldRows:
-    "The pool's rows of one fold: fitting rows, early-stopping rows (the window's last `inner_fraction` in time), scored rows."
+    """The pool's rows of one fold: fitting rows, early-stopping rows (the window's last `inner_fraction`
+    in time), scored rows."""
     t = pool.times
-    train = np.arange(np.searchsorted(t, window.train_start, "left"), np.searchsorted(t, window.train_end, "right"))
+    train = np.arange(np.searchsorted(t, window.train_start, "left"),
+                      np.searchsorted(t, window.train_end, "right"))
     train = train[np.isfinite(y[train]) & (pool.label_end[train] <= window.val_start)]
     stop_start = t[train[min(len(train) - 1, int(len(train) * (1 - inner_fraction)))]]
     stop = train[t[train] >= stop_start]
     fit = train[(t[train] < stop_start) & (pool.label_end[train] <= stop_start)]
-    scored = np.arange(np.searchsorted(t, window.val_start, "left"), np.searchsorted(t, window.val_end, "right"))
+    scored = np.arange(np.searchsorted(t, window.val_start, "left"),
+                       np.searchsorted(t, window.val_end, "right"))
     return FoldRows(window.number, fit, stop, scored[np.isfinite(y[scored])])
 
 # %% ../../nbs/models/13_pooled.ipynb #09f70621
@@ -109,7 +117,7 @@ def pooled_walk_forward(
     tasks = []
     for start in range(0, len(rows), max(1, rebin_every)):
         group = rows[start:start + max(1, rebin_every)]
-        first, last = group[0].fit_idx[0], max(r.val_idx[-1] for r in group)   # the slice of the pool the group needs
+        first, last = group[0].fit_idx[0], max(r.val_idx[-1] for r in group)   # the pool's slice it needs
         path = bin_once(pool.X[first:last + 1], np.r_[group[0].fit_idx, group[0].stop_idx] - first, params,
                         Path(scratch) / f"pool_{start:04d}.bin", pool.feature_names)
         for r in group:

@@ -30,7 +30,8 @@ class GatedLinearUnit(nn.Module):
 
 class GatedResidualNetwork(nn.Module):
     "LayerNorm(skip(x) + GLU(dropout(W2 ELU(W1 x + W3 context))))."
-    def __init__(self, d_in: int, d_hidden: int, d_out: int, d_context: int | None = None, dropout: float = 0.1):
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, d_context: int | None = None,
+                 dropout: float = 0.1):
         super().__init__()
         self.skip = nn.Linear(d_in, d_out) if d_in != d_out else nn.Identity()
         self.fc1 = nn.Linear(d_in, d_hidden)
@@ -52,9 +53,12 @@ class VariableGRNs(nn.Module):
     def __init__(self, n_vars: int, d: int, dropout: float = 0.1):
         super().__init__()
         scale = d ** -0.5
-        self.w1, self.b1 = nn.Parameter(torch.randn(n_vars, d, d) * scale), nn.Parameter(torch.zeros(n_vars, d))
-        self.w2, self.b2 = nn.Parameter(torch.randn(n_vars, d, d) * scale), nn.Parameter(torch.zeros(n_vars, d))
-        self.wg, self.bg = nn.Parameter(torch.randn(n_vars, d, 2 * d) * scale), nn.Parameter(torch.zeros(n_vars, 2 * d))
+        self.w1, self.b1 = (nn.Parameter(torch.randn(n_vars, d, d) * scale),
+                            nn.Parameter(torch.zeros(n_vars, d)))
+        self.w2, self.b2 = (nn.Parameter(torch.randn(n_vars, d, d) * scale),
+                            nn.Parameter(torch.zeros(n_vars, d)))
+        self.wg, self.bg = (nn.Parameter(torch.randn(n_vars, d, 2 * d) * scale),
+                            nn.Parameter(torch.zeros(n_vars, 2 * d)))
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(d)
 
@@ -66,7 +70,7 @@ class VariableGRNs(nn.Module):
 
 # %% ../../nbs/models/05_tft.ipynb #fa66a193
 class VariableSelectionNetwork(nn.Module):
-    "Embed each scalar variable, weigh them with softmax weights from a GRN, return the weighted sum and the weights."
+    "Embed each scalar variable, weigh them by softmax weights from a GRN; the weighted sum and the weights."
     def __init__(self, n_vars: int, d: int, d_var: int, dropout: float = 0.1):
         super().__init__()
         self.embed_weight = nn.Parameter(torch.randn(n_vars, d_var) * 0.1)
@@ -77,7 +81,7 @@ class VariableSelectionNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         "x (batch, time, n_vars) -> selected (batch, time, d), weights (batch, time, n_vars)."
-        embedded = x.unsqueeze(-1) * self.embed_weight + self.embed_bias             # (batch, time, n_vars, d_var)
+        embedded = x.unsqueeze(-1) * self.embed_weight + self.embed_bias   # (batch, time, n_vars, d_var)
         weights = torch.softmax(self.weight_grn(embedded.flatten(-2), context), dim=-1)
         selected = (self.variable_grns(embedded) * weights.unsqueeze(-1)).sum(dim=-2)
         return self.project(selected), weights
@@ -93,14 +97,15 @@ class InterpretableMultiHeadAttention(nn.Module):
         self.value = nn.Linear(d, d)
         self.out = nn.Linear(d, d)
         self.dropout = nn.Dropout(dropout)
-        self.register_buffer("future", torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1), persistent=False)
+        self.register_buffer("future", torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1),
+                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         "x (batch, time, d) -> output (batch, time, d), attention averaged over heads (batch, time, time)."
         batch, steps, _ = x.shape
         queries = self.query(x).view(batch, steps, self.n_heads, self.d_head).transpose(1, 2)
         keys = self.key(x).view(batch, steps, self.n_heads, self.d_head).transpose(1, 2)
-        scores = queries @ keys.transpose(-1, -2) * self.d_head ** -0.5                # (batch, heads, time, time)
+        scores = queries @ keys.transpose(-1, -2) * self.d_head ** -0.5   # (batch, heads, time, time)
         scores = scores.masked_fill(self.future, float("-inf"))
         attention = torch.softmax(scores.float(), dim=-1).to(x.dtype).mean(dim=1)    # heads averaged
         return self.out(self.dropout(attention @ self.value(x))), attention
@@ -108,12 +113,14 @@ class InterpretableMultiHeadAttention(nn.Module):
 # %% ../../nbs/models/05_tft.ipynb #a6102745
 class TemporalFusionTransformer(nn.Module):
     "Encoder-only TFT for direction logits from (batch, length, n_features) windows."
-    def __init__(self, n_features: int, n_outputs: int = 1, length: int = 32, hidden: int = 16, n_heads: int = 4,
-                 variable_hidden: int | None = None, dropout: float = 0.1):
+    def __init__(self, n_features: int, n_outputs: int = 1, length: int = 32, hidden: int = 16,
+                 n_heads: int = 4, variable_hidden: int | None = None, dropout: float = 0.1):
         super().__init__()
         self.static_context = nn.Parameter(torch.zeros(hidden))
-        self.context_grns = nn.ModuleList([GatedResidualNetwork(hidden, hidden, hidden, dropout=dropout) for _ in range(4)])
-        self.selection = VariableSelectionNetwork(n_features, hidden, variable_hidden or max(4, hidden // 4), dropout)
+        self.context_grns = nn.ModuleList([GatedResidualNetwork(hidden, hidden, hidden, dropout=dropout)
+                                           for _ in range(4)])
+        self.selection = VariableSelectionNetwork(n_features, hidden, variable_hidden or max(4, hidden // 4),
+                                                  dropout)
         self.encoder = nn.LSTM(hidden, hidden, batch_first=True)
         self.encoder_gate, self.encoder_norm = GatedLinearUnit(hidden, hidden), nn.LayerNorm(hidden)
         self.enrichment = GatedResidualNetwork(hidden, hidden, hidden, d_context=hidden, dropout=dropout)
@@ -124,12 +131,13 @@ class TemporalFusionTransformer(nn.Module):
         self.head = nn.Linear(hidden, n_outputs)
 
     def interpret(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        "Logits (batch, n_outputs), variable weights (batch, time, n_features), attention (batch, time, time)."
+        "Logits (batch, n_outputs), variable weights (batch, time, features), attention (batch, time, time)."
         batch = windows.shape[0]
         static = self.static_context.unsqueeze(0)
         select_context, enrich_context, hidden0, cell0 = (grn(static) for grn in self.context_grns)
         selected, variable_weights = self.selection(windows, select_context.unsqueeze(1))
-        state = (hidden0.expand(batch, -1).unsqueeze(0).contiguous(), cell0.expand(batch, -1).unsqueeze(0).contiguous())
+        state = (hidden0.expand(batch, -1).unsqueeze(0).contiguous(),
+                 cell0.expand(batch, -1).unsqueeze(0).contiguous())
         encoded, _ = self.encoder(selected, state)
         temporal = self.encoder_norm(selected + self.encoder_gate(encoded))
         enriched = self.enrichment(temporal, enrich_context.unsqueeze(1))
@@ -146,24 +154,28 @@ class TemporalFusionTransformer(nn.Module):
 def tft_stage(config: RunConfig) -> SequenceStage:
     "The TFT's settings taken from `config`."
     return SequenceStage(model="tft", model_class=TemporalFusionTransformer,
-                         model_kwargs={"length": config.nn.sequence_length, "hidden": config.nn.hidden, "n_heads": 4,
-                                       "variable_hidden": max(4, config.nn.hidden // 4), "dropout": 0.1},
+                         model_kwargs={"length": config.nn.sequence_length, "hidden": config.nn.hidden,
+                                       "n_heads": 4, "variable_hidden": max(4, config.nn.hidden // 4),
+                                       "dropout": 0.1},
                          heads=[config.validation.label_horizon], epochs=config.nn.tft_epochs, bf16=True,
                          control_epochs=config.nn.control_epochs,
                          gate_key="tft_val_auc")
 
 
 def run_tft(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") -> ModelResult:
-    "Stage 1.3 for one timeframe: writes `models/tft_{tf}.pt|json`, `oof/tft_{tf}.parquet`, `results/tft_{tf}.json`."
+    """Stage 1.3 for one timeframe: writes `models/tft_{tf}.pt|json`, `oof/tft_{tf}.parquet`,
+    `results/tft_{tf}.json`."""
     return run_sequence_stage(config, run_dir, timeframe, tft_stage(config))
 
 
-def tft_interpretation(model: TemporalFusionTransformer, inputs: np.ndarray, rows: np.ndarray, length: int) -> dict:
-    "Variable weights (per feature, averaged over samples and bars) and attention (averaged over samples) of `rows`."
+def tft_interpretation(model: TemporalFusionTransformer, inputs: np.ndarray, rows: np.ndarray,
+                       length: int) -> dict:
+    "Variable weights (per feature, mean over samples and bars) and attention (mean over samples) of `rows`."
     model.eval()
     with torch.no_grad():
         _, weights, attention = model.interpret(gather_windows(torch.as_tensor(inputs), rows, length))
     return {"variable_weights": weights.mean(dim=(0, 1)).numpy(), "attention": attention.mean(dim=0).numpy()}
 
 
-TFT = sequence_family(TemporalFusionTransformer)   # the family its stage row names: how export reads, runs and converts it
+# the family its stage row names: how export reads, runs and converts it
+TFT = sequence_family(TemporalFusionTransformer)

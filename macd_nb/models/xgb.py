@@ -21,8 +21,8 @@ from ..core.parallel import ProcessCache, load_cached, machine_threads
 from ..core.rundir import RunPaths, read_json, verified, write_atomically
 from ..core.served_model import LoadedModel, ServedFamily, portable, up_class_output
 from ..core.validation import Fold, WalkForwardResult
-from .protocol import (BoostedTreesModel, DirectionProtocol, FoldRows, ModelResult, Refit, fold_rows,
-                                     run_direction_stage, walk_fold_tasks)
+from .protocol import (BoostedTreesModel, DirectionProtocol, FoldRows, ModelResult, Refit,
+                                     fold_rows, run_direction_stage, walk_fold_tasks)
 
 # %% ../../nbs/models/07_xgb.ipynb #21eb0312
 def xgb_params(config: RunConfig, *, device: str = "cpu", threads: int | None = None) -> dict:
@@ -35,11 +35,11 @@ def xgb_params(config: RunConfig, *, device: str = "cpu", threads: int | None = 
 
 
 def xgb_device(requested: str) -> str:
-    "Where XGBoost trains: 'cuda' only when there is a GPU *and* this XGBoost build has CUDA (`xgboost-cpu` has none)."
+    "Where XGBoost trains: 'cuda' only if there is a GPU *and* this build has CUDA (`xgboost-cpu` has none)."
     device = resolve_device(requested)
     if device == "cuda" and not xgb.build_info().get("USE_CUDA", False):
-        warnings.warn("XGBoost: this build has no CUDA (xgboost-cpu), so it trains on the CPU, its folds in parallel "
-                      "(install the CUDA build, `xgboost`, to train it on the GPU)")
+        warnings.warn("XGBoost: this build has no CUDA (xgboost-cpu), so it trains on the CPU, its folds in "
+                      "parallel (install the CUDA build, `xgboost`, to train it on the GPU)")
         return "cpu"
     return device
 
@@ -59,7 +59,7 @@ def load_features(path: str | Path) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MatrixFoldTask:
-    "Everything a worker needs to fit and score one fold on the matrix of `save_features` (XGBoost, CatBoost)."
+    "What a worker needs to fit and score one fold on the matrix of `save_features` (XGBoost, CatBoost)."
     features_path: str
     rows: FoldRows
     fit_label: np.ndarray
@@ -76,10 +76,11 @@ class XgbFoldTask(MatrixFoldTask):
 
 
 def xgb_fit_fold(task: XgbFoldTask) -> tuple[xgb.Booster, int]:
-    "Fit one fold with early stopping on its stopping rows: the booster cut to its best iteration, and that iteration."
+    "Fit one fold, stopping early on its stopping rows: the booster cut to its best iteration, and that one."
     X, names, max_bin = load_features(task.features_path), task.feature_names, task.params["max_bin"]
     fit = xgb.QuantileDMatrix(X[task.rows.fit_idx], task.fit_label, max_bin=max_bin, feature_names=names)
-    stop = xgb.QuantileDMatrix(X[task.rows.stop_idx], task.stop_label, ref=fit, max_bin=max_bin, feature_names=names)
+    stop = xgb.QuantileDMatrix(X[task.rows.stop_idx], task.stop_label, ref=fit, max_bin=max_bin,
+                               feature_names=names)
     booster = xgb.train(task.params, fit, task.num_boost_round, evals=[(stop, "stop")],
                         early_stopping_rounds=task.early_stopping_rounds, verbose_eval=False)
     best = booster.best_iteration + 1
@@ -111,9 +112,9 @@ def xgb_walk_forward(
         return XgbFoldTask(str(features_path), rows, y[rows.fit_idx], y[rows.stop_idx], params,
                            num_boost_round=num_boost_round, early_stopping_rounds=early_stopping_rounds)
     if params.get("device", "cpu") != "cpu": n_jobs = 1   # one GPU: the folds take turns in this process
-    return walk_fold_tasks(protocol, protocol.y if labels is None else labels, make_task, xgb_fit_predict_fold,
-                           inner_fraction=inner_fraction, purge=purge, n_jobs=n_jobs, threads_per_job=params["nthread"],
-                           executor=executor)
+    return walk_fold_tasks(protocol, protocol.y if labels is None else labels, make_task,
+                           xgb_fit_predict_fold, inner_fraction=inner_fraction, purge=purge, n_jobs=n_jobs,
+                           threads_per_job=params["nthread"], executor=executor)
 
 # %% ../../nbs/models/07_xgb.ipynb #9ec7700f
 def save_xgb_model(booster: xgb.Booster, path: str | Path) -> Path:
@@ -148,8 +149,8 @@ class XgbModel(BoostedTreesModel):
         if path is not None: save_xgb_model(booster, path)
         test_features = load_features(self.features_path)[protocol.scored_test_idx]
         gain = pd.Series(booster.get_score(importance_type="total_gain")).reindex(names).fillna(0.0)
-        return self.refit_outcome(booster.predict(xgb.DMatrix(test_features, feature_names=names)), best, gain,
-                                  test_features)
+        return self.refit_outcome(booster.predict(xgb.DMatrix(test_features, feature_names=names)), best,
+                                  gain, test_features)
 
 # %% ../../nbs/models/07_xgb.ipynb #54ccb284
 def run_xgb(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") -> ModelResult:
@@ -162,10 +163,13 @@ def xgboost_to_onnx(booster):
     from onnxmltools import convert_xgboost
     from onnxmltools.convert.common.data_types import FloatTensorType
     anonymous = booster.copy()
-    anonymous.feature_names, anonymous.feature_types = None, None   # the converter reads split features as f0, f1, ...
-    model = convert_xgboost(anonymous, initial_types=[("features", FloatTensorType([None, booster.num_features()]))],
+    # the converter reads split features as f0, f1, ...
+    anonymous.feature_names, anonymous.feature_types = None, None
+    model = convert_xgboost(anonymous,
+                            initial_types=[("features", FloatTensorType([None, booster.num_features()]))],
                             target_opset=15)
-    model.graph.name = "xgboost"   # the converter names the graph with a random uuid: the same booster, the same bytes
+    # the converter names the graph with a random uuid; a fixed name: the same booster, the same bytes
+    model.graph.name = "xgboost"
     return portable(up_class_output(model, next(o.name for o in model.graph.output if "prob" in o.name)))
 
 # %% ../../nbs/models/07_xgb.ipynb #5811f2ce
@@ -176,11 +180,14 @@ def _load_xgboost(paths: RunPaths, model: str, timeframe: str) -> LoadedModel | 
     booster = xgb.Booster()
     booster.load_model(str(verified(path)))
     booster.set_param({"nthread": 1})
-    return LoadedModel(booster, list(booster.feature_names), path, read_json(paths.result_file(model, timeframe)).get("deployment"))
+    return LoadedModel(booster, list(booster.feature_names), path,
+                       read_json(paths.result_file(model, timeframe)).get("deployment"))
 
 
 XGBOOST = ServedFamily(
     load=_load_xgboost,
-    inputs=lambda loaded, table, rows: table[loaded.features].to_numpy(dtype=np.float32)[rows],   # it works in float32
+    # it works in float32
+    inputs=lambda loaded, table, rows: table[loaded.features].to_numpy(dtype=np.float32)[rows],
     predict=lambda loaded: lambda x: loaded.model.inplace_predict(x).reshape(-1, 1),
-    to_onnx=lambda loaded: (xgboost_to_onnx(loaded.model), "onnxmltools.convert_xgboost (float32, as XGBoost)"))
+    to_onnx=lambda loaded: (xgboost_to_onnx(loaded.model),
+                            "onnxmltools.convert_xgboost (float32, as XGBoost)"))
