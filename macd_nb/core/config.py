@@ -42,7 +42,7 @@ ROUNDS_RULES = ("tail", "earlier_folds")
 RETRAIN_POLICIES = ("gated", "always")     # how `macd-nb retrain` decides (see RetrainSection)
 TIMEFRAMES = ("1h", "4h", "1d")
 TIMEFRAME_HOURS = {"1h": 1, "4h": 4, "1d": 24}
-# the one definition
+# the one definition of each timeframe's length
 TIMEFRAME_DELTA = {tf: pd.Timedelta(hours=hours) for tf, hours in TIMEFRAME_HOURS.items()}
 
 # optional kline columns with features of their own (features.OPTIONAL_INPUTS)
@@ -79,8 +79,8 @@ class DataSection:
     end: str | None = flat("end", None)              # last bar (inclusive; a date means the whole day)
     n_bars: int = flat("n_bars", 24 * 120)          # length of the synthetic market, in 1h bars
     synthetic_edge: float = flat("synthetic_edge", 1.0)   # the synthetic market's planted edge (0: none)
-    synthetic_regime_change: str | None = flat("synthetic_regime_change", None)  # from this date on
-                                                    # the synthetic signal flips (regime change); None: never
+    synthetic_regime_change: str | None = flat("synthetic_regime_change", None)  # date the signal reverses
+                                                    # (the synthetic market's regime change); None: never
     feature_inputs: list[str] = flat("feature_inputs",  # optional kline columns whose features the run uses
                                      lambda: ["taker_buy_base", "trades"])   # (it sets the feature list)
     bad_bars: str = flat("bad_bars", "exclude")     # implausible bars (bad prints): "flag" (count only),
@@ -104,9 +104,9 @@ class ValidationSection:
     bootstrap_samples: int = flat("bootstrap_samples", 300)   # block-bootstrap resamples for the intervals
     bootstrap_block: int = flat("bootstrap_block", 24)        # block length (bars) of the bootstrap
     serve_window: str = flat("serve_window", "newest")      # the shipped models' window, a fold long:
-                                                           # "newest" ends at the newest labelled bar;
-                                                           # "validated" ships the fold scored on the
-                                                           # held-out test period (it ends before it)
+                                                            # "newest" ends at the newest labelled bar;
+                                                            # "validated" ships the fold scored on the
+                                                            # held-out test period (it ends before it)
 
 # %% ../../nbs/core/00_config.ipynb #7bb0013a
 @dataclass
@@ -262,7 +262,7 @@ def checked_value(key: str, value: Any, source: str = "settings") -> Any:
     from pydantic import TypeAdapter, ValidationError
     if key not in _ADAPTERS: _ADAPTERS[key] = TypeAdapter(_TYPES[key])
     if isinstance(value, tuple): value = list(value)
-    # numpy scalars
+    # numpy scalars as Python ones
     if hasattr(value, "item") and not isinstance(value, (list, dict, str)): value = value.item()
     try:
         return _ADAPTERS[key].validate_python(value, strict=True)
@@ -530,10 +530,10 @@ def default_data_dir() -> Path:
     return base / "macd_nb" / "binance_spot_1h"
 
 
-# The boosting recipe adopted for real data (issue 24): on BTCUSDT 1h over the full profile's 357 folds, its
-# paired OOF AUC gain over one tail-stopped booster was +0.0040 [+0.0009, +0.0071] (test AUC 0.537 against
-# 0.528), and a fold's tree count moved by 1 from the fold before instead of 8 (benchmarks/bench_recipe.py,
-# `all_three`)
+# The boosting recipe adopted for real data (issue 24): on BTCUSDT 1h over the full profile's 357 folds,
+# its paired OOF AUC gain over one tail-stopped booster was +0.0040 [+0.0009, +0.0071] (test AUC 0.537
+# against 0.528), and a fold's tree count moved by 1 from the fold before instead of 8
+# (benchmarks/bench_recipe.py, `all_three`)
 STABLE_BOOSTING = dict(gbm_rounds_rule="earlier_folds", gbm_min_data_in_leaf=400, gbm_lambda_l2=10.0,
                        gbm_seeds=5, gbm_bagging_fraction=0.7, gbm_feature_fraction=0.5)
 

@@ -135,8 +135,8 @@ def rolling_mean_std(values: pd.Series, window: int) -> tuple[pd.Series, pd.Seri
     """Trailing mean and sample std of full windows (NaN if one holds a NaN), each from its own window;
     std exactly 0 when constant."""
     # pandas' running sums carry rounding from the start of the series (1e-9 on a %b of prices near 1e5):
-    # computed per window, a value does not depend on where the series starts, so a live window reproduces the
-    # batch value
+    # computed per window, a value does not depend on where the series starts, so a live window
+    # reproduces the batch value
     x = values.to_numpy(dtype="float64")
     mean, std = np.full(len(x), np.nan), np.full(len(x), np.nan)
     if len(x) >= window:
