@@ -42,12 +42,17 @@ ROUNDS_RULES = ("tail", "earlier_folds")
 RETRAIN_POLICIES = ("gated", "always")     # how `macd-nb retrain` decides (see RetrainSection)
 TIMEFRAMES = ("1h", "4h", "1d")
 TIMEFRAME_HOURS = {"1h": 1, "4h": 4, "1d": 24}
-TIMEFRAME_DELTA = {tf: pd.Timedelta(hours=hours) for tf, hours in TIMEFRAME_HOURS.items()}   # the one definition
+# the one definition of each timeframe's length
+TIMEFRAME_DELTA = {tf: pd.Timedelta(hours=hours) for tf, hours in TIMEFRAME_HOURS.items()}
 
-FEATURE_INPUTS = ("taker_buy_base", "trades")   # optional kline columns with features of their own (features.OPTIONAL_INPUTS)
-BASE_MODELS = ("baseline", "lgb", "xgb", "lstm", "tft", "lgb_cross", "catboost")   # whose OOF predictions stacking can take
-DEFAULT_STACKING_INPUTS = ("lgb", "xgb", "lstm", "tft", "lgb_cross", "catboost")   # stacked when the run trains them (not the baseline)
-MIN_BOOTSTRAP_SAMPLES = 100   # a 95% interval's ends are its 2.5th and 97.5th percentiles: < 3 resamples beyond each below
+# optional kline columns with features of their own (features.OPTIONAL_INPUTS)
+FEATURE_INPUTS = ("taker_buy_base", "trades")
+# the models whose OOF predictions stacking can take
+BASE_MODELS = ("baseline", "lgb", "xgb", "lstm", "tft", "lgb_cross", "catboost")
+# stacked when the run trains them (not the baseline)
+DEFAULT_STACKING_INPUTS = ("lgb", "xgb", "lstm", "tft", "lgb_cross", "catboost")
+# a 95% interval's ends are its 2.5th and 97.5th percentiles: < 3 resamples beyond each below this
+MIN_BOOTSTRAP_SAMPLES = 100
 
 DEFAULT_GATES = {
     "lgb_val_auc_mean": 0.55,        # LightGBM direction model, mean fold validation AUC
@@ -73,14 +78,15 @@ class DataSection:
     start: str | None = flat("start", "2021-01-01")  # first bar (inclusive)
     end: str | None = flat("end", None)              # last bar (inclusive; a date means the whole day)
     n_bars: int = flat("n_bars", 24 * 120)          # length of the synthetic market, in 1h bars
-    synthetic_edge: float = flat("synthetic_edge", 1.0)   # planted predictability of the synthetic market (0 = none)
-    synthetic_regime_change: str | None = flat("synthetic_regime_change", None)   # synthetic market: from this date on
-                                                    # the planted signal reverses (a change of regime); None: never
-    feature_inputs: list[str] = flat("feature_inputs", lambda: ["taker_buy_base", "trades"])   # optional kline columns
-                                                    # whose features the run uses: the feature list follows from this
-    bad_bars: str = flat("bad_bars", "exclude")     # implausible bars (bad prints): "flag" (count only), "exclude" the
-                                                    # rows they touch, or "refuse" the data
-    max_gap_hours: int = flat("max_gap_hours", 24)  # rows whose lookback or label spans a longer gap are excluded, counted
+    synthetic_edge: float = flat("synthetic_edge", 1.0)   # the synthetic market's planted edge (0: none)
+    synthetic_regime_change: str | None = flat("synthetic_regime_change", None)  # date the signal reverses
+                                                    # (the synthetic market's regime change); None: never
+    feature_inputs: list[str] = flat("feature_inputs",  # optional kline columns whose features the run uses
+                                     lambda: ["taker_buy_base", "trades"])   # (it sets the feature list)
+    bad_bars: str = flat("bad_bars", "exclude")     # implausible bars (bad prints): "flag" (count only),
+                                                    # "exclude" the rows they touch, or "refuse" the data
+    max_gap_hours: int = flat("max_gap_hours", 24)  # longest gap in a row's lookback or label
+                                                    # (rows spanning a longer one are excluded, counted)
 
 # %% ../../nbs/core/00_config.ipynb #04d2f206
 @dataclass
@@ -88,36 +94,38 @@ class ValidationSection:
     "Labels, walk-forward folds, the held-out test period and confidence intervals."
     horizons: list[int] = flat("horizons", lambda: [1, 4, 12, 24])
     label_horizon: int = flat("label_horizon", 1)          # horizon (bars) of the main direction models
-    test_fraction: float = flat("test_fraction", 0.10)     # last share of bars held out as the final test period
+    test_fraction: float = flat("test_fraction", 0.10)     # last share of bars, held out as the test period
     n_folds: int = flat("n_folds", 6)                      # walk-forward validation folds
     train_bars: int = flat("train_bars", 24 * 45)          # training window per fold
     expanding: bool = flat("expanding", False)             # expanding instead of rolling training window
-    purge_bars: int = flat("purge_bars", 24)               # bars dropped between training and validation (>= longest horizon)
+    purge_bars: int = flat("purge_bars", 24)               # train/validation gap in bars (>= longest horizon)
     embargo_bars: int = flat("embargo_bars", 0)            # extra distance after the purge
-    inner_valid_fraction: float = flat("inner_valid_fraction", 0.15)   # tail of each training window for early stopping
-    bootstrap_samples: int = flat("bootstrap_samples", 300)   # block-bootstrap resamples for confidence intervals
+    inner_valid_fraction: float = flat("inner_valid_fraction", 0.15)  # tail of training for early stopping
+    bootstrap_samples: int = flat("bootstrap_samples", 300)   # block-bootstrap resamples for the intervals
     bootstrap_block: int = flat("bootstrap_block", 24)        # block length (bars) of the bootstrap
-    serve_window: str = flat("serve_window", "newest")      # the shipped models' window, as long as a fold's: "newest"
+    serve_window: str = flat("serve_window", "newest")      # the shipped models' window, a fold long:
+                                                            # "newest" ends at the newest labelled bar;
+                                                            # "validated" ships the fold scored on the
+                                                            # held-out test period (it ends before it)
 
 # %% ../../nbs/core/00_config.ipynb #7bb0013a
-                                                           # ends at the newest labelled bar; "validated" ships the
-                                                           # fold scored on the held-out test period (ends before it)
-
-
 @dataclass
 class GbmSection:
     "LightGBM and XGBoost."
-    rounds: int = flat("gbm_rounds", 300)                  # boosting rounds (upper bound; early stopping decides)
+    rounds: int = flat("gbm_rounds", 300)                  # boosting rounds (at most; early stopping decides)
     learning_rate: float = flat("gbm_learning_rate", 0.05)
     num_leaves: int = flat("gbm_num_leaves", 15)
     min_data_in_leaf: int = flat("gbm_min_data_in_leaf", 100)
     early_stopping_rounds: int = flat("early_stopping_rounds", 30)
-    max_bin: int = flat("gbm_max_bin", 63)                 # histogram bins per feature (63: 40% faster per round than 255, same AUC)
-    rebin_folds: int = flat("gbm_rebin_folds", 10)         # folds sharing one binning (edges from the first fold's training rows)
-    rounds_rule: str = flat("gbm_rounds_rule", "tail")     # how LightGBM's tree count is chosen: one of ROUNDS_RULES
-    rounds_window: int = flat("gbm_rounds_window", 30)     # folds whose tail-stopped tree counts set one fold's
-    seeds: int = flat("gbm_seeds", 1)                      # boosters averaged per fit (LightGBM; raw scores), seeds seed..seed+n-1
-    feature_fraction: float = flat("gbm_feature_fraction", 1.0)   # share of features each tree sees (LightGBM)
+    max_bin: int = flat("gbm_max_bin", 63)                 # histogram bins per feature
+                                                           # (63: 40% faster per round than 255, same AUC)
+    rebin_folds: int = flat("gbm_rebin_folds", 10)         # folds sharing one binning
+                                                           # (its edges: the first fold's training rows)
+    rounds_rule: str = flat("gbm_rounds_rule", "tail")     # how LightGBM's tree count is set: ROUNDS_RULES
+    rounds_window: int = flat("gbm_rounds_window", 30)     # folds whose stopped tree counts set one fold's
+    seeds: int = flat("gbm_seeds", 1)                      # boosters averaged per fit (LightGBM, raw scores)
+                                                           # with seeds seed..seed+n-1
+    feature_fraction: float = flat("gbm_feature_fraction", 1.0)   # share of features per tree (LightGBM)
     bagging_fraction: float = flat("gbm_bagging_fraction", 1.0)   # share of rows each tree sees (LightGBM)
     lambda_l2: float = flat("gbm_lambda_l2", 0.0)         # L2 penalty on leaf values (LightGBM)
 
@@ -132,41 +140,48 @@ class NnSection:
     hidden: int = flat("nn_hidden", 16)                    # hidden width of LSTM / TFT
     batch_size: int = flat("nn_batch_size", 256)
     learning_rate: float = flat("nn_learning_rate", 1e-3)
-    max_features: int = flat("nn_max_features", 32)        # features fed to the networks (first of the base list)
-    patience: int = flat("nn_patience", 3)                 # epochs without improvement on the inner split before stopping
-    control_epochs: int | None = flat("nn_control_epochs", None)   # epochs of the shuffled-label control (None: as training)
+    max_features: int = flat("nn_max_features", 32)        # inputs of the networks (first of the base list)
+    patience: int = flat("nn_patience", 3)                 # epochs without improvement before stopping
+                                                           # (on the inner split)
+    control_epochs: int | None = flat("nn_control_epochs", None)  # shuffled-label control's epochs
+                                                           # (None: as many as training)
 
 # %% ../../nbs/core/00_config.ipynb #3fc20d3c
 @dataclass
 class StackingSection:
     "The stacking stage (stage 2): its inputs, its walk-forward and its deployment gates."
-    # None: every model of DEFAULT_STACKING_INPUTS whose stage the run plans (resolved when the run starts, saved with it)
+    # None: every model of DEFAULT_STACKING_INPUTS whose stage the run plans
+    # (resolved when the run starts, saved with it)
     base_models: list[str] | None = flat("stacking_base_models", None)
-    meta_blocks: int = flat("stacking_meta_blocks", 10)    # blocks of the OOF timeline; the first is never scored
+    meta_blocks: int = flat("stacking_meta_blocks", 10)    # OOF timeline blocks; the first is not scored
     # deployment gates; None switches one off
-    oof_auc_ci_above: float | None = flat("stacking_oof_auc_ci_above", 0.5)   # the OOF AUC interval must lie above this
-    gain_ci_above: float | None = flat("stacking_gain_ci_above", 0.0)   # ... and that of the gain over the best single feature
-    min_oof_auc: float | None = flat("stacking_oof_auc", None)   # an absolute OOF AUC (the reference system's 0.58); off
-    min_oof: dict[str, int] = flat("stacking_min_oof", lambda: {"1h": 20_000})          # OOF bars needed to deploy
-    min_oof_attempt: dict[str, int] = flat("stacking_min_oof_attempt", lambda: {"4h": 8_000})   # below: skipped
+    oof_auc_ci_above: float | None = flat("stacking_oof_auc_ci_above", 0.5)  # OOF AUC interval above this
+    gain_ci_above: float | None = flat("stacking_gain_ci_above", 0.0)  # likewise: gain over the best feature
+    min_oof_auc: float | None = flat("stacking_oof_auc", None)  # an absolute OOF AUC (reference: 0.58); off
+    min_oof: dict[str, int] = flat("stacking_min_oof", lambda: {"1h": 20_000})  # OOF bars needed to deploy
+    min_oof_attempt: dict[str, int] = flat("stacking_min_oof_attempt",  # below: skipped
+                                           lambda: {"4h": 8_000})
 
 # %% ../../nbs/core/00_config.ipynb #bfee2033
 @dataclass
 class BacktestSection:
-    "The economic evaluation (stage 2.1): trading costs, the cost grid, and the confidence band's walk-forward choice."
-    cost_bp: float = flat("backtest_cost_bp", 10.0)        # taker fee + slippage per side, basis points of the traded value
-    cost_grid_bp: list[float] = flat("backtest_cost_grid_bp", lambda: [float(c) for c in range(21)])   # 0..20 bp
-    band_fractions: list[float] = flat("backtest_band_fractions", lambda: [1.0, 0.5, 0.25, 0.1, 0.05])  # shares of bars traded
-    blocks: int = flat("backtest_blocks", 10)              # blocks of the OOF timeline; the first only trains the band
+    "The economic evaluation (stage 2.1): trading costs, the cost grid, the confidence band's choice."
+    cost_bp: float = flat("backtest_cost_bp", 10.0)        # taker fee + slippage per side, bp of value traded
+    cost_grid_bp: list[float] = flat("backtest_cost_grid_bp", lambda: [float(c) for c in range(21)])  # 0..20
+    band_fractions: list[float] = flat("backtest_band_fractions",   # shares of bars traded
+                                       lambda: [1.0, 0.5, 0.25, 0.1, 0.05])
+    blocks: int = flat("backtest_blocks", 10)              # OOF blocks; the first only trains the band
 
 # %% ../../nbs/core/00_config.ipynb #953ec3d2
 @dataclass
 class RetrainSection:
     "`macd-nb retrain`: how a challenger is judged against the champion on the bars the champion never saw."
-    policy: str = flat("retrain_policy", "gated")          # "gated": promote a challenger that passes its gates and is
-                                                           # not worse; "always": promote whenever it passes its gates
-    margin: float = flat("retrain_margin", 0.005)          # "not worse": the AUC gain's lower bound above -margin
-    min_bars: int = flat("retrain_min_bars", 500)          # fewer compared bars: no evidence either way, keep the champion
+    policy: str = flat("retrain_policy", "gated")          # "gated": promote a challenger that passes
+                                                           # its gates and is not worse; "always":
+                                                           # promote whenever it passes its gates
+    margin: float = flat("retrain_margin", 0.005)          # "not worse": AUC gain's lower bound > -margin
+    min_bars: int = flat("retrain_min_bars", 500)          # fewer bars compared: keep the champion
+                                                           # (no evidence either way)
 
 
 SECTIONS = {"data": DataSection, "validation": ValidationSection, "gbm": GbmSection, "nn": NnSection,
@@ -175,14 +190,14 @@ SECTIONS = {"data": DataSection, "validation": ValidationSection, "gbm": GbmSect
 # %% ../../nbs/core/00_config.ipynb #97417e66
 @dataclass
 class RunConfig:
-    "Everything a run needs, resolved once and saved with the run: run-wide settings, then one section per concern."
+    "Everything a run needs, resolved once and saved with it: run-wide settings, then a section per concern."
     profile: str = "smoke"                     # name of the profile these values started from
     device: str = "auto"                       # "auto" picks CUDA when present
     seed: int = 0
     n_jobs: int = 2                            # parallel worker processes for fold-level work
     threads_per_job: int = 1                   # threads inside each worker
     executor: str = "local"                    # "local" (joblib processes) or "dask://HOST:PORT"
-    gates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GATES))   # each model's own validation gate
+    gates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GATES))   # each model's AUC gate
     data: DataSection = field(default_factory=DataSection)
     validation: ValidationSection = field(default_factory=ValidationSection)
     gbm: GbmSection = field(default_factory=GbmSection)
@@ -194,13 +209,17 @@ class RunConfig:
     @classmethod
     def from_flat(cls, values: dict[str, Any], *, source: str = "settings",
                   origins: dict[str, str] | None = None) -> "RunConfig":
-        "A validated configuration from flat names (`n_folds`, ...); `origins[key]`, else `source`, says where each came from."
+        """A validated configuration from flat names (`n_folds`, ...); `origins[key]`, else `source`,
+        says where each came from."""
         where = lambda key: (origins or {}).get(key, source)
         unknown = sorted(set(values) - set(flat_names()), key=str)
-        if unknown: raise ValueError(f"{source}: unknown setting(s) " + "; ".join(_suggest(name) for name in unknown))
-        values = normalised({key: checked_value(key, value, where(key)) for key, value in values.items()}, where)
+        if unknown: raise ValueError(f"{source}: unknown setting(s) "
+                                     + "; ".join(_suggest(name) for name in unknown))
+        values = normalised({key: checked_value(key, value, where(key)) for key, value in values.items()},
+                            where)
         top = {k: v for k, v in values.items() if k in _TOP_FIELDS}
-        sections = {section: kind(**{name: values[key] for key, (s, name) in _FLAT.items() if s == section and key in values})
+        sections = {section: kind(**{name: values[key] for key, (s, name) in _FLAT.items()
+                                     if s == section and key in values})
                     for section, kind in SECTIONS.items()}
         return cls(**top, **sections).validate(source=source, origins=origins)
 
@@ -214,38 +233,44 @@ class RunConfig:
         return RunConfig.from_flat(self.to_flat() | changes)
 
     def for_timeframe(self, timeframe: str) -> "RunConfig":
-        "This configuration with window sizes in bars of `timeframe` (same span of time; purge stays >= the horizons)."
+        "This configuration in bars of `timeframe` (same span of time; purge stays >= the horizons)."
         bars_per_base = int(TIMEFRAME_HOURS[timeframe] // TIMEFRAME_HOURS[self.data.timeframes[0]]) or 1
-        validation = dataclasses.replace(self.validation, train_bars=max(1, self.validation.train_bars // bars_per_base),
-                                         bootstrap_block=max(1, self.validation.bootstrap_block // bars_per_base))
+        validation = dataclasses.replace(
+            self.validation, train_bars=max(1, self.validation.train_bars // bars_per_base),
+            bootstrap_block=max(1, self.validation.bootstrap_block // bars_per_base))
         return dataclasses.replace(self, validation=validation)
 
     def validate(self, *, source: str = "settings", origins: dict[str, str] | None = None) -> "RunConfig":
-        "Return self, or raise one ValueError naming every value that would fail inside a stage or quietly mean something else."
+        """Return self, or raise one ValueError naming every value that would fail inside a stage
+        or quietly mean something else."""
         problems = setting_problems(self)
         if problems: raise ValueError(problem_message(problems, source, origins))
         return self
 
 # %% ../../nbs/core/00_config.ipynb #3cc15ca6
 _TOP_FIELDS = [f.name for f in dataclasses.fields(RunConfig) if f.name not in SECTIONS]
-_FLAT = {f.metadata["flat"]: (section, f.name) for section, kind in SECTIONS.items() for f in dataclasses.fields(kind)}
+_FLAT = {f.metadata["flat"]: (section, f.name)
+         for section, kind in SECTIONS.items() for f in dataclasses.fields(kind)}
 _TYPES = {name: typing.get_type_hints(RunConfig)[name] for name in _TOP_FIELDS} | {
     key: typing.get_type_hints(SECTIONS[section])[name] for key, (section, name) in _FLAT.items()}
 _ADAPTERS: dict = {}
 
 
 def checked_value(key: str, value: Any, source: str = "settings") -> Any:
-    "`value` validated strictly (pydantic) against the declared type of setting `key`; an error names the key, the source and the type."
+    """`value` validated strictly (pydantic) against the declared type of setting `key`;
+    an error names the key, the source and the type."""
     from pydantic import TypeAdapter, ValidationError
     if key not in _ADAPTERS: _ADAPTERS[key] = TypeAdapter(_TYPES[key])
     if isinstance(value, tuple): value = list(value)
-    if hasattr(value, "item") and not isinstance(value, (list, dict, str)): value = value.item()   # numpy scalars
+    # numpy scalars as Python ones
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)): value = value.item()
     try:
         return _ADAPTERS[key].validate_python(value, strict=True)
     except ValidationError as error:
         expected = getattr(_TYPES[key], "__name__", None) or str(_TYPES[key])
         hint = f"; write the date as text: {key}: '{value}'" if isinstance(value, datetime.date) else ""
-        raise ValueError(f"{source}: {key}={value!r} is not a valid {expected} ({error.errors()[0]['msg']}){hint}") from None
+        raise ValueError(f"{source}: {key}={value!r} is not a valid {expected} "
+                         f"({error.errors()[0]['msg']}){hint}") from None
 
 # %% ../../nbs/core/00_config.ipynb #5a87229d
 def flat_names() -> list[str]:
@@ -254,35 +279,40 @@ def flat_names() -> list[str]:
 
 # %% ../../nbs/core/00_config.ipynb #72ea6a8c
 def setting_group(key: str) -> str:
-    "The part of the configuration setting `key` belongs to: its section ('stacking', ...), 'gates', or 'run' (run-wide)."
+    "The group of setting `key`: its section ('stacking', ...), 'gates', or 'run' (run-wide)."
     if key in _FLAT: return _FLAT[key][0]
     return "gates" if key == "gates" else "run"
 
 # %% ../../nbs/core/00_config.ipynb #4902c75d
-SPELLINGS = {"lightgbm": "lgb", "xgboost": "xgb", "cross_asset": "lgb_cross"}   # what people write for a model's tag
+# what people write for a model's tag
+SPELLINGS = {"lightgbm": "lgb", "xgboost": "xgb", "cross_asset": "lgb_cross"}
 
 
 def _suggest(name, known: list[str] | tuple[str, ...] | None = None) -> str:
     "`name`, with the closest of the `known` names (default: the settings) when there is one."
     known = known or flat_names()
-    meant = SPELLINGS.get(str(name).lower())   # 'xgboost' spells xgb, though 'catboost' is closer letter by letter
+    # 'xgboost' spells xgb, though 'catboost' is closer letter by letter
+    meant = SPELLINGS.get(str(name).lower())
     close = [meant] if meant in known else difflib.get_close_matches(str(name), known, n=1)
     return f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 # %% ../../nbs/core/00_config.ipynb #303cb486
-Problem = tuple[tuple[str, ...], str]   # the settings it is about (the first one given says where it is reported), the text
+# the settings it is about (the first one given says where it is reported), the text
+Problem = tuple[tuple[str, ...], str]
 
 _AT_LEAST = {   # whole-number settings and the smallest value that means something
-    "seed": 0, "n_jobs": 1, "threads_per_job": 1, "n_bars": 1, "max_gap_hours": 1, "n_folds": 1, "train_bars": 1,
-    "embargo_bars": 0, "bootstrap_block": 1, "bootstrap_samples": MIN_BOOTSTRAP_SAMPLES, "gbm_rounds": 1,
-    "gbm_num_leaves": 2, "gbm_min_data_in_leaf": 1, "early_stopping_rounds": 1, "gbm_max_bin": 2, "gbm_rebin_folds": 1,
-    "nn_refits": 1, "nn_epochs": 1, "tft_epochs": 1, "nn_sequence_length": 1, "nn_hidden": 1, "nn_batch_size": 1,
-    "nn_max_features": 1, "nn_patience": 1, "nn_control_epochs": 1, "stacking_meta_blocks": 2, "backtest_blocks": 2,
+    "seed": 0, "n_jobs": 1, "threads_per_job": 1, "n_bars": 1, "max_gap_hours": 1, "n_folds": 1,
+    "train_bars": 1, "embargo_bars": 0, "bootstrap_block": 1, "bootstrap_samples": MIN_BOOTSTRAP_SAMPLES,
+    "gbm_rounds": 1, "gbm_num_leaves": 2, "gbm_min_data_in_leaf": 1, "early_stopping_rounds": 1,
+    "gbm_max_bin": 2, "gbm_rebin_folds": 1, "nn_refits": 1, "nn_epochs": 1, "tft_epochs": 1,
+    "nn_sequence_length": 1, "nn_hidden": 1, "nn_batch_size": 1, "nn_max_features": 1, "nn_patience": 1,
+    "nn_control_epochs": 1, "stacking_meta_blocks": 2, "backtest_blocks": 2,
     "retrain_min_bars": 1, "gbm_rounds_window": 1, "gbm_seeds": 1,
 }
 _WHY = {"bootstrap_samples": "a 95% interval reads its ends off the 2.5th and 97.5th percentiles",
         "gbm_num_leaves": "a tree needs two leaves", "gbm_max_bin": "a split needs two bins",
-        "nn_control_epochs": "or null: as many as training", "stacking_meta_blocks": "the first block is never scored",
+        "nn_control_epochs": "or null: as many as training",
+        "stacking_meta_blocks": "the first block is never scored",
         "backtest_blocks": "the first block only trains the band"}
 
 
@@ -292,12 +322,14 @@ def _twice(values: list) -> list:
 
 # %% ../../nbs/core/00_config.ipynb #773d9535
 def _date(key: str, value: str) -> pd.Timestamp:
-    "Setting `key` as a UTC timestamp; a ValueError naming the key and the format when it is not a calendar date."
+    "Setting `key` as a UTC timestamp; a ValueError naming the key and the format if it is not a date."
     try:
-        if not re.match(r"\s*\d{4}", value): raise ValueError("no year first")   # pandas reads 'now' and 'today' too
+        # pandas reads 'now' and 'today' too
+        if not re.match(r"\s*\d{4}", value): raise ValueError("no year first")
         stamp = pd.Timestamp(value)
     except (ValueError, TypeError, OverflowError) as error:
-        raise ValueError(f"{key}={value!r} is not a date ({error}): write YYYY-MM-DD or 'YYYY-MM-DD HH:MM' (UTC)") from None
+        raise ValueError(f"{key}={value!r} is not a date ({error}): "
+                         "write YYYY-MM-DD or 'YYYY-MM-DD HH:MM' (UTC)") from None
     return utc(stamp)
 
 # %% ../../nbs/core/00_config.ipynb #ec8dba7c
@@ -307,8 +339,10 @@ def utc(value) -> pd.Timestamp:
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 # %% ../../nbs/core/00_config.ipynb #44769004
-def date_range(start: str | None = None, end: str | None = None) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
-    "The earliest open time kept and the bound past the last one (exclusive); a date-only `end` keeps its whole day."
+def date_range(start: str | None = None,
+               end: str | None = None) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    """The earliest open time kept and the bound past the last one (exclusive);
+    a date-only `end` keeps its whole day."""
     past = None
     if end is not None:
         whole_day = re.fullmatch(r"\d{4}-\d{2}-\d{2}", end.strip()) is not None
@@ -325,7 +359,7 @@ class _Checks:
         if not ok: self.problems.append((tuple(keys.split()), text))
 
     def names(self, key: str, given: list, known, hint: str = "") -> None:
-        "Setting `key` lists only `known` names, each once; an unknown one gets the nearest known name suggested."
+        "Setting `key` lists only `known` names, each once; an unknown one gets the nearest one suggested."
         unknown = [name for name in given if name not in known]
         suggested = ", ".join(_suggest(name, list(known)) for name in unknown)
         self.need(not unknown, key, f"{key}: unknown {suggested}; choose from {list(known)}{hint}")
@@ -341,36 +375,48 @@ def _run_wide_problems(config: "RunConfig", values: dict, check: _Checks) -> Non
     for key, minimum in _AT_LEAST.items():   # None: only nn_control_epochs may be null
         need(values[key] is None or values[key] >= minimum, key,
              f"{key}={values[key]} must be >= {minimum}" + (f" ({_WHY[key]})" if key in _WHY else ""))
-    need(config.seed < 2 ** 31, "seed", f"seed={config.seed} must be < 2**31 (LightGBM and XGBoost take a 32-bit seed)")
+    need(config.seed < 2 ** 31, "seed",
+         f"seed={config.seed} must be < 2**31 (LightGBM and XGBoost take a 32-bit seed)")
     names("gates", list(config.gates), DEFAULT_GATES)
-    need(all(0 <= g <= 1 for g in config.gates.values()), "gates", f"gates={config.gates}: each gate is an AUC in [0, 1]")
+    need(all(0 <= g <= 1 for g in config.gates.values()), "gates",
+         f"gates={config.gates}: each gate is an AUC in [0, 1]")
 
 # %% ../../nbs/core/00_config.ipynb #ce54e9b1
 def _market_problems(config: "RunConfig", values: dict, check: _Checks) -> None:
-    "Which market and which bars: source, symbols, target, timeframes, inputs, the synthetic market, dates, windows."
+    "Which market, which bars: source, symbols, target, timeframes, inputs, synthetic market, dates, windows."
     d, v = config.data, config.validation
     need, names = check.need, check.names
-    need(d.source.strip() != "", "data_source", "data_source='' names no data: use 'synthetic' or a folder of kline files")
-    need(len(d.symbols) > 0, "symbols", "symbols=[] names no market: list at least the target, e.g. ['BTCUSDT']")
+    need(d.source.strip() != "", "data_source",
+         "data_source='' names no data: use 'synthetic' or a folder of kline files")
+    need(len(d.symbols) > 0, "symbols",
+         "symbols=[] names no market: list at least the target, e.g. ['BTCUSDT']")
     odd = [symbol for symbol in d.symbols if not re.fullmatch(r"[A-Z0-9]+", symbol)]
-    need(not odd, "symbols", f"symbols={d.symbols}: {odd} is not a Binance symbol (letters and digits, e.g. BTCUSDT)"
-         + (f"; two commas in a row give an empty name: --symbols {','.join(filter(None, d.symbols))}" if "" in odd else ""))
-    need(not _twice(d.symbols), "symbols", f"symbols={d.symbols} lists {_twice(d.symbols)} twice: list each once")
+    need(not odd, "symbols",
+         f"symbols={d.symbols}: {odd} is not a Binance symbol (letters and digits, e.g. BTCUSDT)"
+         + (f"; two commas in a row give an empty name: --symbols {','.join(filter(None, d.symbols))}"
+            if "" in odd else ""))
+    need(not _twice(d.symbols), "symbols",
+         f"symbols={d.symbols} lists {_twice(d.symbols)} twice: list each once")
     need(d.target in d.symbols, "target symbols", f"target={d.target!r} is not in symbols={d.symbols}")
     unknown = [tf for tf in d.timeframes if tf not in TIMEFRAMES]
     need(not unknown, "timeframes", f"timeframes {unknown} not in {TIMEFRAMES}")
-    need(len(d.timeframes) > 0, "timeframes", f"timeframes=[] gives nothing to train: choose from {TIMEFRAMES}")
-    need(not _twice(d.timeframes), "timeframes", f"timeframes={d.timeframes} lists {_twice(d.timeframes)} twice")
+    need(len(d.timeframes) > 0, "timeframes",
+         f"timeframes=[] gives nothing to train: choose from {TIMEFRAMES}")
+    need(not _twice(d.timeframes), "timeframes",
+         f"timeframes={d.timeframes} lists {_twice(d.timeframes)} twice")
     names("feature_inputs", d.feature_inputs, FEATURE_INPUTS, " (or [] for none)")
-    need(0 <= d.synthetic_edge < float("inf"), "synthetic_edge", f"synthetic_edge={d.synthetic_edge} must be >= 0 (0: none)")
+    need(0 <= d.synthetic_edge < float("inf"), "synthetic_edge",
+         f"synthetic_edge={d.synthetic_edge} must be >= 0 (0: none)")
     if d.synthetic_regime_change is not None:
         try: _date("synthetic_regime_change", d.synthetic_regime_change)
         except ValueError as error: need(False, "synthetic_regime_change", str(error))
     need(d.bad_bars in BAD_BAR_POLICIES, "bad_bars", f"bad_bars={d.bad_bars!r} not in {BAD_BAR_POLICIES}")
-    need(v.serve_window in SERVE_WINDOWS, "serve_window", f"serve_window={v.serve_window!r} not in {SERVE_WINDOWS}")
+    need(v.serve_window in SERVE_WINDOWS, "serve_window",
+         f"serve_window={v.serve_window!r} not in {SERVE_WINDOWS}")
     need(config.retrain.policy in RETRAIN_POLICIES, "retrain_policy",
          f"retrain_policy={config.retrain.policy!r} not in {RETRAIN_POLICIES}")
-    need(0 <= config.retrain.margin < 0.5, "retrain_margin", f"retrain_margin={config.retrain.margin} must be in [0, 0.5) (an AUC difference)")
+    need(0 <= config.retrain.margin < 0.5, "retrain_margin",
+         f"retrain_margin={config.retrain.margin} must be in [0, 0.5) (an AUC difference)")
     bounds = {}
     for key in ("start", "end"):
         try: bounds[key] = date_range(**{key: values[key]})
@@ -378,16 +424,20 @@ def _market_problems(config: "RunConfig", values: dict, check: _Checks) -> None:
     if len(bounds) == 2 and d.start is not None and d.end is not None:
         first, past = date_range(d.start, d.end)
         need(first < past, "start end",
-             f"start={d.start!r} is after end={d.end!r}: the range holds no bars; swap them or correct the typo")
+             f"start={d.start!r} is after end={d.end!r}: the range holds no bars; "
+             "swap them or correct the typo")
 
 # %% ../../nbs/core/00_config.ipynb #d6c4e178
 def _label_problems(config: "RunConfig", values: dict, check: _Checks) -> None:
     "Labels, folds and the test period: horizons, purge, the held-out and inner validation fractions."
     v = config.validation
     need = check.need
-    need(len(v.horizons) > 0, "horizons", "horizons=[] must list at least one label horizon in bars, e.g. [1, 4, 12, 24]")
-    need(all(h >= 1 for h in v.horizons), "horizons", f"horizons={v.horizons}: a label horizon is a number of bars >= 1")
-    need(not _twice(v.horizons), "horizons", f"horizons={v.horizons} lists {_twice(v.horizons)} twice: list each once")
+    need(len(v.horizons) > 0, "horizons",
+         "horizons=[] must list at least one label horizon in bars, e.g. [1, 4, 12, 24]")
+    need(all(h >= 1 for h in v.horizons), "horizons",
+         f"horizons={v.horizons}: a label horizon is a number of bars >= 1")
+    need(not _twice(v.horizons), "horizons",
+         f"horizons={v.horizons} lists {_twice(v.horizons)} twice: list each once")
     if v.horizons:
         need(v.purge_bars >= max(v.horizons), "purge_bars horizons",
              f"purge_bars={v.purge_bars} must be >= the longest label horizon {max(v.horizons)}")
@@ -405,18 +455,23 @@ def _model_problems(config: "RunConfig", values: dict, check: _Checks) -> None:
     for key in ("gbm_learning_rate", "nn_learning_rate"):
         need(0 < values[key] <= 1, key, f"{key}={values[key]} must be in (0, 1], e.g. 0.05")
     g = config.gbm
-    need(g.rounds_rule in ROUNDS_RULES, "gbm_rounds_rule", f"gbm_rounds_rule={g.rounds_rule!r} not in {ROUNDS_RULES}")
+    need(g.rounds_rule in ROUNDS_RULES, "gbm_rounds_rule",
+         f"gbm_rounds_rule={g.rounds_rule!r} not in {ROUNDS_RULES}")
     for key in ("gbm_feature_fraction", "gbm_bagging_fraction"):
         need(0 < values[key] <= 1, key, f"{key}={values[key]} must be in (0, 1], e.g. 0.8 (1: every one)")
     need(g.lambda_l2 >= 0, "gbm_lambda_l2", f"gbm_lambda_l2={g.lambda_l2} must be >= 0 (0: no penalty)")
     need(g.seeds == 1 or g.feature_fraction < 1 or g.bagging_fraction < 1, "gbm_seeds gbm_bagging_fraction",
-         f"gbm_seeds={g.seeds} would average identical boosters: set gbm_bagging_fraction or gbm_feature_fraction below 1")
-    need(s.base_models is None or len(s.base_models) > 0, "stacking_base_models", "stacking_base_models=[] stacks nothing; "
+         f"gbm_seeds={g.seeds} would average identical boosters: "
+         "set gbm_bagging_fraction or gbm_feature_fraction below 1")
+    need(s.base_models is None or len(s.base_models) > 0, "stacking_base_models",
+         "stacking_base_models=[] stacks nothing; "
          f"choose from {list(BASE_MODELS)}, or null for every base model the run trains")
     names("stacking_base_models", s.base_models or [], BASE_MODELS)
-    for key, value, low in (("stacking_oof_auc", s.min_oof_auc, 0), ("stacking_oof_auc_ci_above", s.oof_auc_ci_above, 0),
+    for key, value, low in (("stacking_oof_auc", s.min_oof_auc, 0),
+                            ("stacking_oof_auc_ci_above", s.oof_auc_ci_above, 0),
                             ("stacking_gain_ci_above", s.gain_ci_above, -1)):
-        need(value is None or low <= value <= 1, key, f"{key}={value} must be in [{low}, 1], or null to switch the gate off")
+        need(value is None or low <= value <= 1, key,
+             f"{key}={value} must be in [{low}, 1], or null to switch the gate off")
     for key, minimums in (("stacking_min_oof", s.min_oof), ("stacking_min_oof_attempt", s.min_oof_attempt)):
         names(key, list(minimums), TIMEFRAMES)
         need(all(n >= 0 for n in minimums.values()), key, f"{key}={minimums}: a number of OOF bars is >= 0")
@@ -428,14 +483,16 @@ def _model_problems(config: "RunConfig", values: dict, check: _Checks) -> None:
 
 # %% ../../nbs/core/00_config.ipynb #c1e0ef76
 def setting_problems(config: "RunConfig") -> list[Problem]:
-    "Every value of `config` that would fail deep inside a stage or quietly mean something else, and what to do."
+    "Every value of `config` that would fail inside a stage or quietly mean something else, and what to do."
     check, values = _Checks(), config.to_flat()
-    for section in (_run_wide_problems, _market_problems, _label_problems, _model_problems): section(config, values, check)
+    for section in (_run_wide_problems, _market_problems, _label_problems, _model_problems):
+        section(config, values, check)
     return check.problems
 
 # %% ../../nbs/core/00_config.ipynb #256fa7ae
-def problem_message(problems: list[Problem], source: str = "settings", origins: dict[str, str] | None = None) -> str:
-    "One line: the problems grouped by where their settings came from (`bad.yaml: horizons=[] ...; n_folds=...`)."
+def problem_message(problems: list[Problem], source: str = "settings",
+                    origins: dict[str, str] | None = None) -> str:
+    "One line: the problems grouped by where their settings came from (`bad.yaml: horizons=[] ...; ...`)."
     grouped: dict[str, list[str]] = {}
     for keys, text in problems:
         where = next((origins[key] for key in keys if key in (origins or {})), source)
@@ -444,63 +501,73 @@ def problem_message(problems: list[Problem], source: str = "settings", origins: 
 
 # %% ../../nbs/core/00_config.ipynb #b80c8b2a
 _NORMAL_FORM = {   # settings read in one normal form, and why
-    "symbols": (lambda symbols: [symbol.strip().upper() for symbol in symbols], "Binance writes symbols in upper case"),
+    "symbols": (lambda symbols: [symbol.strip().upper() for symbol in symbols],
+                "Binance writes symbols in upper case"),
     "target": (lambda symbol: symbol.strip().upper(), "Binance writes symbols in upper case"),
-    "timeframes": (lambda tfs: sorted(tfs, key=TIMEFRAME_HOURS.get) if set(tfs) <= set(TIMEFRAMES) and not _twice(tfs) else tfs,
+    "timeframes": (lambda tfs: sorted(tfs, key=TIMEFRAME_HOURS.get)
+                   if set(tfs) <= set(TIMEFRAMES) and not _twice(tfs) else tfs,
                    "finest first: train_bars and bootstrap_block count bars of the first timeframe"),
 }
 
 
 def normalised(values: dict[str, Any], where=lambda key: "settings") -> dict[str, Any]:
-    "`values` with symbols in upper case and timeframes finest first; each change is said on stderr (the run records it)."
+    """`values` with symbols in upper case and timeframes finest first; each change is said on stderr
+    (the run records it)."""
     normal = dict(values)
     for key, (normal_form, why) in _NORMAL_FORM.items():
         if key not in values: continue
         normal[key] = normal_form(values[key])
         if normal[key] != values[key]:
-            print(f"note: {where(key)}: {key}={values[key]!r} read as {normal[key]!r} ({why})", file=sys.stderr)
+            print(f"note: {where(key)}: {key}={values[key]!r} read as {normal[key]!r} ({why})",
+                  file=sys.stderr)
     return normal
 
 # %% ../../nbs/core/00_config.ipynb #4eae3d50
 def default_data_dir() -> Path:
-    "Where the `full` profile reads kline files: `$MACD_NB_DATA`, else `<user data dir>/macd_nb/binance_spot_1h`."
+    "Where the `full` profile reads klines: `$MACD_NB_DATA`, else `<user data dir>/macd_nb/binance_spot_1h`."
     if os.environ.get("MACD_NB_DATA"): return Path(os.environ["MACD_NB_DATA"]).expanduser()
     base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return base / "macd_nb" / "binance_spot_1h"
 
 
-# The boosting recipe adopted for real data (issue 24): on BTCUSDT 1h over the full profile's 357 folds, its paired OOF
-# AUC gain over one tail-stopped booster was +0.0040 [+0.0009, +0.0071] (test AUC 0.537 against 0.528), and a fold's
-# tree count moved by 1 from the fold before instead of 8 (benchmarks/bench_recipe.py, `all_three`)
-STABLE_BOOSTING = dict(gbm_rounds_rule="earlier_folds", gbm_min_data_in_leaf=400, gbm_lambda_l2=10.0, gbm_seeds=5,
-                       gbm_bagging_fraction=0.7, gbm_feature_fraction=0.5)
+# The boosting recipe adopted for real data (issue 24): on BTCUSDT 1h over the full profile's 357 folds,
+# its paired OOF AUC gain over one tail-stopped booster was +0.0040 [+0.0009, +0.0071] (test AUC 0.537
+# against 0.528), and a fold's tree count moved by 1 from the fold before instead of 8
+# (benchmarks/bench_recipe.py, `all_three`)
+STABLE_BOOSTING = dict(gbm_rounds_rule="earlier_folds", gbm_min_data_in_leaf=400, gbm_lambda_l2=10.0,
+                       gbm_seeds=5, gbm_bagging_fraction=0.7, gbm_feature_fraction=0.5)
 
 
 def _full_profile() -> dict[str, Any]:
-    "The reference protocol on real data; worker layout from this machine's cores (16 cores: 8 x 2; 2 cores: 2 x 1)."
+    "The reference protocol on real data; workers from this machine's cores (16: 8 x 2; 2: 2 x 1)."
     cores = os.cpu_count() or 2
-    return dict(data_source=str(default_data_dir()), symbols=list(SHARED_SYMBOLS), start="2021-01-01", end="2025-12-31",
-                feature_inputs=[],   # trade counts and taker volumes cover only part of 2021-2025 in the reference klines
+    return dict(data_source=str(default_data_dir()), symbols=list(SHARED_SYMBOLS),
+                start="2021-01-01", end="2025-12-31",
+                # trade counts and taker volumes cover only part of 2021-2025 in the reference klines
+                feature_inputs=[],
                 n_folds=357, train_bars=24 * 365, timeframes=["1h", "4h"], bootstrap_samples=1000,
                 n_jobs=cores if cores <= 4 else cores // 2, threads_per_job=1 if cores <= 4 else 2,
-                nn_refits=6, nn_epochs=12, tft_epochs=16, nn_sequence_length=96, nn_hidden=64, nn_batch_size=512,
-                nn_max_features=64, nn_control_epochs=4, **STABLE_BOOSTING)
+                nn_refits=6, nn_epochs=12, tft_epochs=16, nn_sequence_length=96, nn_hidden=64,
+                nn_batch_size=512, nn_max_features=64, nn_control_epochs=4, **STABLE_BOOSTING)
 
 
 PROFILES = {
-    # smoke: plumbing, small and fast; its stacking gates are off so that the deployment path (export, package,
-    # deploy, health) runs end to end on it; every run records the gates it used. Its folds are fitted in the stage's
-    # own process (n_jobs=1): starting a pool of fold workers costs more than a smoke fold. Its networks read 16 bars of
-    # 16 features, as the quick profile's do (over 32 bars of 32 features a smoke TFT took 6.3 s here, not 2.3 s)
-    "smoke": lambda: dict(stacking_oof_auc_ci_above=None, stacking_gain_ci_above=None, stacking_min_oof={}, n_jobs=1,
-                          nn_sequence_length=16, nn_max_features=16),
-    # quick: `make run`, sized for 2 CPU cores. Four years give 22,000 OOF bars, enough for the deployment gates as
-    # they stand (20,000 at 1h, intervals above 0.5 and above the best single feature); one-year windows let the
-    # models find the planted edge, eight folds keep the fits few; small networks over 16 bars of 16 features. Its folds
-    # run in the stage's own process, as smoke's do: on 2 idle cores two fold workers left `make run` as long (116 s) and
-    # cost 13 s more CPU (131 s against 118 s), their start and imports in each stage; predictions are identical
-    "quick": lambda: dict(n_bars=24 * 365 * 4, n_folds=8, train_bars=24 * 365, bootstrap_samples=500, n_jobs=1,
-                          nn_refits=2, nn_epochs=4, tft_epochs=2, nn_sequence_length=16, nn_hidden=16, nn_max_features=16),
+    # smoke: plumbing, small and fast; its stacking gates are off so that the deployment path (export,
+    # package, deploy, health) runs end to end on it; every run records the gates it used. Its folds are
+    # fitted in the stage's own process (n_jobs=1): starting a pool of fold workers costs more than a smoke
+    # fold. Its networks read 16 bars of 16 features, as the quick profile's do (over 32 bars of 32 features a
+    # smoke TFT took 6.3 s here, not 2.3 s)
+    "smoke": lambda: dict(stacking_oof_auc_ci_above=None, stacking_gain_ci_above=None, stacking_min_oof={},
+                          n_jobs=1, nn_sequence_length=16, nn_max_features=16),
+    # quick: `make run`, sized for 2 CPU cores. Four years give 22,000 OOF bars, enough for the deployment
+    # gates as they stand (20,000 at 1h, intervals above 0.5 and above the best single feature); one-year
+    # windows let the models find the planted edge, eight folds keep the fits few; small networks over 16 bars
+    # of 16 features. Its folds run in the stage's own process, as smoke's do: on 2 idle cores two fold
+    # workers left `make run` as long (116 s) and cost 13 s more CPU (131 s against 118 s), their start and
+    # imports in each stage; predictions are identical
+    "quick": lambda: dict(n_bars=24 * 365 * 4, n_folds=8, train_bars=24 * 365, bootstrap_samples=500,
+                          n_jobs=1, nn_refits=2, nn_epochs=4, tft_epochs=2, nn_sequence_length=16,
+                          nn_hidden=16, nn_max_features=16),
     "full": _full_profile,
 }
 
@@ -512,20 +579,23 @@ def profile_config(name: str = "smoke", **changes) -> RunConfig:
 
 # %% ../../nbs/core/00_config.ipynb #a10a5193
 class _SettingsLoader(yaml.SafeLoader):
-    "PyYAML's safe loader, but a key written twice is an error (PyYAML keeps the last one) and a date stays the text written."
+    """PyYAML's safe loader, but a key written twice is an error (PyYAML keeps the last one)
+    and a date stays the text written."""
 
     def construct_mapping(self, node, deep=False):
         lines = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, str) and key in lines:
-                raise yaml.constructor.ConstructorError(None, None, f"{key!r} is set twice, on lines {lines[key]} and "
-                                                        f"{key_node.start_mark.line + 1}: keep one", key_node.start_mark)
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is set twice, on lines {lines[key]} and "
+                    f"{key_node.start_mark.line + 1}: keep one", key_node.start_mark)
             lines[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
 # %% ../../nbs/core/00_config.ipynb #2f6bcdea
-_SettingsLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_scalar)   # start: 2024-01-01
+# a date stays the text written (start: 2024-01-01)
+_SettingsLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_scalar)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
@@ -540,9 +610,11 @@ def _read_mapping(path: Path) -> dict:
     try:
         text = Path(path).read_text(encoding="utf-8")
         is_json = Path(path).suffix == ".json"
-        data = json.loads(text, object_pairs_hook=_unique_keys) if is_json else yaml.load(text, _SettingsLoader)
+        data = (json.loads(text, object_pairs_hook=_unique_keys) if is_json
+                else yaml.load(text, _SettingsLoader))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} line {error.lineno} column {error.colno}: invalid JSON ({error.msg})") from None
+        raise ValueError(f"{path} line {error.lineno} column {error.colno}: "
+                         f"invalid JSON ({error.msg})") from None
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
     except ValueError as error:   # a key set twice in a JSON object
@@ -550,14 +622,17 @@ def _read_mapping(path: Path) -> dict:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        raise ValueError(f"{path}{where}: invalid YAML ({getattr(error, 'problem', None) or error})") from None
+        raise ValueError(f"{path}{where}: "
+                         f"invalid YAML ({getattr(error, 'problem', None) or error})") from None
     if data is None: return {}
-    if not isinstance(data, dict): raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
     return data
 
 # %% ../../nbs/core/00_config.ipynb #302d1900
 def _known_hours(config: RunConfig) -> tuple[int, str] | None:
-    "At most how many 1h bars the run will have, known before loading (synthetic `n_bars`, or `start`..`end`), and how."
+    """At most how many 1h bars the run will have, known before loading (synthetic `n_bars`,
+    or `start`..`end`), and how."""
     if config.data.source == "synthetic": return config.data.n_bars, f"n_bars={config.data.n_bars}"
     first, past = date_range(config.data.start, config.data.end)
     if first is None or past is None: return None
@@ -566,8 +641,9 @@ def _known_hours(config: RunConfig) -> tuple[int, str] | None:
 
 # %% ../../nbs/core/00_config.ipynb #519b2d6f
 def fold_problems(config: RunConfig) -> list[Problem]:
-    "The model stages' refusal of too many folds (`WalkForward.fold_val_size`), made before anything is written."
-    from macd_nb.core.validation import WalkForward, holdout_split   # imported here: validation builds on this module
+    "The model stages' refusal of too many folds (`WalkForward.fold_val_size`), before anything is written."
+    # imported here: validation builds on this module
+    from macd_nb.core.validation import WalkForward, holdout_split
     known, problems = _known_hours(config), []
     if known is None: return problems
     hours, how = known
@@ -579,22 +655,27 @@ def fold_problems(config: RunConfig) -> list[Problem]:
             WalkForward.from_config(resolved).fold_val_size(len(dev_idx))
         except ValueError as error:
             problems.append((("n_folds", "train_bars", "n_bars", "start", "end", "test_fraction"),
-                             f"at {timeframe}, {n_rows} bars ({how}), {v.test_fraction:.0%} held out for the test: {error}"))
+                             f"at {timeframe}, {n_rows} bars ({how}), "
+                             f"{v.test_fraction:.0%} held out for the test: {error}"))
     return problems
 
 # %% ../../nbs/core/00_config.ipynb #62cb86a5
 def load_config(path: str | Path | None = None, profile: str | None = None, *, start: RunConfig | None = None,
                 **changes) -> RunConfig:
-    """A `RunConfig` from a profile, then an override file, then keyword `changes` (later wins); refusals name the file.
-    `start`: a saved configuration to override instead of a profile (a retrain's champion), unless a profile is named."""
+    """A `RunConfig` from a profile, then an override file, then keyword `changes` (later wins); refusals
+    name the file. `start`: a saved configuration to override instead of a profile (a retrain's champion),
+    unless a profile is named."""
     overrides = _read_mapping(Path(path)) if path else {}
     unknown = sorted(set(overrides) - set(flat_names()), key=str)
-    if unknown: raise ValueError(f"{path}: unknown setting(s) " + "; ".join(_suggest(name) for name in unknown))
-    for key, value in overrides.items(): checked_value(key, value, str(path))   # the file's own values, named with the file
+    if unknown: raise ValueError(f"{path}: unknown setting(s) "
+                                 + "; ".join(_suggest(name) for name in unknown))
+    # the file's own values, named with the file
+    for key, value in overrides.items(): checked_value(key, value, str(path))
     base = profile or overrides.pop("profile", None) or (start.profile if start is not None else "smoke")
     overrides.pop("profile", None)
     if base not in PROFILES:
-        raise ValueError(f"{'arguments' if profile else path}: unknown profile {base!r}; choose one of {sorted(PROFILES)}")
+        raise ValueError(f"{'arguments' if profile else path}: unknown profile {base!r}; "
+                         f"choose one of {sorted(PROFILES)}")
     origins = {key: str(path) for key in overrides} | {key: "arguments" for key in changes}
     named = profile is not None or (start is None or base != start.profile)
     source = f"profile {base}" if named else "the saved configuration"
@@ -613,14 +694,16 @@ def resolve_device(device: str = "auto") -> str:
         has_cuda = torch.cuda.is_available()
     except ImportError:
         has_cuda = False
-    if device == "cuda" and not has_cuda: raise RuntimeError("device='cuda' requested but no CUDA device is available")
+    if device == "cuda" and not has_cuda:
+        raise RuntimeError("device='cuda' requested but no CUDA device is available")
     return "cuda" if has_cuda else "cpu"
 
 # %% ../../nbs/core/00_config.ipynb #c036430e
 def library_versions() -> dict[str, str]:
     "Versions of Python and the libraries whose behaviour shapes the numbers."
     import importlib.metadata as md
-    names = ["numpy", "pandas", "scikit-learn", "lightgbm", "xgboost-cpu", "xgboost", "torch", "pyarrow", "onnxruntime"]
+    names = ["numpy", "pandas", "scikit-learn", "lightgbm", "xgboost-cpu", "xgboost", "torch", "pyarrow",
+             "onnxruntime"]
     versions = {"python": platform.python_version()}
     for name in names:
         try: versions[name] = md.version(name)
@@ -628,11 +711,14 @@ def library_versions() -> dict[str, str]:
     return versions
 
 # %% ../../nbs/core/00_config.ipynb #145b0110
-def save_config(config: RunConfig, run_dir: str | Path, *, changed_on_resume: list[dict] | None = None) -> Path:
-    "Write the resolved configuration (flat names), library versions and platform to `run_dir/config.json`, atomically."
+def save_config(config: RunConfig, run_dir: str | Path, *,
+                changed_on_resume: list[dict] | None = None) -> Path:
+    """Write the resolved configuration (flat names), library versions and platform
+    to `run_dir/config.json`, atomically."""
     from macd_nb.core.rundir import write_json
     record = {"config": config.to_flat(), "versions": library_versions(), "platform": platform.platform()}
-    if changed_on_resume: record["changed_on_resume"] = changed_on_resume   # settings a --resume changed, and when
+    # settings a --resume changed, and when
+    if changed_on_resume: record["changed_on_resume"] = changed_on_resume
     return write_json(Path(run_dir) / "config.json", record)
 
 # %% ../../nbs/core/00_config.ipynb #069ffcf8

@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 
 from .config import BAD_BAR_POLICIES, TIMEFRAME_DELTA, utc
-from .klines import (BAR_FILE_SUFFIXES, EXTRA_COLUMNS, PRICE_COLUMNS, REQUIRED_COLUMNS, DataError, read_klines,
-                                 canonical_column, first_bad_cell, row_where, row_where_at, to_utc_open_time,
-                                 unit_counts)
-from .rundir import LEDGER, CorruptArtifact, read_json, read_parquet, recorded_hashes, write_atomically
+from .klines import (BAR_FILE_SUFFIXES, EXTRA_COLUMNS, PRICE_COLUMNS, REQUIRED_COLUMNS, DataError,
+                                 read_klines, canonical_column, first_bad_cell, row_where, row_where_at,
+                                 to_utc_open_time, unit_counts)
+from .rundir import (LEDGER, CorruptArtifact, read_json, read_parquet, recorded_hashes,
+                                 write_atomically)
 
 # %% auto #0
 __all__ = ['DATA_CODE_VERSION', 'MAX_EXAMPLES', 'SPIKE_FACTOR', 'SPIKE_NEIGHBOURS', 'implausible_bars', 'FileReport',
@@ -38,20 +39,23 @@ SPIKE_FACTOR = 20.0  # a high or low this many times away from the closes on bot
 SPIKE_NEIGHBOURS = 3  # closes on each side whose median is the reference
 
 def _neighbour_closes(close: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
-    "Median of the `neighbours` closes before each bar and of those after it (fewer at the ends; NaN where there are none)."
+    """Median of the `neighbours` closes before each bar and of those after it
+    (fewer at the ends; NaN where there are none)."""
     series = pd.Series(close)
     before = series.shift(1).rolling(neighbours, min_periods=1).median().to_numpy()
     after = series[::-1].shift(1).rolling(neighbours, min_periods=1).median().to_numpy()[::-1]
     return before, after
 
 def implausible_bars(bars: pd.DataFrame, *,
-                     factor: float = SPIKE_FACTOR,  # how far from both neighbouring medians a high or low may be
+                     factor: float = SPIKE_FACTOR,  # how far a high or low may be from both medians
                      neighbours: int = SPIKE_NEIGHBOURS,  # closes on each side
                      ) -> tuple[np.ndarray, list[str]]:
-    "Bars whose high or low is more than `factor` times away from the median closes on both sides, and why, per flagged bar."
+    """Bars whose high or low is more than `factor` times away from the median closes on both sides,
+    and why, per flagged bar."""
     high, low = bars["high"].to_numpy(dtype="float64"), bars["low"].to_numpy(dtype="float64")
     before, after = _neighbour_closes(bars["close"].to_numpy(dtype="float64"), neighbours)
-    nearest_above, nearest_below = np.fmax(before, after), np.fmin(before, after)  # one side alone at the ends
+    # one side alone at the ends
+    nearest_above, nearest_below = np.fmax(before, after), np.fmin(before, after)
     with np.errstate(invalid="ignore", divide="ignore"):
         too_high, too_low = high > factor * nearest_above, low * factor < nearest_below
     flagged = too_high | too_low
@@ -59,8 +63,9 @@ def implausible_bars(bars: pd.DataFrame, *,
     for i in np.flatnonzero(flagged):
         value, ratio = ((f"high {high[i]:g}", high[i] / nearest_above[i]) if too_high[i] else
                         (f"low {low[i]:g}", nearest_below[i] / low[i]))
-        reasons.append(f"{value} is {ratio:.3g}x away from the closes around it (median of {neighbours} before "
-                       f"{before[i]:g}, after {after[i]:g}; open {bars['open'].iloc[i]:g}, close {bars['close'].iloc[i]:g})")
+        reasons.append(f"{value} is {ratio:.3g}x away from the closes around it "
+                       f"(median of {neighbours} before {before[i]:g}, after {after[i]:g}; "
+                       f"open {bars['open'].iloc[i]:g}, close {bars['close'].iloc[i]:g})")
     return flagged, reasons
 
 # %% ../../nbs/core/04_data.ipynb #7148b450
@@ -82,15 +87,16 @@ class FileReport:
     ohlc_repaired: int = 0
     zero_volume: int = 0
     implausible_bars: int = 0  # bad prints: see `implausible_bars`
-    implausible_open_times: list[str] = field(default_factory=list)  # every one of them (the examples list the first few)
-    bad_bars: str = "flag"  # what the load did with them: kept (flag) or dropped (exclude); refuse stops the load
+    implausible_open_times: list[str] = field(default_factory=list)  # all of them (examples: the first few)
+    bad_bars: str = "flag"  # what the load did with them: kept (flag) or dropped (exclude)
+                            # (refuse stops the load)
     missing_slots: int = 0
     n_gaps: int = 0
-    largest_gaps: list[dict] = field(default_factory=list)  # [{"after": ..., "first_missing": ..., "slots": n}]
+    largest_gaps: list[dict] = field(default_factory=list)  # [{"first_missing": ..., "slots": n}, ...]
     columns: list[str] = field(default_factory=list)  # columns of the canonical frame
     dropped_columns: list[str] = field(default_factory=list)  # optional columns that were all NaN
     examples: dict[str, list[str]] = field(default_factory=dict)  # check -> first offending rows
-    resampled_to: str | None = None  # coarser timeframe of the canonical frame (counts above are before resampling)
+    resampled_to: str | None = None  # coarser timeframe of the frame (counts above are before resampling)
     cached: bool = False
 
     def to_dict(self) -> dict:
@@ -107,7 +113,8 @@ def _check_values(raw: pd.DataFrame, name: str, open_time: pd.DatetimeIndex) -> 
     "DataError for infinite values, non-positive prices or negative volume."
     prices = raw[PRICE_COLUMNS].to_numpy(dtype="float64")
     volume = raw["volume"].to_numpy(dtype="float64")
-    problems = [(np.isinf(raw[REQUIRED_COLUMNS].to_numpy(dtype="float64")).any(axis=1), "infinite value in OHLCV"),
+    problems = [(np.isinf(raw[REQUIRED_COLUMNS].to_numpy(dtype="float64")).any(axis=1),
+                 "infinite value in OHLCV"),
                 ((prices <= 0).any(axis=1), "non-positive price"),
                 (volume < 0, "negative volume")]
     for bad, problem in problems:
@@ -126,8 +133,9 @@ def _check_grid(raw: pd.DataFrame, name: str, open_time: pd.DatetimeIndex, timef
                         f"{timeframe} grid")
 
 # %% ../../nbs/core/04_data.ipynb #4dcf0716
-def _drop_duplicates(raw: pd.DataFrame, name: str, open_time: pd.DatetimeIndex, report: FileReport) -> pd.DataFrame:
-    "Drop exact duplicate rows (counted); DataError for one open_time with different values. Expects sorted rows."
+def _drop_duplicates(raw: pd.DataFrame, name: str, open_time: pd.DatetimeIndex,
+                     report: FileReport) -> pd.DataFrame:
+    "Drop exact duplicates (counted); DataError for one open_time with different values. Expects sorted rows."
     value_columns = [c for c in raw.columns if c not in ("source_file", "source_row")]
     keyed = raw[value_columns].assign(open_time=open_time.asi8)
     exact = keyed.duplicated().to_numpy()
@@ -140,9 +148,12 @@ def _drop_duplicates(raw: pd.DataFrame, name: str, open_time: pd.DatetimeIndex, 
         second = int(np.flatnonzero(clash)[0])
         first = int(np.flatnonzero(kept_time == kept_time[second])[0])
         differ = [c for c in value_columns if c != "open_time" and not (
-            kept[c].iloc[first] == kept[c].iloc[second] or (pd.isna(kept[c].iloc[first]) and pd.isna(kept[c].iloc[second])))]
-        raise DataError(f"{row_where_at(kept, second, name, kept_time)} and {row_where(kept, first, name)}: same open_time "
-                        f"with different values ({', '.join(f'{c} {kept[c].iloc[first]} vs {kept[c].iloc[second]}' for c in differ)})")
+            kept[c].iloc[first] == kept[c].iloc[second]
+            or (pd.isna(kept[c].iloc[first]) and pd.isna(kept[c].iloc[second])))]
+        raise DataError(
+            f"{row_where_at(kept, second, name, kept_time)} and {row_where(kept, first, name)}: "
+            f"same open_time with different values ("
+            f"{', '.join(f'{c} {kept[c].iloc[first]} vs {kept[c].iloc[second]}' for c in differ)})")
     return kept.reset_index(drop=True), kept_time
 
 # %% ../../nbs/core/04_data.ipynb #90c2918a
@@ -156,15 +167,17 @@ def _repair_ohlc(bars: pd.DataFrame, raw: pd.DataFrame, name: str, open_time: pd
         f"{where}: open {o[i]} high {h[i]} low {l[i]} close {c[i]}"
         for where, i in zip(_examples(raw, np.flatnonzero(bad), name, open_time), np.flatnonzero(bad))]
     if bad.sum() > max_fraction * len(bars):
-        raise DataError(f"{report.examples['ohlc_repaired'][0]}: OHLC inconsistent (high below open/close or low above "
-                        f"them) in {int(bad.sum())} of {len(bars)} rows, more than {max_fraction:.0%}: file unusable")
+        raise DataError(f"{report.examples['ohlc_repaired'][0]}: OHLC inconsistent (high below open/close "
+                        f"or low above them) in {int(bad.sum())} of {len(bars)} rows, "
+                        f"more than {max_fraction:.0%}: file unusable")
     bars["high"] = np.maximum.reduce([o, h, l, c])
     bars["low"] = np.minimum.reduce([o, h, l, c])
 
 # %% ../../nbs/core/04_data.ipynb #f11e929e
 def _count_implausible(bars: pd.DataFrame, raw: pd.DataFrame, name: str, open_time: pd.DatetimeIndex,
                        report: FileReport, max_fraction: float) -> None:
-    "Count and list the implausible bars (bad prints); DataError above max_fraction of rows (the file, not a print, is bad)."
+    """Count and list the implausible bars (bad prints); DataError above max_fraction of rows
+    (the file, not a print, is bad)."""
     flagged, reasons = implausible_bars(bars)
     positions = np.flatnonzero(flagged)
     report.implausible_bars = len(positions)
@@ -172,8 +185,9 @@ def _count_implausible(bars: pd.DataFrame, raw: pd.DataFrame, name: str, open_ti
     report.examples["implausible_bars"] = [f"{where}: {why}" for where, why in
                                            zip(_examples(raw, positions, name, open_time), reasons)]
     if len(positions) > max(1, max_fraction * len(bars)):
-        raise DataError(f"{report.examples['implausible_bars'][0]}: implausible bars (prices far from the bars on both "
-                        f"sides) in {len(positions)} of {len(bars)} rows, more than {max_fraction:.0%}: file unusable")
+        raise DataError(f"{report.examples['implausible_bars'][0]}: implausible bars (prices far from "
+                        f"the bars on both sides) in {len(positions)} of {len(bars)} rows, "
+                        f"more than {max_fraction:.0%}: file unusable")
 
 # %% ../../nbs/core/04_data.ipynb #76b4378a
 def _gap_report(open_time: pd.DatetimeIndex, timeframe: str, report: FileReport) -> np.ndarray:
@@ -183,8 +197,9 @@ def _gap_report(open_time: pd.DatetimeIndex, timeframe: str, report: FileReport)
     report.missing_slots = int(gap_before.sum())
     report.n_gaps = int((gap_before > 0).sum())
     largest = np.argsort(-gap_before, kind="stable")[: min(MAX_EXAMPLES, report.n_gaps)]
-    report.largest_gaps = [{"first_missing": f"{open_time[i] - gap_before[i] * TIMEFRAME_DELTA[timeframe]:%Y-%m-%d %H:%M}",
-                            "slots": int(gap_before[i])} for i in largest]
+    report.largest_gaps = [
+        {"first_missing": f"{open_time[i] - gap_before[i] * TIMEFRAME_DELTA[timeframe]:%Y-%m-%d %H:%M}",
+         "slots": int(gap_before[i])} for i in largest]
     return gap_before
 
 # %% ../../nbs/core/04_data.ipynb #b1babb35
@@ -215,14 +230,15 @@ def validate_bars(raw: pd.DataFrame, *,
                   timeframe: str = "1h",  # the grid the bars must sit on
                   start=None,  # first open_time kept (inclusive)
                   end=None,  # last open_time kept (inclusive; a date-only end keeps that whole day)
-                  max_ohlc_fraction: float = 0.01,  # above this share of inconsistent rows the file is unusable
+                  max_ohlc_fraction: float = 0.01,  # above this share of inconsistent rows: file unusable
                   ) -> tuple[pd.DataFrame, FileReport]:
     "Check raw kline rows, repair what the policy allows, and return the canonical bar frame with its report."
     if isinstance(raw.index, pd.DatetimeIndex): raw = raw.rename_axis("open_time").reset_index()
     raw = raw.rename(columns=canonical_column)
     missing = [c for c in ["open_time"] + REQUIRED_COLUMNS if c not in raw.columns]
     if missing: raise DataError(f"{name}: missing column(s) {missing}")
-    keep = [c for c in ["open_time"] + REQUIRED_COLUMNS + EXTRA_COLUMNS + ["source_file", "source_row"] if c in raw.columns]
+    keep = [c for c in ["open_time"] + REQUIRED_COLUMNS + EXTRA_COLUMNS + ["source_file", "source_row"]
+            if c in raw.columns]
     raw = raw[keep].reset_index(drop=True)
     files = list(dict.fromkeys(raw["source_file"])) if "source_file" in raw.columns else [name]
     report = FileReport(name=name, files=[str(f) for f in files], timeframe=timeframe, rows_read=len(raw))
@@ -235,8 +251,10 @@ def validate_bars(raw: pd.DataFrame, *,
     raw, open_time = raw[inside].reset_index(drop=True), open_time[inside]
     report.rows_in_range = len(raw)
     if not len(raw):
-        where = f" between {start or 'the first row'} and {end or 'the last row'}" if start is not None or end is not None else ""
-        read = f"none of its {report.rows_read} rows fall{where}" if report.rows_read else "it has no data rows"
+        where = (f" between {start or 'the first row'} and {end or 'the last row'}"
+                 if start is not None or end is not None else "")
+        read = (f"none of its {report.rows_read} rows fall{where}" if report.rows_read
+                else "it has no data rows")
         raise DataError(f"{name}: {read}, so there is nothing to load (files: {', '.join(report.files)})")
     report.time_units = unit_counts(unit_codes[inside])
     _check_grid(raw, name, open_time, timeframe)
@@ -266,7 +284,8 @@ def validate_bars(raw: pd.DataFrame, *,
     bars["gap_before"] = _gap_report(open_time, timeframe, report)
     report.rows_out, report.columns = len(bars), list(bars.columns)
     if len(bars):
-        report.first_bar, report.last_bar = f"{open_time[0]:%Y-%m-%d %H:%M}", f"{open_time[-1]:%Y-%m-%d %H:%M}"
+        report.first_bar, report.last_bar = (f"{open_time[0]:%Y-%m-%d %H:%M}",
+                                             f"{open_time[-1]:%Y-%m-%d %H:%M}")
     report.examples = {check: rows for check, rows in report.examples.items() if rows}
     return bars, report
 
@@ -282,8 +301,9 @@ class DataReport:
     load_seconds: float = 0.0
     cache_hits: int = 0
 
-    _COUNTS = ["rows_read", "rows_in_range", "rows_out", "nan_rows_dropped", "unsorted_rows", "duplicates_dropped",
-               "ohlc_repaired", "zero_volume", "implausible_bars", "missing_slots", "n_gaps"]
+    _COUNTS = ["rows_read", "rows_in_range", "rows_out", "nan_rows_dropped", "unsorted_rows",
+               "duplicates_dropped", "ohlc_repaired", "zero_volume", "implausible_bars", "missing_slots",
+               "n_gaps"]
 
     def to_frame(self) -> pd.DataFrame:
         "One row per symbol: counts, first/last bar, timestamp units, largest gap."
@@ -293,13 +313,15 @@ class DataReport:
                  "largest_gap": (f"{r.largest_gaps[0]['first_missing']} ({r.largest_gaps[0]['slots']})"
                                  if r.largest_gaps else ""),
                  "cached": r.cached} for symbol, r in self.files.items()]
-        return pd.DataFrame(rows).set_index("symbol") if rows else pd.DataFrame(columns=["symbol"]).set_index("symbol")
+        return (pd.DataFrame(rows).set_index("symbol") if rows
+                else pd.DataFrame(columns=["symbol"]).set_index("symbol"))
 
     def to_markdown(self) -> str:
         "A Markdown table plus the first offending rows of each check."
         frame = self.to_frame().reset_index()
-        lines = [f"Data: `{self.source}`, timeframe {self.timeframe}, range {self.start or 'start'} .. {self.end or 'end'}, "
-                 f"{len(self.files)} symbols, loaded in {self.load_seconds:.2f} s ({self.cache_hits} from cache).", "",
+        lines = [f"Data: `{self.source}`, timeframe {self.timeframe}, range {self.start or 'start'} .. "
+                 f"{self.end or 'end'}, {len(self.files)} symbols, loaded in {self.load_seconds:.2f} s "
+                 f"({self.cache_hits} from cache).", "",
                  "| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
         lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
         for symbol, report in self.files.items():
@@ -329,7 +351,8 @@ class MarketData:
 
     def __repr__(self) -> str:
         return (f"MarketData({len(self.bars)} symbols, {self.timeframe}, "
-                f"{sum(len(b) for b in self.bars.values())} bars, {self.fingerprint[:19]}..., source={self.source!r})")
+                f"{sum(len(b) for b in self.bars.values())} bars, {self.fingerprint[:19]}..., "
+                f"source={self.source!r})")
 
 # %% ../../nbs/core/04_data.ipynb #56e82409
 def fingerprint(bars: dict[str, pd.DataFrame]) -> str:
@@ -349,8 +372,8 @@ def fingerprint(bars: dict[str, pd.DataFrame]) -> str:
     return "sha256:" + digest.hexdigest()
 
 # %% ../../nbs/core/04_data.ipynb #ff742d3b
-_NAME_PATTERN = re.compile(r"^(?P<symbol>[A-Za-z0-9]+?)(?:[-_](?P<timeframe>\d+[smhdwM]))?(?:[-_]\d{4}-\d{2}(?:-\d{2})?)?"
-                           r"\.(?:csv|csv\.gz|zip|parquet|pq)$")
+_NAME_PATTERN = re.compile(r"^(?P<symbol>[A-Za-z0-9]+?)(?:[-_](?P<timeframe>\d+[smhdwM]))?"
+                           r"(?:[-_]\d{4}-\d{2}(?:-\d{2})?)?\.(?:csv|csv\.gz|zip|parquet|pq)$")
 
 def parse_bar_file_name(path: str | Path) -> tuple[str, str | None]:
     "Symbol and timeframe from a file name: 'BTCUSDT-1h-2024-01.zip' -> ('BTCUSDT', '1h')."
@@ -367,7 +390,8 @@ def _bar_files(source) -> list[Path]:
         return [Path(p) for p in source]
     path = Path(source).expanduser()
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(BAR_FILE_SUFFIXES))
+        return sorted(p for p in path.rglob("*")
+                      if p.is_file() and p.name.lower().endswith(BAR_FILE_SUFFIXES))
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
     return [path]
@@ -385,19 +409,22 @@ def _file_key(path: Path) -> list:
 # %% ../../nbs/core/04_data.ipynb #30acbec1
 def _cache_paths(cache_dir: Path, symbol: str, files: list[Path], settings: dict) -> tuple[Path, Path]:
     "Parquet and JSON paths of one symbol's cached canonical frame."
-    key = json.dumps({"code": DATA_CODE_VERSION, "files": [_file_key(p) for p in files], **settings}, sort_keys=True)
+    key = json.dumps({"code": DATA_CODE_VERSION, "files": [_file_key(p) for p in files], **settings},
+                     sort_keys=True)
     stem = f"{symbol}-{settings['timeframe']}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
     return cache_dir / f"{stem}.parquet", cache_dir / f"{stem}.json"
 
 # %% ../../nbs/core/04_data.ipynb #b5082d22
 def _cached(frame_path: Path, report_path: Path) -> tuple[pd.DataFrame, FileReport] | None:
-    "A cache entry's frame and report, or None (with a warning saying why) when nothing vouches for it or it cannot be read."
+    """A cache entry's frame and report, or None (with a warning saying why) when nothing vouches for it
+    or it cannot be read."""
     try:
         recorded = recorded_hashes(frame_path.parent)
         unrecorded = [p.name for p in (frame_path, report_path) if p.name not in recorded]
-        if unrecorded:   # verified() trusts a folder without a ledger (a copy a manifest vouches for); a cache has none
-            warnings.warn(f"rebuilding a cache entry without a recorded hash: {frame_path.parent / LEDGER} holds no "
-                          f"sha256 for {unrecorded}, so nothing vouches for its bytes")
+        # verified() trusts a folder without a ledger (a copy a manifest vouches for); a cache has none
+        if unrecorded:
+            warnings.warn(f"rebuilding a cache entry without a recorded hash: {frame_path.parent / LEDGER} "
+                          f"holds no sha256 for {unrecorded}, so nothing vouches for its bytes")
             return None
         return read_parquet(frame_path), FileReport(**read_json(report_path))
     except CorruptArtifact as error:
@@ -407,18 +434,20 @@ def _cached(frame_path: Path, report_path: Path) -> tuple[pd.DataFrame, FileRepo
     return None
 
 # %% ../../nbs/core/04_data.ipynb #bbe8ae90
-def apply_bad_bar_policy(bars: pd.DataFrame,  # validated bars of one symbol, at the timeframe its report counted
+def apply_bad_bar_policy(bars: pd.DataFrame,  # validated bars of one symbol, at its report's timeframe
                          report: FileReport,  # its report, with the implausible bars counted
-                         policy: str,  # "flag": keep them; "exclude": drop them (missing bars); "refuse": DataError
+                         policy: str,  # "flag": keep; "exclude": drop (missing bars); "refuse": DataError
                          ) -> pd.DataFrame:
     "The bars under the policy for implausible bars (bad prints); the report records what was done."
-    if policy not in BAD_BAR_POLICIES: raise ValueError(f"bad_bars={policy!r}, expected one of {BAD_BAR_POLICIES}")
+    if policy not in BAD_BAR_POLICIES:
+        raise ValueError(f"bad_bars={policy!r}, expected one of {BAD_BAR_POLICIES}")
     report.bad_bars = "exclude" if policy == "exclude" and report.implausible_bars else "flag"
     if not report.implausible_bars or policy == "flag": return bars
     if policy == "refuse":
         others = f" (and {report.implausible_bars - 1} more)" if report.implausible_bars > 1 else ""
-        raise DataError(f"{report.examples['implausible_bars'][0]}: implausible bar, a bad print{others}. Set "
-                        f"`bad_bars: exclude` to leave out the rows it touches (counted in the record), or fix the file")
+        raise DataError(f"{report.examples['implausible_bars'][0]}: implausible bar, a bad print{others}. "
+                        f"Set `bad_bars: exclude` to leave out the rows it touches (counted in the record), "
+                        f"or fix the file")
     times = pd.DatetimeIndex([pd.Timestamp(t, tz="UTC") for t in report.implausible_open_times]).as_unit("ns")
     kept = bars.drop(index=times)   # never filled: the bar becomes a missing one, and gap_before says so
     step = TIMEFRAME_DELTA[report.timeframe].value
@@ -429,17 +458,19 @@ def apply_bad_bar_policy(bars: pd.DataFrame,  # validated bars of one symbol, at
 def _load_symbol(symbol: str, files: list[Path], file_timeframe: str, timeframe: str, start, end,
                  cache_dir: Path | None, bad_bars: str) -> tuple[pd.DataFrame, FileReport]:
     "Validated (and resampled) bars of one symbol, through the cache when there is one."
-    settings = {"timeframe": timeframe, "file_timeframe": file_timeframe, "start": str(start), "end": str(end),
-                "bad_bars": bad_bars}
+    settings = {"timeframe": timeframe, "file_timeframe": file_timeframe, "start": str(start),
+                "end": str(end), "bad_bars": bad_bars}
     if cache_dir is not None:
         frame_path, report_path = _cache_paths(cache_dir, symbol, files, settings)
-        # verified like every artifact; an entry that is corrupt, unreadable or without a recorded hash is rebuilt
+        # verified like every artifact; a corrupt or unreadable entry, or one without a recorded hash,
+        # is rebuilt
         entry = _cached(frame_path, report_path) if frame_path.exists() and report_path.exists() else None
         if entry is not None:
             frame, report = entry
             report.cached = True
             return frame, report
-    raw = pd.concat([read_klines(p) for p in files], ignore_index=True) if len(files) > 1 else read_klines(files[0])
+    raw = (pd.concat([read_klines(p) for p in files], ignore_index=True) if len(files) > 1
+           else read_klines(files[0]))
     bars, report = validate_bars(raw, name=symbol, timeframe=file_timeframe, start=start, end=end)
     bars = apply_bad_bar_policy(bars, report, bad_bars)
     if timeframe != file_timeframe:
@@ -466,15 +497,17 @@ def load_bars(source,  # "synthetic", a directory, a file, or a list of files
               cache_dir=None,  # parquet cache of validated frames; None = ~/.cache/macd_nb, False = no cache
               seed: int = 0,  # synthetic market only
               n_bars: int | None = None,  # synthetic market only: hourly bars per symbol
-              synthetic_options: dict | None = None,  # synthetic market only: more keywords, e.g. {"edge": 0.5}
-              bad_bars: str = "flag",  # implausible bars: "flag" (keep, count), "exclude" (drop, count) or "refuse"
+              synthetic_options: dict | None = None,  # synthetic market: more keywords, e.g. {"edge": 0.5}
+              bad_bars: str = "flag",  # bad prints: "flag" (keep), "exclude" (drop) or "refuse"; counted
               ) -> MarketData:
     "Load, validate and report canonical bars for each symbol of a source."
     if timeframe not in TIMEFRAME_DELTA:
         raise ValueError(f"timeframe={timeframe!r}, expected one of {list(TIMEFRAME_DELTA)}")
-    if bad_bars not in BAD_BAR_POLICIES: raise ValueError(f"bad_bars={bad_bars!r}, expected one of {BAD_BAR_POLICIES}")
+    if bad_bars not in BAD_BAR_POLICIES:
+        raise ValueError(f"bad_bars={bad_bars!r}, expected one of {BAD_BAR_POLICIES}")
     began = time.perf_counter()
-    wanted = None if symbols is None else [s.upper() for s in ([symbols] if isinstance(symbols, str) else symbols)]
+    wanted = (None if symbols is None
+              else [s.upper() for s in ([symbols] if isinstance(symbols, str) else symbols)])
     bound = {"start": None if start is None else str(start), "end": None if end is None else str(end)}
     if isinstance(source, str) and source == "synthetic":
         from macd_nb.core.synthetic import synthetic_market  # imported here: data.py does not need it
@@ -484,11 +517,13 @@ def load_bars(source,  # "synthetic", a directory, a file, or a list of files
         report = DataReport(source="synthetic", timeframe=timeframe, **bound)
         bars = {}
         for symbol, frame in market.bars.items():
-            bars[symbol], report.files[symbol] = validate_bars(frame, name=f"synthetic:{symbol}", start=start, end=end)
+            bars[symbol], report.files[symbol] = validate_bars(frame, name=f"synthetic:{symbol}",
+                                                               start=start, end=end)
             bars[symbol] = apply_bad_bar_policy(bars[symbol], report.files[symbol], bad_bars)
             if timeframe != "1h":
                 bars[symbol] = resample_bars(bars[symbol], timeframe)
-                report.files[symbol].resampled_to, report.files[symbol].rows_out = timeframe, len(bars[symbol])
+                (report.files[symbol].resampled_to,
+                 report.files[symbol].rows_out) = timeframe, len(bars[symbol])
         source_name = "synthetic"
     else:
         groups: dict[str, dict[str, list[Path]]] = {}
@@ -498,27 +533,32 @@ def load_bars(source,  # "synthetic", a directory, a file, or a list of files
         missing = sorted(set(wanted) - set(groups)) if wanted is not None else []
         if missing or not groups:
             raise DataError(f"{source}: no bar files for {missing or 'any symbol'} (found {sorted(groups)})")
-        cache = None if cache_dir is False else (_default_cache_dir() if cache_dir is None else Path(cache_dir))
+        cache = (None if cache_dir is False
+                 else (_default_cache_dir() if cache_dir is None else Path(cache_dir)))
         report = DataReport(source=str(source), timeframe=timeframe, **bound)
         bars = {}
         for symbol in (wanted if wanted is not None else sorted(groups)):
             by_timeframe = groups[symbol]
-            file_timeframe = timeframe if timeframe in by_timeframe else "1h" if "1h" in by_timeframe else None
+            file_timeframe = (timeframe if timeframe in by_timeframe
+                              else "1h" if "1h" in by_timeframe else None)
             if file_timeframe is None:
-                raise DataError(f"{source}: {symbol} has files for {sorted(by_timeframe)}, none usable for {timeframe}")
-            bars[symbol], report.files[symbol] = _load_symbol(symbol, sorted(by_timeframe[file_timeframe]),
-                                                              file_timeframe, timeframe, start, end, cache, bad_bars)
+                raise DataError(f"{source}: {symbol} has files for {sorted(by_timeframe)}, "
+                                f"none usable for {timeframe}")
+            bars[symbol], report.files[symbol] = _load_symbol(
+                symbol, sorted(by_timeframe[file_timeframe]), file_timeframe, timeframe, start, end, cache,
+                bad_bars)
             report.cache_hits += report.files[symbol].cached
         source_name = str(source) if not isinstance(source, (list, tuple)) else ",".join(map(str, source))
     report.load_seconds = round(time.perf_counter() - began, 4)
-    return MarketData(bars=bars, timeframe=timeframe, report=report, fingerprint=fingerprint(bars), source=source_name)
+    return MarketData(bars=bars, timeframe=timeframe, report=report, fingerprint=fingerprint(bars),
+                      source=source_name)
 
 # %% ../../nbs/core/04_data.ipynb #a039c0cf
 def resample_bars(bars: pd.DataFrame,  # canonical bars of one symbol
                   timeframe: str,  # target: "4h" or "1d"
                   *, source_timeframe: str = "1h",  # timeframe of `bars`
                   ) -> pd.DataFrame:
-    "Complete coarser bars only: first open, max high, min low, last close, summed volumes; gap_before recomputed."
+    "Complete coarser bars only: first open, max high, min low, last close, summed volumes; new gap_before."
     step, target = TIMEFRAME_DELTA[source_timeframe], TIMEFRAME_DELTA[timeframe]
     if target % step != pd.Timedelta(0) or target < step:
         raise ValueError(f"cannot resample {source_timeframe} bars to {timeframe}")
@@ -527,7 +567,8 @@ def resample_bars(bars: pd.DataFrame,  # canonical bars of one symbol
     columns = [c for c in bars.columns if c != "gap_before"]
     rules = {"open": "first", "high": "max", "low": "min", "close": "last"}
     grouped = bars[columns].groupby(slot)
-    out = pd.DataFrame({c: grouped[c].agg(rules[c]) if c in rules else grouped[c].sum(min_count=per_bar) for c in columns})
+    out = pd.DataFrame({c: grouped[c].agg(rules[c]) if c in rules else grouped[c].sum(min_count=per_bar)
+                        for c in columns})
     complete = grouped.size().to_numpy() == per_bar
     out = out[complete]
     out.index = pd.DatetimeIndex(out.index, name="open_time").as_unit("ns")

@@ -33,13 +33,14 @@ class FeatureSpec:
 @dataclass
 class FeatureFrame:
     "Features of one target symbol, with their documentation and what was dropped."
-    frame: pd.DataFrame                              # index = the target's open_time, float64 columns, NaN during warm-up
+    frame: pd.DataFrame                              # index: the target's open_time; float64, NaN in warm-up
     base: list[str]                                  # base feature names present
     cross: list[str]                                 # cross-asset feature names present
     dropped: dict[str, str] = field(default_factory=dict)   # feature name -> reason it is absent
     specs: list[FeatureSpec] = field(default_factory=list)  # one per column of frame, same order
     warmup_bars: int = 0                             # first row position from which every feature has a value
-    neutral: dict[str, np.ndarray] = field(default_factory=dict)  # feature -> rows (bool, frame order) given its neutral value
+    neutral: dict[str, np.ndarray] = field(default_factory=dict)  # feature -> rows given its neutral value
+                                                                  # (bool, in frame order)
 
 
 def feature_table(specs: list[FeatureSpec]) -> pd.DataFrame:
@@ -54,7 +55,8 @@ RSI_WINDOWS = (6, 14, 24)
 EMA_SPANS = (9, 21, 50, 100, 200)
 HIGHER_TIMEFRAMES = ("4h", "1d")
 ATR_WINDOW = 14
-MAX_MISSING_SHARE = 0.01          # an optional column NaN on more rows than this drops its features (or fails, when declared)
+MAX_MISSING_SHARE = 0.01          # an optional column NaN on more rows than this drops its features
+                                  # (or fails, when declared)
 FEATURE_SET_VERSION = 1           # bumped whenever a feature's formula or the base list changes
 OPTIONAL_INPUTS = {               # optional kline columns and the features built on them
     "taker_buy_base": ("taker_buy_ratio", "taker_buy_ratio_z_168", "taker_imbalance_24"),
@@ -105,14 +107,15 @@ def rsi(close: pd.Series, window: int) -> pd.Series:
 
 # %% ../../nbs/core/05_features.ipynb #772ddae9
 def macd(close: pd.Series, fast: int, slow: int, signal: int) -> tuple[pd.Series, pd.Series, pd.Series]:
-    "MACD line (EMA fast - EMA slow), signal line (EMA of the line) and histogram (line - signal), price units."
+    "MACD line (EMA fast - EMA slow), signal (EMA of the line) and histogram (line - signal), price units."
     line = ema(close, fast) - ema(close, slow)
     signal_line = ema(line, signal)
     return line, signal_line, line - signal_line
 
 # %% ../../nbs/core/05_features.ipynb #7621599a
 def bars_since_cross(line: pd.Series, signal_line: pd.Series) -> pd.Series:
-    "Signed rows since the line last crossed its signal: +k (above) or -k (below), 1 on the crossing row, NaN before the first cross."
+    """Signed rows since the line last crossed its signal: +k (above) or -k (below), 1 on the crossing row,
+    NaN before the first cross."""
     defined = (line.notna() & signal_line.notna()).to_numpy()
     side = np.where(defined, np.where(line.to_numpy() >= signal_line.to_numpy(), 1.0, -1.0), np.nan)
     previous_side = np.r_[np.nan, side[:-1]]
@@ -123,14 +126,17 @@ def bars_since_cross(line: pd.Series, signal_line: pd.Series) -> pd.Series:
 
 # %% ../../nbs/core/05_features.ipynb #db93a8b3
 def rolling_zscore(values: pd.Series, window: int, min_periods: int | None = None) -> pd.Series:
-    "(x - rolling mean) / rolling std over the trailing window (the window includes the current row); 0 on a constant window."
+    """(x - rolling mean) / rolling std over the trailing window (the window includes the current row);
+    0 on a constant window."""
     return rolling_zscore_or_zero(values, window, min_periods)[0]
 
 # %% ../../nbs/core/05_features.ipynb #e17c0fc3
 def rolling_mean_std(values: pd.Series, window: int) -> tuple[pd.Series, pd.Series]:
-    "Trailing mean and sample std of full windows (NaN if one holds a NaN), each from its own window; std exactly 0 when constant."
-    # pandas' running sums carry rounding from the start of the series (1e-9 on a %b of prices near 1e5): computed per
-    # window, a value does not depend on where the series starts, so a live window reproduces the batch value
+    """Trailing mean and sample std of full windows (NaN if one holds a NaN), each from its own window;
+    std exactly 0 when constant."""
+    # pandas' running sums carry rounding from the start of the series (1e-9 on a %b of prices near 1e5):
+    # computed per window, a value does not depend on where the series starts, so a live window
+    # reproduces the batch value
     x = values.to_numpy(dtype="float64")
     mean, std = np.full(len(x), np.nan), np.full(len(x), np.nan)
     if len(x) >= window:
@@ -140,7 +146,8 @@ def rolling_mean_std(values: pd.Series, window: int) -> tuple[pd.Series, pd.Seri
     return pd.Series(mean, index=values.index), pd.Series(std, index=values.index)
 
 # %% ../../nbs/core/05_features.ipynb #671e7a6e
-def rolling_zscore_or_zero(values: pd.Series, window: int, min_periods: int | None = None) -> tuple[pd.Series, pd.Series]:
+def rolling_zscore_or_zero(values: pd.Series, window: int,
+                           min_periods: int | None = None) -> tuple[pd.Series, pd.Series]:
     "`rolling_zscore` and the rows where the window was constant (std 0: the value is its mean, z = 0)."
     if min_periods in (None, window): mean, std = rolling_mean_std(values, window)
     else:
@@ -150,25 +157,30 @@ def rolling_zscore_or_zero(values: pd.Series, window: int, min_periods: int | No
 
 # %% ../../nbs/core/05_features.ipynb #80969f93
 def neutral_where(values: pd.Series, undefined: pd.Series, neutral: float) -> tuple[pd.Series, pd.Series]:
-    "`values` with `neutral` on the rows where `undefined` (e.g. a zero denominator), and those rows as a mask."
+    "`values` with `neutral` where `undefined` (e.g. a zero denominator), and those rows as a mask."
     undefined = undefined.fillna(False).astype(bool)
     return values.mask(undefined, neutral), undefined
 
 # %% ../../nbs/core/05_features.ipynb #7a60b202
-def ratio_or_neutral(numerator: pd.Series, denominator: pd.Series, neutral: float) -> tuple[pd.Series, pd.Series]:
-    "numerator / denominator, `neutral` where the denominator is 0 (nothing traded or no range: x/0 carries no information)."
+def ratio_or_neutral(numerator: pd.Series, denominator: pd.Series,
+                     neutral: float) -> tuple[pd.Series, pd.Series]:
+    """numerator / denominator, `neutral` where the denominator is 0
+    (nothing traded or no range: x/0 carries no information)."""
     return neutral_where(numerator / denominator, (denominator == 0) & numerator.notna(), neutral)
 
 # %% ../../nbs/core/05_features.ipynb #f6c1c134
-def rolling_corr_or_zero(a: pd.Series, b: pd.Series, window: int, min_periods: int | None = None) -> tuple[pd.Series, pd.Series]:
-    "Rolling correlation of a and b, 0 where either is constant over a full window (no co-movement to measure)."
+def rolling_corr_or_zero(a: pd.Series, b: pd.Series, window: int,
+                         min_periods: int | None = None) -> tuple[pd.Series, pd.Series]:
+    "Rolling correlation of a and b, 0 where either is constant over a full window (no co-movement)."
     minimum = min_periods or window
-    constant = (a.rolling(window, min_periods=minimum).std() == 0) | (b.rolling(window, min_periods=minimum).std() == 0)
+    constant = ((a.rolling(window, min_periods=minimum).std() == 0)
+                | (b.rolling(window, min_periods=minimum).std() == 0))
     return neutral_where(a.rolling(window, min_periods=minimum).corr(b), constant, 0.0)
 
 # %% ../../nbs/core/05_features.ipynb #9386dca8
 def completed_higher_bars(bars: pd.DataFrame, timeframe: str, higher: str) -> pd.DataFrame:
-    "OHLC bars of the `higher` timeframe built from buckets whose every `timeframe` bar is present; index = bucket open time."
+    """OHLC bars of the `higher` timeframe built from buckets whose every `timeframe` bar is present;
+    index = bucket open time."""
     per_bucket = int(TIMEFRAME_DELTA[higher] / TIMEFRAME_DELTA[timeframe])
     bucket = bars.index.floor(TIMEFRAME_DELTA[higher])
     grouped = bars.groupby(bucket)
@@ -200,13 +212,16 @@ class FeatureBuilder:
 
     neutral: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def add(self, name: str, group: str, formula: str, values: pd.Series | np.ndarray | tuple, neutral=None) -> None:
-        "Add one feature column (values aligned to index); a (values, neutral rows) pair records where its neutral value was used."
+    def add(self, name: str, group: str, formula: str, values: pd.Series | np.ndarray | tuple,
+            neutral=None) -> None:
+        """Add one feature column (values aligned to index); a (values, neutral rows) pair records
+        where its neutral value was used."""
         if name in self.columns: raise ValueError(f"feature {name!r} defined twice")
         if isinstance(values, tuple): values, neutral = values
         self.columns[name] = pd.Series(np.asarray(values, dtype="float64"), index=self.index)
         self.specs.append(FeatureSpec(name, group, formula))
-        if neutral is not None and np.asarray(neutral).any(): self.neutral[name] = np.asarray(neutral, dtype=bool)
+        if neutral is not None and np.asarray(neutral).any():
+            self.neutral[name] = np.asarray(neutral, dtype=bool)
 
     def drop(self, names: list[str], reason: str) -> None:
         "Record features that could not be computed, with the reason."
@@ -233,13 +248,17 @@ class FeatureInputError(ValueError):
 
 
 def _optional_input_reason(bars: pd.DataFrame, column: str, max_missing_share: float, inputs) -> str | None:
-    "Why the features on optional input `column` are left out (None: they are built); raise when declared but unusable."
-    if inputs is not None and column not in inputs: return f"{column} switched off by the configuration (feature_inputs)"
+    """Why the features on optional input `column` are left out (None: they are built);
+    raise when declared but unusable."""
+    if inputs is not None and column not in inputs:
+        return f"{column} switched off by the configuration (feature_inputs)"
     reason = _missing_column_reason(bars, column, max_missing_share)
     if reason and inputs is not None:
         raise FeatureInputError(
-            f"feature input {column!r}: {reason}; the configured feature set needs it for {list(OPTIONAL_INPUTS[column])}. "
-            f"Switch it off with `feature_inputs: {[c for c in inputs if c != column]}` or load data that has it.")
+            f"feature input {column!r}: {reason}; "
+            f"the configured feature set needs it for {list(OPTIONAL_INPUTS[column])}. "
+            f"Switch it off with `feature_inputs: {[c for c in inputs if c != column]}` "
+            f"or load data that has it.")
     return reason
 
 
@@ -247,7 +266,8 @@ def _missing_column_reason(bars: pd.DataFrame, column: str, max_missing_share: f
     "Why features built on `column` cannot be used (absent or too often NaN), or None when they can."
     if column not in bars.columns: return f"{column} column absent"
     share = float(bars[column].isna().mean()) if len(bars) else 1.0
-    if share > max_missing_share: return f"{column} missing for {share:.1%} of rows (limit {max_missing_share:.0%})"
+    if share > max_missing_share:
+        return f"{column} missing for {share:.1%} of rows (limit {max_missing_share:.0%})"
     return None
 
 # %% ../../nbs/core/05_features.ipynb #522d6bfd
@@ -258,7 +278,8 @@ def _add_returns(fb: FeatureBuilder, bars: pd.DataFrame) -> None:
     for lag in RETURN_LAGS:
         ret = log_return(close, lag)
         fb.add(f"ret_{lag}", "returns", f"ln(close_t / close_(t-{lag}))", ret)
-        fb.add(f"ret_{lag}_vn", "returns", f"ret_{lag} / (std_168 * sqrt({lag}))", ret / (volatility * np.sqrt(lag)))
+        fb.add(f"ret_{lag}_vn", "returns", f"ret_{lag} / (std_168 * sqrt({lag}))",
+               ret / (volatility * np.sqrt(lag)))
 
 # %% ../../nbs/core/05_features.ipynb #ea6fcc88
 def _add_volatility(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Series) -> None:
@@ -276,7 +297,8 @@ def _add_volatility(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Series) -> N
     rogers_satchell = (h - c) * (h - o) + (l - c) * (l - o)
     fb.add("rogers_satchell_24", "volatility", "sqrt(mean_24(ln(H/C) ln(H/O) + ln(L/C) ln(L/O)))",
            np.sqrt(rogers_satchell.rolling(24).mean().clip(lower=0)))
-    fb.add("atr_14_pct", "volatility", "ATR_14 / close (ATR = Wilder-smoothed true range)", atr / bars["close"])
+    fb.add("atr_14_pct", "volatility", "ATR_14 / close (ATR = Wilder-smoothed true range)",
+           atr / bars["close"])
     fb.add("vol_ratio_6_168", "volatility", "std_6 / std_168", std[6] / std[168])
     fb.add("vol_ratio_24_168", "volatility", "std_24 / std_168", std[24] / std[168])
 
@@ -290,7 +312,8 @@ def _add_macd(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Series) -> None:
         fb.add(f"{name}_signal", "macd", f"EMA_{signal}(MACD line) / ATR_14", signal_line / atr)
         fb.add(f"{name}_hist", "macd", "(MACD line - signal) / ATR_14", hist / atr)
         fb.add(f"{name}_hist_slope", "macd", f"{name}_hist_t - {name}_hist_(t-1)", (hist / atr).diff())
-        fb.add(f"{name}_cross_bars", "macd", "+k / -k: k bars since the line crossed above / below its signal "
+        fb.add(f"{name}_cross_bars", "macd",
+               "+k / -k: k bars since the line crossed above / below its signal "
                "(1 on the crossing bar), NaN before the first cross", bars_since_cross(line, signal_line))
 
 # %% ../../nbs/core/05_features.ipynb #767c1f47
@@ -301,8 +324,8 @@ def _add_momentum(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Series) -> Non
         fb.add(f"rsi_{w}", "momentum", f"Wilder RSI over {w} bars, 0..100", rsi(c, w))
     lowest, highest = l.rolling(14).min(), h.rolling(14).max()
     stoch_k, flat = ratio_or_neutral(100 * (c - lowest), highest - lowest, 50.0)
-    fb.add("stoch_k_14", "momentum", "100 (close - min_14(low)) / (max_14(high) - min_14(low)); 50 on a flat window",
-           stoch_k, flat)
+    fb.add("stoch_k_14", "momentum",
+           "100 (close - min_14(low)) / (max_14(high) - min_14(low)); 50 on a flat window", stoch_k, flat)
     fb.add("stoch_d_14", "momentum", "mean_3(stoch_k_14)", stoch_k.rolling(3).mean())
     up_move, down_move = h.diff(), -l.diff()
     plus_dm = up_move.where((up_move > down_move) & (up_move > 0), 0.0)
@@ -332,15 +355,18 @@ def _add_bands_trend_range(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Serie
         highest, lowest = h.rolling(w).max(), l.rolling(w).min()
         fb.add(f"dist_high_{w}", "range", f"close / max_{w}(high) - 1", c / highest - 1)
         fb.add(f"dist_low_{w}", "range", f"close / min_{w}(low) - 1", c / lowest - 1)
-        fb.add(f"range_pos_{w}", "range", f"(close - min_{w}(low)) / (max_{w}(high) - min_{w}(low)); 0.5 on a flat window",
+        fb.add(f"range_pos_{w}", "range",
+               f"(close - min_{w}(low)) / (max_{w}(high) - min_{w}(low)); 0.5 on a flat window",
                ratio_or_neutral(c - lowest, highest - lowest, 0.5))
 
 # %% ../../nbs/core/05_features.ipynb #a8b4583c
 def _add_candle_distribution(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Series) -> None:
     "Candle body, wicks, range and close location; rolling skew and kurtosis of returns."
     o, h, l, c = bars["open"], bars["high"], bars["low"], bars["close"]
-    bar_range = (h - l).where(h > l)   # a flat bar (maintenance, no trades) has no range to share: body 0, close mid
-    fb.add("candle_body", "candle", "(close - open) / (high - low): signed share of the range; 0 on a flat bar",
+    # a flat bar (maintenance, no trades) has no range to share: body 0, close mid
+    bar_range = (h - l).where(h > l)
+    fb.add("candle_body", "candle",
+           "(close - open) / (high - low): signed share of the range; 0 on a flat bar",
            ((c - o) / bar_range).fillna(0.0).where(c.notna()))
     fb.add("candle_upper_wick", "candle", "(high - max(open, close)) / close", (h - np.maximum(o, c)) / c)
     fb.add("candle_lower_wick", "candle", "(min(open, close) - low) / close", (np.minimum(o, c) - l) / c)
@@ -357,15 +383,20 @@ def _add_candle_distribution(fb: FeatureBuilder, bars: pd.DataFrame, atr: pd.Ser
 def _add_volume(fb: FeatureBuilder, bars: pd.DataFrame, max_missing_share: float, inputs) -> None:
     "Volume z-scores and log ratios; taker-buy and trade-count features when those columns are usable."
     v = bars["volume"]
-    fb.add("volume_z_24", "volume", "(volume - mean_24) / std_24; 0 on a constant window", rolling_zscore_or_zero(v, 24))
-    fb.add("volume_z_168", "volume", "(volume - mean_168) / std_168; 0 on a constant window", rolling_zscore_or_zero(v, 168))
+    fb.add("volume_z_24", "volume", "(volume - mean_24) / std_24; 0 on a constant window",
+           rolling_zscore_or_zero(v, 24))
+    fb.add("volume_z_168", "volume", "(volume - mean_168) / std_168; 0 on a constant window",
+           rolling_zscore_or_zero(v, 168))
     ratio, idle = ratio_or_neutral(v, v.rolling(24).mean(), 1.0)
-    fb.add("log_volume_ratio_1_24", "volume", "ln(max(volume / mean_24(volume), 0.01)): zero-volume bars floored; "
+    fb.add("log_volume_ratio_1_24", "volume",
+           "ln(max(volume / mean_24(volume), 0.01)): zero-volume bars floored; "
            "0 when the whole window traded nothing", safe_log(ratio.clip(lower=0.01)), idle)
     ratio, idle = ratio_or_neutral(v.rolling(6).mean(), v.rolling(48).mean(), 1.0)
-    fb.add("log_volume_ratio_6_48", "volume", "ln(max(mean_6(volume) / mean_48(volume), 0.01)); 0 when the 48 bars "
-           "traded nothing", safe_log(ratio.clip(lower=0.01)), idle)
-    fb.add("volume_absret_corr_24", "volume", "rolling corr(volume, |ret_1|) over 24 bars; 0 when either is constant",
+    fb.add("log_volume_ratio_6_48", "volume",
+           "ln(max(mean_6(volume) / mean_48(volume), 0.01)); 0 when the 48 bars traded nothing",
+           safe_log(ratio.clip(lower=0.01)), idle)
+    fb.add("volume_absret_corr_24", "volume",
+           "rolling corr(volume, |ret_1|) over 24 bars; 0 when either is constant",
            rolling_corr_or_zero(v, log_return(bars["close"]).abs(), 24))
     reason = _optional_input_reason(bars, "taker_buy_base", max_missing_share, inputs)
     if reason: fb.drop(list(OPTIONAL_INPUTS["taker_buy_base"]), reason)
@@ -373,29 +404,37 @@ def _add_volume(fb: FeatureBuilder, bars: pd.DataFrame, max_missing_share: float
         taker = bars["taker_buy_base"]
         ratio, idle = ratio_or_neutral(taker, v, 0.5)
         fb.add("taker_buy_ratio", "flow", "taker_buy_base / volume; 0.5 on a zero-volume bar", ratio, idle)
-        fb.add("taker_buy_ratio_z_168", "flow", "rolling z-score of taker_buy_ratio over 168 bars (>= 151 valid); "
-               "0 on a constant window", rolling_zscore_or_zero(ratio, 168, min_periods=151))
-        fb.add("taker_imbalance_24", "flow", "sum_24(2 taker_buy_base - volume) / sum_24(volume); 0 when nothing traded",
-               ratio_or_neutral((2 * taker - v).rolling(24, min_periods=22).sum(), v.rolling(24, min_periods=22).sum(), 0.0))
+        fb.add("taker_buy_ratio_z_168", "flow",
+               "rolling z-score of taker_buy_ratio over 168 bars (>= 151 valid); 0 on a constant window",
+               rolling_zscore_or_zero(ratio, 168, min_periods=151))
+        fb.add("taker_imbalance_24", "flow",
+               "sum_24(2 taker_buy_base - volume) / sum_24(volume); 0 when nothing traded",
+               ratio_or_neutral((2 * taker - v).rolling(24, min_periods=22).sum(),
+                                v.rolling(24, min_periods=22).sum(), 0.0))
     reason = _optional_input_reason(bars, "trades", max_missing_share, inputs)
     if reason: fb.drop(list(OPTIONAL_INPUTS["trades"]), reason)
     else:
         trades = bars["trades"]
-        fb.add("trades_z_168", "flow", "rolling z-score of trades over 168 bars (>= 151 valid); 0 on a constant window",
+        fb.add("trades_z_168", "flow",
+               "rolling z-score of trades over 168 bars (>= 151 valid); 0 on a constant window",
                rolling_zscore_or_zero(trades, 168, min_periods=151))
         trades_24 = trades.rolling(24, min_periods=22).sum()
         size_24 = v.rolling(24, min_periods=22).sum() / trades_24
         size_168 = v.rolling(168, min_periods=151).sum() / trades.rolling(168, min_periods=151).sum()
-        fb.add("log_trade_size_ratio_24_168", "flow", "ln((sum_24 volume / sum_24 trades) / (sum_168 volume / sum_168 trades)); "
-               "0 when the 24 bars had no trade", neutral_where(safe_log(size_24 / size_168), (trades_24 == 0) & size_168.notna(), 0.0))
+        fb.add("log_trade_size_ratio_24_168", "flow",
+               "ln((sum_24 volume / sum_24 trades) / (sum_168 volume / sum_168 trades)); "
+               "0 when the 24 bars had no trade",
+               neutral_where(safe_log(size_24 / size_168), (trades_24 == 0) & size_168.notna(), 0.0))
 
 # %% ../../nbs/core/05_features.ipynb #cc5dc351
 def _add_calendar(fb: FeatureBuilder, timeframe: str) -> None:
     "Hour of day (below 1d bars) and day of week as points on the unit circle."
     if TIMEFRAME_DELTA[timeframe] < TIMEFRAME_DELTA["1d"]:
         hour = fb.index.hour + fb.index.minute / 60
-        fb.add("hour_sin", "calendar", "sin(2 pi hour / 24) of open_time (UTC)", np.sin(2 * np.pi * hour / 24))
-        fb.add("hour_cos", "calendar", "cos(2 pi hour / 24) of open_time (UTC)", np.cos(2 * np.pi * hour / 24))
+        fb.add("hour_sin", "calendar", "sin(2 pi hour / 24) of open_time (UTC)",
+               np.sin(2 * np.pi * hour / 24))
+        fb.add("hour_cos", "calendar", "cos(2 pi hour / 24) of open_time (UTC)",
+               np.cos(2 * np.pi * hour / 24))
     weekday = fb.index.day_of_week
     fb.add("dow_sin", "calendar", "sin(2 pi weekday / 7) of open_time (UTC)", np.sin(2 * np.pi * weekday / 7))
     fb.add("dow_cos", "calendar", "cos(2 pi weekday / 7) of open_time (UTC)", np.cos(2 * np.pi * weekday / 7))
@@ -429,8 +468,8 @@ def warmup_bars(frame: pd.DataFrame) -> int:
 
 
 def base_features(bars: pd.DataFrame, *, timeframe: str = "1h",
-                  max_missing_share: float = MAX_MISSING_SHARE,  # optional column NaN share above which its features drop
-                  inputs: list[str] | None = None,  # optional inputs switched on (declared: strict); None: those usable here
+                  max_missing_share: float = MAX_MISSING_SHARE,  # NaN share that drops an optional input
+                  inputs: list[str] | None = None,  # optional inputs switched on (strict); None: usable ones
                   ) -> FeatureFrame:
     "Scale-free single-symbol features of a canonical bar frame (rows = the bars that exist)."
     check_bars(bars)

@@ -64,7 +64,7 @@ class RunPaths:
     def test(self) -> Path: return self.root / "test"
 
     def test_file(self, model: str, timeframe: str) -> Path:
-        "The deployed model's predictions of the held-out test period (parquet: `y`, `pred`, `train_label_end`)."
+        "The deployed model's predictions of the test period (parquet: `y`, `pred`, `train_label_end`)."
         return self.test / f"{model}_{timeframe}.parquet"
 
     def result_file(self, model: str, timeframe: str) -> Path:
@@ -105,11 +105,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-LEDGER = ".sha256.jsonl"   # one per folder: a line {"file", "sha256", "bytes"} per write, the newest line wins
+# one per folder: a line {"file", "sha256", "bytes"} per write, the newest line wins
+LEDGER = ".sha256.jsonl"
 
 
 def _record_hash(path: Path, digest: str, size: int) -> None:
-    "Append the hash the writer computed to the folder's ledger (one `write` on an O_APPEND file: lines never interleave)."
+    """Append the hash the writer computed to the folder's ledger
+    (one `write` on an O_APPEND file: lines never interleave)."""
     line = json.dumps({"file": path.name, "sha256": digest, "bytes": size}) + "\n"
     handle = os.open(path.parent / LEDGER, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try: os.write(handle, line.encode())
@@ -117,12 +119,15 @@ def _record_hash(path: Path, digest: str, size: int) -> None:
 
 
 # %% ../../nbs/core/01_rundir.ipynb #06cd860b
-ATOMIC_STEPS = ("synced", "prepared", "replaced", "folder_synced")   # where `write_atomically` reports its progress
+# where `write_atomically` reports its progress
+ATOMIC_STEPS = ("synced", "prepared", "replaced", "folder_synced")
 
 
 def written_files(folder: str | Path, pattern: str = "*") -> list[Path]:
-    "The files of `folder` matching `pattern`, by name; never the hidden temporary file of a write a crash cut short."
-    return sorted(p for p in Path(folder).glob(pattern) if not p.name.startswith("."))   # pathlib's glob matches dot-files
+    """The files of `folder` matching `pattern`, by name;
+    never the hidden temporary file of a write a crash cut short."""
+    # pathlib's glob matches dot-files
+    return sorted(p for p in Path(folder).glob(pattern) if not p.name.startswith("."))
 
 
 def fsync_file(path: str | Path) -> None:
@@ -138,10 +143,12 @@ def fsync_dir(path: str | Path) -> None:
 
 
 def write_atomically(path: str | Path, write: Callable[[Path], object], *, ledger: bool = True,
-                     before_replace: Callable[[], object] | None = None, step: Callable[[str], object] | None = None) -> Path:
-    """Call `write(temporary_path)` beside `path`, fsync it, record its sha256 in the folder's ledger (`ledger=False`:
-    a folder with a check of its own), call `before_replace()`, move it into place and fsync the folder.
-    `step(name)` follows each of ATOMIC_STEPS (crash tests stop there). The one write of the project."""
+                     before_replace: Callable[[], object] | None = None,
+                     step: Callable[[str], object] | None = None) -> Path:
+    """Call `write(temporary_path)` beside `path`, fsync it, record its sha256 in the folder's ledger
+    (`ledger=False`: a folder with a check of its own), call `before_replace()`, move it into place and
+    fsync the folder. `step(name)` follows each of ATOMIC_STEPS (crash tests stop there).
+    The one write of the project."""
     path, step = Path(path), step or (lambda name: None)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a unique name per write (two writers never share one), same suffix (libraries choose the format by it)
@@ -150,7 +157,8 @@ def write_atomically(path: str | Path, write: Callable[[Path], object], *, ledge
         write(tmp)
         fsync_file(tmp)
         step("synced")
-        # recorded before the move: a crash in between leaves a file that fails its check, never one that passes wrongly
+        # recorded before the move: a crash in between leaves a file that fails its check,
+        # never one that passes wrongly
         if ledger: _record_hash(path, sha256_file(tmp), tmp.stat().st_size)
         if before_replace is not None: before_replace()
         step("prepared")
@@ -165,7 +173,8 @@ def write_atomically(path: str | Path, write: Callable[[Path], object], *, ledge
 
 def write_json(path: str | Path, record: dict) -> Path:
     "Write `record` as indented JSON atomically."
-    return write_atomically(path, lambda tmp: tmp.write_text(json.dumps(_to_jsonable(record), indent=2, default=str)))
+    return write_atomically(
+        path, lambda tmp: tmp.write_text(json.dumps(_to_jsonable(record), indent=2, default=str)))
 
 
 def write_parquet(path: str | Path, frame) -> Path:
@@ -185,7 +194,8 @@ class Locked(RuntimeError):
 def file_lock(path: str | Path, *, wait: bool = True, holder: str | None = None,
               refused: Callable[[str], Exception] | None = None):
     """An exclusive flock on `path` (created) for the duration: the project's one lock.
-    `wait=False` raises `Locked` at once when another process holds it, or `refused(what the holder recorded)`.
+    `wait=False` raises `Locked` at once when another process holds it,
+    or `refused(what the holder recorded)`.
     `holder`, when given, is written into the file while held, for the refused to name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +213,8 @@ def file_lock(path: str | Path, *, wait: bool = True, holder: str | None = None,
         finally: fcntl.flock(handle, fcntl.LOCK_UN)
 
 # %% ../../nbs/core/01_rundir.ipynb #87a56f81
-SCRATCH = "macd_nb_scratch"   # under the system's temporary folder: one folder per scratch_dir call, "<pid>-<name>-<random>"
+# under the system's temporary folder: one folder per scratch_dir call, "<pid>-<name>-<random>"
+SCRATCH = "macd_nb_scratch"
 
 
 def _process_alive(pid: int) -> bool:
@@ -214,7 +225,8 @@ def _process_alive(pid: int) -> bool:
 
 
 def scratch_dir(name: str = "demo") -> Path:
-    "A new empty folder for a demonstration or a check: removed when this process exits, or by a later call once it is gone."
+    """A new empty folder for a demonstration or a check: removed when this process exits,
+    or by a later call once it is gone."""
     import atexit, shutil, tempfile
     root = Path(tempfile.gettempdir()) / SCRATCH
     root.mkdir(exist_ok=True)
@@ -257,8 +269,9 @@ def recorded_hashes(folder: str | Path) -> dict[str, dict]:
     for number, line in enumerate(ledger.read_bytes().decode(errors="replace").splitlines(), 1):
         try: entry = json.loads(line); entries[entry["file"]] = entry
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise CorruptArtifact(f"{ledger} line {number}: not a hash record ({line[:60]!r}), so no file in {Path(folder)} "
-                                  "can be trusted: re-run the stages that write them (macd-nb run --resume does)") from None
+            raise CorruptArtifact(f"{ledger} line {number}: not a hash record ({line[:60]!r}), "
+                                  f"so no file in {Path(folder)} can be trusted: "
+                                  "re-run the stages that write them (macd-nb run --resume does)") from None
     return entries
 
 # %% ../../nbs/core/01_rundir.ipynb #31725b72
@@ -266,43 +279,56 @@ RERUN = "re-run the stage that writes it (macd-nb run --resume re-runs it and th
 
 
 def _enclosing_root(folder: Path, levels: int = 2) -> Path | None:
-    "The run directory or copy `folder` is part of: it or its parent (every artifact folder is one level down), when holding `config.json` or `MANIFEST.json`."
-    return next((f for f in [folder, *folder.parents][:levels] if (f / "config.json").exists() or (f / "MANIFEST.json").exists()), None)
+    """The run directory or copy `folder` is part of: it or its parent (every artifact folder is one level
+    down), when holding `config.json` or `MANIFEST.json`."""
+    return next((f for f in [folder, *folder.parents][:levels]
+                 if (f / "config.json").exists() or (f / "MANIFEST.json").exists()), None)
 
 # %% ../../nbs/core/01_rundir.ipynb #b5b81df9
 def recorded_entry(path: str | Path) -> dict | None:
-    "The {sha256, bytes} that vouch for `path` and the fix when they fail; None for a file no run or copy holds."
+    """The {sha256, bytes} that vouch for `path` and the fix when they fail;
+    None for a file no run or copy holds."""
     path = Path(path)
     if (path.parent / LEDGER).exists():
         entry = recorded_hashes(path.parent).get(path.name)
         if entry is None:
-            raise CorruptArtifact(f"{path}: no sha256 was recorded when it was written ({path.parent / LEDGER}), so it was "
-                                  "not written by macd_nb: remove it and re-run the stage that writes it")
+            raise CorruptArtifact(
+                f"{path}: no sha256 was recorded when it was written ({path.parent / LEDGER}), so it was "
+                "not written by macd_nb: remove it and re-run the stage that writes it")
         return entry | {"fix": RERUN}
     root = _enclosing_root(path.parent)
-    if root is None: return None   # not part of a run or a copy: a registry's alias pointer, the user's own files
+    # not part of a run or a copy: a registry's alias pointer, the user's own files
+    if root is None: return None
     manifest = root / "MANIFEST.json"
-    if (root / LEDGER).exists() or (root / ".lock").exists() or not manifest.exists():   # a run directory: every folder keeps a ledger
-        raise CorruptArtifact(f"{path}: {path.parent / LEDGER} is missing, so the sha256 of each file of {path.parent} recorded "
-                              "when it was written is gone and none of them can be trusted: delete them and re-run the stages "
-                              "that write them (macd-nb run --resume re-runs each stage whose outputs are missing)")
-    if path == manifest: return None   # a copy (a deployed package, a registered run): its manifest is where trust starts
+    # a run directory: every folder keeps a ledger
+    if (root / LEDGER).exists() or (root / ".lock").exists() or not manifest.exists():
+        raise CorruptArtifact(f"{path}: {path.parent / LEDGER} is missing, so the sha256 of each file of "
+                              f"{path.parent} recorded when it was written is gone and none of them can be "
+                              "trusted: delete them and re-run the stages that write them "
+                              "(macd-nb run --resume re-runs each stage whose outputs are missing)")
+    # a copy (a deployed package, a registered run): its manifest is where trust starts
+    if path == manifest: return None
     try: entry = json.loads(manifest.read_text())["files"].get(path.relative_to(root).as_posix())
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-        raise CorruptArtifact(f"{manifest}: not a manifest (no 'files' mapping), so no file of {root} can be trusted") from None
-    if entry is None: raise CorruptArtifact(f"{path}: not listed in {manifest}, so it is not part of the copy: remove it")
-    return entry | {"fix": f"the copy {root} cannot be trusted: deploy its package again into an empty registry"}
+        raise CorruptArtifact(f"{manifest}: not a manifest (no 'files' mapping), "
+                              f"so no file of {root} can be trusted") from None
+    if entry is None:
+        raise CorruptArtifact(f"{path}: not listed in {manifest}, so it is not part of the copy: remove it")
+    return entry | {"fix": f"the copy {root} cannot be trusted: "
+                           "deploy its package again into an empty registry"}
 
 # %% ../../nbs/core/01_rundir.ipynb #75289119
 def _check(path: Path, actual: str, size: int, entry: dict | None) -> None:
     "Refuse `path` when its sha256 `actual` is not the one recorded."
     if entry is not None and actual != entry["sha256"]:
-        raise CorruptArtifact(f"{path}: corrupt, its bytes changed after they were written (sha256 {actual[7:19]}..., "
-                              f"recorded {entry['sha256'][7:19]}..., {size} bytes, recorded {entry['bytes']}): {entry['fix']}")
+        raise CorruptArtifact(f"{path}: corrupt, its bytes changed after they were written "
+                              f"(sha256 {actual[7:19]}..., recorded {entry['sha256'][7:19]}..., "
+                              f"{size} bytes, recorded {entry['bytes']}): {entry['fix']}")
 
 # %% ../../nbs/core/01_rundir.ipynb #3a18fdbb
 def verified(path: str | Path) -> Path:
-    "`path` after checking its bytes against the sha256 its writer recorded: the one check every reader goes through."
+    """`path` after checking its bytes against the sha256 its writer recorded:
+    the one check every reader goes through."""
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"{path} not found: has the stage that writes it run?")
     entry = recorded_entry(path)
@@ -311,7 +337,8 @@ def verified(path: str | Path) -> Path:
 
 # %% ../../nbs/core/01_rundir.ipynb #940e54a4
 def read_verified_bytes(path: str | Path) -> bytes:
-    "The bytes of `path`, read once and checked like `verified` (the bytes checked are the bytes returned: for copies)."
+    """The bytes of `path`, read once and checked like `verified`
+    (the bytes checked are the bytes returned: for copies)."""
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"{path} not found: has the stage that writes it run?")
     entry, data = recorded_entry(path), path.read_bytes()
@@ -336,16 +363,20 @@ ARTIFACT_FOLDERS = ("models", "results", "oof", "test", "data")
 
 
 def corrupt_files(root: str | Path, folders=ARTIFACT_FOLDERS) -> list[str]:
-    "Every problem of a run, one line per file: `config.json` or an artifact whose bytes are not the ones recorded, a file its `MANIFEST.json` lists that is gone."
+    """Every problem of a run, one line per file: `config.json` or an artifact whose bytes are not the ones
+    recorded, a file its `MANIFEST.json` lists that is gone."""
     root, problems = Path(root), []
     manifest = root / "MANIFEST.json"
     if manifest.exists():
         try: listed = read_json(manifest)["files"]
         except (ValueError, KeyError) as error: problems, listed = [f"{manifest}: {error}"], {}
-        problems += [f"{root / name}: listed in {manifest} but missing (deleted after its stage wrote it): {RERUN}"
+        problems += [f"{root / name}: listed in {manifest} but missing "
+                     f"(deleted after its stage wrote it): {RERUN}"
                      for name in listed if name.split("/")[0] in folders and not (root / name).exists()]
-    for folder in [root] + [p for f in folders if (root / f).exists() for p in sorted({root / f} | set((root / f).rglob("*"))) if p.is_dir()]:
-        names = ["config.json"] if folder == root else [p.name for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    for folder in [root] + [p for f in folders if (root / f).exists()
+                            for p in sorted({root / f} | set((root / f).rglob("*"))) if p.is_dir()]:
+        names = (["config.json"] if folder == root else
+                 [p.name for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")])
         for name in names:
             try: verified(folder / name)
             except (CorruptArtifact, FileNotFoundError) as error: problems.append(str(error))
@@ -353,25 +384,33 @@ def corrupt_files(root: str | Path, folders=ARTIFACT_FOLDERS) -> list[str]:
 
 # %% ../../nbs/core/01_rundir.ipynb #3581cbe2
 def write_manifest(run_dir: str | Path, folders=ARTIFACT_FOLDERS) -> dict:
-    "List every artifact with the sha256 and size its writer recorded (never re-hashed: that would bless a corrupt file)."
+    """List every artifact with the sha256 and size its writer recorded
+    (never re-hashed: that would bless a corrupt file)."""
     root, files, unrecorded = Path(run_dir), {}, []
     for folder in (root / f for f in folders if (root / f).exists()):
         for sub in sorted({folder} | {p for p in folder.rglob("*") if p.is_dir()}):
             entries = recorded_hashes(sub)
             for path in sorted(p for p in sub.iterdir() if p.is_file() and not p.name.startswith(".")):
-                if path.name in entries: files[str(path.relative_to(root))] = {k: entries[path.name][k] for k in ("sha256", "bytes")}
-                else: unrecorded.append(str(path.relative_to(root)))   # listed without a hash: no reader will accept it
-    manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": dict(sorted(files.items())),
+                if path.name in entries:
+                    files[str(path.relative_to(root))] = {k: entries[path.name][k]
+                                                          for k in ("sha256", "bytes")}
+                else:   # listed without a hash: no reader will accept it
+                    unrecorded.append(str(path.relative_to(root)))
+    manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "files": dict(sorted(files.items())),
                 **({"unrecorded": unrecorded} if unrecorded else {})}
     write_json(root / "MANIFEST.json", manifest)
     return manifest
 
 # %% ../../nbs/core/01_rundir.ipynb #c8636f57
 def verify_artifact(run_dir: str | Path, relative_path: str, files: dict | None = None) -> Path:
-    "The artifact's path after checking its sha256 against the run's manifest (`files`: its entries, when already read)."
+    """The artifact's path after checking its sha256 against the run's manifest
+    (`files`: its entries, when already read)."""
     root = Path(run_dir)
     entry = (files if files is not None else read_json(root / "MANIFEST.json")["files"]).get(relative_path)
     if entry is None: raise KeyError(f"{relative_path} is not listed in {root / 'MANIFEST.json'}")
     actual = sha256_file(root / relative_path)
-    if actual != entry["sha256"]: raise CorruptArtifact(f"{root / relative_path}: sha256 {actual} does not match the manifest {entry['sha256']}")
+    if actual != entry["sha256"]:
+        raise CorruptArtifact(f"{root / relative_path}: sha256 {actual} does not match the manifest "
+                              f"{entry['sha256']}")
     return root / relative_path

@@ -47,8 +47,10 @@ def symbol_profiles(symbols:tuple, # symbol names; known ones use DEFAULT_PROFIL
     "Profiles for `symbols`: the defaults where known, otherwise drawn from `rng`."
     profiles = []
     for symbol in symbols:
-        drawn = SymbolProfile(start_price=float(10 ** rng.uniform(-2, 2)), hourly_vol=float(rng.uniform(0.010, 0.014)),
-                              market_loading=float(rng.uniform(0.6, 0.75)), usd_volume_per_hour=float(10 ** rng.uniform(6.5, 7.5)),
+        drawn = SymbolProfile(start_price=float(10 ** rng.uniform(-2, 2)),
+                              hourly_vol=float(rng.uniform(0.010, 0.014)),
+                              market_loading=float(rng.uniform(0.6, 0.75)),
+                              usd_volume_per_hour=float(10 ** rng.uniform(6.5, 7.5)),
                               trades_per_hour=float(10 ** rng.uniform(3.5, 4.2)))
         profiles.append(DEFAULT_PROFILES.get(symbol, drawn))
     return profiles
@@ -78,7 +80,7 @@ class SyntheticParams:
     volume_shock_weight: float = 0.35  # d log(volume) / d |standardised return| of the same bar
     volume_noise: float = 0.25         # std of the log-volume noise (AR(1))
     volume_noise_persistence: float = 0.7  # AR(1) coefficient of the log-volume noise
-    taker_return_weight: float = 0.10  # taker-buy share = 0.5 + weight * tanh(z-return of the same bar) + noise
+    taker_return_weight: float = 0.10  # taker-buy share = 0.5 + weight * tanh(the bar's z-return) + noise
     taker_noise: float = 0.03          # std of the taker-buy share noise
 
     def __post_init__(self):
@@ -160,7 +162,7 @@ def simulate_paths(shocks:np.ndarray, # unit-variance shocks, (n_bars, n_symbols
                    season:np.ndarray, # hour-of-day volatility factor per bar
                    loadings:np.ndarray, # market loadings (to split the alt index from the leader's move)
                    params:SyntheticParams,
-                   edge:float|np.ndarray, # planted strength; one per bar (a negative value reverses the signal)
+                   edge:float|np.ndarray, # planted strength; one per bar (negative: the signal reverses)
                   ) -> _Paths:
     "Run the volatility and drift recursions bar by bar, vectorised across symbols."
     n_bars, n_symbols = shocks.shape
@@ -192,7 +194,8 @@ def simulate_paths(shocks:np.ndarray, # unit-variance shocks, (n_bars, n_symbols
         # volatility recursions (inputs in base units, without the hour-of-day factor)
         squared = variance * shock * shock
         own_var = own_garch_const + p.garch_alpha * squared + p.garch_beta * own_var
-        market_var = market_garch_const + p.market_garch_alpha * squared.mean() + p.market_garch_beta * market_var
+        market_var = (market_garch_const + p.market_garch_alpha * squared.mean()
+                      + p.market_garch_beta * market_var)
         variance = p.market_vol_share * market_var + (1 - p.market_vol_share) * own_var
         # indicators of the closed bar
         log_price = log_price + log_return
@@ -202,7 +205,8 @@ def simulate_paths(shocks:np.ndarray, # unit-variance shocks, (n_bars, n_symbols
         scale_next = base_sigma * np.sqrt(variance)
         z_return = log_return / sigma
         # the three drift parts, in units of the next bar's sigma
-        own = p.macd_weight * np.tanh((macd - macd_signal) / (scale_next * hist_scale)) - p.reversal_weight * np.tanh(z_return)
+        own = (p.macd_weight * np.tanh((macd - macd_signal) / (scale_next * hist_scale))
+               - p.reversal_weight * np.tanh(z_return))
         index_resid = (index_weights @ z_return - index_beta * z_return[0]) / index_resid_std
         cross = np.where(is_alt, p.lead_weight * np.tanh(z_return[0]), p.index_weight * np.tanh(index_resid))
         slow = p.trend_weight * np.tanh((price_emas[2] - price_emas[3]) / (scale_next * trend_scale))
@@ -238,11 +242,14 @@ def returns_to_bars(log_returns:np.ndarray, # r_t per bar for one symbol
     turnover = profile.usd_volume_per_hour * bar_hours * np.exp(activity - p.volume_noise ** 2 / 2)
     vwap = low + (high - low) * (0.5 + 0.5 * np.tanh(0.5 * vwap_noise))
     volume = turnover / vwap
-    trades = np.maximum(1.0, np.round(profile.trades_per_hour * bar_hours * np.exp(0.8 * activity + 0.1 * trades_noise)))
-    taker_share = np.clip(0.5 + p.taker_return_weight * np.tanh(z_return) + p.taker_noise * taker_noise, 0.02, 0.98)
+    trades = np.maximum(1.0, np.round(profile.trades_per_hour * bar_hours
+                                      * np.exp(0.8 * activity + 0.1 * trades_noise)))
+    taker_share = np.clip(0.5 + p.taker_return_weight * np.tanh(z_return) + p.taker_noise * taker_noise,
+                          0.02, 0.98)
     return pd.DataFrame({"open": open_, "high": high, "low": low, "close": close, "volume": volume,
                          "quote_volume": volume * vwap, "trades": trades,
-                         "taker_buy_base": taker_share * volume, "taker_buy_quote": taker_share * volume * vwap,
+                         "taker_buy_base": taker_share * volume,
+                         "taker_buy_quote": taker_share * volume * vwap,
                          "gap_before": np.zeros(n_bars, dtype=np.int64)}, index=index)
 
 # %% ../../nbs/core/02_synthetic.ipynb #a8d7c957
@@ -250,9 +257,10 @@ def returns_to_bars(log_returns:np.ndarray, # r_t per bar for one symbol
 class SyntheticMarket:
     "Bars of a synthetic market with the true next-bar up-probability of every symbol."
     bars: dict[str, pd.DataFrame]  # symbol -> canonical bar frame
-    up_prob: pd.DataFrame  # index open_time, one column per symbol: P(close[t+1] > close[t] | known at close of t)
-    nominal_oracle_auc: dict[str, float]  # symbol -> expected_auc(up_prob[symbol]) (the best reachable AUC, in expectation)
-    drift_parts: dict[str, pd.DataFrame] = field(default_factory=dict)  # "own", "cross", "slow" -> frame of that drift part (sigmas, before cap)
+    up_prob: pd.DataFrame  # open_time x symbol: P(close[t+1] > close[t] | known at close of t)
+    nominal_oracle_auc: dict[str, float]  # symbol -> expected_auc(up_prob[symbol]): the expected best AUC
+    drift_parts: dict[str, pd.DataFrame] = field(default_factory=dict)  # "own", "cross", "slow" -> frame
+        # of that drift part (in sigmas, before the cap)
     params: SyntheticParams = field(default_factory=SyntheticParams)  # the parameters that made it
 
 # %% ../../nbs/core/02_synthetic.ipynb #c4da7f11
@@ -262,7 +270,7 @@ def synthetic_market(*, symbols:tuple=DEFAULT_SYMBOLS, # first symbol is the mar
                      timeframe:str="1h", # bar length: "1h", "4h", "1d", ...
                      seed:int=0, # random seed; the market is a pure function of all arguments
                      edge:float=1.0, # scales all planted predictability; 0 gives up_prob == 0.5
-                     regime_change=None, # open time from which the planted signal reverses (a change of regime); None: never
+                     regime_change=None, # open time from which the planted signal reverses; None: never
                      params:SyntheticParams|None=None, # volatility/drift/microstructure knobs
                     ) -> SyntheticMarket:
     "Deterministic synthetic multi-asset market with known next-bar up-probabilities."
@@ -274,14 +282,16 @@ def synthetic_market(*, symbols:tuple=DEFAULT_SYMBOLS, # first symbol is the mar
     params = params or SyntheticParams()
     bar_delta = pd.Timedelta(timeframe)
     bar_hours = bar_delta / pd.Timedelta("1h")
-    profile_rng, shock_rng, *bar_rngs = np.random.default_rng(seed).spawn(2 + len(symbols))  # one stream per purpose
+    # one stream per purpose
+    profile_rng, shock_rng, *bar_rngs = np.random.default_rng(seed).spawn(2 + len(symbols))
     profiles = symbol_profiles(symbols, profile_rng)
     loadings = np.array([pr.market_loading for pr in profiles])
     base_sigma = np.array([pr.hourly_vol for pr in profiles]) * np.sqrt(bar_hours)
 
     start = utc(start)
     n_total = n_bars + params.burn_in
-    full_index = pd.date_range(start - params.burn_in * bar_delta, periods=n_total, freq=bar_delta, name="open_time").as_unit("ns")
+    full_index = pd.date_range(start - params.burn_in * bar_delta, periods=n_total, freq=bar_delta,
+                               name="open_time").as_unit("ns")
     amplitude = params.intraday_vol_amplitude if bar_hours < 24 else 0.0
     mid_hour = ((full_index + bar_delta / 2).hour + (full_index + bar_delta / 2).minute / 60).to_numpy()
     season = 1 + amplitude * np.cos(2 * np.pi * (mid_hour - 15) / 24)
@@ -289,17 +299,20 @@ def synthetic_market(*, symbols:tuple=DEFAULT_SYMBOLS, # first symbol is the mar
 
     shocks = student_t_shocks(shock_rng, n_total, loadings, params.t_df)
     reversed_from = None if regime_change is None else utc(regime_change)
-    edges = edge * (np.where(full_index >= reversed_from, -1.0, 1.0) if reversed_from is not None else np.ones(n_total))
+    edges = edge * (np.where(full_index >= reversed_from, -1.0, 1.0) if reversed_from is not None
+                    else np.ones(n_total))
     paths = simulate_paths(shocks, base_sigma, season, loadings, params, edges)
     keep = slice(params.burn_in, None)
     index = full_index[keep]
-    bars = {symbol: returns_to_bars(paths.log_returns[keep, i], paths.sigma[keep, i], index, profile, base_sigma[i],
-                                    bar_hours, params, bar_rng)
+    bars = {symbol: returns_to_bars(paths.log_returns[keep, i], paths.sigma[keep, i], index, profile,
+                                    base_sigma[i], bar_hours, params, bar_rng)
             for i, (symbol, profile, bar_rng) in enumerate(zip(symbols, profiles, bar_rngs))}
     up_prob = pd.DataFrame(up_probability(paths.drift[keep], params.t_df), index=index, columns=list(symbols))
-    parts = {name: pd.DataFrame(values[keep], index=index, columns=list(symbols)) for name, values in paths.parts.items()}
+    parts = {name: pd.DataFrame(values[keep], index=index, columns=list(symbols))
+             for name, values in paths.parts.items()}
     nominal = {symbol: expected_auc(up_prob[symbol].to_numpy()[:-1]) for symbol in symbols}
-    return SyntheticMarket(bars=bars, up_prob=up_prob, nominal_oracle_auc=nominal, drift_parts=parts, params=params)
+    return SyntheticMarket(bars=bars, up_prob=up_prob, nominal_oracle_auc=nominal, drift_parts=parts,
+                           params=params)
 
 # %% ../../nbs/core/02_synthetic.ipynb #f5e4336f
 def oracle_auc(market:SyntheticMarket, symbol:str) -> float:
