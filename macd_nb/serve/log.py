@@ -183,8 +183,7 @@ class PredictionLog(_LogReads):
             if own: self.db.execute("COMMIT")
             return result
         except sqlite3.Error as error:
-            # roll back the batch in hand: a restart predicts it again
-            if self.db.in_transaction: self.db.execute("ROLLBACK")
+            if self.db.in_transaction: self.db.execute("ROLLBACK")   # a restart predicts the batch again
             raise LogWriteFailed(f"{self.path}: a write failed ({error}); the predictions committed before "
                                  "it are kept: fix the cause (free disk space, a writable file) and restart: "
                                  "the missed bars are back-filled") from None
@@ -208,8 +207,7 @@ class PredictionLog(_LogReads):
                horizon: int, cycle_ms: float | None = None) -> bool:
         """Log one prediction (in the open batch, if any); False (and nothing written) when this bar and
         model version are logged already."""
-        # lists: iterating a str Index costs more than the JSON
-        numbers = features.to_numpy(dtype="float64").tolist()
+        numbers = features.to_numpy(dtype="float64").tolist()   # lists: a str Index iterates slower than JSON
         values = (symbol, timeframe, pd.Timestamp(bar_time).isoformat(), alias, int(model_version), run,
                   float(p_up), json.dumps(models), fallback, float(latency_ms), feature_hash(features),
                   json.dumps(dict(zip(features.index.tolist(), [None if v != v else v for v in numbers]))),
