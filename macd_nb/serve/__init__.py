@@ -6,5 +6,6 @@
 __all__ = []
 
 # %% ../../nbs/serve/00_overview.ipynb #f227a051
-"Predictor, health check, live data, shadow-mode loop, prediction log and monitor (serving; no training stack)."
+("Predictor, health check, live data, shadow-mode loop, prediction log and monitor "
+ "(serving; no training stack).")
 from .predictor import MLPredictor   # `from macd_nb.serve import MLPredictor`

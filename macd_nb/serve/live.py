@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from ..core.config import TIMEFRAME_DELTA, RunConfig
-from ..core.features import (ATR_WINDOW, EMA_SPANS, HIGHER_TIMEFRAMES, MACD_SPEEDS, RETURN_LAGS, RSI_WINDOWS,
-                                   VOLATILITY_WINDOWS)
+from ..core.features import (ATR_WINDOW, EMA_SPANS, HIGHER_TIMEFRAMES, MACD_SPEEDS, RETURN_LAGS,
+                                   RSI_WINDOWS, VOLATILITY_WINDOWS)
 from ..core.prepare import features_at
 
 # %% ../../nbs/serve/03_live.ipynb #8f0245e9
@@ -21,7 +21,7 @@ LIVE_TOLERANCE = 1e-12   # what an exponential average may still remember of the
 
 
 def ema_memory(alpha: float, tolerance: float = LIVE_TOLERANCE) -> int:
-    "Bars after which an exponential average (weight `alpha`) remembers its starting value by less than `tolerance`."
+    "Bars after which an exponential average (weight `alpha`) remembers its start by less than `tolerance`."
     return math.ceil(math.log(tolerance) / math.log1p(-alpha))
 
 
@@ -36,12 +36,13 @@ def lookbacks(timeframe: str = "1h", tolerance: float = LIVE_TOLERANCE) -> dict[
     needs = {"rolling": max(RETURN_LAGS) + max(VOLATILITY_WINDOWS),
              **{f"ema_{s}": _span(s, tolerance) for s in EMA_SPANS}, **macd_memory,
              **{f"wilder_{w}": _wilder(w, tolerance) for w in (*RSI_WINDOWS, ATR_WINDOW)}}
-    fast, slow, signal = MACD_SPEEDS[1]          # the coarser bars' MACD is the 12/26/9 one, their RSI the 14-bar one
+    fast, slow, signal = MACD_SPEEDS[1]          # coarser bars have the 12/26/9 MACD and the 14-bar RSI
     for higher in HIGHER_TIMEFRAMES:
         per = int(TIMEFRAME_DELTA[higher] / TIMEFRAME_DELTA[timeframe])
         if per <= 1: continue
-        coarse = max(_span(slow, tolerance) + _span(signal, tolerance), _wilder(14, tolerance)) + 1   # +1: its 1-bar return
-        needs[f"{higher}_bars"] = (coarse + 1) * per                                                   # +1: the cut bucket
+        # +1 for the coarse bars' 1-bar return, then +1 for the bucket the window's start cuts
+        coarse = max(_span(slow, tolerance) + _span(signal, tolerance), _wilder(14, tolerance)) + 1
+        needs[f"{higher}_bars"] = (coarse + 1) * per
     return needs
 
 
@@ -55,9 +56,10 @@ def live_rows(market: dict[str, pd.DataFrame],  # 1h bars per symbol, the newest
               n_rows: int = 1,                    # rows wanted: 1, or a sequence model's length
               expected: list[str] | None = None,  # the model's feature names, in any order
               ) -> pd.DataFrame:
-    "Features of `config.data.target` for its newest `n_rows` bars of `timeframe`, from a bounded window of recent bars."
+    "Features of `config.data.target` on its newest `n_rows` `timeframe` bars, from a bounded recent window."
     target = config.data.target
-    if target not in market or market[target].empty: raise ValueError(f"live features: no bars of the target {target}")
+    if target not in market or market[target].empty:
+        raise ValueError(f"live features: no bars of the target {target}")
     step = TIMEFRAME_DELTA[timeframe]
     newest = market[target].index[-1]
     start = newest.floor(step) - (live_window(timeframe) + n_rows) * step
@@ -67,19 +69,20 @@ def live_rows(market: dict[str, pd.DataFrame],  # 1h bars per symbol, the newest
     if expected is not None:
         missing = [name for name in expected if name not in rows.columns]
         if missing: raise ValueError(f"live features lack {missing} that the model uses: "
-                                     + "; ".join(f"{m}: {features.dropped.get(m, 'not computed')}" for m in missing))
+                                     + "; ".join(f"{m}: {features.dropped.get(m, 'not computed')}"
+                                                 for m in missing))
         rows = rows[list(expected)]
     return rows
 
 # %% ../../nbs/serve/03_live.ipynb #f92079c5
 def live_batch_difference(market: dict[str, pd.DataFrame], config: RunConfig, bars: pd.DatetimeIndex,
                           timeframe: str = "1h", batch: pd.DataFrame | None = None) -> pd.Series:
-    "Largest |live - batch| per feature over `bars` (each computed as if it were the newest bar); inf where NaN-ness differs."
+    "Largest |live - batch| per feature over `bars`, each as the newest bar; inf where NaN-ness differs."
     if batch is None: batch = features_at(market, config, timeframe)[1].frame
     worst = pd.Series(0.0, index=batch.columns)
     for bar in bars:
-        live = live_rows({s: b.loc[:bar + TIMEFRAME_DELTA[timeframe] - TIMEFRAME_DELTA["1h"]] for s, b in market.items()},
-                         config, timeframe).iloc[-1]
+        live = live_rows({s: b.loc[:bar + TIMEFRAME_DELTA[timeframe] - TIMEFRAME_DELTA["1h"]]
+                          for s, b in market.items()}, config, timeframe).iloc[-1]
         if live.name != bar: raise ValueError(f"the live row is {live.name}, expected {bar}")
         expected = batch.loc[bar, live.index]
         both_nan = live.isna() & expected.isna()

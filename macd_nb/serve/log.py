@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 # %% ../../nbs/serve/04_log.ipynb #caba0fd6
-SCHEMA_VERSION = 2   # 2 adds cycle_ms; a version-1 log gains the column when opened for writing
+SCHEMA_VERSION = 2   # 2 adds cycle_ms; a version-1 log gains it when opened for writing
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
     symbol TEXT NOT NULL, timeframe TEXT NOT NULL, bar_time TEXT NOT NULL,
@@ -28,13 +28,15 @@ CREATE TABLE IF NOT EXISTS predictions (
     horizon INTEGER NOT NULL, outcome INTEGER, outcome_return REAL, cycle_ms REAL,
     PRIMARY KEY (symbol, timeframe, bar_time, model_version)
 )"""
-COLUMNS = ("symbol", "timeframe", "bar_time", "alias", "model_version", "run", "p_up", "models", "fallback", "latency_ms",
-           "feature_hash", "features", "created_at", "horizon", "outcome", "outcome_return", "cycle_ms")
+COLUMNS = ("symbol", "timeframe", "bar_time", "alias", "model_version", "run", "p_up", "models", "fallback",
+           "latency_ms", "feature_hash", "features", "created_at", "horizon", "outcome", "outcome_return",
+           "cycle_ms")
 COLUMNS_V1 = COLUMNS[:-1]   # schema 1: the same table without cycle_ms
 
 
 class LogRefused(ValueError):
-    "A prediction log that cannot be opened as one (a folder, another program's database, a damaged or unwritable file); nothing was changed."
+    """A prediction log that cannot be opened as one (a folder, another program's database, a damaged or
+    unwritable file); nothing was changed."""
 
 
 class LogWriteFailed(RuntimeError):
@@ -43,12 +45,14 @@ class LogWriteFailed(RuntimeError):
 
 def feature_hash(row: pd.Series) -> str:
     "sha256 of a feature row's float64 bytes (column order as given), as 'sha256:<hex>'."
-    return "sha256:" + hashlib.sha256(np.ascontiguousarray(row.to_numpy(dtype="float64")).tobytes()).hexdigest()
+    return "sha256:" + hashlib.sha256(
+        np.ascontiguousarray(row.to_numpy(dtype="float64")).tobytes()).hexdigest()
 
 # %% ../../nbs/serve/04_log.ipynb #3320abcf
 def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
-    "A connection to `path`; `read_only`: never a write, even in a folder where the log's -shm file cannot be made."
-    if not read_only: return sqlite3.connect(path, timeout=30, isolation_level=None)   # autocommit; explicit transactions
+    "A connection to `path`; `read_only`: no write at all, even where the log's -shm file cannot be made."
+    # a writer's: autocommit, with explicit transactions
+    if not read_only: return sqlite3.connect(path, timeout=30, isolation_level=None)
     uri = f"file:{quote(str(path.resolve()))}"
     db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
     try: db.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -63,39 +67,45 @@ def _refusal(path: Path, error: sqlite3.Error) -> str:
     text = str(error)
     if "not a database" in text:
         return f"{path}: not an SQLite database ({text}); it was left untouched: give another --db"
-    if "malformed" in text or isinstance(error, sqlite3.DatabaseError) and not isinstance(error, sqlite3.OperationalError):
-        return (f"{path}: the prediction log is damaged ({text}); it was left untouched: move it aside and start a new "
-                "--db (its rows can be read with `sqlite3 FILE .recover`)")
-    return (f"{path}: cannot be opened for writing ({text}); make the file and its folder writable (SQLite writes "
-            f"{path.name}-wal and -shm beside it), or give another --db")
+    if "malformed" in text or (isinstance(error, sqlite3.DatabaseError)
+                               and not isinstance(error, sqlite3.OperationalError)):
+        return (f"{path}: the prediction log is damaged ({text}); it was left untouched: "
+                "move it aside and start a new --db (its rows can be read with `sqlite3 FILE .recover`)")
+    return (f"{path}: cannot be opened for writing ({text}); make the file and its folder writable "
+            f"(SQLite writes {path.name}-wal and -shm beside it), or give another --db")
 
 # %% ../../nbs/serve/04_log.ipynb #761270f5
 def _check_schema(db: sqlite3.Connection, path: Path, read_only: bool) -> None:
-    "LogRefused unless the file is a sound prediction log of a schema this code reads (or empty, to be made one)."
+    "LogRefused unless the file is a sound prediction log of a schema we read (or empty, to be made one)."
     version = db.execute("PRAGMA user_version").fetchone()[0]
     tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
     columns = tuple(r[1] for r in db.execute("PRAGMA table_info(predictions)"))
-    ours = columns == COLUMNS and version in (0, SCHEMA_VERSION) or columns == COLUMNS_V1 and version in (0, 1)
+    ours = (columns == COLUMNS and version in (0, SCHEMA_VERSION)
+            or columns == COLUMNS_V1 and version in (0, 1))
     if tables and (tables != ["predictions"] or not ours):
         if version > SCHEMA_VERSION and "predictions" in tables:
-            raise LogRefused(f"{path}: prediction log schema {version} is newer than this macd_nb's {SCHEMA_VERSION}; "
-                             "upgrade macd_nb or give another --db")
-        raise LogRefused(f"{path}: holds tables {tables[:5]} (user_version {version}) that are not this project's "
-                         "prediction log; it was left untouched: give another --db")
+            raise LogRefused(f"{path}: prediction log schema {version} is newer than this macd_nb's "
+                             f"{SCHEMA_VERSION}; upgrade macd_nb or give another --db")
+        raise LogRefused(f"{path}: holds tables {tables[:5]} (user_version {version}) that are not this "
+                         "project's prediction log; it was left untouched: give another --db")
     if read_only and not tables: raise LogRefused(f"{path}: holds no predictions table: not a prediction log")
     check = db.execute("PRAGMA quick_check").fetchone()[0]
     if check != "ok": raise sqlite3.DatabaseError(f"quick_check: {check}")
 
 # %% ../../nbs/serve/04_log.ipynb #872ced5e
 def _open_log(path: Path, read_only: bool) -> sqlite3.Connection:
-    "The log's connection: made and migrated to `SCHEMA_VERSION` (a writer) or checked (`read_only`); LogRefused saying why not."
-    if path.is_dir(): raise LogRefused(f"{path}: is a folder; --db is the log's file, e.g. {path / 'shadow_1h.sqlite'}")
-    if read_only and not path.is_file(): raise LogRefused(f"{path}: no prediction log there (run `macd-nb shadow --db` first)")
+    """The log's connection: made and migrated to `SCHEMA_VERSION` (a writer) or checked (`read_only`);
+    LogRefused saying why not."""
+    if path.is_dir():
+        raise LogRefused(f"{path}: is a folder; --db is the log's file, e.g. {path / 'shadow_1h.sqlite'}")
+    if read_only and not path.is_file():
+        raise LogRefused(f"{path}: no prediction log there (run `macd-nb shadow --db` first)")
     try:
         if not read_only: path.parent.mkdir(parents=True, exist_ok=True)
         db = _connect(path, read_only)
     except (OSError, sqlite3.Error) as error:
-        raise LogRefused(f"{path}: cannot be created or opened ({error}); give a --db in a folder you can write") from None
+        raise LogRefused(f"{path}: cannot be created or opened ({error}); "
+                         "give a --db in a folder you can write") from None
     try:
         _check_schema(db, path, read_only)   # reads only: a file that is not our log is refused untouched
         if not read_only:
@@ -117,30 +127,34 @@ def _open_log(path: Path, read_only: bool) -> sqlite3.Connection:
 
 # %% ../../nbs/serve/04_log.ipynb #fa6262b4
 class _LogReads:
-    "What a prediction log answers (its `db`): the bars logged, the outcomes pending, the whole log as a frame."
+    "What a prediction log (its `db`) answers: the bars logged, outcomes pending, the whole log as a frame."
     db: sqlite3.Connection
 
     def logged_bars(self, symbol: str, timeframe: str, model_version: int) -> set[pd.Timestamp]:
         "Bar open times already logged for this symbol, timeframe and model version."
-        rows = self.db.execute("SELECT bar_time FROM predictions WHERE symbol=? AND timeframe=? AND model_version=?",
+        rows = self.db.execute("SELECT bar_time FROM predictions "
+                               "WHERE symbol=? AND timeframe=? AND model_version=?",
                                (symbol, timeframe, int(model_version))).fetchall()
         return {pd.Timestamp(r[0]) for r in rows}
 
     def last_bar(self, symbol: str, timeframe: str) -> pd.Timestamp | None:
         "The newest bar logged for this symbol and timeframe (any model version), or None."
-        newest = self.db.execute("SELECT max(bar_time) FROM predictions WHERE symbol=? AND timeframe=?", (symbol, timeframe)).fetchone()[0]
+        newest = self.db.execute("SELECT max(bar_time) FROM predictions WHERE symbol=? AND timeframe=?",
+                                 (symbol, timeframe)).fetchone()[0]
         return None if newest is None else pd.Timestamp(newest)
 
     def pending_outcomes(self, symbol: str, timeframe: str) -> list[tuple[pd.Timestamp, int]]:
-        "(bar open time, horizon) of every logged bar without an outcome yet, oldest first (read once, at start)."
-        rows = self.db.execute("SELECT DISTINCT bar_time, horizon FROM predictions WHERE symbol=? AND timeframe=? AND "
-                               "outcome_return IS NULL ORDER BY bar_time", (symbol, timeframe)).fetchall()
+        "(bar open time, horizon) of each logged bar with no outcome yet, oldest first (read once, at start)."
+        rows = self.db.execute("SELECT DISTINCT bar_time, horizon FROM predictions "
+                               "WHERE symbol=? AND timeframe=? AND outcome_return IS NULL ORDER BY bar_time",
+                               (symbol, timeframe)).fetchall()
         return [(pd.Timestamp(bar), int(horizon)) for bar, horizon in rows]
 
     def frame(self, symbol: str | None = None, timeframe: str | None = None) -> pd.DataFrame:
         "The log as a DataFrame (models and features parsed), oldest bar first."
         where = " AND ".join(f"{k}=?" for k, v in (("symbol", symbol), ("timeframe", timeframe)) if v)
-        query = "SELECT * FROM predictions" + (f" WHERE {where}" if where else "") + " ORDER BY bar_time, model_version"
+        query = ("SELECT * FROM predictions" + (f" WHERE {where}" if where else "")
+                 + " ORDER BY bar_time, model_version")
         frame = pd.read_sql_query(query, self.db, params=[v for v in (symbol, timeframe) if v])
         frame["bar_time"] = pd.to_datetime(frame["bar_time"], utc=True)
         for column in ("models", "features"): frame[column] = frame[column].map(json.loads)
@@ -160,7 +174,8 @@ class PredictionLog(_LogReads):
     def close(self) -> None: self.db.close()
 
     def _write(self, statements: Callable[[], object]):
-        "Run `statements` in one transaction (the caller's, when one is open); LogWriteFailed naming the log when SQLite cannot write."
+        """Run `statements` in one transaction (the caller's, when one is open);
+        LogWriteFailed naming the log when SQLite cannot write."""
         own = not self.db.in_transaction
         try:
             if own: self.db.execute("BEGIN IMMEDIATE")
@@ -168,41 +183,50 @@ class PredictionLog(_LogReads):
             if own: self.db.execute("COMMIT")
             return result
         except sqlite3.Error as error:
-            if self.db.in_transaction: self.db.execute("ROLLBACK")   # the batch in hand: a restart predicts it again
-            raise LogWriteFailed(f"{self.path}: a write failed ({error}); the predictions committed before it are kept: fix "
-                                 "the cause (free disk space, a writable file) and restart: the missed bars are back-filled") from None
+            if self.db.in_transaction: self.db.execute("ROLLBACK")   # a restart predicts the batch again
+            raise LogWriteFailed(f"{self.path}: a write failed ({error}); the predictions committed before "
+                                 "it are kept: fix the cause (free disk space, a writable file) and restart: "
+                                 "the missed bars are back-filled") from None
 
     def begin(self) -> None:
-        "Open a batch: the writes until `commit` are one transaction (one fsync); a crash loses the batch, never part of it."
+        """Open a batch: the writes until `commit` are one transaction (one fsync);
+        a crash loses the batch, never part of it."""
         if self.db.in_transaction: return
         try: self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as error:
-            raise LogWriteFailed(f"{self.path}: cannot start a write ({error}); the predictions committed before are kept: fix "
-                                 "the cause and restart: the missed bars are back-filled") from None
+            raise LogWriteFailed(f"{self.path}: cannot start a write ({error}); "
+                                 "the predictions committed before are kept: fix the cause and restart: "
+                                 "the missed bars are back-filled") from None
 
     def commit(self) -> None:
         "Commit the open batch, if any (LogWriteFailed, the batch rolled back, when SQLite cannot write it)."
         if self.db.in_transaction: self._write(lambda: self.db.execute("COMMIT"))
 
-    def record(self, *, symbol: str, timeframe: str, bar_time, alias: str, model_version: int, run: str, p_up: float,
-               models: dict, fallback: str | None, latency_ms: float, features: pd.Series, horizon: int,
-               cycle_ms: float | None = None) -> bool:
-        "Log one prediction (in the open batch, if any); False (and nothing written) when this bar and model version are logged already."
-        numbers = features.to_numpy(dtype="float64").tolist()   # lists: iterating a str Index costs more than the JSON
-        values = (symbol, timeframe, pd.Timestamp(bar_time).isoformat(), alias, int(model_version), run, float(p_up),
-                  json.dumps(models), fallback, float(latency_ms), feature_hash(features),
+    def record(self, *, symbol: str, timeframe: str, bar_time, alias: str, model_version: int, run: str,
+               p_up: float, models: dict, fallback: str | None, latency_ms: float, features: pd.Series,
+               horizon: int, cycle_ms: float | None = None) -> bool:
+        """Log one prediction (in the open batch, if any); False (and nothing written) when this bar and
+        model version are logged already."""
+        numbers = features.to_numpy(dtype="float64").tolist()   # lists: a str Index iterates slower than JSON
+        values = (symbol, timeframe, pd.Timestamp(bar_time).isoformat(), alias, int(model_version), run,
+                  float(p_up), json.dumps(models), fallback, float(latency_ms), feature_hash(features),
                   json.dumps(dict(zip(features.index.tolist(), [None if v != v else v for v in numbers]))),
-                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), int(horizon), None if cycle_ms is None else float(cycle_ms))
+                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), int(horizon),
+                  None if cycle_ms is None else float(cycle_ms))
         cursor = self._write(lambda: self.db.execute(
-            "INSERT OR IGNORE INTO predictions (symbol, timeframe, bar_time, alias, model_version, run, p_up, models, fallback,"
-            " latency_ms, feature_hash, features, created_at, horizon, cycle_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", values))
+            "INSERT OR IGNORE INTO predictions (symbol, timeframe, bar_time, alias, model_version, run, p_up,"
+            " models, fallback, latency_ms, feature_hash, features, created_at, horizon, cycle_ms)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", values))
         return cursor.rowcount == 1
 
-    def set_outcomes(self, symbol: str, timeframe: str, outcomes: Iterable[tuple[pd.Timestamp, int, float]]) -> int:
-        "Record the log return of each (bar, horizon, log return) on every row of that bar and horizon (outcome: 1 up, 0 down, NULL a tie)."
-        updates = [(None if change == 0 else int(change > 0), float(change), symbol, timeframe, pd.Timestamp(bar).isoformat(),
-                    int(horizon)) for bar, horizon, change in outcomes]
+    def set_outcomes(self, symbol: str, timeframe: str,
+                     outcomes: Iterable[tuple[pd.Timestamp, int, float]]) -> int:
+        """Record the log return of each (bar, horizon, log return) on every row of that bar and horizon
+        (outcome: 1 up, 0 down, NULL a tie)."""
+        updates = [(None if change == 0 else int(change > 0), float(change), symbol, timeframe,
+                    pd.Timestamp(bar).isoformat(), int(horizon)) for bar, horizon, change in outcomes]
         if updates:
-            self._write(lambda: self.db.executemany("UPDATE predictions SET outcome=?, outcome_return=? WHERE symbol=? AND "
-                                                    "timeframe=? AND bar_time=? AND horizon=?", updates))
+            self._write(lambda: self.db.executemany(
+                "UPDATE predictions SET outcome=?, outcome_return=? "
+                "WHERE symbol=? AND timeframe=? AND bar_time=? AND horizon=?", updates))
         return len(updates)

@@ -30,27 +30,31 @@ PSI_FLOOR = 1e-4   # a share below this counts as this: an empty bin adds a larg
 
 
 def psi(reference: dict, live: dict) -> float:
-    "Population stability index of `live` shares against `reference` shares (the bins plus the missing bin, floored at PSI_FLOOR)."
+    """Population stability index of `live` shares against `reference` shares (the bins plus the missing bin,
+    floored at PSI_FLOOR)."""
     ref, cur = (np.maximum(np.r_[s["shares"], s["missing_share"]], PSI_FLOOR) for s in (reference, live))
     return float(np.sum((cur - ref) * np.log(cur / ref)))
 
 
 def psi_band(value: float) -> str:
     "'stable' below 0.1, 'moderate' up to 0.25, 'major' above."
-    return "n/a" if not np.isfinite(value) else "stable" if value < 0.1 else "moderate" if value <= 0.25 else "major"
+    return ("n/a" if not np.isfinite(value) else "stable" if value < 0.1
+            else "moderate" if value <= 0.25 else "major")
 
 # %% ../../nbs/serve/06_monitor.ipynb #9f4d1dca
 def calibration(y, p, n_bins: int = PSI_BINS) -> dict:
-    "Reliability curve on `n_bins` equal-count bins of `p` (mean p, up-rate, n each) and the ECE, sum n_b/n |up-rate_b - mean p_b|."
+    """Reliability curve on `n_bins` equal-count bins of `p` (mean p, up-rate, n each) and the ECE,
+    sum n_b/n |up-rate_b - mean p_b|."""
     y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
     if not len(p): raise ValueError("calibration: no bars")
     groups = np.array_split(np.argsort(p, kind="stable"), min(n_bins, len(p)))
     curve = [{"mean_p": float(p[g].mean()), "up_rate": float(y[g].mean()), "n": int(len(g))} for g in groups]
-    return {"bins": curve, "ece": float(sum(b["n"] * abs(b["up_rate"] - b["mean_p"]) for b in curve) / len(p))}
+    return {"bins": curve,
+            "ece": float(sum(b["n"] * abs(b["up_rate"] - b["mean_p"]) for b in curve) / len(p))}
 
 # %% ../../nbs/serve/06_monitor.ipynb #4d2ccbb9
-LIMITS = {"psi_major": 0.25, "max_major_features": 0.10, "min_drift_rows": 100, "min_ci_bars": 100, "min_auc_bars": 500,
-          "block": 24, "n_boot": 1000, "seed": 0}
+LIMITS = {"psi_major": 0.25, "max_major_features": 0.10, "min_drift_rows": 100, "min_ci_bars": 100,
+          "min_auc_bars": 500, "block": 24, "n_boot": 1000, "seed": 0}
 TOP_FEATURES = 20   # features in the PSI bar plot
 
 
@@ -64,27 +68,33 @@ def _check_limits(limits: dict) -> dict:
 def _auc_section(known: pd.DataFrame, stacking: dict, lim: dict, why_empty: str | None) -> dict:
     "Realised AUC of the final prediction with its CI, beside the run's OOF and test AUC."
     metrics = stacking.get("metrics", {})
-    out = {"n_bars": len(known), **{k: metrics.get(k) for k in ("oof_auc", "oof_auc_ci95", "test_auc", "test_auc_ci95")}}
+    out = {"n_bars": len(known),
+           **{k: metrics.get(k) for k in ("oof_auc", "oof_auc_ci95", "test_auc", "test_auc_ci95")}}
     if why_empty: return out | {"empty": why_empty}
     y, p = known["outcome"].to_numpy(dtype=int), known["p_up"].to_numpy()
     if len(np.unique(y)) < 2:
-        return out | {"empty": f"all {len(y)} bars with an outcome went {'up' if y[0] else 'down'}: an AUC needs both classes"}
+        return out | {"empty": f"all {len(y)} bars with an outcome went {'up' if y[0] else 'down'}: "
+                               "an AUC needs both classes"}
     ci = auc_ci(y, p, block=lim["block"], n_boot=lim["n_boot"], seed=lim["seed"])
     return out | {"auc": auc(y, p), "auc_ci95": [float(c) for c in ci], "up_rate": float(y.mean())}
 
 # %% ../../nbs/serve/06_monitor.ipynb #3d3a2c41
 def _models_section(known: pd.DataFrame, lim: dict, why_empty: str | None) -> dict:
-    "AUC with CI of the stacked model and each base model on the bars all of them scored, and stacked minus base, paired."
+    "AUC with CI of the stacked and each base model on the bars all scored; stacked minus base, paired."
     if why_empty: return {"empty": why_empty}
     probabilities = pd.DataFrame(known["models"].tolist(), index=known.index, dtype=float)
-    if "stacking" not in probabilities: return {"empty": "the log records no stacked probability (models['stacking'])"}
+    if "stacking" not in probabilities:
+        return {"empty": "the log records no stacked probability (models['stacking'])"}
     bases = [m for m in probabilities if m != "stacking"]
     rows = probabilities[["stacking", *bases]].notna().all(axis=1)
     y = known.loc[rows, "outcome"].to_numpy(dtype=int)
-    if len(np.unique(y)) < 2: return {"empty": f"{len(y)} bars with every model's probability and an outcome: an AUC needs both classes"}
+    if len(np.unique(y)) < 2:
+        return {"empty": f"{len(y)} bars with every model's probability and an outcome: "
+                         "an AUC needs both classes"}
     boot = {k: lim[k] for k in ("block", "n_boot", "seed")}
     score = lambda m: probabilities.loc[rows, m].to_numpy()
-    models = {m: {"auc": auc(y, score(m)), "auc_ci95": list(auc_ci(y, score(m), **boot))} for m in ["stacking", *bases]}
+    models = {m: {"auc": auc(y, score(m)), "auc_ci95": list(auc_ci(y, score(m), **boot))}
+              for m in ["stacking", *bases]}
     for m in bases: models[m]["stacking_minus_this"] = auc_gain_ci(y, score("stacking"), score(m), **boot)
     return {"n_bars": int(rows.sum()), "models": models}
 
@@ -92,35 +102,45 @@ def _models_section(known: pd.DataFrame, lim: dict, why_empty: str | None) -> di
 def _drift_section(frame: pd.DataFrame, reference: dict | None, why_empty: str | None) -> dict:
     "PSI of every reference feature and of the stacked prediction against the reference bins, with bands."
     if why_empty: return {"n_rows": 0, "empty": why_empty}
-    if reference is None: return {"n_rows": len(frame), "empty": "the run has no drift reference (models/drift_reference_{tf}.json): "
-                                  "it was exported before the export stage wrote one; re-run the export stage"}
+    if reference is None:
+        return {"n_rows": len(frame),
+                "empty": "the run has no drift reference (models/drift_reference_{tf}.json): "
+                         "it was exported before the export stage wrote one; re-run the export stage"}
     live = pd.DataFrame(frame["features"].tolist(), dtype=float)
-    features = {name: psi(bins, bin_shares(live[name], bins["edges"])) for name, bins in reference["features"].items()
-                if name in live}
+    features = {name: psi(bins, bin_shares(live[name], bins["edges"]))
+                for name, bins in reference["features"].items() if name in live}
     probabilities = pd.DataFrame(frame["models"].tolist(), dtype=float)
-    stacked = probabilities["stacking"].dropna() if "stacking" in probabilities else frame.loc[frame["fallback"].isna(), "p_up"]
+    stacked = (probabilities["stacking"].dropna() if "stacking" in probabilities
+               else frame.loc[frame["fallback"].isna(), "p_up"])
     prediction = psi(reference["prediction"], bin_shares(stacked, reference["prediction"]["edges"])) \
         if "prediction" in reference and len(stacked) else float("nan")
     return {"n_rows": len(frame), "prediction": prediction, "n_prediction": int(len(stacked)),
             "features": dict(sorted(features.items(), key=lambda kv: -kv[1])),
-            "not_logged": sorted(set(reference["features"]) - set(live)), "reference_rows": reference.get("feature_rows"),
+            "not_logged": sorted(set(reference["features"]) - set(live)),
+            "reference_rows": reference.get("feature_rows"),
             "reference_prediction_rows": reference.get("prediction_rows")}
 
 # %% ../../nbs/serve/06_monitor.ipynb #df6902c0
 def _operations_section(frame: pd.DataFrame) -> dict:
     "Latency percentiles and fallback counts by reason."
     if frame.empty: return {"empty": "the log is empty"}
-    spread = lambda ms: {f"p{q}": float(np.percentile(ms, q)) for q in (50, 90, 99)} | {"max": float(ms.max())}
-    cycle = frame["cycle_ms"].dropna().to_numpy() if "cycle_ms" in frame else np.array([])   # NULL in schema-1 rows
-    return {"latency_ms": spread(frame["latency_ms"].to_numpy()), "cycle_ms": spread(cycle) if len(cycle) else None,
+    spread = lambda ms: ({f"p{q}": float(np.percentile(ms, q)) for q in (50, 90, 99)}
+                         | {"max": float(ms.max())})
+    # cycle_ms is NULL in schema-1 rows
+    cycle = frame["cycle_ms"].dropna().to_numpy() if "cycle_ms" in frame else np.array([])
+    return {"latency_ms": spread(frame["latency_ms"].to_numpy()),
+            "cycle_ms": spread(cycle) if len(cycle) else None,
             "fallbacks": {str(k): int(v) for k, v in frame["fallback"].value_counts().items()},
             "n_stacked": int(frame["fallback"].isna().sum()), "n_rows": len(frame)}
 
 # %% ../../nbs/serve/06_monitor.ipynb #7fd7b8c9
 def _age(meta: dict, frame: pd.DataFrame) -> dict:
-    "The newest bar the served models learned from, and their age now and at the newest logged bar (information, not a limit)."
-    trained = [b["training_window"]["last_bar"] for b in meta.get("base_models", []) if b.get("training_window")]
-    end = utc(min(trained, key=utc)) if trained else utc(meta["training_window"]["last_bar"])   # the stalest part
+    """The newest bar the served models learned from, and their age now and at the newest logged bar
+    (information, not a limit)."""
+    trained = [b["training_window"]["last_bar"] for b in meta.get("base_models", [])
+               if b.get("training_window")]
+    # the stalest part
+    end = utc(min(trained, key=utc)) if trained else utc(meta["training_window"]["last_bar"])
     days = lambda t: (t - end) / pd.Timedelta(days=1)
     return {"training_window_end": str(end), "meta_learner_window_end": meta["training_window"]["last_bar"],
             "age_days": days(pd.Timestamp.now(tz="UTC")),
@@ -134,38 +154,48 @@ def retrain_recommendation(summary: dict, lim: dict) -> list[str]:
     triggers, drift, realised = [], summary["drift"], summary["auc"]
     if "empty" not in drift and drift["n_rows"] >= lim["min_drift_rows"]:
         if np.isfinite(drift["prediction"]) and drift["prediction"] > lim["psi_major"]:
-            triggers.append(f"PSI of the prediction {drift['prediction']:.3f} > {lim['psi_major']} ({drift['n_prediction']} rows)")
+            triggers.append(f"PSI of the prediction {drift['prediction']:.3f} > {lim['psi_major']} "
+                            f"({drift['n_prediction']} rows)")
         major = {f: v for f, v in drift["features"].items() if v > lim["psi_major"]}
         if drift["features"] and len(major) > lim["max_major_features"] * len(drift["features"]):
             top = ", ".join(f"{f} {v:.3f}" for f, v in list(major.items())[:5])
             triggers.append(f"PSI > {lim['psi_major']} on {len(major)} of {len(drift['features'])} features "
-                            f"({len(major) / len(drift['features']):.0%} > {lim['max_major_features']:.0%}): {top}")
+                            f"({len(major) / len(drift['features']):.0%} > "
+                            f"{lim['max_major_features']:.0%}): {top}")
     if "auc" in realised:
         value, (low, high), n = realised["auc"], realised["auc_ci95"], realised["n_bars"]
         if n >= lim["min_ci_bars"] and high < 0.5:
-            triggers.append(f"realised AUC {value:.3f} (95% CI {low:.3f} to {high:.3f}, {n} bars): the whole interval is below 0.5")
+            triggers.append(f"realised AUC {value:.3f} (95% CI {low:.3f} to {high:.3f}, {n} bars): "
+                            "the whole interval is below 0.5")
         oof_low = (realised.get("oof_auc_ci95") or [float("nan")])[0]
         if n >= lim["min_auc_bars"] and oof_low is not None and value < oof_low:
-            triggers.append(f"realised AUC {value:.3f} on {n} bars is below the OOF AUC's 95% CI lower bound {oof_low:.3f} "
-                            f"(OOF AUC {realised['oof_auc']:.3f}; needs at least {lim['min_auc_bars']} bars)")
+            triggers.append(f"realised AUC {value:.3f} on {n} bars is below the OOF AUC's 95% CI lower bound "
+                            f"{oof_low:.3f} (OOF AUC {realised['oof_auc']:.3f}; "
+                            f"needs at least {lim['min_auc_bars']} bars)")
     return triggers
 
 # %% ../../nbs/serve/06_monitor.ipynb #5b167b5d
-def monitor_summary(frame: pd.DataFrame, reference: dict | None, stacking: dict, meta: dict, **limits) -> dict:
-    "Every number of the report from the logged rows of one run (`PredictionLog.frame()`), its drift reference, stacking record and meta."
+def monitor_summary(frame: pd.DataFrame, reference: dict | None, stacking: dict, meta: dict,
+                    **limits) -> dict:
+    """Every number of the report from the logged rows of one run (`PredictionLog.frame()`), its drift
+    reference, stacking record and meta."""
     lim = _check_limits(limits)
-    rows = len(frame)   # a bar logged again under a later version of the alias (it moved away and back) counts once
-    frame = frame.sort_values(["bar_time", "model_version"], kind="stable").drop_duplicates(["symbol", "bar_time"])
+    # a bar logged again under a later version of the alias (it moved away and back) counts once
+    rows = len(frame)
+    frame = (frame.sort_values(["bar_time", "model_version"], kind="stable")
+             .drop_duplicates(["symbol", "bar_time"]))
     frame = frame.reset_index(drop=True)   # the bootstrap's blocks are runs of time
     known = frame[frame["outcome"].notna()]
-    why = "the log holds no prediction of this run" if frame.empty else \
-        f"none of the {len(frame)} logged bars has an outcome yet (filled once its horizon has closed)" if known.empty else None
+    why = ("the log holds no prediction of this run" if frame.empty
+           else f"none of the {len(frame)} logged bars has an outcome yet "
+                "(filled once its horizon has closed)" if known.empty else None)
     summary = {"n_rows": len(frame), "n_repeated_rows": rows - len(frame), "n_outcomes": len(known),
                "symbols": sorted(frame["symbol"].unique()),
                "first_bar": str(frame["bar_time"].min()) if len(frame) else None,
                "last_bar": str(frame["bar_time"].max()) if len(frame) else None,
                "auc": _auc_section(known, stacking, lim, why),
-               "drift": _drift_section(frame, reference, "the log holds no prediction of this run" if frame.empty else None),
+               "drift": _drift_section(frame, reference,
+                                       "the log holds no prediction of this run" if frame.empty else None),
                "operations": _operations_section(frame), "age": _age(meta, frame), "limits": lim}
     summary["calibration"] = calibration(known["outcome"], known["p_up"]) if not why else {"empty": why}
     summary["models"] = _models_section(known, lim, why)
@@ -180,11 +210,13 @@ def _num(x, fmt: str = ".3f") -> str:
 # %% ../../nbs/serve/06_monitor.ipynb #ce2106a9
 def _ci(interval) -> str:
     "A 95% interval for the report."
-    return "n/a" if not interval or any(v is None for v in interval) else f"{_num(interval[0])} to {_num(interval[1])}"
+    return ("n/a" if not interval or any(v is None for v in interval)
+            else f"{_num(interval[0])} to {_num(interval[1])}")
 
 # %% ../../nbs/serve/06_monitor.ipynb #f5be4b7f
 def _plots(summary: dict, frame: pd.DataFrame, out_dir: Path) -> dict[str, str]:
-    "reliability.png, psi.png and latency.png beside the report, each where its section has data; none without matplotlib."
+    """reliability.png, psi.png and latency.png beside the report, each where its section has data;
+    none without matplotlib."""
     try:
         from matplotlib.figure import Figure   # no pyplot: no backend, no global state
         from matplotlib.ticker import FuncFormatter, ScalarFormatter
@@ -199,7 +231,8 @@ def _plots(summary: dict, frame: pd.DataFrame, out_dir: Path) -> dict[str, str]:
         low, high = min(mean_p + rate), max(mean_p + rate)
         ax.plot([low, high], [low, high], color="grey", lw=1, ls="--", label="perfect calibration")
         ax.plot(mean_p, rate, marker="o", label=f"realised (ECE {summary['calibration']['ece']:.3f})")
-        ax.set(xlabel="mean predicted P(up) of the bin", ylabel="observed up-rate", title="reliability (10 equal-count bins)")
+        ax.set(xlabel="mean predicted P(up) of the bin", ylabel="observed up-rate",
+               title="reliability (10 equal-count bins)")
         ax.legend(); save("reliability.png", fig)
     drift = summary["drift"]
     if drift.get("features"):
@@ -207,12 +240,15 @@ def _plots(summary: dict, frame: pd.DataFrame, out_dir: Path) -> dict[str, str]:
         if np.isfinite(drift["prediction"]): top.append(("(prediction)", drift["prediction"]))
         fig = Figure(figsize=(7, 0.3 * len(top) + 1.5)); ax = fig.subplots()
         colours = ["tab:red" if v > 0.25 else "tab:orange" if v >= 0.1 else "tab:green" for _, v in top]
-        ax.barh([name for name, _ in top], [max(v, 1e-3) for _, v in top], color=colours)   # log axis: the bands stay visible
+        # a log axis: the bands stay visible
+        ax.barh([name for name, _ in top], [max(v, 1e-3) for _, v in top], color=colours)
         ax.set_xscale("log")
         ax.set_xlim(1e-3, max(1.0, max(v for _, v in top) * 1.5))
-        for limit, band, below in ((0.1, "0.1: moderate", 10), (0.25, "0.25: major", 20)):   # labels one above the other
+        # the labels one above the other
+        for limit, band, below in ((0.1, "0.1: moderate", 10), (0.25, "0.25: major", 20)):
             ax.axvline(limit, color="black", lw=1, ls="--")
-            ax.annotate(band, (limit, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -below), textcoords="offset points", fontsize=8)
+            ax.annotate(band, (limit, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -below),
+                        textcoords="offset points", fontsize=8)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.set(xlabel="PSI against the training window's bins (log scale; below 0.001 drawn at 0.001)",
                title=f"drift: top {min(TOP_FEATURES, len(drift['features']))} features")
@@ -220,7 +256,8 @@ def _plots(summary: dict, frame: pd.DataFrame, out_dir: Path) -> dict[str, str]:
     if not frame.empty:
         fig = Figure(figsize=(6, 3.5)); ax = fig.subplots()
         latency = frame["latency_ms"].clip(lower=1e-3)
-        ax.hist(latency, bins=np.geomspace(latency.min(), latency.max() * 1.01, 40))   # log bins: a slow first bar stays visible
+        # log bins: a slow first bar stays visible
+        ax.hist(latency, bins=np.geomspace(latency.min(), latency.max() * 1.01, 40))
         for q in ("p50", "p99"):
             ax.axvline(summary["operations"]["latency_ms"][q], color="grey", ls="--", lw=1)
         ax.set_xscale("log")
@@ -243,7 +280,8 @@ def _figure(plots: dict[str, str], name: str) -> list[str]:
 def _calibration_lines(cal: dict, plots: dict[str, str]) -> list[str]:
     return ([f"Expected calibration error: **{cal['ece']:.4f}** (10 equal-count bins of the prediction).", "",
              "| bin | mean P(up) | observed up-rate | bars |", "|---|---|---|---|"]
-            + [f"| {k + 1} | {b['mean_p']:.4f} | {b['up_rate']:.4f} | {b['n']} |" for k, b in enumerate(cal["bins"])] + [""]
+            + [f"| {k + 1} | {b['mean_p']:.4f} | {b['up_rate']:.4f} | {b['n']} |"
+               for k, b in enumerate(cal["bins"])] + [""]
             + _figure(plots, "reliability"))
 
 
@@ -265,7 +303,8 @@ def _drift_lines(drift: dict, plots: dict[str, str]) -> list[str]:
     return ([f"Prediction: PSI **{_num(drift['prediction'])}** ({psi_band(drift['prediction'])}) over "
              f"{drift['n_prediction']} rows. Features: {len(drift['features'])}, {counts}"
              " (bands: < 0.1 stable, 0.1 to 0.25 moderate, > 0.25 major).", "",
-             f"Reference: {rows.get('n_rows')} training rows, {rows.get('first_bar')} to {rows.get('last_bar')}; "
+             f"Reference: {rows.get('n_rows')} training rows, "
+             f"{rows.get('first_bar')} to {rows.get('last_bar')}; "
              f"live: {drift['n_rows']} logged rows.{not_logged}", ""]
             + _figure(plots, "psi") + ["| feature | PSI | band |", "|---|---|---|"]
             + [f"| {f} | {v:.4f} | {psi_band(v)} |" for f, v in drift["features"].items()] + [""])
@@ -273,7 +312,8 @@ def _drift_lines(drift: dict, plots: dict[str, str]) -> list[str]:
 
 def _operations_lines(ops: dict, plots: dict[str, str]) -> list[str]:
     def row(what: str, ms: dict) -> str:
-        return f"| {what} | {ms['p50']:.2f} ms | {ms['p90']:.2f} ms | {ms['p99']:.2f} ms | {ms['max']:.2f} ms |"
+        return (f"| {what} | {ms['p50']:.2f} ms | {ms['p90']:.2f} ms | {ms['p99']:.2f} ms | "
+                f"{ms['max']:.2f} ms |")
     out = ["| per bar | p50 | p90 | p99 | max |", "|---|---|---|---|---|",
            row("decision (features and models: latency_ms)", ops["latency_ms"])]
     if ops.get("cycle_ms"):
@@ -287,31 +327,41 @@ def render_monitor(summary: dict, header: dict, plots: dict[str, str]) -> str:
     "MONITOR.md of a summary: recommendation first, then each section or why it is empty."
     out = [f"# Monitor: alias {header['alias']}, run {header['run']} (version {header['version']})", "",
            f"Generated {header['generated']} from `{header['db']}` and registry `{header['registry']}`: "
-           f"{summary['n_rows']} bars predicted by this run ({header['other_runs']} rows of other runs left out"
-           + (f"; {summary['n_repeated_rows']} rows repeating a bar logged under an earlier version of the alias, counted once"
-              if summary.get("n_repeated_rows") else "") + "), "
+           f"{summary['n_rows']} bars predicted by this run "
+           f"({header['other_runs']} rows of other runs left out"
+           + (f"; {summary['n_repeated_rows']} rows repeating a bar logged under an earlier version "
+              "of the alias, counted once" if summary.get("n_repeated_rows") else "") + "), "
            f"{summary['n_outcomes']} with an outcome; symbols {', '.join(summary['symbols']) or 'none'}; "
            f"bars {summary['first_bar']} to {summary['last_bar']}.", ""]
     if not plots and summary["n_rows"]: out += ["(No plots: they need matplotlib.)", ""]
     age, lim = summary["age"], summary["limits"]
     out += ["## Retrain recommendation", ""]
-    if summary["retrain"]: out += ["**Retrain recommended.** Limits crossed:", ""] + [f"- {t}" for t in summary["retrain"]]
+    if summary["retrain"]:
+        out += ["**Retrain recommended.** Limits crossed:", ""] + [f"- {t}" for t in summary["retrain"]]
     else:
         out.append("No retrain recommended: no limit crossed.")
         if summary["drift"].get("n_rows", 0) < lim["min_drift_rows"]:
-            out.append(f"Drift limits apply from {lim['min_drift_rows']} logged rows ({summary['drift'].get('n_rows', 0)} so far).")
-    out += ["", f"Model age (information, not a limit): the served models learned from bars up to {age['training_window_end']}, "
-            f"{_num(age['age_days'], '.1f')} days ago ({_num(age['age_days_at_newest_bar'], '.1f')} days old at the newest logged bar). "
-            "Base models trained until: " + ", ".join(f"{m} {t}" for m, t in age["base_models_trained_until"].items()) + ".", ""]
+            out.append(f"Drift limits apply from {lim['min_drift_rows']} logged rows "
+                       f"({summary['drift'].get('n_rows', 0)} so far).")
+    out += ["", "Model age (information, not a limit): the served models learned from bars up to "
+            f"{age['training_window_end']}, {_num(age['age_days'], '.1f')} days ago "
+            f"({_num(age['age_days_at_newest_bar'], '.1f')} days old at the newest logged bar). "
+            "Base models trained until: "
+            + ", ".join(f"{m} {t}" for m, t in age["base_models_trained_until"].items()) + ".", ""]
     realised = summary["auc"]
     out += ["## Realised AUC", ""]
     if "empty" in realised: out += [f"No realised AUC: {realised['empty']}.", ""]
     out += ["| AUC of the final prediction | value | 95% CI (block bootstrap) | bars |", "|---|---|---|---|",
-            f"| realised (live, logged outcomes) | {_num(realised.get('auc'))} | {_ci(realised.get('auc_ci95'))} | {realised['n_bars']} |",
-            f"| run's OOF (stacking record) | {_num(realised['oof_auc'])} | {_ci(realised['oof_auc_ci95'])} | |",
-            f"| run's held-out test | {_num(realised['test_auc'])} | {_ci(realised['test_auc_ci95'])} | |", ""]
-    out += _section("Calibration", summary["calibration"], "No calibration", lambda cal: _calibration_lines(cal, plots))
-    out += _section("Stacked model against each base model", summary["models"], "No comparison", _models_lines)
+            f"| realised (live, logged outcomes) | {_num(realised.get('auc'))} | "
+            f"{_ci(realised.get('auc_ci95'))} | {realised['n_bars']} |",
+            f"| run's OOF (stacking record) | {_num(realised['oof_auc'])} | "
+            f"{_ci(realised['oof_auc_ci95'])} | |",
+            f"| run's held-out test | {_num(realised['test_auc'])} | "
+            f"{_ci(realised['test_auc_ci95'])} | |", ""]
+    out += _section("Calibration", summary["calibration"], "No calibration",
+                    lambda cal: _calibration_lines(cal, plots))
+    out += _section("Stacked model against each base model", summary["models"], "No comparison",
+                    _models_lines)
     out += _section("Drift (PSI against the training window)", summary["drift"], "No drift measured",
                     lambda drift: _drift_lines(drift, plots))
     out += _section("Latency and fallbacks", summary["operations"], "Nothing to measure",
@@ -321,7 +371,8 @@ def render_monitor(summary: dict, header: dict, plots: dict[str, str]) -> str:
 # %% ../../nbs/serve/06_monitor.ipynb #6e979c9d
 def alias_summary(db: str | Path, registry: str | Path | None = None, alias: str = "1h",
                   **limits) -> tuple[dict, dict, pd.DataFrame]:
-    "The monitor summary of the run behind `alias` from prediction log `db` (read only), a header naming both, the logged rows."
+    """The monitor summary of the run behind `alias` from prediction log `db` (read only), a header naming
+    both, the logged rows."""
     _check_limits(limits)
     db = Path(db)
     if not db.is_file(): raise FileNotFoundError(f"{db}: no prediction log there")
@@ -335,14 +386,17 @@ def alias_summary(db: str | Path, registry: str | Path | None = None, alias: str
     reference = read_json(verify_artifact(root, drift_file)) if (root / drift_file).exists() else None
     stacking = read_json(verify_artifact(root, f"results/stacking_{tf}.json"))
     summary = monitor_summary(frame, reference, stacking, predictor.meta, **limits)
-    header = {"alias": alias, "run": run, "version": predictor.pointer["version"], "db": str(db), "registry": str(predictor.registry),
-              "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "other_runs": len(logged) - len(frame)}
+    header = {"alias": alias, "run": run, "version": predictor.pointer["version"], "db": str(db),
+              "registry": str(predictor.registry),
+              "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "other_runs": len(logged) - len(frame)}
     return summary, header, frame
 
 # %% ../../nbs/serve/06_monitor.ipynb #ea48ab55
-def monitor_report(db: str | Path, registry: str | Path | None = None, alias: str = "1h", out_dir: str | Path = "monitor",
-                   **limits) -> Path:
-    "`out_dir/MONITOR.md`, its PNG plots and `monitor.json` for the run behind `alias`, from prediction log `db`; see LIMITS."
+def monitor_report(db: str | Path, registry: str | Path | None = None, alias: str = "1h",
+                   out_dir: str | Path = "monitor", **limits) -> Path:
+    """`out_dir/MONITOR.md`, its PNG plots and `monitor.json` for the run behind `alias`, from prediction log
+    `db`; see LIMITS."""
     summary, header, frame = alias_summary(db, registry, alias, **limits)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -354,19 +408,22 @@ def monitor_report(db: str | Path, registry: str | Path | None = None, alias: st
 
 # %% ../../nbs/serve/06_monitor.ipynb #03ff81ed
 def monitor_command(args) -> int:
-    "`macd-nb monitor`: writes the report of args.db for args.alias of args.registry into args.out, prints its path; a refusal exits 2."
+    """`macd-nb monitor`: writes the report of args.db for args.alias of args.registry into args.out,
+    prints its path; a refusal exits 2."""
     from macd_nb.core.rundir import CorruptArtifact
     out = Path(args.out) if getattr(args, "out", None) else Path(args.db).parent / "monitor"
-    try: path = monitor_report(args.db, getattr(args, "registry", None), getattr(args, "alias", None) or "1h", out)
+    try: path = monitor_report(args.db, getattr(args, "registry", None),
+                               getattr(args, "alias", None) or "1h", out)
     except (FileNotFoundError, RegistryError, CorruptArtifact, KeyError, ValueError) as refused:
         print(f"macd-nb monitor: refused: {refused}", file=sys.stderr)
         return 2
     except sqlite3.DatabaseError as error:   # damage that the quick check at open did not reach
-        print(f"macd-nb monitor: refused: {args.db}: the prediction log is damaged ({error}); move it aside", file=sys.stderr)
+        print(f"macd-nb monitor: refused: {args.db}: the prediction log is damaged ({error}); move it aside",
+              file=sys.stderr)
         return 2
     except OSError as error:   # --out (or a folder on its way) that cannot be written
-        print(f"macd-nb monitor: refused: --out {out}: cannot write {error.filename or out} ({error.strerror or error}); "
-              "give a folder you can write with --out", file=sys.stderr)
+        print(f"macd-nb monitor: refused: --out {out}: cannot write {error.filename or out} "
+              f"({error.strerror or error}); give a folder you can write with --out", file=sys.stderr)
         return 2
     print(f"monitor: {path}")
     return 0

@@ -22,7 +22,7 @@ GOLDEN_TOLERANCE = 1e-5
 
 
 class InputsUnavailable(ValueError):
-    "The bars offered cannot supply a kline column (`feature_inputs`) that a served model's features are built on."
+    "The bars offered lack a kline column (`feature_inputs`) that a served model's features are built on."
 
 
 def standardize(features: np.ndarray, scaler: dict, clip: float = 10.0) -> np.ndarray:
@@ -32,15 +32,21 @@ def standardize(features: np.ndarray, scaler: dict, clip: float = 10.0) -> np.nd
 
 # %% ../../nbs/serve/01_predictor.ipynb #1b4373f3
 def checked_table(table) -> pd.DataFrame:
-    "`table` as feature rows oldest first (a Series: one row, named by its bar); TypeError/ValueError naming what is wrong."
+    """`table` as feature rows oldest first (a Series: one row, named by its bar);
+    TypeError/ValueError naming what is wrong."""
     if isinstance(table, pd.Series): table = table.to_frame().T
     if not isinstance(table, pd.DataFrame):
-        raise TypeError(f"predict takes a DataFrame of feature rows (index: bar open times, newest last), got {type(table).__name__}")
-    if table.empty: raise ValueError(f"predict: the feature table has no rows ({len(table.columns)} columns); give at least the bar to predict")
+        raise TypeError("predict takes a DataFrame of feature rows (index: bar open times, newest last), "
+                        f"got {type(table).__name__}")
+    if table.empty:
+        raise ValueError(f"predict: the feature table has no rows ({len(table.columns)} columns); "
+                         "give at least the bar to predict")
     if not table.index.is_monotonic_increasing or not table.index.is_unique:
         position = next(i for i in range(1, len(table)) if not table.index[i] > table.index[i - 1])
-        raise ValueError(f"predict: rows must be oldest first, each bar once: row {position} ({table.index[position]}) is not after "
-                         f"row {position - 1} ({table.index[position - 1]}); sort the table (table.sort_index()); the last row is the bar predicted")
+        raise ValueError(f"predict: rows must be oldest first, each bar once: row {position} "
+                         f"({table.index[position]}) is not after row {position - 1} "
+                         f"({table.index[position - 1]}); sort the table (table.sort_index()); "
+                         "the last row is the bar predicted")
     return table
 
 # %% ../../nbs/serve/01_predictor.ipynb #9ce3bf9b
@@ -52,53 +58,66 @@ def numeric_values(table: pd.DataFrame) -> np.ndarray:
             bad = pd.to_numeric(table[column], errors="coerce").isna() & table[column].notna()
             if bad.any():
                 row = bad.idxmax()
-                raise ValueError(f"predict: column {column!r} row {row} holds {table.at[row, column]!r}, not a number; "
-                                 "the feature table holds floats only (NaN where undefined)") from None
+                raise ValueError(f"predict: column {column!r} row {row} holds {table.at[row, column]!r}, "
+                                 "not a number; the feature table holds floats only "
+                                 "(NaN where undefined)") from None
         raise
 
-# %% ../../nbs/serve/01_predictor.ipynb #4eb086af
-class _ServedInputs:
-    """How the served models are fed (a part of `MLPredictor`): the optional kline columns they read, checked against a
-    source's bars, and each base model's input for the last bar of a feature table."""
+# %% ../../nbs/serve/01_predictor.ipynb #0987a49c
+class _KlineInputs:
+    "The optional kline columns served models read, checked against a source's bars (part of `MLPredictor`)."
     alias: str
     pointer: dict
 
     def required_inputs(self, models: list[str] | None = None) -> dict[str, list[str]]:
         "Base model -> the optional kline columns (the run's `feature_inputs`) its features are built on."
-        return {name: [column for column, built in OPTIONAL_INPUTS.items() if set(built) & set(self.metadata(name)["features"])]
+        return {name: [column for column, built in OPTIONAL_INPUTS.items()
+                       if set(built) & set(self.metadata(name)["features"])]
                 for name in (models if models is not None else self.meta["inputs"])}
 
-    def check_inputs(self, bars: pd.DataFrame, models: list[str] | None = None, *, source: str = "the bars") -> None:
-        "InputsUnavailable naming each model and column when the target's `bars` (newest last) lack a column it reads."
+    def check_inputs(self, bars: pd.DataFrame, models: list[str] | None = None, *,
+                     source: str = "the bars") -> None:
+        """InputsUnavailable naming each model and column when the target's `bars` (newest last)
+        lack a column it reads."""
         lacking = {c: bars[c].last_valid_index() if c in bars.columns else None for c in OPTIONAL_INPUTS
                    if c not in bars.columns or pd.isna(bars[c].iloc[-1])}
-        needs = {name: [c for c in columns if c in lacking] for name, columns in self.required_inputs(models).items()}
+        needs = {name: [c for c in columns if c in lacking]
+                 for name, columns in self.required_inputs(models).items()}
         needs = {name: columns for name, columns in needs.items() if columns}
         if not needs: return
         said = "; ".join(f"{name} reads {', '.join(columns)}" for name, columns in needs.items())
-        why = ", ".join(f"{c} {'absent' if last is None else f'empty after {last:%Y-%m-%d %H:%M}'}" for c, last in lacking.items()
-                        if any(c in columns for columns in needs.values()))
-        raise InputsUnavailable(f"{source} cannot supply what alias {self.alias} (run {self.pointer['run']}) reads: {said}; "
-                                f"on the newest bar {bars.index[-1]:%Y-%m-%d %H:%M} UTC: {why}. Serve a run trained without "
-                                "them (`feature_inputs: []` in its configuration) or a source whose klines carry them")
+        why = ", ".join(f"{c} {'absent' if last is None else f'empty after {last:%Y-%m-%d %H:%M}'}"
+                        for c, last in lacking.items() if any(c in columns for columns in needs.values()))
+        raise InputsUnavailable(f"{source} cannot supply what alias {self.alias} "
+                                f"(run {self.pointer['run']}) reads: {said}; "
+                                f"on the newest bar {bars.index[-1]:%Y-%m-%d %H:%M} UTC: {why}. Serve a run "
+                                "trained without them (`feature_inputs: []` in its configuration) "
+                                "or a source whose klines carry them")
+
+# %% ../../nbs/serve/01_predictor.ipynb #4eb086af
+class _ServedInputs:
+    "How the served models are fed (a part of `MLPredictor`): each base model's input for a table's last bar."
 
     def columns_of(self, name: str, columns: pd.Index) -> np.ndarray:
-        "Positions of model `name`'s features among a feature table's `columns` (found once per columns object)."
+        "Positions of model `name`'s features among a table's `columns` (found once per columns object)."
         cached = self._positions.get((name, id(columns)))
-        if cached is None or cached[0] is not columns:   # the reference kept in the cache: an id is never reused
+        if cached is None or cached[0] is not columns:   # kept in the cache, the object's id is never reused
             where = {column: i for i, column in enumerate(columns.tolist())}
             missing = [f for f in self.metadata(name)["features"] if f not in where]
-            if missing: raise KeyError(f"{name}: the feature table lacks {missing[:5]} ({len(missing)} in all)")
+            if missing:
+                raise KeyError(f"{name}: the feature table lacks {missing[:5]} ({len(missing)} in all)")
             if len(self._positions) > 64: self._positions.clear()
-            cached = self._positions[(name, id(columns))] = (columns, np.array([where[f] for f in self.metadata(name)["features"]]))
+            cached = self._positions[(name, id(columns))] = (
+                columns, np.array([where[f] for f in self.metadata(name)["features"]]))
         return cached[1]
 
     def base_input(self, name: str, table: pd.DataFrame, values: np.ndarray | None = None) -> np.ndarray:
-        "The input of one base model for the last bar of `table` (`values`: the table as float64, when at hand)."
+        "One base model's input for the last bar of `table` (`values`: the table as float64, when at hand)."
         meta = self.metadata(name)
         values = numeric_values(table) if values is None else values
         features = values[:, self.columns_of(name, table.columns)]
-        if not np.isfinite(features[-1]).all():   # no training row had an undefined or infinite feature: refuse, not guess
+        # no training row had an undefined or infinite feature: refuse, not guess
+        if not np.isfinite(features[-1]).all():
             undefined = [f for f, x in zip(meta["features"], features[-1]) if not np.isfinite(x)]
             kind = "undefined (NaN)" if np.isnan(features[-1]).any() else "infinite"
             more = f" and {len(undefined) - 5} more" if len(undefined) > 5 else ""
@@ -106,7 +125,8 @@ class _ServedInputs:
                              "the model was never trained on such a row: compute the row again from the bars")
         if served_kind(name).windowed:
             length = meta["sequence_length"]
-            if len(table) < length: raise ValueError(f"{name} needs {length} bars of features, got {len(table)}")
+            if len(table) < length:
+                raise ValueError(f"{name} needs {length} bars of features, got {len(table)}")
             return standardize(features[-length:], meta["scaler"])[None]
         dtype = np.float64 if "double" in self.session(name).get_inputs()[0].type else np.float32
         return features[-1:].astype(dtype)
@@ -117,26 +137,12 @@ class _ServedInputs:
         out = session.run(None, {session.get_inputs()[0].name: self.base_input(name, table, values)})[0]
         return float(out[0, served_kind(name).head(self.metadata(name))])
 
-# %% ../../nbs/serve/01_predictor.ipynb #e681fe60
-class MLPredictor(_ServedInputs):
-    "The stacked model of a registry alias, served with ONNX Runtime."
-    def __init__(self, alias: str = "1h", registry: str | Path | None = None):
-        self.registry = Path(registry) if registry else default_registry_dir()
-        self.alias, self.timeframe = alias, alias
-        reading = self.registry / "aliases" / f"{alias}.json"
-        try:
-            self.pointer = read_alias(self.registry, alias)
-            if self.pointer is None: raise RegistryError(f"{self.registry}: no alias {alias!r}; promote a run first")
-            self.run_root = self.registry / "runs" / self.pointer["run"]
-            reading = self.meta_path = alias_target(self.registry, alias)   # checked against the sha256 the alias recorded
-            self.meta = read_json(self.meta_path)
-            reading = self.run_root / "MANIFEST.json"
-            self.manifest = read_json(reading)["files"]
-        except (ValueError, KeyError, TypeError, OSError) as error:   # a damaged pointer, meta file or manifest
-            detail = f"{reading}: missing key {error}" if isinstance(error, (KeyError, TypeError)) else str(error)
-            raise RegistryError(f"{detail}; the registry's copy is damaged: restore the file (audit.jsonl records every "
-                                "alias move), or deploy the run's package into a fresh registry") from None
-        self._sessions, self._metadata, self._positions, self._exports = {}, {}, {}, None
+# %% ../../nbs/serve/01_predictor.ipynb #1f68a040
+class _RunFiles:
+    "The served run's files (a part of `MLPredictor`): each checked against the run's manifest, read once."
+    run_root: Path
+    manifest: dict
+    timeframe: str
 
     def verified(self, relative: str) -> Path:
         "A file of the served run after checking its bytes against the run's manifest (read once, at load)."
@@ -144,24 +150,17 @@ class MLPredictor(_ServedInputs):
 
     @property
     def exports(self) -> dict:
-        "The export record's entry per model (ONNX source sha256, parity), verified against the manifest; read once."
+        "The export record's entry per model (ONNX source sha256, parity)."
         if self._exports is None:
             self._exports = read_json(self.verified(f"results/export_{self.timeframe}.json"))["exports"]
         return self._exports
 
-    @property
-    def models(self) -> list[str]: return [*self.meta["inputs"], "stacking_meta"]
-
     def metadata(self, name: str) -> dict:
-        "The metadata of one model (read once): the meta file, a network's JSON, a tree's result record (`served_kind`)."
+        "One model's metadata: the meta file, a network's JSON, a tree's result record (`served_kind`)."
         if name not in self._metadata:
-            self._metadata[name] = read_json(self.verified(served_kind(name).metadata_file(name, self.timeframe)))
+            self._metadata[name] = read_json(
+                self.verified(served_kind(name).metadata_file(name, self.timeframe)))
         return self._metadata[name]
-
-    def feature_rows(self, models: list[str] | None = None) -> int:
-        "Bars of features one prediction of `models` (default: the stacked model's inputs) reads: a sequence's length, else 1."
-        names = self.meta["inputs"] if models is None else models
-        return max([served_kind(m).rows(self.metadata(m)) for m in names], default=1)
 
     def session(self, name: str):
         "The ONNX Runtime session of one model (created once, one thread)."
@@ -169,19 +168,57 @@ class MLPredictor(_ServedInputs):
             import onnxruntime as ort
             options = ort.SessionOptions()
             options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-            options.log_severity_level = 4   # a file that fails to load is reported by the health check, not logged
+            # a file that fails to load is reported by the health check, not logged
+            options.log_severity_level = 4
             path = self.verified(f"models/{name}_{self.timeframe}.onnx")
-            self._sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self._sessions[name] = ort.InferenceSession(str(path), options,
+                                                        providers=["CPUExecutionProvider"])
         return self._sessions[name]
 
+# %% ../../nbs/serve/01_predictor.ipynb #e681fe60
+class MLPredictor(_RunFiles, _KlineInputs, _ServedInputs):
+    "The stacked model of a registry alias, served with ONNX Runtime."
+    def __init__(self, alias: str = "1h", registry: str | Path | None = None):
+        self.registry = Path(registry) if registry else default_registry_dir()
+        self.alias, self.timeframe = alias, alias
+        reading = self.registry / "aliases" / f"{alias}.json"
+        try:
+            self.pointer = read_alias(self.registry, alias)
+            if self.pointer is None:
+                raise RegistryError(f"{self.registry}: no alias {alias!r}; promote a run first")
+            self.run_root = self.registry / "runs" / self.pointer["run"]
+            # checked against the sha256 the alias recorded
+            reading = self.meta_path = alias_target(self.registry, alias)
+            self.meta = read_json(self.meta_path)
+            reading = self.run_root / "MANIFEST.json"
+            self.manifest = read_json(reading)["files"]
+        except (ValueError, KeyError, TypeError, OSError) as error:   # a damaged pointer, meta file, manifest
+            detail = (f"{reading}: missing key {error}" if isinstance(error, (KeyError, TypeError))
+                      else str(error))
+            raise RegistryError(f"{detail}; the registry's copy is damaged: restore the file "
+                                "(audit.jsonl records every alias move), "
+                                "or deploy the run's package into a fresh registry") from None
+        self._sessions, self._metadata, self._positions, self._exports = {}, {}, {}, None
+
+    @property
+    def models(self) -> list[str]: return [*self.meta["inputs"], "stacking_meta"]
+
+    def feature_rows(self, models: list[str] | None = None) -> int:
+        """Bars of features one prediction of `models` (default: the stacked model's inputs) reads:
+        a sequence's length, else 1."""
+        names = self.meta["inputs"] if models is None else models
+        return max([served_kind(m).rows(self.metadata(m)) for m in names], default=1)
+
     def predict(self, table: pd.DataFrame | pd.Series) -> dict:
-        "P(up) of the stacked model and of each base model for the last bar of `table` (recent rows, oldest first; a Series: one row)."
+        """P(up) of the stacked model and of each base model for the last bar of `table`
+        (recent rows, oldest first; a Series: one row)."""
         table = checked_table(table)
         base, values = {}, numeric_values(table)
         for name in self.meta["inputs"]: base[name] = self.base_probability(name, table, values)
-        stacked = self.session("stacking_meta").run(None, {"p_base": np.array([[base[m] for m in self.meta["inputs"]]])})[0]
-        return {"bar": str(table.index[-1]), "p_up": float(stacked[0, 0]), "models": base, "alias": self.alias,
-                "run": self.pointer["run"], "version": self.pointer["version"]}
+        stacked = self.session("stacking_meta").run(
+            None, {"p_base": np.array([[base[m] for m in self.meta["inputs"]]])})[0]
+        return {"bar": str(table.index[-1]), "p_up": float(stacked[0, 0]), "models": base,
+                "alias": self.alias, "run": self.pointer["run"], "version": self.pointer["version"]}
 
 # %% ../../nbs/serve/01_predictor.ipynb #ff3b9394
 def _bundled_sha256(meta: dict, name: str) -> set[str]:
@@ -202,10 +239,10 @@ def _readable(read, *keys) -> tuple[bool, str]:
 
 # %% ../../nbs/serve/01_predictor.ipynb #4724fcfe
 def _check_run(predictor: MLPredictor) -> dict:
-    "The run's records serving reads besides the models: the prepare record (target, symbols, optional inputs)."
+    "The run's records serving reads, besides models: the prepare record (target, symbols, optional inputs)."
     tf = predictor.timeframe
-    return {"serving_config": _readable(lambda: read_json(predictor.verified("results/prepare.json")), "target", "symbols",
-                                        f"timeframes.{tf}.feature_set.inputs")}
+    return {"serving_config": _readable(lambda: read_json(predictor.verified("results/prepare.json")),
+                                        "target", "symbols", f"timeframes.{tf}.feature_set.inputs")}
 
 # %% ../../nbs/serve/01_predictor.ipynb #9bef2ed3
 def _check_model(predictor: MLPredictor, name: str) -> dict:
@@ -215,20 +252,24 @@ def _check_model(predictor: MLPredictor, name: str) -> dict:
     missing = [f for f in files.values() if not (predictor.run_root / f).exists()]
     checks["present"] = (not missing, f"missing {missing}" if missing else "")
     if missing: return checks
-    changed = [f for f in files.values() if predictor.manifest.get(f, {}).get("sha256") != sha256_file(predictor.run_root / f)]
-    checks["sha256_matches_manifest"] = (not changed, f"{changed} differ from the manifest (or are not in it)" if changed else "")
+    changed = [f for f in files.values()
+               if predictor.manifest.get(f, {}).get("sha256") != sha256_file(predictor.run_root / f)]
+    checks["sha256_matches_manifest"] = (
+        not changed, f"{changed} differ from the manifest (or are not in it)" if changed else "")
     try:
         absent = [k for k in served_kind(name).required if k not in predictor.metadata(name)]
         checks["metadata_complete"] = (not absent, f"missing keys {absent}" if absent else "")
     except (OSError, ValueError) as error:
         checks["metadata_complete"] = (False, f"unreadable metadata: {error}")
     if name != "stacking_meta":   # its result record: the fallback order (OOF AUC) and the label horizon
-        checks["result_record"] = _readable(lambda: read_json(predictor.verified(f"results/{name}_{tf}.json")), "metrics.oof_auc")
+        checks["result_record"] = _readable(
+            lambda: read_json(predictor.verified(f"results/{name}_{tf}.json")), "metrics.oof_auc")
     exported, why = _readable(lambda: predictor.exports)
     export = predictor.exports.get(name, {}) if exported else {}
     if name != "stacking_meta":
         same = export.get("source_sha256") in _bundled_sha256(predictor.meta, name)
-        checks["onnx_is_the_bundled_model"] = (same, "" if same else why or "the ONNX file was exported from another file than the bundled model")
+        checks["onnx_is_the_bundled_model"] = (same, "" if same else why or "the ONNX file was exported "
+                                               "from another file than the bundled model")
     try:
         session = predictor.session(name)
         checks["loads"] = (True, "")
@@ -241,25 +282,32 @@ def _check_model(predictor: MLPredictor, name: str) -> dict:
             diff = float(np.max(np.abs(np.asarray(got, dtype=np.float64) - golden["outputs"])))
         checks["golden_prediction"] = (diff <= GOLDEN_TOLERANCE, f"max |dp| {diff:.2e}")
     except Exception as error:   # an unreadable golden file fails this check, with its reason
-        checks["golden_prediction"] = (False, f"{files['golden']} unreadable: {type(error).__name__}: {error}")
+        checks["golden_prediction"] = (False,
+                                       f"{files['golden']} unreadable: {type(error).__name__}: {error}")
     parity = export.get("parity", {})
-    checks["onnx_parity"] = (bool(parity.get("passed")), why or f"max |dp| {parity.get('max_abs_diff')}, {parity.get('flips')} flipped")
+    checks["onnx_parity"] = (bool(parity.get("passed")), why or f"max |dp| {parity.get('max_abs_diff')}, "
+                                                                f"{parity.get('flips')} flipped")
     return checks
 
 # %% ../../nbs/serve/01_predictor.ipynb #af95213a
 def health_check(predictor: MLPredictor) -> dict:
-    "Per model, and for the run's records serving reads: healthy only when every check passes; the reasons name the model (or `run`) and the check."
+    """Per model, and for the run's records serving reads: healthy only when every check passes;
+    the reasons name the model (or `run`) and the check."""
     models, reasons = {}, []
-    run = {check: {"passed": passed, "detail": detail} for check, (passed, detail) in _check_run(predictor).items()}
+    run = {check: {"passed": passed, "detail": detail}
+           for check, (passed, detail) in _check_run(predictor).items()}
     reasons += [f"run: {check} failed ({r['detail']})" for check, r in run.items() if not r["passed"]]
     for name in predictor.models:
         try: checks = _check_model(predictor, name)
         except Exception as error:   # a check that cannot even run is a failed check, with its reason
             checks = {"checkable": (False, f"{type(error).__name__}: {error}")}
-        models[name] = {check: {"passed": passed, "detail": detail} for check, (passed, detail) in checks.items()}
-        reasons += [f"{name}: {check} failed ({detail})" for check, (passed, detail) in checks.items() if not passed]
+        models[name] = {check: {"passed": passed, "detail": detail}
+                        for check, (passed, detail) in checks.items()}
+        reasons += [f"{name}: {check} failed ({detail})"
+                    for check, (passed, detail) in checks.items() if not passed]
     return {"status": "healthy" if not reasons else "unhealthy", "reasons": reasons, "alias": predictor.alias,
-            "run": predictor.pointer["run"], "version": predictor.pointer["version"], "run_records": run, "models": models}
+            "run": predictor.pointer["run"], "version": predictor.pointer["version"], "run_records": run,
+            "models": models}
 
 
 MLPredictor.health_check = health_check

@@ -47,11 +47,12 @@ def ratio_or(numerator: float, denominator: float, neutral: float) -> float:
 
 # %% ../../nbs/serve/07_recursions.ipynb #f84c30d7
 class Ewm:
-    "pandas' `ewm(span= or alpha=1/window, adjust=False, min_periods).mean()`, one value at a time, in its arithmetic."
+    "pandas' `ewm(span= or alpha=1/window, adjust=False, min_periods).mean()`, value by value, bit for bit."
     __slots__ = ("alpha", "min_periods", "value", "old_weight", "observed")
 
     def __init__(self, *, span: int | None = None, window: int | None = None, min_periods: int):
-        com = (span - 1) / 2 if span is not None else (1 - 1.0 / window) / (1.0 / window)   # pandas' centre of mass
+        # pandas' centre of mass
+        com = (span - 1) / 2 if span is not None else (1 - 1.0 / window) / (1.0 / window)
         self.alpha, self.min_periods = 1.0 / (1.0 + com), min_periods
         self.value, self.old_weight, self.observed = nan, 1.0, 0
 
@@ -63,7 +64,8 @@ class Ewm:
             self.old_weight *= 1.0 - self.alpha
             if seen:
                 if self.value != x:
-                    self.value = (self.old_weight * self.value + self.alpha * x) / (self.old_weight + self.alpha)
+                    self.value = ((self.old_weight * self.value + self.alpha * x)
+                                  / (self.old_weight + self.alpha))
                 self.old_weight = 1.0
         elif seen: self.value = x
         return self.value if self.observed >= self.min_periods else nan
@@ -107,7 +109,7 @@ class Macd:
 
 # %% ../../nbs/serve/07_recursions.ipynb #faeff65b
 class CrossCount:
-    "`bars_since_cross` per row: +k / -k rows since the line crossed above / below its signal, NaN before the first cross."
+    "`bars_since_cross` per row: +k/-k rows since the line crossed above/below its signal; NaN before one."
     __slots__ = ("position", "previous", "last_cross")
 
     def __init__(self): self.position, self.previous, self.last_cross = -1, nan, nan
@@ -115,7 +117,8 @@ class CrossCount:
     def __call__(self, line: float, signal: float) -> float:
         self.position += 1
         side = (1.0 if line >= signal else -1.0) if line == line and signal == signal else nan
-        if side == side and self.previous == self.previous and side != self.previous: self.last_cross = self.position
+        if side == side and self.previous == self.previous and side != self.previous:
+            self.last_cross = self.position
         self.previous = side
         return side * (self.position - self.last_cross + 1)
 
@@ -142,7 +145,8 @@ class TrueRange:
     def __init__(self): self.previous, self.atr = nan, Ewm(window=ATR_WINDOW, min_periods=ATR_WINDOW)
 
     def __call__(self, high: float, low: float, close: float) -> float:
-        wider = np.fmax(abs(high - self.previous), abs(low - self.previous))   # fmax: the first row has no previous close
+        # fmax: the first row has no previous close
+        wider = np.fmax(abs(high - self.previous), abs(low - self.previous))
         self.previous = close
         return self.atr(float(np.fmax(high - low, wider)))
 
@@ -205,7 +209,7 @@ def kurt(w: np.ndarray) -> float:
 
 # %% ../../nbs/serve/07_recursions.ipynb #5dd1510b
 def pair_stats(x: np.ndarray, y: np.ndarray, min_periods: int) -> tuple[float, float, float]:
-    "Sample covariance and both variances over the rows where x and y are valid; NaN under `min_periods` such rows."
+    "Sample covariance and both variances over rows where x and y are valid; NaN under `min_periods` rows."
     both = (x == x) & (y == y)
     n = int(both.sum())
     if n < min_periods: return nan, nan, nan
@@ -223,7 +227,7 @@ def corr(x: np.ndarray, y: np.ndarray, min_periods: int) -> float:
 
 # %% ../../nbs/serve/07_recursions.ipynb #3ddcb895
 class SymbolState:
-    "One symbol's own rows: its closes and 1-bar log return; for a market leader also its MACD 12/26/9 histogram / ATR."
+    "One symbol's own rows: closes and 1-bar log return; for a market leader also MACD 12/26/9 hist / ATR."
     __slots__ = ("close", "ret", "macd", "atr", "hist_atr")
 
     def __init__(self, leader: bool):
@@ -242,7 +246,7 @@ class SymbolState:
 
 
 class CoarserBars:
-    "Completed coarser bars built from the target's rows: MACD 12/26/9 (/ close), RSI 14 and return of the newest one."
+    "Completed coarser bars from the target's rows: MACD 12/26/9 (/ close), RSI 14, return of the newest one."
     def __init__(self, per_bucket: int, bucket_ns: int):
         self.per_bucket, self.bucket_ns = per_bucket, bucket_ns
         self.key, self.count, self.close = None, 0, nan
@@ -257,7 +261,7 @@ class CoarserBars:
         self.count += 1
         if self.count == self.per_bucket:
             line, signal, hist = self.macd(self.close)
-            self.values = (div(line, self.close), div(signal, self.close), div(hist, self.close), self.rsi(self.close),
-                           ln(div(self.close, self.previous_close)))
+            self.values = (div(line, self.close), div(signal, self.close), div(hist, self.close),
+                           self.rsi(self.close), ln(div(self.close, self.previous_close)))
             self.previous_close = self.close
         return self.values

@@ -29,16 +29,17 @@ from .predictor import MLPredictor
 
 # %% ../../nbs/serve/05_shadow.ipynb #8d0cbbda
 def serving_config(predictor: MLPredictor) -> RunConfig:
-    "The data settings the served run was trained with (target, symbols, optional inputs), from its prepare record."
+    "The served run's data settings (target, symbols, optional inputs), from its prepare record."
     prepare = read_json(predictor.verified("results/prepare.json"))
     inputs = prepare["timeframes"][predictor.timeframe]["feature_set"]["inputs"]
-    return profile_config("smoke", target=prepare["target"], symbols=prepare["symbols"], feature_inputs=inputs,
-                          timeframes=[predictor.timeframe])
+    return profile_config("smoke", target=prepare["target"], symbols=prepare["symbols"],
+                          feature_inputs=inputs, timeframes=[predictor.timeframe])
 
 
 def model_scores(predictor: MLPredictor, models: list[str]) -> dict[str, float]:
     "Each of `models`' OOF AUC from its result record: the fallback order is best first."
-    return {name: read_json(predictor.verified(f"results/{name}_{predictor.timeframe}.json"))["metrics"]["oof_auc"]
+    return {name: read_json(
+                predictor.verified(f"results/{name}_{predictor.timeframe}.json"))["metrics"]["oof_auc"]
             for name in models}
 
 # %% ../../nbs/serve/05_shadow.ipynb #357f3b2a
@@ -49,34 +50,40 @@ class Served:
     config: RunConfig
     order: list[str]
     unhealthy: dict[str, str] = field(default_factory=dict)   # model -> first failed check
-    rows: int = 1                                             # feature rows the models need (a sequence's length)
+    rows: int = 1                                             # feature rows needed (a sequence's length)
     horizon: int = 1
 
     @classmethod
     def load(cls, alias: str, registry: Path, order: list[str] | None = None) -> "Served":
-        "Load an alias, check its health, and fix the fallback order (given, or the healthy base models by OOF AUC)."
+        "Load an alias, check its health, fix the fallback order (given, or healthy base models by OOF AUC)."
         predictor = MLPredictor(alias, registry)
         unknown = [m for m in order or [] if m not in predictor.meta["inputs"]]
-        if unknown: raise RegistryError(f"--fallback {','.join(order)}: {', '.join(unknown)} is not a base model of alias {alias} "
-                                        f"(run {predictor.pointer['run']}); its base models are {','.join(predictor.meta['inputs'])}")
+        if unknown: raise RegistryError(f"--fallback {','.join(order)}: {', '.join(unknown)} is not "
+                                        f"a base model of alias {alias} (run {predictor.pointer['run']}); "
+                                        f"its base models are {','.join(predictor.meta['inputs'])}")
         health = predictor.health_check()
-        broken = [f"{check} failed ({r['detail']})" for check, r in health["run_records"].items() if not r["passed"]]
+        broken = [f"{check} failed ({r['detail']})"
+                  for check, r in health["run_records"].items() if not r["passed"]]
         if broken:   # without the prepare record there is no knowing which features to compute
-            raise RegistryError(f"alias {alias} (run {predictor.pointer['run']}) cannot be served: {'; '.join(broken)}; "
-                                f"deploy the run's package again, or `macd-nb rollback --alias {alias}`")
-        unhealthy = {name: next(f"{check} failed: {r['detail']}" for check, r in checks.items() if not r["passed"])
-                     for name, checks in health["models"].items() if not all(r["passed"] for r in checks.values())}
-        healthy = [m for m in predictor.meta["inputs"] if m not in unhealthy]   # their records read: the check passed
-        if not healthy: raise RegistryError(f"alias {alias} (run {predictor.pointer['run']}): no healthy model to serve: {unhealthy}")
+            raise RegistryError(f"alias {alias} (run {predictor.pointer['run']}) cannot be served: "
+                                f"{'; '.join(broken)}; deploy the run's package again, "
+                                f"or `macd-nb rollback --alias {alias}`")
+        unhealthy = {
+            name: next(f"{check} failed: {r['detail']}" for check, r in checks.items() if not r["passed"])
+            for name, checks in health["models"].items() if not all(r["passed"] for r in checks.values())}
+        healthy = [m for m in predictor.meta["inputs"] if m not in unhealthy]   # health checked their records
+        if not healthy: raise RegistryError(f"alias {alias} (run {predictor.pointer['run']}): "
+                                            f"no healthy model to serve: {unhealthy}")
         scores = model_scores(predictor, healthy)
         rows = predictor.feature_rows(healthy)
         horizon = read_json(predictor.verified(f"results/{healthy[0]}_{alias}.json")).get("horizon", 1)
-        return cls(predictor, serving_config(predictor), order or sorted(scores, key=scores.get, reverse=True),
-                   unhealthy, rows, horizon)
+        return cls(predictor, serving_config(predictor),
+                   order or sorted(scores, key=scores.get, reverse=True), unhealthy, rows, horizon)
 
     def check_inputs(self, bars: pd.DataFrame, source: str) -> None:
-        "InputsUnavailable when the target's `bars` lack a kline column a healthy model (one that may answer) reads."
-        self.predictor.check_inputs(bars, [m for m in self.predictor.meta["inputs"] if m not in self.unhealthy], source=source)
+        "InputsUnavailable if the target's `bars` lack a kline column a healthy model (it may answer) reads."
+        self.predictor.check_inputs(bars, [m for m in self.predictor.meta["inputs"]
+                                           if m not in self.unhealthy], source=source)
 
     def predict(self, table: pd.DataFrame) -> tuple[float, dict, str | None]:
         "(final P(up), every model's P(up), the fallback used or None)."
@@ -92,27 +99,33 @@ class Served:
         for name in self.order:
             if name in self.unhealthy: continue
             try: models[name] = self.predictor.base_probability(name, table)
-            except Exception as error: self.unhealthy[name] = f"failed on a bar: {type(error).__name__}: {error}"[:300]
+            except Exception as error:
+                self.unhealthy[name] = f"failed on a bar: {type(error).__name__}: {error}"[:300]
             else: return models[name], models, f"{name} ({why})"
         raise RuntimeError(f"no healthy model: {why}; {self.unhealthy}")
 
 # %% ../../nbs/serve/05_shadow.ipynb #d805412a
-REPLAY_BATCH = 64   # bars a fast replay commits at a time: a crash loses at most these, and a restart predicts them again
+# bars a fast replay commits at a time: a crash loses at most these, and a restart predicts them again
+REPLAY_BATCH = 64
 
 
 def replay_source(path: str | Path, symbols: list[str], start=None, end=None, speed: float = 0.0,
                   stop: StopSignal | None = None, progress: bool = False) -> Iterator[dict]:
-    "Stored 1h bars revealed one target bar at a time (`speed` bars a second; 0: as fast as possible); `progress`: a bar on stderr."
+    """Stored 1h bars revealed one target bar at a time (`speed` bars a second; 0: as fast as possible);
+    `progress`: a bar on stderr."""
     market = load_bars(path, symbols=symbols, timeframe="1h").bars
     stored = times = market[symbols[0]].index
     if start is not None: times = times[times >= utc(start)]
     if end is not None: times = times[times <= utc(end)]
     if not len(times):
         held = f"{stored[0]:%Y-%m-%d %H:%M} to {stored[-1]:%Y-%m-%d %H:%M} UTC" if len(stored) else "no bars"
-        raise ValueError(f"replay:{path}: no bar of {symbols[0]} from --start {start} to --end {end} (the data holds {held}): "
+        raise ValueError(f"replay:{path}: no bar of {symbols[0]} from --start {start} to --end {end} "
+                         f"(the data holds {held}): "
                          "nothing to replay; give a --start and --end inside that range")
-    rows_until = {s: b.index.searchsorted(times, side="right") for s, b in market.items()}   # each symbol's rows up to each bar
-    with tqdm(total=len(times), unit="bar", file=sys.stderr, disable=not progress, desc="replay", smoothing=0.1) as shown:
+    # each symbol's rows up to each bar
+    rows_until = {s: b.index.searchsorted(times, side="right") for s, b in market.items()}
+    with tqdm(total=len(times), unit="bar", file=sys.stderr, disable=not progress, desc="replay",
+              smoothing=0.1) as shown:
         for i in range(len(times)):
             yield {s: b.iloc[:rows_until[s][i]] for s, b in market.items()}
             shown.update()
@@ -120,20 +133,26 @@ def replay_source(path: str | Path, symbols: list[str], start=None, end=None, sp
 
 
 def binance_source(symbols: list[str], data_dir: Path, *, base_url: str | None = None, delay_s: float = 5.0,
-                   sleep: Callable | None = None, clock: Callable = time.time, stop: StopSignal | None = None) -> Iterator[dict]:
-    "After each hour closes (+`delay_s`), fetch the newest closed bars of every symbol and yield all stored bars; a stop ends every wait."
+                   sleep: Callable | None = None, clock: Callable = time.time,
+                   stop: StopSignal | None = None) -> Iterator[dict]:
+    """After each hour closes (+`delay_s`), fetch the newest closed bars of every symbol and yield all stored
+    bars; a stop ends every wait."""
     sleep = sleep or (stop.wait if stop is not None else time.sleep)
-    start = (pd.Timestamp(clock(), unit="s", tz="UTC").floor("1h") - pd.Timedelta(days=500)).strftime("%Y-%m-%d")
+    start = (pd.Timestamp(clock(), unit="s", tz="UTC").floor("1h")
+             - pd.Timedelta(days=500)).strftime("%Y-%m-%d")
     while stop is None or not stop.requested:
-        fetch_klines(symbols, "1h", start, source="rest", base_url=base_url, data_dir=data_dir, progress=False,
-                     sleep=sleep, clock=clock, stop=stop)   # one clock: which bar is still open is the loop's question too
+        # one clock: which bar is still open is the loop's question too
+        fetch_klines(symbols, "1h", start, source="rest", base_url=base_url, data_dir=data_dir,
+                     progress=False, sleep=sleep, clock=clock, stop=stop)
         yield load_bars(data_dir, symbols=symbols, timeframe="1h").bars
         next_close = (np.floor(clock() / 3600) + 1) * 3600 + delay_s
         sleep(max(0.0, next_close - clock()))
 
 # %% ../../nbs/serve/05_shadow.ipynb #0b6a0da8
-def closed_bars(hours: pd.DatetimeIndex, step: pd.Timedelta, after: pd.Timestamp | None = None) -> pd.DatetimeIndex:
-    "Open times of the bars of `step` whose last hour is in `hours` (1h open times, oldest first) and that open after `after`; only the tail is read."
+def closed_bars(hours: pd.DatetimeIndex, step: pd.Timedelta,
+                after: pd.Timestamp | None = None) -> pd.DatetimeIndex:
+    """Open times of the bars of `step` whose last hour is in `hours` (1h open times, oldest first) and that
+    open after `after`; only the tail is read."""
     hour = TIMEFRAME_DELTA["1h"]
     tail = hours if after is None else hours[hours.searchsorted(after + step):]
     if step == hour or not len(tail): return tail
@@ -154,24 +173,28 @@ def spans(times: pd.DatetimeIndex, step: pd.Timedelta) -> list[str]:
         if runs and t - runs[-1][-1] == step: runs[-1].append(t)
         else: runs.append([t])
     for run in runs:
-        out.append(f"{run[0]:%Y-%m-%d %H:%M}" + (f" to {run[-1]:%Y-%m-%d %H:%M} ({len(run)} bars)" if len(run) > 1 else ""))
+        out.append(f"{run[0]:%Y-%m-%d %H:%M}"
+                   + (f" to {run[-1]:%Y-%m-%d %H:%M} ({len(run)} bars)" if len(run) > 1 else ""))
     return out
 
 
 class Outcomes:
-    "The logged bars waiting for their outcome, filled from the target's closes once their horizon has closed."
+    "The logged bars waiting for their outcome, filled from the target's closes once their horizon closed."
     def __init__(self, waiting: list[tuple[pd.Timestamp, int]], step: pd.Timedelta, timeframe: str):
         self.waiting, self.step, self.timeframe = dict.fromkeys(waiting), step, timeframe
 
     def add(self, bar: pd.Timestamp, horizon: int) -> None: self.waiting[(bar, horizon)] = None
 
     def due(self, bars: pd.DataFrame, newest: pd.Timestamp, bad: Callable[[pd.Timestamp], bool]):
-        "([(bar, horizon, log return)], [(bar, why unknown)]) for the waiting bars whose horizon bar has closed by `newest`."
+        """([(bar, horizon, log return)], [(bar, why unknown)]) for the waiting bars whose horizon bar
+        has closed by `newest`."""
         ready = [(bar, horizon) for bar, horizon in self.waiting if bar + horizon * self.step <= newest]
         if not ready: return [], []
-        window = bars.iloc[bars.index.searchsorted(min(bar for bar, _ in ready)):]   # as far back as the oldest waiting bar
+        # as far back as the oldest waiting bar
+        window = bars.iloc[bars.index.searchsorted(min(bar for bar, _ in ready)):]
         closes = window["close"] if self.timeframe == "1h" else resample_bars(window, self.timeframe)["close"]
-        closes = dict(zip(closes.index, closes.to_numpy()))   # a dict: a Series' look-ups cost more than the rest
+        # a dict: a Series' look-ups cost more than the rest
+        closes = dict(zip(closes.index, closes.to_numpy()))
         filled, unknown = [], []
         for bar, horizon in ready:
             del self.waiting[(bar, horizon)]
@@ -179,43 +202,45 @@ class Outcomes:
             lacking = [t for t in (bar, later) if t not in closes or bad(t)]
             if lacking:
                 unknown.append((bar, f"no usable close at {lacking[0]:%Y-%m-%d %H:%M} ("
-                                     f"{'an implausible bar' if bad(lacking[0]) else 'missing from the source'})"))
+                                f"{'an implausible bar' if bad(lacking[0]) else 'missing from the source'})"))
             else: filled.append((bar, horizon, float(np.log(closes[later] / closes[bar]))))
         return filled, unknown
 
 # %% ../../nbs/serve/05_shadow.ipynb #1f1b812e
 def _forget(db: Path) -> None:
     "Remove a log this call created and left empty (a refusal at start writes nothing)."
-    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")): path.unlink(missing_ok=True)
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        path.unlink(missing_ok=True)
 
 # %% ../../nbs/serve/05_shadow.ipynb #777f557a
-SHADOW_COUNTS = ("predicted", "already_logged", "fallback", "skipped", "outcomes", "outcomes_unknown", "implausible")
+SHADOW_COUNTS = ("predicted", "already_logged", "fallback", "skipped", "outcomes", "outcomes_unknown",
+                 "implausible")
 
 
 @dataclass
 class _Loop:
-    "What shadow mode carries from bar to bar: the alias served, its log, what was done and said, the clock of a cycle."
+    "What shadow mode carries bar to bar: the alias served, its log, what was done and said, a cycle's clock."
     served: Served
     log: PredictionLog
     alias: str
     target: str
-    first: pd.Timestamp | None            # the first bar to predict (None: the newest closed bar, once one is seen)
+    first: pd.Timestamp | None            # the first bar to predict (None: the newest closed bar once seen)
     say: Callable[[str], None]
     counts: dict = field(default_factory=lambda: dict.fromkeys(SHADOW_COUNTS, 0))
     skipped: Counter = field(default_factory=Counter)   # why -> bars not predicted
-    flagged: dict = field(default_factory=dict)         # (symbol, ns) -> why that bar was left out of the features, said once
+    flagged: dict = field(default_factory=dict)         # (symbol, ns) -> why its bar was left out, said once
     done: set = field(default_factory=set)              # bars logged for the version served
     done_version: int | None = None                     # the version `done` is of
     checked_version: int | None = None                  # the version the source's inputs were checked for
     cursor: pd.Timestamp | None = None                  # the newest bar handled
-    mark: float = 0.0                                   # perf_counter() at the start of the cycle's unlogged work
+    mark: float = 0.0                                   # perf_counter() when the cycle's unlogged work began
     carried: float = 0.0                                # ms of loop work no row holds yet
     batched: int = 0                                    # rows in the open transaction
 
     def __post_init__(self): self.serve(self.served)
 
     def serve(self, served: Served) -> None:
-        "Serve `served` from now on, with features computed as its run computed them (state carried from bar to bar)."
+        "Serve `served` from now on, features computed as its run computed them (state carried bar to bar)."
         self.served, self.features = served, StreamingFeatures(served.config, self.alias, keep=served.rows)
 
     @property
@@ -225,23 +250,24 @@ class _Loop:
         "Count `bars` as not predicted because of `why`, and say so once per span of consecutive bars."
         self.counts["skipped"] += len(bars)
         self.skipped[why] += len(bars)
-        for span in spans(bars, self.step): self.say(f"shadow: {self.target} {self.alias} {span} not predicted: {detail}")
+        for span in spans(bars, self.step):
+            self.say(f"shadow: {self.target} {self.alias} {span} not predicted: {detail}")
 
     def screened(self) -> None:
-        "Say, once each, the bars of other symbols the features left out as implausible; count those from `first` on."
+        "Say, once each, the other symbols' bars dropped as implausible; count those from `first` on."
         for (symbol, ns), why in self.features.flagged.items():
             if (symbol, ns) in self.flagged: continue
             self.flagged[(symbol, ns)] = why
             if self.first is not None and ns >= self.first.value:
                 self.counts["implausible"] += 1
                 if symbol != self.target:
-                    self.say(f"shadow: {symbol} {pd.Timestamp(ns, tz='UTC'):%Y-%m-%d %H:%M} left out of the features "
-                             f"(as training's bad_bars: exclude drops it): {why}")
+                    self.say(f"shadow: {symbol} {pd.Timestamp(ns, tz='UTC'):%Y-%m-%d %H:%M} "
+                             f"left out of the features (as training's bad_bars: exclude drops it): {why}")
 
 # %% ../../nbs/serve/05_shadow.ipynb #7b97e2a5
 def _serve_version(loop: _Loop, bars: pd.DataFrame, source_name: str) -> None:
-    """Before the first row of a version: the source must give what its models read, and the bars it logged already
-    are not predicted again; the first version starts at `loop.first`, or at the newest closed bar."""
+    """Before the first row of a version: the source must give what its models read, and the bars it logged
+    already are not predicted again; the first version starts at `loop.first`, or at the newest closed bar."""
     version = loop.served.predictor.pointer["version"]
     if version != loop.checked_version:
         loop.served.check_inputs(bars, source_name)
@@ -251,12 +277,14 @@ def _serve_version(loop: _Loop, bars: pd.DataFrame, source_name: str) -> None:
     if loop.first is None: loop.first = closed_bars(bars.index, loop.step)[-1]
     loop.cursor = max(loop.first, bars.index[0].floor(loop.step)) - loop.step
     logged = sum(bar >= loop.first for bar in loop.done)
-    if logged: loop.say(f"shadow: the log holds {logged} bars of {loop.target} {loop.alias} from {loop.first:%Y-%m-%d %H:%M} "
-                        f"for version {version} (newest {max(loop.done):%Y-%m-%d %H:%M}): they are not predicted again")
+    if logged: loop.say(f"shadow: the log holds {logged} bars of {loop.target} {loop.alias} "
+                        f"from {loop.first:%Y-%m-%d %H:%M} for version {version} "
+                        f"(newest {max(loop.done):%Y-%m-%d %H:%M}): they are not predicted again")
 
 # %% ../../nbs/serve/05_shadow.ipynb #9b88447b
 def _warm_up(loop: _Loop, market: dict, bars: pd.DataFrame, bar: pd.Timestamp) -> None:
-    "Before the first bar: the features' state up to the bar before it (about a second, kept out of the per-bar figures)."
+    """Before the first bar: the features' state up to the bar before it (about a second, kept out of the
+    per-bar figures)."""
     if loop.features.last_time is not None or bar <= bars.index[0]: return
     warm = time.perf_counter()
     try: loop.features.catch_up(market, closed_bars(bars.index[bars.index < bar], loop.step)[-1])
@@ -265,10 +293,11 @@ def _warm_up(loop: _Loop, market: dict, bars: pd.DataFrame, bar: pd.Timestamp) -
 
 
 def _features_of(loop: _Loop, market: dict, bar: pd.Timestamp) -> np.ndarray | None:
-    "The feature row of closed `bar`, or None when there is none to predict from (the reason said and counted)."
+    "The feature row of closed `bar`, or None if there is none to predict from (the reason said and counted)."
     features = loop.features
     try: row = features.catch_up(market, bar)
-    except ImplausibleBar as error: loop.screened(), loop.skip(pd.DatetimeIndex([bar]), "implausible", str(error)); return None
+    except ImplausibleBar as error:
+        loop.screened(), loop.skip(pd.DatetimeIndex([bar]), "implausible", str(error)); return None
     except ValueError as error:   # e.g. a coarser bar with a missing hour: there is no such bar to predict
         loop.screened(), loop.skip(pd.DatetimeIndex([bar]), "incomplete", str(error)); return None
     loop.screened()
@@ -279,8 +308,9 @@ def _features_of(loop: _Loop, market: dict, bar: pd.Timestamp) -> np.ndarray | N
     return row
 
 # %% ../../nbs/serve/05_shadow.ipynb #59a91f2f
-def _predict_bar(loop: _Loop, market: dict, bars: pd.DataFrame, bar: pd.Timestamp, outcomes: "Outcomes") -> bool:
-    "Predict closed `bar` and log it (a row of a batch; `REPLAY_BATCH` rows are committed at a time); whether a row was."
+def _predict_bar(loop: _Loop, market: dict, bars: pd.DataFrame, bar: pd.Timestamp,
+                 outcomes: "Outcomes") -> bool:
+    "Predict closed `bar` and log it (in a batch of up to `REPLAY_BATCH` rows); whether a row was."
     if bar in loop.done: loop.counts["already_logged"] += 1; return False
     loop.done.add(bar)
     _warm_up(loop, market, bars, bar)
@@ -289,82 +319,94 @@ def _predict_bar(loop: _Loop, market: dict, bars: pd.DataFrame, bar: pd.Timestam
     table = loop.features.table()
     p_up, models, fallback = loop.served.predict(table)
     latency = (time.perf_counter() - began) * 1000
-    if loop.batched >= REPLAY_BATCH: loop.log.commit(); loop.batched = 0   # a full batch: its fsync is this bar's cost
+    # a full batch: its fsync is this bar's cost
+    if loop.batched >= REPLAY_BATCH: loop.log.commit(); loop.batched = 0
     loop.log.begin()
     pointer = loop.served.predictor.pointer
     written = loop.log.record(symbol=loop.target, timeframe=loop.alias, bar_time=bar, alias=loop.alias,
                               model_version=pointer["version"], run=pointer["run"], p_up=p_up, models=models,
-                              fallback=fallback, latency_ms=latency, features=table.iloc[-1], horizon=loop.served.horizon,
+                              fallback=fallback, latency_ms=latency, features=table.iloc[-1],
+                              horizon=loop.served.horizon,
                               cycle_ms=loop.carried + (time.perf_counter() - loop.mark) * 1000)
-    loop.mark, loop.carried, loop.batched = time.perf_counter(), 0.0, loop.batched + 1   # the insert counts in the next bar
+    # the insert counts in the next bar
+    loop.mark, loop.carried, loop.batched = time.perf_counter(), 0.0, loop.batched + 1
     outcomes.add(bar, loop.served.horizon)
     loop.counts["predicted" if written else "already_logged"] += 1
     loop.counts["fallback"] += fallback is not None
     return True
 
 # %% ../../nbs/serve/05_shadow.ipynb #55ca2dc7
-def _settle(loop: _Loop, bars: pd.DataFrame, new: pd.DatetimeIndex, outcomes: "Outcomes", fast_replay: bool) -> None:
-    "After a market's new bars: the outcomes now known, filled in; live, every row durable before the wait for the next."
+def _settle(loop: _Loop, bars: pd.DataFrame, new: pd.DatetimeIndex, outcomes: "Outcomes",
+            fast_replay: bool) -> None:
+    """After a market's new bars: the outcomes now known, filled in; live, every row durable before the wait
+    for the next."""
     if len(new): loop.cursor = new[-1]
     filled, unknown = outcomes.due(bars, loop.cursor, lambda t: (loop.target, t.value) in loop.flagged)
     if filled: loop.log.begin(), loop.log.set_outcomes(loop.target, loop.alias, filled)
     loop.counts["outcomes"] += len(filled)
     loop.counts["outcomes_unknown"] += len(unknown)
-    for bar, why in unknown: loop.say(f"shadow: outcome of {loop.target} {loop.alias} {bar:%Y-%m-%d %H:%M} unknown: {why}")
+    for bar, why in unknown:
+        loop.say(f"shadow: outcome of {loop.target} {loop.alias} {bar:%Y-%m-%d %H:%M} unknown: {why}")
     if not fast_replay: loop.log.commit(); loop.batched = 0
     loop.carried += (time.perf_counter() - loop.mark) * 1000
 
 # %% ../../nbs/serve/05_shadow.ipynb #1711bff5
 def shadow(alias: str, registry: str | Path,
-           source: Callable[[RunConfig], Iterator[dict]],   # given the served run's data settings, yields markets
+           source: Callable[[RunConfig], Iterator[dict]],   # given the run's data settings, yields markets
            db: str | Path, *, start=None, order: list[str] | None = None, say: Callable[[str], None] = print,
            stop: StopSignal | None = None,   # the one the source's waits end on; SIGTERM and SIGINT set it
            source_name: str = "the source",
-           fast_replay: bool = False,   # the source never waits: commit REPLAY_BATCH bars at a time, count its reading as cost
+           fast_replay: bool = False,   # the source never waits: commit REPLAY_BATCH bars at a time
+                                        # and count its reading as cost
            ) -> dict:
-    "Predict and log every closed target bar the log lacks, bar by bar, until the source ends or SIGTERM/SIGINT; counts."
+    "Predict and log every closed target bar the log lacks until the source ends or SIGTERM/SIGINT; counts."
     stop = stop or StopSignal()
     with stop.installed():
         served = Served.load(alias, Path(registry), order)
         for name, why in served.unhealthy.items(): say(f"shadow: {name} is unhealthy ({why})")
         step, created, log = TIMEFRAME_DELTA[alias], not Path(db).exists(), PredictionLog(db)
         target = served.config.data.target
-        # without --start: carry on after the newest bar logged (back-filling the downtime), or begin with the newest closed bar
+        # without --start: after the newest bar logged (back-filling downtime), or from the newest closed bar
         newest = log.last_bar(target, alias)
         first = utc(start) if start is not None else (newest + step if newest is not None else None)
-        loop, outcomes = _Loop(served, log, alias, target, first, say), Outcomes(log.pending_outcomes(target, alias), step, alias)
-        pointer_file, seen, pointer, failed = served.predictor.registry / "aliases" / f"{alias}.json", None, None, False
+        loop, outcomes = (_Loop(served, log, alias, target, first, say),
+                          Outcomes(log.pending_outcomes(target, alias), step, alias))
+        pointer_file, seen, pointer, failed = (served.predictor.registry / "aliases" / f"{alias}.json",
+                                               None, None, False)
         markets = iter(source(served.config))
         try:
             while True:
                 asked = time.perf_counter()
                 market = next(markets, None)
                 if market is None: break
-                loop.mark = time.perf_counter()   # this market's work starts; a fast replay's reading of the bar is work too
+                loop.mark = time.perf_counter()   # market work starts; a fast replay's reading counts too
                 if fast_replay: loop.carried += (loop.mark - asked) * 1000
-                stamp = pointer_file.stat()   # read the pointer again only when its file was replaced (os.replace: a new inode)
-                pointer = read_alias(served.predictor.registry, alias) if (stamp.st_ino, stamp.st_mtime_ns) != seen else pointer
+                stamp = pointer_file.stat()   # re-read the pointer only if replaced (os.replace: new inode)
+                pointer = (read_alias(served.predictor.registry, alias)
+                           if (stamp.st_ino, stamp.st_mtime_ns) != seen else pointer)
                 seen = stamp.st_ino, stamp.st_mtime_ns
-                if pointer["version"] != loop.served.predictor.pointer["version"]:   # the alias moved: serve the new version
-                    loop.serve(Served.load(alias, Path(registry), order))             # (its data settings may differ)
+                # the alias moved: serve the new version (its data settings may differ)
+                if pointer["version"] != loop.served.predictor.pointer["version"]:
+                    loop.serve(Served.load(alias, Path(registry), order))
                     say(f"shadow: alias {alias} now at version {pointer['version']} (run {pointer['run']})")
                 bars = market[target]
                 _serve_version(loop, bars, source_name)
                 new = closed_bars(bars.index, step, loop.cursor)
                 gaps = missing_bars(new, step, loop.cursor)
-                if len(gaps): loop.skip(gaps, "missing", f"no bar of {target} at that time in {source_name} (absent, or "
-                                                         "dropped when read: a NaN or non-positive price)")
+                if len(gaps): loop.skip(gaps, "missing", f"no bar of {target} at that time in {source_name} "
+                                        "(absent, or dropped when read: a NaN or non-positive price)")
                 for bar in new:
-                    if _predict_bar(loop, market, bars, bar, outcomes) and stop.requested: break   # the bar in hand is logged
+                    # a stop ends the loop once the bar in hand is logged
+                    if _predict_bar(loop, market, bars, bar, outcomes) and stop.requested: break
                 _settle(loop, bars, new, outcomes, fast_replay)
                 if stop.requested: break
         except Stopped: pass   # a stop while the source waited or fetched: nothing was half-done
         except LogWriteFailed: failed = True; raise
-        except (ValueError, RegistryError):   # a refusal (inputs the source lacks, nothing to replay) before any row: no file
+        except (ValueError, RegistryError):   # refused before any row (missing inputs, empty replay): no file
             if created and not loop.counts["predicted"]: failed = True; log.close(); _forget(Path(db))
             raise
         finally:
             try:
-                if not failed: log.commit()   # the batch in hand: the source's end, a stop, an error after good bars
+                if not failed: log.commit()   # the batch in hand: source end, stop, or error after good bars
             finally: log.close()
     return loop.counts | {"skipped_why": dict(loop.skipped)}

@@ -16,21 +16,23 @@ import pandas as pd
 
 from ..core.config import TIMEFRAME_DELTA, RunConfig
 from ..core.data import SPIKE_FACTOR, SPIKE_NEIGHBOURS, resample_bars
-from ..core.features import (ATR_WINDOW, EMA_SPANS, HIGHER_TIMEFRAMES, MACD_SPEEDS, REFERENCE_SYMBOLS, RETURN_LAGS, RSI_WINDOWS,
-                                   VOLATILITY_WINDOWS)
+from ..core.features import (ATR_WINDOW, EMA_SPANS, HIGHER_TIMEFRAMES, MACD_SPEEDS, REFERENCE_SYMBOLS,
+                                   RETURN_LAGS, RSI_WINDOWS, VOLATILITY_WINDOWS)
 from ..core.market_features import symbol_prefix
 from ..core.prepare import features_at
 from .live import live_window
-from .recursions import (CoarserBars, CrossCount, Ewm, Macd, Rsi, SymbolState, Tail, TrueRange, clip_below,
-                                      corr, div, kurt, ln, pair_stats, ratio_or, safe_ln, sample_std, skew, valid_mean,
-                                      valid_sum, valid_zscore_or_zero, window_mean_std)
+from .recursions import (CoarserBars, CrossCount, Ewm, Macd, Rsi, SymbolState, Tail, TrueRange,
+                                      clip_below, corr, div, kurt, ln, pair_stats, ratio_or, safe_ln,
+                                      sample_std, skew, valid_mean, valid_sum, valid_zscore_or_zero,
+                                      window_mean_std)
 
 # %% ../../nbs/serve/08_stream.ipynb #36bd5338
-STEP_COLUMNS = ("open", "high", "low", "close", "volume", "taker_buy_base", "trades")   # the values of one bar, in order
+# the values of one bar, in order
+STEP_COLUMNS = ("open", "high", "low", "close", "volume", "taker_buy_base", "trades")
 
 # %% ../../nbs/serve/08_stream.ipynb #50f17263
 class StreamingFeatures:
-    "The target's feature row at each new bar, from state carried bar to bar; the batch features' arithmetic, one row at a time."
+    "The target's feature row at each new bar, from state carried bar to bar: batch arithmetic, row by row."
 
     def __init__(self, config: RunConfig, timeframe: str = "1h", *,
                  keep: int = 1,   # newest rows kept for `table` (a sequence model's length)
@@ -41,32 +43,37 @@ class StreamingFeatures:
         self.taker = inputs is None or "taker_buy_base" in inputs
         self.trades = inputs is None or "trades" in inputs
         self.cross = len(self.symbols) > 1
-        self.leaders = [s for s in REFERENCE_SYMBOLS if s != self.target and s in self.symbols] if self.cross else []
-        self.reference = next(iter(self.leaders), None)   # BTC (ETH for BTC) for beta and correlation; None: the index
+        self.leaders = ([s for s in REFERENCE_SYMBOLS if s != self.target and s in self.symbols]
+                        if self.cross else [])
+        # the reference of beta and correlation: BTC (ETH for BTC); None: the market index
+        self.reference = next(iter(self.leaders), None)
         self.states = {s: SymbolState(s in self.leaders) for s in self.symbols}
         step_ns = TIMEFRAME_DELTA[timeframe].value
         self.coarser = {h: CoarserBars(TIMEFRAME_DELTA[h].value // step_ns, TIMEFRAME_DELTA[h].value)
                         for h in HIGHER_TIMEFRAMES if TIMEFRAME_DELTA[h] > TIMEFRAME_DELTA[timeframe]}
-        self.tails = {k: Tail() for k in ("open", "high", "low", "close", "volume", "trades", "ret", "absret", "hl2", "gk",
-                                          "rs", "stoch_k", "ema_50", "taker_ratio", "taker_net", "mkt_ret", "up_share",
-                                          "dispersion", "ref_ret")}
+        self.tails = {k: Tail() for k in ("open", "high", "low", "close", "volume", "trades", "ret", "absret",
+                                          "hl2", "gk", "rs", "stoch_k", "ema_50", "taker_ratio", "taker_net",
+                                          "mkt_ret", "up_share", "dispersion", "ref_ret")}
         self.atr = TrueRange()
         self.emas = {span: Ewm(span=span, min_periods=span) for span in EMA_SPANS}
         self.macds = {speed: (Macd(*speed), CrossCount()) for speed in MACD_SPEEDS}
         self.hist_atr = {speed: nan for speed in MACD_SPEEDS}
         self.rsis = {w: Rsi(w) for w in RSI_WINDOWS}
-        self.plus_dm, self.minus_dm, self.adx = (Ewm(window=ATR_WINDOW, min_periods=ATR_WINDOW) for _ in range(3))
+        self.plus_dm, self.minus_dm, self.adx = (Ewm(window=ATR_WINDOW, min_periods=ATR_WINDOW)
+                                                 for _ in range(3))
         self.market_macd, self.level = Macd(12, 26, 9), 0.0
-        self.last_time: int | None = None                      # open time (ns) of the newest step taken
-        self.seen: dict[str, int] = {}                         # symbol -> open time (ns) of its newest bar taken
+        self.last_time: int | None = None               # open time (ns) of the newest step taken
+        self.seen: dict[str, int] = {}                  # symbol -> open time (ns) of its newest bar taken
         self.rows, self.times = deque(maxlen=keep), deque(maxlen=keep)
-        self.recent_closes = {s: deque(maxlen=SPIKE_NEIGHBOURS) for s in self.symbols}   # received, flagged ones too
-        self.flagged: dict[tuple[str, int], str] = {}           # (symbol, open time ns) -> why its bar was left out
-        self.names: list[str] | None = None                    # the feature names, in the batch table's order
-        self.columns: pd.Index | None = None                   # the same as one Index (the predictor caches by it)
+        # the closes received, flagged ones too
+        self.recent_closes = {s: deque(maxlen=SPIKE_NEIGHBOURS) for s in self.symbols}
+        self.flagged: dict[tuple[str, int], str] = {}   # (symbol, open time ns) -> why its bar was left out
+        self.names: list[str] | None = None             # the feature names, in the batch table's order
+        self.columns: pd.Index | None = None            # the same as one Index (the predictor caches by it)
 
     def step(self, time_ns: int, bars: dict[str, np.ndarray], compute: bool = True) -> np.ndarray | None:
-        "Take one timestamp's bars (symbol -> STEP_COLUMNS values) but the bad prints; the target's feature row when it has a bar (and `compute`)."
+        """Take one timestamp's bars (symbol -> STEP_COLUMNS values) but the bad prints;
+        the target's feature row when it has a bar (and `compute`)."""
         bars = self.screened(time_ns, bars)
         for symbol, row in bars.items():
             if symbol in self.states: self.states[symbol].update(row)
@@ -83,7 +90,8 @@ class StreamingFeatures:
 
 # %% ../../nbs/serve/08_stream.ipynb #e18d3298
 def _screened(self: StreamingFeatures, time_ns: int, bars: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    "`bars` without the bad prints (training's `implausible_bars`, against the closes before only), each kept in `flagged`."
+    """`bars` without the bad prints (training's `implausible_bars`, against the closes before only),
+    each kept in `flagged`."""
     kept = {}
     for symbol, row in bars.items():
         self.seen[symbol] = time_ns
@@ -102,7 +110,8 @@ StreamingFeatures.screened = _screened
 
 # %% ../../nbs/serve/08_stream.ipynb #8d6d1a7b
 def implausible_now(row: np.ndarray, closes, factor: float = SPIKE_FACTOR) -> str | None:
-    "Why a bar (STEP_COLUMNS values) is a bad print against the median of the `closes` before it, or None (also when there are none)."
+    """Why a bar (STEP_COLUMNS values) is a bad print against the median of the `closes` before it,
+    or None (also when there are none)."""
     known = sorted(c for c in closes if c == c)
     if not known: return None
     middle = len(known) // 2
@@ -111,12 +120,13 @@ def implausible_now(row: np.ndarray, closes, factor: float = SPIKE_FACTOR) -> st
     if high > factor * median: value, ratio = f"high {high:g}", high / median
     elif low * factor < median: value, ratio = f"low {low:g}", median / low if low > 0 else inf
     else: return None
-    return (f"implausible bar: {value} is {ratio:.3g}x away from the median {median:g} of the {len(known)} closes before it "
+    return (f"implausible bar: {value} is {ratio:.3g}x away from the median {median:g} "
+            f"of the {len(known)} closes before it "
             f"(more than {factor:g}x: a bad print; open {row[0]:g}, close {row[3]:g})")
 
 # %% ../../nbs/serve/08_stream.ipynb #aa36db72
 def _advance(self: StreamingFeatures, time_ns: int, bars: dict[str, np.ndarray]) -> dict:
-    "Update the recursive state with the target's row and append its values to the tails; what `_row` needs of it."
+    "Advance the recursive state by the target's row and append its values to the tails; what `_row` needs."
     o, h, l, c, v, taker, trades = (float(x) for x in bars[self.target])
     t = self.tails
     previous_high, previous_low = t["high"].ago(0), t["low"].ago(0)
@@ -143,14 +153,15 @@ def _advance(self: StreamingFeatures, time_ns: int, bars: dict[str, np.ndarray])
     minus_di = div(100 * self.minus_dm(down if down > up and down > 0 else 0.0), atr)
     adx = self.adx(div(100 * abs(plus_di - minus_di), plus_di + minus_di))
     if self.taker: t["taker_ratio"].append(ratio_or(taker, v, 0.5)), t["taker_net"].append(2 * taker - v)
-    return {"atr": atr, "emas": emas, "macd": macds, "previous_hist": previous_hist, "di": (plus_di, minus_di, adx),
+    return {"atr": atr, "emas": emas, "macd": macds, "previous_hist": previous_hist,
+            "di": (plus_di, minus_di, adx),
             "rsi": {w: rsi(c) for w, rsi in self.rsis.items()},
             "coarser": {higher: bars_.update(time_ns, c) for higher, bars_ in self.coarser.items()},
             "market": self._advance_market(bars) if self.cross else None}
 
 
 def _advance_market(self: StreamingFeatures, bars: dict[str, np.ndarray]) -> tuple[float, float, float]:
-    "The equal-weight index at this target row (return, breadth, dispersion, reference return); its level's MACD."
+    "The equal-weight index at this row (return, breadth, dispersion, reference return); its level's MACD."
     returns = [r for r in (self.states[s].ret for s in self.symbols if s in bars) if r == r]
     n, t = len(returns), self.tails
     mean = sum(returns) / n if n else nan
@@ -167,7 +178,8 @@ StreamingFeatures._advance, StreamingFeatures._advance_market = _advance, _advan
 
 # %% ../../nbs/serve/08_stream.ipynb #c3c36e7a
 def _price_features(self: StreamingFeatures, f: dict, carried: dict) -> None:
-    "Returns, volatility, MACD, momentum, bands, trend, range, candle and distribution features of the target row, into `f`."
+    """Returns, volatility, MACD, momentum, bands, trend, range, candle and distribution features
+    of the target row, into `f`."""
     t = self.tails
     o, h, l, c, v = (t[k].ago(0) for k in ("open", "high", "low", "close", "volume"))
     atr, ret, close = carried["atr"], t["ret"], t["close"]
@@ -184,7 +196,8 @@ def _price_features(self: StreamingFeatures, f: dict, carried: dict) -> None:
     for speed in MACD_SPEEDS:                                                         # MACD
         name = "macd_{}_{}_{}".format(*speed)
         line, signal, hist, cross = carried["macd"][speed]
-        f[f"{name}_line"], f[f"{name}_signal"], f[f"{name}_hist"] = div(line, atr), div(signal, atr), div(hist, atr)
+        f[f"{name}_line"], f[f"{name}_signal"], f[f"{name}_hist"] = (div(line, atr), div(signal, atr),
+                                                                     div(hist, atr))
         f[f"{name}_hist_slope"] = div(hist, atr) - carried["previous_hist"][speed]
         f[f"{name}_cross_bars"] = cross
     for w in RSI_WINDOWS: f[f"rsi_{w}"] = carried["rsi"][w]                           # momentum
@@ -206,13 +219,15 @@ def _price_features(self: StreamingFeatures, f: dict, carried: dict) -> None:
     f["candle_upper_wick"] = div(h - float(np.maximum(o, c)), c)
     f["candle_lower_wick"] = div(float(np.minimum(o, c)) - l, c)
     f["candle_range_atr"] = div(h - l, atr)
-    f["candle_close_loc"] = nan if c != c else div(c - l, bar_range) if bar_range == bar_range and l == l else 0.5
+    f["candle_close_loc"] = nan if c != c else (div(c - l, bar_range) if bar_range == bar_range and l == l
+                                                else 0.5)
     for name, w, moment in (("skew_24", 24, skew), ("skew_168", 168, skew), ("kurt_168", 168, kurt)):
         f[name] = 0.0 if sample_std(ret.last(w)) == 0 else moment(ret.last(w))
 
 # %% ../../nbs/serve/08_stream.ipynb #24590757
 def _flow_and_time_features(self: StreamingFeatures, f: dict, time_ns: int, carried: dict) -> None:
-    "Volume, order flow (the optional taker and trade-count inputs), calendar and coarser-timeframe features, into `f`."
+    """Volume, order flow (the optional taker and trade-count inputs), calendar and coarser-timeframe
+    features, into `f`."""
     t = self.tails
     v, volume = t["volume"].ago(0), t["volume"]
     for w in (24, 168):                                                               # volume, flow
@@ -226,7 +241,8 @@ def _flow_and_time_features(self: StreamingFeatures, f: dict, time_ns: int, carr
     if self.taker:
         f["taker_buy_ratio"] = t["taker_ratio"].ago(0)
         f["taker_buy_ratio_z_168"] = valid_zscore_or_zero(t["taker_ratio"].last(168), 151)
-        f["taker_imbalance_24"] = ratio_or(valid_sum(t["taker_net"].last(24), 22), valid_sum(volume.last(24), 22), 0.0)
+        f["taker_imbalance_24"] = ratio_or(valid_sum(t["taker_net"].last(24), 22),
+                                           valid_sum(volume.last(24), 22), 0.0)
     if self.trades:
         trades = t["trades"]
         f["trades_z_168"] = valid_zscore_or_zero(trades.last(168), 151)
@@ -238,15 +254,16 @@ def _flow_and_time_features(self: StreamingFeatures, f: dict, time_ns: int, carr
     if TIMEFRAME_DELTA[self.timeframe] < TIMEFRAME_DELTA["1d"]:                        # calendar
         hour = (time_ns // 3_600_000_000_000) % 24 + (time_ns // 60_000_000_000) % 60 / 60
         f["hour_sin"], f["hour_cos"] = math.sin(2 * math.pi * hour / 24), math.cos(2 * math.pi * hour / 24)
-    weekday = (time_ns // 86_400_000_000_000 + 3) % 7                                 # 1970-01-01 was a Thursday
+    weekday = (time_ns // 86_400_000_000_000 + 3) % 7                         # 1970-01-01 was a Thursday
     f["dow_sin"], f["dow_cos"] = math.sin(2 * math.pi * weekday / 7), math.cos(2 * math.pi * weekday / 7)
     for higher, (line, signal, hist, rsi, coarse_ret) in carried["coarser"].items():  # coarser timeframes
         f[f"macd_{higher}_line"], f[f"macd_{higher}_signal"], f[f"macd_{higher}_hist"] = line, signal, hist
         f[f"rsi_{higher}_14"], f[f"ret_{higher}_1"] = rsi, coarse_ret
 
 # %% ../../nbs/serve/08_stream.ipynb #afbbcefe
-def _row(self: StreamingFeatures, time_ns: int, bars: dict[str, np.ndarray], carried: dict) -> dict[str, float]:
-    "Every feature of the target row, named and ordered as the batch table (`base_features`, then the cross-asset ones)."
+def _row(self: StreamingFeatures, time_ns: int, bars: dict[str, np.ndarray],
+         carried: dict) -> dict[str, float]:
+    "Every feature of the target row, named and ordered as the batch table (`base_features`, cross-asset)."
     f = {}
     self._price_features(f, carried)
     self._flow_and_time_features(f, time_ns, carried)
@@ -277,11 +294,13 @@ def _cross_row(self: StreamingFeatures, f: dict, bars: dict[str, np.ndarray], ma
     f["btc_minus_target_ret_1"] = ref.ago(0) - ret.ago(0)
     f["btc_minus_target_ret_24"] = ref_24 - ln(div(c, close.ago(24)))
     f["corr_mkt_168"] = corr(ret.last(168), mkt.last(168), 151)
-    f["rel_vol_mkt_24"] = safe_ln(clip_below(ratio_or(sample_std(ret.last(24)), sample_std(mkt.last(24)), 1.0), 0.01))
+    f["rel_vol_mkt_24"] = safe_ln(clip_below(ratio_or(sample_std(ret.last(24)),
+                                                      sample_std(mkt.last(24)), 1.0), 0.01))
 
 
 StreamingFeatures._row, StreamingFeatures._cross_row = _row, _cross_row
-StreamingFeatures._price_features, StreamingFeatures._flow_and_time_features = _price_features, _flow_and_time_features
+(StreamingFeatures._price_features,
+ StreamingFeatures._flow_and_time_features) = _price_features, _flow_and_time_features
 
 # %% ../../nbs/serve/08_stream.ipynb #d2e985be
 def open_times(bars: pd.DataFrame) -> np.ndarray:
@@ -292,16 +311,18 @@ def open_times(bars: pd.DataFrame) -> np.ndarray:
 def market_steps(market: dict[str, pd.DataFrame],  # bars per symbol (canonical frames)
                  after: pd.Timestamp | None = None, until: pd.Timestamp | None = None,
                  ) -> list[tuple[int, dict[str, np.ndarray]]]:
-    "Every symbol's bars with `after` < open time <= `until`, by time: [(open time in ns, {symbol: STEP_COLUMNS values})]."
+    """Every symbol's bars with `after` < open time <= `until`, by time:
+    [(open time in ns, {symbol: STEP_COLUMNS values})]."""
     steps: dict[int, dict[str, np.ndarray]] = {}
     for symbol, bars in market.items():
         times = open_times(bars)
         start = 0 if after is None else int(times.searchsorted(after.value, side="right"))
         stop = len(times) if until is None else int(times.searchsorted(until.value, side="right"))
         if stop <= start: continue
-        # pandas' own ways cost more than the features: get_indexer 250 us, iloc + to_numpy 40 us, iat 2 us a value
+        # pandas' own ways cost more than the features:
+        # get_indexer 250 us, iloc + to_numpy 40 us, iat 2 us a value
         columns = bars.columns
-        positions = [columns.get_loc(c) if c in columns else -1 for c in STEP_COLUMNS]   # -1: the data lacks it
+        positions = [columns.get_loc(c) if c in columns else -1 for c in STEP_COLUMNS]   # -1: no such column
         if stop - start == 1:   # the usual step: one new hour
             values = np.array([[bars.iat[start, j] if j >= 0 else nan for j in positions]], dtype=np.float64)
         else:
@@ -323,7 +344,7 @@ def late_symbols(market: dict[str, pd.DataFrame], seen: dict[str, int], last_tim
 
 # %% ../../nbs/serve/08_stream.ipynb #4f2a8719
 class ImplausibleBar(ValueError):
-    "The target's bar is a bad print (see `StreamingFeatures.screened`): left out of the features, not predicted."
+    "The target's bar is a bad print (see `StreamingFeatures.screened`): left out of features, not predicted."
 
 # %% ../../nbs/serve/08_stream.ipynb #c03daaa6
 def _catch_up(self: StreamingFeatures, market: dict[str, pd.DataFrame], bar) -> np.ndarray:
@@ -331,19 +352,20 @@ def _catch_up(self: StreamingFeatures, market: dict[str, pd.DataFrame], bar) -> 
     step, hour = TIMEFRAME_DELTA[self.timeframe], TIMEFRAME_DELTA["1h"]
     bar = pd.Timestamp(bar)
     if self.times and self.times[-1] == bar.value: return self.rows[-1]
-    # warm up from scratch: at the start, for an older bar, or when a symbol's bar came after the engine moved past it
-    # (a late fetch): the state must hold every bar the batch table would, in order
+    # warm up from scratch: at the start, for an older bar, or when a symbol's bar came after the engine
+    # moved past it (a late fetch): the state must hold every bar the batch table would, in order
     warm = (self.last_time is None or bar.value <= self.last_time
             or (step == hour and late_symbols(market, self.seen, self.last_time)))
     if warm:
         self.__init__(self.config, self.timeframe, keep=self.keep)
-        after = bar - (live_window(self.timeframe) + self.keep) * step   # the derived window, as live_rows takes it
+        after = bar - (live_window(self.timeframe) + self.keep) * step   # live_rows' derived window
     else: after = pd.Timestamp(self.last_time, tz="UTC")
     if step == hour: steps = market_steps(market, after, bar)
     else:   # coarser bars: the complete buckets after the last one taken
         cut = {symbol: bars.loc[(bars.index > after + step - hour) & (bars.index <= bar + step - hour)]
                for symbol, bars in market.items()}
-        steps = market_steps({symbol: resample_bars(bars, self.timeframe) for symbol, bars in cut.items() if len(bars)})
+        steps = market_steps({symbol: resample_bars(bars, self.timeframe)
+                              for symbol, bars in cut.items() if len(bars)})
     computed = [i for i, (_, bars) in enumerate(steps) if self.target in bars][-self.keep:] if warm else []
     first_row = computed[0] if computed else 0
     for i, (time_ns, bars) in enumerate(steps): self.step(time_ns, bars, compute=i >= first_row)
@@ -357,7 +379,8 @@ def _catch_up(self: StreamingFeatures, market: dict[str, pd.DataFrame], bar) -> 
 def _table(self: StreamingFeatures) -> pd.DataFrame:
     "The newest `keep` feature rows as a frame (index: open time), as `live_rows` returns them."
     return pd.DataFrame(np.array(self.rows), columns=self.columns,
-                        index=pd.DatetimeIndex(np.array(self.times, dtype="datetime64[ns]"), tz="UTC", name="open_time"))
+                        index=pd.DatetimeIndex(np.array(self.times, dtype="datetime64[ns]"), tz="UTC",
+                                               name="open_time"))
 
 
 StreamingFeatures.catch_up, StreamingFeatures.table = _catch_up, _table
@@ -365,7 +388,8 @@ StreamingFeatures.catch_up, StreamingFeatures.table = _catch_up, _table
 # %% ../../nbs/serve/08_stream.ipynb #582e3802
 def stream_batch_difference(market: dict[str, pd.DataFrame], config: RunConfig, bars: pd.DatetimeIndex,
                             timeframe: str = "1h", batch: pd.DataFrame | None = None) -> pd.Series:
-    "Largest |streamed - batch| per feature over consecutive target `bars` (warmed up once, then stepped); inf where NaN-ness differs."
+    """Largest |streamed - batch| per feature over consecutive target `bars` (warmed up once, then stepped);
+    inf where NaN-ness differs."""
     if batch is None: batch = features_at(market, config, timeframe)[1].frame
     engine = StreamingFeatures(config, timeframe)
     rows = [engine.catch_up(market, bar).copy() for bar in bars]
