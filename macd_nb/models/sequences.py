@@ -443,7 +443,7 @@ def _network_description(spec: SequenceStage, architecture: dict, names: list[st
             "best_epoch": served["best_epoch"], "torch": torch.__version__, "dtype": settings.autocast_dtype,
             "feature_set": {"version": FEATURE_SET_VERSION, "inputs": list(config.data.feature_inputs)}}
 
-# %% ../../nbs/models/03_sequences.ipynb #c7b3f177
+# %% ../../nbs/models/03_sequences.ipynb #39be97ec
 def _refit_folds(protocol: DirectionProtocol, data: SequenceData, config: RunConfig) -> list[Fold]:
     "The protocol's folds merged into `config.nn.refits` coarse ones, purged by every head's label end."
     dev_idx = protocol.dev_idx
@@ -452,7 +452,7 @@ def _refit_folds(protocol: DirectionProtocol, data: SequenceData, config: RunCon
                         gap=config.validation.purge_bars + config.validation.embargo_bars,
                         label_end=data.label_end[dev_idx].max(axis=1), times=data.times[dev_idx])
 
-# %% ../../nbs/models/03_sequences.ipynb #dbdeb2ee
+# %% ../../nbs/models/03_sequences.ipynb #e149d89e
 def _test_refits(make: Callable, data: SequenceData, protocol: DirectionProtocol, settings: TrainSettings,
                  walk_settings: dict) -> tuple[np.ndarray, dict, dict]:
     "The scored test rows, the validated refit that scores them once, and the shipped refit (maybe the same)."
@@ -467,7 +467,7 @@ def _test_refits(make: Callable, data: SequenceData, protocol: DirectionProtocol
                   **walk_settings)
     return test_rows, final, served
 
-# %% ../../nbs/models/03_sequences.ipynb #9c25239d
+# %% ../../nbs/models/03_sequences.ipynb #bfb996b0
 def _training_record(spec: SequenceStage, config: RunConfig, data: SequenceData, settings: TrainSettings,
                      walk: dict, final: dict, served: dict, heads: dict, test_rows: np.ndarray) -> dict:
     "The result record's fields on the heads and the training: per-head metrics, epochs, refit histories."
