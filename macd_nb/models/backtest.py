@@ -28,12 +28,13 @@ VARIANTS = ("long_flat", "long_short", "band")
 
 
 def bars_per_year(timeframe: str) -> float:
-    "Bars in a year for annualisation: crypto trades around the clock (8,760 hourly bars, 2,190 four-hour bars)."
+    "Bars in a year for annualisation: crypto trades around the clock (8,760 hourly, 2,190 four-hour bars)."
     return pd.Timedelta(days=365) / TIMEFRAME_DELTA[timeframe]
 
 
 def signal_positions(pred, variant: str, threshold: float = 0.0) -> np.ndarray:
-    "The position each P(up) asks for: long/flat {0, 1}, long/short {-1, 1}, band {-1, 0, 1} (only if |p - 0.5| > threshold)."
+    """The position each P(up) asks for: long/flat {0, 1}, long/short {-1, 1}, band {-1, 0, 1} (only if
+    |p - 0.5| > threshold)."""
     edge = np.asarray(pred, dtype=float) - 0.5
     if variant == "long_flat": return (edge > 0).astype(float)
     if variant == "long_short": return np.sign(edge)
@@ -42,7 +43,7 @@ def signal_positions(pred, variant: str, threshold: float = 0.0) -> np.ndarray:
 
 
 def held_positions(signals: np.ndarray, horizon: int) -> np.ndarray:
-    "The position held at each bar: the mean of the last `horizon` signals (one tranche each, flat before the start)."
+    "The position held at each bar: the mean of the last `horizon` signals (a tranche each, flat at first)."
     if horizon == 1: return np.asarray(signals, dtype=float)
     total = np.cumsum(np.r_[np.zeros(horizon), signals])
     return (total[horizon:] - total[:-horizon]) / horizon
@@ -52,7 +53,7 @@ def held_positions(signals: np.ndarray, horizon: int) -> np.ndarray:
 class Trades:
     "A position series and what it earns before costs, bar by bar."
     position: np.ndarray      # held from this bar's close to the next
-    bar_return: np.ndarray    # simple return from this bar's close to the next (0 where the next bar is missing)
+    bar_return: np.ndarray    # simple return from this bar's close to the next (0 where the next is missing)
     gross_log: np.ndarray     # log(1 + position x return)
     turnover: np.ndarray      # |change of position| at this bar (from flat at the first bar)
 
@@ -63,10 +64,11 @@ class Trades:
 
 
 def trade(position: np.ndarray, forward_log_return: np.ndarray) -> Trades:
-    "The `Trades` of holding `position[t]` from the close of bar t to the next close, whose log return is given."
+    "The `Trades` of holding `position[t]` from the close of bar t to the next close (its log return given)."
     bar_return = np.expm1(np.nan_to_num(np.asarray(forward_log_return, dtype=float)))
     position = np.asarray(position, dtype=float)
-    return Trades(position, bar_return, np.log1p(position * bar_return), np.abs(np.diff(position, prepend=0.0)))
+    return Trades(position, bar_return, np.log1p(position * bar_return),
+                  np.abs(np.diff(position, prepend=0.0)))
 
 # %% ../../nbs/models/11_backtest.ipynb #6da37e90
 def performance(trades: Trades, cost_bp: float, periods: float) -> dict:
@@ -81,16 +83,18 @@ def performance(trades: Trades, cost_bp: float, periods: float) -> dict:
             "sortino": float(empyrical.sortino_ratio(net, annualization=periods)),
             "max_drawdown": float(empyrical.max_drawdown(net)),
             "turnover_per_year": float(trades.turnover.sum() / years),
-            "hit_rate": float(np.mean(trades.position[traded] * trades.bar_return[traded] > 0)) if traded.any() else float("nan"),
+            "hit_rate": (float(np.mean(trades.position[traded] * trades.bar_return[traded] > 0))
+                         if traded.any() else float("nan")),
             "exposure": float(np.mean(np.abs(trades.position))),
-            "cost_paid": float(-np.log1p(-cost_bp * 1e-4 * trades.turnover).sum()) + 0.0,   # log growth given up to costs
+            # the log growth given up to costs
+            "cost_paid": float(-np.log1p(-cost_bp * 1e-4 * trades.turnover).sum()) + 0.0,
             "n_bars": len(net)}
 
 
 def sharpe_curve(trades: Trades, costs_bp, periods: float) -> list[float]:
     "Annualised Sharpe ratio at each cost level of `costs_bp` (vectorised over the grid)."
     net = np.expm1(trades.net_log(np.asarray(costs_bp, dtype=float)))
-    with np.errstate(divide="ignore", invalid="ignore"):   # a strategy that never trades has no Sharpe ratio: NaN
+    with np.errstate(divide="ignore", invalid="ignore"):   # a strategy that never trades has no Sharpe: NaN
         return (net.mean(axis=1) / net.std(axis=1, ddof=1) * np.sqrt(periods)).tolist()
 
 
@@ -106,7 +110,8 @@ def break_even_cost(trades: Trades) -> float:
 
 def sharpe_intervals(returns: dict[str, np.ndarray], periods: float, *, block: int, n_boot: int, seed: int,
                      chunk: int = 100) -> dict[str, list[float]]:
-    "Block-bootstrap 95% interval of the annualised Sharpe ratio of each same-length bar-return series, on shared resamples."
+    """Block-bootstrap 95% interval of the annualised Sharpe ratio of each same-length bar-return series, on
+    shared resamples."""
     names, R = list(returns), np.column_stack(list(returns.values()))
     n, rng, draws = len(R), np.random.default_rng(seed), []
     for done in range(0, n_boot, chunk):
@@ -123,10 +128,12 @@ def band_threshold(pred: np.ndarray, fraction: float) -> float:
     return 0.0 if fraction >= 1 else float(np.quantile(np.abs(pred - 0.5), 1 - fraction))
 
 
-def choose_band(pred: np.ndarray, forward_log_return: np.ndarray, fractions, cost_bp: float, horizon: int) -> tuple[float, float]:
+def choose_band(pred: np.ndarray, forward_log_return: np.ndarray, fractions, cost_bp: float,
+                horizon: int) -> tuple[float, float]:
     "On these rows only: the share of bars to trade whose band has the best net Sharpe, and its threshold."
     def sharpe(fraction):
-        trades = trade(held_positions(signal_positions(pred, "band", band_threshold(pred, fraction)), horizon), forward_log_return)
+        trades = trade(held_positions(signal_positions(pred, "band", band_threshold(pred, fraction)),
+                                      horizon), forward_log_return)
         net = np.expm1(trades.net_log(cost_bp))
         return net.mean() / net.std() if net.std() > 0 else -np.inf
     best = max(fractions, key=sharpe)
@@ -135,15 +142,16 @@ def choose_band(pred: np.ndarray, forward_log_return: np.ndarray, fractions, cos
 
 def band_walk_forward(pred, forward_log_return, times, label_end, config: RunConfig, horizon: int,
                       fraction: float | None = None) -> tuple[np.ndarray, list[dict]]:
-    "Band signals per row (NaN in the first block), each block's threshold chosen on earlier rows; a fixed `fraction` if given."
+    """Band signals per row (NaN in the first block), each block's threshold chosen on earlier rows; a fixed
+    `fraction` if given."""
     b, chosen = config.backtest, []
     def fit_predict(train, _, score):
         share = fraction or choose_band(train[:, 0], train[:, 1], b.band_fractions, b.cost_bp, horizon)[0]
         threshold = band_threshold(train[:, 0], share)
         chosen.append({"fraction": share, "threshold": threshold})
         return signal_positions(score[:, 0], "band", threshold)
-    signals, blocks = meta_walk_forward(np.column_stack([pred, forward_log_return]), np.zeros(len(pred)), times, label_end,
-                                        fit_predict, n_blocks=b.blocks)
+    signals, blocks = meta_walk_forward(np.column_stack([pred, forward_log_return]), np.zeros(len(pred)),
+                                        times, label_end, fit_predict, n_blocks=b.blocks)
     return signals, [block | choice for block, choice in zip(blocks, chosen)]
 
 # %% ../../nbs/models/11_backtest.ipynb #41f43ea6
@@ -151,8 +159,10 @@ def _timeline(run_dir: Path, timeframe: str, kind: str) -> tuple[pd.DataFrame, l
     "P(up) of every model with an `oof` (or `test`) file for `timeframe`, on the bars all of them scored."
     folder = RunPaths(run_dir).root / kind
     files = sorted(folder.glob(f"*_{timeframe}.parquet"))
-    if not files: raise FileNotFoundError(f"no {kind} predictions for {timeframe} under {folder}: have the model stages run?")
-    frame = pd.DataFrame({p.stem.removesuffix(f"_{timeframe}"): read_parquet(p)["pred"] for p in files}).dropna()
+    if not files: raise FileNotFoundError(f"no {kind} predictions for {timeframe} under {folder}: "
+                                          "have the model stages run?")
+    frame = pd.DataFrame({p.stem.removesuffix(f"_{timeframe}"): read_parquet(p)["pred"]
+                          for p in files}).dropna()
     if frame.empty: raise ValueError(f"{folder}: the models' {kind} predictions for {timeframe} share no bar")
     return frame.sort_index(), list(frame.columns)
 
@@ -168,33 +178,36 @@ def _strategies(pred: pd.DataFrame, band: dict, horizon: int) -> dict[str, np.nd
     return out
 
 
-def evaluate(positions: dict[str, np.ndarray], forward_log_return: np.ndarray, config: RunConfig, periods: float) -> dict:
-    "Metrics at the default cost, Sharpe interval, Sharpe over the cost grid and break-even cost of every strategy."
+def evaluate(positions: dict[str, np.ndarray], forward_log_return: np.ndarray, config: RunConfig,
+             periods: float) -> dict:
+    "Metrics at the default cost, Sharpe interval, Sharpe by cost and break-even cost of every strategy."
     b, v = config.backtest, config.validation
     trades = {name: trade(p, forward_log_return) for name, p in positions.items()}
-    hold = trade(np.ones(len(forward_log_return)), forward_log_return)   # buy-and-hold: the price path, one entry
+    hold = trade(np.ones(len(forward_log_return)), forward_log_return)   # buy-and-hold: price path, an entry
     growth = np.nansum(forward_log_return) + np.log1p(-b.cost_bp * 1e-4)
     intervals = sharpe_intervals({n: np.expm1(t.net_log(b.cost_bp)) for n, t in trades.items()}, periods,
                                  block=v.bootstrap_block, n_boot=v.bootstrap_samples, seed=config.seed)
-    out = {name: performance(t, b.cost_bp, periods) | {"sharpe_ci95": intervals[name], "break_even_bp": break_even_cost(t),
-                                                        "sharpe_by_cost": sharpe_curve(t, b.cost_grid_bp, periods)}
+    out = {name: performance(t, b.cost_bp, periods)
+                 | {"sharpe_ci95": intervals[name], "break_even_bp": break_even_cost(t),
+                    "sharpe_by_cost": sharpe_curve(t, b.cost_grid_bp, periods)}
            for name, t in trades.items()}
     out["buy_and_hold"] = performance(hold, b.cost_bp, periods) | {"total_return": float(np.expm1(growth))}
     return out
 
-# %% ../../nbs/models/11_backtest.ipynb #d2d918f5
+# %% ../../nbs/models/11_backtest.ipynb #19be7f3d
 def _equity_samples(index: pd.DatetimeIndex, positions: dict, forward_log_return: np.ndarray, cost_bp: float,
                     points: int = 1000) -> dict:
-    "Log equity after costs of the band strategies and always-long, at about `points` evenly spaced bars (for plots)."
+    "Log equity after costs of the band strategies and always-long, at about `points` evenly spaced bars."
     step = max(1, len(index) // points)
     keep = np.r_[np.arange(0, len(index), step), len(index) - 1]
     curves = {name: np.cumsum(trade(p, forward_log_return).net_log(cost_bp))[keep].round(6).tolist()
               for name, p in positions.items() if name.endswith("/band") or name == "always_long"}
     return {"index": [str(t) for t in index[keep]], "log_equity": curves}
 
-
+# %% ../../nbs/models/11_backtest.ipynb #d2d918f5
 def run_backtest(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") -> dict:
-    "Stage 2.1 for one timeframe: every model's OOF (and test) predictions traded after costs; writes `results/backtest_{tf}.json`."
+    """Stage 2.1 for one timeframe: every model's OOF (and test) predictions traded after costs; writes
+    `results/backtest_{tf}.json`."""
     started, run_dir = time.perf_counter(), Path(run_dir)
     config, paths = config.for_timeframe(timeframe), RunPaths(run_dir).create()
     b, horizon, periods = config.backtest, config.validation.label_horizon, bars_per_year(timeframe)
@@ -203,41 +216,51 @@ def run_backtest(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
     returns = table["fwd_ret_1"].reindex(oof.index).to_numpy()
     times = as_utc_datetime64(oof.index)
     label_end = as_utc_datetime64(table[f"label_end_{horizon}"].reindex(oof.index))
-    walks = {m: band_walk_forward(oof[m].to_numpy(), returns, times, label_end, config, horizon) for m in models}
+    walks = {m: band_walk_forward(oof[m].to_numpy(), returns, times, label_end, config, horizon)
+             for m in models}
     scored = np.isfinite(walks[models[0]][0])
     band = {m: signals[scored] for m, (signals, _) in walks.items()}
     positions = _strategies(oof[scored], band, horizon)
     results = evaluate(positions, returns[scored], config, periods)
     by_fraction = {m: {str(f): sharpe_curve(trade(held_positions(band_walk_forward(
-                        oof[m].to_numpy(), returns, times, label_end, config, horizon, fraction=f)[0][scored], horizon),
-                        returns[scored]), [b.cost_bp], periods)[0] for f in b.band_fractions} for m in models}
-    if not np.allclose(results["always_long"]["total_return"], results["buy_and_hold"]["total_return"], rtol=1e-9, atol=1e-12):
-        raise AssertionError("always-long through the backtest differs from buy-and-hold: the accounting is broken")
+                        oof[m].to_numpy(), returns, times, label_end, config, horizon, fraction=f)[0][scored],
+                        horizon), returns[scored]), [b.cost_bp], periods)[0]
+                       for f in b.band_fractions} for m in models}
+    if not np.allclose(results["always_long"]["total_return"], results["buy_and_hold"]["total_return"],
+                       rtol=1e-9, atol=1e-12):
+        raise AssertionError("always-long through the backtest differs from buy-and-hold: "
+                             "the accounting is broken")
     walked = time.perf_counter()
 
     test, test_models = _timeline(run_dir, timeframe, "test")
-    final = {m: choose_band(oof[m].to_numpy(), returns, b.band_fractions, b.cost_bp, horizon) for m in test_models}
+    final = {m: choose_band(oof[m].to_numpy(), returns, b.band_fractions, b.cost_bp, horizon)
+             for m in test_models}
     test_band = {m: signal_positions(test[m].to_numpy(), "band", final[m][1]) for m in test_models}
-    test_results = evaluate(_strategies(test, test_band, horizon), table["fwd_ret_1"].reindex(test.index).to_numpy(),
-                            config, periods)
+    test_results = evaluate(_strategies(test, test_band, horizon),
+                            table["fwd_ret_1"].reindex(test.index).to_numpy(), config, periods)
 
     after_costs = {m: {"variant": "band", "break_even_bp": results[f"{m}/band"]["break_even_bp"],
-                       "sharpe": results[f"{m}/band"]["sharpe"], "sharpe_ci95": results[f"{m}/band"]["sharpe_ci95"],
-                       "long_short_break_even_bp": results[f"{m}/long_short"]["break_even_bp"]} for m in models}
+                       "sharpe": results[f"{m}/band"]["sharpe"],
+                       "sharpe_ci95": results[f"{m}/band"]["sharpe_ci95"],
+                       "long_short_break_even_bp": results[f"{m}/long_short"]["break_even_bp"]}
+                   for m in models}
     scored_index = oof.index[scored]
     record = model_result(
-        stage=stage_named("backtest").number, model="backtest", timeframe=timeframe, target=config.data.target,
-        window={"start": str(scored_index[0]), "end": str(scored_index[-1]), "test_start": str(test.index[0])},
+        stage=stage_named("backtest").number, model="backtest", timeframe=timeframe,
+        target=config.data.target, window={"start": str(scored_index[0]), "end": str(scored_index[-1]),
+                                           "test_start": str(test.index[0])},
         metrics={"n_bars": int(scored.sum()), "n_test_bars": len(test), "after_costs": after_costs},
         controls={"always_long_equals_buy_and_hold": True}, gates=[],
         timings_s={"oof": walked - started, "total": time.perf_counter() - started},
         artifacts=[paths.relative(paths.result_file("backtest", timeframe))],
         **provenance(config, run_dir),
-        models=models, cost_bp=b.cost_bp, cost_grid_bp=list(b.cost_grid_bp), band_fractions=list(b.band_fractions),
-        execution="position taken at the signal bar's close, held to the close h bars later (h = label horizon)",
-        annualisation={"bars_per_year": periods}, oof=results, test=test_results, sharpe_by_band_fraction=by_fraction,
-        band_blocks={m: blocks for m, (_, blocks) in walks.items()}, test_band_choice={m: {"fraction": f, "threshold": t}
-                                                                                        for m, (f, t) in final.items()},
+        models=models, cost_bp=b.cost_bp, cost_grid_bp=list(b.cost_grid_bp),
+        band_fractions=list(b.band_fractions),
+        execution="position taken at the signal bar's close, held to the close h bars later "
+                  "(h = label horizon)",
+        annualisation={"bars_per_year": periods}, oof=results, test=test_results,
+        sharpe_by_band_fraction=by_fraction, band_blocks={m: blocks for m, (_, blocks) in walks.items()},
+        test_band_choice={m: {"fraction": f, "threshold": t} for m, (f, t) in final.items()},
         equity=_equity_samples(scored_index, positions, returns[scored], b.cost_bp))
     write_json(paths.result_file("backtest", timeframe), record)
     return record

@@ -31,7 +31,8 @@ def lgb_params(config: RunConfig, *, threads: int | None = None) -> dict:
     return {"objective": "binary", "learning_rate": g.learning_rate, "num_leaves": g.num_leaves,
             "min_data_in_leaf": g.min_data_in_leaf, "max_bin": g.max_bin, "lambda_l2": g.lambda_l2,
             "feature_fraction": g.feature_fraction, "bagging_fraction": g.bagging_fraction,
-            "bagging_freq": int(g.bagging_fraction < 1), "feature_pre_filter": False, "force_row_wise": True, "deterministic": True, "seed": config.seed,
+            "bagging_freq": int(g.bagging_fraction < 1), "feature_pre_filter": False, "force_row_wise": True,
+            "deterministic": True, "seed": config.seed,
             "num_threads": threads or config.threads_per_job, "verbose": -1}
 
 
@@ -42,13 +43,15 @@ def bin_once(
     path: str | Path,            # where to save LightGBM's binary dataset
     feature_names: list[str],
 ) -> Path:
-    "Bin all rows of `X` with edges fitted on `bin_rows` only; save the binned table as a LightGBM binary file."
+    "Bin all rows of `X` with edges fitted on `bin_rows` only; save the binned table as LightGBM binary file."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    reference = lgb.Dataset(X[bin_rows], label=np.zeros(len(bin_rows)), feature_name=feature_names, params=params,
-                            free_raw_data=False).construct()
-    binned = lgb.Dataset(X, label=np.zeros(len(X)), feature_name=feature_names, reference=reference, params=params)
-    return write_atomically(path, lambda tmp: binned.save_binary(str(tmp)))   # a fresh name: LightGBM will not overwrite
+    reference = lgb.Dataset(X[bin_rows], label=np.zeros(len(bin_rows)), feature_name=feature_names,
+                            params=params, free_raw_data=False).construct()
+    binned = lgb.Dataset(X, label=np.zeros(len(X)), feature_name=feature_names, reference=reference,
+                         params=params)
+    # a fresh name: LightGBM will not overwrite a file
+    return write_atomically(path, lambda tmp: binned.save_binary(str(tmp)))
 
 
 _BINNED_DATASETS = ProcessCache()   # per process: binary datasets already loaded
@@ -56,7 +59,8 @@ _BINNED_DATASETS = ProcessCache()   # per process: binary datasets already loade
 
 def load_binned(path: str | Path, params: dict) -> lgb.Dataset:
     "The binary dataset at `path`, loaded once per process (see `load_cached`)."
-    return load_cached(_BINNED_DATASETS, path, lambda p: lgb.Dataset(str(verified(p)), params=params).construct())
+    return load_cached(_BINNED_DATASETS, path,
+                       lambda p: lgb.Dataset(str(verified(p)), params=params).construct())
 
 # %% ../../nbs/models/02_lgb.ipynb #9567daba
 def bin_schedule(
@@ -67,9 +71,11 @@ def bin_schedule(
     every: int,                  # folds per binning (>= len(folds): bin once, on the first training window)
     prefix: str = "binned",
 ) -> list[Path]:
-    "Binary binned tables, one per group of `every` folds (edges from the group's first training window); a path per fold."
+    """Binary binned tables, one per group of `every` folds (edges from the group's first training window); a
+    path per fold."""
     every = max(1, every)
-    group_paths = [bin_once(X, folds[start].train_idx, params, Path(directory) / f"{prefix}_{start:04d}.bin", feature_names)
+    group_paths = [bin_once(X, folds[start].train_idx, params, Path(directory) / f"{prefix}_{start:04d}.bin",
+                            feature_names)
                    for start in range(0, len(folds), every)]
     return [group_paths[k // every] for k in range(len(folds))]
 
@@ -85,8 +91,8 @@ class LgbFoldTask:
     params: dict
     num_boost_round: int
     early_stopping_rounds: int
-    rounds: int | None = None      # a fixed tree count, fitted on all the window's rows (fit and stop); None: stop early
-    seeds: int = 1                 # boosters averaged into one (`merge_boosters`), seeded params["seed"] + 0, 1, ...
+    rounds: int | None = None      # a fixed tree count fitted on the window (fit + stop); None: stop early
+    seeds: int = 1                 # boosters averaged into one (`merge_boosters`), seeded params["seed"] + k
 
 
 def binned_rows(binned: lgb.Dataset, rows: np.ndarray, label: np.ndarray, params: dict) -> lgb.Dataset:
@@ -97,20 +103,21 @@ def binned_rows(binned: lgb.Dataset, rows: np.ndarray, label: np.ndarray, params
 
 
 def lgb_fit_fold(task: LgbFoldTask) -> tuple[lgb.Booster, int]:
-    "Fit one fold on its binned rows: the booster (a bag merged into one) and its tree count (a bag's median)."
+    "Fit one fold on its binned rows: the booster (a bag merged into one), its tree count (a bag's median)."
     binned = load_binned(task.dataset_path, task.params)
     if task.rounds is None:   # stop early on the tail of the training window
         fit = binned_rows(binned, task.rows.fit_idx, task.fit_label, task.params)
         stop = binned_rows(binned, task.rows.stop_idx, task.stop_label, task.params)
         train = lambda params: lgb.train(params, fit, task.num_boost_round, valid_sets=[stop],
-                                         callbacks=[lgb.early_stopping(task.early_stopping_rounds, verbose=False)])
+                                         callbacks=[lgb.early_stopping(task.early_stopping_rounds,
+                                                                       verbose=False)])
     else:                     # a tree count chosen elsewhere: the tail is training data too
         window = binned_rows(binned, np.r_[task.rows.fit_idx, task.rows.stop_idx],
                              np.r_[task.fit_label, task.stop_label], task.params)
         train = lambda params: lgb.train(params, window, task.rounds)
     boosters = [train(task.params | {"seed": task.params["seed"] + k}) for k in range(task.seeds)]
     counts = [int(b.best_iteration or b.current_iteration()) for b in boosters]
-    if task.seeds == 1: return boosters[0], counts[0]   # a booster predicts and saves up to its best iteration
+    if task.seeds == 1: return boosters[0], counts[0]   # a booster predicts and saves to its best iteration
     return merge_boosters(boosters), int(np.median(counts))
 
 
@@ -121,18 +128,21 @@ def lgb_fit_predict_fold(task: LgbFoldTask) -> tuple[np.ndarray, int]:
 
 # %% ../../nbs/models/02_lgb.ipynb #cf4d30fc
 def merge_boosters(boosters: list[lgb.Booster]) -> lgb.Booster:
-    "One booster whose raw score is the mean of `boosters`' (each up to its best iteration): all their trees, scaled."
+    "One booster whose raw score is the mean of `boosters`' (each to its best iteration): all trees, scaled."
     texts = [booster.model_to_string() for booster in boosters]
     start, end = "\nTree=0\n", "end of trees"
+    # tree_sizes: the sizes of the first booster's trees only; LightGBM reads on without them
     head = "".join(line for line in texts[0][:texts[0].index(start) + 1].splitlines(keepends=True)
-                   if not line.startswith("tree_sizes="))   # sizes of the first booster's trees: LightGBM reads on without
-    trees = [tree for text in texts for tree in re.split(r"(?m)^Tree=\d+\n", text[text.index(start) + 1:text.index(end)])
+                   if not line.startswith("tree_sizes="))
+    trees = [tree for text in texts
+             for tree in re.split(r"(?m)^Tree=\d+\n", text[text.index(start) + 1:text.index(end)])
              if tree.strip()]
     def scaled(line: str) -> str:
         key, _, values = line.partition("=")
         if key not in ("leaf_value", "internal_value"): return line
         return f"{key}=" + " ".join(repr(float(v) / len(boosters)) for v in values.split())
-    body = "".join(f"Tree={k}\n" + "\n".join(map(scaled, tree.strip("\n").split("\n"))) + "\n\n\n" for k, tree in enumerate(trees))
+    body = "".join(f"Tree={k}\n" + "\n".join(map(scaled, tree.strip("\n").split("\n"))) + "\n\n\n"
+                   for k, tree in enumerate(trees))
     return lgb.Booster(model_str=head + body + texts[0][texts[0].index(end):])
 
 # %% ../../nbs/models/02_lgb.ipynb #996e788c
@@ -146,28 +156,29 @@ def lgb_walk_forward(
     inner_fraction: float,
     purge: int,
     labels: np.ndarray | None = None,  # labels to fit and score (default `protocol.y`; e.g. shuffled)
-    rounds: list[int] | None = None,   # a fixed tree count per fold (fitted on the whole window); None: stop early
+    rounds: list[int] | None = None,   # a fixed tree count per fold (fit on all the window); None: stop early
     seeds: int = 1,                    # boosters averaged per fold
     n_jobs: int = 1,
     executor: str = "local",
 ) -> tuple[WalkForwardResult, list[int]]:
-    "Out-of-fold predictions over the development rows and every fold's tree count (best iteration, or `rounds`)."
+    "Out-of-fold predictions over the development rows; each fold's tree count (best iteration or `rounds`)."
     paths = dataset_path if isinstance(dataset_path, list) else [dataset_path] * len(protocol.folds)
     def make_task(k: int, rows: FoldRows, y: np.ndarray) -> LgbFoldTask:
-        return LgbFoldTask(str(paths[k]), rows, y[rows.fit_idx], y[rows.stop_idx], protocol.X[rows.val_idx], params,
-                           num_boost_round, early_stopping_rounds, None if rounds is None else rounds[k], seeds)
-    return walk_fold_tasks(protocol, protocol.y if labels is None else labels, make_task, lgb_fit_predict_fold,
-                           inner_fraction=inner_fraction, purge=purge, n_jobs=n_jobs,
+        return LgbFoldTask(str(paths[k]), rows, y[rows.fit_idx], y[rows.stop_idx], protocol.X[rows.val_idx],
+                           params, num_boost_round, early_stopping_rounds,
+                           None if rounds is None else rounds[k], seeds)
+    return walk_fold_tasks(protocol, protocol.y if labels is None else labels, make_task,
+                           lgb_fit_predict_fold, inner_fraction=inner_fraction, purge=purge, n_jobs=n_jobs,
                            threads_per_job=params["num_threads"], executor=executor)
 
 # %% ../../nbs/models/02_lgb.ipynb #46d2f9c7
 def rounds_from_earlier_folds(best: list[int], window: int) -> list[int]:
-    "Per fold, the median tree count of itself and the `window - 1` folds before it (each stopped on its own tail)."
+    "Per fold, the median tree count of it and the `window - 1` folds before (each stopped on its own tail)."
     return [int(round(np.median(best[max(0, k - window + 1):k + 1]))) for k in range(len(best))]
 
 # %% ../../nbs/models/02_lgb.ipynb #dee305da
 def save_lgb_model(booster: lgb.Booster, path: str | Path, num_iteration: int | None = None) -> Path:
-    "Save a LightGBM model as text (its first `num_iteration` trees; None: the best iteration or all), atomically."
+    "Save a LightGBM model as text, atomically: its first `num_iteration` trees (None: best or all)."
     return write_atomically(path, lambda tmp: booster.save_model(str(tmp), num_iteration=num_iteration))
 
 
@@ -184,12 +195,13 @@ class LgbModel(BoostedTreesModel):
 
     def prepare(self, protocol: DirectionProtocol, scratch: Path) -> None:
         self.scratch = scratch
-        self.dataset_paths = bin_schedule(protocol.X, protocol.folds, self.params, scratch, protocol.feature_names,
-                                          every=self.config.gbm.rebin_folds)
+        self.dataset_paths = bin_schedule(protocol.X, protocol.folds, self.params, scratch,
+                                          protocol.feature_names, every=self.config.gbm.rebin_folds)
 
     def walk_forward(self, protocol: DirectionProtocol, labels: np.ndarray) -> tuple[WalkForwardResult, dict]:
         g, walk = self.config.gbm, lambda **how: lgb_walk_forward(protocol, self.params, self.dataset_paths,
-                                                                  labels=labels, **how, **self.fold_settings())
+                                                                  labels=labels, **how,
+                                                                  **self.fold_settings())
         if g.rounds_rule == "tail":
             result, best_iterations = walk(seeds=g.seeds)
             return result, {"best_iterations": best_iterations}
@@ -204,9 +216,11 @@ class LgbModel(BoostedTreesModel):
         dataset = bin_once(protocol.X, fold.train_idx, self.params, self.scratch / f"refit_{fold.number}.bin",
                            protocol.feature_names)
         task = LgbFoldTask(str(dataset), rows, protocol.y[rows.fit_idx], protocol.y[rows.stop_idx],
-                           protocol.X[protocol.scored_test_idx], self.params | {"num_threads": machine_threads()},
+                           protocol.X[protocol.scored_test_idx],
+                           self.params | {"num_threads": machine_threads()},
                            settings["num_boost_round"], settings["early_stopping_rounds"],
-                           None if self.config.gbm.rounds_rule == "tail" else self.refit_rounds, self.config.gbm.seeds)
+                           None if self.config.gbm.rounds_rule == "tail" else self.refit_rounds,
+                           self.config.gbm.seeds)
         booster, count = lgb_fit_fold(task)   # saved, weighed and scored up to its best iteration (or whole)
         if path is not None: save_lgb_model(booster, path)
         gain = pd.Series(booster.feature_importance("gain"), index=protocol.feature_names)
@@ -215,8 +229,9 @@ class LgbModel(BoostedTreesModel):
         return outcome
 
 
-def run_lgb(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *, cross_asset: bool = False) -> ModelResult:
-    "Stage 1.1 (or 1.4 with `cross_asset`): LightGBM walk-forward, refit, test score, controls; writes its files."
+def run_lgb(config: RunConfig, run_dir: str | Path, timeframe: str = "1h", *,
+            cross_asset: bool = False) -> ModelResult:
+    "Stage 1.1 (or 1.4 with `cross_asset`): LightGBM walk-forward, refit, test score, controls; its files."
     return run_direction_stage(config, run_dir, timeframe, LgbModel(config, cross_asset=cross_asset))
 
 # %% ../../nbs/models/02_lgb.ipynb #3eab30d7
@@ -224,7 +239,8 @@ def plot_gbm_report(run: ModelResult, title: str):
     "Three panels: validation AUC per fold over time, held-out test ROC, top-20 features by gain."
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 3.6), gridspec_kw={"width_ratios": [3, 2, 2]})
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 3.6),
+                                              gridspec_kw={"width_ratios": [3, 2, 2]})
     plot_fold_auc(run.fold_result, run.fold_times, ax=left, title=f"{title}: validation AUC per fold")
     fpr, tpr, _ = roc_curve(run.test_y, run.test_pred)
     middle.plot(fpr, tpr, label=f"test AUC {run.metrics['test_auc']:.3f} (n={run.metrics['n_test']})")
@@ -240,25 +256,29 @@ def plot_gbm_report(run: ModelResult, title: str):
 
 # %% ../../nbs/models/02_lgb.ipynb #8d0af0b3
 def _tree_nodes(tree: dict, tree_id: int, nodes: dict, leaves: dict) -> None:
-    "Append one LightGBM tree (its dump) to the node and leaf columns of a TreeEnsembleRegressor, depth first."
+    "Append a LightGBM tree (its dump) to the node and leaf columns of a TreeEnsembleRegressor, depth first."
     def visit(node: dict) -> int:
         node_id = sum(1 for t in nodes["treeids"] if t == tree_id)
         nodes["treeids"].append(tree_id); nodes["nodeids"].append(node_id)
         if "split_index" not in node:   # a leaf
-            for key, value in (("featureids", 0), ("modes", "LEAF"), ("values", 0.0), ("true", 0), ("false", 0), ("missing", 0)):
+            for key, value in (("featureids", 0), ("modes", "LEAF"), ("values", 0.0), ("true", 0),
+                               ("false", 0), ("missing", 0)):
                 nodes[key].append(value)
-            leaves["treeids"].append(tree_id); leaves["nodeids"].append(node_id); leaves["weights"].append(float(node["leaf_value"]))
+            leaves["treeids"].append(tree_id); leaves["nodeids"].append(node_id)
+            leaves["weights"].append(float(node["leaf_value"]))
             return node_id
         if node["decision_type"] != "<=":
-            raise ValueError(f"tree {tree_id}: a {node['decision_type']!r} (categorical) split cannot be exported")
+            raise ValueError(f"tree {tree_id}: a {node['decision_type']!r} (categorical) split "
+                             "cannot be exported")
         if node["missing_type"] == "Zero":
             raise ValueError(f"tree {tree_id}: 'zero as missing' splits cannot be expressed in ONNX")
         threshold = float(node["threshold"])
         # NaN goes to the default side; without a missing type LightGBM reads NaN as 0
         missing_left = node["default_left"] if node["missing_type"] == "NaN" else 0.0 <= threshold
         row = len(nodes["nodeids"]) - 1
-        for key, value in (("featureids", node["split_feature"]), ("modes", "BRANCH_LEQ"), ("values", threshold),
-                           ("true", -1), ("false", -1), ("missing", int(missing_left))):
+        for key, value in (("featureids", node["split_feature"]), ("modes", "BRANCH_LEQ"),
+                           ("values", threshold), ("true", -1), ("false", -1),
+                           ("missing", int(missing_left))):
             nodes[key].append(value)
         nodes["true"][row] = visit(node["left_child"])
         nodes["false"][row] = visit(node["right_child"])
@@ -267,16 +287,20 @@ def _tree_nodes(tree: dict, tree_id: int, nodes: dict, leaves: dict) -> None:
 
 # %% ../../nbs/models/02_lgb.ipynb #5d56e478
 def lightgbm_to_onnx(booster, *, opset: int = 17):
-    "A binary LightGBM booster as ONNX: double input `features` (n, n_features), output `p_up` (n, 1), float64 thresholds."
+    """A binary LightGBM booster as ONNX: double input `features` (n, n_features), output `p_up` (n, 1),
+    float64 thresholds."""
     from onnx import TensorProto, helper, numpy_helper
     dump = booster.dump_model()
-    if dump.get("objective", "").split()[0] != "binary": raise ValueError(f"only binary boosters export; this one is {dump.get('objective')!r}")
-    nodes = {k: [] for k in ("treeids", "nodeids", "featureids", "modes", "values", "true", "false", "missing")}
+    if dump.get("objective", "").split()[0] != "binary":
+        raise ValueError(f"only binary boosters export; this one is {dump.get('objective')!r}")
+    nodes = {k: [] for k in ("treeids", "nodeids", "featureids", "modes", "values", "true", "false",
+                             "missing")}
     leaves = {k: [] for k in ("treeids", "nodeids", "weights")}
     for tree in dump["tree_info"]: _tree_nodes(tree, tree["tree_index"], nodes, leaves)
     ensemble = helper.make_node(
-        "TreeEnsembleRegressor", ["features"], ["score"], domain="ai.onnx.ml", n_targets=1, aggregate_function="SUM",
-        post_transform="NONE", nodes_treeids=nodes["treeids"], nodes_nodeids=nodes["nodeids"],
+        "TreeEnsembleRegressor", ["features"], ["score"], domain="ai.onnx.ml", n_targets=1,
+        aggregate_function="SUM", post_transform="NONE", nodes_treeids=nodes["treeids"],
+        nodes_nodeids=nodes["nodeids"],
         nodes_featureids=nodes["featureids"], nodes_modes=nodes["modes"],
         nodes_values_as_tensor=numpy_helper.from_array(np.array(nodes["values"], dtype=np.float64)),
         nodes_truenodeids=nodes["true"], nodes_falsenodeids=nodes["false"],
@@ -288,19 +312,23 @@ def lightgbm_to_onnx(booster, *, opset: int = 17):
         [helper.make_tensor_value_info("features", TensorProto.DOUBLE, [None, dump["max_feature_idx"] + 1])],
         [helper.make_tensor_value_info("p_up", TensorProto.FLOAT, [None, 1])])
     return portable(helper.make_model(graph, producer_name="macd_nb",
-                                      opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("ai.onnx.ml", 3)]))
+                                      opset_imports=[helper.make_opsetid("", opset),
+                                                     helper.make_opsetid("ai.onnx.ml", 3)]))
 
 # %% ../../nbs/models/02_lgb.ipynb #02f730bd
 def _load_lightgbm(paths: RunPaths, model: str, timeframe: str) -> LoadedModel | None:
-    "A run's saved booster (`lgb` or `lgb_cross`), its features, and the window its served refit was fitted on."
+    "A run's saved booster (`lgb` or `lgb_cross`), its features, and the window its served refit was fit on."
     path = paths.model_file(model, timeframe, "txt")
     if not path.exists(): return None
     booster = lgb.Booster(model_file=str(verified(path)))
-    return LoadedModel(booster, booster.feature_name(), path, read_json(paths.result_file(model, timeframe)).get("deployment"))
+    return LoadedModel(booster, booster.feature_name(), path,
+                       read_json(paths.result_file(model, timeframe)).get("deployment"))
 
 
 LIGHTGBM = ServedFamily(
     load=_load_lightgbm,
-    inputs=lambda loaded, table, rows: table[loaded.features].to_numpy(dtype=np.float64)[rows],   # it splits in double
+    # LightGBM splits in double
+    inputs=lambda loaded, table, rows: table[loaded.features].to_numpy(dtype=np.float64)[rows],
     predict=lambda loaded: lambda x: loaded.model.predict(x, num_threads=1).reshape(-1, 1),
-    to_onnx=lambda loaded: (lightgbm_to_onnx(loaded.model), "macd_nb.models.lgb.lightgbm_to_onnx (float64 thresholds)"))
+    to_onnx=lambda loaded: (lightgbm_to_onnx(loaded.model),
+                            "macd_nb.models.lgb.lightgbm_to_onnx (float64 thresholds)"))

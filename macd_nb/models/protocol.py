@@ -24,7 +24,8 @@ import pandas as pd
 from ..core.config import RunConfig, library_versions
 from ..core.features import FEATURE_SET_VERSION
 from ..core.parallel import parallel_map, worker_layout
-from ..core.rundir import RunPaths, gate, model_result, read_json, read_parquet, write_json, write_parquet
+from ..core.rundir import (RunPaths, gate, model_result, read_json, read_parquet, write_json,
+                                 write_parquet)
 from ..core.stages import stage_of_model
 from ..core.validation import (Fold, WalkForward, WalkForwardResult, as_utc_datetime64, auc, auc_ci,
                                      auc_gain_ci, holdout_split, inner_split, planted_leak_control)
@@ -50,17 +51,17 @@ class DirectionProtocol:
 
     @property
     def validated_fold(self) -> Fold:
-        "One more fold after the last: it trains on `validated_idx` the way every fold trains, and scores the test period."
+        "One more fold after the last: trained on `validated_idx` as every fold is; scores the test period."
         return Fold(len(self.folds), self.validated_idx, self.scored_test_idx)
 
     @property
     def serving_fold(self) -> Fold:
-        "The shipped model's fold: it trains on `serve_idx` the way every fold trains; no later bar is left to score."
+        "The shipped model's fold: trained on `serve_idx` as every fold is; no later bar is left to score."
         return Fold(len(self.folds) + 1, self.serve_idx, np.array([], dtype=int))
 
     @property
     def serves_validated(self) -> bool:
-        "Whether the shipped model is the validated refit itself (`serve_window: validated`, or nothing newer to learn)."
+        "Whether the shipped model is the validated refit (`serve_window: validated`, or nothing newer)."
         return np.array_equal(self.serve_idx, self.validated_idx)
 
     def _rows_window(self, rows: np.ndarray) -> dict:
@@ -69,7 +70,7 @@ class DirectionProtocol:
                 "labels_end": stamp(self.label_end[rows].max()), "n_rows": len(rows)}
 
     def validated_window(self) -> dict:
-        "The validated refit's training window (UTC strings): first and last bar, when its last label ends, rows."
+        "The validated refit's training window (UTC): first and last bar, when its last label ends, rows."
         return self._rows_window(self.validated_idx)
 
     def serving_window(self) -> dict:
@@ -79,24 +80,30 @@ class DirectionProtocol:
     def window(self) -> dict:
         "First and last bar of the table and the first test bar, as strings (UTC)."
         stamp = lambda t: str(pd.Timestamp(t, tz="UTC"))
-        return {"start": stamp(self.times[0]), "end": stamp(self.times[-1]), "test_start": stamp(self.times[self.test_idx[0]])}
+        return {"start": stamp(self.times[0]), "end": stamp(self.times[-1]),
+                "test_start": stamp(self.times[self.test_idx[0]])}
 
 # %% ../../nbs/models/00_protocol.ipynb #a5c14819
 def direction_protocol(table: pd.DataFrame, feature_names: list[str], config: RunConfig) -> DirectionProtocol:
-    "Holdout split, purged walk-forward folds and final-fit rows of `table` for `config.validation.label_horizon`."
+    "Holdout split, purged walk-forward folds and final-fit rows of `table` for the configured label horizon."
     horizon = config.validation.label_horizon
     X = table[feature_names].to_numpy(dtype=float)
     y = table[f"y_{horizon}"].to_numpy(dtype=float)
     label_end, times = as_utc_datetime64(table[f"label_end_{horizon}"]), as_utc_datetime64(table.index)
-    dev_idx, test_idx = holdout_split(len(table), config.validation.test_fraction, gap=config.validation.purge_bars + config.validation.embargo_bars)
-    splitter = WalkForward(config.validation.n_folds, train_size=config.validation.train_bars, purge=config.validation.purge_bars,
-                           embargo=config.validation.embargo_bars, expanding=config.validation.expanding)
+    dev_idx, test_idx = holdout_split(len(table), config.validation.test_fraction,
+                                      gap=config.validation.purge_bars + config.validation.embargo_bars)
+    splitter = WalkForward(config.validation.n_folds, train_size=config.validation.train_bars,
+                           purge=config.validation.purge_bars, embargo=config.validation.embargo_bars,
+                           expanding=config.validation.expanding)
     folds = splitter.folds(len(dev_idx), label_end=label_end[dev_idx], times=times[dev_idx])
     rolling = not config.validation.expanding and config.validation.train_bars
-    ending = lambda rows: rows[rows > rows[-1] - config.validation.train_bars] if rolling else rows   # a fold's length
-    known = dev_idx[np.isfinite(y[dev_idx]) & (label_end[dev_idx] <= times[test_idx[0]])]   # labels end before the test
+    # a window ending at the last of `rows`, as long as a fold's
+    ending = lambda rows: rows[rows > rows[-1] - config.validation.train_bars] if rolling else rows
+    # defined labels that end before the test period starts
+    known = dev_idx[np.isfinite(y[dev_idx]) & (label_end[dev_idx] <= times[test_idx[0]])]
     validated_idx = ending(known)
-    serve_idx = ending(np.flatnonzero(np.isfinite(y))) if config.validation.serve_window == "newest" else validated_idx
+    serve_idx = (ending(np.flatnonzero(np.isfinite(y))) if config.validation.serve_window == "newest"
+                 else validated_idx)
     return DirectionProtocol(X, y, times, label_end, list(feature_names), dev_idx, test_idx, folds,
                              validated_idx, test_idx[np.isfinite(y[test_idx])], serve_idx)
 
@@ -122,7 +129,7 @@ def fold_rows(folds: list[Fold], y: np.ndarray, *, inner_fraction: float, purge:
 
 def gather_fold_outputs(protocol: DirectionProtocol, rows: list[FoldRows], y: np.ndarray,
                         predictions: list[np.ndarray]) -> WalkForwardResult:
-    "Out-of-fold predictions over the development rows and per-fold AUCs, from each fold's predictions of its scored rows."
+    "Out-of-fold predictions over the development rows and per-fold AUCs, from each fold's scored rows."
     oof_pred = np.full(len(protocol.dev_idx), np.nan)
     for r, pred in zip(rows, predictions): oof_pred[r.val_idx] = pred
     fold_auc = [auc(y[r.val_idx], oof_pred[r.val_idx]) for r in rows]
@@ -133,15 +140,17 @@ def walk_fold_tasks(
     protocol: DirectionProtocol,
     labels: np.ndarray,                   # labels to fit and score (the real ones, or shuffled)
     make_task: Callable,                  # (fold index, its FoldRows, labels) -> a picklable task
-    fit_predict_fold: Callable,           # module-level: task -> (P(up) of the fold's scored rows, best iteration)
+    fit_predict_fold: Callable,           # module-level: task -> (P(up) of its scored rows, best iteration)
     *, inner_fraction: float, purge: int, n_jobs: int = 1, threads_per_job: int = 1, executor: str = "local",
 ) -> tuple[WalkForwardResult, list[int]]:
     "One task per fold run through `parallel_map`: the out-of-fold result and every fold's best iteration."
     y = np.asarray(labels, dtype=float)
     rows = fold_rows(protocol.folds, y, inner_fraction=inner_fraction, purge=purge)
     tasks = [make_task(k, r, y) for k, r in enumerate(rows)]
-    outputs = parallel_map(fit_predict_fold, tasks, n_jobs=n_jobs, threads_per_job=threads_per_job, executor=executor)
-    return gather_fold_outputs(protocol, rows, y, [pred for pred, _ in outputs]), [int(best) for _, best in outputs]
+    outputs = parallel_map(fit_predict_fold, tasks, n_jobs=n_jobs, threads_per_job=threads_per_job,
+                           executor=executor)
+    return (gather_fold_outputs(protocol, rows, y, [pred for pred, _ in outputs]),
+            [int(best) for _, best in outputs])
 
 # %% ../../nbs/models/00_protocol.ipynb #e52a0c11
 def shuffled_labels(y: np.ndarray, dev_idx: np.ndarray, seed: int) -> np.ndarray:
@@ -160,28 +169,31 @@ def pooled_auc(y: np.ndarray, oof_pred: np.ndarray) -> float:
 
 def controls_record(shuffled_auc: float, X: np.ndarray, y: np.ndarray, names: list[str], *, seed: int,
                     shuffled_protocol) -> dict:
-    "The controls of a model: shuffled-label AUC (computed by the model) and the planted-leak audit on `X`, `y`."
+    "A model's controls: shuffled-label AUC (computed by the model) and the planted-leak audit on `X`, `y`."
     defined = np.isfinite(y)
     leak = planted_leak_control(X[defined], y[defined], names, seed=seed)
     return {"shuffled_label_auc": shuffled_auc, "shuffled_label_protocol": shuffled_protocol,
-            "planted_leak_flagged": leak["planted_leak_flagged"], "planted_leak_auc": leak["planted_leak_auc"],
+            "planted_leak_flagged": leak["planted_leak_flagged"],
+            "planted_leak_auc": leak["planted_leak_auc"],
             "real_features_flagged": leak["real_features_flagged"]}
 
 # %% ../../nbs/models/00_protocol.ipynb #2c08a66f
 def feature_aucs(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     "AUC of every column of `X` against binary `y` (ties averaged; NaN filled with the column median)."
     if not np.isfinite(X).all(): X = np.where(np.isfinite(X), X, np.nanmedian(X, axis=0))
-    columns = np.ascontiguousarray(X.T)                    # one feature per row: each sort runs over contiguous memory
+    columns = np.ascontiguousarray(X.T)                    # a feature per row: sorts run on contiguous memory
     order = np.argsort(columns, axis=1)
     values, positive = np.take_along_axis(columns, order, axis=1), (y == 1)[order]
     n = columns.shape[1]
-    # tie groups (they never span two features: every row starts one) and their average rank, (first + last) / 2 + 1
+    # tie groups (they never span two features: every row starts one) and their average rank,
+    # (first + last) / 2 + 1
     starts = np.ones(values.shape, dtype=bool)
     starts[:, 1:] = values[:, 1:] != values[:, :-1]
     first = np.flatnonzero(starts)
     last = np.r_[first[1:], values.size] - 1
-    rank_sum = np.bincount(first // n, weights=np.add.reduceat(positive.ravel(), first) * ((first % n + last % n) / 2 + 1),
-                           minlength=len(columns))
+    rank_sum = np.bincount(
+        first // n, weights=np.add.reduceat(positive.ravel(), first) * ((first % n + last % n) / 2 + 1),
+        minlength=len(columns))
     n_pos = int((y == 1).sum())
     n_neg = len(y) - n_pos
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
@@ -190,7 +202,7 @@ def feature_aucs(X: np.ndarray, y: np.ndarray) -> np.ndarray:
 @dataclass
 class BestFeatureReference:
     "Out-of-fold scores of the best single feature, chosen with its sign on each fold's training rows."
-    oof_score: np.ndarray           # one score in [0, 1] per row of the protocol's table; NaN where not scored
+    oof_score: np.ndarray           # a score in [0, 1] per row of the protocol's table; NaN where not scored
     choices: list[str]              # per fold: the chosen feature, '-' prefixed when it predicts down
 
     def most_chosen(self) -> str:
@@ -199,7 +211,7 @@ class BestFeatureReference:
 
 # %% ../../nbs/models/00_protocol.ipynb #6f5248a0
 def _reference_folds(X: np.ndarray, y: np.ndarray, names: list[str], folds: list[Fold]) -> list[tuple | None]:
-    "`best_feature_reference` of some folds: per fold (validation rows, their scores, the choice), None when unscorable."
+    "`best_feature_reference` of some folds: per fold (validation rows, scores, choice); None: unscorable."
     answers = []
     for fold in folds:
         train = fold.train_idx[np.isfinite(y[fold.train_idx])]
@@ -211,22 +223,26 @@ def _reference_folds(X: np.ndarray, y: np.ndarray, names: list[str], folds: list
         best = int(np.nanargmax(np.abs(strength)))
         sign, median = (1.0 if strength[best] >= 0 else -1.0), np.nanmedian(X[train, best])
         reference_values = np.sort(np.nan_to_num(X[train, best], nan=median))
-        percentile = np.searchsorted(reference_values, np.nan_to_num(X[val, best], nan=median), side="right") / len(reference_values)
-        answers.append((val, percentile if sign > 0 else 1.0 - percentile, ("" if sign > 0 else "-") + names[best]))
+        percentile = (np.searchsorted(reference_values, np.nan_to_num(X[val, best], nan=median), side="right")
+                      / len(reference_values))
+        answers.append((val, percentile if sign > 0 else 1.0 - percentile,
+                        ("" if sign > 0 else "-") + names[best]))
     return answers
 
 # %% ../../nbs/models/00_protocol.ipynb #0fe58f69
-FOLDS_PER_WORKER = 50   # a pool of workers takes about 3 s to start, a fold here 0.05 s (8,760 rows x 104 features)
+# a pool of workers takes about 3 s to start, a fold here 0.05 s (8,760 rows x 104 features)
+FOLDS_PER_WORKER = 50
 
 
 def best_feature_reference(X: np.ndarray, y: np.ndarray, folds: list[Fold], names: list[str], *,
-                           n_jobs: int | None = 1,   # worker processes at most: the folds are split into that many runs
-                           folds_per_worker: int = FOLDS_PER_WORKER,   # fewer folds than this a worker: one process
+                           n_jobs: int | None = 1,   # worker processes at most (the folds split into as many)
+                           folds_per_worker: int = FOLDS_PER_WORKER,   # fewer folds a worker: one process
                            ) -> BestFeatureReference:
-    """Per fold: the feature with the AUC farthest from 0.5 on the training rows, scored as its training percentile.
+    """Per fold: the feature with the AUC farthest from 0.5 on the training rows, scored as its training
+    percentile.
 
-    Worker processes only pay on many folds: the quick profile's eight took 0.43 s in one process and 3.3 s over two
-    workers started for them (0.76 s when already started)."""
+    Worker processes only pay on many folds: the quick profile's eight took 0.43 s in one process and 3.3 s
+    over two workers started for them (0.76 s when already started)."""
     workers, _ = worker_layout(max(1, len(folds) // folds_per_worker), n_jobs, 1)
     bounds = np.linspace(0, len(folds), workers + 1).astype(int)
     chunks = [folds[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
@@ -238,9 +254,11 @@ def best_feature_reference(X: np.ndarray, y: np.ndarray, folds: list[Fold], name
     return BestFeatureReference(oof_score, choices)
 
 # %% ../../nbs/models/00_protocol.ipynb #0a79dcf4
-def standard_gates(metrics: dict, controls: dict, *, config: RunConfig, gate_key: str | None = None) -> list[dict]:
-    "The model's own validation-AUC gate (when `config.gates` has `gate_key`) and the three gates every model carries."
-    own = [gate("val_auc_mean", metrics["val_auc_mean"], config.gates[gate_key])] if gate_key in config.gates else []
+def standard_gates(metrics: dict, controls: dict, *, config: RunConfig,
+                   gate_key: str | None = None) -> list[dict]:
+    "The model's own validation-AUC gate (if `config.gates` has `gate_key`) and the three all models carry."
+    own = ([gate("val_auc_mean", metrics["val_auc_mean"], config.gates[gate_key])]
+           if gate_key in config.gates else [])
     return own + [gate("oof_auc_ci95_low", metrics["oof_auc_ci95"][0], 0.5, ">"),
                   gate("shuffled_label_auc_distance", abs(controls["shuffled_label_auc"] - 0.5), 0.02, "<="),
                   gate("planted_leak_flagged", float(controls["planted_leak_flagged"]), 1.0, ">=")]
@@ -252,16 +270,20 @@ def data_fingerprint(run_dir: str | Path) -> str | None:
 
 
 def provenance(config: RunConfig, run_dir: str | Path, device: str = "cpu") -> dict:
-    "Where a result record's numbers come from: the data's fingerprint, the libraries' versions, the seed, the device."
-    return {"data_fingerprint": data_fingerprint(run_dir), "versions": library_versions(), "seed": config.seed, "device": device}
+    "Where a result record's numbers come from: data fingerprint, library versions, seed, device."
+    return {"data_fingerprint": data_fingerprint(run_dir), "versions": library_versions(),
+            "seed": config.seed, "device": device}
 
 
-def model_record(config: RunConfig, run_dir: str | Path, *, model: str, timeframe: str, window: dict, metrics: dict,
-                 controls: dict, gates: list[dict], timings: dict, artifacts: list[str], device: str, **extra) -> dict:
+def model_record(config: RunConfig, run_dir: str | Path, *, model: str, timeframe: str, window: dict,
+                 metrics: dict, controls: dict, gates: list[dict], timings: dict, artifacts: list[str],
+                 device: str, **extra) -> dict:
     "A result record of the shared shape: stage, window, fingerprint, versions, seed and device filled in."
     paths = RunPaths(Path(run_dir))
-    outputs = [paths.relative(paths.oof_file(model, timeframe)), paths.relative(paths.result_file(model, timeframe))]
-    return model_result(stage=stage_of_model(model).number, model=model, timeframe=timeframe, target=config.data.target,
+    outputs = [paths.relative(paths.oof_file(model, timeframe)),
+               paths.relative(paths.result_file(model, timeframe))]
+    return model_result(stage=stage_of_model(model).number, model=model, timeframe=timeframe,
+                        target=config.data.target,
                         window=window, metrics=metrics, controls=controls, gates=gates, timings_s=timings,
                         artifacts=list(artifacts) + outputs, **provenance(config, run_dir, device=device),
                         horizon=config.validation.label_horizon,
@@ -276,7 +298,7 @@ class ModelResult:
     fold_times: np.ndarray          # bar times of the development rows
     test_y: np.ndarray              # labels of the scored test rows
     test_pred: np.ndarray           # P(up) of the scored test rows from the deployed model
-    extras: dict = field(default_factory=dict)   # model-specific: feature importance, model path, test inputs, ...
+    extras: dict = field(default_factory=dict)   # model-specific: feature importance, model path, ...
 
     @property
     def metrics(self) -> dict: return self.record["metrics"]
@@ -289,24 +311,27 @@ class ModelResult:
         "One row for a notebook table: AUCs with interval and n, controls, gains over the references, time."
         m, c = self.metrics, self.controls
         gains = self.record.get("reference_gains", {})
-        return {"model": self.record["model"], "timeframe": self.record["timeframe"], "val_auc_mean": m["val_auc_mean"],
-                "oof_auc": m["oof_auc"], "oof_ci95": m["oof_auc_ci95"], "n_oof": m["n_oof"], "test_auc": m["test_auc"],
-                "n_test": m["n_test"], "shuffled": c["shuffled_label_auc"], "leak_flagged": c["planted_leak_flagged"],
-                **{f"gain_vs_{name}": g["gain"] for name, g in gains.items()}, "seconds": self.record["timings_s"].get("total")}
+        return {"model": self.record["model"], "timeframe": self.record["timeframe"],
+                "val_auc_mean": m["val_auc_mean"], "oof_auc": m["oof_auc"], "oof_ci95": m["oof_auc_ci95"],
+                "n_oof": m["n_oof"], "test_auc": m["test_auc"], "n_test": m["n_test"],
+                "shuffled": c["shuffled_label_auc"], "leak_flagged": c["planted_leak_flagged"],
+                **{f"gain_vs_{name}": g["gain"] for name, g in gains.items()},
+                "seconds": self.record["timings_s"].get("total")}
 
 # %% ../../nbs/models/00_protocol.ipynb #bc7e8e20
 def check_same_labels(labels: pd.Series | None, frame: pd.DataFrame, path: Path, against: str) -> None:
-    "Fail, naming the file, the count and the first bar, when `frame['y']` disagrees with `labels` on the bars both have."
+    "Fail, naming file, count and first bar, when `frame['y']` disagrees with `labels` on the bars both have."
     if labels is None: return
     both = labels.index.intersection(frame.index)
     disagree = both[labels.loc[both].to_numpy() != frame.loc[both, "y"].to_numpy()]
-    if len(disagree): raise ValueError(f"{path}: labels disagree with {against} at {len(disagree)} bars, first {disagree[0]}; "
+    if len(disagree): raise ValueError(f"{path}: labels disagree with {against} at {len(disagree)} bars, "
+                                       f"first {disagree[0]}; "
                                        "were the models trained on different prepared data?")
 
 # %% ../../nbs/models/00_protocol.ipynb #0aeab5cf
 def fold_provenance(fold_result: WalkForwardResult, label_end: np.ndarray, y: np.ndarray,
                     n_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    "Per development row: the fold that scored it (-1: none) and the latest label end among that fold's training rows."
+    "Per development row: the fold that scored it (-1: none) and the latest label end of its training rows."
     fold_of, train_end = np.full(n_rows, -1), np.full(n_rows, np.datetime64("NaT"), dtype="datetime64[ns]")
     for k, fold in enumerate(fold_result.folds):
         train = fold.train_idx[np.isfinite(y[fold.train_idx])]
@@ -322,12 +347,13 @@ def _baseline_oof(run_dir: Path, timeframe: str) -> pd.Series | None:
 
 # %% ../../nbs/models/00_protocol.ipynb #06717e91
 def reference_gains(oof: pd.DataFrame, references: dict[str, pd.Series], config: RunConfig) -> dict:
-    "Per reference: the model's OOF AUC gain over it on the rows both scored, with a paired block-bootstrap CI."
+    "Per reference: the model's OOF AUC gain over it on the rows both scored, with paired block-bootstrap CI."
     gains = {}
     for name, reference in references.items():
         both = oof.join(reference.rename("reference"), how="inner").dropna()
         if len(both) == 0: continue
-        gains[name] = auc_gain_ci(both["y"], both["pred"], both["reference"], block=config.validation.bootstrap_block,
+        gains[name] = auc_gain_ci(both["y"], both["pred"], both["reference"],
+                                  block=config.validation.bootstrap_block,
                                   n_boot=config.validation.bootstrap_samples, seed=config.seed)
     return gains
 
@@ -348,16 +374,19 @@ def finish_model_stage(
     extras: dict | None = None,     # arrays for the notebook, not written
     **record_extra,
 ) -> ModelResult:
-    "Metrics with intervals, reference gains, gates; write OOF predictions and the result JSON once; the `ModelResult`."
+    "Metrics with intervals, reference gains, gates; OOF predictions and result JSON written once; result."
     run_dir = Path(run_dir)
     paths = RunPaths(run_dir).create()
     y_dev, y_test = protocol.y[protocol.dev_idx], protocol.y[test_rows]
-    metrics = fold_result.metrics(y_dev, block=config.validation.bootstrap_block, n_boot=config.validation.bootstrap_samples, seed=config.seed)
+    metrics = fold_result.metrics(y_dev, block=config.validation.bootstrap_block,
+                                  n_boot=config.validation.bootstrap_samples, seed=config.seed)
     metrics |= {"test_auc": auc(y_test, test_pred), "n_test": len(y_test),
                 "test_auc_ci95": list(auc_ci(y_test, test_pred, block=config.validation.bootstrap_block,
-                                             n_boot=config.validation.bootstrap_samples, seed=config.seed))} | (fold_metrics or {})
+                                             n_boot=config.validation.bootstrap_samples, seed=config.seed))
+                } | (fold_metrics or {})
     index = pd.DatetimeIndex(protocol.dev_times, tz="UTC", name="open_time")
-    fold, train_label_end = fold_provenance(fold_result, protocol.label_end, protocol.y, len(protocol.dev_idx))
+    fold, train_label_end = fold_provenance(fold_result, protocol.label_end, protocol.y,
+                                            len(protocol.dev_idx))
     oof = pd.DataFrame({"y": y_dev, "pred": fold_result.oof_pred, "fold": fold,
                         "train_label_end": pd.DatetimeIndex(train_label_end, tz="UTC")}, index=index).dropna()
     references = {"best_feature": pd.Series(reference.oof_score[protocol.dev_idx], index=index)}
@@ -365,21 +394,24 @@ def finish_model_stage(
     if baseline is not None: references["baseline"] = baseline
     gains = reference_gains(oof, references, config)
     reference_scored = np.isfinite(reference.oof_score[protocol.dev_idx]) & np.isfinite(fold_result.oof_pred)
-    metrics["best_feature_oof_auc"] = auc(y_dev[reference_scored], reference.oof_score[protocol.dev_idx][reference_scored])
+    metrics["best_feature_oof_auc"] = auc(y_dev[reference_scored],
+                                          reference.oof_score[protocol.dev_idx][reference_scored])
     write_parquet(paths.oof_file(model, timeframe), oof)
-    deployed_until = pd.Timestamp(protocol.label_end[protocol.validated_idx].max(), tz="UTC")   # the test period's model
+    # the model that scored the test period
+    deployed_until = pd.Timestamp(protocol.label_end[protocol.validated_idx].max(), tz="UTC")
     write_parquet(paths.test_file(model, timeframe),
                   pd.DataFrame({"y": y_test, "pred": test_pred, "train_label_end": deployed_until},
                                index=pd.DatetimeIndex(protocol.times[test_rows], tz="UTC", name="open_time")))
-    record = model_record(config, run_dir, model=model, timeframe=timeframe, window=protocol.window(), metrics=metrics,
-                          controls=controls, gates=standard_gates(metrics, controls, config=config, gate_key=gate_key),
-                          timings=timings, artifacts=artifacts, device=device, reference_gains=gains,
-                          best_feature={"most_chosen": reference.most_chosen(), "per_fold": reference.choices},
-                          features=protocol.feature_names, n_features=len(protocol.feature_names),
-                          feature_set={"version": FEATURE_SET_VERSION, "inputs": list(config.data.feature_inputs)},
-                          deployment=protocol.serving_window() | {"serve_window": config.validation.serve_window},
-                          validated_fold=protocol.validated_window() | {"scored": "the held-out test period (test_auc)"},
-                          **record_extra)
+    record = model_record(
+        config, run_dir, model=model, timeframe=timeframe, window=protocol.window(), metrics=metrics,
+        controls=controls, gates=standard_gates(metrics, controls, config=config, gate_key=gate_key),
+        timings=timings, artifacts=artifacts, device=device, reference_gains=gains,
+        best_feature={"most_chosen": reference.most_chosen(), "per_fold": reference.choices},
+        features=protocol.feature_names, n_features=len(protocol.feature_names),
+        feature_set={"version": FEATURE_SET_VERSION, "inputs": list(config.data.feature_inputs)},
+        deployment=protocol.serving_window() | {"serve_window": config.validation.serve_window},
+        validated_fold=protocol.validated_window() | {"scored": "the held-out test period (test_auc)"},
+        **record_extra)
     write_json(paths.result_file(model, timeframe), record)
     return ModelResult(record, fold_result, protocol.dev_times, y_test, test_pred, extras or {})
 
@@ -389,7 +421,7 @@ class Refit:
     "The deployed model's test predictions, what its result JSON adds, and what its notebook shows."
     test_pred: np.ndarray            # P(up) of `protocol.scored_test_idx`
     record: dict = field(default_factory=dict)   # JSON-ready: refit rounds, parameters, top features, ...
-    extras: dict = field(default_factory=dict)   # arrays for the notebook: feature importance, test inputs, ...
+    extras: dict = field(default_factory=dict)   # arrays for the notebook: feature importance, test inputs...
 
 # %% ../../nbs/models/00_protocol.ipynb #60c52c26
 class DirectionModel:
@@ -408,16 +440,16 @@ class DirectionModel:
         "Work every fit shares, done once (e.g. binning); `scratch` is removed when the stage ends."
 
     def walk_forward(self, protocol: DirectionProtocol, labels: np.ndarray) -> tuple[WalkForwardResult, dict]:
-        "Out-of-fold predictions over `protocol.folds` fitted on `labels`, and JSON-ready fold facts (e.g. iterations)."
+        "Out-of-fold predictions over `protocol.folds` fitted on `labels`; JSON-ready fold facts (rounds)."
         raise NotImplementedError
 
     def refit(self, protocol: DirectionProtocol, fold: Fold, path: Path | None) -> Refit:
-        "Fit `fold` (the validated or the serving fold) the way the folds were fitted, save to `path`, predict the test rows."
+        "Fit `fold` (validated or serving) as the folds were fitted, save to `path`, predict the test rows."
         raise NotImplementedError
 
 # %% ../../nbs/models/00_protocol.ipynb #28c1b290
 class BoostedTreesModel(DirectionModel):
-    "What LightGBM and XGBoost share: fold settings from `config.gbm`, a refit fold's rows, top features by gain."
+    "What LightGBM and XGBoost share: fold settings from `config.gbm`, a refit fold's rows, top features."
     params: dict = {}
 
     def __init__(self, config: RunConfig):
@@ -433,18 +465,22 @@ class BoostedTreesModel(DirectionModel):
     def refit_rows(self, protocol: DirectionProtocol, fold: Fold) -> FoldRows:
         "A refit fold's fitting and early-stopping rows, split exactly as every fold's."
         settings = self.fold_settings()
-        return fold_rows([fold], protocol.y, inner_fraction=settings["inner_fraction"], purge=settings["purge"])[0]
+        return fold_rows([fold], protocol.y, inner_fraction=settings["inner_fraction"],
+                         purge=settings["purge"])[0]
 
-    def refit_outcome(self, test_pred: np.ndarray, rounds: int, gain: pd.Series, test_features: np.ndarray) -> Refit:
+    def refit_outcome(self, test_pred: np.ndarray, rounds: int, gain: pd.Series,
+                      test_features: np.ndarray) -> Refit:
         "The `Refit` of a booster: its parameters, rounds and top-20 features by total gain."
         gain = gain.sort_values(ascending=False)
-        return Refit(test_pred, record={"refit_rounds": rounds, "params": self.params,
-                                        "feature_importance_gain": {k: float(v) for k, v in gain.head(20).items()}},
+        return Refit(test_pred,
+                     record={"refit_rounds": rounds, "params": self.params,
+                             "feature_importance_gain": {k: float(v) for k, v in gain.head(20).items()}},
                      extras={"importance": gain, "test_features": test_features})
 
 # %% ../../nbs/models/00_protocol.ipynb #895c9e25
-def run_direction_stage(config: RunConfig, run_dir: str | Path, timeframe: str, spec: DirectionModel) -> ModelResult:
-    "Walk-forward, validated refit and its one test score, the shipped refit, controls and reference for `spec`."
+def run_direction_stage(config: RunConfig, run_dir: str | Path, timeframe: str,
+                        spec: DirectionModel) -> ModelResult:
+    "Walk-forward, validated refit and its one test score, shipped refit, controls and reference for `spec`."
     from macd_nb.core.prepare import load_table
     started = time.perf_counter()
     config = config.for_timeframe(timeframe)
@@ -467,9 +503,10 @@ def run_direction_stage(config: RunConfig, run_dir: str | Path, timeframe: str, 
     finally:
         shutil.rmtree(scratch, ignore_errors=True)   # a cache of this stage only
     first = protocol.folds[0].train_idx
-    controls = controls_record(pooled_auc(shuffled[protocol.dev_idx], shuffled_result.oof_pred), protocol.X[first],
-                               protocol.y[first], protocol.feature_names, seed=config.seed,
-                               shuffled_protocol="same folds, preprocessing and parameters; development labels permuted")
+    controls = controls_record(pooled_auc(shuffled[protocol.dev_idx], shuffled_result.oof_pred),
+                               protocol.X[first], protocol.y[first], protocol.feature_names, seed=config.seed,
+                               shuffled_protocol="same folds, preprocessing and parameters; "
+                                                 "development labels permuted")
     base = list(summary["base_features"])
     reference = best_feature_reference(table[base].to_numpy(dtype=float), protocol.y, protocol.folds, base,
                                        n_jobs=config.n_jobs)
@@ -477,10 +514,11 @@ def run_direction_stage(config: RunConfig, run_dir: str | Path, timeframe: str, 
                "controls": time.perf_counter() - refitted}
     timings["total"] = time.perf_counter() - started
     artifacts = [paths.relative(model_path)] if model_path else []
-    return finish_model_stage(config, run_dir, timeframe, protocol, model=spec.model, fold_result=fold_result,
-                              test_rows=protocol.scored_test_idx, test_pred=refit.test_pred, controls=controls,
-                              timings=timings, artifacts=artifacts, device=spec.device, reference=reference,
-                              gate_key=spec.gate_key,
-                              extras={"model_path": model_path, **refit.extras,
-                                      "served_test_pred": served.test_pred},   # in sample unless validated: reload checks only
-                              **walk, **refit.record, served_refit={k: v for k, v in served.record.items() if k != "params"})
+    return finish_model_stage(
+        config, run_dir, timeframe, protocol, model=spec.model, fold_result=fold_result,
+        test_rows=protocol.scored_test_idx, test_pred=refit.test_pred, controls=controls,
+        timings=timings, artifacts=artifacts, device=spec.device, reference=reference,
+        gate_key=spec.gate_key,
+        # served_test_pred is in sample unless validated: for reload checks only
+        extras={"model_path": model_path, **refit.extras, "served_test_pred": served.test_pred},
+        **walk, **refit.record, served_refit={k: v for k, v in served.record.items() if k != "params"})

@@ -26,8 +26,8 @@ from ..core.prepare import check_columns, load_table
 from ..core.rundir import RunPaths, read_json, verified, write_atomically, write_json
 from ..core.served_model import LoadedModel, ServedFamily, portable
 from ..core.validation import Fold, WalkForwardResult, as_utc_datetime64, auc, coarse_folds, inner_split
-from .protocol import (DirectionProtocol, ModelResult, best_feature_reference, controls_record, direction_protocol,
-                                     finish_model_stage, pooled_auc)
+from .protocol import (DirectionProtocol, ModelResult, best_feature_reference, controls_record,
+                                     direction_protocol, finish_model_stage, pooled_auc)
 
 # %% ../../nbs/models/03_sequences.ipynb #482325a8
 def sequence_features(summary: dict, max_features: int) -> list[str]:
@@ -62,13 +62,15 @@ class Standardizer:
 
 # %% ../../nbs/models/03_sequences.ipynb #6648c1d3
 def window_view(features: torch.Tensor, length: int) -> torch.Tensor:
-    "All windows of `length` rows as a view of shape (n_rows - length + 1, length, n_features); window i ends at row i + length - 1."
-    if features.shape[0] < length: raise ValueError(f"{features.shape[0]} rows are fewer than sequence length {length}")
+    """All windows of `length` rows as a view of shape (n_rows - length + 1, length, n_features); window i
+    ends at row i + length - 1."""
+    if features.shape[0] < length:
+        raise ValueError(f"{features.shape[0]} rows are fewer than sequence length {length}")
     return features.unfold(0, length, 1).transpose(1, 2)
 
 
 def gather_windows(features: torch.Tensor, end_rows, length: int) -> torch.Tensor:
-    "The windows ending at `end_rows` (each needs `length - 1` rows before it), shape (len(end_rows), length, n_features)."
+    "The windows ending at `end_rows` (each needs `length - 1` rows before it): (rows, length, features)."
     end_rows = torch.as_tensor(np.asarray(end_rows), dtype=torch.long, device=features.device)
     if len(end_rows) and int(end_rows.min()) < length - 1:
         raise ValueError(f"row {int(end_rows.min())} has no full window of {length} rows before it")
@@ -99,9 +101,10 @@ class TrainSettings:
 
 # %% ../../nbs/models/03_sequences.ipynb #6e367ae7
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    "Mean over heads of each head's BCE over its defined (non-NaN) labels; heads without labels in the batch are left out."
+    "Mean over heads of each head's BCE on its defined (non-NaN) labels; heads with no label in a batch: out."
     defined = torch.isfinite(targets)
-    losses = nn.functional.binary_cross_entropy_with_logits(logits.float(), torch.nan_to_num(targets), reduction="none")
+    losses = nn.functional.binary_cross_entropy_with_logits(logits.float(), torch.nan_to_num(targets),
+                                                            reduction="none")
     counts = defined.sum(0)
     per_head = (losses * defined).sum(0) / counts.clamp(min=1)
     return (per_head * (counts > 0)).sum() / (counts > 0).sum().clamp(min=1)
@@ -112,20 +115,23 @@ def _autocast(settings: TrainSettings):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=settings.autocast_dtype == "bf16")
 
 # %% ../../nbs/models/03_sequences.ipynb #bac70e1e
-def predict_logits(model: nn.Module, inputs: torch.Tensor, rows, length: int, settings: TrainSettings) -> torch.Tensor:
+def predict_logits(model: nn.Module, inputs: torch.Tensor, rows, length: int,
+                   settings: TrainSettings) -> torch.Tensor:
     "Logits (len(rows), n_heads) of the windows ending at `rows`, in float32 on the CPU."
     model.eval()
     rows = np.asarray(rows)
     out = []
     with torch.no_grad(), _autocast(settings):
         for start in range(0, len(rows), 4 * settings.batch_size):
-            out.append(model(gather_windows(inputs, rows[start:start + 4 * settings.batch_size], length)).float().cpu())
+            out.append(model(gather_windows(inputs, rows[start:start + 4 * settings.batch_size],
+                                            length)).float().cpu())
     return torch.cat(out) if out else torch.zeros((0, 0))
 
 # %% ../../nbs/models/03_sequences.ipynb #47c49f10
 def head_aucs(targets: np.ndarray, probs: np.ndarray) -> list[float]:
     "AUC of each head on its own defined labels."
-    return [auc(targets[np.isfinite(targets[:, k]), k], probs[np.isfinite(targets[:, k]), k]) for k in range(targets.shape[1])]
+    return [auc(targets[np.isfinite(targets[:, k]), k], probs[np.isfinite(targets[:, k]), k])
+            for k in range(targets.shape[1])]
 
 # %% ../../nbs/models/03_sequences.ipynb #6d7e563a
 def train_model(
@@ -139,7 +145,8 @@ def train_model(
 ) -> dict:
     "Train in place with early stopping; keep the best epoch's weights; return the history."
     generator = torch.Generator().manual_seed(settings.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate,
+                                  weight_decay=settings.weight_decay)
     stop_targets = targets[torch.as_tensor(stop_rows, device=targets.device)].cpu()
     history, best_loss, best_state, best_epoch, waited = [], float("inf"), None, -1, 0
     for epoch in range(settings.epochs):
@@ -173,25 +180,30 @@ def train_model(
             "epochs_run": len(history), "seconds_per_epoch": float(np.mean([h["seconds"] for h in history]))}
 
 # %% ../../nbs/models/03_sequences.ipynb #634df0a1
-def save_sequence_model(model: nn.Module, meta: dict, weights_path: str | Path, meta_path: str | Path) -> None:
+def save_sequence_model(model: nn.Module, meta: dict, weights_path: str | Path,
+                        meta_path: str | Path) -> None:
     "Write the state dict (tensors only) and the JSON description of a sequence model."
-    state = io.BytesIO()   # torch names the archive after a file it writes to (a temporary name): a buffer's is fixed
+    # torch names the archive after a file it writes to (a temporary name): a buffer's name is fixed
+    state = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, state)
     write_atomically(weights_path, lambda tmp: tmp.write_bytes(state.getvalue()))
     write_json(meta_path, meta)
 
 
-def load_sequence_model(model_class: type, weights_path: str | Path, meta_path: str | Path) -> tuple[nn.Module, dict]:
-    "Rebuild a model from its JSON and its state dict (loaded with `weights_only=True`), in eval mode on the CPU."
+def load_sequence_model(model_class: type, weights_path: str | Path,
+                        meta_path: str | Path) -> tuple[nn.Module, dict]:
+    "Rebuild a model from its JSON and its state dict (loaded `weights_only=True`), in eval mode on the CPU."
     meta = read_json(meta_path)
     model = model_class(**meta["architecture"])
     model.load_state_dict(torch.load(verified(weights_path), map_location="cpu", weights_only=True))
     return model.eval(), meta
 
 
-def predict_table(model: nn.Module, meta: dict, table: pd.DataFrame, rows=None, *, device: str = "cpu") -> np.ndarray:
-    "P(up) per head (len(rows), n_heads) for the windows ending at `rows` of a feature table, scaled as saved."
-    check_columns(list(table.columns), meta["features"], "predict_table: the model's features", allow_extra=True)
+def predict_table(model: nn.Module, meta: dict, table: pd.DataFrame, rows=None, *,
+                  device: str = "cpu") -> np.ndarray:
+    "P(up) per head (len(rows), n_heads) of the windows ending at `rows` of a feature table, scaled as saved."
+    check_columns(list(table.columns), meta["features"], "predict_table: the model's features",
+                  allow_extra=True)
     scaler = Standardizer.from_dict(meta["scaler"])
     length = meta["sequence_length"]
     rows = with_full_window(np.arange(len(table)) if rows is None else np.asarray(rows), length)
@@ -202,31 +214,40 @@ def predict_table(model: nn.Module, meta: dict, table: pd.DataFrame, rows=None, 
 
 # %% ../../nbs/models/03_sequences.ipynb #d3ed0f71
 def sequence_to_onnx(network, meta: dict, *, opset: int = 18) -> tuple:
-    "A trained LSTM or TFT as ONNX (input `windows` (batch, length, n_features) standardised float, output `p_up` per head), and the exporter used."
+    """A trained LSTM or TFT as ONNX (input `windows` (batch, length, n_features) standardised float, output
+    `p_up` per head), and the exporter used."""
     class Probabilities(torch.nn.Module):
         def __init__(self, inner): super().__init__(); self.inner = inner
         def forward(self, windows): return torch.sigmoid(self.inner(windows))
-    wrapped = Probabilities(network).eval()   # an exporter may restore the wrapper's mode afterwards: it must be eval too
+    # an exporter may restore the wrapper's mode afterwards: it must be eval too
+    wrapped = Probabilities(network).eval()
     example = torch.zeros((2, meta["sequence_length"], len(meta["features"])), dtype=torch.float32)
-    try: model, exporter = _torchscript_export(wrapped, example, opset), "torch.onnx.export (TorchScript, dynamo=False)"
-    except (AttributeError, ImportError, TypeError, NotImplementedError):   # a torch without the TorchScript exporter
-        model, exporter = _torch_export(wrapped, example, opset), "torch.onnx.export (dynamo=True, torch.export)"
+    try:
+        model, exporter = (_torchscript_export(wrapped, example, opset),
+                           "torch.onnx.export (TorchScript, dynamo=False)")
+    except (AttributeError, ImportError, TypeError, NotImplementedError):   # no TorchScript exporter
+        model, exporter = (_torch_export(wrapped, example, opset),
+                           "torch.onnx.export (dynamo=True, torch.export)")
     return portable(model), exporter
 
 # %% ../../nbs/models/03_sequences.ipynb #86ba2d74
 def _torchscript_export(wrapped, example, opset: int):
-    "The TorchScript exporter's model of `wrapped`, batch axis dynamic; its deprecation and LSTM batch warnings kept quiet."
+    "The TorchScript exporter's model of `wrapped`, batch axis dynamic; deprecation, batch warnings quiet."
     import io
     import warnings
     import onnx
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export",
+                                category=DeprecationWarning)
         warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
-        # the initial states are zeros sized by the input's batch; the parity check runs a batch other than the example's
-        warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1", category=UserWarning)
-        torch.onnx.export(wrapped, (example,), buffer, input_names=["windows"], output_names=["p_up"], dynamo=False,
-                          dynamic_axes={"windows": {0: "batch"}, "p_up": {0: "batch"}}, opset_version=opset)
+        # the initial states are zeros sized by the input's batch; the parity check runs a batch other than
+        # the example's
+        warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1",
+                                category=UserWarning)
+        torch.onnx.export(wrapped, (example,), buffer, input_names=["windows"], output_names=["p_up"],
+                          dynamo=False, dynamic_axes={"windows": {0: "batch"}, "p_up": {0: "batch"}},
+                          opset_version=opset)
     return onnx.load_from_string(buffer.getvalue())
 
 # %% ../../nbs/models/03_sequences.ipynb #1f15493d
@@ -234,16 +255,18 @@ def _torch_export(wrapped, example, opset: int):
     "torch.export's model of `wrapped`, batch axis dynamic."
     import contextlib
     import io
-    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):   # the exporter narrates each step on stdout
-        program = torch.onnx.export(wrapped, (example,), input_names=["windows"], output_names=["p_up"], dynamo=True,
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset, verbose=False)
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):   # the exporter narrates on stdout
+        program = torch.onnx.export(wrapped, (example,), input_names=["windows"], output_names=["p_up"],
+                                    dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                    opset_version=opset, verbose=False)
     return program.model_proto
 
 # %% ../../nbs/models/03_sequences.ipynb #87f2c921
 def _windows(loaded: LoadedModel, table: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
-    "The standardised float32 windows (len(rows), length, n_features) ending at `rows`, as the network was fed."
+    "The standardised float32 windows (len(rows), length, n_features) ending at `rows`, as fed to the net."
     meta = loaded.meta
-    scaled = Standardizer.from_dict(meta["scaler"]).transform(table[meta["features"]].to_numpy()).astype(np.float32)
+    scaled = (Standardizer.from_dict(meta["scaler"]).transform(table[meta["features"]].to_numpy())
+              .astype(np.float32))
     length = meta["sequence_length"]
     return np.stack([scaled[r - length + 1:r + 1] for r in rows])
 
@@ -257,13 +280,14 @@ def _probabilities(loaded: LoadedModel) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def sequence_family(network_class: type) -> ServedFamily:
-    "The served family of a network class: its weights and JSON read back, standardised windows, P(up) per head."
+    "The served family of a network class: weights and JSON read back, standardised windows, P(up) per head."
     def load(paths: RunPaths, model: str, timeframe: str) -> LoadedModel | None:
-        weights, meta_path = paths.model_file(model, timeframe, "pt"), paths.model_file(model, timeframe, "json")
+        weights, meta_path = (paths.model_file(model, timeframe, "pt"),
+                              paths.model_file(model, timeframe, "json"))
         if not (weights.exists() and meta_path.exists()): return None
         network, meta = load_sequence_model(network_class, weights, meta_path)
-        return LoadedModel(network, meta["features"], weights, meta.get("training_window"), rows=meta["sequence_length"],
-                           head=meta["main_head_index"], meta=meta)
+        return LoadedModel(network, meta["features"], weights, meta.get("training_window"),
+                           rows=meta["sequence_length"], head=meta["main_head_index"], meta=meta)
     return ServedFamily(load=load, inputs=_windows, predict=_probabilities,
                         to_onnx=lambda loaded: sequence_to_onnx(loaded.model, loaded.meta))
 
@@ -280,7 +304,8 @@ class SequenceData:
     main_head: int                # column of the main horizon
 
     @classmethod
-    def from_table(cls, table: pd.DataFrame, names: list[str], heads: list[int], main_horizon: int) -> "SequenceData":
+    def from_table(cls, table: pd.DataFrame, names: list[str], heads: list[int],
+                   main_horizon: int) -> "SequenceData":
         return cls(features=table[names].to_numpy(dtype=np.float64),
                    targets=table[[f"y_{h}" for h in heads]].to_numpy(dtype=np.float32),
                    label_end=np.column_stack([as_utc_datetime64(table[f"label_end_{h}"]) for h in heads]),
@@ -317,27 +342,30 @@ def fit_refit(
     torch.manual_seed(settings.seed)
     model = make_model().to(settings.device)
     training = train_model(model, inputs, target_tensor, fit_rows, stop_rows, length, settings)
-    probs = torch.sigmoid(predict_logits(model, inputs, predict_rows, length, settings)).numpy().astype(np.float64)
-    return {"model": model, "scaler": scaler, "probs": probs, "n_train": len(train_rows), "n_fit": len(fit_rows),
-            "n_stop": len(stop_rows)} | training
+    probs = (torch.sigmoid(predict_logits(model, inputs, predict_rows, length, settings)).numpy()
+             .astype(np.float64))
+    return {"model": model, "scaler": scaler, "probs": probs, "n_train": len(train_rows),
+            "n_fit": len(fit_rows), "n_stop": len(stop_rows)} | training
 
 # %% ../../nbs/models/03_sequences.ipynb #2a40463f
-def sequence_walk_forward(make_model: Callable[[], nn.Module], data: SequenceData, folds: list[Fold], *, length: int,
-                          inner_fraction: float, purge: int, settings: TrainSettings) -> dict:
+def sequence_walk_forward(make_model: Callable[[], nn.Module], data: SequenceData, folds: list[Fold], *,
+                          length: int, inner_fraction: float, purge: int, settings: TrainSettings) -> dict:
     "Out-of-fold P(up) of every head over `folds`, per-refit scores and training histories."
     oof = np.full(data.targets.shape, np.nan)
     refits = []
     for fold in folds:
-        val_rows = with_full_window(fold.val_idx[np.isfinite(data.targets[fold.val_idx, data.main_head])], length)
+        val_rows = with_full_window(fold.val_idx[np.isfinite(data.targets[fold.val_idx, data.main_head])],
+                                    length)
         fold_settings = TrainSettings(**{**asdict(settings), "seed": settings.seed + fold.number})
-        refit = fit_refit(make_model, data, fold.train_idx, data.times[fold.val_idx[0]], val_rows, length=length,
-                          inner_fraction=inner_fraction, purge=purge, settings=fold_settings)
+        refit = fit_refit(make_model, data, fold.train_idx, data.times[fold.val_idx[0]], val_rows,
+                          length=length, inner_fraction=inner_fraction, purge=purge, settings=fold_settings)
         oof[val_rows] = refit["probs"]
         refits.append({"refit": fold.number, "train_start": str(pd.Timestamp(data.times[fold.train_idx[0]])),
                        "val_start": str(pd.Timestamp(data.times[fold.val_idx[0]])),
                        "val_end": str(pd.Timestamp(data.times[fold.val_idx[-1]])),
                        "n_train": refit["n_train"], "n_val": len(val_rows),
-                       "val_auc": auc(data.targets[val_rows, data.main_head], refit["probs"][:, data.main_head]),
+                       "val_auc": auc(data.targets[val_rows, data.main_head],
+                                      refit["probs"][:, data.main_head]),
                        "inner_val_auc_per_head": dict(zip(map(str, data.heads), refit["stop_auc"])),
                        "best_epoch": refit["best_epoch"], "epochs_run": refit["epochs_run"],
                        "seconds_per_epoch": refit["seconds_per_epoch"], "history": refit["history"]})
@@ -345,7 +373,7 @@ def sequence_walk_forward(make_model: Callable[[], nn.Module], data: SequenceDat
 
 
 def shuffled_targets(data: SequenceData, rows: np.ndarray, seed: int) -> SequenceData:
-    "A copy of `data` whose label rows (all heads together) are permuted among `rows` with a defined main label."
+    "A copy of `data` with label rows (all heads jointly) permuted among `rows` with a defined main label."
     rows = rows[np.isfinite(data.targets[rows, data.main_head])]
     targets = data.targets.copy()
     targets[rows] = data.targets[np.random.default_rng(seed).permutation(rows)]
@@ -356,58 +384,109 @@ def shuffled_targets(data: SequenceData, rows: np.ndarray, seed: int) -> Sequenc
 class SequenceStage:
     "What differs between the neural stages."
     model: str                                 # "lstm" or "tft": file names and result `model`
-    model_class: type                          # called as model_class(n_features=..., n_outputs=..., **model_kwargs)
+    model_class: type                          # model_class(n_features=..., n_outputs=..., **model_kwargs)
     model_kwargs: dict                         # the rest of the architecture (saved in the model JSON)
     heads: list[int]                           # horizons, one logit each
     epochs: int
     bf16: bool = False                         # bf16 autocast on CUDA
-    control_epochs: int | None = None          # epochs of the shuffled-label control (None = same as `epochs`)
+    control_epochs: int | None = None          # epochs of the shuffled-label control (None: `epochs`)
     gate_key: str | None = None                # `config.gates` key of the model's validation-AUC gate
 
 # %% ../../nbs/models/03_sequences.ipynb #dad477c0
 def _settings(config: RunConfig, epochs: int, device: str, bf16: bool) -> TrainSettings:
-    return TrainSettings(epochs=epochs, batch_size=config.nn.batch_size, learning_rate=config.nn.learning_rate,
-                         patience=config.nn.patience, device=device, bf16=bf16, seed=config.seed)
+    return TrainSettings(epochs=epochs, batch_size=config.nn.batch_size,
+                         learning_rate=config.nn.learning_rate, patience=config.nn.patience, device=device,
+                         bf16=bf16, seed=config.seed)
 
 # %% ../../nbs/models/03_sequences.ipynb #5eb8545b
-def _head_metrics(data: SequenceData, oof: np.ndarray, scored: np.ndarray, refits: list[dict], heads: list[int]) -> dict:
+def _head_metrics(data: SequenceData, oof: np.ndarray, scored: np.ndarray, refits: list[dict],
+                  heads: list[int]) -> dict:
     "Per head: pooled OOF AUC on the main head's scored rows and the mean inner-validation AUC over refits."
     oof_auc = {str(h): auc(data.targets[scored & np.isfinite(data.targets[:, k]), k],
                            oof[scored & np.isfinite(data.targets[:, k]), k]) for k, h in enumerate(heads)}
-    inner_auc = {str(h): float(np.nanmean([r["inner_val_auc_per_head"][str(h)] for r in refits])) for h in heads}
+    inner_auc = {str(h): float(np.nanmean([r["inner_val_auc_per_head"][str(h)] for r in refits]))
+                 for h in heads}
     return {"oof_auc_per_head": oof_auc, "inner_val_auc_per_head": inner_auc,
             "best_head": int(max(heads, key=lambda h: inner_auc[str(h)]))}
 
 # %% ../../nbs/models/03_sequences.ipynb #6616c08c
-def _sequence_controls(make: Callable, data: SequenceData, protocol: DirectionProtocol, refit_folds: list, names: list[str],
-                       spec: SequenceStage, config: RunConfig, device: str, walk_settings: dict) -> dict:
-    "The controls: the same coarse walk-forward on shuffled label rows (all heads jointly), and the planted leak."
+def _sequence_controls(make: Callable, data: SequenceData, protocol: DirectionProtocol, refit_folds: list,
+                       names: list[str], spec: SequenceStage, config: RunConfig, device: str,
+                       walk_settings: dict) -> dict:
+    "The controls: the same coarse walk-forward on shuffled label rows (all heads jointly); the planted leak."
     main, control_epochs = data.main_head, spec.control_epochs or spec.epochs
     shuffled = shuffled_targets(data, protocol.dev_idx, config.seed)
-    control_walk = sequence_walk_forward(make, shuffled, refit_folds, settings=_settings(config, control_epochs, device, spec.bf16),
+    control_walk = sequence_walk_forward(make, shuffled, refit_folds,
+                                         settings=_settings(config, control_epochs, device, spec.bf16),
                                          **walk_settings)
     first_train = refit_folds[0].train_idx[np.isfinite(protocol.y[refit_folds[0].train_idx])]
-    return controls_record(pooled_auc(shuffled.targets[:, main].astype(np.float64), control_walk["oof"][:, main]),
+    return controls_record(pooled_auc(shuffled.targets[:, main].astype(np.float64),
+                                      control_walk["oof"][:, main]),
                            data.features[first_train], protocol.y[first_train], names, seed=config.seed,
                            shuffled_protocol={"refits": len(refit_folds), "epochs": control_epochs,
-                                              "note": "same coarse walk-forward, label rows permuted (all heads jointly)"})
+                                              "note": "same coarse walk-forward, label rows permuted "
+                                                      "(all heads jointly)"})
 
 # %% ../../nbs/models/03_sequences.ipynb #4e6501c1
-def _network_description(spec: SequenceStage, architecture: dict, names: list[str], served: dict, data: SequenceData,
-                         protocol: DirectionProtocol, heads: dict, config: RunConfig, timeframe: str, settings) -> dict:
-    "The JSON saved beside the served network's weights: what serving and the health check read (`SERVED_KINDS`)."
+def _network_description(spec: SequenceStage, architecture: dict, names: list[str], served: dict,
+                         data: SequenceData, protocol: DirectionProtocol, heads: dict, config: RunConfig,
+                         timeframe: str, settings) -> dict:
+    "The JSON saved beside the served network's weights: what serving and the health check read."
     return {"model": spec.model, "architecture": architecture, "features": names,
-            "scaler": served["scaler"].to_dict(), "sequence_length": config.nn.sequence_length, "horizons": spec.heads,
-            "main_horizon": config.validation.label_horizon, "main_head_index": data.main_head, "best_head": heads["best_head"],
+            "scaler": served["scaler"].to_dict(), "sequence_length": config.nn.sequence_length,
+            "horizons": spec.heads, "main_horizon": config.validation.label_horizon,
+            "main_head_index": data.main_head, "best_head": heads["best_head"],
             "inner_val_auc_per_head": heads["inner_val_auc_per_head"], "timeframe": timeframe,
-            "trained_until": str(pd.Timestamp(data.times[protocol.serve_idx[-1]])), "training_window": protocol.serving_window(),
+            "trained_until": str(pd.Timestamp(data.times[protocol.serve_idx[-1]])),
+            "training_window": protocol.serving_window(),
             "validated_fold": protocol.validated_window(), "n_train": served["n_train"],
             "best_epoch": served["best_epoch"], "torch": torch.__version__, "dtype": settings.autocast_dtype,
             "feature_set": {"version": FEATURE_SET_VERSION, "inputs": list(config.data.feature_inputs)}}
 
+# %% ../../nbs/models/03_sequences.ipynb #39be97ec
+def _refit_folds(protocol: DirectionProtocol, data: SequenceData, config: RunConfig) -> list[Fold]:
+    "The protocol's folds merged into `config.nn.refits` coarse ones, purged by every head's label end."
+    dev_idx = protocol.dev_idx
+    return coarse_folds(protocol.folds, min(config.nn.refits, len(protocol.folds)),
+                        train_size=None if config.validation.expanding else config.validation.train_bars,
+                        gap=config.validation.purge_bars + config.validation.embargo_bars,
+                        label_end=data.label_end[dev_idx].max(axis=1), times=data.times[dev_idx])
+
+# %% ../../nbs/models/03_sequences.ipynb #e149d89e
+def _test_refits(make: Callable, data: SequenceData, protocol: DirectionProtocol, settings: TrainSettings,
+                 walk_settings: dict) -> tuple[np.ndarray, dict, dict]:
+    "The scored test rows, the validated refit that scores them once, and the shipped refit (maybe the same)."
+    test_start = data.times[protocol.test_idx[0]]
+    test_rows = with_full_window(protocol.scored_test_idx, walk_settings["length"])
+    # the validated refit scores the test period; the shipped one ends at the newest labelled bar
+    # (see the protocol)
+    final = fit_refit(make, data, protocol.validated_idx, test_start, test_rows, settings=settings,
+                      **walk_settings)
+    served = final if protocol.serves_validated else \
+        fit_refit(make, data, protocol.serve_idx, pd.Timestamp.max, test_rows, settings=settings,
+                  **walk_settings)
+    return test_rows, final, served
+
+# %% ../../nbs/models/03_sequences.ipynb #bfb996b0
+def _training_record(spec: SequenceStage, config: RunConfig, data: SequenceData, settings: TrainSettings,
+                     walk: dict, final: dict, served: dict, heads: dict, test_rows: np.ndarray) -> dict:
+    "The result record's fields on the heads and the training: per-head metrics, epochs, refit histories."
+    return dict(
+        fold_metrics={"test_auc_per_head": dict(zip(map(str, spec.heads),
+                                                    head_aucs(data.targets[test_rows], final["probs"]))),
+                      **heads, "main_head": config.validation.label_horizon, "n_refits": len(walk["refits"])},
+        dtype=settings.autocast_dtype, heads=spec.heads, best_head=heads["best_head"],
+        sequence_length=config.nn.sequence_length, epochs=spec.epochs, threads=torch.get_num_threads(),
+        refits=walk["refits"],
+        final_refit={"n_train": final["n_train"], "best_epoch": final["best_epoch"],
+                     "epochs_run": final["epochs_run"], "history": final["history"]},
+        served_refit={"n_train": served["n_train"], "best_epoch": served["best_epoch"],
+                      "epochs_run": served["epochs_run"]})
+
 # %% ../../nbs/models/03_sequences.ipynb #780f8ba9
-def run_sequence_stage(config: RunConfig, run_dir: str | Path, timeframe: str, spec: SequenceStage) -> ModelResult:
-    "Coarse walk-forward OOF, final refit, one test score, controls and reference; writes model, OOF and result JSON."
+def run_sequence_stage(config: RunConfig, run_dir: str | Path, timeframe: str,
+                       spec: SequenceStage) -> ModelResult:
+    "Coarse walk-forward OOF, final refit, one test score, controls, reference; writes model, OOF, result."
     started = time.perf_counter()
     config = config.for_timeframe(timeframe)
     torch.set_num_threads(max(1, config.threads_per_job))
@@ -417,14 +496,13 @@ def run_sequence_stage(config: RunConfig, run_dir: str | Path, timeframe: str, s
     names = sequence_features(summary, config.nn.max_features)
     data = SequenceData.from_table(table, names, spec.heads, config.validation.label_horizon)
     protocol = direction_protocol(table, names, config)   # the rows and folds every model shares
-    length, gap, main, dev_idx = config.nn.sequence_length, config.validation.purge_bars + config.validation.embargo_bars, data.main_head, protocol.dev_idx
-    refit_folds = coarse_folds(protocol.folds, min(config.nn.refits, len(protocol.folds)),
-                               train_size=None if config.validation.expanding else config.validation.train_bars, gap=gap,
-                               label_end=data.label_end[dev_idx].max(axis=1), times=data.times[dev_idx])
+    length, main, dev_idx = config.nn.sequence_length, data.main_head, protocol.dev_idx
+    refit_folds = _refit_folds(protocol, data, config)
     architecture = {"n_features": len(names), "n_outputs": len(spec.heads), **spec.model_kwargs}
     make = lambda: spec.model_class(**architecture)
     settings = _settings(config, spec.epochs, device, spec.bf16)
-    walk_settings = dict(length=length, inner_fraction=config.validation.inner_valid_fraction, purge=config.validation.purge_bars)
+    walk_settings = dict(length=length, inner_fraction=config.validation.inner_valid_fraction,
+                         purge=config.validation.purge_bars)
     prepared = time.perf_counter()
 
     walk = sequence_walk_forward(make, data, refit_folds, settings=settings, **walk_settings)
@@ -434,38 +512,34 @@ def run_sequence_stage(config: RunConfig, run_dir: str | Path, timeframe: str, s
     heads = _head_metrics(data, walk["oof"], scored, walk["refits"], spec.heads)
     walked = time.perf_counter()
 
-    test_start = data.times[protocol.test_idx[0]]
-    test_rows = with_full_window(protocol.scored_test_idx, length)
-    # the validated refit scores the test period; the shipped one ends at the newest labelled bar (see the protocol)
-    final = fit_refit(make, data, protocol.validated_idx, test_start, test_rows, settings=settings, **walk_settings)
-    served = final if protocol.serves_validated else \
-        fit_refit(make, data, protocol.serve_idx, pd.Timestamp.max, test_rows, settings=settings, **walk_settings)
+    test_rows, final, served = _test_refits(make, data, protocol, settings, walk_settings)
     finished_final = time.perf_counter()
 
-    controls = _sequence_controls(make, data, protocol, refit_folds, names, spec, config, device, walk_settings)
+    controls = _sequence_controls(make, data, protocol, refit_folds, names, spec, config, device,
+                                  walk_settings)
     base = list(summary["base_features"])
-    reference = best_feature_reference(table[base].to_numpy(dtype=float), protocol.y, refit_folds, base, n_jobs=config.n_jobs)
+    reference = best_feature_reference(table[base].to_numpy(dtype=float), protocol.y, refit_folds, base,
+                                       n_jobs=config.n_jobs)
     finished = time.perf_counter()
 
-    meta = _network_description(spec, architecture, names, served, data, protocol, heads, config, timeframe, settings)
-    weights_path, meta_path = paths.model_file(spec.model, timeframe, "pt"), paths.model_file(spec.model, timeframe, "json")
+    meta = _network_description(spec, architecture, names, served, data, protocol, heads, config, timeframe,
+                                settings)
+    weights_path, meta_path = (paths.model_file(spec.model, timeframe, "pt"),
+                               paths.model_file(spec.model, timeframe, "json"))
     save_sequence_model(served["model"], meta, weights_path, meta_path)
-    epoch_seconds = [h["seconds"] for r in walk["refits"] for h in r["history"]] + [h["seconds"] for h in final["history"]] + \
-                    ([] if served is final else [h["seconds"] for h in served["history"]])
+    epoch_seconds = ([h["seconds"] for r in walk["refits"] for h in r["history"]]
+                     + [h["seconds"] for h in final["history"]]
+                     + ([] if served is final else [h["seconds"] for h in served["history"]]))
     test_pred = final["probs"][:, main]
-    fold_metrics = {"test_auc_per_head": dict(zip(map(str, spec.heads), head_aucs(data.targets[test_rows], final["probs"]))),
-                    **heads, "main_head": config.validation.label_horizon, "n_refits": len(refit_folds)}
     return finish_model_stage(
         config, run_dir, timeframe, protocol, model=spec.model, fold_result=fold_result, test_rows=test_rows,
         test_pred=test_pred, controls=controls, device=device, reference=reference, gate_key=spec.gate_key,
-        timings={"prepare": prepared - started, "walk_forward": walked - prepared, "final_refit": finished_final - walked,
+        timings={"prepare": prepared - started, "walk_forward": walked - prepared,
+                 "final_refit": finished_final - walked,
                  "controls": finished - finished_final, "total": time.perf_counter() - started,
                  "seconds_per_epoch": float(np.mean(epoch_seconds)), "epochs_trained": len(epoch_seconds)},
-        artifacts=[paths.relative(weights_path), paths.relative(meta_path)], fold_metrics=fold_metrics,
+        artifacts=[paths.relative(weights_path), paths.relative(meta_path)],
+        # served_test_pred is in sample unless validated
         extras={"model": served["model"], "meta": meta, "inputs": served["scaler"].transform(data.features),
-                "test_rows": test_rows, "served_test_pred": served["probs"][:, main]},   # in sample unless validated
-        dtype=settings.autocast_dtype, heads=spec.heads, best_head=heads["best_head"], sequence_length=length,
-        epochs=spec.epochs, threads=torch.get_num_threads(), refits=walk["refits"],
-        final_refit={"n_train": final["n_train"], "best_epoch": final["best_epoch"], "epochs_run": final["epochs_run"],
-                     "history": final["history"]},
-        served_refit={"n_train": served["n_train"], "best_epoch": served["best_epoch"], "epochs_run": served["epochs_run"]})
+                "test_rows": test_rows, "served_test_pred": served["probs"][:, main]},
+        **_training_record(spec, config, data, settings, walk, final, served, heads, test_rows))

@@ -21,8 +21,8 @@ import pandas as pd
 from ..core.config import DEFAULT_STACKING_INPUTS, RunConfig
 from ..core.prepare import load_table
 from ..core.served_model import CombinerFamily, logit_graph
-from ..core.rundir import (RunPaths, gate, model_result, read_json, read_parquet, sha256_file, write_atomically, write_json,
-                                 write_parquet)
+from ..core.rundir import (RunPaths, gate, model_result, read_json, read_parquet, sha256_file,
+                                 write_atomically, write_json, write_parquet)
 from ..core.stages import stage_of_model
 from ..core.validation import (as_utc_datetime64, auc, auc_ci, bootstrap_aucs, percentile_interval,
                                      planted_leak_control)
@@ -35,17 +35,20 @@ class InSampleError(ValueError):
 
 
 def load_base_oof(run_dir: str | Path, timeframe: str, models: list[str]) -> pd.DataFrame:
-    "One column of out-of-fold P(up) per base model, on the bars all of them scored, with `y`; in-sample rows refused."
+    "Out-of-fold P(up) per base model, on the bars all of them scored, with `y`; in-sample rows refused."
     paths, columns, labels = RunPaths(Path(run_dir)), {}, None
     for model in models:
         path = paths.oof_file(model, timeframe)
-        if not path.exists(): raise FileNotFoundError(f"{path} not found: has the stage of base model {model!r} run?")
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: has the stage of base model {model!r} run?")
         frame = read_parquet(path)
-        if "train_label_end" not in frame: raise ValueError(f"{path}: no train_label_end column; re-run the {model!r} stage")
+        if "train_label_end" not in frame:
+            raise ValueError(f"{path}: no train_label_end column; re-run the {model!r} stage")
         late = frame.index[frame["train_label_end"] > frame.index]
         if len(late): raise InSampleError(
-            f"{path}: {len(late)} predictions of {model!r} come from a model trained on labels that end after the bar "
-            f"they score; first: bar {late[0]}, training labels up to {frame.loc[late[0], 'train_label_end']}")
+            f"{path}: {len(late)} predictions of {model!r} come from a model trained on labels that end "
+            f"after the bar they score; first: bar {late[0]}, "
+            f"training labels up to {frame.loc[late[0], 'train_label_end']}")
         check_same_labels(labels, frame, path, repr(models[0]))
         columns[model], labels = frame["pred"], frame["y"] if labels is None else labels
     table = pd.DataFrame(columns).dropna().sort_index()
@@ -73,9 +76,11 @@ def meta_walk_forward(
     for block in np.array_split(np.arange(len(y)), n_blocks)[1:]:
         start = times[block[0]]
         train = np.flatnonzero((np.arange(len(y)) < block[0]) & (label_end < start))
-        # one BLAS/OpenMP thread: these fits are small, and threads waiting on each other made them 3-4x slower on 2 cores
+        # one BLAS/OpenMP thread: these fits are small, and threads waiting on each other made them 3-4x
+        # slower on 2 cores
         with threadpool_limits(1): pred[block] = fit_predict(X[train], y[train], X[block])
-        blocks.append({"start": str(pd.Timestamp(start, tz="UTC")), "end": str(pd.Timestamp(times[block[-1]], tz="UTC")),
+        blocks.append({"start": str(pd.Timestamp(start, tz="UTC")),
+                       "end": str(pd.Timestamp(times[block[-1]], tz="UTC")),
                        "n_scored": len(block), "n_train": len(train), "last_train_row": int(train.max()),
                        "first_scored_row": int(block[0]),
                        "last_train_label_end": str(pd.Timestamp(label_end[train].max(), tz="UTC"))})
@@ -97,7 +102,7 @@ def logistic(X_train, y_train, X_score) -> np.ndarray:
 
 
 def nonnegative_weights(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    "Logistic-regression weights constrained to be >= 0 (and a free intercept), by bounded L-BFGS on the log-loss."
+    "Logistic-regression weights held >= 0 (and a free intercept), by bounded L-BFGS on the log-loss."
     from scipy.optimize import minimize
     def loss(params):
         z = X @ params[:-1] + params[-1]
@@ -127,8 +132,9 @@ def small_mlp(X_train, y_train, X_score) -> np.ndarray:
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    model = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(8,), alpha=1e-3, solver="lbfgs", max_iter=1000,
-                                                          random_state=0))   # full-batch: quick and deterministic for 8 units
+    # full-batch L-BFGS: quick and deterministic for 8 units
+    model = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(8,), alpha=1e-3, solver="lbfgs",
+                                                          max_iter=1000, random_state=0))
     return model.fit(X_train, y_train).predict_proba(X_score)[:, 1]
 
 
@@ -138,7 +144,7 @@ LINEAR_LEARNERS = ("mean_logit", "logistic", "nonnegative_logistic")   # deploya
 
 # %% ../../nbs/models/10_stacking.ipynb #0278b649
 class SharedIntervals:
-    "AUCs and paired AUC gains of many scores on the same rows, all from one set of block-bootstrap resamples."
+    "AUCs and paired AUC gains of many scores on the same rows, all from one set of block-bootstrap samples."
     def __init__(self, y: np.ndarray, scores: dict[str, np.ndarray], config: RunConfig):
         self.y, self.names = y, list(scores)
         self.point = {name: auc(y, score) for name, score in scores.items()}
@@ -158,18 +164,23 @@ class SharedIntervals:
 
 # %% ../../nbs/models/10_stacking.ipynb #eeb50645
 def meta_walks(X, y, times, label_end, config: RunConfig, base_models: list[str]) -> tuple[dict, dict]:
-    "Out-of-sample predictions of every meta-learner, and of logistic regression without each base model; their blocks."
-    walk = lambda inputs, fit: meta_walk_forward(inputs, y, times, label_end, fit, n_blocks=config.stacking.meta_blocks)
+    "Out-of-sample predictions of each meta-learner and of logistic regression without each base; blocks."
+    walk = lambda inputs, fit: meta_walk_forward(inputs, y, times, label_end, fit,
+                                                 n_blocks=config.stacking.meta_blocks)
     walks = {name: walk(X, fit) for name, fit in META_LEARNERS.items()}
-    base_rate = lambda X_train, y_train, X_score: np.full(len(X_score), y_train.mean())   # no input left: no ranking
+    # with no input left there is nothing to rank by: the training base rate
+    base_rate = lambda X_train, y_train, X_score: np.full(len(X_score), y_train.mean())
     without = lambda k: np.delete(X, k, axis=1)
-    walks |= {f"without_{model}": walk(without(k), logistic if X.shape[1] > 1 else base_rate) for k, model in enumerate(base_models)}
-    return {name: pred for name, (pred, _) in walks.items()}, {name: blocks for name, (_, blocks) in walks.items()}
+    walks |= {f"without_{model}": walk(without(k), logistic if X.shape[1] > 1 else base_rate)
+              for k, model in enumerate(base_models)}
+    return ({name: pred for name, (pred, _) in walks.items()},
+            {name: blocks for name, (_, blocks) in walks.items()})
 
 # %% ../../nbs/models/10_stacking.ipynb #a95e63d0
 def compare_meta_learners(intervals: SharedIntervals) -> tuple[dict, str]:
-    "A table row per meta-learner (AUC, interval, gain over logistic regression) and the chosen one (logistic unless beaten)."
-    table = {name: intervals.auc(name) | {"gain_vs_logistic": intervals.gain(name, "logistic")} for name in META_LEARNERS}
+    "A row per meta-learner (AUC, interval, gain over logistic) and the chosen one (logistic unless beaten)."
+    table = {name: intervals.auc(name) | {"gain_vs_logistic": intervals.gain(name, "logistic")}
+             for name in META_LEARNERS}
     winners = [n for n, row in table.items() if n != "logistic" and row["gain_vs_logistic"]["ci95"][0] > 0]
     return table, max(winners, key=lambda n: table[n]["auc"]) if winners else "logistic"
 
@@ -178,10 +189,11 @@ def leave_one_out(intervals: SharedIntervals, base_models: list[str]) -> dict:
     "Per base model: the logistic meta AUC change when it is left out, with a paired interval, and a verdict."
     verdicts = {}
     for model in base_models:
-        change = intervals.gain("logistic", f"without_{model}")   # > 0: the meta-learner is better with this model
+        change = intervals.gain("logistic", f"without_{model}")   # > 0: the meta-learner is better with it
         lo, hi = change["ci95"]
         verdicts[model] = {"auc_change_when_removed": -change["gain"], "gain_from_model": change,
-                           "verdict": "adds signal" if lo > 0 else ("hurts" if hi < 0 else "redundant (interval includes 0)")}
+                           "verdict": "adds signal" if lo > 0 else
+                                      ("hurts" if hi < 0 else "redundant (interval includes 0)")}
     return verdicts
 
 # %% ../../nbs/models/10_stacking.ipynb #381f1339
@@ -202,7 +214,8 @@ def stacked_probability(meta: dict, base_probs: np.ndarray) -> np.ndarray:
 
 # %% ../../nbs/models/10_stacking.ipynb #d1f93531
 def stacking_to_onnx(meta: dict, *, opset: int = 17):
-    "The meta-learner of a `stacking_meta_{tf}.json` as ONNX: input `p_base` (n, k) double in `meta['inputs']` order, output `p_up`."
+    """The meta-learner of a `stacking_meta_{tf}.json` as ONNX: input `p_base` (n, k) double in
+    `meta['inputs']` order, output `p_up`."""
     k = len(meta["inputs"])
     constants = {"weights": np.asarray(meta["coefficients"], dtype=np.float64).reshape(k, 1),
                  "intercept": np.array([meta["intercept"]], dtype=np.float64)}
@@ -211,14 +224,16 @@ def stacking_to_onnx(meta: dict, *, opset: int = 17):
     return logit_graph("stacking_meta", "p_base", k, steps, constants, opset)
 
 
-def _base_probabilities(run_dir: Path, meta: dict, timeframe: str, base: dict[str, np.ndarray]) -> np.ndarray | None:
-    "The base models' native P(up) in the meta-learner's input order; None unless every one of its inputs was exported."
+def _base_probabilities(run_dir: Path, meta: dict, timeframe: str,
+                        base: dict[str, np.ndarray]) -> np.ndarray | None:
+    "The base models' native P(up) in the meta-learner's input order; None unless every input was exported."
     if not all(model in base for model in meta["inputs"]): return None
     return np.column_stack([base[model] for model in meta["inputs"]])
 
 
 STACKED_META = CombinerFamily(
-    "stacking_meta", inputs=_base_probabilities, predict=lambda meta: lambda p: stacked_probability(meta, p).reshape(-1, 1),
+    "stacking_meta", inputs=_base_probabilities,
+    predict=lambda meta: lambda p: stacked_probability(meta, p).reshape(-1, 1),
     to_onnx=lambda meta: (stacking_to_onnx(meta), "macd_nb.models.stacking.stacking_to_onnx (float64)"))
 
 # %% ../../nbs/models/10_stacking.ipynb #c614142c
@@ -231,7 +246,7 @@ def _auc_with_ci(y, pred, config: RunConfig) -> dict:
 
 
 def bundle_base_models(paths: RunPaths, models: list[str], timeframe: str) -> list[dict]:
-    "Each base model's deployed files copied to `models/stacking_*`, checked against their source; sha256, window, metrics."
+    "Each base's deployed files, copied to `models/stacking_*` and checked: sha256, window and metrics."
     bundle = []
     for model in models:
         record = read_json(paths.result_file(model, timeframe))
@@ -241,25 +256,28 @@ def bundle_base_models(paths: RunPaths, models: list[str], timeframe: str) -> li
             digest = sha256_file(source)
             write_atomically(target, lambda tmp: shutil.copyfile(source, tmp))
             if sha256_file(target) != digest: raise OSError(f"{target}: the copy of {source} differs from it")
-            files.append({"path": paths.relative(target), "sha256": digest, "copied_from": paths.relative(source)})
+            files.append({"path": paths.relative(target), "sha256": digest,
+                          "copied_from": paths.relative(source)})
         bundle.append({"model": model, "files": files, "training_window": record.get("deployment"),
                        "metrics": {k: record["metrics"][k] for k in ("oof_auc", "n_oof", "test_auc")}})
     return bundle
 
 
 def _test_inputs(paths: RunPaths, models: list[str], timeframe: str) -> pd.DataFrame:
-    "The base models' deployed predictions of the held-out test period, on the bars all of them scored, with `y`."
+    "The base models' deployed predictions of the held-out test period, on the bars all of them scored; `y`."
     frames = {m: read_parquet(paths.test_file(m, timeframe)) for m in models}
     table = pd.DataFrame({m: f["pred"] for m, f in frames.items()}).dropna().sort_index()
     return table.assign(y=frames[models[0]]["y"].reindex(table.index))
 
 
-def _skipped(config: RunConfig, run_dir: Path, timeframe: str, n_oof: int, minimum: int, started: float) -> dict:
+def _skipped(config: RunConfig, run_dir: Path, timeframe: str, n_oof: int, minimum: int,
+             started: float) -> dict:
     "The result record of a timeframe with too few OOF rows to attempt stacking."
     reason = f"n_oof={n_oof} < {minimum}, the minimum to attempt stacking at {timeframe}"
     record = model_result(stage=stage_of_model("stacking").number, model="stacking", timeframe=timeframe,
                           target=config.data.target, window={}, metrics={"n_oof": n_oof}, controls={},
-                          gates=[gate("n_oof_attempt", n_oof, minimum)], timings_s={"total": time.perf_counter() - started},
+                          gates=[gate("n_oof_attempt", n_oof, minimum)],
+                          timings_s={"total": time.perf_counter() - started},
                           artifacts=[], **provenance(config, run_dir), skipped=reason, deployable=False,
                           not_deployable_because=[reason])
     write_json(RunPaths(run_dir).result_file("stacking", timeframe), record)
@@ -267,17 +285,19 @@ def _skipped(config: RunConfig, run_dir: Path, timeframe: str, n_oof: int, minim
 
 # %% ../../nbs/models/10_stacking.ipynb #8195ccfe
 def trained_inputs(run_dir: str | Path, timeframe: str) -> list[str]:
-    "The default stacking inputs whose out-of-fold predictions the run holds (`stacking_base_models: null` outside the runner)."
+    """The default stacking inputs whose out-of-fold predictions the run holds (`stacking_base_models: null`
+    outside the runner)."""
     paths = RunPaths(Path(run_dir))
     found = [model for model in DEFAULT_STACKING_INPUTS if paths.oof_file(model, timeframe).exists()]
-    if not found: raise FileNotFoundError(f"{paths.root}: no out-of-fold predictions of {list(DEFAULT_STACKING_INPUTS)} "
+    if not found: raise FileNotFoundError(f"{paths.root}: no out-of-fold predictions of "
+                                          f"{list(DEFAULT_STACKING_INPUTS)} "
                                           f"at {timeframe}: run a base model stage first")
     return found
 
 
 def best_feature_oof(run_dir: str | Path, timeframe: str, config: RunConfig,
                      bars: pd.DatetimeIndex) -> tuple[pd.Series, BestFeatureReference]:
-    "The best single feature's out-of-fold scores on `bars`, chosen on the base folds' training rows as every base stage's."
+    "The best single feature's OOF scores on `bars`, chosen on the base folds' training rows as the bases'."
     table, summary = load_table(run_dir, timeframe)
     names = list(summary["base_features"])
     protocol = direction_protocol(table, names, config)
@@ -289,13 +309,16 @@ def _interval(ci, sign: str = "") -> str:
     return f"[{ci[0]:{sign}.4f}, {ci[1]:{sign}.4f}]" if ci and None not in ci else "[no interval]"
 
 
-def deployment_gates(metrics: dict, feature_gain: dict | None, feature: str, config: RunConfig, timeframe: str) -> list[dict]:
-    "The deployment gates that are on, each with value, threshold, estimate, interval and `why` it passes or fails."
+def deployment_gates(metrics: dict, feature_gain: dict | None, feature: str, config: RunConfig,
+                     timeframe: str) -> list[dict]:
+    "The gates that are on, each with value, threshold, estimate, interval and `why` it passes or fails."
     s, gates = config.stacking, []
     def add(verdict: dict, estimate, interval, text: str):
         said = "passes" if verdict["passed"] else "fails"
-        gates.append(verdict | {"estimate": estimate, "interval": interval, "why": f"{verdict['name']} {said}: {text}"})
-    auc_text = f"OOF AUC {metrics['oof_auc']:.4f} {_interval(metrics['oof_auc_ci95'])} (n={metrics['n_oof_scored']})"
+        gates.append(verdict | {"estimate": estimate, "interval": interval,
+                                "why": f"{verdict['name']} {said}: {text}"})
+    auc_text = (f"OOF AUC {metrics['oof_auc']:.4f} {_interval(metrics['oof_auc_ci95'])} "
+                f"(n={metrics['n_oof_scored']})")
     if s.min_oof_auc is not None:
         verdict = gate("stacking_oof_auc", metrics["oof_auc"], s.min_oof_auc)
         add(verdict, metrics["oof_auc"], metrics["oof_auc_ci95"],
@@ -307,56 +330,90 @@ def deployment_gates(metrics: dict, feature_gain: dict | None, feature: str, con
     if s.gain_ci_above is not None:
         ci = (feature_gain or {}).get("ci95")
         verdict = gate("gain_over_best_feature_ci95_low", ci[0] if ci else None, s.gain_ci_above, ">")
-        text = (f"AUC gain over the best single feature ({feature} most often) {feature_gain['gain']:+.4f} "
-                f"{_interval(ci, '+')} on the same {feature_gain['n']} OOF bars, interval "
-                f"{'above' if verdict['passed'] else 'not above'} {s.gain_ci_above:+g}") if feature_gain else \
-               "no OOF bars scored by both the stacked model and the best single feature"
+        text = ((f"AUC gain over the best single feature ({feature} most often) {feature_gain['gain']:+.4f} "
+                 f"{_interval(ci, '+')} on the same {feature_gain['n']} OOF bars, interval "
+                 f"{'above' if verdict['passed'] else 'not above'} {s.gain_ci_above:+g}") if feature_gain
+                else "no OOF bars scored by both the stacked model and the best single feature")
         add(verdict, feature_gain and feature_gain["gain"], ci, text)
     if s.min_oof.get(timeframe) is not None:
         verdict = gate("n_oof", metrics["n_oof"], s.min_oof[timeframe])
-        add(verdict, metrics["n_oof"], None, f"{metrics['n_oof']} OOF bars, {'at least' if verdict['passed'] else 'fewer than'} "
+        add(verdict, metrics["n_oof"], None,
+            f"{metrics['n_oof']} OOF bars, {'at least' if verdict['passed'] else 'fewer than'} "
             f"{s.min_oof[timeframe]} at {timeframe}")
     return gates
 
 
 # %% ../../nbs/models/10_stacking.ipynb #514d8b88
-def _stacking_controls(X: np.ndarray, y: np.ndarray, times: np.ndarray, label_end: np.ndarray, scored: np.ndarray,
-                       models: list[str], chosen: str, config: RunConfig) -> dict:
-    "The chosen meta-learner walked again on permuted OOF labels (same blocks), and a planted leak among its inputs."
+def _stacking_controls(X: np.ndarray, y: np.ndarray, times: np.ndarray, label_end: np.ndarray,
+                       scored: np.ndarray, models: list[str], chosen: str, config: RunConfig) -> dict:
+    "The chosen meta-learner walked on permuted OOF labels (same blocks); a planted leak among its inputs."
     shuffled = np.random.default_rng(config.seed).permutation(y)
-    shuffled_pred, _ = meta_walk_forward(X, shuffled, times, label_end, META_LEARNERS[chosen], n_blocks=config.stacking.meta_blocks)
+    shuffled_pred, _ = meta_walk_forward(X, shuffled, times, label_end, META_LEARNERS[chosen],
+                                         n_blocks=config.stacking.meta_blocks)
     leak = planted_leak_control(X, y, models, seed=config.seed)
     return {"shuffled_label_auc": auc(shuffled[scored], shuffled_pred[scored]),
             "shuffled_label_protocol": "same blocks and meta-learner, OOF labels permuted",
-            "planted_leak_flagged": leak["planted_leak_flagged"], "planted_leak_auc": leak["planted_leak_auc"],
+            "planted_leak_flagged": leak["planted_leak_flagged"],
+            "planted_leak_auc": leak["planted_leak_auc"],
             "real_features_flagged": leak["real_features_flagged"]}
 
 # %% ../../nbs/models/10_stacking.ipynb #49173214
-def _held_out_score(paths: RunPaths, meta: dict, timeframe: str, best_base: str, config: RunConfig) -> tuple[pd.DataFrame, dict]:
-    "The deployed meta-learner on the held-out test period, once: its predictions written; its AUC and the best base's."
+def _held_out_score(paths: RunPaths, meta: dict, timeframe: str, best_base: str,
+                    config: RunConfig) -> tuple[pd.DataFrame, dict]:
+    "The deployed meta-learner on the test period, once: predictions written; its AUC and the best base's."
     models = meta["inputs"]
     test = _test_inputs(paths, models, timeframe)
     test_pred = stacked_probability(meta, test[models].to_numpy())
     test_y = test["y"].to_numpy()
     test_scores = _auc_with_ci(test_y, test_pred, config)
-    write_parquet(paths.test_file("stacking", timeframe), pd.DataFrame({"y": test_y, "pred": test_pred}, index=test.index))
-    return test, {"test_auc": test_scores["auc"], "test_auc_ci95": test_scores["ci95"], "n_test": test_scores["n"],
+    write_parquet(paths.test_file("stacking", timeframe),
+                  pd.DataFrame({"y": test_y, "pred": test_pred}, index=test.index))
+    return test, {"test_auc": test_scores["auc"], "test_auc_ci95": test_scores["ci95"],
+                  "n_test": test_scores["n"],
                   "best_base_test_auc": auc(test_y, test[best_base].to_numpy())}
 
 # %% ../../nbs/models/10_stacking.ipynb #5b5bfb98
 def _over_best_feature(run_dir: Path, timeframe: str, config: RunConfig, oof: pd.DataFrame,
                        stacked: np.ndarray) -> tuple[dict | None, object, float | None]:
-    """The stacked OOF predictions against the best single feature's (chosen per fold, the base models' reference too):
-    the paired AUC gain with its interval (None without a reference), the reference, and that feature's own OOF AUC."""
+    """The stacked OOF predictions against the best single feature's (chosen per fold, the base models'
+    reference too): the paired AUC gain with its interval (None without a reference), the reference, and that
+    feature's own OOF AUC."""
     feature_scores, reference = best_feature_oof(run_dir, timeframe, config, oof.index)
     stacked_oof = oof[["y"]].assign(pred=stacked).dropna()
     gain = reference_gains(stacked_oof, {"best_feature": feature_scores}, config).get("best_feature")
     compared = stacked_oof.join(feature_scores.rename("feature")).dropna()
     return gain, reference, auc(compared["y"], compared["feature"]) if len(compared) else None
 
+# %% ../../nbs/models/10_stacking.ipynb #00fcd572
+def _write_results(config: RunConfig, run_dir: Path, timeframe: str, oof: pd.DataFrame, oof_pred: np.ndarray,
+                   test: pd.DataFrame, meta: dict, meta_path: Path, failed: list[str], **measured) -> dict:
+    """Write the stacked OOF predictions and the result record: what the stage `measured`, with its window,
+    files, deployed meta-learner, thresholds and provenance."""
+    paths = RunPaths(run_dir)
+    oof_frame = oof.assign(pred=oof_pred)[["y", "pred"]].dropna()
+    write_parquet(paths.oof_file("stacking", timeframe), oof_frame)
+    record = model_result(
+        stage=stage_of_model("stacking").number, model="stacking", timeframe=timeframe,
+        target=config.data.target,
+        window={"start": str(oof.index[0]), "end": str(oof.index[-1]), "test_start": str(test.index[0])},
+        artifacts=[paths.relative(meta_path), *[f["path"] for b in meta["base_models"] for f in b["files"]],
+                   paths.relative(paths.oof_file("stacking", timeframe)),
+                   paths.relative(paths.test_file("stacking", timeframe)),
+                   paths.relative(paths.result_file("stacking", timeframe))],
+        **provenance(config, run_dir), **measured,
+        meta={k: meta[k] for k in ("meta_learner", "inputs", "coefficients", "intercept")},
+        deployable=not failed, not_deployable_because=failed,
+        thresholds={"oof_auc_ci_above": config.stacking.oof_auc_ci_above,
+                    "gain_ci_above": config.stacking.gain_ci_above,
+                    "min_oof_auc": config.stacking.min_oof_auc, "min_oof": config.stacking.min_oof,
+                    "min_oof_attempt": config.stacking.min_oof_attempt},
+        correlation=oof[meta["inputs"]].corr().round(4).to_dict())
+    write_json(paths.result_file("stacking", timeframe), record)
+    return record
+
 # %% ../../nbs/models/10_stacking.ipynb #0dcae60e
 def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") -> dict:
-    "Stage 2 for one timeframe: checked OOF inputs, meta-learners walk-forward, gates, final meta, one test score."
+    "Stage 2 for one timeframe: checked OOF inputs, meta walk-forward, gates, final meta, one test score."
     started, run_dir = time.perf_counter(), Path(run_dir)
     config, paths = config.for_timeframe(timeframe), RunPaths(run_dir).create()
     models = list(config.stacking.base_models or trained_inputs(run_dir, timeframe))
@@ -378,18 +435,19 @@ def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
     learners, chosen = compare_meta_learners(intervals)
     chosen_auc = intervals.auc(chosen)
     metrics = {"oof_auc": chosen_auc["auc"], "oof_auc_ci95": chosen_auc["ci95"], "n_oof": len(oof),
-               "n_oof_scored": chosen_auc["n"], "n_blocks": config.stacking.meta_blocks, "base_oof_auc": base_auc,
-               "base_pred_std": {m: float(oof[m].std()) for m in models}, "best_base": best_base}
+               "n_oof_scored": chosen_auc["n"], "n_blocks": config.stacking.meta_blocks,
+               "base_oof_auc": base_auc, "base_pred_std": {m: float(oof[m].std()) for m in models},
+               "best_base": best_base}
     gain_over_best = intervals.gain(chosen, best_base)
-    gain_over_feature, reference, metrics["best_feature_oof_auc"] = _over_best_feature(run_dir, timeframe, config, oof,
-                                                                                       predictions[chosen])
+    gain_over_feature, reference, metrics["best_feature_oof_auc"] = _over_best_feature(
+        run_dir, timeframe, config, oof, predictions[chosen])
     controls = _stacking_controls(X, y, times, label_end, scored, models, chosen, config)
     redundancy = leave_one_out(intervals, models)
     diagnosed = time.perf_counter()
 
     meta = {"meta_learner": chosen if chosen in LINEAR_LEARNERS else "logistic", "inputs": models,
-            "transform": "logit of each base model's P(up), clipped to [1e-6, 1 - 1e-6]", "context_feature": None,
-            **final_meta(chosen if chosen in LINEAR_LEARNERS else "logistic", X, y)}
+            "transform": "logit of each base model's P(up), clipped to [1e-6, 1 - 1e-6]",
+            "context_feature": None, **final_meta(chosen if chosen in LINEAR_LEARNERS else "logistic", X, y)}
     test, test_metrics = _held_out_score(paths, meta, timeframe, best_base, config)
     metrics |= test_metrics
     bundle = bundle_base_models(paths, models, timeframe)
@@ -398,30 +456,17 @@ def run_stacking(config: RunConfig, run_dir: str | Path, timeframe: str = "1h") 
     failed = [g["why"] for g in gates if not g["passed"]]
     failed += [f"base model {b['model']!r} saved no model file to deploy" for b in bundle if not b["files"]]
     meta |= {"training_window": {"first_bar": str(oof.index[0]), "last_bar": str(oof.index[-1]),
-                                 "n_rows": len(oof), "recipe": "every OOF row (the next block of the expanding meta walk-forward)"},
+                                 "n_rows": len(oof), "recipe": "every OOF row (the next block of the "
+                                                               "expanding meta walk-forward)"},
              "base_models": bundle, "metrics": metrics, "gates": gates, "deployable": not failed}
     meta_path = write_json(paths.model_file("stacking_meta", timeframe, "json"), meta)
-    oof_frame = oof.assign(pred=predictions[chosen])[["y", "pred"]].dropna()
-    write_parquet(paths.oof_file("stacking", timeframe), oof_frame)
-    record = model_result(
-        stage=stage_of_model("stacking").number, model="stacking", timeframe=timeframe, target=config.data.target,
-        window={"start": str(oof.index[0]), "end": str(oof.index[-1]), "test_start": str(test.index[0])},
+    return _write_results(
+        config, run_dir, timeframe, oof, predictions[chosen], test, meta, meta_path, failed,
         metrics=metrics, controls=controls, gates=gates,
         timings_s={"meta_walk_forward": walked - started, "intervals_and_diagnostics": diagnosed - walked,
                    "total": time.perf_counter() - started},
-        artifacts=[paths.relative(meta_path), *[f["path"] for b in bundle for f in b["files"]],
-                   paths.relative(paths.oof_file("stacking", timeframe)), paths.relative(paths.test_file("stacking", timeframe)),
-                   paths.relative(paths.result_file("stacking", timeframe))],
-        **provenance(config, run_dir),
         meta_learners=learners, chosen_meta_learner=chosen,
-        reference_gains={"best_base": gain_over_best} | ({"best_feature": gain_over_feature} if gain_over_feature else {}),
+        reference_gains={"best_base": gain_over_best}
+                        | ({"best_feature": gain_over_feature} if gain_over_feature else {}),
         best_feature={"most_chosen": reference.most_chosen(), "per_fold": reference.choices},
-        blocks=blocks[chosen], checks=checks, redundancy=redundancy,
-        meta={k: meta[k] for k in ("meta_learner", "inputs", "coefficients", "intercept")},
-        deployable=not failed, not_deployable_because=failed,
-        thresholds={"oof_auc_ci_above": config.stacking.oof_auc_ci_above, "gain_ci_above": config.stacking.gain_ci_above,
-                    "min_oof_auc": config.stacking.min_oof_auc, "min_oof": config.stacking.min_oof,
-                    "min_oof_attempt": config.stacking.min_oof_attempt},
-        correlation=oof[models].corr().round(4).to_dict())
-    write_json(paths.result_file("stacking", timeframe), record)
-    return record
+        blocks=blocks[chosen], checks=checks, redundancy=redundancy)
