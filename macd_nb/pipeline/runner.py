@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..core.config import RunConfig, read_config, save_config
 from ..core.rundir import (CorruptArtifact, corrupt_files, file_lock, read_json, write_json,
-                                  write_manifest)
+                                 write_manifest)
 from .kernels import TORCH_IMPORTS, WarmKernels, run_warm_kernels
 from .report import write_report
 from .stage_run import (file_stamps, output_problems, quiet_stopping_client,
