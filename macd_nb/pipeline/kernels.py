@@ -20,8 +20,9 @@ from pathlib import Path
 
 # %% ../../nbs/pipeline/07_kernels.ipynb #4e21af56
 def listens_under(command: list[str], sockets: Path) -> bool:
-    "Whether `command` is a kernel whose connection file (`-f FILE`, jupyter_client's own JSON) puts it under `sockets`."
-    try: return json.loads(Path(command[command.index("-f") + 1]).read_text()).get("ip") == str(sockets / "kernel")
+    "Whether `command` is a kernel whose connection file (`-f FILE`, a JSON) puts it under `sockets`."
+    try: return (json.loads(Path(command[command.index("-f") + 1]).read_text()).get("ip")
+                 == str(sockets / "kernel"))
     except (ValueError, IndexError, OSError): return False
 
 
@@ -35,26 +36,29 @@ def kill_family(process) -> None:
     psutil.wait_procs(family, timeout=10)
 
 # %% ../../nbs/pipeline/07_kernels.ipynb #4f0d9769
-# what a stage kernel imports before its first line of work; not matplotlib's inline backend: imported where no IPython
-# shell runs yet, it would never show a figure
-WARM_IMPORTS = ("ipykernel.kernelapp", "ipykernel.ipkernel", "numpy", "pandas", "matplotlib.pyplot", "scipy.stats",
-                "sklearn.linear_model", "lightgbm", "fastcore.test", "macd_nb.core.prepare", "macd_nb.models.protocol")
-# torch (2.5 s of CPU with the compiler stack its optimizers load): only the runs and notebooks that train or export a
-# network need it, so it is imported after the first fork, while that kernel works (`WarmKernels.later`)
+# what a stage kernel imports before its first line of work; not matplotlib's inline backend: imported where
+# no IPython shell runs yet, it would never show a figure
+WARM_IMPORTS = ("ipykernel.kernelapp", "ipykernel.ipkernel", "numpy", "pandas", "matplotlib.pyplot",
+                "scipy.stats", "sklearn.linear_model", "lightgbm", "fastcore.test", "macd_nb.core.prepare",
+                "macd_nb.models.protocol")
+# torch (2.5 s of CPU with the compiler stack its optimizers load): only the runs and notebooks that train
+# or export a network need it, so it is imported after the first fork, while that kernel works
+# (`WarmKernels.later`)
 TORCH_IMPORTS = ("torch", "torch._dynamo")
-# set anew for each launch and read by no library as it loads: not part of what a warm process must share with a launch
+# set anew for each launch and read by no library as it loads: not part of what a warm process must share
+# with a launch
 _PER_KERNEL_ENV = ("JPY_PARENT_PID", "JPY_SESSION_NAME", "PYTEST_CURRENT_TEST")
-FRESH_KERNELS = "MACD_NB_FRESH_KERNELS"   # set (to anything): every kernel starts fresh, as before warm kernels
+FRESH_KERNELS = "MACD_NB_FRESH_KERNELS"   # set (to anything): all kernels start fresh, as before warm kernels
 
 
 def _interpreter(command: list[str]) -> list[str] | None:
-    "The interpreter and its flags of a kernel command `python [flags] -m ipykernel_launcher ...`; None for any other."
+    "The interpreter and flags of a kernel command `python [flags] -m ipykernel_launcher ...`; else None."
     at = command.index("-m") if "-m" in command else -1
     return command[:at] if at > 0 and command[at + 1:at + 2] == ["ipykernel_launcher"] else None
 
 # %% ../../nbs/pipeline/07_kernels.ipynb #14190bf6
 class ForkedKernel:
-    "A kernel the warm process forked, with what jupyter_client uses of a Popen (the warm process reaps it, so no status)."
+    "A kernel the warm process forked, with what jupyter_client uses of a Popen (reaped by it, so no status)."
     stdin = stdout = stderr = None
 
     def __init__(self, pid: int): self.pid, self.returncode = pid, None
@@ -62,7 +66,7 @@ class ForkedKernel:
     def poll(self) -> int | None:
         import psutil
         if self.returncode is None:
-            # a zombie has ended too: orphaned by a killed warm process, it waits for its new parent to reap it
+            # a zombie ended too: orphaned by a killed warm process, it waits for its new parent to reap it
             try: ended = psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE
             except psutil.NoSuchProcess: ended = True
             if ended: self.returncode = -1
@@ -71,7 +75,8 @@ class ForkedKernel:
     def wait(self, timeout: float | None = None) -> int:
         end = None if timeout is None else time.monotonic() + timeout
         while self.poll() is None:
-            if end is not None and time.monotonic() > end: raise subprocess.TimeoutExpired(f"kernel {self.pid}", timeout)
+            if end is not None and time.monotonic() > end:
+                raise subprocess.TimeoutExpired(f"kernel {self.pid}", timeout)
             time.sleep(0.02)
         return self.returncode
 
@@ -82,82 +87,111 @@ class ForkedKernel:
     def kill(self) -> None: self.send_signal(signal.SIGKILL)
     def terminate(self) -> None: self.send_signal(signal.SIGTERM)
 
+# %% ../../nbs/pipeline/07_kernels.ipynb #0cd1b210
+class _ForkedKernels(dict):
+    "pid -> launch command of each kernel a warm process forked that may still run."
+
+    def alive(self) -> bool:
+        "Whether one of them still runs (the ones that ended are forgotten)."
+        for pid in [pid for pid in self if ForkedKernel(pid).poll() is not None]: del self[pid]
+        return bool(self)
+
+    def end_listening(self, sockets: Path) -> None:
+        "Kill the kernels listening under `sockets` and their workers, and forget them."
+        import psutil
+        for pid, command in list(self.items()):
+            if not listens_under(command, sockets): continue
+            try: kill_family(psutil.Process(pid))
+            except psutil.Error: pass
+            del self[pid]
+
+
 # %% ../../nbs/pipeline/07_kernels.ipynb #e09a93e6
-def _launch_warm(imports: tuple[str, ...], interpreter: list[str], env: dict) -> tuple[subprocess.Popen, object, object]:
-    "A warm process (`warm_main`) importing `imports`: the process, the pipe its requests go into, the one its replies come from."
+def _launch_warm(imports: tuple[str, ...], interpreter: list[str],
+                 env: dict) -> tuple[subprocess.Popen, object, object]:
+    "A warm process (`warm_main`) importing `imports`: the process, its requests pipe and its replies pipe."
     requests, to_requests = os.pipe()
     from_replies, replies = os.pipe()
-    code = f"from macd_nb.pipeline.kernels import warm_main; warm_main({requests}, {replies}, {list(imports)!r})"
-    # a session of its own: Ctrl-C in the terminal is the runner's to handle; the pipe's end is the warm process's cue
+    code = (f"from macd_nb.pipeline.kernels import warm_main; "
+            f"warm_main({requests}, {replies}, {list(imports)!r})")
+    # a session of its own: Ctrl-C in the terminal is the runner's to handle; the pipe's end is the warm
+    # process's cue
     process = subprocess.Popen([*interpreter, "-c", code], env=env, pass_fds=(requests, replies),
                                stdin=subprocess.DEVNULL, start_new_session=True)
     os.close(requests), os.close(replies)
     return process, os.fdopen(to_requests, "w"), os.fdopen(from_replies)
 
+
+def _send_request(requests, request: dict) -> bool:
+    "Write one launch request line to the warm process; False where it has ended (its pipe broken)."
+    try:
+        requests.write(json.dumps(request) + "\n")
+        requests.flush()
+    except BrokenPipeError: return False
+    return True
+
+
+def _read_pid(process: subprocess.Popen, replies, timeout: float) -> int | None:
+    "The pid in the warm `process`'s reply; None if none comes within `timeout` seconds or its pipe closed."
+    import select
+    if not select.select([replies], [], [], timeout)[0]:   # stuck in its imports: killed, not waited for
+        process.kill()
+        return None
+    line = replies.readline()
+    return json.loads(line)["pid"] if line else None
+
+
 # %% ../../nbs/pipeline/07_kernels.ipynb #33fd6856
 class WarmKernels:
-    "A process that has imported `imports` once and forks a kernel for each launch (see above); `close` ends it and them."
+    "A process that has imported `imports` once and forks a kernel for each launch; `close` ends it and them."
 
-    def __init__(self, imports: tuple[str, ...] = WARM_IMPORTS, timeout: float = 120.0, later: tuple[str, ...] = ()):
-        # forked: pid -> launch command; timeout: seconds a launch waits for the warm process (its imports included);
-        # later: modules it imports while its first kernel works (a run adds its own before it launches)
-        self.imports, self.timeout, self.process, self.key, self.forked = imports, timeout, None, None, {}
-        self.later, self._lock, self._pending = list(later), threading.Lock(), None
+    def __init__(self, imports: tuple[str, ...] = WARM_IMPORTS, timeout: float = 120.0,
+                 later: tuple[str, ...] = ()):
+        # forked: pid -> launch command; timeout: seconds a launch waits for the warm process (its imports
+        # included); later: modules it imports while its first kernel works (`import_later` adds more)
+        self.imports, self.timeout, self.later = imports, timeout, list(later)
+        self.process, self.key, self.forked = None, None, _ForkedKernels()
+        self._lock, self._pending = threading.Lock(), None
 
     def import_later(self, *modules: str) -> None:
         "Have the warm process also import `modules` (once each), while a kernel it forked works."
         self.later = list(dict.fromkeys([*self.later, *modules]))
 
     def fork(self, command: list[str], env: dict, cwd: str) -> ForkedKernel | None:
-        "The kernel of launch `command`, forked warm; None where it must start fresh (another interpreter or environment)."
+        "`command`'s kernel, forked warm; None where it must start fresh (other interpreter or environment)."
         interpreter = _interpreter(command)
         if interpreter is None or sys.platform != "linux" or os.environ.get(FRESH_KERNELS): return None
         key = (interpreter, {name: value for name, value in env.items() if name not in _PER_KERNEL_ENV})
         with self._lock:
-            if self.process is not None and self.process.poll() is not None: return None   # killed, or stuck and killed
-            if self.process is not None and key != self.key:   # another environment: a new warm process, once the
-                if self._kernels_alive(): return None             # kernels of this one have ended (till then, fresh)
+            # the warm process ended: killed, or stuck and killed
+            if self.process is not None and self.process.poll() is not None: return None
+            # another environment: a new warm process once this one's kernels have ended (till then, fresh)
+            if self.process is not None and key != self.key:
+                if self.forked.alive(): return None
                 self.close()
             if self.process is None:
                 self.process, self._requests, self._replies = _launch_warm(self.imports, *key)
                 self.key = key
             self._pending = command
-            request = {"argv": command[len(interpreter) + 2:], "env": env, "cwd": str(cwd), "later": self.later}
-            try:
-                self._requests.write(json.dumps(request) + "\n")
-                self._requests.flush()
-            except BrokenPipeError:   # the warm process ended since it was polled
+            request = {"argv": command[len(interpreter) + 2:], "env": env, "cwd": str(cwd),
+                       "later": self.later}
+            if not _send_request(self._requests, request):   # the warm process ended since it was polled
                 self._pending = None
                 return None
             return self._reply()
 
     def _reply(self) -> ForkedKernel | None:
-        "Read the pid of the pending launch (also after an interrupt between request and reply); None if none comes."
-        import select
+        "The pending launch's kernel (also after an interrupt between request and reply); None if none comes."
         command, self._pending = self._pending, None
-        if not select.select([self._replies], [], [], self.timeout)[0]:   # a warm process stuck in its imports: not waited for
-            self.process.kill()
-            return None
-        line = self._replies.readline()
-        if not line: return None
-        pid = json.loads(line)["pid"]
+        pid = _read_pid(self.process, self._replies, self.timeout)
+        if pid is None: return None
         self.forked[pid] = command
         return ForkedKernel(pid)
 
-    def _kernels_alive(self) -> bool:
-        "Whether a kernel this warm process forked still runs (the ones that ended are forgotten)."
-        for pid in [pid for pid in self.forked if ForkedKernel(pid).poll() is not None]: del self.forked[pid]
-        return bool(self.forked)
-
     def end_kernels(self, sockets: Path) -> None:
-        "Kill the kernels listening under `sockets` and their workers (after an interrupt; normally none is left)."
-        import psutil
+        "Kill the kernels under `sockets` and their workers (after an interrupt; normally none is left)."
         if self._pending is not None: self._reply()
-        for pid, command in list(self.forked.items()):
-            if not listens_under(command, sockets): continue
-            try: kill_family(psutil.Process(pid))
-            except psutil.Error: pass
-            del self.forked[pid]
+        self.forked.end_listening(sockets)
 
     def close(self) -> None:
         "End the warm process and every kernel it forked."
@@ -167,18 +201,19 @@ class WarmKernels:
         except subprocess.TimeoutExpired: self.process.kill(), self.process.wait()
         self.process = None
 
+
 # %% ../../nbs/pipeline/07_kernels.ipynb #787c570b
 _PROCESS_WARM: WarmKernels | None = None   # this process's warm kernels, kept from run to run
 _RUNS = 0                                   # runs that asked for them
 
 
 def run_warm_kernels(n_stages: int) -> WarmKernels | None:
-    """The warm kernels for a run of `n_stages` stages: this process's, started for its first run of several stages or
-    its second run of any size, then kept for the runs after it and closed when the process exits.
+    """The warm kernels for a run of `n_stages` stages: this process's, started for its first run of several
+    stages or its second run of any size, then kept for the runs after it and closed when the process exits.
 
-    One stage alone gains nothing from a warm process, whose start costs what that kernel's imports do (a command that
-    refuses bad data in `prepare` would pay it for nothing); a process that runs the pipeline again (a notebook, a test
-    session, a service) pays it once."""
+    One stage alone gains nothing from a warm process, whose start costs what that kernel's imports do (a
+    command that refuses bad data in `prepare` would pay it for nothing); a process that runs the pipeline
+    again (a notebook, a test session, a service) pays it once."""
     global _PROCESS_WARM, _RUNS
     _RUNS += 1
     if _PROCESS_WARM is None and (n_stages > 1 or _RUNS > 1):
@@ -189,21 +224,24 @@ def run_warm_kernels(n_stages: int) -> WarmKernels | None:
 
 # %% ../../nbs/pipeline/07_kernels.ipynb #99066578
 def warm_main(requests: int, replies: int, imports: list[str]) -> None:
-    """The warm process: import `imports`, then fork a kernel for each request line until the requests pipe closes; the
-    modules a request names `later` are imported while no request waits (one launch is in flight at a time)."""
+    """The warm process: import `imports`, then fork a kernel for each request line until the requests pipe
+    closes; the modules a request names `later` are imported while no request waits (one launch is in flight
+    at a time)."""
     import ctypes, importlib, select
     ctypes.CDLL(None).prctl(15, b"macd-nb-warm")   # PR_SET_NAME: its name in `ps` and psutil
     if not os.environ.get("MPLBACKEND"):   # what ipykernel sets before a notebook first imports matplotlib
         os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     for name in imports: importlib.import_module(name)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # the system reaps the forked kernels: no zombies
-    # pid -> pidfd of each kernel still running. The pid of one that ended is free for the system to give to another
-    # process, so an ended kernel is forgotten (its pidfd, readable once it ends, says so) and never signalled
+    # pid -> pidfd of each kernel still running. The pid of one that ended is free for the system to give to
+    # another process, so an ended kernel is forgotten (its pidfd, readable once it ends, says so) and never
+    # signalled
     forked, warm, later = {}, os.getpid(), []
 
     def running() -> dict[int, int]:
         "`forked`, less the kernels that ended (their pidfds closed)."
-        for pid in [pid for pid, fd in forked.items() if select.select([fd], [], [], 0)[0]]: os.close(forked.pop(pid))
+        for pid in [pid for pid, fd in forked.items() if select.select([fd], [], [], 0)[0]]:
+            os.close(forked.pop(pid))
         return forked
 
     with os.fdopen(requests) as lines, os.fdopen(replies, "w") as out:
@@ -228,16 +266,19 @@ def warm_main(requests: int, replies: int, imports: list[str]) -> None:
 
 # %% ../../nbs/pipeline/07_kernels.ipynb #040cc5eb
 def _become_kernel(parent: int, argv: list[str], env: dict, cwd: str) -> None:
-    "In the child `parent` forked: become `python -m ipykernel_launcher *argv` run from `cwd` with `env`, as a fresh launch would."
+    """In the child `parent` forked: become `python -m ipykernel_launcher *argv` run from `cwd` with `env`,
+    as a fresh launch would."""
     status = 1
     try:
         os.setsid()   # its own session and process group, as jupyter_client starts a kernel
         import ctypes
         libc = ctypes.CDLL(None)
-        libc.prctl(1, signal.SIGKILL)      # PR_SET_PDEATHSIG: killed when the warm process ends
-        libc.prctl(15, b"ipykernel")       # PR_SET_NAME: what `ps` and psutil name it (its command line is the warm process's)
-        # `parent` ended before the line above (SIGKILLed right after the fork, say): nobody would end this kernel.
-        # Compared with the pid the warm process passed, not one read here: read late, it may already be init's
+        libc.prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG: killed when the warm process ends
+        # PR_SET_NAME: what `ps` and psutil name it (its command line is the warm process's)
+        libc.prctl(15, b"ipykernel")
+        # `parent` ended before PR_SET_PDEATHSIG above (SIGKILLed right after the fork, say): nobody would end
+        # this kernel. Compared with the pid the warm process passed, not one read here: read late, it may
+        # already be init's
         if os.getppid() != parent: os._exit(1)
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP): signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -245,12 +286,13 @@ def _become_kernel(parent: int, argv: list[str], env: dict, cwd: str) -> None:
         os.dup2(devnull, 0), os.close(devnull)
         os.chdir(cwd)
         os.environ.clear(), os.environ.update(env, JPY_PARENT_PID=str(parent))
-        if sys.path[0] == "": del sys.path[0]   # as ipykernel_launcher does; IPython puts the working directory back
+        if sys.path[0] == "": del sys.path[0]   # as ipykernel_launcher does; IPython puts the cwd back
         import random
         random.seed()
         if "numpy" in sys.modules: sys.modules["numpy"].random.seed()
         from ipykernel import kernelapp
-        # the parent to watch, which ipykernel reads from JPY_PARENT_PID as it is imported (here, in the warm process)
+        # the parent to watch, which ipykernel reads from JPY_PARENT_PID as it is imported (here: in the warm
+        # process)
         sys.argv = [kernelapp.__file__, *argv, f"--IPKernelApp.parent_handle={parent}"]
         kernelapp.launch_new_instance()
         status = 0
@@ -264,7 +306,7 @@ def _become_kernel(parent: int, argv: list[str], env: dict, cwd: str) -> None:
 
 # %% ../../nbs/pipeline/07_kernels.ipynb #99080a3e
 def warm_kernel_manager(warm: WarmKernels):
-    "A jupyter_client kernel manager class (for papermill and nbclient) whose kernels `warm` forks where it can."
+    "A jupyter_client kernel manager class (for papermill, nbclient) whose kernels `warm` forks where it can."
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_client.provisioning import LocalProvisioner
 
@@ -272,13 +314,15 @@ def warm_kernel_manager(warm: WarmKernels):
         async def launch_kernel(self, cmd: list[str], **kwargs):
             process = warm.fork(cmd, kwargs.get("env") or dict(os.environ), kwargs.get("cwd") or os.getcwd())
             if process is None: return await super().launch_kernel(cmd, **kwargs)
-            self.process, self.pid, self.pgid, self.cwd = process, process.pid, process.pid, kwargs.get("cwd", Path.cwd())
+            self.process, self.pid, self.pgid, self.cwd = (process, process.pid, process.pid,
+                                                           kwargs.get("cwd", Path.cwd()))
             return self.connection_info
 
     class WarmKernelManager(AsyncKernelManager):
         async def _async_pre_start_kernel(self, **kw):
             self.kernel_id = self.kernel_id or kw.pop("kernel_id", None) or str(uuid.uuid4())
-            self.provisioner = self.provisioner or WarmProvisioner(kernel_id=self.kernel_id, kernel_spec=self.kernel_spec, parent=self)
+            self.provisioner = self.provisioner or WarmProvisioner(kernel_id=self.kernel_id,
+                                                                   kernel_spec=self.kernel_spec, parent=self)
             return await super()._async_pre_start_kernel(**kw)
 
     return WarmKernelManager

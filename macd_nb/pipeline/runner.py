@@ -21,15 +21,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..core.config import RunConfig, read_config, save_config
-from ..core.rundir import CorruptArtifact, corrupt_files, file_lock, read_json, write_json, write_manifest
+from ..core.rundir import (CorruptArtifact, corrupt_files, file_lock, read_json, write_json,
+                                 write_manifest)
 from .kernels import TORCH_IMPORTS, WarmKernels, run_warm_kernels
 from .report import write_report
-from .stage_run import (file_stamps, output_problems, quiet_stopping_client, run_stage_notebook,
-                                      stage_headline, stage_outputs, unrecorded_outputs)
-from ..core.stages import Stage, default_nbs_dir, select_stages, stacking_inputs, stage_named, stage_names, stages_reading
+from .stage_run import (file_stamps, output_problems, quiet_stopping_client,
+                                        run_stage_notebook, stage_headline, stage_outputs, unrecorded_outputs)
+from ..core.stages import (Stage, default_nbs_dir, select_stages, stacking_inputs, stage_named,
+                                 stage_names, stages_reading)
 
-# nbformat (under papermill) validates with jsonschema, which imports rfc3987_syntax where the docs extra installed it;
-# that module compiles an IRI grammar at import, about 3 s of every run's start, for a format no notebook schema uses
+# nbformat (under papermill) validates with jsonschema, which imports rfc3987_syntax where the docs extra
+# installed it; that module compiles an IRI grammar at import, about 3 s of every run's start, for a format
+# no notebook schema uses
 sys.modules.setdefault("rfc3987_syntax", None)
 
 # %% ../../nbs/pipeline/01_runner.ipynb #3cc052e0
@@ -42,35 +45,39 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")   # letters, digit
 
 
 def checked_name(kind: str, name: str) -> str:
-    "`name` when it is a plain name (see `NAME_PATTERN`); else a ValueError naming `kind`, the value and the rule."
+    "`name` if it is a plain name (`NAME_PATTERN`); else a ValueError naming `kind`, the value and the rule."
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise ValueError(f"{kind} {name!r} is not a plain name: use up to 100 letters, digits, '.', '_' or '-', starting "
-                         "with a letter or digit (no '/', no spaces, not '.' or '..')")
+        raise ValueError(f"{kind} {name!r} is not a plain name: use up to 100 letters, digits, '.', '_' "
+                         "or '-', starting with a letter or digit (no '/', no spaces, not '.' or '..')")
     return name
 
 
 def is_run_dir(folder: Path) -> bool:
-    "Whether `folder` holds a run: a run directory (its `config.json`) or a registered or deployed copy (manifest and models)."
-    return (folder / "config.json").is_file() or ((folder / "MANIFEST.json").is_file() and (folder / "models").is_dir())
+    "Whether `folder` holds a run: its `config.json`, or a registered or deployed copy's manifest and models."
+    return (folder / "config.json").is_file() or \
+        ((folder / "MANIFEST.json").is_file() and (folder / "models").is_dir())
 
 
 def is_registry(folder: Path) -> bool:
-    "Whether `folder` is a model registry (alias pointers, the audit log, or registered runs beside the registry lock)."
+    "Whether `folder` is a model registry (alias pointers, audit log, or registered runs beside its lock)."
     return (folder / "aliases").is_dir() or (folder / "audit.jsonl").is_file() or \
-        ((folder / "runs").is_dir() and (folder / ".lock").is_file() and not (folder / "config.json").exists())
+        ((folder / "runs").is_dir() and (folder / ".lock").is_file()
+         and not (folder / "config.json").exists())
 
 
-def checked_root(option: str, path: str | Path, *, own_run: Path | None = None, registry_ok: bool = False) -> Path:
-    "`path` resolved, after checking that neither it nor a folder above it is a run (other than `own_run`) or a registry."
+def checked_root(option: str, path: str | Path, *, own_run: Path | None = None,
+                 registry_ok: bool = False) -> Path:
+    "`path` resolved, after checking that neither it nor a parent is a run (save `own_run`) or a registry."
     resolved = Path(path).expanduser().resolve()
     own = own_run.resolve() if own_run is not None else None
     for folder in [resolved, *resolved.parents]:
         if folder == own: break
         if is_run_dir(folder):
-            raise ValueError(f"{option} {path} lies inside the run {folder}: a run holds only what its own stages write; "
-                             "choose a folder outside every run")
+            raise ValueError(f"{option} {path} lies inside the run {folder}: a run holds only what its own "
+                             "stages write; choose a folder outside every run")
         if is_registry(folder) and not registry_ok:
-            raise ValueError(f"{option} {path} lies inside the model registry {folder}: choose a folder outside it")
+            raise ValueError(f"{option} {path} lies inside the model registry {folder}: "
+                             "choose a folder outside it")
     return resolved
 
 
@@ -85,13 +92,15 @@ def write_status(report_dir: Path, run_id: str, records: list[dict], resume_comm
     "Rewrite EXECUTION_STATUS.md and status.json from the stage records."
     finished = sum(r["status"] in ("completed", "reused") for r in records)
     lines = [f"# Execution status: `{run_id}`", "", f"Overall: `{text_bar(finished, len(records))}`", "",
-             "| stage | notebook | status | start (UTC) | end (UTC) | duration s | progress | key metric | gates |",
+             "| stage | notebook | status | start (UTC) | end (UTC) | duration s | progress "
+             "| key metric | gates |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         duration = f"{r['duration_s']:.1f}" if "duration_s" in r else ""
         progress = f"`{text_bar(r['cells_done'], r['cells_total'], 10)}`" if r.get("cells_total") else ""
-        lines.append(f"| {r['number']} {r['name']} | {r['notebook']} | {r['status']} | {r.get('start', '')} | "
-                     f"{r.get('end', '')} | {duration} | {progress} | {r.get('key_metric', '')} | {r.get('gates', '')} |")
+        lines.append(f"| {r['number']} {r['name']} | {r['notebook']} | {r['status']} | "
+                     f"{r.get('start', '')} | {r.get('end', '')} | {duration} | {progress} | "
+                     f"{r.get('key_metric', '')} | {r.get('gates', '')} |")
     failed = [r for r in records if r["status"] == "failed"]
     if failed:
         lines += ["", f"## Stopped at stage `{failed[0]['name']}`", "", f"`{failed[0].get('cause', '')}`"]
@@ -104,8 +113,10 @@ def write_status(report_dir: Path, run_id: str, records: list[dict], resume_comm
 
 # %% ../../nbs/pipeline/01_runner.ipynb #ba7b8c1f
 def failure_cause(error: BaseException) -> str:
-    "The first line of what went wrong inside a stage (the notebook's exception, not papermill's wrapper), e.g. `DataError: <file> row 7: ...`."
-    name, value = (error.ename, error.evalue) if hasattr(error, "ename") else (type(error).__name__, str(error))
+    """The first line of what went wrong inside a stage (the notebook's exception, not papermill's wrapper),
+    e.g. `DataError: <file> row 7: ...`."""
+    name, value = ((error.ename, error.evalue) if hasattr(error, "ename")
+                   else (type(error).__name__, str(error)))
     first = next((line.strip() for line in str(value).splitlines() if line.strip()), "")
     return f"{name}: {first}"[:600]
 
@@ -114,11 +125,12 @@ class RunInUse(RuntimeError):
     "A second writer of a run directory, refused."
 
 def run_lock(run_dir: Path):
-    "The single writer of a run directory (`file_lock` on `run_dir/.lock`); a second writer is refused naming the holder."
+    "One writer per run directory (`file_lock` on `run_dir/.lock`); a second is refused, naming the holder."
     since = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
-    return file_lock(run_dir / ".lock", wait=False, holder=f"pid {os.getpid()} on {socket.gethostname()} since {since}",
-                     refused=lambda holder: RunInUse(f"{run_dir} is being written by {holder}: wait for that run to end, "
-                                                     "or choose another --run-id"))
+    return file_lock(run_dir / ".lock", wait=False,
+                     holder=f"pid {os.getpid()} on {socket.gethostname()} since {since}",
+                     refused=lambda holder: RunInUse(f"{run_dir} is being written by {holder}: "
+                                                     "wait for that run to end, or choose another --run-id"))
 
 # %% ../../nbs/pipeline/01_runner.ipynb #92cc7606
 def resume_command_for(run_id: str, runs_root: str | Path, reports_root: str | Path) -> str:
@@ -127,15 +139,17 @@ def resume_command_for(run_id: str, runs_root: str | Path, reports_root: str | P
                        "--reports-root", str(reports_root)])
 
 class Interrupted(BaseException):
-    "SIGINT (Ctrl-C) or SIGTERM while a run writes: the stage stops, the status says so, completed stages are kept."
+    "SIGINT (Ctrl-C) or SIGTERM while a run writes: the stage stops, the status says so, done stages stay."
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
-        self.signum, self.name, self.stage, self.resume_command = signum, signal.Signals(signum).name, None, ""
+        self.signum, self.name, self.stage, self.resume_command = (signum, signal.Signals(signum).name,
+                                                                   None, "")
 
 @contextmanager
 def signals_interrupt():
-    "Within: SIGINT and SIGTERM raise `Interrupted` in the main thread, once (a second signal is ignored while stopping)."
-    if threading.current_thread() is not threading.main_thread(): yield; return   # signals reach the main thread only
+    "Within: SIGINT and SIGTERM raise `Interrupted` in the main thread, once (a second is ignored meanwhile)."
+    # signals reach the main thread only
+    if threading.current_thread() is not threading.main_thread(): yield; return
     def stop(signum, frame):
         for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_IGN)
         raise Interrupted(signum)
@@ -154,35 +168,42 @@ def _runs_under(runs_root: str | Path) -> str:
 def config_differences(saved: RunConfig, given: RunConfig) -> list[str]:
     "Each setting whose value differs, as 'name: saved -> given'."
     before, after = saved.to_flat(), given.to_flat()
-    return [f"{name}: {before[name]!r} -> {after.get(name)!r}" for name in sorted(before) if before[name] != after.get(name)]
+    return [f"{name}: {before[name]!r} -> {after.get(name)!r}"
+            for name in sorted(before) if before[name] != after.get(name)]
 
 # %% ../../nbs/pipeline/01_runner.ipynb #a6f84ef0
-def with_stacking_inputs(config: RunConfig, planned: list[Stage], trained: list[Stage] | None = None) -> RunConfig:
-    "`config` with `stacking_base_models` resolved from the stages the run trains (`trained`, default `planned`), when it stacks."
+def with_stacking_inputs(config: RunConfig, planned: list[Stage],
+                         trained: list[Stage] | None = None) -> RunConfig:
+    "`config` with `stacking_base_models` resolved from the stages the run trains (`trained` or `planned`)."
     if not any(stage.name == "stacking" for stage in planned): return config
-    return config.replace(stacking_base_models=stacking_inputs(config.stacking.base_models, trained or planned))
+    return config.replace(stacking_base_models=stacking_inputs(config.stacking.base_models,
+                                                               trained or planned))
 
 # %% ../../nbs/pipeline/01_runner.ipynb #4dd36cc1
-def resumed_config(saved: RunConfig, given: RunConfig | None, previous: dict, planned: list[Stage], run_dir: Path) -> tuple[RunConfig, list[str]]:
-    "The configuration a resumed run goes on with, and the settings `given` changes (accepted only while no stage that reads them completed)."
+def resumed_config(saved: RunConfig, given: RunConfig | None, previous: dict, planned: list[Stage],
+                   run_dir: Path) -> tuple[RunConfig, list[str]]:
+    """The configuration a resumed run goes on with, and the settings `given` changes
+    (accepted only while no stage that reads them completed)."""
     completed = [stage_named(name) for name, record in previous.items()
                  if name in stage_names() and record.get("status") in ("completed", "reused")]
     trained = planned + [stage for stage in completed if stage not in planned]
     if given is None:
         try: return with_stacking_inputs(saved, planned, trained), []
         except ValueError as problem:
-            raise ValueError(f"--resume: {run_dir}: {problem}; resume with --config FILE that sets it (and the run's "
-                             f"--profile {saved.profile})") from None
+            raise ValueError(f"--resume: {run_dir}: {problem}; resume with --config FILE that sets it "
+                             f"(and the run's --profile {saved.profile})") from None
     given = with_stacking_inputs(given, planned, trained)
     changed = config_differences(saved, given)
     if not changed: return saved, []
     keys = [line.split(":")[0] for line in changed]
     readers = [stage.name for stage in stages_reading(keys, trained) if stage in completed]
     if readers:
-        hint = f"; the run was made with --profile {saved.profile}: give it again" if "profile" in keys else ""
-        raise ValueError(f"--resume: {run_dir} was made with other settings ({'; '.join(changed)}), and stage(s) {readers} "
-                         f"that read them have completed{hint}: a setting may change on --resume only while no stage that "
-                         "reads it has completed; resume without changing it, or start a new run with another --run-id")
+        hint = (f"; the run was made with --profile {saved.profile}: give it again"
+                if "profile" in keys else "")
+        raise ValueError(f"--resume: {run_dir} was made with other settings ({'; '.join(changed)}), "
+                         f"and stage(s) {readers} that read them have completed{hint}: a setting may change "
+                         "on --resume only while no stage that reads it has completed; resume without "
+                         "changing it, or start a new run with another --run-id")
     return given, changed
 
 # %% ../../nbs/pipeline/01_runner.ipynb #bbb47764
@@ -197,50 +218,57 @@ def run_pipeline(
     nbs_dir: Path | None = None,
     stages: list[Stage] | None = None,
     keep_going: bool = False,
-    check_resume_config: bool = False,   # --resume with settings given again: accept changes only no completed stage read
+    check_resume_config: bool = False,   # --resume: accept changed settings that no completed stage read
 ) -> tuple[bool, Path]:
-    "Execute the stage notebooks in order; returns (every stage ran, report directory). Gate failures are not crashes."
+    "Run the stage notebooks in order; returns (every stage ran, report directory). Failed gates don't raise."
     nbs_dir = Path(nbs_dir or default_nbs_dir())
-    if resume and run_id is None: raise ValueError("--resume needs --run-id: the id of the run to resume" + _runs_under(runs_root))
+    if resume and run_id is None:
+        raise ValueError("--resume needs --run-id: the id of the run to resume" + _runs_under(runs_root))
     run_id = checked_name("--run-id", run_id or run_id_now(config.profile))
-    # every argument is checked before anything is written; absolute paths: papermill changes the working directory
+    # every argument is checked before anything is written;
+    # absolute paths: papermill changes the working directory
     run_dir = checked_root("--runs-root", runs_root) / run_id
     report_dir = checked_root("--reports-root", reports_root) / run_id
     if run_dir == report_dir or run_dir in report_dir.parents or report_dir in run_dir.parents:
-        raise ValueError(f"--runs-root {runs_root} and --reports-root {reports_root} put the run and its report in one "
-                         "folder: give them separate folders")
+        raise ValueError(f"--runs-root {runs_root} and --reports-root {reports_root} put the run and its "
+                         "report in one folder: give them separate folders")
     previous, changed = {}, []
     if resume:
-        if not (run_dir / "config.json").exists(): raise FileNotFoundError(f"--resume: no run {run_dir} to resume")
+        if not (run_dir / "config.json").exists():
+            raise FileNotFoundError(f"--resume: no run {run_dir} to resume")
         try: saved = read_config(run_dir)  # a resumed run keeps its own configuration ...
-        except CorruptArtifact:   # the one file --resume cannot rewrite: the settings every stage of the run was made with
-            raise CorruptArtifact(f"{run_dir / 'config.json'}: corrupt or edited after the run wrote it, so the run cannot be "
-                                  "resumed (its stages were made with the settings it held): restore the file, or start a "
-                                  "new run with another --run-id") from None
+        except CorruptArtifact:   # the one file --resume can't rewrite: the settings its stages were run with
+            raise CorruptArtifact(f"{run_dir / 'config.json'}: corrupt or edited after the run wrote it, so "
+                                  "the run cannot be resumed (its stages were made with the settings it "
+                                  "held): restore the file, or start a new run with another "
+                                  "--run-id") from None
         if (report_dir / "status.json").exists():
             previous = {s["name"]: s for s in read_json(report_dir / "status.json")["stages"]}
             only = only or list(previous)  # ... and its own stage plan
         stages = stages or select_stages(only, nbs_dir)
-        # ... unless settings given again change what no completed stage has read (e.g. corrected stacking inputs)
-        config, changed = resumed_config(saved, config if check_resume_config else None, previous, stages, run_dir)
+        # ... unless settings given again change what no completed stage has read (e.g. fixed stacking inputs)
+        config, changed = resumed_config(saved, config if check_resume_config else None, previous, stages,
+                                         run_dir)
     elif (run_dir / "config.json").exists():
         raise FileExistsError(f"{run_dir} already holds a run: --resume it, or choose another --run-id")
     else:
         stages = stages or select_stages(only, nbs_dir)
-        config = with_stacking_inputs(config, stages)   # inputs that will never exist are refused before any stage runs
+        config = with_stacking_inputs(config, stages)   # inputs that will never exist: refused up front
     with run_lock(run_dir), signals_interrupt():
         if not resume:
             # checked again under the lock: two runs started together with one id both passed the check above
-            if (run_dir / "config.json").exists(): raise FileExistsError(f"{run_dir} already holds a run: --resume it, or choose another --run-id")
+            if (run_dir / "config.json").exists():
+                raise FileExistsError(f"{run_dir} already holds a run: "
+                                      "--resume it, or choose another --run-id")
             save_config(config, run_dir)
         elif changed:
             history = read_json(run_dir / "config.json").get("changed_on_resume", [])
             save_config(config, run_dir, changed_on_resume=history + [
                 {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "changes": changed}])
-            print(f"resume: settings changed ({'; '.join(changed)}); no completed stage reads them, so the stages that do "
-                  "run with the new values", file=sys.stderr)
-        return _run_stages(config, stages, previous, run_id, run_dir, report_dir, nbs_dir, runs_root, reports_root,
-                           keep_going)
+            print(f"resume: settings changed ({'; '.join(changed)}); no completed stage reads them, so the "
+                  "stages that do run with the new values", file=sys.stderr)
+        return _run_stages(config, stages, previous, run_id, run_dir, report_dir, nbs_dir, runs_root,
+                           reports_root, keep_going)
 
 # %% ../../nbs/pipeline/01_runner.ipynb #e66cec9f
 def _run_stages(config, stages, previous, run_id, run_dir, report_dir, nbs_dir, runs_root, reports_root,
@@ -248,26 +276,30 @@ def _run_stages(config, stages, previous, run_id, run_dir, report_dir, nbs_dir, 
     "The stage loop of `run_pipeline`, under the run directory's lock."
     from tqdm.auto import tqdm
     (report_dir / "executed").mkdir(parents=True, exist_ok=True)
-    records = [{"name": s.name, "number": s.number, "notebook": s.notebook, "status": "pending"} for s in stages]
+    records = [{"name": s.name, "number": s.number, "notebook": s.notebook, "status": "pending"}
+               for s in stages]
     resume_command = resume_command_for(run_id, runs_root, reports_root)
     refresh = lambda: write_status(report_dir, run_id, records, resume_command)
     overall = tqdm(total=len(stages), desc=f"run {run_id}", unit="stage")
-    warm = run_warm_kernels(len(stages))   # this process's, kept for its next run; none for a lone one-stage run
-    if warm and any(stage.kind == "sequence" for stage in stages):   # the networks' stages (and their export) use torch
+    warm = run_warm_kernels(len(stages))   # this process's, kept for its next run; none for a one-stage run
+    # the networks' stages (and their export) use torch
+    if warm and any(stage.kind == "sequence" for stage in stages):
         warm.import_later(*TORCH_IMPORTS)
     try:
-        ok = _stage_loop(config, stages, records, previous, run_dir, report_dir, nbs_dir, refresh, overall, keep_going, warm)
-    except Interrupted as stop:   # SIGINT or SIGTERM: say where it stopped and how to go on; completed stages are kept
+        ok = _stage_loop(config, stages, records, previous, run_dir, report_dir, nbs_dir, refresh, overall,
+                         keep_going, warm)
+    except Interrupted as stop:   # SIGINT or SIGTERM: say where it stopped, how to go on; done stages stay
         quiet_stopping_client()
         running = next((r for r in records if r["status"] == "running"), None)
-        if running: running.update(status="interrupted", cause=f"stopped by {stop.name}", end=time.strftime("%H:%M:%S", time.gmtime()))
+        if running: running.update(status="interrupted", cause=f"stopped by {stop.name}",
+                                   end=time.strftime("%H:%M:%S", time.gmtime()))
         refresh()
         overall.close()
         stop.stage, stop.resume_command = running and running["name"], resume_command
         raise
     overall.close()
-    # a file the previous manifest declared, deleted outside this run's stages (--only), stays declared: the manifest
-    # is rewritten only from a run directory that verifies, so it can never forget a missing file
+    # a file the previous manifest declared, deleted outside this run's stages (--only), stays declared:
+    # the manifest is rewritten only from a run directory that verifies, so it can never forget a missing file
     corrupt = corrupt_files(run_dir)
     if not corrupt:
         write_manifest(run_dir)
@@ -285,33 +317,42 @@ def _stage_loop(config, stages, records, previous, run_dir, report_dir, nbs_dir,
     for stage, record in zip(stages, records):
         earlier = previous.get(stage.name, {})
         if not rerun_from_here and earlier:
-            problems = output_problems(run_dir, earlier.get("outputs", {})) if earlier.get("status") in ("completed", "reused") else None
+            problems = (output_problems(run_dir, earlier.get("outputs", {}))
+                        if earlier.get("status") in ("completed", "reused") else None)
             if problems == []:
                 record.update(earlier, status="reused")
                 overall.update()
                 continue
             # say why, once: every later stage re-runs because this one does
-            said = {"failed": "it failed", "running": "it was interrupted", "interrupted": "it was interrupted", "pending": "it had not run"}
-            record["rerun_because"] = "; ".join(problems) if problems else said.get(earlier.get("status"), "it had not run")
-            tqdm.write(f"resume: re-running stage {stage.name} and the stages after it: {record['rerun_because']}", file=sys.stderr)
+            said = {"failed": "it failed", "running": "it was interrupted",
+                    "interrupted": "it was interrupted", "pending": "it had not run"}
+            record["rerun_because"] = ("; ".join(problems) if problems
+                                       else said.get(earlier.get("status"), "it had not run"))
+            tqdm.write(f"resume: re-running stage {stage.name} and the stages after it: "
+                       f"{record['rerun_because']}", file=sys.stderr)
         rerun_from_here = True
         record.update(status="running", start=time.strftime("%H:%M:%S", time.gmtime()))
         refresh()
         before, started, outputs = file_stamps(run_dir), time.perf_counter(), None
         try:
             run_stage_notebook(stage, nbs_dir, run_dir, report_dir, record, refresh, warm)
-            missing = [path for path in stage.expected_files(config.data.timeframes) if not (run_dir / path).exists()]
-            if missing: raise RuntimeError(f"stage {stage.name} ran but did not write {missing} (see STAGES in macd_nb.core.stages)")
+            missing = [path for path in stage.expected_files(config.data.timeframes)
+                       if not (run_dir / path).exists()]
+            if missing: raise RuntimeError(f"stage {stage.name} ran but did not write {missing} "
+                                           "(see STAGES in macd_nb.core.stages)")
             outputs = stage_outputs(run_dir, before)
             unrecorded = unrecorded_outputs(run_dir, outputs)
-            if unrecorded: raise RuntimeError(f"stage {stage.name} wrote {unrecorded} without recording their sha256: write "
-                                              "artifacts with macd_nb.core.rundir.write_json/write_parquet/write_atomically")
+            if unrecorded: raise RuntimeError(f"stage {stage.name} wrote {unrecorded} without recording "
+                                              "their sha256: write artifacts with "
+                                              "macd_nb.core.rundir.write_json/write_parquet/write_atomically")
             record["status"] = "completed"
         except Exception as error:  # papermill raises PapermillExecutionError carrying the cell's traceback
-            record.update(status="failed", error="".join(traceback.format_exception_only(type(error), error))[-4000:],
+            record.update(status="failed",
+                          error="".join(traceback.format_exception_only(type(error), error))[-4000:],
                           cause=failure_cause(error))
             ok, rerun_from_here = False, True
-        record.update(end=time.strftime("%H:%M:%S", time.gmtime()), duration_s=round(time.perf_counter() - started, 1),
+        record.update(end=time.strftime("%H:%M:%S", time.gmtime()),
+                      duration_s=round(time.perf_counter() - started, 1),
                       outputs=outputs if outputs is not None else stage_outputs(run_dir, before))
         record["key_metric"], record["gates"] = stage_headline(run_dir, record["outputs"])
         refresh()

@@ -12,7 +12,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ..core.rundir import ARTIFACT_FOLDERS, CorruptArtifact, LEDGER, read_json, recorded_hashes, sha256_file
+from ..core.rundir import (ARTIFACT_FOLDERS, CorruptArtifact, LEDGER, read_json, recorded_hashes,
+                                 sha256_file)
 from ..core.stages import Stage
 from ..export.summary import format_number
 from .kernels import WarmKernels, kill_family, listens_under, warm_kernel_manager
@@ -25,7 +26,7 @@ def file_stamps(run_dir: Path) -> dict[str, tuple[int, int]]:
 
 
 def stage_outputs(run_dir: Path, before: dict) -> dict[str, str]:
-    "The sha256 of each file that appeared or changed since `before`, as its writer recorded it (figures: hashed here)."
+    "The sha256 of each file new or changed since `before`, as its writer recorded it (figures: hashed here)."
     after, ledgers, outputs = file_stamps(run_dir), {}, {}
     for path in sorted(p for p, stamp in after.items() if before.get(p) != stamp and p != "MANIFEST.json"):
         folder = (run_dir / path).parent
@@ -38,40 +39,46 @@ def stage_outputs(run_dir: Path, before: dict) -> dict[str, str]:
 
 
 def unrecorded_outputs(run_dir: Path, outputs: dict[str, str]) -> list[str]:
-    "Outputs in the artifact folders that were written without `write_atomically` (no sha256 recorded): a stage's bug."
+    "Outputs in the artifact folders written without `write_atomically` (no sha256 recorded): a stage's bug."
     by_folder = {}
     for path in outputs:
-        if path.split("/")[0] in ARTIFACT_FOLDERS: by_folder.setdefault((run_dir / path).parent, []).append(path)
-    return [path for folder, paths in by_folder.items() for path in paths if Path(path).name not in recorded_hashes(folder)]
+        if path.split("/")[0] in ARTIFACT_FOLDERS:
+            by_folder.setdefault((run_dir / path).parent, []).append(path)
+    return [path for folder, paths in by_folder.items() for path in paths
+            if Path(path).name not in recorded_hashes(folder)]
 
 
 def output_problems(run_dir: Path, outputs: dict[str, str]) -> list[str]:
-    "Why a completed stage's outputs cannot be reused, one line per missing or changed file; empty when all are intact."
+    "Why a completed stage's outputs can't be reused, one per missing or changed file; empty if all intact."
     problems, ledgers = [], {}
     for path, digest in outputs.items():
         if not (run_dir / path).exists(): problems.append(f"{path} is missing"); continue
         if sha256_file(run_dir / path) != digest:
             problems.append(f"{path} changed after the stage wrote it (corrupt or edited)"); continue
-        if path.split("/")[0] in ARTIFACT_FOLDERS:   # intact bytes, but would a reader accept them? (a deleted ledger)
+        # intact bytes, but would a reader accept them? (a deleted ledger)
+        if path.split("/")[0] in ARTIFACT_FOLDERS:
             folder = (run_dir / path).parent
             try: ledgers.setdefault(folder, recorded_hashes(folder))
             except CorruptArtifact: ledgers[folder] = {}
             if ledgers[folder].get(Path(path).name, {}).get("sha256") != digest:
-                problems.append(f"{path} cannot be verified: no sha256 of it in {folder.relative_to(run_dir) / LEDGER}")
+                problems.append(f"{path} cannot be verified: "
+                                f"no sha256 of it in {folder.relative_to(run_dir) / LEDGER}")
     return problems
 
 # %% ../../nbs/pipeline/08_stage_run.ipynb #0c7944b9
 def stage_headline(run_dir: Path, outputs: dict[str, str]) -> tuple[str, str]:
-    "(key metric, gate verdict) from the verified result JSONs among a stage's outputs (a failed stage's may not verify)."
+    "(key metric, gate verdict) from the verified result JSONs in a stage's outputs (a failed one's may not)."
     metrics, gates = [], []
     for path in outputs:
         if not (path.startswith("results/") and path.endswith(".json")): continue
         try: record = read_json(run_dir / path)
         except (CorruptArtifact, OSError, ValueError): continue   # the stage's failure already names the file
         m = record.get("metrics", {})
-        if "oof_auc" in m: metrics.append(f"{record.get('model')} {record.get('timeframe')} OOF AUC {format_number(m['oof_auc'])} (n={m.get('n_oof')})")
+        if "oof_auc" in m: metrics.append(f"{record.get('model')} {record.get('timeframe')} "
+                                          f"OOF AUC {format_number(m['oof_auc'])} (n={m.get('n_oof')})")
         elif "timeframes" in record:
-            metrics.append("; ".join(f"{tf}: {s['rows']} rows, {s['n_features']} features" for tf, s in record["timeframes"].items()))
+            metrics.append("; ".join(f"{tf}: {s['rows']} rows, {s['n_features']} features"
+                                     for tf, s in record["timeframes"].items()))
         gates += record.get("gates", [])
     verdict = f"{sum(g['passed'] for g in gates)}/{len(gates)} passed" if gates else ""
     return "; ".join(metrics), verdict
@@ -91,7 +98,8 @@ class _ProgressWatcher(threading.Thread):
     "Refresh a running stage's cell progress in the status file every `interval` seconds."
     def __init__(self, notebook_path: Path, record: dict, refresh, interval: float = 5.0):
         super().__init__(daemon=True)
-        self.notebook_path, self.record, self.refresh, self.interval = notebook_path, record, refresh, interval
+        self.notebook_path, self.record, self.refresh, self.interval = (notebook_path, record, refresh,
+                                                                        interval)
         self.stopped = threading.Event()
 
     def run(self):
@@ -102,7 +110,8 @@ class _ProgressWatcher(threading.Thread):
 # %% ../../nbs/pipeline/08_stage_run.ipynb #b87a1546
 def run_stage_notebook(stage: Stage, nbs_dir: Path, run_dir: Path, report_dir: Path, record: dict, refresh,
                warm: "WarmKernels | None" = None) -> None:
-    "Execute one stage notebook with papermill (its kernel forked by `warm` where given), keeping `record` (and the status file) up to date."
+    """Execute one stage notebook with papermill (its kernel forked by `warm` where given), keeping `record`
+    (and the status file) up to date."""
     import papermill
     output = report_dir / "executed" / Path(stage.notebook).name
     watcher = _ProgressWatcher(output, record, refresh)
@@ -111,18 +120,20 @@ def run_stage_notebook(stage: Stage, nbs_dir: Path, run_dir: Path, report_dir: P
     try:
         source = pipeline_copy(nbs_dir / stage.notebook, Path(sockets) / Path(stage.notebook).name)
         papermill.execute_notebook(source, output, parameters={"run_dir": str(run_dir.resolve())},
-                                   kernel_name="python3", cwd=str(nbs_dir), progress_bar={"desc": f"  {stage.name}", "leave": False},
+                                   kernel_name="python3", cwd=str(nbs_dir),
+                                   progress_bar={"desc": f"  {stage.name}", "leave": False},
                                    **stage_kernel_options(Path(sockets), warm))
     finally:
         watcher.stopped.set()
         watcher.join()
         _name_source(output, nbs_dir / stage.notebook)
         record["cells_done"], record["cells_total"] = _cell_progress(output)
-        end_stage_kernel(Path(sockets), warm)   # before its sockets go: a kernel still starting would fail loudly to bind them
+        # before its sockets go: a kernel still starting would fail loudly to bind them
+        end_stage_kernel(Path(sockets), warm)
         shutil.rmtree(sockets, ignore_errors=True)
 
 def end_stage_kernel(sockets: Path, warm: "WarmKernels | None" = None) -> None:
-    "Kill what is left of the kernel that listens under `sockets`, and its fold workers (after an interrupt; normally none)."
+    "Kill the rest of the kernel under `sockets` and its fold workers (after an interrupt; normally none)."
     import psutil
     if warm is not None: warm.end_kernels(sockets)
     for child in psutil.Process().children():
@@ -131,25 +142,33 @@ def end_stage_kernel(sockets: Path, warm: "WarmKernels | None" = None) -> None:
         except psutil.Error: continue
 
 def quiet_stopping_client() -> None:
-    "The run is stopping: nbclient's task still awaiting the (killed or interrupted) kernel would log 'Kernel died' and a traceback at exit."
+    """The run is stopping: nbclient's task still awaiting the (killed or interrupted) kernel would log
+    'Kernel died' and a traceback at exit."""
     import logging
-    for name in ("asyncio", "papermill", "nbclient", "traitlets"): logging.getLogger(name).setLevel(logging.CRITICAL)
+    for name in ("asyncio", "papermill", "nbclient", "traitlets"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 def stage_kernel_options(sockets: Path, warm: "WarmKernels | None" = None) -> dict:
-    "papermill options for a stage kernel: Unix sockets under `sockets` (this user's only, never TCP), kernel logs off, figures inline, forked by `warm` where given."
-    # below CRITICAL the kernel logs 'KeyboardInterrupt caught in kernel' at every shutdown (jupyter_client interrupts
-    # an idle kernel before asking it to stop), which alarms users for nothing; a cell's error reaches the notebook anyway
+    """papermill options for a stage kernel: Unix sockets under `sockets` (this user's only, never TCP),
+    kernel logs off, figures inline, forked by `warm` where given."""
+    # below CRITICAL the kernel logs 'KeyboardInterrupt caught in kernel' at every shutdown (jupyter_client
+    # interrupts an idle kernel before asking it to stop), which alarms users for nothing; a cell's error
+    # reaches the notebook anyway
     from traitlets.config import Config
     return {"config": Config({"KernelManager": {"transport": "ipc", "ip": str(sockets / "kernel")}}),
-            # an executed stage notebook is a page of the report: its figures go inline whatever backend the caller's
-            # environment names (CI and the tests set MPLBACKEND=Agg, under which a kernel would show no figure)
+            # an executed stage notebook is a page of the report: its figures go inline whatever backend
+            # the caller's environment names (CI and the tests set MPLBACKEND=Agg, under which a kernel
+            # would show no figure)
             "extra_arguments": ["--IPKernelApp.log_level=CRITICAL", "--IPKernelApp.matplotlib=inline"],
-            # the notebook is done when its last cell's output is in: a polite shutdown waited for ipykernel's own exit,
-            # which took 3 s in about one stage of four (measured: 1.0 s or 4.0 s for a one-cell notebook), for nothing
-            "shutdown_kernel": "immediate", **({"kernel_manager_class": warm_kernel_manager(warm)} if warm else {})}
+            # the notebook is done when its last cell's output is in: a polite shutdown waited for ipykernel's
+            # own exit, which took 3 s in about one stage of four (measured: 1.0 s or 4.0 s for a one-cell
+            # notebook), for nothing
+            "shutdown_kernel": "immediate",
+            **({"kernel_manager_class": warm_kernel_manager(warm)} if warm else {})}
 
 # %% ../../nbs/pipeline/08_stage_run.ipynb #d3e0a1f3
-DEMO_TAG = "demo"   # a code cell tagged so shows the library on toy or scratch data: the docs run it, a pipeline run does not
+# a code cell tagged so shows the library on toy or scratch data: the docs run it, a pipeline run does not
+DEMO_TAG = "demo"
 
 
 def pipeline_copy(notebook: Path, dest: Path) -> Path:
@@ -162,7 +181,7 @@ def pipeline_copy(notebook: Path, dest: Path) -> Path:
 
 
 def _name_source(output: Path, notebook: Path) -> None:
-    "Name the stage's own notebook as the executed copy's input (papermill read the copy without demonstrations)."
+    "Name the stage's own notebook as the executed copy's input (papermill read the copy without demos)."
     import nbformat
     try: nb = nbformat.read(output, as_version=4)
     except (OSError, ValueError): return   # not written, or cut short by a kill: nothing to name
