@@ -206,6 +206,28 @@ def resumed_config(saved: RunConfig, given: RunConfig | None, previous: dict, pl
                          "changing it, or start a new run with another --run-id")
     return given, changed
 
+# %% ../../nbs/pipeline/01_runner.ipynb #bbb47763
+def _resumed_plan(run_dir: Path, report_dir: Path, config: RunConfig, only: list[str] | None,
+                  stages: list[Stage] | None, nbs_dir: Path, check_resume_config: bool):
+    "What `--resume` goes on with: (configuration, stages, earlier stage records, settings changed)."
+    previous = {}
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(f"--resume: no run {run_dir} to resume")
+    try: saved = read_config(run_dir)  # a resumed run keeps its own configuration ...
+    except CorruptArtifact:   # the one file --resume can't rewrite: the settings its stages were run with
+        raise CorruptArtifact(f"{run_dir / 'config.json'}: corrupt or edited after the run wrote it, so "
+                              "the run cannot be resumed (its stages were made with the settings it "
+                              "held): restore the file, or start a new run with another "
+                              "--run-id") from None
+    if (report_dir / "status.json").exists():
+        previous = {s["name"]: s for s in read_json(report_dir / "status.json")["stages"]}
+        only = only or list(previous)  # ... and its own stage plan
+    stages = stages or select_stages(only, nbs_dir)
+    # ... unless settings given again change what no completed stage has read (e.g. fixed stacking inputs)
+    config, changed = resumed_config(saved, config if check_resume_config else None, previous, stages,
+                                     run_dir)
+    return config, stages, previous, changed
+
 # %% ../../nbs/pipeline/01_runner.ipynb #bbb47764
 def run_pipeline(
     config: RunConfig,
@@ -234,21 +256,8 @@ def run_pipeline(
                          "report in one folder: give them separate folders")
     previous, changed = {}, []
     if resume:
-        if not (run_dir / "config.json").exists():
-            raise FileNotFoundError(f"--resume: no run {run_dir} to resume")
-        try: saved = read_config(run_dir)  # a resumed run keeps its own configuration ...
-        except CorruptArtifact:   # the one file --resume can't rewrite: the settings its stages were run with
-            raise CorruptArtifact(f"{run_dir / 'config.json'}: corrupt or edited after the run wrote it, so "
-                                  "the run cannot be resumed (its stages were made with the settings it "
-                                  "held): restore the file, or start a new run with another "
-                                  "--run-id") from None
-        if (report_dir / "status.json").exists():
-            previous = {s["name"]: s for s in read_json(report_dir / "status.json")["stages"]}
-            only = only or list(previous)  # ... and its own stage plan
-        stages = stages or select_stages(only, nbs_dir)
-        # ... unless settings given again change what no completed stage has read (e.g. fixed stacking inputs)
-        config, changed = resumed_config(saved, config if check_resume_config else None, previous, stages,
-                                         run_dir)
+        config, stages, previous, changed = _resumed_plan(run_dir, report_dir, config, only, stages,
+                                                          nbs_dir, check_resume_config)
     elif (run_dir / "config.json").exists():
         raise FileExistsError(f"{run_dir} already holds a run: --resume it, or choose another --run-id")
     else:
