@@ -40,11 +40,12 @@ class DataError(ValueError):
     "Input that cannot be loaded honestly; the message names the file, the row and the problem."
 
 # %% ../../nbs/core/03_klines.ipynb #fd11ef10
-_COLUMN_ALIASES = {"open time": "open_time", "opentime": "open_time", "timestamp": "open_time", "date": "open_time",
-                   "time": "open_time", "close time": "close_time", "quote_asset_volume": "quote_volume",
-                   "number_of_trades": "trades", "count": "trades",
+_COLUMN_ALIASES = {"open time": "open_time", "opentime": "open_time", "timestamp": "open_time",
+                   "date": "open_time", "time": "open_time", "close time": "close_time",
+                   "quote_asset_volume": "quote_volume", "number_of_trades": "trades", "count": "trades",
                    "taker_buy_base_asset_volume": "taker_buy_base", "taker_buy_volume": "taker_buy_base",
-                   "taker_buy_quote_asset_volume": "taker_buy_quote", "taker_buy_quote_volume": "taker_buy_quote"}
+                   "taker_buy_quote_asset_volume": "taker_buy_quote",
+                   "taker_buy_quote_volume": "taker_buy_quote"}
 
 def canonical_column(name: str) -> str:
     "Lower-case a column name and map common aliases onto the kline names."
@@ -59,22 +60,25 @@ def _csv_bytes(path: Path) -> bytes:
             with zipfile.ZipFile(path) as archive:
                 members = [m for m in archive.namelist() if m.lower().endswith(".csv")]
                 if len(members) != 1:
-                    raise DataError(f"{path}: expected one CSV inside the ZIP, found {members or archive.namelist()}")
+                    raise DataError(f"{path}: expected one CSV inside the ZIP, "
+                                    f"found {members or archive.namelist()}")
                 return archive.read(members[0])
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as handle:
                 return handle.read()
         return path.read_bytes()
-    except (zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile) as error:   # a truncated or damaged download
+    except (zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile) as error:   # truncated or damaged
         kind = "ZIP archive" if path.suffix == ".zip" else "gzip file"
-        raise DataError(f"{path}: truncated or corrupt {kind} ({type(error).__name__}: {error}); download it again") from None
+        raise DataError(f"{path}: truncated or corrupt {kind} ({type(error).__name__}: {error}); "
+                        "download it again") from None
 
 # %% ../../nbs/core/03_klines.ipynb #35a27def
 _NOT_CSV_TEXT = {b"\x1f\x8b": ("gzip-compressed", ".csv.gz"), b"PK\x03\x04": ("a ZIP archive", ".zip"),
                  b"PAR1": ("parquet", ".parquet")}   # magic bytes of what a file named .csv sometimes holds
 
 def _not_utf8_text(data: bytes, path: Path) -> str | None:
-    "Why the bytes of a CSV are not UTF-8 text, and the fix (compressed or parquet bytes, UTF-16, binary); None when they are."
+    """Why the bytes of a CSV are not UTF-8 text, and the fix (compressed or parquet bytes, UTF-16, binary);
+    None when they are."""
     for magic, (kind, suffix) in _NOT_CSV_TEXT.items():
         if path.suffix == ".csv" and data.startswith(magic):
             return f"its bytes are {kind}, not CSV text; rename it {path.with_suffix(suffix).name}"
@@ -82,10 +86,13 @@ def _not_utf8_text(data: bytes, path: Path) -> str | None:
     utf16 = head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
     if utf16 or b"\x00" in head:
         kind = "UTF-16 text" if utf16 else "NUL bytes (UTF-16 text or binary data)"
-        return f"it holds {kind}, not UTF-8; save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8 {path.name} > utf8.csv)"
-    try: codecs.getincrementaldecoder("utf-8")().decode(head)   # not final: a character cut at 4096 bytes is fine
+        return (f"it holds {kind}, not UTF-8; save it as UTF-8 "
+                f"(e.g. iconv -f UTF-16 -t UTF-8 {path.name} > utf8.csv)")
+    # not final: a character cut at 4096 bytes is fine
+    try: codecs.getincrementaldecoder("utf-8")().decode(head)
     except UnicodeDecodeError as error:
-        return f"byte {error.start} ({head[error.start:error.start + 1]!r}) is not UTF-8; save the file as UTF-8"
+        return (f"byte {error.start} ({head[error.start:error.start + 1]!r}) is not UTF-8; "
+                "save the file as UTF-8")
     return None
 
 # %% ../../nbs/core/03_klines.ipynb #541ccc97
@@ -102,7 +109,8 @@ def first_bad_cell(raw_text: pd.DataFrame, columns: list[str], path, first_line:
     for column in columns:
         text = raw_text[column]
         numbers = pd.to_numeric(text, errors="coerce")
-        blank = text.isna() | text.astype(str).str.strip().str.lower().isin(["", "nan", "null", "none", "n/a"])
+        blank = (text.isna()
+                 | text.astype(str).str.strip().str.lower().isin(["", "nan", "null", "none", "n/a"]))
         bad = np.flatnonzero(numbers.isna().to_numpy() & ~blank.to_numpy())
         if len(bad):
             i = int(bad[0])
@@ -130,7 +138,8 @@ def read_klines(path: str | Path) -> pd.DataFrame:
     types = {c: (pa.int64() if c == "open_time" else pa.float64()) for c in wanted}
     try:
         table = pa_csv.read_csv(pa.BufferReader(data), read_options=read_options,
-                                convert_options=pa_csv.ConvertOptions(column_types=types, include_columns=wanted))
+                                convert_options=pa_csv.ConvertOptions(column_types=types,
+                                                                      include_columns=wanted))
         frame = table.to_pandas()
     except pa.ArrowInvalid:
         frame = _read_csv_slow(data, path, read_options, wanted, first_line=2 if header is not None else 1)
@@ -143,14 +152,16 @@ def read_klines(path: str | Path) -> pd.DataFrame:
 def _read_csv_slow(data: bytes, path: Path, read_options, wanted: list[str], first_line: int) -> pd.DataFrame:
     "Read every column as text, name the first non-numeric cell, else return the numbers."
     try:
-        table = pa_csv.read_csv(pa.BufferReader(data), read_options=read_options, convert_options=pa_csv.ConvertOptions(
-            column_types={c: pa.string() for c in wanted}, include_columns=wanted))
+        table = pa_csv.read_csv(pa.BufferReader(data), read_options=read_options,
+                                convert_options=pa_csv.ConvertOptions(
+                                    column_types={c: pa.string() for c in wanted}, include_columns=wanted))
     except pa.ArrowInvalid as error:
         raise DataError(f"{path}: not a readable kline CSV ({error})") from error
     raw_text = table.to_pandas()
     numeric = [c for c in wanted if c != "open_time"]  # open_time may be text dates: to_utc_open_time decides
     first_bad_cell(raw_text, numeric, path, first_line)
-    return raw_text.assign(**{c: pd.to_numeric(raw_text[c], errors="coerce").astype("float64") for c in numeric})
+    return raw_text.assign(**{c: pd.to_numeric(raw_text[c], errors="coerce").astype("float64")
+                              for c in numeric})
 
 # %% ../../nbs/core/03_klines.ipynb #1838053b
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -161,14 +172,16 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     frame = frame.rename(columns=canonical_column)
     if "open_time" not in frame.columns:
         raise DataError(f"{path}: no open_time column and no DatetimeIndex")
-    frame = frame[[c for c in KLINE_COLUMNS if c in frame.columns and c not in ("close_time", "ignore")]].copy()
+    frame = frame[[c for c in KLINE_COLUMNS
+                   if c in frame.columns and c not in ("close_time", "ignore")]].copy()
     frame["source_file"] = str(path)
     frame["source_row"] = np.arange(1, len(frame) + 1, dtype=np.int64)
     return frame
 
 # %% ../../nbs/core/03_klines.ipynb #72a772a4
-def example_klines(n_rows: int, start: str = "2024-01-01", unit_factor: int = 1000, seed: int = 0) -> pd.DataFrame:
-    "Consistent kline rows in Binance's column layout (demos and tests): a random walk, open_time in s * unit_factor."
+def example_klines(n_rows: int, start: str = "2024-01-01", unit_factor: int = 1000,
+                   seed: int = 0) -> pd.DataFrame:
+    "Consistent kline rows in Binance's layout (demos, tests): a random walk, open_time in s * unit_factor."
     rng = np.random.default_rng(seed)
     close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n_rows)))
     open_ = np.r_[100.0, close[:-1]]
@@ -176,14 +189,15 @@ def example_klines(n_rows: int, start: str = "2024-01-01", unit_factor: int = 10
     hour = 3600 * unit_factor
     volume = rng.uniform(1, 10, n_rows).round(6)
     return pd.DataFrame({"open_time": open_time, "open": open_.round(2), "close": close.round(2),
-                         "high": np.maximum(open_, close).round(2) + 0.5, "low": np.minimum(open_, close).round(2) - 0.5,
+                         "high": np.maximum(open_, close).round(2) + 0.5,
+                         "low": np.minimum(open_, close).round(2) - 0.5,
                          "volume": volume, "close_time": open_time + hour - unit_factor // 1000,
                          "quote_volume": (volume * close).round(4), "trades": rng.integers(10, 100, n_rows),
-                         "taker_buy_base": (volume / 2).round(6), "taker_buy_quote": (volume * close / 2).round(4),
-                         "ignore": 0})[KLINE_COLUMNS]
+                         "taker_buy_base": (volume / 2).round(6),
+                         "taker_buy_quote": (volume * close / 2).round(4), "ignore": 0})[KLINE_COLUMNS]
 
 def write_kline_dump(rows: pd.DataFrame, path: Path) -> Path:
-    "Write rows as Binance publishes them: a headerless CSV, zipped when the name ends in .zip (demos and tests)."
+    "Write rows as Binance publishes them: a headerless CSV, zipped for a .zip name (demos and tests)."
     text = rows.to_csv(header=False, index=False)
     if path.suffix == ".zip":
         with zipfile.ZipFile(path, "w") as archive:
@@ -194,14 +208,16 @@ def write_kline_dump(rows: pd.DataFrame, path: Path) -> Path:
 
 # %% ../../nbs/core/03_klines.ipynb #a8abe883
 def bars_as_klines(bars: pd.DataFrame, timeframe: str = "1h") -> pd.DataFrame:
-    """Canonical bars of one symbol back in Binance's twelve-column kline layout (ms timestamps), as a dump holds them:
-    a market written with it and `write_kline_dump` is what `load_bars` and the replay source read (demos and tests)."""
+    """Canonical bars of one symbol back in Binance's twelve-column kline layout (ms timestamps), as a dump
+    holds them: a market written with it and `write_kline_dump` is what `load_bars` and the replay source read
+    (demos and tests)."""
     open_ms = bars.index.as_unit("ms").asi8
     step_ms = int(TIMEFRAME_DELTA[timeframe] // pd.Timedelta(milliseconds=1))
     frame = pd.DataFrame({"open_time": open_ms, **{c: bars[c].to_numpy() for c in REQUIRED_COLUMNS},
                           "close_time": open_ms + step_ms - 1, "ignore": 0})
     for column in EXTRA_COLUMNS: frame[column] = bars[column].to_numpy() if column in bars else np.nan
-    if "trades" in bars and bars["trades"].notna().all(): frame["trades"] = bars["trades"].to_numpy().astype("int64")
+    if "trades" in bars and bars["trades"].notna().all():
+        frame["trades"] = bars["trades"].to_numpy().astype("int64")
     return frame[KLINE_COLUMNS]
 
 # %% ../../nbs/core/03_klines.ipynb #903edd96
@@ -225,7 +241,8 @@ def unit_counts(unit_codes: np.ndarray) -> dict[str, int]:
     return {unit: int(n) for unit, n in zip(_UNIT_NAMES, counts) if n}
 
 def to_utc_open_time(raw: pd.DataFrame, *, name: str) -> tuple[pd.DatetimeIndex, np.ndarray]:
-    "Raw open_time (epoch s/ms/us/ns detected per row by magnitude, or datetimes) as UTC ns, with per-row unit codes."
+    """Raw open_time (epoch s/ms/us/ns detected per row by magnitude, or datetimes) as UTC ns, with per-row
+    unit codes."""
     values = raw["open_time"]
     if isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(values.dtype):
         stamps = pd.DatetimeIndex(values)
@@ -241,12 +258,14 @@ def to_utc_open_time(raw: pd.DataFrame, *, name: str) -> tuple[pd.DatetimeIndex,
             if parsed.notna().sum() > numbers.notna().sum():
                 return to_utc_open_time(raw.assign(open_time=parsed), name=name)
         values = numbers
-    numbers = values.to_numpy(dtype="float64", na_value=np.nan) if values.dtype.kind == "f" else values.to_numpy()
+    numbers = (values.to_numpy(dtype="float64", na_value=np.nan) if values.dtype.kind == "f"
+               else values.to_numpy())
     if numbers.dtype.kind == "f":
         bad = ~np.isfinite(numbers) | (numbers != np.round(numbers))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{row_where(raw, i, name)}: open_time {values.iloc[i]!r} is not an integer epoch timestamp")
+            raise DataError(f"{row_where(raw, i, name)}: open_time {values.iloc[i]!r} "
+                            "is not an integer epoch timestamp")
     numbers = numbers.astype("int64")
     unit_index = np.full(len(numbers), -1)
     for k, factor in enumerate(_UNIT_NS.values()):
@@ -254,8 +273,8 @@ def to_utc_open_time(raw: pd.DataFrame, *, name: str) -> tuple[pd.DatetimeIndex,
         unit_index[inside] = k
     if (unit_index < 0).any():
         i = int(np.flatnonzero(unit_index < 0)[0])
-        raise DataError(f"{row_where(raw, i, name)} (open_time {numbers[i]}): open_time fits no timestamp unit "
-                        "(s, ms, us or ns for a date in 2000..2100)")
+        raise DataError(f"{row_where(raw, i, name)} (open_time {numbers[i]}): "
+                        "open_time fits no timestamp unit (s, ms, us or ns for a date in 2000..2100)")
     factors = np.array(list(_UNIT_NS.values()), dtype="int64")[unit_index]
     stamps = pd.DatetimeIndex((numbers * factors).astype("datetime64[ns]")).tz_localize("UTC")
     return stamps, unit_index
@@ -295,11 +314,14 @@ class Row:
 def parse_row(values: Iterable, where: str) -> Row:
     "A Row from twelve kline values (JSON list or CSV fields); DataError naming `where` when it is not one."
     fields = tuple(str(v).strip() for v in values)
-    if len(fields) != 12: raise DataError(f"{where}: {len(fields)} values, a kline has 12 ({','.join(fields)[:120]})")
+    if len(fields) != 12:
+        raise DataError(f"{where}: {len(fields)} values, a kline has 12 ({','.join(fields)[:120]})")
     try:
         row = Row(epoch_ms(int(fields[0])), fields, where)
         row.values()
-    except ValueError: raise DataError(f"{where}: not a kline row, a time or number does not parse ({','.join(fields)[:120]})") from None
+    except ValueError:
+        raise DataError(f"{where}: not a kline row, a time or number does not parse "
+                        f"({','.join(fields)[:120]})") from None
     return row
 
 
@@ -308,7 +330,8 @@ def check_same(a: Row, b: Row) -> None:
     if a.values() == b.values(): return
     names = ["open_time", *KLINE_COLUMNS[1:11]]
     differ = [f"{n} {x} vs {y}" for n, x, y in zip(names, a.values(), b.values()) if x != y]
-    raise DataError(f"{a.where} and {b.where}: two different bars for open_time {utc_minute(a.open_ms)} UTC ({', '.join(differ)}); "
+    raise DataError(f"{a.where} and {b.where}: two different bars for open_time {utc_minute(a.open_ms)} UTC "
+                    f"({', '.join(differ)}); "
                     "one source is wrong: check both, delete the stale month file and fetch again")
 
 
@@ -317,15 +340,18 @@ def read_month(path: Path) -> dict[int, Row]:
     if not path.exists(): return {}
     rows = {}
     for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip() or (n == 1 and not line.split(",")[0].strip().isdigit()): continue   # blank, or a header
+        # a blank line, or a header
+        if not line.strip() or (n == 1 and not line.split(",")[0].strip().isdigit()): continue
         row = parse_row(line.split(","), f"{path} line {n}")
         if row.open_ms in rows: check_same(rows[row.open_ms], row)
         else: rows[row.open_ms] = row
     return rows
 
 # %% ../../nbs/core/03_klines.ipynb #a1c0f007
-def store_rows(data_dir: str | Path, symbol: str, interval: str, rows: Iterable[Row], now_ms: int) -> list[Row]:
-    "Add closed rows to their month CSVs (atomic writes, appended in order); rows already stored are checked, not repeated."
+def store_rows(data_dir: str | Path, symbol: str, interval: str, rows: Iterable[Row],
+               now_ms: int) -> list[Row]:
+    """Add closed rows to their month CSVs (atomic writes, appended in order); rows already stored are
+    checked, not repeated."""
     months: dict[Path, dict[int, Row]] = {}
     for row in rows:
         if row.close_ms >= now_ms: continue   # the bar is still open: its values are not final
@@ -344,7 +370,8 @@ def store_rows(data_dir: str | Path, symbol: str, interval: str, rows: Iterable[
             data = "".join(",".join(r.fields) + "\n" for r in merged).encode()
         else:
             old = path.read_bytes() if path.exists() else b""
-            data = old + (b"\n" if old and not old.endswith(b"\n") else b"") + text   # earlier bytes unchanged
+            # earlier bytes unchanged
+            data = old + (b"\n" if old and not old.endswith(b"\n") else b"") + text
         write_atomically(path, lambda tmp: tmp.write_bytes(data))
         added += new
     return added

@@ -20,9 +20,9 @@ from ..core.validation import auc, auc_ci, auc_gain_ci, block_bootstrap_counts, 
 from ..models.backtest import bars_per_year, evaluate, held_positions, signal_positions, trade
 from ..models.lgb import lgb_params
 from ..serve.monitor import LIMITS
-from .retrain_policy import (PROMOTION_MARGIN, Market, RecipeFit, RetrainSchedule, WalkForwardEvidence,
-                                             compare_on_same_bars, fit_recipe, monitor_triggers, promotion_decision,
-                                             retrain_schedule)
+from .retrain_policy import (PROMOTION_MARGIN, Market, RecipeFit, RetrainSchedule,
+                                             WalkForwardEvidence, compare_on_same_bars, fit_recipe,
+                                             monitor_triggers, promotion_decision, retrain_schedule)
 
 # %% ../../nbs/pipeline/09_policy_simulation.ipynb #b0d7668f
 POLICIES = {"never": "never retrain",
@@ -33,9 +33,10 @@ POLICIES = {"never": "never retrain",
 
 @dataclass
 class PolicySimulation:
-    "What `simulate_retrain_policies` measured: the JSON record, every served bar, AUC per period and the fits."
-    record: dict                  # JSON-ready: schedule, recipe, per-policy AUC, paired differences, after costs, decisions
-    served: pd.DataFrame          # one row per served bar: y, then per policy its P(up) and the fit time of the model serving it
+    "What `simulate_retrain_policies` measured: JSON record, every served bar, AUC per period and the fits."
+    record: dict                  # JSON-ready: schedule, recipe, per-policy AUC and differences, after costs,
+                                  #   decisions
+    served: pd.DataFrame          # one row per served bar: y, then per policy P(up) and its model's fit time
     period_auc: pd.DataFrame      # AUC per served period (rows: period start) and policy (columns)
     fits: list[RecipeFit]         # every fit, in time order (the walk-forward; the served models among them)
     schedule: RetrainSchedule
@@ -43,35 +44,45 @@ class PolicySimulation:
 # %% ../../nbs/pipeline/09_policy_simulation.ipynb #abb121ee
 def _decide(policy: str, champion: int, k: int, compare, monitor, gate: dict, margin: float) -> dict:
     "One policy's decision at retrain point k: the new champion (an index of the retrain points) and why."
-    if policy == "never": return {"decision": "keep", "why": "this policy never retrains", "champion": champion}
-    if policy == "always": return {"decision": "promote", "why": "this policy always serves the newest model", "champion": k}
+    if policy == "never":
+        return {"decision": "keep", "why": "this policy never retrains", "champion": champion}
+    if policy == "always":
+        return {"decision": "promote", "why": "this policy always serves the newest model", "champion": k}
     entry = {}
     if policy == "monitor":
         entry["triggers"] = monitor(champion, k)
-        if not entry["triggers"]: return entry | {"decision": "keep", "why": "no monitor limit crossed: no retrain", "champion": champion}
+        if not entry["triggers"]:
+            return entry | {"decision": "keep", "why": "no monitor limit crossed: no retrain",
+                            "champion": champion}
     comparison = compare(champion, k)
-    decision, why = promotion_decision(comparison["gain"], tuple(comparison["gain_ci95"]), gate["passed"], margin=margin)
+    decision, why = promotion_decision(comparison["gain"], tuple(comparison["gain_ci95"]), gate["passed"],
+                                       margin=margin)
     return entry | {"decision": decision, "why": why, "comparison": comparison, "gate": gate,
                     "champion": k if decision == "promote" else champion}
 
 # %% ../../nbs/pipeline/09_policy_simulation.ipynb #d47bc6ba
-def paired_return_difference(net: np.ndarray, reference: np.ndarray, periods: float, *, block: int, n_boot: int,
-                             seed: int) -> dict:
-    "Annualised mean of (net - reference) bar returns after costs, with a circular block-bootstrap 95% interval."
+def paired_return_difference(net: np.ndarray, reference: np.ndarray, periods: float, *, block: int,
+                             n_boot: int, seed: int) -> dict:
+    "Annualised mean of (net - reference) bar returns after costs, with a circular block-bootstrap 95% CI."
     difference = np.asarray(net, dtype=float) - np.asarray(reference, dtype=float)
-    weights = block_bootstrap_counts(len(difference), block, n_boot, np.random.default_rng(seed)) / len(difference)
+    weights = block_bootstrap_counts(len(difference), block, n_boot,
+                                     np.random.default_rng(seed)) / len(difference)
     return {"annual_return_difference": float(difference.mean() * periods),
             "ci95": percentile_interval(weights @ difference * periods), "n_bars": int(len(difference))}
 
 # %% ../../nbs/pipeline/09_policy_simulation.ipynb #da2f6772
-def score_policies(market: Market, schedule: RetrainSchedule, at_point: list[RecipeFit], deployed: dict[str, list[int]],
-                   config: RunConfig, *, variant: str, timeframe: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    "Every policy on the same served bars: AUC with CI, paired gain over never retraining, AUC per period, after costs."
+def score_policies(market: Market, schedule: RetrainSchedule, at_point: list[RecipeFit],
+                   deployed: dict[str, list[int]], config: RunConfig, *, variant: str,
+                   timeframe: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Every policy on the same served bars: AUC with CI, paired gain over never retraining, AUC per period,
+    and the result after costs."""
     v, b = config.validation, config.backtest
     boot = dict(block=v.bootstrap_block, n_boot=v.bootstrap_samples, seed=config.seed)
     rows = market.rows(schedule.points[0], schedule.end)
-    period = np.searchsorted(schedule.points.tz_convert(None).to_numpy(), market.times[rows], side="right") - 1
-    served = pd.DataFrame({"y": market.y[rows], "period": period}, index=pd.DatetimeIndex(market.times[rows], tz="UTC"))
+    period = np.searchsorted(schedule.points.tz_convert(None).to_numpy(), market.times[rows],
+                             side="right") - 1
+    served = pd.DataFrame({"y": market.y[rows], "period": period},
+                          index=pd.DatetimeIndex(market.times[rows], tz="UTC"))
     for policy, champions in deployed.items():
         model = np.asarray(champions)[period]
         pred = np.empty(len(rows))
@@ -81,19 +92,21 @@ def score_policies(market: Market, schedule: RetrainSchedule, at_point: list[Rec
         served[f"{policy}_labels_end"] = [at_point[m].labels_end for m in model]
     y = served["y"].to_numpy()
     periods_per_year, returns = bars_per_year(timeframe), market.forward_log_return[rows]
-    positions = {p: held_positions(signal_positions(served[p].to_numpy(), variant), v.label_horizon) for p in deployed}
+    positions = {p: held_positions(signal_positions(served[p].to_numpy(), variant), v.label_horizon)
+                 for p in deployed}
     costs = evaluate(positions, returns, config, periods_per_year)
     net = {p: np.expm1(trade(positions[p], returns).net_log(b.cost_bp)) for p in deployed}
     scores = {}
     for policy in deployed:
         pred = served[policy].to_numpy()
-        after = {k: costs[policy][k] for k in ("sharpe", "sharpe_ci95", "total_return", "annual_return", "break_even_bp",
-                                               "turnover_per_year", "max_drawdown")}
+        after = {k: costs[policy][k] for k in ("sharpe", "sharpe_ci95", "total_return", "annual_return",
+                                               "break_even_bp", "turnover_per_year", "max_drawdown")}
         scores[policy] = {"auc": auc(y, pred), "auc_ci95": list(auc_ci(y, pred, **boot)), "n_bars": len(y),
                           "after_costs": after | {"variant": variant, "cost_bp": b.cost_bp}}
         if policy != "never":
             scores[policy]["gain_vs_never"] = auc_gain_ci(y, pred, served["never"].to_numpy(), **boot)
-            scores[policy]["after_costs"]["vs_never"] = paired_return_difference(net[policy], net["never"], periods_per_year, **boot)
+            scores[policy]["after_costs"]["vs_never"] = paired_return_difference(net[policy], net["never"],
+                                                                                 periods_per_year, **boot)
     scores["buy_and_hold"] = {k: costs["buy_and_hold"][k] for k in ("sharpe", "total_return")}
     period_auc = served.groupby("period").apply(lambda g: pd.Series({p: auc(g["y"], g[p]) for p in deployed}),
                                                 include_groups=False)
@@ -108,10 +121,11 @@ def fit_schedule(market: Market, schedule: RetrainSchedule, config: RunConfig, *
     fits = []
     with tempfile.TemporaryDirectory(prefix="retrain_policy_") as scratch:
         for point in _progress(starts, progress, "retrain points"):
-            due = schedule.fit_times[(schedule.fit_times >= point) & (schedule.fit_times < schedule.period_end(point))]
+            due = schedule.fit_times[(schedule.fit_times >= point)
+                                     & (schedule.fit_times < schedule.period_end(point))]
             for t in due:   # in time order: a fit may take its tree count from the fits before it
-                fits.append(fit_recipe(market.X, market.y, market.times, market.label_end, t, config, Path(scratch),
-                                       feature_names=market.feature_names, threads=threads,
+                fits.append(fit_recipe(market.X, market.y, market.times, market.label_end, t, config,
+                                       Path(scratch), feature_names=market.feature_names, threads=threads,
                                        earlier=[f.tail_iteration for f in fits]))
     return fits
 
@@ -124,11 +138,13 @@ def _progress(items, show: bool, what: str):
     return tqdm(items, desc=what, unit="point")
 
 # %% ../../nbs/pipeline/09_policy_simulation.ipynb #260252d9
-def _policy_decisions(market: Market, schedule: RetrainSchedule, at_point: list[RecipeFit], evidence: WalkForwardEvidence,
-                      records: list[dict], gates: list[dict], *, comparison: str, boot: dict, monitor_limits: dict | None,
+def _policy_decisions(market: Market, schedule: RetrainSchedule, at_point: list[RecipeFit],
+                      evidence: WalkForwardEvidence, records: list[dict], gates: list[dict], *,
+                      comparison: str, boot: dict, monitor_limits: dict | None,
                       margin: float) -> tuple[dict, dict]:
-    """Each policy's champion from retrain point to retrain point (indices into `schedule.points`, the first point's
-    model first) and what it decided at each, with why; each comparison and monitor reading is made once, for all."""
+    """Each policy's champion from retrain point to retrain point (indices into `schedule.points`, the first
+    point's model first) and what it decided at each, with why; each comparison and monitor reading is made
+    once, for all."""
     comparisons, monitors = {}, {}
     def compare(c, k):
         if (c, k) not in comparisons:
@@ -137,7 +153,8 @@ def _policy_decisions(market: Market, schedule: RetrainSchedule, at_point: list[
         return comparisons[c, k]
     def monitor(c, k):
         if (c, k) not in monitors:
-            monitors[c, k] = monitor_triggers(market, at_point[c], records[c], schedule.points[k], monitor_limits)
+            monitors[c, k] = monitor_triggers(market, at_point[c], records[c], schedule.points[k],
+                                              monitor_limits)
         return monitors[c, k]
     deployed = {p: [0] for p in POLICIES}
     decisions = {p: [] for p in POLICIES}
@@ -153,65 +170,75 @@ def _policy_decisions(market: Market, schedule: RetrainSchedule, at_point: list[
 def _recipe_record(config: RunConfig, market: Market, at_point: list[RecipeFit], threads: int) -> dict:
     "What a retrain point fits: the served-model LightGBM recipe, its parameters, and each point's fit."
     v = config.validation
-    return {"model": "LightGBM, the served-model fit (one fold's window, binning, inner split, early stopping)",
+    return {"model": "LightGBM, the served-model fit "
+                     "(one fold's window, binning, inner split, early stopping)",
             "params": lgb_params(config, threads=threads), "rounds": config.gbm.rounds,
             "early_stopping_rounds": config.gbm.early_stopping_rounds, "train_bars": v.train_bars,
             "expanding": v.expanding, "n_features": len(market.feature_names),
-            "best_iterations": [f.best_iteration for f in at_point], "n_train_rows": [len(f.train_rows) for f in at_point]}
+            "best_iterations": [f.best_iteration for f in at_point],
+            "n_train_rows": [len(f.train_rows) for f in at_point]}
 
 # %% ../../nbs/pipeline/09_policy_simulation.ipynb #ccc2aee7
 def simulate_retrain_policies(
     market: Market,                       # the prepared table's arrays (`Market.from_table`)
-    config: RunConfig,                    # the recipe: gbm settings, training window, inner split, bootstrap, costs, seed
+    config: RunConfig,                    # recipe: gbm, training window, inner split, bootstrap, costs, seed
     start, end,                           # first served bar and end of serving (exclusive)
     *,
     every: str = "MS",                    # retrain points: pandas offset ("MS": each month start)
-    history_periods: int = 3,             # periods before `start` walked forward for the first champion's evidence
-    folds_per_period: int = 4,            # walk-forward fits per period: the challengers' out-of-fold predictions
+    history_periods: int = 3,             # periods before `start` walked forward (first champion's evidence)
+    folds_per_period: int = 4,            # walk-forward fits per period: challengers' out-of-fold predictions
     margin: float = PROMOTION_MARGIN,     # promotion_decision's margin
-    comparison: str = "within_fit",       # challenger vs champion: AUC of ranks within each walk-forward fit, or "pooled"
-    gate_ci_above: float | None = 0.5,    # a challenger passes its gate when its OOF AUC interval lies above this (None: no gate)
+    comparison: str = "within_fit",       # challenger vs champion: AUC of ranks within each fit, or "pooled"
+    gate_ci_above: float | None = 0.5,    # challenger's gate: its OOF AUC CI lies above this (None: no gate)
     monitor_limits: dict | None = None,   # changes to serve.monitor.LIMITS
     variant: str = "long_short",          # after-cost positions (models.backtest.signal_positions)
     timeframe: str = "1h",
     threads: int = 1,                     # LightGBM threads
     progress: bool = True,
-    fits: list[RecipeFit] | None = None,  # the fits of an earlier simulation of the same schedule (to vary only the rule)
+    fits: list[RecipeFit] | None = None,  # an earlier run's fits of the same schedule (to vary only the rule)
 ) -> PolicySimulation:
-    "Fit the recipe at every scheduled time, decide each policy at each retrain point, serve, and score every policy."
+    "Fit the recipe at every scheduled time, decide each policy at each retrain point, serve and score them."
     began, cpu = time.perf_counter(), time.process_time()
     config = config.for_timeframe(timeframe)
     v = config.validation
     boot = dict(block=v.bootstrap_block, n_boot=v.bootstrap_samples, seed=config.seed)
-    schedule = retrain_schedule(start, end, every=every, history_periods=history_periods, folds_per_period=folds_per_period,
-                                bar=timeframe)
+    schedule = retrain_schedule(start, end, every=every, history_periods=history_periods,
+                                folds_per_period=folds_per_period, bar=timeframe)
     if fits is None: fits = fit_schedule(market, schedule, config, threads=threads, progress=progress)
-    if [f.fit_time for f in fits] != list(schedule.fit_times): raise ValueError("`fits` were made for another schedule")
+    if [f.fit_time for f in fits] != list(schedule.fit_times):
+        raise ValueError("`fits` were made for another schedule")
     fitted = time.perf_counter()
     evidence = WalkForwardEvidence(market, fits)
-    at_point = [next(f for f in fits if f.fit_time == t) for t in schedule.points]   # the model each retrain point makes
-    records = [evidence.record(schedule.history[0], t, **boot) for t in schedule.points]   # its out-of-fold record
-    gates = [{"name": "oof_auc_ci95_low", "op": ">", "threshold": gate_ci_above, "value": r["oof_auc_ci95"][0],
+    # the model each retrain point makes, and its out-of-fold record
+    at_point = [next(f for f in fits if f.fit_time == t) for t in schedule.points]
+    records = [evidence.record(schedule.history[0], t, **boot) for t in schedule.points]
+    gates = [{"name": "oof_auc_ci95_low", "op": ">", "threshold": gate_ci_above,
+              "value": r["oof_auc_ci95"][0],
               "passed": gate_ci_above is None or bool(r["oof_auc_ci95"][0] > gate_ci_above)} for r in records]
-    deployed, decisions = _policy_decisions(market, schedule, at_point, evidence, records, gates, comparison=comparison,
-                                            boot=boot, monitor_limits=monitor_limits, margin=margin)
+    deployed, decisions = _policy_decisions(market, schedule, at_point, evidence, records, gates,
+                                            comparison=comparison, boot=boot, monitor_limits=monitor_limits,
+                                            margin=margin)
     decided = time.perf_counter()
     served, period_auc, scores = score_policies(market, schedule, at_point, deployed, config, variant=variant,
                                                 timeframe=timeframe)
     record = {"policies": {p: {"name": POLICIES[p], **scores[p],
                                "retrains": sum("comparison" in d or p == "always" for d in decisions[p]),
-                               "promotions": sum(d["decision"] == "promote" for d in decisions[p])} for p in POLICIES},
+                               "promotions": sum(d["decision"] == "promote" for d in decisions[p])}
+                           for p in POLICIES},
               "buy_and_hold": scores["buy_and_hold"],
               "window": {"first_served_bar": str(served.index[0]), "last_served_bar": str(served.index[-1]),
                          "n_bars": len(served)},
-              "schedule": {"every": every, "points": [str(t) for t in schedule.points], "end": str(schedule.end),
-                           "history_periods": history_periods, "folds_per_period": folds_per_period,
-                           "n_fits": len(fits), "first_walk_forward_fit": str(schedule.fit_times[0])},
+              "schedule": {"every": every, "points": [str(t) for t in schedule.points],
+                           "end": str(schedule.end), "history_periods": history_periods,
+                           "folds_per_period": folds_per_period, "n_fits": len(fits),
+                           "first_walk_forward_fit": str(schedule.fit_times[0])},
               "recipe": _recipe_record(config, market, at_point, threads),
               "rule": {"margin": margin, "comparison": comparison,
-                       "gate": "none" if gate_ci_above is None else f"challenger OOF AUC 95% CI lower bound > {gate_ci_above}",
+                       "gate": "none" if gate_ci_above is None
+                               else f"challenger OOF AUC 95% CI lower bound > {gate_ci_above}",
                        "monitor_limits": LIMITS | (monitor_limits or {}),
-                       "monitor_subset": "realised-AUC and feature-PSI limits; no prediction PSI (no held-out reference)"},
+                       "monitor_subset": "realised-AUC and feature-PSI limits; "
+                                         "no prediction PSI (no held-out reference)"},
               "challenger_records": [r | {"at": str(t)} for r, t in zip(records, schedule.points)],
               "decisions": decisions,
               "bootstrap": {"block": v.bootstrap_block, "n_boot": v.bootstrap_samples, "seed": config.seed},
@@ -222,40 +249,49 @@ def simulate_retrain_policies(
 
 # %% ../../nbs/pipeline/09_policy_simulation.ipynb #05d49c83
 def policy_table(record: dict) -> pd.DataFrame:
-    "One row per policy of a simulation record: AUC [95% CI], paired gain over never retraining, retrains, after costs."
+    """One row per policy of a simulation record: AUC [95% CI], paired gain over never retraining, retrains,
+    after costs."""
     ci = lambda pair, fmt=".4f": f"[{pair[0]:{fmt}}, {pair[1]:{fmt}}]"
     rows = []
     for policy, p in record["policies"].items():
         gain, costs = p.get("gain_vs_never"), p["after_costs"]
         vs_never = costs.get("vs_never")
         rows.append({"policy": p["name"], "AUC [95% CI]": f"{p['auc']:.4f} {ci(p['auc_ci95'])}",
-                     "gain vs never [95% CI]": f"{gain['gain']:+.4f} {ci(gain['ci95'], '+.4f')}" if gain else "",
+                     "gain vs never [95% CI]": (f"{gain['gain']:+.4f} {ci(gain['ci95'], '+.4f')}"
+                                                if gain else ""),
                      "retrains / promotions": f"{p['retrains']} / {p['promotions']}",
-                     f"Sharpe after {costs['cost_bp']:g} bp [95% CI]": f"{costs['sharpe']:.2f} {ci(costs['sharpe_ci95'], '.2f')}",
-                     "annual return vs never [95% CI]": (f"{vs_never['annual_return_difference']:+.1%} "
-                                                         f"[{vs_never['ci95'][0]:+.1%}, {vs_never['ci95'][1]:+.1%}]") if vs_never else ""})
+                     f"Sharpe after {costs['cost_bp']:g} bp [95% CI]":
+                         f"{costs['sharpe']:.2f} {ci(costs['sharpe_ci95'], '.2f')}",
+                     "annual return vs never [95% CI]":
+                         (f"{vs_never['annual_return_difference']:+.1%} "
+                          f"[{vs_never['ci95'][0]:+.1%}, {vs_never['ci95'][1]:+.1%}]") if vs_never else ""})
     return pd.DataFrame(rows).set_index("policy")
 
 
 def plot_policy_auc(simulation: PolicySimulation, *, change=None, title: str = "realised AUC per period"):
-    "AUC of each policy per served period, promotions marked, with the 0.5 line (and a regime change, when given)."
+    "AUC of each policy per served period, promotions marked, the 0.5 line (and a regime change, if given)."
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(12, 3.8))
-    styles = {"never": ("tab:grey", "o", "-"), "always": ("tab:blue", "s", "-"), "gated": ("tab:green", "^", "-"),
-              "monitor": ("tab:red", "v", "--")}
+    styles = {"never": ("tab:grey", "o", "-"), "always": ("tab:blue", "s", "-"),
+              "gated": ("tab:green", "^", "-"), "monitor": ("tab:red", "v", "--")}
     for policy, (colour, marker, line) in styles.items():
         if policy not in simulation.period_auc: continue
         overall = simulation.record["policies"][policy]
-        ax.plot(simulation.period_auc.index, simulation.period_auc[policy], color=colour, marker=marker, ms=5, lw=1.2, ls=line,
-                label=f"{POLICIES[policy]}: {overall['auc']:.3f} [{overall['auc_ci95'][0]:.3f}, {overall['auc_ci95'][1]:.3f}]")
-        promoted = [pd.Timestamp(d["at"]) for d in simulation.record["decisions"][policy] if d["decision"] == "promote"]
+        ax.plot(simulation.period_auc.index, simulation.period_auc[policy], color=colour, marker=marker,
+                ms=5, lw=1.2, ls=line,
+                label=f"{POLICIES[policy]}: {overall['auc']:.3f} "
+                      f"[{overall['auc_ci95'][0]:.3f}, {overall['auc_ci95'][1]:.3f}]")
+        promoted = [pd.Timestamp(d["at"]) for d in simulation.record["decisions"][policy]
+                    if d["decision"] == "promote"]
         if policy in ("gated", "monitor") and promoted:
-            ax.scatter(promoted, simulation.period_auc.loc[promoted, policy], s=90, facecolors="none", edgecolors=colour)
+            ax.scatter(promoted, simulation.period_auc.loc[promoted, policy], s=90, facecolors="none",
+                       edgecolors=colour)
     ax.axhline(0.5, color="black", lw=0.8, ls="--")
-    if change is not None: ax.axvline(pd.Timestamp(change), color="tab:purple", lw=1, ls=":", label="regime change")
+    if change is not None:
+        ax.axvline(pd.Timestamp(change), color="tab:purple", lw=1, ls=":", label="regime change")
     ax.set(title=f"{title} (circled: a promotion by the rule)", ylabel="AUC of the served model, per period",
            xlabel="start of the served period")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="policy: AUC over all served bars [95% CI]",
-              title_fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              title="policy: AUC over all served bars [95% CI]", title_fontsize=7)
     fig.tight_layout()
     return fig

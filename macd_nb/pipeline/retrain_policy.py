@@ -33,26 +33,31 @@ def promotion_decision(
     *,
     margin: float = PROMOTION_MARGIN,    # how much worse (lower bound) still counts as "not worse"
 ) -> tuple[str, str]:
-    "('promote' or 'keep', why with the numbers): promote a challenger that passes its gates and is not worse."
+    "('promote' or 'keep', why, with numbers): promote a challenger that passes its gates and is not worse."
     if margin < 0: raise ValueError(f"margin={margin} must be >= 0")
     low, high = (float(v) for v in gain_ci95)
     numbers = f"AUC gain {gain:+.4f} (95% CI {low:+.4f} to {high:+.4f})"
     if not challenger_passes_gates: return "keep", f"the challenger fails its gates; {numbers}"
     if not all(np.isfinite([gain, low, high])):
-        return "keep", f"no comparison: {numbers} is undefined (no compared bar, or only one class among them)"
-    if low > high: raise ValueError(f"gain_ci95={gain_ci95}: the lower bound is above the upper bound")
-    if high < 0: return "keep", f"the challenger is significantly worse: {numbers}, the whole interval below 0"
-    if low > -margin: return "promote", f"the challenger passes its gates and is not worse: {numbers}, lower bound above -{margin:g}"
+        return "keep", (f"no comparison: {numbers} is undefined "
+                        "(no compared bar, or only one class among them)")
+    if low > high:
+        raise ValueError(f"gain_ci95={gain_ci95}: the lower bound is above the upper bound")
+    if high < 0:
+        return "keep", f"the challenger is significantly worse: {numbers}, the whole interval below 0"
+    if low > -margin:
+        return "promote", (f"the challenger passes its gates and is not worse: {numbers}, "
+                           f"lower bound above -{margin:g}")
     return "keep", f"the challenger may be worse: {numbers}, lower bound at or below -{margin:g}"
 
 # %% ../../nbs/pipeline/04_retrain_policy.ipynb #6e0aa1d0
 @dataclass(frozen=True)
 class RetrainSchedule:
-    "When models are fitted and served: retrain points, the end of serving, history points and every walk-forward fit."
-    points: pd.DatetimeIndex      # t_0 < ... < t_{K-1}: t_0 deploys the first champion, each later one is a retrain point
-    end: pd.Timestamp             # serving ends here (exclusive); period k is served from points[k] to the next point or end
-    history: pd.DatetimeIndex     # points before t_0: their periods only feed the walk-forward evidence (the gates)
-    fit_times: pd.DatetimeIndex   # every fit: each history or served period cut into `folds_per_period` (the last: its t only)
+    "When models are fitted and served: retrain points, end of serving, history points, walk-forward fits."
+    points: pd.DatetimeIndex      # t_0 < ... < t_{K-1}: t_0 deploys the first champion, later ones retrain
+    end: pd.Timestamp             # end of serving (exclusive); period k: points[k] to the next point or end
+    history: pd.DatetimeIndex     # points before t_0: their periods only feed walk-forward evidence (gates)
+    fit_times: pd.DatetimeIndex   # every fit: each period cut into `folds_per_period` (last: its t only)
 
     def period_end(self, point: pd.Timestamp) -> pd.Timestamp:
         "Where the period starting at `point` (a history or a retrain point) ends."
@@ -69,25 +74,28 @@ def retrain_schedule(
     folds_per_period: int = 4,    # walk-forward fits per period (the challenger's out-of-sample predictions)
     bar: str = "1h",              # bar length: fit times fall on bar opens
 ) -> RetrainSchedule:
-    "Retrain points every `every` from `start` to `end`, `history_periods` points before, and the walk-forward fit times."
+    """Retrain points every `every` from `start` to `end`, `history_periods` points before, and the
+    walk-forward fit times."""
     start, end, step = utc(start), utc(end), pd.tseries.frequencies.to_offset(every)
     if not start < end: raise ValueError(f"start={start} must be before end={end}")
     if history_periods < 1 or folds_per_period < 1:
-        raise ValueError(f"history_periods={history_periods} and folds_per_period={folds_per_period} must be >= 1")
+        raise ValueError(f"history_periods={history_periods} and folds_per_period={folds_per_period} "
+                         "must be >= 1")
     points = [start]
     while (following := points[-1] + step) < end: points.append(following)
     history = [start]
     for _ in range(history_periods): history.insert(0, history[0] - step)
-    walked = history[:-1] + points[:-1]                          # periods whose walk-forward a later decision reads
+    walked = history[:-1] + points[:-1]   # periods whose walk-forward a later decision reads
     bounds = history[1:] + points[1:]
-    fit_times = [t for a, b in zip(walked, bounds) for t in pd.date_range(a, b, periods=folds_per_period + 1)[:-1].floor(bar)]
+    fit_times = [t for a, b in zip(walked, bounds)
+                 for t in pd.date_range(a, b, periods=folds_per_period + 1)[:-1].floor(bar)]
     fit_times = pd.DatetimeIndex(sorted(set(fit_times) | {points[-1]}))
     return RetrainSchedule(pd.DatetimeIndex(points), end, pd.DatetimeIndex(history[:-1]), fit_times)
 
 # %% ../../nbs/pipeline/04_retrain_policy.ipynb #5153775f
 @dataclass
 class Market:
-    "What the simulation reads of a prepared table: features, labels, times, label ends and next-bar log returns."
+    "The simulation's view of a prepared table: features, labels, times, label ends, next-bar log returns."
     X: np.ndarray
     y: np.ndarray
     times: np.ndarray             # datetime64[ns] UTC, increasing
@@ -103,7 +111,7 @@ class Market:
                    table["fwd_ret_1"].to_numpy(dtype=float), list(feature_names))
 
     def rows(self, since=None, before=None, *, known_by=None, labelled: bool = True) -> np.ndarray:
-        "Rows opening in [since, before), with a label known by `known_by` (when given), labelled only unless told."
+        "Rows opening in [since, before), label known by `known_by` (if given), labelled only unless told."
         at = lambda t: np.datetime64(utc(t).tz_convert(None))
         keep = np.ones(len(self.times), dtype=bool)
         if since is not None: keep &= self.times >= at(since)
@@ -117,12 +125,12 @@ class Market:
 class RecipeFit:
     "One fit of the served-model recipe at `fit_time`, and its P(up) of every bar from then on."
     fit_time: pd.Timestamp
-    train_rows: np.ndarray        # table rows it learned from: labelled, label known by fit_time, a fold's window length
+    train_rows: np.ndarray        # table rows it learned from: labelled, known by fit_time, a fold's window
     labels_end: pd.Timestamp      # when its newest training label became known (<= fit_time)
     best_iteration: int
-    first_row: int                # the first table row opening at or after fit_time: pred[i] is row first_row + i
+    first_row: int                # first table row opening at or after fit_time: pred[i] is row first_row + i
     pred: np.ndarray              # P(up) of rows first_row, first_row + 1, ... to the end of the table
-    tail_iteration: int | None = None   # its tail-stopped count, when the recipe takes its trees from earlier fits
+    tail_iteration: int | None = None   # tail-stopped count, when the recipe takes trees from earlier fits
 
     def predict_rows(self, rows: np.ndarray) -> np.ndarray:
         "P(up) of table `rows` (each at or after `first_row`)."
@@ -131,11 +139,13 @@ class RecipeFit:
         return self.pred[rows - self.first_row]
 
 # %% ../../nbs/pipeline/04_retrain_policy.ipynb #9b8a60c5
-def training_rows(y: np.ndarray, label_end: np.ndarray, fit_time, *, train_bars: int | None, expanding: bool) -> np.ndarray:
-    "Rows whose label is defined and known by `fit_time`; the newest `train_bars` bars of them unless `expanding`."
+def training_rows(y: np.ndarray, label_end: np.ndarray, fit_time, *, train_bars: int | None,
+                  expanding: bool) -> np.ndarray:
+    "Rows whose label is defined and known by `fit_time`; the newest `train_bars` of them unless `expanding`."
     known = np.flatnonzero(np.isfinite(y) & (label_end <= np.datetime64(utc(fit_time).tz_convert(None))))
     if not len(known): return known
-    return known if expanding or not train_bars else known[known > known[-1] - train_bars]   # as a fold's window
+    # as a fold's window
+    return known if expanding or not train_bars else known[known > known[-1] - train_bars]
 
 # %% ../../nbs/pipeline/04_retrain_policy.ipynb #60c98e1f
 def fit_recipe(
@@ -150,30 +160,38 @@ def fit_recipe(
     threads: int = 1,               # LightGBM threads
     earlier: tuple | list = (),     # the tail-stopped counts of the fits before this one, oldest first
 ) -> RecipeFit:
-    "Fit LightGBM at `fit_time` exactly as a fold is fitted (window, binning, inner split, early stopping); predict later bars."
+    """Fit LightGBM at `fit_time` exactly as a fold is fitted (window, binning, inner split, early stopping);
+    predict later bars."""
     v = config.validation
     rows = training_rows(y, label_end, fit_time, train_bars=v.train_bars, expanding=v.expanding)
-    if len(rows) < 100: raise ValueError(f"the fit at {fit_time} has {len(rows)} labelled rows before it; load earlier bars")
+    if len(rows) < 100:
+        raise ValueError(f"the fit at {fit_time} has {len(rows)} labelled rows before it; load earlier bars")
     local = np.arange(len(rows))
-    split = fold_rows([Fold(0, local, local[:0])], y[rows], inner_fraction=v.inner_valid_fraction, purge=v.purge_bars)[0]
+    split = fold_rows([Fold(0, local, local[:0])], y[rows], inner_fraction=v.inner_valid_fraction,
+                      purge=v.purge_bars)[0]
     params = lgb_params(config, threads=threads)
     name = f"fit_{utc(fit_time):%Y%m%dT%H}.bin"
-    dataset = bin_once(X[rows], local, params, Path(scratch) / name, feature_names)   # edges from the training rows only
+    # bin edges from the training rows only
+    dataset = bin_once(X[rows], local, params, Path(scratch) / name, feature_names)
     first_row = int(np.searchsorted(times, np.datetime64(utc(fit_time).tz_convert(None))))
-    task = LgbFoldTask(str(dataset), split, y[rows][split.fit_idx], y[rows][split.stop_idx], X[first_row:], params,
-                       config.gbm.rounds, config.gbm.early_stopping_rounds)
+    task = LgbFoldTask(str(dataset), split, y[rows][split.fit_idx], y[rows][split.stop_idx], X[first_row:],
+                       params, config.gbm.rounds, config.gbm.early_stopping_rounds)
     booster, best = tail = lgb_fit_fold(task)
     g = config.gbm
-    if g.rounds_rule == "earlier_folds" or g.seeds > 1:   # the stage's recipe: counts from earlier fits, a bag of boosters
-        rounds = None if g.rounds_rule == "tail" else rounds_from_earlier_folds([*earlier, tail[1]], g.rounds_window)[-1]
+    # the stage's recipe: tree counts from earlier fits, a bag of boosters
+    if g.rounds_rule == "earlier_folds" or g.seeds > 1:
+        rounds = (None if g.rounds_rule == "tail"
+                  else rounds_from_earlier_folds([*earlier, tail[1]], g.rounds_window)[-1])
         booster, best = lgb_fit_fold(replace(task, rounds=rounds, seeds=g.seeds))
     dataset.unlink(missing_ok=True)
     return RecipeFit(utc(fit_time), rows, pd.Timestamp(label_end[rows].max(), tz="UTC"), best, first_row,
-                     booster.predict(task.val_features), tail[1] if g.rounds_rule == "earlier_folds" else None)
+                     booster.predict(task.val_features),
+                     tail[1] if g.rounds_rule == "earlier_folds" else None)
 
 # %% ../../nbs/pipeline/04_retrain_policy.ipynb #76a57747
 class WalkForwardEvidence:
-    "The recipe's walk-forward: each bar predicted by the newest fit before it, as the challenger's out-of-fold predictions."
+    """The recipe's walk-forward: each bar predicted by the newest fit before it, as the challenger's
+    out-of-fold predictions."""
 
     def __init__(self, market: Market, fits: list[RecipeFit]):
         self.market, self.fits = market, sorted(fits, key=lambda f: f.fit_time)
@@ -182,7 +200,8 @@ class WalkForwardEvidence:
     def fit_of(self, rows: np.ndarray) -> np.ndarray:
         "For each of `rows`, the index of the newest fit made at or before the row opened."
         which = np.searchsorted(self.fit_times, self.market.times[rows], side="right") - 1
-        if len(rows) and which.min() < 0: raise AssertionError("a row opens before the first walk-forward fit")
+        if len(rows) and which.min() < 0:
+            raise AssertionError("a row opens before the first walk-forward fit")
         return which
 
     def predict(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -193,22 +212,26 @@ class WalkForwardEvidence:
             mine = which == k
             pred[mine] = self.fits[k].predict_rows(rows[mine])
             labels_end[mine] = self.fits[k].labels_end.tz_convert(None).to_datetime64()
-        if (labels_end > self.market.times[rows]).any(): raise AssertionError("a walk-forward prediction saw its own label")
+        if (labels_end > self.market.times[rows]).any():
+            raise AssertionError("a walk-forward prediction saw its own label")
         return pred, labels_end
 
     def record(self, since, known_by, *, block: int, n_boot: int, seed: int) -> dict:
-        "The out-of-fold record a challenger fitted at `known_by` carries: AUC, 95% CI and bars, over [since, known_by)."
+        """The out-of-fold record a challenger fitted at `known_by` carries: AUC, 95% CI and bars, over
+        [since, known_by)."""
         rows = self.market.rows(since, known_by, known_by=known_by)
         y, (pred, _) = self.market.y[rows], self.predict(rows)
-        return {"oof_auc": auc(y, pred), "oof_auc_ci95": list(auc_ci(y, pred, block=block, n_boot=n_boot, seed=seed)),
-                "n_oof": int(len(rows)), "first_bar": str(pd.Timestamp(self.market.times[rows[0]], tz="UTC")) if len(rows) else None}
+        return {"oof_auc": auc(y, pred),
+                "oof_auc_ci95": list(auc_ci(y, pred, block=block, n_boot=n_boot, seed=seed)),
+                "n_oof": int(len(rows)),
+                "first_bar": str(pd.Timestamp(self.market.times[rows[0]], tz="UTC")) if len(rows) else None}
 
 # %% ../../nbs/pipeline/04_retrain_policy.ipynb #309b6479
 COMPARISONS = ("within_fit", "pooled")   # how `compare_on_same_bars` scores the two models' predictions
 
 
 def ranks_within(groups: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    "Each score's rank within its group, scaled to (0, 1]: the same AUC inside every group, one scale across groups."
+    "Each score's rank within its group, scaled to (0, 1]: the same AUC in each group, one scale across them."
     out = np.empty(len(scores))
     for g in np.unique(groups):
         mine = groups == g
@@ -218,8 +241,9 @@ def ranks_within(groups: np.ndarray, scores: np.ndarray) -> np.ndarray:
 # %% ../../nbs/pipeline/04_retrain_policy.ipynb #0fca1e1e
 def compare_on_same_bars(market: Market, champion: RecipeFit, evidence: WalkForwardEvidence, known_by, *,
                          comparison: str = "within_fit", block: int, n_boot: int, seed: int) -> dict:
-    "Champion (as it served) against the challenger's out-of-fold predictions on the bars since the champion's fit."
-    if comparison not in COMPARISONS: raise ValueError(f"comparison={comparison!r}: choose one of {COMPARISONS}")
+    "Champion (as served) vs the challenger's out-of-fold predictions on the bars since the champion's fit."
+    if comparison not in COMPARISONS:
+        raise ValueError(f"comparison={comparison!r}: choose one of {COMPARISONS}")
     rows = market.rows(champion.fit_time, known_by, known_by=known_by)
     if len(rows) and champion.labels_end > pd.Timestamp(market.times[rows[0]], tz="UTC"):
         raise AssertionError("the champion learned a label of a compared bar")
@@ -230,29 +254,36 @@ def compare_on_same_bars(market: Market, champion: RecipeFit, evidence: WalkForw
     within = auc_gain_ci(y, ranks_within(fit, challenger), ranks_within(fit, served), **boot)
     chosen = within if comparison == "within_fit" else pooled
     stamp = lambda t: str(pd.Timestamp(t, tz="UTC"))
-    return {"champion_fitted": str(champion.fit_time), "n_bars": int(len(rows)), "n_fits": int(len(np.unique(fit))),
+    return {"champion_fitted": str(champion.fit_time), "n_bars": int(len(rows)),
+            "n_fits": int(len(np.unique(fit))),
             "first_bar": stamp(market.times[rows[0]]) if len(rows) else None,
             "last_bar": stamp(market.times[rows[-1]]) if len(rows) else None,
-            "champion_auc": auc(y, served), "challenger_oof_auc": auc(y, challenger), "comparison": comparison,
-            "gain": chosen["gain"], "gain_ci95": chosen["ci95"],
+            "champion_auc": auc(y, served), "challenger_oof_auc": auc(y, challenger),
+            "comparison": comparison, "gain": chosen["gain"], "gain_ci95": chosen["ci95"],
             "gain_pooled": pooled["gain"], "gain_pooled_ci95": pooled["ci95"],
             "gain_within_fit": within["gain"], "gain_within_fit_ci95": within["ci95"],
             "challenger_labels_end_max": stamp(labels_end.max()) if len(rows) else None}
 
 # %% ../../nbs/pipeline/04_retrain_policy.ipynb #0c9bc305
-def monitor_triggers(market: Market, champion: RecipeFit, champion_record: dict, now, limits: dict | None = None) -> list[str]:
-    "The monitor's retrain recommendation (`serve.monitor`'s own rule and limits) for a champion served since its fit until `now`."
+def monitor_triggers(market: Market, champion: RecipeFit, champion_record: dict, now,
+                     limits: dict | None = None) -> list[str]:
+    """The monitor's retrain recommendation (`serve.monitor`'s own rule and limits) for a champion served from
+    its fit until `now`."""
     lim = LIMITS | (limits or {})
     served = market.rows(champion.fit_time, now, labelled=False)
     known = market.rows(champion.fit_time, now, known_by=now)
-    bins = {name: reference_bins(market.X[champion.train_rows, j]) for j, name in enumerate(market.feature_names)}
+    bins = {name: reference_bins(market.X[champion.train_rows, j])
+            for j, name in enumerate(market.feature_names)}
     features = {name: psi(bins[name], bin_shares(market.X[served, j], bins[name]["edges"]))
                 for j, name in enumerate(market.feature_names)} if len(served) else {}
-    drift = {"n_rows": int(len(served)), "prediction": float("nan"), "n_prediction": 0,   # no prediction reference: see above
+    # no prediction reference: see above
+    drift = {"n_rows": int(len(served)), "prediction": float("nan"), "n_prediction": 0,
              "features": dict(sorted(features.items(), key=lambda kv: -kv[1]))}
-    realised = {"n_bars": int(len(known)), "oof_auc": champion_record["oof_auc"], "oof_auc_ci95": champion_record["oof_auc_ci95"]}
+    realised = {"n_bars": int(len(known)), "oof_auc": champion_record["oof_auc"],
+                "oof_auc_ci95": champion_record["oof_auc_ci95"]}
     y, pred = market.y[known], champion.predict_rows(known)
     if len(np.unique(y)) == 2:
         realised |= {"auc": auc(y, pred),
-                     "auc_ci95": list(auc_ci(y, pred, block=lim["block"], n_boot=lim["n_boot"], seed=lim["seed"]))}
+                     "auc_ci95": list(auc_ci(y, pred, block=lim["block"], n_boot=lim["n_boot"],
+                                             seed=lim["seed"]))}
     return retrain_recommendation({"drift": drift, "auc": realised}, lim)

@@ -40,7 +40,8 @@ KLINES_PATH = "/api/v3/klines"
 REQUEST_WEIGHT = 2        # /api/v3/klines costs 2 for any limit up to 1000
 WEIGHT_LIMIT = 6000       # Binance's request weight per minute and IP
 _MINUTE, _HOUR = 60_000, 3_600_000
-INTERVAL_MS = {**{f"{n}m": n * _MINUTE for n in (1, 3, 5, 15, 30)}, **{f"{n}h": n * _HOUR for n in (1, 2, 4, 6, 8, 12)},
+INTERVAL_MS = {**{f"{n}m": n * _MINUTE for n in (1, 3, 5, 15, 30)},
+               **{f"{n}h": n * _HOUR for n in (1, 2, 4, 6, 8, 12)},
                "1d": 24 * _HOUR}   # Binance's fixed-length kline intervals
 
 
@@ -73,15 +74,16 @@ class Stopped(Exception):
 
 
 class StopSignal:
-    """Set by SIGTERM or SIGINT while `installed()`: a wait (`wait`) returns at once, a request in flight (inside
-    `abandonable()`) is abandoned by raising `Stopped`; anywhere else the signal only sets it, and the loop stops at
-    its next check, after the bar in hand."""
+    """Set by SIGTERM or SIGINT while `installed()`: a wait (`wait`) returns at once, a request in flight
+    (inside `abandonable()`) is abandoned by raising `Stopped`; anywhere else the signal only sets it, and the
+    loop stops at its next check, after the bar in hand."""
     def __init__(self):
         self.event, self.name, self._abandonable = threading.Event(), None, False
 
     def __call__(self, signum, frame):
         self.name = signal.Signals(signum).name
-        threading.Thread(target=self.event.set, daemon=True).start()   # the interrupted code may hold the event's lock
+        # the interrupted code may hold the event's lock
+        threading.Thread(target=self.event.set, daemon=True).start()
         if self._abandonable: raise Stopped(f"stopped by {self.name}")
 
     @property
@@ -93,7 +95,8 @@ class StopSignal:
 
     @contextmanager
     def abandonable(self):
-        "A section a stop abandons at once (`Stopped` raised inside it): only where nothing is half-written, a request."
+        """A section a stop abandons at once (`Stopped` raised inside it): only where nothing is half-written,
+        a request."""
         if self.requested: raise Stopped(f"stopped by {self.name}")
         self._abandonable = True
         try: yield
@@ -123,39 +126,43 @@ def _retry_after(response: httpx.Response) -> float | None:
 # %% ../../nbs/serve/02_binance.ipynb #7e0ca5d0
 def _answer(response: httpx.Response, request: str, clock: Callable[[], float], *, missing_ok: bool,
             parse: Callable[[httpx.Response], object]) -> object:
-    """What one Binance response means: `parse(response)`; None for a 404 when `missing_ok`; `_Retry` for a 429 (after
-    its Retry-After) or a 5xx; `IPBanned` for a 418 (until when, by `clock`); `FetchError` for any other 4xx."""
+    """What one Binance response means: `parse(response)`; None for a 404 when `missing_ok`; `_Retry` for a
+    429 (after its Retry-After) or a 5xx; `IPBanned` for a 418 (until when, by `clock`); `FetchError` for any
+    other 4xx."""
     status = response.status_code
     if status == 418:
         wait = _retry_after(response)
-        until = (f"until {pd.Timestamp(clock() + wait, unit='s'):%Y-%m-%d %H:%M:%S} UTC (Retry-After {wait:g} s)"
-                 if wait is not None else "(no Retry-After given)")
-        raise IPBanned(f"{request}: HTTP 418, Binance has banned this IP for exceeding its rate limits {until}; "
-                       "wait until then before fetching again (requests during a ban lengthen it)")
+        until = (f"until {pd.Timestamp(clock() + wait, unit='s'):%Y-%m-%d %H:%M:%S} UTC "
+                 f"(Retry-After {wait:g} s)" if wait is not None else "(no Retry-After given)")
+        raise IPBanned(f"{request}: HTTP 418, Binance has banned this IP for exceeding its rate limits "
+                       f"{until}; wait until then before fetching again (requests during a ban lengthen it)")
     if status == 429: raise _Retry("HTTP 429 too many requests", wait=_retry_after(response))
     if status >= 500: raise _Retry(f"HTTP {status} {response.reason_phrase}")
     if status == 404 and missing_ok: return None
     if status >= 400:
-        raise FetchError(f"{request}: HTTP {status} {response.text[:200]!r}; check the symbol, interval, dates and --base-url")
+        raise FetchError(f"{request}: HTTP {status} {response.text[:200]!r}; "
+                         "check the symbol, interval, dates and --base-url")
     return parse(response)
 
 # %% ../../nbs/serve/02_binance.ipynb #030c3cb5
 class BinanceClient:
-    "GETs to a Binance host with its limits kept: weight per minute, 429 Retry-After, 418 bans, retries with backoff."
+    "GETs to a Binance host within its limits: weight per minute, 429 Retry-After, 418 bans, backoff retries."
     def __init__(self, base_url: str, *,
                  timeout: float = 10.0,  # seconds per connect/read
                  attempts: int = 5,  # tries per request before it fails
                  max_backoff: float = 30.0,  # cap of the exponential backoff (s)
-                 weight_budget: int = WEIGHT_LIMIT * 9 // 10,  # pause until the next minute before passing this
-                 sleep: Callable[[float], object] | None = None,  # default: `stop.wait`, or time.sleep without a stop
+                 weight_budget: int = WEIGHT_LIMIT * 9 // 10,  # pause until the next minute before passing it
+                 sleep: Callable[[float], object] | None = None,  # default: `stop.wait`, else time.sleep
                  clock: Callable[[], float] = time.time,
                  transport: httpx.BaseTransport | None = None,
-                 stop: StopSignal | None = None):  # ends every wait and abandons a request in flight (`Stopped`)
+                 stop: StopSignal | None = None):  # ends every wait, abandons a request in flight (`Stopped`)
         self.http = httpx.Client(base_url=base_url, timeout=httpx.Timeout(timeout), transport=transport,
                                  headers={"User-Agent": "macd-nb"})
-        self.timeout, self.attempts, self.weight_budget, self.clock, self.stop = timeout, attempts, weight_budget, clock, stop
+        self.timeout, self.attempts, self.weight_budget, self.clock, self.stop = \
+            timeout, attempts, weight_budget, clock, stop
         self.sleep = sleep or (stop.wait if stop else time.sleep)
-        self._backoff = wait_exponential(multiplier=0.5, max=max_backoff) + wait_random(0, 0.5)   # 1, 2, 4 .. s + jitter
+        # 1, 2, 4 .. s + jitter
+        self._backoff = wait_exponential(multiplier=0.5, max=max_backoff) + wait_random(0, 0.5)
         self.requests = self.retries = self.weight = 0
         self.used_weight: int | None = None   # the last X-MBX-USED-WEIGHT-1M, in the minute it was read
         self._weight_minute = None
@@ -194,24 +201,34 @@ class BinanceClient:
 
     def get(self, path: str, params: dict | None = None, *, weight: int = 0, missing_ok: bool = False,
             parse: Callable[[httpx.Response], object] = lambda r: r) -> object:
-        "`parse(response)` of a GET, retried as Binance asks; None for a 404 when `missing_ok`; FetchError when it fails for good."
-        request = self.describe(path, params)
-        def attempt():
-            self._pace(weight)
-            self.requests, self.weight = self.requests + 1, self.weight + weight
-            try:
-                with self.stop.abandonable() if self.stop is not None else nullcontext():
-                    response = self.http.get(path, params=params)
-            except httpx.TimeoutException: raise _Retry(f"no answer within {self.timeout} s") from None
-            except httpx.TransportError as error: raise _Retry(f"connection failed ({type(error).__name__}: {error})") from None
-            self._note_weight(response)
-            return _answer(response, request, self.clock, missing_ok=missing_ok, parse=parse)
-        retrying = Retrying(retry=retry_if_exception_type(_Retry), stop=stop_after_attempt(self.attempts), wait=self._wait,
-                            sleep=self._sleep, before_sleep=self._count_retry, reraise=True)
-        try: return retrying(attempt)
-        except _Retry as last:
-            raise FetchError(f"{request}: {last} ({self.attempts} attempts); the server keeps failing: "
-                             "try again later, or check --base-url") from None
+        """`parse(response)` of a GET, retried as Binance asks (`_retried_get`); None for a 404 when
+        `missing_ok`; FetchError when it fails for good."""
+        return _retried_get(self, path, params, weight=weight, missing_ok=missing_ok, parse=parse)
+
+# %% ../../nbs/serve/02_binance.ipynb #10bbd285
+def _retried_get(client: BinanceClient, path: str, params: dict | None, *, weight: int, missing_ok: bool,
+                 parse: Callable[[httpx.Response], object]) -> object:
+    """`client.get`: each attempt paced to the weight budget, counted, abandoned by a stop and read by
+    `_answer`; retried with `client`'s waits; FetchError naming the request when it fails for good."""
+    request = client.describe(path, params)
+    def attempt():
+        client._pace(weight)
+        client.requests, client.weight = client.requests + 1, client.weight + weight
+        try:
+            with client.stop.abandonable() if client.stop is not None else nullcontext():
+                response = client.http.get(path, params=params)
+        except httpx.TimeoutException: raise _Retry(f"no answer within {client.timeout} s") from None
+        except httpx.TransportError as error:
+            raise _Retry(f"connection failed ({type(error).__name__}: {error})") from None
+        client._note_weight(response)
+        return _answer(response, request, client.clock, missing_ok=missing_ok, parse=parse)
+    retrying = Retrying(retry=retry_if_exception_type(_Retry), stop=stop_after_attempt(client.attempts),
+                        wait=client._wait, sleep=client._sleep, before_sleep=client._count_retry,
+                        reraise=True)
+    try: return retrying(attempt)
+    except _Retry as last:
+        raise FetchError(f"{request}: {last} ({client.attempts} attempts); the server keeps failing: "
+                         "try again later, or check --base-url") from None
 
 # %% ../../nbs/serve/02_binance.ipynb #2e8c5701
 @dataclass
@@ -236,15 +253,17 @@ class FetchSummary:
         self.added += len(added)
         self.first = self.first or utc_minute(added[0].open_ms)
         self.last = utc_minute(added[-1].open_ms)
-        self.files = sorted({*self.files, *(month_file("", self.symbol, self.interval, r.open_ms).name for r in added)})
+        self.files = sorted({*self.files,
+                             *(month_file("", self.symbol, self.interval, r.open_ms).name for r in added)})
 
     def line(self) -> str:
         "One summary line."
         bars = f"{self.added} bars added ({self.first} .. {self.last} UTC)" if self.added else "no new bars"
-        weight = f", weight {self.weight}" + (f" (used {self.used_weight}/{WEIGHT_LIMIT} this minute)" if self.used_weight is not None else "")
+        weight = f", weight {self.weight}" + (f" (used {self.used_weight}/{WEIGHT_LIMIT} this minute)"
+                                              if self.used_weight is not None else "")
         missing = f"; not published (404), skipped: {', '.join(self.missing)}" if self.missing else ""
-        return (f"{self.symbol} {self.interval} ({self.source}): {bars}, {self.requests} requests, {self.retries} retries"
-                f"{weight if self.source == 'rest' else ''}{missing}")
+        return (f"{self.symbol} {self.interval} ({self.source}): {bars}, {self.requests} requests, "
+                f"{self.retries} retries{weight if self.source == 'rest' else ''}{missing}")
 
 # %% ../../nbs/serve/02_binance.ipynb #1a006d23
 def _window(start, end, now_ms: int) -> tuple[int, int]:
@@ -252,7 +271,8 @@ def _window(start, end, now_ms: int) -> tuple[int, int]:
     try:
         lower, _ = date_bound(start, is_end=False)
         upper, exclusive = date_bound(end, is_end=True)
-    except ValueError as error: raise ValueError(f"start {start!r} / end {end!r}: not a date or time ({error})") from None
+    except ValueError as error:
+        raise ValueError(f"start {start!r} / end {end!r}: not a date or time ({error})") from None
     if lower is None: raise ValueError("a start date is required, e.g. 2024-01-01")
     stop = now_ms if upper is None else min(now_ms, upper.value // 10**6 + (0 if exclusive else 1))
     if lower.value // 10**6 >= stop: raise ValueError(f"start {start} is not before end {end or 'now'}")
@@ -262,7 +282,8 @@ def _window(start, end, now_ms: int) -> tuple[int, int]:
 def _kline_page(response: httpx.Response) -> list:
     "The JSON list of klines of a response; malformed bodies are retried."
     try: page = response.json()
-    except ValueError as error: raise _Retry(f"malformed JSON ({error}; body starts {response.text[:60]!r})") from None
+    except ValueError as error:
+        raise _Retry(f"malformed JSON ({error}; body starts {response.text[:60]!r})") from None
     if not isinstance(page, list) or not all(isinstance(r, list) for r in page):
         raise _Retry(f"not a JSON list of klines (body starts {response.text[:60]!r})")
     return page
@@ -270,12 +291,13 @@ def _kline_page(response: httpx.Response) -> list:
 # %% ../../nbs/serve/02_binance.ipynb #4c302621
 def _progress(total: int, desc: str, unit: str, show: bool) -> tqdm:
     "A tqdm bar on stderr (when it is a terminal)."
-    return tqdm(total=total, desc=desc, unit=unit, disable=None if show else True, file=sys.stderr, leave=True)
+    return tqdm(total=total, desc=desc, unit=unit, disable=None if show else True, file=sys.stderr,
+                leave=True)
 
 # %% ../../nbs/serve/02_binance.ipynb #8c876056
 def fetch_rest(client: BinanceClient, symbol: str, interval: str, start, end=None, *, data_dir: str | Path,
                limit: int = 1000, progress: bool = True) -> FetchSummary:
-    "Closed klines of one symbol from GET /api/v3/klines into the month files; resumes after the last stored bar."
+    "Closed klines of one symbol from GET /api/v3/klines into month files; resumes after the last stored bar."
     if not 1 <= limit <= 1000: raise ValueError(f"limit={limit}: Binance allows 1..1000 klines per request")
     step, now_ms = INTERVAL_MS[interval], int(client.clock() * 1000)
     first, stop = _window(start, end, now_ms)
@@ -284,11 +306,13 @@ def fetch_rest(client: BinanceClient, symbol: str, interval: str, start, end=Non
     summary, before = FetchSummary(symbol, interval, "rest"), (client.requests, client.retries, client.weight)
     with _progress(max(0, (stop - cursor) // step), f"{symbol} {interval}", "bar", progress) as bar:
         while cursor < stop:
-            params = {"symbol": symbol, "interval": interval, "startTime": cursor, "endTime": stop - 1, "limit": limit}
+            params = {"symbol": symbol, "interval": interval, "startTime": cursor, "endTime": stop - 1,
+                      "limit": limit}
             request = client.describe(KLINES_PATH, params)
             page = client.get(KLINES_PATH, params, weight=REQUEST_WEIGHT, parse=_kline_page)
             rows = [parse_row(values, f"{request} row {i}") for i, values in enumerate(page, 1)]
-            added = store_rows(data_dir, symbol, interval, [r for r in rows if first <= r.open_ms < stop], now_ms)
+            added = store_rows(data_dir, symbol, interval, [r for r in rows if first <= r.open_ms < stop],
+                               now_ms)
             summary.note(added)
             bar.update(len(added))
             newest = max((r.open_ms for r in rows), default=-1)
@@ -311,15 +335,17 @@ def dump_path(symbol: str, interval: str, month: pd.Timestamp) -> str:
 
 
 def dump_lines(archive: bytes, name: str) -> list[str]:
-    "The CSV lines inside a dump ZIP; DataError naming it when the archive is truncated or holds no single CSV."
+    "The CSV lines in a dump ZIP; DataError naming it when the archive is truncated or holds no single CSV."
     try:
         with zipfile.ZipFile(io.BytesIO(archive)) as opened:
             members = [m for m in opened.namelist() if m.lower().endswith(".csv")]
-            if len(members) != 1: raise DataError(f"{name}: expected one CSV inside the ZIP, found {members or opened.namelist()}")
+            if len(members) != 1:
+                raise DataError(f"{name}: expected one CSV inside the ZIP, "
+                                f"found {members or opened.namelist()}")
             return opened.read(members[0]).decode().splitlines()
     except (zipfile.BadZipFile, EOFError, zlib.error, UnicodeDecodeError) as error:
-        raise DataError(f"{name}: truncated or corrupt ZIP archive ({type(error).__name__}: {error}); nothing was stored, "
-                        "download it again") from None
+        raise DataError(f"{name}: truncated or corrupt ZIP archive ({type(error).__name__}: {error}); "
+                        "nothing was stored, download it again") from None
 
 
 def _month_done(data_dir, symbol: str, interval: str, month: pd.Timestamp, first: int, stop: int) -> bool:
@@ -335,7 +361,8 @@ def fetch_dumps(client: BinanceClient, symbol: str, interval: str, start, end=No
     "Closed klines of one symbol from the monthly dump ZIPs (checksums verified) into the month files."
     now_ms = int(client.clock() * 1000)
     first, stop = _window(start, end, now_ms)
-    months = pd.date_range(pd.Timestamp(first, unit="ms").to_period("M").to_timestamp(), pd.Timestamp(stop - 1, unit="ms"), freq="MS")
+    months = pd.date_range(pd.Timestamp(first, unit="ms").to_period("M").to_timestamp(),
+                           pd.Timestamp(stop - 1, unit="ms"), freq="MS")
     summary, before = FetchSummary(symbol, interval, "dumps"), (client.requests, client.retries)
     with _progress(len(months), f"{symbol} {interval}", "month", progress) as bar:
         for month in months:
@@ -349,14 +376,19 @@ def fetch_dumps(client: BinanceClient, symbol: str, interval: str, start, end=No
                 continue
             where = f"{name} ({client.describe(path)})"
             expected = checksum.text.split()[0].lower() if checksum.text.split() else ""
-            if len(expected) != 64: raise DataError(f"{where}.CHECKSUM: {checksum.text[:100]!r} is not '<sha256>  <name>'")
+            if len(expected) != 64:
+                raise DataError(f"{where}.CHECKSUM: {checksum.text[:100]!r} is not '<sha256>  <name>'")
             actual = hashlib.sha256(archive.content).hexdigest()
             if actual != expected:
-                raise ChecksumMismatch(f"{where}: sha256 {actual} of the download, {expected} in its CHECKSUM file; "
-                                       "the file was not kept: fetch again (a proxy or mirror may have served a damaged file)")
-            rows = [parse_row(line.split(","), f"{name} line {n}") for n, line in enumerate(dump_lines(archive.content, where), 1)
-                    if line.strip() and not (n == 1 and not line.split(",")[0].strip().isdigit())]   # skip a header
-            summary.note(store_rows(data_dir, symbol, interval, [r for r in rows if first <= r.open_ms < stop], now_ms))
+                raise ChecksumMismatch(f"{where}: sha256 {actual} of the download, {expected} in its "
+                                       "CHECKSUM file; the file was not kept: fetch again "
+                                       "(a proxy or mirror may have served a damaged file)")
+            # blank lines and a header skipped
+            rows = [parse_row(line.split(","), f"{name} line {n}")
+                    for n, line in enumerate(dump_lines(archive.content, where), 1)
+                    if line.strip() and not (n == 1 and not line.split(",")[0].strip().isdigit())]
+            summary.note(store_rows(data_dir, symbol, interval,
+                                    [r for r in rows if first <= r.open_ms < stop], now_ms))
     summary.requests, summary.retries = client.requests - before[0], client.retries - before[1]
     return summary
 
@@ -366,17 +398,21 @@ def fetch_klines(symbols: str | list[str],  # e.g. "BTCUSDT,ETHUSDT" or a list
                  start=None,  # first open time, e.g. "2024-01-01"
                  end=None,  # last open time (a date keeps the whole day); None = up to the last closed bar
                  *, source: str = "rest",  # "rest" (GET /api/v3/klines) or "dumps" (monthly ZIP archives)
-                 base_url: str | None = None,  # default: api.binance.com for rest, data.binance.vision for dumps
-                 data_dir: str | Path | None = None,  # default: default_data_dir(), the folder the `full` profile reads
+                 base_url: str | None = None,  # default: api.binance.com (rest), data.binance.vision (dumps)
+                 data_dir: str | Path | None = None,  # default: default_data_dir(),
+                                                      #   the folder the `full` profile reads
                  limit: int = 1000,  # klines per REST request
                  progress: bool = True,  # tqdm bars on stderr, a summary line per symbol on stdout
-                 **client_options,  # BinanceClient's: timeout, attempts, weight_budget, sleep, clock, transport, stop
+                 **client_options,  # BinanceClient's: timeout, attempts, weight_budget, sleep,
+                                    #   clock, transport, stop
                  ) -> list[FetchSummary]:
     "Fetch closed klines of each symbol into the month files of the data directory; a summary per symbol."
-    names = [s.strip().upper() for s in (symbols.split(",") if isinstance(symbols, str) else symbols) if s.strip()]
+    names = [s.strip().upper() for s in (symbols.split(",") if isinstance(symbols, str) else symbols)
+             if s.strip()]
     bad = [s for s in names if not s.isalnum()]
     if not names or bad: raise ValueError(f"symbols {symbols!r}: expected names like BTCUSDT,ETHUSDT")
-    if interval not in INTERVAL_MS: raise ValueError(f"interval {interval!r}: expected one of {list(INTERVAL_MS)}")
+    if interval not in INTERVAL_MS:
+        raise ValueError(f"interval {interval!r}: expected one of {list(INTERVAL_MS)}")
     if source not in ("rest", "dumps"): raise ValueError(f"source {source!r}: expected 'rest' or 'dumps'")
     data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -385,9 +421,11 @@ def fetch_klines(symbols: str | list[str],  # e.g. "BTCUSDT,ETHUSDT" or a list
     with BinanceClient(url, **client_options) as client:
         for symbol in names:
             if source == "rest":
-                summary = fetch_rest(client, symbol, interval, start, end, data_dir=data_dir, limit=limit, progress=progress)
+                summary = fetch_rest(client, symbol, interval, start, end, data_dir=data_dir, limit=limit,
+                                     progress=progress)
             else:
-                summary = fetch_dumps(client, symbol, interval, start, end, data_dir=data_dir, progress=progress)
+                summary = fetch_dumps(client, symbol, interval, start, end, data_dir=data_dir,
+                                      progress=progress)
             if progress: tqdm.write(summary.line(), file=sys.stdout)
             summaries.append(summary)
     return summaries
