@@ -144,8 +144,36 @@ def _answer(response: httpx.Response, request: str, clock: Callable[[], float], 
                          "check the symbol, interval, dates and --base-url")
     return parse(response)
 
+# %% ../../nbs/serve/02_binance.ipynb #10bbd285
+class _Pacing:
+    "How a `BinanceClient` waits: the weight budget per minute, the retry waits, sleeps a stop cuts short."
+    def _pace(self, weight: int) -> None:
+        "Sleep until the next minute when this request would take the minute's used weight past the budget."
+        now = self.clock()
+        if weight and self.used_weight is not None and int(now // 60) == self._weight_minute \
+                and self.used_weight + weight > self.weight_budget:
+            self._sleep(60 - now % 60 + 0.5)   # Binance counts weight per calendar minute
+            self.used_weight = None
+
+    def _note_weight(self, response: httpx.Response) -> None:
+        "Remember the used weight Binance reported."
+        used = response.headers.get("X-MBX-USED-WEIGHT-1M", "").strip()
+        if used.isdigit(): self.used_weight, self._weight_minute = int(used), int(self.clock() // 60)
+
+    def _wait(self, state) -> float:
+        "Retry-After when the server gave one, else capped exponential backoff with jitter."
+        wait = state.outcome.exception().wait
+        return wait if wait is not None else self._backoff(state)
+
+    def _count_retry(self, state) -> None: self.retries += 1
+
+    def _sleep(self, seconds: float) -> None:
+        "Sleep; `Stopped` when a stop came meanwhile."
+        self.sleep(seconds)
+        if self.stop is not None and self.stop.requested: raise Stopped(f"stopped by {self.stop.name}")
+
 # %% ../../nbs/serve/02_binance.ipynb #030c3cb5
-class BinanceClient:
+class BinanceClient(_Pacing):
     "GETs to a Binance host within its limits: weight per minute, 429 Retry-After, 418 bans, backoff retries."
     def __init__(self, base_url: str, *,
                  timeout: float = 10.0,  # seconds per connect/read
@@ -174,61 +202,29 @@ class BinanceClient:
         "'GET <full URL>' of a request, as errors name it."
         return f"GET {self.http.build_request('GET', path, params=params).url}"
 
-    def _pace(self, weight: int) -> None:
-        "Sleep until the next minute when this request would take the minute's used weight past the budget."
-        now = self.clock()
-        if weight and self.used_weight is not None and int(now // 60) == self._weight_minute \
-                and self.used_weight + weight > self.weight_budget:
-            self._sleep(60 - now % 60 + 0.5)   # Binance counts weight per calendar minute
-            self.used_weight = None
-
-    def _note_weight(self, response: httpx.Response) -> None:
-        "Remember the used weight Binance reported."
-        used = response.headers.get("X-MBX-USED-WEIGHT-1M", "").strip()
-        if used.isdigit(): self.used_weight, self._weight_minute = int(used), int(self.clock() // 60)
-
-    def _wait(self, state) -> float:
-        "Retry-After when the server gave one, else capped exponential backoff with jitter."
-        wait = state.outcome.exception().wait
-        return wait if wait is not None else self._backoff(state)
-
-    def _count_retry(self, state) -> None: self.retries += 1
-
-    def _sleep(self, seconds: float) -> None:
-        "Sleep; `Stopped` when a stop came meanwhile."
-        self.sleep(seconds)
-        if self.stop is not None and self.stop.requested: raise Stopped(f"stopped by {self.stop.name}")
-
     def get(self, path: str, params: dict | None = None, *, weight: int = 0, missing_ok: bool = False,
             parse: Callable[[httpx.Response], object] = lambda r: r) -> object:
-        """`parse(response)` of a GET, retried as Binance asks (`_retried_get`); None for a 404 when
-        `missing_ok`; FetchError when it fails for good."""
-        return _retried_get(self, path, params, weight=weight, missing_ok=missing_ok, parse=parse)
-
-# %% ../../nbs/serve/02_binance.ipynb #10bbd285
-def _retried_get(client: BinanceClient, path: str, params: dict | None, *, weight: int, missing_ok: bool,
-                 parse: Callable[[httpx.Response], object]) -> object:
-    """`client.get`: each attempt paced to the weight budget, counted, abandoned by a stop and read by
-    `_answer`; retried with `client`'s waits; FetchError naming the request when it fails for good."""
-    request = client.describe(path, params)
-    def attempt():
-        client._pace(weight)
-        client.requests, client.weight = client.requests + 1, client.weight + weight
-        try:
-            with client.stop.abandonable() if client.stop is not None else nullcontext():
-                response = client.http.get(path, params=params)
-        except httpx.TimeoutException: raise _Retry(f"no answer within {client.timeout} s") from None
-        except httpx.TransportError as error:
-            raise _Retry(f"connection failed ({type(error).__name__}: {error})") from None
-        client._note_weight(response)
-        return _answer(response, request, client.clock, missing_ok=missing_ok, parse=parse)
-    retrying = Retrying(retry=retry_if_exception_type(_Retry), stop=stop_after_attempt(client.attempts),
-                        wait=client._wait, sleep=client._sleep, before_sleep=client._count_retry,
-                        reraise=True)
-    try: return retrying(attempt)
-    except _Retry as last:
-        raise FetchError(f"{request}: {last} ({client.attempts} attempts); the server keeps failing: "
-                         "try again later, or check --base-url") from None
+        """`parse(response)` of a GET, retried as Binance asks; None for a 404 when `missing_ok`;
+        FetchError naming the request when it fails for good."""
+        request = self.describe(path, params)
+        def attempt():
+            self._pace(weight)
+            self.requests, self.weight = self.requests + 1, self.weight + weight
+            try:
+                with self.stop.abandonable() if self.stop is not None else nullcontext():
+                    response = self.http.get(path, params=params)
+            except httpx.TimeoutException: raise _Retry(f"no answer within {self.timeout} s") from None
+            except httpx.TransportError as error:
+                raise _Retry(f"connection failed ({type(error).__name__}: {error})") from None
+            self._note_weight(response)
+            return _answer(response, request, self.clock, missing_ok=missing_ok, parse=parse)
+        retrying = Retrying(retry=retry_if_exception_type(_Retry), stop=stop_after_attempt(self.attempts),
+                            wait=self._wait, sleep=self._sleep, before_sleep=self._count_retry,
+                            reraise=True)
+        try: return retrying(attempt)
+        except _Retry as last:
+            raise FetchError(f"{request}: {last} ({self.attempts} attempts); the server keeps failing: "
+                             "try again later, or check --base-url") from None
 
 # %% ../../nbs/serve/02_binance.ipynb #2e8c5701
 @dataclass
@@ -347,7 +343,7 @@ def dump_lines(archive: bytes, name: str) -> list[str]:
         raise DataError(f"{name}: truncated or corrupt ZIP archive ({type(error).__name__}: {error}); "
                         "nothing was stored, download it again") from None
 
-
+# %% ../../nbs/serve/02_binance.ipynb #d0c5f002
 def _month_done(data_dir, symbol: str, interval: str, month: pd.Timestamp, first: int, stop: int) -> bool:
     "Whether the month's file already holds its first wanted bar through its last bar."
     rows = read_month(month_file(data_dir, symbol, interval, month.value // 10**6))
