@@ -178,6 +178,32 @@ def _recipe_record(config: RunConfig, market: Market, at_point: list[RecipeFit],
             "best_iterations": [f.best_iteration for f in at_point],
             "n_train_rows": [len(f.train_rows) for f in at_point]}
 
+# %% ../../nbs/pipeline/09_policy_simulation.ipynb #c4a11e01
+def _challenger_gate(record: dict, gate_ci_above: float | None) -> dict:
+    "The challenger's gate at a retrain point: its OOF AUC interval above `gate_ci_above` (None: no gate)."
+    low = record["oof_auc_ci95"][0]
+    return {"name": "oof_auc_ci95_low", "op": ">", "threshold": gate_ci_above, "value": low,
+            "passed": gate_ci_above is None or bool(low > gate_ci_above)}
+
+
+def _rule_record(margin: float, comparison: str, gate_ci_above: float | None,
+                 monitor_limits: dict | None) -> dict:
+    "The promotion rule a simulation applied, as its record states it."
+    return {"margin": margin, "comparison": comparison,
+            "gate": "none" if gate_ci_above is None
+                    else f"challenger OOF AUC 95% CI lower bound > {gate_ci_above}",
+            "monitor_limits": LIMITS | (monitor_limits or {}),
+            "monitor_subset": "realised-AUC and feature-PSI limits; "
+                              "no prediction PSI (no held-out reference)"}
+
+
+def _schedule_record(schedule: RetrainSchedule, every: str, history_periods: int, folds_per_period: int,
+                     n_fits: int) -> dict:
+    "The retrain schedule a simulation followed, as its record states it."
+    return {"every": every, "points": [str(t) for t in schedule.points], "end": str(schedule.end),
+            "history_periods": history_periods, "folds_per_period": folds_per_period, "n_fits": n_fits,
+            "first_walk_forward_fit": str(schedule.fit_times[0])}
+
 # %% ../../nbs/pipeline/09_policy_simulation.ipynb #ccc2aee7
 def simulate_retrain_policies(
     market: Market,                       # the prepared table's arrays (`Market.from_table`)
@@ -212,9 +238,7 @@ def simulate_retrain_policies(
     # the model each retrain point makes, and its out-of-fold record
     at_point = [next(f for f in fits if f.fit_time == t) for t in schedule.points]
     records = [evidence.record(schedule.history[0], t, **boot) for t in schedule.points]
-    gates = [{"name": "oof_auc_ci95_low", "op": ">", "threshold": gate_ci_above,
-              "value": r["oof_auc_ci95"][0],
-              "passed": gate_ci_above is None or bool(r["oof_auc_ci95"][0] > gate_ci_above)} for r in records]
+    gates = [_challenger_gate(r, gate_ci_above) for r in records]
     deployed, decisions = _policy_decisions(market, schedule, at_point, evidence, records, gates,
                                             comparison=comparison, boot=boot, monitor_limits=monitor_limits,
                                             margin=margin)
@@ -228,17 +252,9 @@ def simulate_retrain_policies(
               "buy_and_hold": scores["buy_and_hold"],
               "window": {"first_served_bar": str(served.index[0]), "last_served_bar": str(served.index[-1]),
                          "n_bars": len(served)},
-              "schedule": {"every": every, "points": [str(t) for t in schedule.points],
-                           "end": str(schedule.end), "history_periods": history_periods,
-                           "folds_per_period": folds_per_period, "n_fits": len(fits),
-                           "first_walk_forward_fit": str(schedule.fit_times[0])},
+              "schedule": _schedule_record(schedule, every, history_periods, folds_per_period, len(fits)),
               "recipe": _recipe_record(config, market, at_point, threads),
-              "rule": {"margin": margin, "comparison": comparison,
-                       "gate": "none" if gate_ci_above is None
-                               else f"challenger OOF AUC 95% CI lower bound > {gate_ci_above}",
-                       "monitor_limits": LIMITS | (monitor_limits or {}),
-                       "monitor_subset": "realised-AUC and feature-PSI limits; "
-                                         "no prediction PSI (no held-out reference)"},
+              "rule": _rule_record(margin, comparison, gate_ci_above, monitor_limits),
               "challenger_records": [r | {"at": str(t)} for r, t in zip(records, schedule.points)],
               "decisions": decisions,
               "bootstrap": {"block": v.bootstrap_block, "n_boot": v.bootstrap_samples, "seed": config.seed},
