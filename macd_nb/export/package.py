@@ -31,14 +31,14 @@ class DeployError(RuntimeError):
     """A package refused: truncated, tampered, a link, an absolute or `..` path, a file missing from it or
     from its manifest."""
 
-
+# %% ../../nbs/export/04_package.ipynb #d1f86090
 def _run_time(run_dir: Path) -> str:
     "The run's own timestamp for the package name: when its first result record was written."
     stamps = sorted(filter(None, (read_json(p).get("created") for p in RunPaths(run_dir).result_files())))
     return (time.strftime("%Y%m%dT%H%M%SZ", time.strptime(stamps[0], "%Y-%m-%dT%H:%M:%SZ")) if stamps
             else "undated")
 
-
+# %% ../../nbs/export/04_package.ipynb #6b652047
 def package_files(run_dir: Path) -> dict[str, bytes]:
     """Relative path -> bytes of everything the package holds but its manifest, each checked against its
     writer's sha256; refuses a declared file that is gone."""
@@ -61,7 +61,7 @@ def package_files(run_dir: Path) -> dict[str, bytes]:
     files["report/TRAINING_REPORT.md"] = summary_markdown(run_dir, run_dir.name, package=False).encode()
     return files
 
-
+# %% ../../nbs/export/04_package.ipynb #d87ef883
 def _member(name: str, size: int) -> tarfile.TarInfo:
     "A regular-file tar header with nothing machine- or time-specific in it."
     info = tarfile.TarInfo(name)
@@ -69,7 +69,7 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
                                                                                     "", "")
     return info
 
-
+# %% ../../nbs/export/04_package.ipynb #5fd6be1d
 def build_package(run_dir: str | Path, out_dir: str | Path) -> Path:
     "`out_dir/macd_models_<ts>.tar.gz` of the run, deterministic; its manifest lists every other member."
     run_dir, out_dir = Path(run_dir), Path(out_dir)

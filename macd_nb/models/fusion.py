@@ -106,6 +106,38 @@ FUSION_MLP = CombinerFamily(
     predict=lambda weights: lambda p: mlp_forward(weights, to_logit(p)).reshape(-1, 1),
     to_onnx=lambda weights: (fusion_to_onnx(weights), "macd_nb.models.fusion.fusion_to_onnx (float64)"))
 
+# %% ../../nbs/models/12_fusion.ipynb #49732de4
+def _fusion_walk(X: np.ndarray, y: np.ndarray, times: np.ndarray, label_end: np.ndarray,
+                 config: RunConfig) -> tuple[np.ndarray, list, float]:
+    "The fusion MLP's walk-forward P(up) (NaN: unscored), its blocks, the shuffled-label control's AUC."
+    walk = lambda labels: meta_walk_forward(X, labels, times, label_end, small_mlp,
+                                            n_blocks=config.stacking.meta_blocks)
+    pred, blocks = walk(y)
+    scored = np.isfinite(pred)
+    shuffled = np.random.default_rng(config.seed).permutation(y)
+    shuffled_pred, _ = walk(shuffled)
+    return pred, blocks, auc(shuffled[scored], shuffled_pred[scored])
+
+# %% ../../nbs/models/12_fusion.ipynb #1c15e97b
+def _deployed_weights(X: np.ndarray, y: np.ndarray) -> dict:
+    "The fusion MLP fitted on every row, as JSON weights checked to reproduce scikit-learn's probabilities."
+    fitted = fit_fusion(X, y)
+    weights = mlp_weights(fitted)
+    if np.max(np.abs(mlp_forward(weights, X) - fitted.predict_proba(X)[:, 1])) > 1e-9:
+        raise AssertionError("the JSON weights do not reproduce the fitted MLP")
+    return weights
+
+# %% ../../nbs/models/12_fusion.ipynb #7faada42
+def _fusion_test(run_dir: Path, weights: dict, slow_pred: pd.Series, table: pd.DataFrame, fast: str,
+                 slow: str, horizon: int) -> tuple[pd.DataFrame, np.ndarray]:
+    "The held-out test bars (both inputs aligned, labelled) and the saved fusion MLP's P(up) on them."
+    _, fast_test = timeframe_input(run_dir, fast, "test")
+    _, slow_test = timeframe_input(run_dir, slow, "test")
+    test = align_slow(pd.DataFrame({"p_fast": fast_test}), pd.concat([slow_pred, slow_test]).sort_index(),
+                      fast, slow)
+    test = test.assign(y=table[f"y_{horizon}"].reindex(test.index)).dropna(subset=["y"])
+    return test, mlp_forward(weights, to_logit(test[["p_fast", "p_slow"]].to_numpy()))
+
 # %% ../../nbs/models/12_fusion.ipynb #68b43ef1
 def run_fusion(config: RunConfig, run_dir: str | Path, fast: str = "1h", slow: str = "4h") -> dict:
     """Stage 2.2: the fusion MLP walked forward, controlled, gated, tested once;
@@ -131,12 +163,8 @@ def run_fusion(config: RunConfig, run_dir: str | Path, fast: str = "1h", slow: s
     X, y = to_logit(frame[["p_fast", "p_slow"]].to_numpy()), frame["y"].to_numpy()
     times = as_utc_datetime64(frame.index)
     label_end = as_utc_datetime64(table[f"label_end_{horizon}"].reindex(frame.index))
-    walk = lambda labels: meta_walk_forward(X, labels, times, label_end, small_mlp,
-                                            n_blocks=config.stacking.meta_blocks)
-    pred, blocks = walk(y)
+    pred, blocks, shuffled_auc = _fusion_walk(X, y, times, label_end, config)
     scored = np.isfinite(pred)
-    shuffled = np.random.default_rng(config.seed).permutation(y)
-    shuffled_pred, _ = walk(shuffled)
     settings = dict(block=config.validation.bootstrap_block, n_boot=config.validation.bootstrap_samples,
                     seed=config.seed)
     oof_auc = auc(y[scored], pred[scored])
@@ -145,19 +173,11 @@ def run_fusion(config: RunConfig, run_dir: str | Path, fast: str = "1h", slow: s
                "n_oof_scored": int(scored.sum()), "inputs": {fast: fast_model, slow: slow_model},
                "fast_input_oof_auc": auc(y[scored], frame["p_fast"].to_numpy()[scored])}
     gain = auc_gain_ci(y[scored], pred[scored], frame["p_fast"].to_numpy()[scored], **settings)
-    controls = {"shuffled_label_auc": auc(shuffled[scored], shuffled_pred[scored])}
+    controls = {"shuffled_label_auc": shuffled_auc}
     gates = [gate("oof_auc_ci95_low", metrics["oof_auc_ci95"][0], 0.5, ">"),
              gate("shuffled_label_auc_distance", abs(controls["shuffled_label_auc"] - 0.5), 0.03, "<=")]
-    fitted = fit_fusion(X, y)
-    weights = mlp_weights(fitted)
-    if np.max(np.abs(mlp_forward(weights, X) - fitted.predict_proba(X)[:, 1])) > 1e-9:
-        raise AssertionError("the JSON weights do not reproduce the fitted MLP")
-    _, fast_test = timeframe_input(run_dir, fast, "test")
-    _, slow_test = timeframe_input(run_dir, slow, "test")
-    test = align_slow(pd.DataFrame({"p_fast": fast_test}), pd.concat([slow_pred, slow_test]).sort_index(),
-                      fast, slow)
-    test = test.assign(y=table[f"y_{horizon}"].reindex(test.index)).dropna(subset=["y"])
-    test_pred = mlp_forward(weights, to_logit(test[["p_fast", "p_slow"]].to_numpy()))
+    weights = _deployed_weights(X, y)
+    test, test_pred = _fusion_test(run_dir, weights, slow_pred, table, fast, slow, horizon)
     metrics |= {"test_auc": auc(test["y"], test_pred),
                 "test_auc_ci95": list(auc_ci(test["y"].to_numpy(), test_pred, **settings)),
                 "n_test": len(test), "fast_input_test_auc": auc(test["y"], test["p_fast"])}

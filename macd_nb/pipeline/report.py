@@ -31,7 +31,7 @@ def notebook_markdown(executed: Path, report_dir: Path) -> str:
     body = re.sub(r"\n{4,}", "\n\n\n", body)
     return re.sub(r"^(#{1,4}) ", r"##\1 ", body, flags=re.M)   # notebook headings under the report's own
 
-
+# %% ../../nbs/pipeline/00_report.ipynb #4b65520f
 def deployment_section(run_dir: Path) -> str:
     "How to use the run's models: files, hashes, loading."
     manifest = read_json(run_dir / "MANIFEST.json") if (run_dir / "MANIFEST.json").exists() else {"files": {}}
@@ -49,7 +49,7 @@ def deployment_section(run_dir: Path) -> str:
               "and the architecture in the JSON beside them. No pickle is ever loaded.", ""]
     return "\n".join(lines)
 
-
+# %% ../../nbs/pipeline/00_report.ipynb #ff2c0a5d
 def report_markdown(run_dir: str | Path, report_dir: str | Path, run_id: str, *, for_package: bool = False,
                     notebooks: bool = True) -> str:
     """The report's Markdown; `for_package`: without what changes after packaging; `notebooks`: with each
@@ -70,7 +70,7 @@ def report_markdown(run_dir: str | Path, report_dir: str | Path, run_id: str, *,
     if not for_package: parts.append(deployment_section(run_dir))
     return "\n".join(parts)
 
-
+# %% ../../nbs/pipeline/00_report.ipynb #133e521b
 def write_report(run_dir: str | Path, report_dir: str | Path, run_id: str, *,
                  for_package: bool = False) -> Path:
     """TRAINING_REPORT.md from the result JSONs, status and executed notebooks; `for_package`: without what

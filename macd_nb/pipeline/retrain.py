@@ -353,6 +353,18 @@ def _carry_out(registry: Path, alias: str, run_dir: Path, champion: Champion, ve
         record_event(registry, {"alias": alias, "event": "retrain", "decision": "refused",
                                 "why": result["why"]} | audit)
 
+# %% ../../nbs/pipeline/03_retrain.ipynb #b5b502a2
+def _start_state(registry: Path, alias: str, run_id: str | None, champion: Champion,
+                 recommended: list[str]) -> dict:
+    "A new retrain's state, written: its challenger's run id (given, else stamped now), what it challenges."
+    run_id = checked_name(
+        "--run-id", run_id or f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-retrain-{alias}")
+    state = {"run_id": run_id, "alias": alias, "champion_version": champion.version,
+             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "recommended_because": recommended}
+    write_state(registry, alias, state)
+    return state
+
 # %% ../../nbs/pipeline/03_retrain.ipynb #aeea6509
 def retrain(alias: str = "1h", *, registry: str | Path | None = None, data: str | None = None,
             config_file: str | None = None, profile: str | None = None, run_id: str | None = None,
@@ -377,12 +389,7 @@ def retrain(alias: str = "1h", *, registry: str | Path | None = None, data: str 
         config = challenger_config(champion, runs_root, config_file, profile, data)
         if state is None:
             if fetch: fetch_newer_bars(config)
-            run_id = checked_name(
-                "--run-id", run_id or f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-retrain-{alias}")
-            state = {"run_id": run_id, "alias": alias, "champion_version": champion.version,
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                     "recommended_because": recommended}
-            write_state(registry, alias, state)
+            state = _start_state(registry, alias, run_id, champion, recommended)
         run_id, run_dir = state["run_id"], runs_root / state["run_id"]
         resume = (run_dir / "config.json").exists()   # a resumed run keeps its own stage plan
         ok, report_dir = run_pipeline(config, run_id=run_id, runs_root=runs_root, reports_root=reports_root,

@@ -186,7 +186,7 @@ Its folder is _assets, not
       use_fullscreen_button: false
 """
 
-
+# %% ../../nbs/pipeline/06_site.ipynb #120e556b
 def contents(parts: list[tuple[str, list[str]]], pages: dict[str, dict | str]) -> str:
     "The front page's contents: under each part's caption, every page's title (a link) and summary."
     lines = ["## Contents", ""]

@@ -164,14 +164,11 @@ class _LogReads:
         "SQLite's `PRAGMA integrity_check` ('ok' when the file is sound)."
         return self.db.execute("PRAGMA integrity_check").fetchone()[0]
 
-# %% ../../nbs/serve/04_log.ipynb #f9d33982
-class PredictionLog(_LogReads):
-    "The SQLite prediction log at `path` (created on first use); `read_only` for readers such as the monitor."
-    def __init__(self, path: str | Path, *, read_only: bool = False):
-        self.path = Path(path)
-        self.db = _open_log(self.path, read_only)
-
-    def close(self) -> None: self.db.close()
+# %% ../../nbs/serve/04_log.ipynb #11391a9c
+class _LogBatches:
+    "How a prediction log (its `db`, at `path`) writes: one transaction per write, or a batch of them."
+    db: sqlite3.Connection
+    path: Path
 
     def _write(self, statements: Callable[[], object]):
         """Run `statements` in one transaction (the caller's, when one is open);
@@ -201,6 +198,15 @@ class PredictionLog(_LogReads):
     def commit(self) -> None:
         "Commit the open batch, if any (LogWriteFailed, the batch rolled back, when SQLite cannot write it)."
         if self.db.in_transaction: self._write(lambda: self.db.execute("COMMIT"))
+
+# %% ../../nbs/serve/04_log.ipynb #f9d33982
+class PredictionLog(_LogReads, _LogBatches):
+    "The SQLite prediction log at `path` (created on first use); `read_only` for readers such as the monitor."
+    def __init__(self, path: str | Path, *, read_only: bool = False):
+        self.path = Path(path)
+        self.db = _open_log(self.path, read_only)
+
+    def close(self) -> None: self.db.close()
 
     def record(self, *, symbol: str, timeframe: str, bar_time, alias: str, model_version: int, run: str,
                p_up: float, models: dict, fallback: str | None, latency_ms: float, features: pd.Series,

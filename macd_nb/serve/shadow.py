@@ -42,6 +42,20 @@ def model_scores(predictor: MLPredictor, models: list[str]) -> dict[str, float]:
                 predictor.verified(f"results/{name}_{predictor.timeframe}.json"))["metrics"]["oof_auc"]
             for name in models}
 
+# %% ../../nbs/serve/05_shadow.ipynb #ed08bd7c
+def _unhealthy_models(predictor: MLPredictor, alias: str) -> dict[str, str]:
+    "Each model failing its health check -> its first failed check; RegistryError if a run record fails."
+    health = predictor.health_check()
+    broken = [f"{check} failed ({r['detail']})"
+              for check, r in health["run_records"].items() if not r["passed"]]
+    if broken:   # without the prepare record there is no knowing which features to compute
+        raise RegistryError(f"alias {alias} (run {predictor.pointer['run']}) cannot be served: "
+                            f"{'; '.join(broken)}; deploy the run's package again, "
+                            f"or `macd-nb rollback --alias {alias}`")
+    return {
+        name: next(f"{check} failed: {r['detail']}" for check, r in checks.items() if not r["passed"])
+        for name, checks in health["models"].items() if not all(r["passed"] for r in checks.values())}
+
 # %% ../../nbs/serve/05_shadow.ipynb #357f3b2a
 @dataclass
 class Served:
@@ -61,16 +75,7 @@ class Served:
         if unknown: raise RegistryError(f"--fallback {','.join(order)}: {', '.join(unknown)} is not "
                                         f"a base model of alias {alias} (run {predictor.pointer['run']}); "
                                         f"its base models are {','.join(predictor.meta['inputs'])}")
-        health = predictor.health_check()
-        broken = [f"{check} failed ({r['detail']})"
-                  for check, r in health["run_records"].items() if not r["passed"]]
-        if broken:   # without the prepare record there is no knowing which features to compute
-            raise RegistryError(f"alias {alias} (run {predictor.pointer['run']}) cannot be served: "
-                                f"{'; '.join(broken)}; deploy the run's package again, "
-                                f"or `macd-nb rollback --alias {alias}`")
-        unhealthy = {
-            name: next(f"{check} failed: {r['detail']}" for check, r in checks.items() if not r["passed"])
-            for name, checks in health["models"].items() if not all(r["passed"] for r in checks.values())}
+        unhealthy = _unhealthy_models(predictor, alias)
         healthy = [m for m in predictor.meta["inputs"] if m not in unhealthy]   # health checked their records
         if not healthy: raise RegistryError(f"alias {alias} (run {predictor.pointer['run']}): "
                                             f"no healthy model to serve: {unhealthy}")
