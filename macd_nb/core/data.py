@@ -224,6 +224,21 @@ def _in_range(open_time: pd.DatetimeIndex, start, end) -> np.ndarray:
     if upper is not None: inside &= (open_time < upper) if upper_exclusive else (open_time <= upper)
     return inside
 
+# %% ../../nbs/core/04_data.ipynb #3f428440
+def _canonical_columns(raw: pd.DataFrame, name: str) -> pd.DataFrame:
+    "The kline columns of `raw` under their canonical names, open_time first, numbers as float64."
+    if isinstance(raw.index, pd.DatetimeIndex): raw = raw.rename_axis("open_time").reset_index()
+    raw = raw.rename(columns=canonical_column)
+    missing = [c for c in ["open_time"] + REQUIRED_COLUMNS if c not in raw.columns]
+    if missing: raise DataError(f"{name}: missing column(s) {missing}")
+    keep = [c for c in ["open_time"] + REQUIRED_COLUMNS + EXTRA_COLUMNS + ["source_file", "source_row"]
+            if c in raw.columns]
+    raw = raw[keep].reset_index(drop=True)
+    numeric = [c for c in REQUIRED_COLUMNS + EXTRA_COLUMNS if c in raw.columns]
+    first_bad_cell(raw, [c for c in numeric if not pd.api.types.is_numeric_dtype(raw[c])], name, 1)
+    raw[numeric] = raw[numeric].apply(pd.to_numeric, errors="coerce").astype("float64")
+    return raw
+
 # %% ../../nbs/core/04_data.ipynb #57efb0cd
 def validate_bars(raw: pd.DataFrame, *,
                   name: str,  # file or symbol named in messages when raw has no source_file column
@@ -233,18 +248,9 @@ def validate_bars(raw: pd.DataFrame, *,
                   max_ohlc_fraction: float = 0.01,  # above this share of inconsistent rows: file unusable
                   ) -> tuple[pd.DataFrame, FileReport]:
     "Check raw kline rows, repair what the policy allows, and return the canonical bar frame with its report."
-    if isinstance(raw.index, pd.DatetimeIndex): raw = raw.rename_axis("open_time").reset_index()
-    raw = raw.rename(columns=canonical_column)
-    missing = [c for c in ["open_time"] + REQUIRED_COLUMNS if c not in raw.columns]
-    if missing: raise DataError(f"{name}: missing column(s) {missing}")
-    keep = [c for c in ["open_time"] + REQUIRED_COLUMNS + EXTRA_COLUMNS + ["source_file", "source_row"]
-            if c in raw.columns]
-    raw = raw[keep].reset_index(drop=True)
+    raw = _canonical_columns(raw, name)
     files = list(dict.fromkeys(raw["source_file"])) if "source_file" in raw.columns else [name]
     report = FileReport(name=name, files=[str(f) for f in files], timeframe=timeframe, rows_read=len(raw))
-    numeric = [c for c in REQUIRED_COLUMNS + EXTRA_COLUMNS if c in raw.columns]
-    first_bad_cell(raw, [c for c in numeric if not pd.api.types.is_numeric_dtype(raw[c])], name, 1)
-    raw[numeric] = raw[numeric].apply(pd.to_numeric, errors="coerce").astype("float64")
 
     open_time, unit_codes = to_utc_open_time(raw, name=name)
     inside = _in_range(open_time, start, end)
@@ -335,6 +341,7 @@ class DataReport:
                 "load_seconds": self.load_seconds, "cache_hits": self.cache_hits,
                 "files": {symbol: report.to_dict() for symbol, report in self.files.items()}}
 
+# %% ../../nbs/core/04_data.ipynb #6d6b79a3
 @dataclass
 class MarketData:
     "Canonical bars per symbol, with the validation report and a fingerprint of the bars."
@@ -487,6 +494,21 @@ def _default_cache_dir() -> Path:
     "MACD_NB_CACHE, else ~/.cache/macd_nb."
     return Path(os.environ.get("MACD_NB_CACHE", "~/.cache/macd_nb")).expanduser()
 
+# %% ../../nbs/core/04_data.ipynb #cf8c8324
+def _load_synthetic(options: dict, timeframe: str, start, end,
+                    bad_bars: str) -> tuple[dict[str, pd.DataFrame], dict[str, FileReport]]:
+    "Validated (and resampled) bars of each symbol of the synthetic market `options` describes, with reports."
+    from macd_nb.core.synthetic import synthetic_market  # imported here: data.py does not need it
+    market = synthetic_market(**options)  # hourly bars; coarser timeframes are resampled like files
+    bars, reports = {}, {}
+    for symbol, frame in market.bars.items():
+        bars[symbol], reports[symbol] = validate_bars(frame, name=f"synthetic:{symbol}", start=start, end=end)
+        bars[symbol] = apply_bad_bar_policy(bars[symbol], reports[symbol], bad_bars)
+        if timeframe != "1h":
+            bars[symbol] = resample_bars(bars[symbol], timeframe)
+            reports[symbol].resampled_to, reports[symbol].rows_out = timeframe, len(bars[symbol])
+    return bars, reports
+
 # %% ../../nbs/core/04_data.ipynb #1533b31f
 def load_bars(source,  # "synthetic", a directory, a file, or a list of files
               *,
@@ -510,20 +532,10 @@ def load_bars(source,  # "synthetic", a directory, a file, or a list of files
               else [s.upper() for s in ([symbols] if isinstance(symbols, str) else symbols)])
     bound = {"start": None if start is None else str(start), "end": None if end is None else str(end)}
     if isinstance(source, str) and source == "synthetic":
-        from macd_nb.core.synthetic import synthetic_market  # imported here: data.py does not need it
         options = {"seed": seed, **({"symbols": wanted} if wanted is not None else {}),
                    **({"n_bars": n_bars} if n_bars else {}), **(synthetic_options or {})}
-        market = synthetic_market(**options)  # hourly bars; coarser timeframes are resampled like files
         report = DataReport(source="synthetic", timeframe=timeframe, **bound)
-        bars = {}
-        for symbol, frame in market.bars.items():
-            bars[symbol], report.files[symbol] = validate_bars(frame, name=f"synthetic:{symbol}",
-                                                               start=start, end=end)
-            bars[symbol] = apply_bad_bar_policy(bars[symbol], report.files[symbol], bad_bars)
-            if timeframe != "1h":
-                bars[symbol] = resample_bars(bars[symbol], timeframe)
-                (report.files[symbol].resampled_to,
-                 report.files[symbol].rows_out) = timeframe, len(bars[symbol])
+        bars, report.files = _load_synthetic(options, timeframe, start, end, bad_bars)
         source_name = "synthetic"
     else:
         groups: dict[str, dict[str, list[Path]]] = {}

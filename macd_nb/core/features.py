@@ -232,7 +232,7 @@ class FeatureBuilder:
         frame = pd.DataFrame(self.columns, index=self.index, dtype="float64")
         return frame.replace([np.inf, -np.inf], np.nan)
 
-
+# %% ../../nbs/core/05_features.ipynb #7cdfd9a1
 def check_bars(bars: pd.DataFrame, label: str = "bars") -> None:
     "Fail with a clear message when a bar frame breaks the canonical contract."
     missing = [c for c in REQUIRED_COLUMNS if c not in bars.columns]
@@ -242,7 +242,7 @@ def check_bars(bars: pd.DataFrame, label: str = "bars") -> None:
     if not bars.index.is_monotonic_increasing or not bars.index.is_unique:
         raise ValueError(f"{label}: open_time index must be strictly increasing")
 
-
+# %% ../../nbs/core/05_features.ipynb #51b95a71
 class FeatureInputError(ValueError):
     "A feature input the configuration switched on is absent or too often missing in the data."
 

@@ -119,17 +119,13 @@ def _record_hash(path: Path, digest: str, size: int) -> None:
 
 
 # %% ../../nbs/core/01_rundir.ipynb #06cd860b
-# where `write_atomically` reports its progress
-ATOMIC_STEPS = ("synced", "prepared", "replaced", "folder_synced")
-
-
 def written_files(folder: str | Path, pattern: str = "*") -> list[Path]:
     """The files of `folder` matching `pattern`, by name;
     never the hidden temporary file of a write a crash cut short."""
     # pathlib's glob matches dot-files
     return sorted(p for p in Path(folder).glob(pattern) if not p.name.startswith("."))
 
-
+# %% ../../nbs/core/01_rundir.ipynb #598c291e
 def fsync_file(path: str | Path) -> None:
     "Flush a written file's bytes to the disk (the writer may have closed it: a library wrote it by name)."
     fd = os.open(path, os.O_RDONLY)
@@ -140,6 +136,10 @@ def fsync_file(path: str | Path) -> None:
 def fsync_dir(path: str | Path) -> None:
     "Make a rename inside folder `path` durable."
     fsync_file(path)
+
+# %% ../../nbs/core/01_rundir.ipynb #4717acca
+# where `write_atomically` reports its progress
+ATOMIC_STEPS = ("synced", "prepared", "replaced", "folder_synced")
 
 
 def write_atomically(path: str | Path, write: Callable[[Path], object], *, ledger: bool = True,
@@ -180,7 +180,6 @@ def write_json(path: str | Path, record: dict) -> Path:
 def write_parquet(path: str | Path, frame) -> Path:
     "Write a DataFrame to parquet atomically."
     return write_atomically(path, frame.to_parquet)
-
 
 # %% ../../nbs/core/01_rundir.ipynb #ad135ce5
 class Locked(RuntimeError):

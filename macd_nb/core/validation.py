@@ -42,33 +42,16 @@ class Fold:
     train_idx: np.ndarray
     val_idx: np.ndarray
 
-# %% ../../nbs/core/09_validation.ipynb #f735f68e
-@dataclass
-class WalkForward:
-    "Purged, embargoed walk-forward splits with a rolling or expanding training window."
+# %% ../../nbs/core/09_validation.ipynb #c4a98cfc
+class _FoldLayout:
+    "Where the folds of `WalkForward` fall in `n_rows` rows (a part of `WalkForward`, reading its fields)."
     n_folds: int
-    train_size: int | None = None   # rows per training window (rolling); None = everything before (expanding)
-    val_size: int | None = None     # rows per validation window; None = tile the data after the first
-                                    # training window
-    purge: int = 1                  # rows dropped between training and validation (>= label horizon)
-    embargo: int = 0                # extra rows dropped after the purge
-    expanding: bool = False         # grow the training window instead of rolling it
-    min_train: int = 1              # fewest training rows a fold may have
-    min_val: int = MIN_VAL_BARS     # fewest validation rows a fold may have
-
-    def __post_init__(self):
-        if self.n_folds < 1: raise ValueError(f"n_folds={self.n_folds} must be >= 1")
-        if self.purge < 0 or self.embargo < 0:
-            raise ValueError(f"purge={self.purge} and embargo={self.embargo} must be >= 0")
-        if self.train_size is None and not self.expanding:
-            raise ValueError("a rolling window needs train_size")
-        if self.val_size is not None and self.val_size < self.min_val:
-            raise ValueError(f"val_size={self.val_size} must be >= min_val={self.min_val}")
-
-    @property
-    def gap(self) -> int: return self.purge + self.embargo
-
-    def get_n_splits(self, X=None, y=None, groups=None) -> int: return self.n_folds
+    train_size: int | None
+    val_size: int | None
+    expanding: bool
+    min_train: int
+    min_val: int
+    gap: int
 
     def fold_val_size(self, n_rows: int) -> int:
         "Validation rows per fold for `n_rows` rows; if too few, a ValueError naming a fold count that fits."
@@ -106,6 +89,34 @@ class WalkForward:
                                  f"fewer than min_train={self.min_train}")
             folds.append(Fold(k, train_idx, np.arange(val_start, val_start + val_size)))
         return folds
+
+# %% ../../nbs/core/09_validation.ipynb #f735f68e
+@dataclass
+class WalkForward(_FoldLayout):
+    "Purged, embargoed walk-forward splits with a rolling or expanding training window."
+    n_folds: int
+    train_size: int | None = None   # rows per training window (rolling); None = everything before (expanding)
+    val_size: int | None = None     # rows per validation window; None = tile the data after the first
+                                    # training window
+    purge: int = 1                  # rows dropped between training and validation (>= label horizon)
+    embargo: int = 0                # extra rows dropped after the purge
+    expanding: bool = False         # grow the training window instead of rolling it
+    min_train: int = 1              # fewest training rows a fold may have
+    min_val: int = MIN_VAL_BARS     # fewest validation rows a fold may have
+
+    def __post_init__(self):
+        if self.n_folds < 1: raise ValueError(f"n_folds={self.n_folds} must be >= 1")
+        if self.purge < 0 or self.embargo < 0:
+            raise ValueError(f"purge={self.purge} and embargo={self.embargo} must be >= 0")
+        if self.train_size is None and not self.expanding:
+            raise ValueError("a rolling window needs train_size")
+        if self.val_size is not None and self.val_size < self.min_val:
+            raise ValueError(f"val_size={self.val_size} must be >= min_val={self.min_val}")
+
+    @property
+    def gap(self) -> int: return self.purge + self.embargo
+
+    def get_n_splits(self, X=None, y=None, groups=None) -> int: return self.n_folds
 
     @classmethod
     def from_config(cls, config) -> "WalkForward":
@@ -276,10 +287,7 @@ def auc_gain_ci(
     return {"gain": float(gain), "ci95": percentile_interval(aucs[:, 0] - aucs[:, 1], level),
             "n": int(len(y_true))}
 
-# %% ../../nbs/core/09_validation.ipynb #43b094d8
-FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-
-
+# %% ../../nbs/core/09_validation.ipynb #f41bfa37
 @dataclass
 class WalkForwardResult:
     "Out-of-fold predictions and per-fold scores of one walk-forward run."
@@ -298,6 +306,9 @@ class WalkForwardResult:
         return {"val_auc_mean": float(np.nanmean(fold_auc)), "val_auc_std": float(np.nanstd(fold_auc)),
                 "oof_auc": pooled, "oof_auc_ci95": [lo, hi], "n_oof": int(scored.sum()),
                 "n_folds": len(self.folds), "fold_auc": [float(a) for a in fold_auc]}
+
+# %% ../../nbs/core/09_validation.ipynb #43b094d8
+FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 def _fit_predict_fold(job: tuple) -> np.ndarray:
@@ -329,7 +340,7 @@ def walk_forward_predict(
     fold_auc = [auc(y[val_idx], oof_pred[val_idx]) for _, val_idx in scored]
     return WalkForwardResult(oof_pred, fold_auc, [len(val_idx) for _, val_idx in scored], folds)
 
-
+# %% ../../nbs/core/09_validation.ipynb #73ab48f4
 def logistic_fit_predict(X_train, y_train, X_val, *, C: float = 0.1) -> np.ndarray:
     "Standardise on the training rows only, fit an L2 logistic regression, return P(up) for `X_val`."
     from sklearn.linear_model import LogisticRegression
