@@ -202,6 +202,32 @@ def test_notebook_demonstrations_leave_no_folders_behind(tmp_path):
     assert demo_cells_that_leave_folders(tmp_path) == ["demo.ipynb cell 0"]   # the check can fail
 
 
+MAX_LINE, MAX_EXPORTED_CELL = 110, 60   # characters per code line; lines per exported cell (nbdev-sized cells)
+
+
+def notebook_size_problems(nbs: Path) -> list[str]:
+    "Code lines over MAX_LINE characters and exported cells over MAX_EXPORTED_CELL lines, by notebook and cell."
+    found = []
+    for path in sorted(nbs.rglob("*.ipynb")):
+        for k, cell in enumerate(json.loads(path.read_text())["cells"]):
+            if cell["cell_type"] != "code": continue
+            lines, where = "".join(cell["source"]).splitlines(), f"{path.relative_to(nbs)} cell {k}"
+            found += [f"{where} line {n}: {len(line)} characters" for n, line in enumerate(lines, 1) if len(line) > MAX_LINE]
+            if lines and lines[0].startswith("#| export") and len(lines) > MAX_EXPORTED_CELL:
+                found.append(f"{where}: an exported cell of {len(lines)} lines")
+    return found
+
+
+def test_notebook_cells_and_lines_stay_small(tmp_path):
+    "Every code line within 110 characters, every exported cell within 60 lines: a notebook reads as a chapter."
+    assert notebook_size_problems(default_nbs_dir()) == []
+    long_line = {"cell_type": "code", "source": ["x = 1   # " + "a" * 110 + "\n"], "metadata": {}, "outputs": []}
+    long_cell = {"cell_type": "code", "source": ["#| export\n"] + ["x = 1\n"] * 60, "metadata": {}, "outputs": []}
+    (tmp_path / "demo.ipynb").write_text(json.dumps({"cells": [long_line, long_cell]}))
+    assert notebook_size_problems(tmp_path) == ["demo.ipynb cell 0 line 1: 120 characters",   # the check can fail
+                                                "demo.ipynb cell 1: an exported cell of 61 lines"]
+
+
 def test_nothing_refers_outside_the_repository():
     "Only the one test fixture (tests/conftest.py) locates the shared real data."
     offenders = []
