@@ -71,6 +71,9 @@ def _refusal(path: Path, error: sqlite3.Error) -> str:
                                and not isinstance(error, sqlite3.OperationalError)):
         return (f"{path}: the prediction log is damaged ({text}); it was left untouched: "
                 "move it aside and start a new --db (its rows can be read with `sqlite3 FILE .recover`)")
+    if "locked" in text:   # another connection held its write lock past the busy timeout
+        return (f"{path}: another process is writing to this prediction log ({text}); one shadow process "
+                "per --db: stop the other, or give another --db")
     return (f"{path}: cannot be opened for writing ({text}); make the file and its folder writable "
             f"(SQLite writes {path.name}-wal and -shm beside it), or give another --db")
 
