@@ -120,9 +120,12 @@ def implausible_now(row: np.ndarray, closes, factor: float = SPIKE_FACTOR) -> st
     if high > factor * median: value, ratio = f"high {high:g}", high / median
     elif low * factor < median: value, ratio = f"low {low:g}", median / low if low > 0 else inf
     else: return None
+    seen = f"open {row[0]:g}, close {row[3]:g}"
+    if ratio == inf:   # a price of 0 is no multiple of anything
+        return (f"implausible bar: {value} is not a price (the median of the {len(known)} closes before it "
+                f"is {median:g}: a bad print; {seen})")
     return (f"implausible bar: {value} is {ratio:.3g}x away from the median {median:g} "
-            f"of the {len(known)} closes before it "
-            f"(more than {factor:g}x: a bad print; open {row[0]:g}, close {row[3]:g})")
+            f"of the {len(known)} closes before it (more than {factor:g}x: a bad print; {seen})")
 
 # %% ../../nbs/serve/08_stream.ipynb #aa36db72
 def _advance(self: StreamingFeatures, time_ns: int, bars: dict[str, np.ndarray]) -> dict:
