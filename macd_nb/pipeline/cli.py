@@ -156,9 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
 def registry_command(args) -> int:
     "`promote`, `rollback`, `aliases`, `health`: the result as JSON; a refusal: a line on stderr, exit 2."
     import json
-    from ..core.rundir import sha256_file
-    from ..export.package import DeployError, build_package, deploy
-    from ..core.registry import RegistryError, aliases, default_registry_dir, promote, rollback
+    from macd_nb.core.rundir import sha256_file
+    from macd_nb.export.package import DeployError, build_package, deploy
+    from macd_nb.core.registry import RegistryError, aliases, default_registry_dir, promote, rollback
     registry = Path(getattr(args, "registry", None) or default_registry_dir()).expanduser()
     try:
         if args.command == "package":
@@ -167,7 +167,7 @@ def registry_command(args) -> int:
             result = {"file": str(tarball), "sha256": sha256_file(tarball), "bytes": tarball.stat().st_size}
         elif args.command == "deploy": result = deploy(Path(args.tarball), Path(args.to), why=args.why)
         elif args.command == "health":
-            from ..serve.predictor import MLPredictor
+            from macd_nb.serve.predictor import MLPredictor
             result = MLPredictor(args.alias, registry).health_check()
         elif args.command == "aliases": result = aliases(registry)
         elif args.command == "rollback": result = rollback(registry, args.alias, why=args.why)
@@ -205,7 +205,7 @@ def _refuse(command: str, why) -> int:
 def report_command(args) -> int:
     """`macd-nb report`: re-render the report after checking every artifact against the hash its writer
     recorded; `--html`: the site too."""
-    from ..core.rundir import corrupt_files
+    from macd_nb.core.rundir import corrupt_files
     from .site import SiteError, missing_docs_extra, report_site
     run_dir, report_dir = Path(args.runs_root) / args.run_id, Path(args.reports_root) / args.run_id
     if not (run_dir / "config.json").exists():
@@ -236,8 +236,8 @@ def report_command(args) -> int:
 # %% ../../nbs/pipeline/02_cli.ipynb #0a7e0d39
 def fetch_command(args) -> int:
     "`macd-nb fetch`: a summary line per symbol; a failed request or bad download: a line on stderr, exit 2."
-    from ..core.klines import DataError
-    from ..serve.binance import FetchError, fetch_klines
+    from macd_nb.core.klines import DataError
+    from macd_nb.serve.binance import FetchError, fetch_klines
     try:
         fetch_klines(args.symbols, args.interval, args.start, args.end, source=args.source,
                      base_url=args.base_url, data_dir=args.data_dir)
@@ -251,12 +251,12 @@ def shadow_command(args) -> int:
     a refusal (no alias, bad source, bad --db, inputs the source lacks) is one line and exit code 2;
     a write that fails later, 1."""
     import sys
-    from ..core.config import default_data_dir
-    from ..core.registry import RegistryError, default_registry_dir
-    from ..serve.binance import StopSignal
-    from ..serve.log import LogWriteFailed
-    from ..serve.shadow import binance_source, replay_source, shadow
-    from ..core.config import utc
+    from macd_nb.core.config import default_data_dir
+    from macd_nb.core.registry import RegistryError, default_registry_dir
+    from macd_nb.serve.binance import StopSignal
+    from macd_nb.serve.log import LogWriteFailed
+    from macd_nb.serve.shadow import binance_source, replay_source, shadow
+    from macd_nb.core.config import utc
     registry = Path(args.registry or default_registry_dir()).expanduser()
     stop = StopSignal()   # SIGTERM/SIGINT: every wait of the source ends at once
     # the times are checked before anything runs
@@ -304,7 +304,7 @@ def shadow_command(args) -> int:
 def _data_lines(run_dir: Path) -> list[str]:
     """What the prepare stage found in the data that must not pass unseen: implausible bars, rows excluded
     around them and gaps."""
-    from ..core.rundir import read_json
+    from macd_nb.core.rundir import read_json
     try: prepare = read_json(run_dir / "results" / "prepare.json")
     except (OSError, ValueError): return []
     lines = [f"  data: {symbol}: {f['implausible_bars']} implausible bar(s), bad_bars: {f.get('bad_bars')}; "
@@ -324,7 +324,7 @@ def _data_lines(run_dir: Path) -> list[str]:
 # %% ../../nbs/pipeline/02_cli.ipynb #bd810f3a
 def _failure_lines(report_dir: Path) -> list[str]:
     "One line per failed stage: its name and the first line of its error (which names the file, key or row)."
-    from ..core.rundir import read_json
+    from macd_nb.core.rundir import read_json
     try: stages = read_json(report_dir / "status.json")["stages"]
     except (OSError, ValueError): return []
     return [f"  stage {s['name']} failed: {s.get('cause', '')}" for s in stages if s["status"] == "failed"]
@@ -345,10 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "fetch": return fetch_command(args)
     if args.command == "shadow": return shadow_command(args)
     if args.command == "monitor":
-        from ..serve.monitor import monitor_command
+        from macd_nb.serve.monitor import monitor_command
         return monitor_command(args)
     if args.command == "retrain":
-        from ..pipeline.retrain import retrain_command
+        from macd_nb.pipeline.retrain import retrain_command
         return retrain_command(args)
     changes = {"data_source": args.data, "device": args.device, "executor": args.executor,
                "symbols": args.symbols.split(",") if args.symbols else None,
