@@ -124,7 +124,8 @@ def replay_source(path: str | Path, symbols: list[str], start=None, end=None, sp
     if end is not None: times = times[times <= utc(end)]
     if not len(times):
         held = f"{stored[0]:%Y-%m-%d %H:%M} to {stored[-1]:%Y-%m-%d %H:%M} UTC" if len(stored) else "no bars"
-        asked = " ".join(part for part in (start and f"from --start {start}", end and f"to --end {end}") if part)
+        asked = " ".join(part for part in (start and f"from --start {start}", end and f"to --end {end}")
+                         if part)
         raise ValueError(f"replay:{path}: no bar of {symbols[0]} {asked} "
                          f"(the data holds {held}): "
                          "nothing to replay; give a --start and --end inside that range")
