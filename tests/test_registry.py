@@ -196,3 +196,11 @@ def test_a_run_deployed_from_its_package_is_the_same_run_when_promoted(runs, tmp
     shutil.copytree(runs["b"], impostor)
     with pytest.raises(RegistryError, match=r"a different run is registered under the id 'run_a': \S+ differs"):
         register_run(registry, impostor)
+
+
+def test_listing_a_registry_that_is_not_there_is_refused(tmp_path):
+    "A mistyped --registry must not list nothing as an empty registry does: it names the folder."
+    with pytest.raises(RegistryError, match="no model registry there"):
+        aliases(tmp_path / "no_such_registry")
+    (tmp_path / "empty").mkdir()
+    assert aliases(tmp_path / "empty") == {}

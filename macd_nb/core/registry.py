@@ -281,4 +281,7 @@ def rollback(registry: str | Path, alias: str, *, why: str) -> dict:
 
 def aliases(registry: str | Path) -> dict[str, dict]:
     "Every alias of the registry with its pointer record (each checked against the audit log)."
+    if not Path(registry).is_dir():   # a mistyped --registry would otherwise list nothing, as an empty one does
+        raise RegistryError(f"{registry}: no model registry there; give the --registry a run was promoted "
+                            "or deployed into")
     return {p.stem: read_alias(registry, p.stem) for p in written_files(Path(registry) / "aliases", "*.json")}
