@@ -194,3 +194,15 @@ def test_the_warm_process_forgets_the_kernels_that_ended(tmp_path):
     assert _pidfds(warm.process.pid) == 1
     warm.close()
     assert last.wait(timeout=10) == -1
+
+
+def test_closing_after_the_warm_process_died_with_a_request_unread():
+    "A request still buffered for a warm process that died must not stop `close` (it runs at exit)."
+    warm = WarmKernels()
+    warm.process = subprocess.Popen([sys.executable, "-c", "pass"])
+    read_end, write_end = os.pipe()
+    warm._requests, warm._replies = os.fdopen(write_end, "w"), open(os.devnull)
+    os.close(read_end)                      # the warm process is gone: nothing reads its requests
+    warm._requests.write("launch\n")        # buffered: close() flushes it into the broken pipe
+    warm.close()
+    assert warm.process is None

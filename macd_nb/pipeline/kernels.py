@@ -196,7 +196,9 @@ class WarmKernels:
     def close(self) -> None:
         "End the warm process and every kernel it forked."
         if self.process is None: return
-        for stream in (self._requests, self._replies): stream.close()
+        for stream in (self._requests, self._replies):
+            try: stream.close()
+            except OSError: pass   # a request it never read (it died): nowhere to flush it, go on to the wait
         try: self.process.wait(timeout=30)
         except subprocess.TimeoutExpired: self.process.kill(), self.process.wait()
         self.process = None
