@@ -278,10 +278,11 @@ def rollback(registry: str | Path, alias: str, *, why: str) -> dict:
                             "to roll back to")
     return move_alias(registry, alias, moves[-1]["from_run"], expected_version=current["version"], why=why)
 
-
+# %% ../../nbs/core/12_registry.ipynb #a11a5e01
 def aliases(registry: str | Path) -> dict[str, dict]:
     "Every alias of the registry with its pointer record (each checked against the audit log)."
-    if not Path(registry).is_dir():   # a mistyped --registry would otherwise list nothing, as an empty one does
+    # a mistyped --registry would otherwise list nothing, as an empty registry does
+    if not Path(registry).is_dir():
         raise RegistryError(f"{registry}: no model registry there; give the --registry a run was promoted "
                             "or deployed into")
     return {p.stem: read_alias(registry, p.stem) for p in written_files(Path(registry) / "aliases", "*.json")}

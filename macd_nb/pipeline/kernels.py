@@ -141,6 +141,13 @@ def _read_pid(process: subprocess.Popen, replies, timeout: float) -> int | None:
     return json.loads(line)["pid"] if line else None
 
 
+
+def _close_pipes(*streams) -> None:
+    "Close the warm process's pipes; a request it never read (it died) cannot be flushed: passed over."
+    for stream in streams:
+        try: stream.close()
+        except OSError: pass
+
 # %% ../../nbs/pipeline/07_kernels.ipynb #33fd6856
 class WarmKernels:
     "A process that has imported `imports` once and forks a kernel for each launch; `close` ends it and them."
@@ -196,9 +203,7 @@ class WarmKernels:
     def close(self) -> None:
         "End the warm process and every kernel it forked."
         if self.process is None: return
-        for stream in (self._requests, self._replies):
-            try: stream.close()
-            except OSError: pass   # a request it never read (it died): nowhere to flush it, go on to the wait
+        _close_pipes(self._requests, self._replies)
         try: self.process.wait(timeout=30)
         except subprocess.TimeoutExpired: self.process.kill(), self.process.wait()
         self.process = None
