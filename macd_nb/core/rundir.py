@@ -25,28 +25,22 @@ from typing import Any
 import numpy as np
 
 # %% ../../nbs/core/01_rundir.ipynb #9892c1b7
+class _UnderRoot:
+    "A path under a `RunPaths`'s root, read as an attribute (a descriptor: one line per place)."
+    def __init__(self, name: str): self.name = name
+    def __get__(self, paths, owner=None) -> Path: return self if paths is None else paths.root / self.name
+
+
 @dataclass(frozen=True)
 class RunPaths:
     "Where a run keeps its files."
     root: Path
 
-    @property
-    def config(self) -> Path: return self.root / "config.json"
-    @property
-    def models(self) -> Path: return self.root / "models"
-    @property
-    def results(self) -> Path: return self.root / "results"
-    @property
-    def oof(self) -> Path: return self.root / "oof"
-    @property
-    def data(self) -> Path: return self.root / "data"
-    @property
-    def figures(self) -> Path: return self.root / "figures"
-    @property
-    def manifest(self) -> Path: return self.root / "MANIFEST.json"
-
-    @property
-    def cache(self) -> Path: return self.root / "cache"
+    # each a path under root, read as an attribute: `paths.models` is `paths.root / "models"`
+    config, manifest = _UnderRoot("config.json"), _UnderRoot("MANIFEST.json")
+    models, results, oof = _UnderRoot("models"), _UnderRoot("results"), _UnderRoot("oof")
+    test, data = _UnderRoot("test"), _UnderRoot("data")
+    figures, cache = _UnderRoot("figures"), _UnderRoot("cache")
 
     def features(self, timeframe: str) -> Path:
         "Features and labels of one timeframe (parquet), written by the prepare stage."
@@ -59,9 +53,6 @@ class RunPaths:
     def oof_file(self, model: str, timeframe: str) -> Path:
         "A model's out-of-fold predictions (parquet: `y`, `pred`, indexed by bar open time)."
         return self.oof / f"{model}_{timeframe}.parquet"
-
-    @property
-    def test(self) -> Path: return self.root / "test"
 
     def test_file(self, model: str, timeframe: str) -> Path:
         "The deployed model's predictions of the test period (parquet: `y`, `pred`, `train_label_end`)."
