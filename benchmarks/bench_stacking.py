@@ -29,8 +29,8 @@ import pandas as pd
 from macd_nb.core.config import library_versions, profile_config, read_config
 from macd_nb.core.parallel import machine_threads
 from macd_nb.core.validation import as_utc_datetime64, auc, auc_ci, auc_gain_ci
-from macd_nb.models.stacking import (META_LEARNERS, SharedIntervals, compare_meta_learners, leave_one_out,
-                                     load_base_oof, meta_walk_forward, meta_walks, to_logit)
+from macd_nb.models.meta_learners import META_LEARNERS, meta_walk_forward, to_logit
+from macd_nb.models.stacking import SharedIntervals, compare_meta_learners, leave_one_out, load_base_oof, meta_walks
 
 REPO = Path(__file__).resolve().parents[1]
 BASES = ["lgb", "xgb", "lstm", "tft", "lgb_cross"]

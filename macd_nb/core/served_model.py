@@ -118,7 +118,7 @@ def up_class_output(model, probabilities: str, opset: int = 15):
 # %% ../../nbs/core/13_served_model.ipynb #efe70ab5
 def logit_graph(name: str, source: str, n_inputs: int, steps: list, constants: dict, opset: int = 17):
     """A checked float64 ONNX model named `name` of probabilities: its input `source` (n, `n_inputs`) is
-    clipped to [1e-6, 1 - 1e-6] and turned into logits, as `macd_nb.models.stacking.to_logit` does, then
+    clipped to [1e-6, 1 - 1e-6] and turned into logits, as `macd_nb.models.meta_learners.to_logit` does, then
     `steps` ((op, inputs, output) nodes; `constants` their initializers) lead to `p_up` (n, 1).
     The meta-learner and fusion MLP are such graphs."""
     from onnx import TensorProto, helper, numpy_helper

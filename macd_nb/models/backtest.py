@@ -21,7 +21,7 @@ from ..core.rundir import RunPaths, model_result, read_parquet, write_json
 from ..core.stages import stage_named
 from ..core.validation import as_utc_datetime64, block_bootstrap_counts, percentile_interval
 from .protocol import provenance
-from .stacking import meta_walk_forward
+from .meta_learners import meta_walk_forward
 
 # %% ../../nbs/models/11_backtest.ipynb #259d8939
 VARIANTS = ("long_flat", "long_short", "band")

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..core.config import RunConfig
 from ..core.validation import Fold, WalkForwardResult, logistic_fit_predict, walk_forward_predict
-from .protocol import DirectionModel, DirectionProtocol, ModelResult, Refit, run_direction_stage
+from .direction_model import DirectionModel, Refit, run_direction_stage
+from .protocol import DirectionProtocol, ModelResult
 
 # %% ../../nbs/models/01_baseline.ipynb #6e53058f
 class BaselineModel(DirectionModel):

@@ -18,8 +18,8 @@ from ..core.parallel import machine_threads
 from ..core.rundir import RunPaths, read_json, verified, write_atomically
 from ..core.served_model import LoadedModel, ServedFamily, portable, up_class_output
 from ..core.validation import Fold, WalkForwardResult
-from .protocol import (BoostedTreesModel, DirectionProtocol, FoldRows, ModelResult, Refit,
-                                     run_direction_stage, walk_fold_tasks)
+from .direction_model import BoostedTreesModel, Refit, run_direction_stage
+from .protocol import DirectionProtocol, FoldRows, ModelResult, walk_fold_tasks
 from .xgb import MatrixFoldTask, load_features, save_features
 
 # %% ../../nbs/models/08_catboost.ipynb #330bb76c

@@ -20,7 +20,7 @@ from ..core.served_model import CombinerFamily, logit_graph
 from ..core.stages import stage_named
 from ..core.validation import as_utc_datetime64, auc, auc_ci, auc_gain_ci
 from .protocol import provenance
-from .stacking import meta_walk_forward, small_mlp, to_logit
+from .meta_learners import meta_walk_forward, small_mlp, to_logit
 
 # %% ../../nbs/models/12_fusion.ipynb #72813ea6
 def timeframe_input(run_dir: Path, timeframe: str, kind: str = "oof") -> tuple[str, pd.Series]:

@@ -21,8 +21,8 @@ from ..core.parallel import ProcessCache, load_cached, machine_threads
 from ..core.rundir import RunPaths, read_json, verified, write_atomically
 from ..core.served_model import LoadedModel, ServedFamily, portable
 from ..core.validation import Fold, WalkForwardResult, plot_fold_auc
-from .protocol import (BoostedTreesModel, DirectionProtocol, FoldRows, ModelResult, Refit,
-                                     fold_rows, run_direction_stage, walk_fold_tasks)
+from .direction_model import BoostedTreesModel, Refit, run_direction_stage
+from .protocol import DirectionProtocol, FoldRows, ModelResult, fold_rows, walk_fold_tasks
 
 # %% ../../nbs/models/02_lgb.ipynb #7e186195
 def lgb_params(config: RunConfig, *, threads: int | None = None) -> dict:

@@ -7,10 +7,9 @@ __all__ = ['FOLDS_PER_WORKER', 'DirectionProtocol', 'direction_protocol', 'FoldR
            'walk_fold_tasks', 'shuffled_labels', 'pooled_auc', 'controls_record', 'feature_aucs',
            'BestFeatureReference', 'best_feature_reference', 'standard_gates', 'data_fingerprint', 'provenance',
            'model_record', 'ModelResult', 'check_same_labels', 'fold_provenance', 'reference_gains',
-           'finish_model_stage', 'Refit', 'DirectionModel', 'BoostedTreesModel', 'run_direction_stage']
+           'finish_model_stage']
 
 # %% ../../nbs/models/00_protocol.ipynb #8c57fe1f
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -414,111 +413,3 @@ def finish_model_stage(
         **record_extra)
     write_json(paths.result_file(model, timeframe), record)
     return ModelResult(record, fold_result, protocol.dev_times, y_test, test_pred, extras or {})
-
-# %% ../../nbs/models/00_protocol.ipynb #48a9b640
-@dataclass
-class Refit:
-    "The deployed model's test predictions, what its result JSON adds, and what its notebook shows."
-    test_pred: np.ndarray            # P(up) of `protocol.scored_test_idx`
-    record: dict = field(default_factory=dict)   # JSON-ready: refit rounds, parameters, top features, ...
-    extras: dict = field(default_factory=dict)   # arrays for the notebook: feature importance, test inputs...
-
-# %% ../../nbs/models/00_protocol.ipynb #60c52c26
-class DirectionModel:
-    "A model family on one `DirectionProtocol`: how to walk its folds and how to refit the deployed model."
-    model: str = ""                  # model tag: `{model}_{tf}.*` files, `record["model"]`
-    model_ext: str | None = None     # extension of the saved model file (None: nothing is saved)
-    gate_key: str | None = None      # `config.gates` key of the model's own validation-AUC gate
-    cross_asset: bool = False        # base + cross-asset features instead of base features
-    device: str = "cpu"
-
-    def feature_names(self, summary: dict) -> list[str]:
-        "The prepared table's base features, plus its cross-asset features for a cross-asset model."
-        return list(summary["base_features"]) + (list(summary["cross_features"]) if self.cross_asset else [])
-
-    def prepare(self, protocol: DirectionProtocol, scratch: Path) -> None:
-        "Work every fit shares, done once (e.g. binning); `scratch` is removed when the stage ends."
-
-    def walk_forward(self, protocol: DirectionProtocol, labels: np.ndarray) -> tuple[WalkForwardResult, dict]:
-        "Out-of-fold predictions over `protocol.folds` fitted on `labels`; JSON-ready fold facts (rounds)."
-        raise NotImplementedError
-
-    def refit(self, protocol: DirectionProtocol, fold: Fold, path: Path | None) -> Refit:
-        "Fit `fold` (validated or serving) as the folds were fitted, save to `path`, predict the test rows."
-        raise NotImplementedError
-
-# %% ../../nbs/models/00_protocol.ipynb #28c1b290
-class BoostedTreesModel(DirectionModel):
-    "What LightGBM and XGBoost share: fold settings from `config.gbm`, a refit fold's rows, top features."
-    params: dict = {}
-
-    def __init__(self, config: RunConfig):
-        self.config = config
-
-    def fold_settings(self) -> dict:
-        "Keyword settings of a booster's fold loop."
-        c = self.config
-        return dict(num_boost_round=c.gbm.rounds, early_stopping_rounds=c.gbm.early_stopping_rounds,
-                    inner_fraction=c.validation.inner_valid_fraction, purge=c.validation.purge_bars,
-                    n_jobs=c.n_jobs, executor=c.executor)
-
-    def refit_rows(self, protocol: DirectionProtocol, fold: Fold) -> FoldRows:
-        "A refit fold's fitting and early-stopping rows, split exactly as every fold's."
-        settings = self.fold_settings()
-        return fold_rows([fold], protocol.y, inner_fraction=settings["inner_fraction"],
-                         purge=settings["purge"])[0]
-
-    def refit_outcome(self, test_pred: np.ndarray, rounds: int, gain: pd.Series,
-                      test_features: np.ndarray) -> Refit:
-        "The `Refit` of a booster: its parameters, rounds and top-20 features by total gain."
-        gain = gain.sort_values(ascending=False)
-        return Refit(test_pred,
-                     record={"refit_rounds": rounds, "params": self.params,
-                             "feature_importance_gain": {k: float(v) for k, v in gain.head(20).items()}},
-                     extras={"importance": gain, "test_features": test_features})
-
-# %% ../../nbs/models/00_protocol.ipynb #895c9e25
-def run_direction_stage(config: RunConfig, run_dir: str | Path, timeframe: str,
-                        spec: DirectionModel) -> ModelResult:
-    "Walk-forward, validated refit and its one test score, shipped refit, controls and reference for `spec`."
-    from macd_nb.core.prepare import load_table
-    started = time.perf_counter()
-    config = config.for_timeframe(timeframe)
-    paths = RunPaths(Path(run_dir)).create()
-    table, summary = load_table(run_dir, timeframe)
-    protocol = direction_protocol(table, spec.feature_names(summary), config)
-    scratch = paths.cache / f"{spec.model}_{timeframe}"
-    try:
-        spec.prepare(protocol, scratch)
-        prepared = time.perf_counter()
-        fold_result, walk = spec.walk_forward(protocol, protocol.y)
-        walked = time.perf_counter()
-        model_path = paths.model_file(spec.model, timeframe, spec.model_ext) if spec.model_ext else None
-        ships_validated = protocol.serves_validated or model_path is None   # a reference model ships nothing
-        refit = spec.refit(protocol, protocol.validated_fold, model_path if ships_validated else None)
-        served = refit if ships_validated else spec.refit(protocol, protocol.serving_fold, model_path)
-        refitted = time.perf_counter()
-        shuffled = shuffled_labels(protocol.y, protocol.dev_idx, config.seed)
-        shuffled_result, _ = spec.walk_forward(protocol, shuffled)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)   # a cache of this stage only
-    first = protocol.folds[0].train_idx
-    controls = controls_record(pooled_auc(shuffled[protocol.dev_idx], shuffled_result.oof_pred),
-                               protocol.X[first], protocol.y[first], protocol.feature_names, seed=config.seed,
-                               shuffled_protocol="same folds, preprocessing and parameters; "
-                                                 "development labels permuted")
-    base = list(summary["base_features"])
-    reference = best_feature_reference(table[base].to_numpy(dtype=float), protocol.y, protocol.folds, base,
-                                       n_jobs=config.n_jobs)
-    timings = {"prepare": prepared - started, "folds": walked - prepared, "refit": refitted - walked,
-               "controls": time.perf_counter() - refitted}
-    timings["total"] = time.perf_counter() - started
-    artifacts = [paths.relative(model_path)] if model_path else []
-    return finish_model_stage(
-        config, run_dir, timeframe, protocol, model=spec.model, fold_result=fold_result,
-        test_rows=protocol.scored_test_idx, test_pred=refit.test_pred, controls=controls,
-        timings=timings, artifacts=artifacts, device=spec.device, reference=reference,
-        gate_key=spec.gate_key,
-        # served_test_pred is in sample unless validated: for reload checks only
-        extras={"model_path": model_path, **refit.extras, "served_test_pred": served.test_pred},
-        **walk, **refit.record, served_refit={k: v for k, v in served.record.items() if k != "params"})
