@@ -78,7 +78,8 @@ def test_the_same_trees_are_saved_as_the_same_bytes(tmp_path):
     y = (X[:, 0] + rng.normal(size=300) > 0).astype(int)
     saved = []
     for name in ("a", "b"):
-        model = CatBoostClassifier(iterations=20, depth=3, random_seed=0, thread_count=1, verbose=0).fit(X, y)
+        model = CatBoostClassifier(iterations=20, depth=3, random_seed=0, thread_count=1, verbose=0,
+                                   allow_writing_files=False).fit(X, y)
         saved.append(save_catboost_model(model, tmp_path / f"{name}.cbm").read_bytes())
         saved.append(catboost_to_onnx(CatBoostClassifier().load_model(str(tmp_path / f"{name}.cbm"))).SerializeToString())
     assert saved[0] == saved[2] and saved[1] == saved[3]
