@@ -9,8 +9,8 @@ __all__ = ['DEFAULT_SYMBOLS', 'SHARED_SYMBOLS', 'DEVICES', 'BAD_BAR_POLICIES', '
            'STABLE_BOOSTING', 'PROFILES', 'flat', 'DataSection', 'ValidationSection', 'GbmSection', 'NnSection',
            'StackingSection', 'BacktestSection', 'RetrainSection', 'RunConfig', 'checked_value', 'flat_names',
            'setting_group', 'utc', 'date_range', 'setting_problems', 'problem_message', 'normalised',
-           'default_data_dir', 'profile_config', 'fold_problems', 'load_config', 'resolve_device', 'library_versions',
-           'save_config', 'read_config']
+           'default_data_dir', 'profile_config', 'fold_problems', 'load_config', 'cuda_driver_devices',
+           'resolve_device', 'library_versions', 'save_config', 'read_config']
 
 # %% ../../nbs/core/00_config.ipynb #73685c5c
 import dataclasses
@@ -22,6 +22,7 @@ import platform
 import re
 import sys
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -686,14 +687,22 @@ def load_config(path: str | Path | None = None, profile: str | None = None, *, s
     return config
 
 # %% ../../nbs/core/00_config.ipynb #cc304754
-def resolve_device(device: str = "auto") -> str:
-    "'cuda' when asked for or when `auto` finds a GPU, else 'cpu'."
+def cuda_driver_devices() -> int:
+    """The CUDA devices the driver shows (`CUDA_VISIBLE_DEVICES` respected), 0 without a driver: libcuda
+    asked directly, so that XGBoost need not import torch (1.5 s of CPU in each stage kernel) to find out."""
+    import ctypes
+    try: driver = ctypes.CDLL("libcuda.so.1")
+    except OSError: return 0
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0: return 0
+    return count.value
+
+
+def resolve_device(device: str = "auto", gpu_available: Callable[[], bool] | None = None) -> str:
+    """'cuda' when asked for or when `auto` finds a GPU, else 'cpu'. `gpu_available`: whether the caller's
+    library can use one (torch: `torch.cuda.is_available`); by default, whether the driver shows one."""
     if device == "cpu": return "cpu"
-    try:
-        import torch
-        has_cuda = torch.cuda.is_available()
-    except ImportError:
-        has_cuda = False
+    has_cuda = gpu_available() if gpu_available else cuda_driver_devices() > 0
     if device == "cuda" and not has_cuda:
         raise RuntimeError("device='cuda' requested but no CUDA device is available")
     return "cuda" if has_cuda else "cpu"

@@ -490,7 +490,7 @@ def run_sequence_stage(config: RunConfig, run_dir: str | Path, timeframe: str,
     started = time.perf_counter()
     config = config.for_timeframe(timeframe)
     torch.set_num_threads(max(1, config.threads_per_job))
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, torch.cuda.is_available)
     paths = RunPaths(Path(run_dir)).create()
     table, summary = load_table(run_dir, timeframe)
     names = sequence_features(summary, config.nn.max_features)
