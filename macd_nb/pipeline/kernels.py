@@ -36,11 +36,12 @@ def kill_family(process) -> None:
     psutil.wait_procs(family, timeout=10)
 
 # %% ../../nbs/pipeline/07_kernels.ipynb #4f0d9769
-# what a stage kernel imports before its first line of work; not matplotlib's inline backend: imported where
-# no IPython shell runs yet, it would never show a figure
-WARM_IMPORTS = ("ipykernel.kernelapp", "ipykernel.ipkernel", "numpy", "pandas", "matplotlib.pyplot",
-                "scipy.stats", "sklearn.linear_model", "lightgbm", "fastcore.test", "macd_nb.core.prepare",
-                "macd_nb.models.protocol")
+# what a stage kernel imports before its first line of work (ipykernel's debugger, with debugpy, as the kernel
+# starts; pydantic and pyarrow's parquet as a stage reads its settings and tables: 0.2 s of CPU a kernel); not
+# matplotlib's inline backend: imported where no IPython shell runs yet, it would never show a figure
+WARM_IMPORTS = ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.debugger", "numpy", "pandas",
+                "pyarrow.parquet", "pydantic", "matplotlib.pyplot", "scipy.stats", "sklearn.linear_model",
+                "lightgbm", "fastcore.test", "macd_nb.core.prepare", "macd_nb.models.protocol")
 # torch (2.5 s of CPU with the compiler stack its optimizers load): only the runs and notebooks that train
 # or export a network need it, so it is imported after the first fork, while that kernel works
 # (`WarmKernels.later`)
