@@ -107,9 +107,13 @@ def execute(rel: str, nbs: Path, cache: Path, timeout: int = 900) -> tuple[str, 
 
 
 def execute_all(order: list[str], nbs: Path, cache: Path, workers: int) -> None:
-    "Execute every notebook of `order` (`workers` at a time), a line for each as it ends; exit 1 naming each that failed."
+    """Execute every notebook of `order` (`workers` at a time), a line for each as it ends; exit 1 naming each that failed.
+
+    One build at a time executes into `cache`: `make test` runs the notebooks beside pytest, whose tests/test_docs.py
+    builds the site from them; that build waits here, then finds them executed."""
+    from macd_nb.core.rundir import file_lock
     failed, kernel_s, start = [], 0.0, time.monotonic()
-    with ProcessPoolExecutor(max(1, workers)) as pool:
+    with file_lock(cache / ".lock"), ProcessPoolExecutor(max(1, workers)) as pool:
         futures = {pool.submit(execute, rel, nbs, cache): rel for rel in order}
         for done, future in enumerate(as_completed(futures), 1):
             rel = futures[future]
