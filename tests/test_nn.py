@@ -27,7 +27,7 @@ def quick_run(tmp_path_factory):
     # two years, half-year windows: since the quick profile grew to four years (for its stacking gates) this file had
     # silently doubled, to 68 s from 42 s on an idle 2-core machine, with nothing more checked
     config = profile_config("quick", n_bars=24 * 365 * 2, train_bars=24 * 180, nn_refits=2, nn_epochs=6, tft_epochs=3,
-                            nn_sequence_length=24, nn_hidden=16,
+                            nn_sequence_length=16, nn_hidden=16,
                             nn_max_features=16, bootstrap_samples=200, threads_per_job=1)
     prepare_run(config, run_dir)
     return config, run_dir
