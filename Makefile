@@ -43,19 +43,20 @@ smoke: install
 
 # the notebooks' progress while they run beside pytest (the last line says how many ran; a failure is printed whole)
 NBS_LOG := _docs/test-nbs.log
+RUN_NBS = $(BIN)/python docs/build.py --execute-only --workers $(N_WORKERS)
 
 # every notebook on its defaults and pytest, side by side: on 2 cores each fills the other's waits (kernel starts,
 # subprocesses, file locks); one after the other they left a core idle 17% of the notebooks' time
 test: install  ## every notebook on its defaults (`test-nbs`) beside pytest (`test-py`); fails if either fails
 	@mkdir -p $(dir $(NBS_LOG)); echo "notebooks: executed beside pytest, progress in $(NBS_LOG)"
-	@$(BIN)/python docs/build.py --execute-only --workers $(N_WORKERS) > $(NBS_LOG) 2>&1 & notebooks=$$!; \
+	@$(RUN_NBS) > $(NBS_LOG) 2>&1 & notebooks=$$!; \
 	$(MAKE) --no-print-directory test-py; tests=$$?; \
 	wait $$notebooks; ran=$$?; \
 	if [ $$ran -eq 0 ]; then tail -n 1 $(NBS_LOG); else cat $(NBS_LOG); fi; \
 	[ $$tests -eq 0 ] && [ $$ran -eq 0 ]
 
 test-nbs: install  ## every notebook executed on its defaults in a kernel, as nbdev_test would; the docs site reuses them
-	$(BIN)/python docs/build.py --execute-only --workers $(N_WORKERS)
+	$(RUN_NBS)
 
 test-py: install  ## pytest, N_WORKERS processes, each test module whole in one (its module fixtures built once)
 	$(BIN)/pytest -q -p no:cacheprovider -n $(N_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
