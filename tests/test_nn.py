@@ -95,6 +95,8 @@ def test_artifacts_reload_weights_only_and_reproduce(quick_run, lstm_result, tft
     table, _ = load_table(run_dir, "1h")
     again = predict_table(model, meta, table, record.extras["test_rows"])[:, meta["main_head_index"]]
     np.testing.assert_allclose(again, record.extras["served_test_pred"], atol=1e-5)   # the file is the shipped model
+    # no rows asked: no row, but every head (a caller indexes a head without a special case)
+    assert predict_table(model, meta, table, [])[:, meta["main_head_index"]].shape == (0,)
     # shipped: the window ending at the newest labelled bar; the test period was scored by the validated refit
     newest_labelled = table.index[table[f"y_{config.validation.label_horizon}"].notna()][-1]
     assert pd.Timestamp(meta["training_window"]["last_bar"]) == newest_labelled

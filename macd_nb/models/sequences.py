@@ -120,12 +120,12 @@ def predict_logits(model: nn.Module, inputs: torch.Tensor, rows, length: int,
     "Logits (len(rows), n_heads) of the windows ending at `rows`, in float32 on the CPU."
     model.eval()
     rows = np.asarray(rows)
-    out = []
+    step, out = 4 * settings.batch_size, []
     with torch.no_grad(), _autocast(settings):
-        for start in range(0, len(rows), 4 * settings.batch_size):
-            out.append(model(gather_windows(inputs, rows[start:start + 4 * settings.batch_size],
-                                            length)).float().cpu())
-    return torch.cat(out) if out else torch.zeros((0, 0))
+        # no rows: one empty batch, so that the result still has its heads (0, n_heads)
+        for start in range(0, len(rows), step) or [0]:
+            out.append(model(gather_windows(inputs, rows[start:start + step], length)).float().cpu())
+    return torch.cat(out)
 
 # %% ../../nbs/models/03_sequences.ipynb #47c49f10
 def head_aucs(targets: np.ndarray, probs: np.ndarray) -> list[float]:
