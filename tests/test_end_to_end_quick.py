@@ -1,8 +1,9 @@
 """`make run`'s quick profile, every stage through the runner, ends in a package that deploys and is healthy.
 
-In a file of its own: it is the suite's longest test (about three minutes on two cores), and pytest-xdist's
+In a file of its own: its run is the suite's longest build (about two minutes on two cores), and pytest-xdist's
 `--dist loadfile` hands out whole files, so beside the smoke run of tests/test_end_to_end.py it would keep one
-worker busy long after the other is done.
+worker busy long after the other is done. tests/test_gbm.py checks the same cached run's boosted models: whichever
+file runs first builds it (`tests/durations.json` puts the two on one worker, one after the other).
 """
 import json
 

@@ -1,6 +1,7 @@
 """Gradient-boosting base models (stages 1.1, 1.4, XGBoost and CatBoost): signal found out of fold, controls hold, the binned
 fast path leaks nothing and changes nothing, parallel equals serial, artifacts load back, and the real data runs."""
 import json
+from functools import partial
 from pathlib import Path
 
 import lightgbm as lgb
@@ -12,24 +13,29 @@ from catboost import CatBoostClassifier
 
 from macd_nb.core.config import profile_config
 from macd_nb.models.protocol import direction_protocol, fold_rows
+from macd_nb.core.rundir import read_json
+from macd_nb.core.stages import stage_names
 from macd_nb.models.lgb import (bin_once, binned_rows, lgb_fit_predict_fold, lgb_params,
-                         lgb_walk_forward, load_binned, LgbFoldTask, rounds_from_earlier_folds, run_lgb)
+                         lgb_walk_forward, load_binned, LgbFoldTask, LgbModel, rounds_from_earlier_folds, run_lgb)
 from macd_nb.core.prepare import load_table, prepare_run
-from macd_nb.models.xgb import run_xgb, save_features, xgb_params, xgb_walk_forward
-from macd_nb.models.catboost import CatBoostModel, run_catboost
+from macd_nb.models.xgb import XgbModel, save_features, xgb_params, xgb_walk_forward
+from macd_nb.models.catboost import CatBoostModel
+from macd_nb.pipeline.examples import example_run
 
 from conftest import SHARED_DATA as SHARED, needs_shared_data
 
 
+MODELS = {"lgb": LgbModel, "cross": partial(LgbModel, cross_asset=True), "xgb": XgbModel, "catboost": CatBoostModel}
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    "LightGBM, cross-asset LightGBM, XGBoost and CatBoost on the quick profile's synthetic market and folds."
-    run_dir = tmp_path_factory.mktemp("gbm")
-    config = profile_config("quick", bootstrap_samples=200)   # its folds in this process, as the profile runs them
-    prepare_run(config, run_dir)
-    return {"config": config, "run_dir": run_dir, "lgb": run_lgb(config, run_dir),
-            "cross": run_lgb(config, run_dir, cross_asset=True), "xgb": run_xgb(config, run_dir),
-            "catboost": run_catboost(config, run_dir)}
+    """`make run`'s quick run, every stage through the runner: the run test_end_to_end_quick checks, built once and
+    cached (the two files share one build). Its LightGBM, cross-asset LightGBM, XGBoost and CatBoost result records."""
+    config = profile_config("quick")
+    run_dir = example_run(tmp_path_factory.mktemp("gbm") / "quick", "quick", stage_names(), runner=True)
+    records = {name: read_json(run_dir / "results" / f"{make(config).model}_1h.json") for name, make in MODELS.items()}
+    return {"config": config, "run_dir": run_dir, **records}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +52,7 @@ def quick_protocol(quick_run):
 
 
 def test_lgb_and_cross_asset_find_the_signal(quick_run):
-    single, cross = quick_run["lgb"].metrics, quick_run["cross"].metrics
+    single, cross = quick_run["lgb"]["metrics"], quick_run["cross"]["metrics"]
     assert single["oof_auc_ci95"][0] > 0.5, single
     assert cross["oof_auc_ci95"][0] > 0.5, cross
     assert cross["oof_auc"] > single["oof_auc"], (cross["oof_auc"], single["oof_auc"])
@@ -54,21 +60,21 @@ def test_lgb_and_cross_asset_find_the_signal(quick_run):
 
 
 def test_xgb_finds_the_signal(quick_run):
-    metrics = quick_run["xgb"].metrics
+    metrics = quick_run["xgb"]["metrics"]
     assert metrics["oof_auc_ci95"][0] > 0.5, metrics
-    assert metrics["n_oof"] == quick_run["lgb"].metrics["n_oof"]   # same rows scored: they line up for stacking
+    assert metrics["n_oof"] == quick_run["lgb"]["metrics"]["n_oof"]   # same rows scored: they line up for stacking
 
 
 def test_catboost_finds_the_signal_on_the_same_rows(quick_run):
-    record = quick_run["catboost"].record
+    record = quick_run["catboost"]
     assert record["metrics"]["oof_auc_ci95"][0] > 0.5, record["metrics"]
-    assert record["metrics"]["n_oof"] == quick_run["lgb"].metrics["n_oof"] and record["stage"] == "1.6"
+    assert record["metrics"]["n_oof"] == quick_run["lgb"]["metrics"]["n_oof"] and record["stage"] == "1.6"
     assert len(record["best_iterations"]) == quick_run["config"].validation.n_folds
 
 
 def test_shuffled_labels_give_no_signal_and_the_leak_is_flagged(quick_run):
     for name in ("lgb", "cross", "xgb", "catboost"):
-        controls = quick_run[name].controls
+        controls = quick_run[name]["controls"]
         assert abs(controls["shuffled_label_auc"] - 0.5) <= 0.02, (name, controls["shuffled_label_auc"])
         assert controls["planted_leak_flagged"], name
 
@@ -91,8 +97,8 @@ def test_result_json_has_the_shared_shape(quick_run):
     single = json.loads((run_dir / "results" / "lgb_1h.json").read_text())
     assert cross["n_features"] == len(cross["features"]) > single["n_features"] == len(single["features"])
     assert cross["features"][:single["n_features"]] == single["features"]
-    assert quick_run["lgb"].gates[0]["threshold"] == quick_run["config"].gates["lgb_val_auc_mean"]
-    assert quick_run["cross"].gates[0]["threshold"] == quick_run["config"].gates["cross_asset_val_auc"]
+    assert quick_run["lgb"]["gates"][0]["threshold"] == quick_run["config"].gates["lgb_val_auc_mean"]
+    assert quick_run["cross"]["gates"][0]["threshold"] == quick_run["config"].gates["cross_asset_val_auc"]
 
 
 def _first_window_model(X, bin_rows, y, params, path=None):
@@ -156,25 +162,31 @@ def test_processes_and_serial_give_identical_predictions(quick_protocol, tmp_pat
     np.testing.assert_array_equal(*walks)
 
 
-def test_artifacts_are_native_and_load_back(quick_run):
-    run_dir = Path(quick_run["run_dir"])
+def test_artifacts_are_native_and_load_back(quick_run, tmp_path):
+    "Each saved model, loaded by its own library, predicts the test rows exactly as the serving window fitted again does."
+    config, run_dir = quick_run["config"], Path(quick_run["run_dir"])
+    table, summary = load_table(run_dir, "1h")
+    def served_again(name):   # the shipped refit, done again here as the stage did it
+        spec = MODELS[name](config)
+        protocol = direction_protocol(table, spec.feature_names(summary), config)
+        spec.prepare(protocol, tmp_path / name)
+        return spec.refit(protocol, protocol.serving_fold, None)
     for name, model_file in [("lgb", "lgb_1h.txt"), ("cross", "lgb_cross_1h.txt")]:
-        run = quick_run[name]
+        again = served_again(name)
         booster = lgb.Booster(model_file=str(run_dir / "models" / model_file))
-        np.testing.assert_array_equal(booster.predict(run.extras["test_features"]), run.extras["served_test_pred"])
-    run = quick_run["xgb"]
-    booster = xgb.Booster()
+        np.testing.assert_array_equal(booster.predict(again.extras["test_features"]), again.test_pred)
+    again, booster = served_again("xgb"), xgb.Booster()
     booster.load_model(str(run_dir / "models" / "xgb_1h.json"))
-    np.testing.assert_array_equal(booster.predict(xgb.DMatrix(run.extras["test_features"], feature_names=run.record["features"])),
-                                  run.extras["served_test_pred"])   # the saved file is the shipped model
+    features = xgb.DMatrix(again.extras["test_features"], feature_names=quick_run["xgb"]["features"])
+    np.testing.assert_array_equal(booster.predict(features), again.test_pred)   # the saved file is the shipped model
     assert json.loads((run_dir / "models" / "xgb_1h.json").read_text())["learner"]
-    run, model = quick_run["catboost"], CatBoostClassifier()
+    again, model = served_again("catboost"), CatBoostClassifier()
     model.load_model(str(run_dir / "models" / "catboost_1h.cbm"), format="cbm")
-    np.testing.assert_array_equal(model.predict_proba(run.extras["test_features"])[:, 1], run.extras["served_test_pred"])
+    np.testing.assert_array_equal(model.predict_proba(again.extras["test_features"])[:, 1], again.test_pred)
     for oof_file in ("lgb_1h.parquet", "lgb_cross_1h.parquet", "xgb_1h.parquet", "catboost_1h.parquet"):
         oof = pd.read_parquet(run_dir / "oof" / oof_file)
         assert list(oof.columns) == ["y", "pred", "fold", "train_label_end"] and oof.index.name == "open_time" and str(oof.index.tz) == "UTC"
-        assert len(oof) == quick_run["lgb"].metrics["n_oof"] and oof["pred"].between(0, 1).all()
+        assert len(oof) == quick_run["lgb"]["metrics"]["n_oof"] and oof["pred"].between(0, 1).all()
 
 
 def test_shipped_models_are_trained_the_way_they_were_validated(quick_run, tmp_path):
@@ -185,7 +197,7 @@ def test_shipped_models_are_trained_the_way_they_were_validated(quick_run, tmp_p
     table, summary = load_table(run_dir, "1h")
     newest_labelled = table.index[table[f"y_{config.validation.label_horizon}"].notna()][-1]
     for name in ("lgb", "cross", "xgb"):
-        record = quick_run[name].record
+        record = quick_run[name]
         test_start = pd.Timestamp(record["window"]["test_start"])
         for key in ("validated_fold", "deployment"):
             window = record[key]
@@ -207,15 +219,16 @@ def test_shipped_models_are_trained_the_way_they_were_validated(quick_run, tmp_p
                            protocol.X[protocol.scored_test_idx], params, config.gbm.rounds, config.gbm.early_stopping_rounds)
         return lgb_fit_predict_fold(task)
     validated_pred, validated_best = fold_fit(protocol.validated_fold, "validated")
-    np.testing.assert_allclose(quick_run["lgb"].test_pred, validated_pred, atol=1e-12)   # the test score's model
-    assert validated_best == quick_run["lgb"].record["refit_rounds"]
+    test_pred = pd.read_parquet(run_dir / "test" / "lgb_1h.parquet")["pred"].to_numpy()
+    np.testing.assert_allclose(test_pred, validated_pred, atol=1e-12)   # the test score's model
+    assert validated_best == quick_run["lgb"]["refit_rounds"]
     served_pred, served_best = fold_fit(protocol.serving_fold, "served")
     saved = lgb.Booster(model_file=str(run_dir / "models" / "lgb_1h.txt"))
-    assert saved.num_trees() == served_best == quick_run["lgb"].record["served_refit"]["refit_rounds"]
+    assert saved.num_trees() == served_best == quick_run["lgb"]["served_refit"]["refit_rounds"]
     np.testing.assert_allclose(saved.predict(protocol.X[protocol.scored_test_idx]), served_pred, atol=1e-12)
     booster = xgb.Booster()
     booster.load_model(str(run_dir / "models" / "xgb_1h.json"))
-    assert booster.num_boosted_rounds() == quick_run["xgb"].record["served_refit"]["refit_rounds"]
+    assert booster.num_boosted_rounds() == quick_run["xgb"]["served_refit"]["refit_rounds"]
 
 
 @pytest.mark.slow
