@@ -1,5 +1,6 @@
 """Stage 2, stacking: checked out-of-fold inputs, a meta-learner scored walk-forward, controls, skip rule, gates."""
 import re
+import shutil
 
 import lightgbm as lgb
 import numpy as np
@@ -8,28 +9,39 @@ import pytest
 import xgboost as xgb
 
 from macd_nb.core.config import profile_config
-from macd_nb.core.prepare import load_table, prepare_run
+from macd_nb.core.prepare import load_table
 from macd_nb.core.rundir import RunPaths, read_json, sha256_file
+from macd_nb.core.stages import stage_names
 from macd_nb.core.validation import auc
-from macd_nb.models.lgb import run_lgb
-from macd_nb.models.lstm import MultiHorizonLSTM, run_lstm
+from macd_nb.models.lstm import MultiHorizonLSTM
 from macd_nb.models.sequences import load_sequence_model, predict_table
 from macd_nb.models.stacking import InSampleError, load_base_oof, run_stacking, stacked_probability
-from macd_nb.models.xgb import run_xgb
+from macd_nb.pipeline.examples import example_run
 
-BASES = ["lgb", "xgb", "lgb_cross", "lstm"]   # the TFT is left out to keep the test minutes short
+BUNDLED = ["lgb", "xgb", "lgb_cross", "lstm"]   # one base of each loader: LightGBM, XGBoost, torch
 
 
 @pytest.fixture(scope="module")
 def quick_stack(tmp_path_factory):
-    "Four base models and the stacking stage on the quick profile's synthetic market."
-    run_dir = tmp_path_factory.mktemp("stack")
-    # the bundle ships the validated refits (`serve_window: validated`), so it can reproduce the one test score
-    config = profile_config("quick", bootstrap_samples=200, stacking_base_models=BASES,
-                            serve_window="validated")
-    prepare_run(config, run_dir)
-    run_lgb(config, run_dir), run_lgb(config, run_dir, cross_asset=True), run_xgb(config, run_dir), run_lstm(config, run_dir)
-    return config, run_dir, run_stacking(config, run_dir)
+    """`make run`'s quick run, every stage through the runner (built once and cached: tests/test_gbm.py and
+    tests/test_end_to_end_quick.py check the same run): its stacking stage over the six base models it trains."""
+    run_dir = example_run(tmp_path_factory.mktemp("stack") / "quick", "quick", stage_names(), runner=True)
+    return profile_config("quick"), run_dir, read_json(run_dir / "results" / "stacking_1h.json")
+
+
+@pytest.fixture(scope="module")
+def validated_bundle(tmp_path_factory):
+    """A smoke run whose bundle ships the validated refits (`serve_window: validated`), so that it can reproduce the
+    one test score; a base model of each loader."""
+    run_dir = example_run(tmp_path_factory.mktemp("bundle") / "validated", "smoke",
+                          ["prepare", "lgb", "lstm", "cross_asset", "xgb", "stacking"],
+                          serve_window="validated", stacking_base_models=BUNDLED)
+    return profile_config("smoke"), run_dir, read_json(run_dir / "results" / "stacking_1h.json")
+
+
+def bases(record: dict) -> list[str]:
+    "The base models a stacking record stacked, in its order."
+    return list(record["metrics"]["base_oof_auc"])
 
 
 def test_stacked_model_is_at_least_as_good_as_the_best_base(quick_stack):
@@ -64,18 +76,18 @@ def test_gates_and_a_plain_verdict(quick_stack):
     assert record["deployable"] == all(g["passed"] for g in record["gates"])
     assert record["not_deployable_because"] == [g["why"] for g in record["gates"] if not g["passed"]]   # says why, in words
     assert set(record["meta_learners"]) == {"mean_logit", "logistic", "nonnegative_logistic", "small_gbm", "small_mlp"}
-    assert set(record["redundancy"]) == set(BASES)
+    assert set(record["redundancy"]) == set(bases(record)) == {"lgb", "xgb", "lstm", "tft", "lgb_cross", "catboost"}
 
 
 def test_meta_file_reproduces_the_test_predictions(quick_stack):
     config, run_dir, record = quick_stack
     paths = RunPaths(run_dir)
     meta = read_json(paths.model_file("stacking_meta", "1h", "json"))
-    assert meta["inputs"] == BASES and len(meta["coefficients"]) == len(BASES)
-    test = pd.DataFrame({m: pd.read_parquet(paths.test_file(m, "1h"))["pred"] for m in BASES}).dropna()
+    inputs = bases(record)
+    assert meta["inputs"] == inputs and len(meta["coefficients"]) == len(inputs)
+    test = pd.DataFrame({m: pd.read_parquet(paths.test_file(m, "1h"))["pred"] for m in inputs}).dropna()
     y = pd.read_parquet(paths.test_file("lgb", "1h"))["y"].reindex(test.index)
-    from macd_nb.core.validation import auc
-    assert auc(y, stacked_probability(meta, test[BASES].to_numpy())) == pytest.approx(record["metrics"]["test_auc"], abs=1e-12)
+    assert auc(y, stacked_probability(meta, test[inputs].to_numpy())) == pytest.approx(record["metrics"]["test_auc"], abs=1e-12)
 
 
 def _bundled_prediction(model: str, files: dict, table: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
@@ -92,13 +104,14 @@ def _bundled_prediction(model: str, files: dict, table: pd.DataFrame, rows: np.n
     return predict_table(network, meta, table, rows)[:, meta["main_head_index"]]
 
 
-def test_the_bundle_alone_reproduces_the_stacked_test_score(quick_stack):
+def test_the_bundle_alone_reproduces_the_stacked_test_score(validated_bundle):
     "Only stacking_meta_1h.json and the stacking_* files it lists (checked by sha256): the test AUC of the record."
-    config, run_dir, record = quick_stack
+    config, run_dir, record = validated_bundle
     paths = RunPaths(run_dir)
     meta = read_json(paths.model_file("stacking_meta", "1h", "json"))
     table, _ = load_table(run_dir, "1h")
-    bars = pd.DataFrame({m: pd.read_parquet(paths.test_file(m, "1h"))["pred"] for m in BASES}).dropna().index
+    assert meta["inputs"] == BUNDLED
+    bars = pd.DataFrame({m: pd.read_parquet(paths.test_file(m, "1h"))["pred"] for m in BUNDLED}).dropna().index
     rows = table.index.get_indexer(bars)
     columns = []
     for base in meta["base_models"]:
@@ -117,10 +130,10 @@ def test_the_bundle_alone_reproduces_the_stacked_test_score(quick_stack):
 
 def test_below_the_minimum_a_timeframe_is_skipped_with_its_reason(quick_stack, tmp_path):
     config, run_dir, _ = quick_stack
+    run_dir = shutil.copytree(run_dir, tmp_path / "run")           # the module's run stays as it was
     record = run_stacking(config.replace(stacking_min_oof_attempt={"1h": 10 ** 9}), run_dir, "1h")
     assert record["skipped"].startswith("n_oof=") and "minimum to attempt stacking at 1h" in record["skipped"]
-    assert not record["deployable"]
-    run_stacking(config, run_dir, "1h")                            # restore the module's record
+    assert not record["deployable"] and read_json(run_dir / "results" / "stacking_1h.json") == record
 
 
 def test_an_in_sample_base_prediction_is_refused(quick_stack, tmp_path):
@@ -135,8 +148,8 @@ def test_an_in_sample_base_prediction_is_refused(quick_stack, tmp_path):
 
 
 def test_every_base_oof_row_is_out_of_sample_by_its_own_provenance(quick_stack):
-    _, run_dir, _ = quick_stack
-    for model in BASES:
+    _, run_dir, record = quick_stack
+    for model in bases(record):
         frame = pd.read_parquet(RunPaths(run_dir).oof_file(model, "1h"))
         assert list(frame.columns) == ["y", "pred", "fold", "train_label_end"]
         assert (frame["train_label_end"] <= frame.index).all(), model
