@@ -343,12 +343,17 @@ def test_repairs_are_counted_in_the_report(world, capsys):
 
 # --- corruption: the next reader refuses the file by name ----------------------------------------------------------
 
+RUN = "three_bases"
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    "A smoke run with every kind of artifact: OOF parquet, result JSON, LightGBM, XGBoost, torch, config."
+    """A smoke run with every kind of artifact: OOF parquet, result JSON, LightGBM, XGBoost, torch, config (the
+    cached run tests/test_export.py exports: its three base models stacked)."""
     root = tmp_path_factory.mktemp("smoke")
     from macd_nb.pipeline.examples import example_run
-    return example_run(root / "runs" / "s", "smoke", ["prepare", "lgb", "lstm", "xgb"])
+    return example_run(root / "runs" / RUN, "smoke", ["prepare", "lgb", "xgb", "lstm", "stacking"],
+                       stacking_base_models=["lgb", "xgb", "lstm"])
 
 
 def _read_lgb(run_dir):
@@ -376,7 +381,7 @@ def _read_lstm(run_dir):
     ("data/features_1h.parquet", lambda run_dir: __import__("macd_nb.core.prepare", fromlist=["x"]).load_table(run_dir, "1h")),
 ], ids=["oof-parquet", "result-json", "lightgbm", "xgboost", "torch", "config", "features"])
 def test_a_flipped_byte_is_refused_by_the_next_reader(smoke_run, tmp_path, relative, reader):
-    run_dir = tmp_path / "s"
+    run_dir = tmp_path / RUN
     shutil.copytree(smoke_run, run_dir)
     reader(run_dir)                                    # intact: reads fine
     flip_byte(run_dir / relative)
@@ -389,13 +394,13 @@ def test_a_write_cut_short_by_a_crash_leaves_nothing_the_readers_trip_on(smoke_r
     "SIGKILL between a write and its move leaves the hidden temporary file; the summary and the report pass over it."
     from macd_nb.export.summary import summary_markdown
     from macd_nb.pipeline.report import headline_message
-    run_dir = tmp_path / "s"
+    run_dir = tmp_path / RUN
     shutil.copytree(smoke_run, run_dir)
     half = run_dir / "results" / ".lgb_1h.0123456789ab.tmp.json"   # write_atomically's name for it
     half.write_text('{"model": "lgb", "metr')
     assert half in list((run_dir / "results").glob("*.json"))          # what the readers globbed before: it would be read
     assert half not in RunPaths(run_dir).result_files() and RunPaths(run_dir).result_file("lgb", "1h") in RunPaths(run_dir).result_files()
-    assert "lgb" in summary_markdown(run_dir, "s") and "lgb 1h: OOF AUC" in headline_message(run_dir, "s")
+    assert "lgb" in summary_markdown(run_dir, RUN) and "lgb 1h: OOF AUC" in headline_message(run_dir, RUN)
 
 
 def test_resume_names_the_corrupt_file_and_rewrites_it(tmp_path):
