@@ -105,6 +105,19 @@ def deployable_run():
                                                **DEPLOYABLE_SETTINGS | changes)
 
 
+# --- `make run`'s quick run, which three test modules check ---------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def quick_run_copy():
+    """`copy(dest, reports=None)`: a copy at `dest` of `make run`'s quick run, every stage through the runner, built
+    once for every test process and every module (one call, so one cache key: test_gbm, test_stacking and
+    test_end_to_end_quick share a single build of about 100 s of CPU)."""
+    from macd_nb.core.stages import stage_names
+    from macd_nb.pipeline.examples import example_run
+    return lambda dest, reports=None: example_run(dest, "quick", stage_names(), run_id="quick", runner=True,
+                                                  reports=reports)
+
+
 # --- helpers several test modules share -------------------------------------------------------------------------------
 
 def tree_digest(*folders: Path) -> dict[str, str]:

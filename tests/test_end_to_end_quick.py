@@ -7,16 +7,13 @@ file runs first builds it (`tests/durations.json` puts the two on one worker, on
 """
 import json
 
-from macd_nb.core.stages import stage_names
 from macd_nb.export.package import deploy
-from macd_nb.pipeline.examples import example_run
 from macd_nb.serve.predictor import MLPredictor
 
-def test_quick_run_ends_in_a_package_that_deploys_and_is_healthy(tmp_path):
+def test_quick_run_ends_in_a_package_that_deploys_and_is_healthy(tmp_path, quick_run_copy):
     "`make run`'s profile: every stage through the runner, its stacked model meets the deployment gates as they stand, its package deploys and its alias is healthy."
     run_dir = tmp_path / "runs" / "quick"
-    # a copy of the cached quick run (built once per library version)
-    example_run(run_dir, "quick", stage_names(), runner=True, reports=tmp_path / "reports" / "quick")
+    quick_run_copy(run_dir, reports=tmp_path / "reports" / "quick")   # a copy of the cached run (conftest)
     stacking = json.loads((run_dir / "results" / "stacking_1h.json").read_text())
     gates = {g["name"]: g for g in stacking["gates"]}
     assert list(gates) == ["oof_auc_ci95_low", "gain_over_best_feature_ci95_low", "n_oof"]   # none switched off

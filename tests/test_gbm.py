@@ -14,13 +14,11 @@ from catboost import CatBoostClassifier
 from macd_nb.core.config import profile_config
 from macd_nb.models.protocol import direction_protocol, fold_rows
 from macd_nb.core.rundir import read_json
-from macd_nb.core.stages import stage_names
 from macd_nb.models.lgb import (bin_once, binned_rows, lgb_fit_predict_fold, lgb_params,
                          lgb_walk_forward, load_binned, LgbFoldTask, LgbModel, rounds_from_earlier_folds, run_lgb)
 from macd_nb.core.prepare import load_table, prepare_run
 from macd_nb.models.xgb import XgbModel, save_features, xgb_params, xgb_walk_forward
 from macd_nb.models.catboost import CatBoostModel
-from macd_nb.pipeline.examples import example_run
 
 from conftest import SHARED_DATA as SHARED, needs_shared_data
 
@@ -29,11 +27,11 @@ MODELS = {"lgb": LgbModel, "cross": partial(LgbModel, cross_asset=True), "xgb": 
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def quick_run(tmp_path_factory, quick_run_copy):
     """`make run`'s quick run, every stage through the runner: the run test_end_to_end_quick checks, built once and
     cached (the two files share one build). Its LightGBM, cross-asset LightGBM, XGBoost and CatBoost result records."""
     config = profile_config("quick")
-    run_dir = example_run(tmp_path_factory.mktemp("gbm") / "quick", "quick", stage_names(), runner=True)
+    run_dir = quick_run_copy(tmp_path_factory.mktemp("gbm") / "quick")
     records = {name: read_json(run_dir / "results" / f"{make(config).model}_1h.json") for name, make in MODELS.items()}
     return {"config": config, "run_dir": run_dir, **records}
 

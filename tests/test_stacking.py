@@ -11,7 +11,6 @@ import xgboost as xgb
 from macd_nb.core.config import profile_config
 from macd_nb.core.prepare import load_table
 from macd_nb.core.rundir import RunPaths, read_json, sha256_file
-from macd_nb.core.stages import stage_names
 from macd_nb.core.validation import auc
 from macd_nb.models.lstm import MultiHorizonLSTM
 from macd_nb.models.sequences import load_sequence_model, predict_table
@@ -19,13 +18,14 @@ from macd_nb.models.stacking import InSampleError, load_base_oof, run_stacking, 
 from macd_nb.pipeline.examples import example_run
 
 BUNDLED = ["lgb", "xgb", "lgb_cross", "lstm"]   # one base of each loader: LightGBM, XGBoost, torch
+VALIDATED = dict(serve_window="validated", stacking_base_models=BUNDLED)
 
 
 @pytest.fixture(scope="module")
-def quick_stack(tmp_path_factory):
+def quick_stack(tmp_path_factory, quick_run_copy):
     """`make run`'s quick run, every stage through the runner (built once and cached: tests/test_gbm.py and
     tests/test_end_to_end_quick.py check the same run): its stacking stage over the six base models it trains."""
-    run_dir = example_run(tmp_path_factory.mktemp("stack") / "quick", "quick", stage_names(), runner=True)
+    run_dir = quick_run_copy(tmp_path_factory.mktemp("stack") / "quick")
     return profile_config("quick"), run_dir, read_json(run_dir / "results" / "stacking_1h.json")
 
 
@@ -34,9 +34,8 @@ def validated_bundle(tmp_path_factory):
     """A smoke run whose bundle ships the validated refits (`serve_window: validated`), so that it can reproduce the
     one test score; a base model of each loader."""
     run_dir = example_run(tmp_path_factory.mktemp("bundle") / "validated", "smoke",
-                          ["prepare", "lgb", "lstm", "cross_asset", "xgb", "stacking"],
-                          serve_window="validated", stacking_base_models=BUNDLED)
-    return profile_config("smoke"), run_dir, read_json(run_dir / "results" / "stacking_1h.json")
+                          ["prepare", "lgb", "lstm", "cross_asset", "xgb", "stacking"], **VALIDATED)
+    return profile_config("smoke", **VALIDATED), run_dir, read_json(run_dir / "results" / "stacking_1h.json")
 
 
 def bases(record: dict) -> list[str]:
