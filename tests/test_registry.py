@@ -13,14 +13,15 @@ from macd_nb.pipeline.examples import example_run
 
 
 def _smoke_run(root: Path, name: str, **gates) -> Path:
-    "A copy of the cached smoke run `name` of both LightGBM models and their stacked model, with its manifest."
-    return example_run(root / name, "smoke", ["prepare", "lgb", "cross_asset", "stacking"],
+    """A copy named `name` of the cached smoke run of both LightGBM models, stacked and exported, with its manifest (the
+    run nbs/core/12_registry and the packaging notebooks use: one build for all of them)."""
+    return example_run(root / name, "smoke", ["prepare", "lgb", "cross_asset", "stacking", "export"], run_id="lgb_pair",
                        stacking_base_models=["lgb", "lgb_cross"], **gates)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    "Two smoke runs whose gates are open, and one with the reference gates (not deployable)."
+    "Two copies (two run ids) of a smoke run whose gates are open, and a run with the reference gates (not deployable)."
     root = tmp_path_factory.mktemp("runs")
     lowered = dict(stacking_oof_auc=0.0, stacking_min_oof={})
     return {"a": _smoke_run(root, "run_a", **lowered), "b": _smoke_run(root, "run_b", **lowered),
@@ -121,7 +122,7 @@ def test_a_different_run_under_a_registered_id_is_refused(runs, tmp_path):
     register_run(registry, runs["a"])
     assert register_run(registry, runs["a"]) == registry / "runs" / "run_a"   # the same run again: a no-op
     impostor = tmp_path / "other" / "run_a"
-    shutil.copytree(runs["b"], impostor)
+    shutil.copytree(runs["gated"], impostor)
     with pytest.raises(RegistryError, match="a different run is registered"):
         register_run(registry, impostor)
 
@@ -193,7 +194,7 @@ def test_a_run_deployed_from_its_package_is_the_same_run_when_promoted(runs, tmp
     (copy / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
     assert promote(registry, runs["a"], "1h", why="after deploy")["run"] == "run_a"
     impostor = tmp_path / "other" / "run_a"                                   # a truly different run under that id: refused
-    shutil.copytree(runs["b"], impostor)
+    shutil.copytree(runs["gated"], impostor)
     with pytest.raises(RegistryError, match=r"a different run is registered under the id 'run_a': \S+ differs"):
         register_run(registry, impostor)
 
