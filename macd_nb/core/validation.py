@@ -419,5 +419,10 @@ def plot_fold_auc(result: WalkForwardResult, times=None, ax=None, title: str = "
     ax.axhline(np.nanmean(result.fold_auc), color="tab:red", lw=1,
                label=f"mean {np.nanmean(result.fold_auc):.3f}")
     ax.set(title=title, ylabel="AUC")
+    if times is not None:   # a few dates, each as short as its neighbours allow: none runs into the next
+        import matplotlib.dates as mdates
+        locator = mdates.AutoDateLocator(maxticks=6)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     ax.legend()
     return ax
