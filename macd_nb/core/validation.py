@@ -238,9 +238,9 @@ def _sorted_view(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.
     return order, y_true[order], np.flatnonzero(np.r_[True, score_sorted[1:] != score_sorted[:-1]])
 
 # %% ../../nbs/core/09_validation.ipynb #1ef7fdf9
-# resamples held in memory at once: 20 rows of counts over 22,000 bars (the quick profile) are 3.5 MB, which stay
-# in the CPU's cache through the gather, cumsum and sums of `_weighted_auc`; 100 at once took 25% longer. The
-# resamples, drawn in order from one generator, are the same whatever the chunk
+# resamples held in memory at once: 20 rows of counts over 22,000 bars (the quick profile) are 3.5 MB,
+# which stay in the CPU's cache through the gather, cumsum and sums of `_weighted_auc`; 100 at once took
+# 25% longer. The resamples, drawn in order from one generator, are the same whatever the chunk
 BOOTSTRAP_CHUNK = 20
 
 
