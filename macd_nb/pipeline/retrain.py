@@ -4,10 +4,8 @@
 
 # %% auto #0
 __all__ = ['RETRAIN_EXIT', 'RetrainRefused', 'Champion', 'champion_of', 'champion_stages', 'champion_config', 'retrain_lock',
-           'read_state', 'write_state', 'recorded_decision', 'challenger_predictions', 'champion_predictions',
-           'after_cost_log_growth', 'compare_models', 'decide', 'rolling_auc', 'plot_rolling_auc',
-           'write_retrain_report', 'challenger_config', 'not_recommended', 'fetch_newer_bars', 'retrain',
-           'retrain_command']
+           'read_state', 'write_state', 'recorded_decision', 'champion_predictions', 'challenger_config',
+           'not_recommended', 'fetch_newer_bars', 'retrain', 'retrain_command']
 
 # %% ../../nbs/pipeline/03_retrain.ipynb #a9c55b4c
 import json
@@ -24,10 +22,8 @@ from ..core.config import RunConfig, load_config, read_config
 from ..core.prepare import load_table
 from ..core.registry import (MOVE_STEPS, RegistryError, alias_target, audit_log, complete_move,
                                    default_registry_dir, move_alias, read_alias, record_event, register_run)
-from ..core.rundir import RunPaths, file_lock, read_json, read_parquet, write_json
-from ..core.validation import auc, auc_gain_ci
-from ..models.backtest import held_positions, signal_positions, trade
-from .retrain_policy import promotion_decision, ranks_within
+from ..core.rundir import RunPaths, file_lock, read_json, write_json
+from .comparison import challenger_predictions, compare_models, decide, write_retrain_report
 from .runner import checked_name, run_pipeline
 
 
@@ -115,22 +111,6 @@ def recorded_decision(registry: Path, alias: str, run_id: str) -> dict | None:
     return None
 
 
-# %% ../../nbs/pipeline/03_retrain.ipynb #1cb35c26
-def challenger_predictions(run_dir: Path, timeframe: str) -> pd.DataFrame:
-    """The challenger's stacked P(up) wherever it is out of sample (its walk-forward OOF rows, then its
-    held-out test period), with `fit`: which fit made each (a block of the stacking walk-forward, or the
-    validated refit)."""
-    paths = RunPaths(run_dir)
-    oof, test = (read_parquet(paths.oof_file("stacking", timeframe)),
-                 read_parquet(paths.test_file("stacking", timeframe)))
-    if len(oof) and len(test) and oof.index.max() >= test.index.min():
-        raise ValueError(f"{paths.oof_file('stacking', timeframe)}: OOF rows reach into the test period "
-                         f"({test.index.min()})")
-    starts = pd.DatetimeIndex([pd.Timestamp(b["start"])
-                               for b in read_json(paths.result_file("stacking", timeframe))["blocks"]])
-    fits = np.r_[starts.searchsorted(oof.index, side="right") - 1, np.full(len(test), len(starts))]
-    return pd.concat([oof[["y", "pred"]], test[["y", "pred"]]]).assign(fit=fits).sort_index()
-
 # %% ../../nbs/pipeline/03_retrain.ipynb #eff2c36a
 def champion_predictions(champion: Champion, registry: Path, table: pd.DataFrame, bars: pd.DatetimeIndex,
                          db: str | Path | None = None) -> tuple[pd.Series, dict]:
@@ -156,120 +136,6 @@ def champion_predictions(champion: Champion, registry: Path, table: pd.DataFrame
         except ValueError: skipped += 1   # an undefined feature or too short a history: no answer there
     p = pd.concat([served, pd.Series(recomputed, dtype=float)]).sort_index()
     return p, {"from_log": len(served), "from_onnx": len(recomputed), "unanswered": skipped}
-
-# %% ../../nbs/pipeline/03_retrain.ipynb #19b5dc70
-def after_cost_log_growth(p: np.ndarray, forward_log_return: np.ndarray, *, horizon: int,
-                          cost_bp: float) -> float:
-    """Total log growth of trading long/short on P(up) (one tranche per bar held `horizon` bars) after
-    `cost_bp` per side."""
-    return float(trade(held_positions(signal_positions(p, "long_short"), horizon),
-                       forward_log_return).net_log(cost_bp).sum())
-
-# %% ../../nbs/pipeline/03_retrain.ipynb #57d13cd1
-def compare_models(compared: pd.DataFrame, config: RunConfig, horizon: int) -> dict:
-    """Challenger against champion on the same bars (`y`, `challenger`, `champion`, `fwd_ret_1`, `fit`):
-    AUCs, the paired gain, after costs. Both models are ranked within each of the challenger's fits: its
-    out-of-sample predictions come from several fits whose spreads differ, and one AUC pooled over them calls
-    the same recipe worse than it is (the retrain-policy notebook measures it); the pooled figures are kept
-    beside."""
-    v, y = config.validation, compared["y"].to_numpy()
-    score = lambda a, b: auc_gain_ci(y, a, b, block=v.bootstrap_block, n_boot=v.bootstrap_samples,
-                                     seed=config.seed)
-    names = ("challenger", "champion")
-    ranked = {name: ranks_within(compared["fit"].to_numpy(), compared[name].to_numpy()) for name in names}
-    growth = {name: after_cost_log_growth(compared[name].to_numpy(), compared["fwd_ret_1"].to_numpy(),
-                                          horizon=horizon, cost_bp=config.backtest.cost_bp) for name in names}
-    return {"n_bars": len(compared), "first_bar": str(compared.index[0]), "last_bar": str(compared.index[-1]),
-            "n_fits": int(compared["fit"].nunique()), "auc": {name: auc(y, ranked[name]) for name in names},
-            "gain": score(ranked["challenger"], ranked["champion"]),
-            "auc_pooled": {name: auc(y, compared[name].to_numpy()) for name in names},
-            "gain_pooled": score(compared["challenger"].to_numpy(), compared["champion"].to_numpy()),
-            "after_cost_log_growth": growth | {"difference": growth["challenger"] - growth["champion"],
-                                               "cost_bp": config.backtest.cost_bp,
-                                               "strategy": "long/short on P(up) - 0.5"}}
-
-# %% ../../nbs/pipeline/03_retrain.ipynb #8b082519
-def decide(comparison: dict | None, passes_gates: bool, gate_failures: list[str],
-           config: RunConfig) -> tuple[str, str]:
-    "('promote' or 'keep', why) by the configured policy; too few compared bars is no evidence: keep."
-    if not passes_gates: return "keep", "the challenger fails its gates: " + "; ".join(gate_failures)
-    if comparison is None or comparison["n_bars"] < config.retrain.min_bars:
-        n = 0 if comparison is None else comparison["n_bars"]
-        return "keep", (f"{n} compared bars after the champion's window, "
-                        f"fewer than retrain_min_bars={config.retrain.min_bars}")
-    gain = comparison["gain"]
-    if config.retrain.policy == "always":
-        return "promote", (f"policy 'always': the challenger passes its gates "
-                           f"(AUC gain {gain['gain']:+.4f}, not used)")
-    return promotion_decision(gain["gain"], tuple(gain["ci95"]), True, margin=config.retrain.margin)
-
-# %% ../../nbs/pipeline/03_retrain.ipynb #505a5e1d
-def rolling_auc(compared: pd.DataFrame, blocks: int = 10) -> pd.DataFrame:
-    "AUC of both models in `blocks` consecutive stretches of the compared bars (a one-class block: NaN)."
-    rows = []
-    for part in np.array_split(np.arange(len(compared)), min(blocks, max(1, len(compared) // 50))):
-        chunk = compared.iloc[part]
-        rows.append({"end": chunk.index[-1], "n": len(chunk),
-                     **{name: auc(chunk["y"], chunk[name]) if chunk["y"].nunique() == 2 else np.nan
-                        for name in ("challenger", "champion")}})
-    return pd.DataFrame(rows).set_index("end")
-
-# %% ../../nbs/pipeline/03_retrain.ipynb #c7d64bdc
-def plot_rolling_auc(table: pd.DataFrame, title: str):
-    "Both models' AUC per stretch of the compared bars, with the coin's 0.5."
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(9, 3.2))
-    for name, style in (("champion", "o--"), ("challenger", "o-")):
-        ax.plot(table.index, table[name], style, label=name)
-    ax.axhline(0.5, color="grey", lw=1, ls=":")
-    ax.set(title=title, ylabel="AUC", xlabel=f"end of each stretch ({int(table['n'].median())} bars)")
-    ax.legend(loc="best")
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    return fig
-
-# %% ../../nbs/pipeline/03_retrain.ipynb #b9dcd99e
-def write_retrain_report(folder: Path, result: dict, compared: pd.DataFrame | None) -> Path:
-    "`RETRAIN_REPORT.md` (and `retrain_auc.png`): the decision first, then the numbers it rests on."
-    folder.mkdir(parents=True, exist_ok=True)
-    c, lines = result.get("comparison"), [f"# Retrain of alias `{result['alias']}`: {result['decision']}", "",
-                                          f"**{result['decision']}**: {result['why']}", ""]
-    lines += [f"- champion: run `{result['champion']['run']}` (version {result['champion']['version']}), "
-              f"its served models learned labels up to {result['champion']['trained_until']}",
-              f"- challenger: run `{result['challenger']['run']}`, "
-              f"gates {'passed' if result['challenger']['passes_gates'] else 'FAILED'}, "
-              f"policy `{result['policy']}` (margin {result['margin']})", ""]
-    if c:
-        g, growth = c["gain"], c["after_cost_log_growth"]
-        lines += [f"Compared on the same {c['n_bars']} bars, {c['first_bar'][:16]} .. {c['last_bar'][:16]}: "
-                  "every bar after the champion's window, the champion as it served them (prediction log) "
-                  f"or from its ONNX files ({c['champion_sources']['from_log']} logged, "
-                  f"{c['champion_sources']['from_onnx']} recomputed), the challenger "
-                  "out of sample (walk-forward OOF, then its held-out test period).", "",
-                  "| | champion | challenger | challenger - champion (95% CI, paired block bootstrap) |",
-                  "|---|---|---|---|",
-                  f"| AUC, ranked within each of the challenger's {c.get('n_fits', 1)} fits (decides) | "
-                  f"{c['auc']['champion']:.4f} | {c['auc']['challenger']:.4f} | "
-                  f"{g['gain']:+.4f} [{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}] |",
-                  *([f"| AUC pooled over the fits | {c['auc_pooled']['champion']:.4f} | "
-                     f"{c['auc_pooled']['challenger']:.4f} | {c['gain_pooled']['gain']:+.4f} "
-                     f"[{c['gain_pooled']['ci95'][0]:+.4f}, {c['gain_pooled']['ci95'][1]:+.4f}] |"]
-                    if "gain_pooled" in c else []),
-                  f"| log growth after {growth['cost_bp']:g} bp per side ({growth['strategy']}) | "
-                  f"{growth['champion']:+.4f} | {growth['challenger']:+.4f} | "
-                  f"{growth['difference']:+.4f} |", ""]
-    if compared is not None and len(compared):
-        table = rolling_auc(compared)
-        fig = plot_rolling_auc(table, f"alias {result['alias']}: AUC on the bars the champion never saw")
-        fig.savefig(folder / "retrain_auc.png", dpi=110)
-        import matplotlib.pyplot as plt
-        plt.close(fig)
-        lines += ["![AUC of both models per stretch of the compared bars](retrain_auc.png)", ""]
-    path = folder / "RETRAIN_REPORT.md"
-    path.write_text("\n".join(lines))
-    return path
 
 # %% ../../nbs/pipeline/03_retrain.ipynb #d57a95aa
 def challenger_config(champion: Champion, runs_root: Path, config_file: str | None, profile: str | None,
