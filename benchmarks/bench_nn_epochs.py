@@ -18,7 +18,8 @@ import torch
 from macd_nb.core.config import library_versions, profile_config, resolve_device
 from macd_nb.models.lstm import lstm_stage
 from macd_nb.core.prepare import load_table, prepare_run
-from macd_nb.models.sequences import SequenceData, Standardizer, TrainSettings, sequence_features, train_model, with_full_window
+from macd_nb.models.sequence_stage import SequenceData
+from macd_nb.models.sequences import Standardizer, TrainSettings, sequence_features, train_model, with_full_window
 from macd_nb.models.tft import tft_stage
 from macd_nb.core.validation import inner_split
 

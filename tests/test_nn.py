@@ -14,8 +14,8 @@ from macd_nb.core.config import profile_config
 from macd_nb.models.lstm import LSTM, MultiHorizonLSTM, run_lstm
 from macd_nb.core.prepare import load_table, prepare_run
 from macd_nb.core.rundir import RunPaths
-from macd_nb.models.sequences import (SequenceData, Standardizer, TrainSettings, fit_refit, gather_windows, predict_table,
-                               sequence_features)
+from macd_nb.models.sequence_stage import SequenceData, fit_refit
+from macd_nb.models.sequences import Standardizer, TrainSettings, gather_windows, predict_table, sequence_features
 from macd_nb.models.tft import TFT, TemporalFusionTransformer, run_tft
 from macd_nb.core.validation import WalkForward, as_utc_datetime64, holdout_split
 

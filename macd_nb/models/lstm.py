@@ -13,7 +13,8 @@ from torch import nn
 
 from ..core.config import RunConfig
 from .protocol import ModelResult
-from .sequences import SequenceStage, run_sequence_stage, sequence_family
+from .sequence_stage import SequenceStage, run_sequence_stage
+from .sequences import sequence_family
 
 # %% ../../nbs/models/04_lstm.ipynb #b2296011
 class MultiHorizonLSTM(nn.Module):

@@ -15,7 +15,8 @@ from torch import nn
 
 from ..core.config import RunConfig
 from .protocol import ModelResult
-from .sequences import SequenceStage, gather_windows, run_sequence_stage, sequence_family
+from .sequence_stage import SequenceStage, run_sequence_stage
+from .sequences import gather_windows, sequence_family
 
 # %% ../../nbs/models/05_tft.ipynb #1e2257b0
 class GatedLinearUnit(nn.Module):
